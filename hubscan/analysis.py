@@ -1,0 +1,272 @@
+"""One model: weight tensors → ESDs → fits → one row per matrix, plus the model summary.
+
+This is the unit of work a survey distributes. It streams: one tensor is read, analyzed and
+released before the next is read, so memory is bounded by the largest tensor, not the model.
+One bad layer never stops the others: its row gets ``status = "failed"`` and a one-line reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from hubscan.errors import NoWeightsError
+from hubscan.esd.eigen import compute_esd, resolve_device
+from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
+from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
+from hubscan.esd.mp import fit_mp
+from hubscan.esd.phases import classify_phase
+from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
+from hubscan.weights import open_weights
+from hubscan.weights.base import TensorEntry, WeightSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeOptions:
+    """Settings of the analysis (their hash keys survey results).
+
+    Attributes
+    ----------
+    device : str
+        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+    method : str
+        Eigenvalue method, ``gram`` (default) or ``svd`` (:mod:`hubscan.esd.eigen`).
+    precision : str
+        ``float64`` (default) or ``float32``.
+    evals_thresh : float
+        Eigenvalues ≤ this are left out of the power-law fit (WW: 1e-5).
+    fix_fingers : str
+        ``""``, ``xmin_peak`` or ``clip_xmax`` (:mod:`hubscan.esd.powerlaw`).
+    tpl : bool
+        Fit a truncated power law too.
+    mp_fit : bool
+        Fit the MP bulk (sigma_mp, lambda_plus, num_spikes, mp_softrank) and classify the phase.
+    randomize : bool
+        Compute rand_distance (one more eigen-decomposition per layer).
+    split_fused : bool
+        Analyze fused q/k/v and RNN gate stacks block by block.
+    conv_slices : bool
+        One row per conv slice instead of one pooled ESD.
+    min_evals, max_evals : int, int or None
+        Skip layers with fewer / more pooled eigenvalues.
+    keep_evals : bool
+        Keep every layer's eigenvalues in the result (for the ``esd`` table and plots).
+    seed : int
+        Seed of the shuffle behind rand_distance.
+    """
+
+    device: str = "cpu"
+    method: str = "gram"
+    precision: str = "float64"
+    evals_thresh: float = EVALS_THRESH
+    fix_fingers: str = ""
+    tpl: bool = False
+    mp_fit: bool = True
+    randomize: bool = False
+    split_fused: bool = False
+    conv_slices: bool = False
+    min_evals: int = DEFAULT_MIN_EVALS
+    max_evals: int | None = None
+    keep_evals: bool = False
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class AnalysisResult:
+    """What :func:`analyze` returns for one model.
+
+    Attributes
+    ----------
+    source : str
+        The path or reference analyzed.
+    rows : list of dict
+        One row per matrix (columns of :data:`hubscan.schema.LAYER_SCHEMA`).
+    summary : dict
+        :func:`hubscan.esd.metrics.summarize` of the rows, plus ``status`` (``success`` /
+        ``incomplete`` / ``failed``), ``reason``, ``missing`` and ``seconds``.
+    missing : list of (str, str)
+        Tensors the model names but that could not be read, with the reason.
+    evals : dict of str to ndarray
+        ``"name"`` or ``"name:part"`` → float64 eigenvalues, when ``keep_evals``.
+    files, format : list of str, str
+        The weight files read and their format.
+    """
+
+    source: str
+    rows: list
+    summary: dict
+    missing: list
+    evals: dict
+    files: list
+    format: str
+
+    def to_arrow(self):
+        """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA`."""
+        import pyarrow as pa
+        from hubscan.schema import LAYER_SCHEMA
+        cols = {f.name: [_arrow_value(r.get(f.name)) for r in self.rows] for f in LAYER_SCHEMA}
+        return pa.Table.from_pydict(cols, schema=LAYER_SCHEMA)
+
+    def to_pandas(self):
+        """The rows as a ``pandas.DataFrame`` (same columns and order as :meth:`to_arrow`)."""
+        return self.to_arrow().to_pandas()
+
+
+def _arrow_value(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+        return None if isinstance(v, float) and math.isnan(v) else v
+    return v
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),
+                    shapes: dict | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
+    """Analyze tensors one at a time.
+
+    Parameters
+    ----------
+    entries : iterable of TensorEntry
+        Lazily loadable tensors (any reader's output).
+    options : AnalyzeOptions
+    shapes : dict of str to shape, optional
+        Every tensor's shape, for RNN gate detection when ``split_fused``.
+
+    Yields
+    ------
+    (row, evals)
+        One per matrix (1-D tensors yield nothing): the row dict, and the eigenvalues (float64,
+        ascending) or None when skipped / failed.
+    """
+    device = resolve_device(options.device)
+    for layer_id, entry in enumerate(entries):
+        plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
+                              conv_slices=options.conv_slices, min_evals=options.min_evals,
+                              max_evals=options.max_evals, sibling_shapes=shapes)
+        if len(entry.shape) < 2:
+            continue
+        tensor = None
+        for plan in plans:
+            row = _base_row(layer_id, entry, plan, device)
+            if plan.skip_reason is not None:
+                row.update(status="skipped", reason=plan.skip_reason)
+                yield row, None
+                continue
+            t0 = time.perf_counter()
+            try:
+                if tensor is None:
+                    tensor = entry.load()
+                evals = _analyze_plan(plan, tensor, options, device, row)
+            except Exception as exc:  # one bad layer never stops the others
+                log.warning("%s: %s", entry.name, _one_line(exc))
+                row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
+                yield row, None
+                continue
+            row["seconds"] = time.perf_counter() - t0
+            yield row, evals
+        del tensor
+
+
+def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dict:
+    skipped = plan.skip_reason is not None
+    return {
+        "layer_id": layer_id, "name": entry.name, "part": plan.part, "layer_type": plan.layer_type,
+        "shape": list(entry.shape), "dtype": entry.dtype,
+        "N": None if skipped else plan.N, "M": None if skipped else plan.M,
+        "Q": None if skipped else plan.Q, "rf": None if skipped else plan.rf,
+        "status": "skipped" if skipped else "success", "reason": "", "warning": "",
+        "eig_method": None, "device": None if skipped else str(device),
+    }
+
+
+def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device, row: dict) -> np.ndarray:
+    slices = plan.extract(tensor)
+    esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
+    fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
+                       tpl=options.tpl)
+    mp = None
+    if options.mp_fit and esd.evals[-1] > 0:
+        mp = fit_mp(esd.evals, plan.N, plan.M)
+    row.update(layer_metrics(esd, fit, mp))
+    row["eig_method"] = esd.method
+    if fit.status != "success":
+        row.update(status="failed", reason=fit.reason)
+    if options.randomize:
+        gen = torch.Generator().manual_seed(options.seed)
+        flat = slices.reshape(-1)
+        shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
+        rand = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
+                           precision=options.precision)
+        row["rand_distance"] = rand_distance(esd.evals, rand.evals)
+    if mp is not None:
+        row["phase"] = classify_phase(num_evals=len(esd.evals), rank_loss=esd.rank_loss, alpha=row["alpha"],
+                                      num_spikes=mp.num_spikes, lambda_max=esd.evals[-1],
+                                      lambda_plus=mp.lambda_plus)
+    elif options.mp_fit:
+        row["phase"] = "rank-collapse"  # all eigenvalues zero
+    return esd.evals
+
+
+def analyze(model: str | os.PathLike | WeightSet, options: AnalyzeOptions | None = None, **kwargs) -> AnalysisResult:
+    """Analyze every weight matrix of one model.
+
+    Parameters
+    ----------
+    model : str, path or WeightSet
+        A safetensors / torch file, a Hugging Face layout folder (sharded or not), or an opened
+        :class:`~hubscan.weights.base.WeightSet`.
+    options : AnalyzeOptions, optional
+        Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
+
+    Returns
+    -------
+    AnalysisResult
+        ``.rows`` / ``.to_arrow()`` / ``.to_pandas()`` per matrix and ``.summary`` for the model.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The files cannot be opened safely (unsafe pickle, corrupt header, no weights …); the
+        message names the file and the reason. Problems of single layers do not raise.
+    """
+    options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
+    t0 = time.perf_counter()
+    ws = model if isinstance(model, WeightSet) else open_weights(model)
+    source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
+    rows, evals = [], {}
+    with ws:
+        entries = list(ws.entries()) if options.split_fused else None
+        shapes = {e.name: e.shape for e in entries} if entries else None
+        for row, ev in analyze_entries(entries if entries is not None else ws.entries(), options, shapes):
+            rows.append(row)
+            if options.keep_evals and ev is not None:
+                evals[row["name"] + (f":{row['part']}" if row["part"] else "")] = ev
+        missing = list(ws.missing)
+    if not rows and not missing:
+        raise NoWeightsError(source, "no weight tensors (no tensor with 2 or more dimensions)")
+    summary = summarize(rows)
+    if summary["num_success"] == 0:
+        status, reason = "failed", "no layer could be analyzed"
+    elif missing:
+        status, reason = "incomplete", f"{len(missing)} tensor(s) missing: " + "; ".join(
+            f"{n} ({r})" for n, r in missing[:3]) + (" …" if len(missing) > 3 else "")
+    else:
+        status, reason = "success", ""
+    summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0)
+    return AnalysisResult(source=source, rows=rows, summary=summary, missing=missing, evals=evals,
+                          files=list(ws.files), format=ws.format)

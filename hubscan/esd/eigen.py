@@ -1,0 +1,182 @@
+"""Eigenvalues of X = WᵀW for a stack of weight slices, on CPU or CUDA (torch).
+
+Method (chosen by measurement, ``benchmarks/bench_eigen.py``)
+--------------------------------------------------------------
+``gram`` (default): X = WᵀW (M × M, M = min(rows, cols)) accumulated in float64 over row chunks
+of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once), then
+``torch.linalg.eigvalsh`` (LAPACK ``syevd`` / cuSOLVER) in float64. It does the floor's arithmetic
+(``eigvalsh(W.T @ W)``) and is 2.5–4× faster than WW's ``scipy.linalg.svd`` of W.
+
+``svd``: ``torch.linalg.svdvals`` of W in float64, eigenvalues = σ². WW's arithmetic; slower.
+
+Accuracy of ``gram`` against float64 SVD (measured on all-MiniLM-L6-v2 and synthetic heavy-tailed
+matrices, ``tests/test_eigen.py``): the top eigenvalues agree to ~1e-14 relative; eigvalsh has
+absolute error ~ M·eps·λ_max, so eigenvalues below ~1e-13·λ_max are noise (SVD resolves them to
+~eps·σ_max² relative). Nothing hubscan reports depends on them except the numerical rank, which
+is therefore defined per method (below). Eigenvalues are clipped at 0 (eigvalsh may return −1e-17).
+
+No 1/N normalisation (WW's default). Convolution slices are scaled by the plan's ``eig_scale``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+#: Elements of one float64 chunk of W while the Gram matrix is accumulated (64 MB).
+CHUNK_ELEMS = 8 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class ESD:
+    """The empirical spectral density of one layer (pooled over its slices).
+
+    Attributes
+    ----------
+    evals : ndarray of float64, shape (M·rf,)
+        Eigenvalues of X = WᵀW of every slice, times ``eig_scale``, sorted ascending, ≥ 0.
+    sv_max, sv_min : float
+        Largest and smallest singular value over all slices of the (scaled) W, = sqrt(λ).
+        (WW reports the largest of the per-slice minima as ``sv_min`` for conv layers.)
+    rank_loss : int
+        Σ over slices of (M − numerical rank of the slice).
+    matrix_rank : int
+        Numerical rank of the pooled ESD (number of eigenvalues above the tolerance).
+    method, device, precision : str
+        How the eigenvalues were computed.
+
+    Numerical rank tolerance: ``svd`` uses WW's / numpy's rule on singular values,
+    σ > σ_max·N·eps; ``gram`` uses numpy's ``matrix_rank`` rule on X itself, λ > λ_max·M·eps,
+    the finest threshold Gram eigenvalues resolve. The two agree unless W has singular values
+    between ~1e-12·σ_max and ~1e-7·σ_max.
+    """
+
+    evals: np.ndarray
+    sv_max: float
+    sv_min: float
+    rank_loss: int
+    matrix_rank: int
+    method: str = "gram"
+    device: str = "cpu"
+    precision: str = "float64"
+
+
+class NonFiniteError(ValueError):
+    """The weights hold NaN or ±inf values."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` → CUDA when available, else CPU; anything else as given.
+
+    Raises
+    ------
+    ValueError
+        ``cuda`` requested but no CUDA device is available.
+    """
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _check_finite(t: torch.Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError("non-finite values (NaN or inf) in the weights")
+
+
+def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks."""
+    rows, cols = S.shape
+    tall = rows >= cols
+    m, length = (cols, rows) if tall else (rows, cols)
+    step = max(1, CHUNK_ELEMS // m)
+    if step >= length:  # one chunk
+        C = S.to(device=device, dtype=dtype)
+        _check_finite(C)
+        return C.T @ C if tall else C @ C.T
+    G = torch.zeros(m, m, dtype=dtype, device=device)
+    for start in range(0, length, step):
+        C = (S[start:start + step] if tall else S[:, start:start + step]).to(device=device, dtype=dtype)
+        _check_finite(C)
+        if tall:
+            G.addmm_(C.T, C)
+        else:
+            G.addmm_(C, C.T)
+    return G
+
+
+def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
+                method: str = "gram", precision: str = "float64") -> ESD:
+    """Eigenvalues of X = WᵀW for each slice of a stack, pooled into one ESD.
+
+    Parameters
+    ----------
+    slices : torch.Tensor, shape (rf, rows, cols), any float dtype (bf16, fp16, fp8 are upcast)
+        The layer's matrices; each is oriented N ≥ M internally (the smaller side gives X).
+    eig_scale : float
+        Multiplier of every eigenvalue (0.5 for convolutions, WW's ``conv2d_norm``).
+    device : str or torch.device or None
+        ``cpu``, ``cuda``, ``cuda:1``, or ``None``/``"auto"`` for CUDA when available.
+    method : {"gram", "svd"}
+        See the module docstring.
+    precision : {"float64", "float32"}
+        Arithmetic precision; ``float32`` is faster and less exact (``benchmarks/bench_analyze.py``
+        reports its |Δalpha| against float64).
+
+    Returns
+    -------
+    ESD
+
+    Raises
+    ------
+    NonFiniteError
+        The slices hold NaN or inf.
+    ValueError
+        Unknown method / precision, or CUDA requested but absent.
+    """
+    if method not in ("gram", "svd"):
+        raise ValueError(f"unknown eigenvalue method {method!r} (use 'gram' or 'svd')")
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
+    if dtype is None:
+        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
+    dev = resolve_device(device)
+    if slices.dim() == 2:
+        slices = slices.unsqueeze(0)
+    rf, rows, cols = slices.shape
+    N, M = max(rows, cols), min(rows, cols)
+    eps = torch.finfo(dtype).eps
+
+    if method == "gram":
+        if rf == 1:
+            G = _gram(slices[0], dev, dtype).unsqueeze(0)
+        else:
+            S = slices.to(device=dev, dtype=dtype)
+            _check_finite(S)
+            G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+        ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
+        del G
+        top = ev[:, -1:]
+        rank_per_slice = (ev > top * (M * eps)).sum(dim=1)
+    else:
+        S = slices.to(device=dev, dtype=dtype)
+        _check_finite(S)
+        sv = torch.linalg.svdvals(S)  # (rf, M), descending
+        del S
+        rank_per_slice = (sv > sv[:, :1] * (N * eps)).sum(dim=1)
+        ev = sv * sv
+    ev = ev * eig_scale
+    evals = np.sort(ev.reshape(-1).to("cpu", torch.float64).numpy())
+    rank_loss = int(M * rf - int(rank_per_slice.sum()))
+    lam_max = float(evals[-1])
+    if method == "gram":
+        matrix_rank = int(np.count_nonzero(evals > lam_max * M * float(eps)))
+    else:
+        sv_all = np.sqrt(evals)
+        matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * float(eps)))
+    return ESD(evals=evals, sv_max=float(np.sqrt(lam_max)), sv_min=float(np.sqrt(evals[0])),
+               rank_loss=rank_loss, matrix_rank=matrix_rank, method=method, device=str(dev),
+               precision=precision)

@@ -1,0 +1,230 @@
+"""From a stored weight tensor to the matrices whose ESDs are analyzed.
+
+Works on a name, a shape and a dtype only (the tensor itself is read later), so it serves every file
+format. Layer types follow WeightWatcher 0.7.7's state-dict mode (2-D → dense, 4-D → conv2d) with
+hubscan's additions (3-D → conv1d, embeddings by name, fused attention and RNN gate splits).
+
+Rules (each with its source)
+----------------------------
+* 2-D (Linear, HF GPT-2 ``Conv1D`` stored (in, out), embeddings): one matrix, N = max(shape),
+  M = min(shape), Q = N/M (WW ``set_weight_matrices``). No N > 50,000 cut (WW's ``max_N``):
+  vocabulary matrices are analyzed.
+* 4-D Conv2d (out, in, kh, kw): the kh·kw slices W[:, :, i, j], each oriented N ≥ M, pooled into
+  one ESD of M·kh·kw eigenvalues; every eigenvalue × ``conv_norm`` = 0.5, i.e. W × sqrt(1/2)
+  (WW ``conv2D_Wmats`` + ``apply_normalize_Wmats`` with ``conv2d_norm=True``). N and M are the
+  slice's true sizes (WW swaps them for out < in with an even kh·kw). Channels-last tensors
+  (kh, kw, in, out) are detected by WW's rule ``out + in < kh + kw``.
+* 3-D Conv1d (out, in, k): the k per-tap slices W[:, :, t], pooled the same way with the same
+  0.5 normalisation (WW feeds the 3-D array to a batched SVD instead).
+* Slices that are vectors (M = 1, e.g. wav2vec2's Conv1d(1, 512, 10)) have no spectrum: skipped,
+  reason "too few eigenvalues". So are layers with fewer than ``min_evals`` pooled eigenvalues
+  (WW default 8).
+* 1-D tensors (biases, norms), 0-size tensors: skipped. Integer / bool tensors: int64 buffers
+  (``position_ids``) skipped as "integer buffer"; other integer dtypes (packed int4 ``qweight``,
+  int8 weights) skipped as "quantized". bf16 / fp16 / fp8 are analyzed after upcasting.
+* Fused attention (``in_proj_weight`` (3E, E), timm ``qkv.weight`` (3E, E), GPT-2 ``c_attn.weight``
+  (E, 3E)) and RNN gate stacks (``weight_ih_lK`` / ``weight_hh_lK``: LSTM 4 gates i,f,g,o; GRU 3
+  gates r,z,n) are analyzed as stored by default, as WW would for what it sees; ``split_fused=True``
+  analyzes each block instead (column ``part`` names it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+#: Eigenvalue multiplier of convolution layers: WW's ``conv2d_norm`` multiplies W by sqrt(1/2).
+CONV_NORM = 0.5
+#: WW's ``DEFAULT_MIN_EVALS``: layers with fewer pooled eigenvalues are skipped.
+DEFAULT_MIN_EVALS = 8
+
+_FUSED_QKV = re.compile(r"(^|\.)(in_proj_weight|qkv\.weight|c_attn\.weight|query_key_value\.weight)$")
+_RNN = re.compile(r"(^|\.)weight_(ih|hh)_l(\d+)(_reverse)?$")
+_EMBED = re.compile(r"(embed|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|lm_head|shared\.weight)",
+                    re.IGNORECASE)
+_INTEGER_BUFFER = {"int64", "uint64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPlan:
+    """What will be analyzed for one stored tensor (or one block of it).
+
+    Attributes
+    ----------
+    name : str
+        Full parameter name as stored.
+    part : str
+        Which block of a split tensor ("" when the tensor is analyzed whole; "q", "k", "v";
+        gate letters; "i,j" for a kept conv slice).
+    layer_type : str
+        ``dense``, ``embedding``, ``conv1d``, ``conv2d`` or ``skipped``.
+    shape : tuple of int
+        The stored tensor's shape.
+    N, M : int
+        Rows and columns of each analyzed slice oriented N ≥ M (0 when skipped).
+    rf : int
+        Number of slices pooled into the ESD (receptive field kh·kw for conv2d, k for conv1d, 1 else).
+    eig_scale : float
+        Multiplier applied to every eigenvalue (``CONV_NORM`` for convolutions, 1 otherwise).
+    skip_reason : str or None
+        Why the tensor is not analyzed; None when it is.
+    extract : callable (torch.Tensor) -> torch.Tensor, optional
+        Maps the stored tensor to a stack of slices, shape (rf, rows, cols) (either orientation;
+        the eigen step takes the smaller side). Views where possible.
+    """
+
+    name: str
+    part: str
+    layer_type: str
+    shape: tuple
+    N: int = 0
+    M: int = 0
+    rf: int = 1
+    eig_scale: float = 1.0
+    skip_reason: str | None = None
+    extract: Callable[[torch.Tensor], torch.Tensor] | None = dataclasses.field(
+        default=None, repr=False, compare=False)
+
+    @property
+    def Q(self) -> float:
+        """Aspect ratio N/M (NaN when skipped)."""
+        return self.N / self.M if self.M else math.nan
+
+    @property
+    def num_evals(self) -> int:
+        """Number of eigenvalues of the pooled ESD, M·rf."""
+        return self.M * self.rf
+
+
+def _skip(name: str, shape: Sequence[int], reason: str) -> LayerPlan:
+    return LayerPlan(name=name, part="", layer_type="skipped", shape=tuple(shape), skip_reason=reason)
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "half", "double")) or dtype in {"complex64", "complex128"}
+
+
+def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: bool = False,
+                  conv_slices: bool = False, min_evals: int = DEFAULT_MIN_EVALS,
+                  max_evals: int | None = None,
+                  sibling_shapes: Mapping[str, Sequence[int]] | None = None) -> list[LayerPlan]:
+    """Decide how a stored tensor is analyzed.
+
+    Parameters
+    ----------
+    name : str
+        Full parameter name.
+    shape : sequence of int
+        Stored shape.
+    dtype : str
+        Stored dtype, torch name without prefix (``float32``, ``bfloat16``, ``int8`` …).
+    split_fused : bool
+        Split fused q/k/v projections and RNN gate stacks into one matrix per block.
+    conv_slices : bool
+        Keep one row per conv slice instead of pooling the slices into one ESD.
+    min_evals : int
+        Skip when the pooled ESD would have fewer eigenvalues (WW default 8).
+    max_evals : int or None
+        Skip when the pooled ESD would have more eigenvalues (WW uses 15,000; hubscan: no limit).
+    sibling_shapes : mapping of str to shape, optional
+        Shapes of the model's other tensors; used to tell LSTM from GRU gate stacks.
+
+    Returns
+    -------
+    list of LayerPlan
+        One plan, or several when the tensor is split; a single skipped plan when not analyzed.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        return [_skip(name, shape, f"{len(shape)}-D tensor (bias, norm or scalar)")]
+    if any(s == 0 for s in shape):
+        return [_skip(name, shape, f"empty tensor {shape}")]
+    if not _is_float(dtype):
+        if dtype in _INTEGER_BUFFER or dtype == "bool":
+            return [_skip(name, shape, f"integer buffer ({dtype})")]
+        return [_skip(name, shape, f"quantized ({dtype})")]
+    if len(shape) > 4:
+        return [_skip(name, shape, f"unsupported {len(shape)}-D tensor")]
+
+    plans: list[LayerPlan]
+    if len(shape) == 2:
+        layer_type = "embedding" if _EMBED.search(name) else "dense"
+        plans = _split_2d(name, shape, layer_type, sibling_shapes or {}) if split_fused else [
+            LayerPlan(name, "", layer_type, shape, max(shape), min(shape), 1, 1.0,
+                      extract=lambda W: W.unsqueeze(0))]
+    elif len(shape) == 3:  # Conv1d (out, in, k)
+        out_c, in_c, k = shape
+        plans = [_conv_plan(name, shape, "conv1d", out_c, in_c, k,
+                            lambda W: W.permute(2, 0, 1))]
+    else:  # Conv2d
+        a, b, c, d = shape
+        if a + b >= c + d:  # channels first: (out, in, kh, kw), torch layout
+            plans = [_conv_plan(name, shape, "conv2d", a, b, c * d,
+                                lambda W: W.permute(2, 3, 0, 1).reshape(c * d, a, b))]
+        else:  # channels last: (kh, kw, in, out), Keras layout (WW's rule)
+            plans = [_conv_plan(name, shape, "conv2d", d, c, a * b,
+                                lambda W: W.reshape(a * b, c, d))]
+    if conv_slices:
+        plans = [q for p in plans for q in _per_slice(p)]
+    return [_check_size(p, min_evals, max_evals) for p in plans]
+
+
+def _conv_plan(name, shape, layer_type, rows, cols, rf, extract) -> LayerPlan:
+    return LayerPlan(name, "", layer_type, shape, max(rows, cols), min(rows, cols), rf, CONV_NORM,
+                     extract=extract)
+
+
+def _per_slice(plan: LayerPlan) -> list[LayerPlan]:
+    if plan.layer_type not in ("conv1d", "conv2d") or plan.rf == 1:
+        return [plan]
+    out = []
+    kw = plan.shape[3] if plan.layer_type == "conv2d" and len(plan.shape) == 4 else 1
+    for s in range(plan.rf):
+        part = f"{s // kw},{s % kw}" if plan.layer_type == "conv2d" else str(s)
+        out.append(dataclasses.replace(plan, part=part, rf=1,
+                                       extract=lambda W, s=s, f=plan.extract: f(W)[s:s + 1]))
+    return out
+
+
+def _check_size(plan: LayerPlan, min_evals: int, max_evals: int | None) -> LayerPlan:
+    if plan.skip_reason is not None:
+        return plan
+    if plan.M < 2:
+        return dataclasses.replace(plan, skip_reason="too few eigenvalues (each slice is a vector, M = 1)")
+    if plan.num_evals < min_evals:
+        return dataclasses.replace(plan, skip_reason=f"too few eigenvalues ({plan.num_evals} < {min_evals})")
+    if max_evals is not None and plan.num_evals > max_evals:
+        return dataclasses.replace(plan, skip_reason=f"too many eigenvalues ({plan.num_evals} > {max_evals})")
+    return plan
+
+
+def _split_2d(name, shape, layer_type, sibling_shapes) -> list[LayerPlan]:
+    rows, cols = shape
+    blocks: list[tuple[str, int, int]] = []  # (part, axis, count)
+    if _FUSED_QKV.search(name):
+        if name.endswith("c_attn.weight") and cols == 3 * rows:  # GPT-2 Conv1D, stored (in, out)
+            blocks = [(p, 1, 3) for p in "qkv"]
+        elif rows % 3 == 0:
+            blocks = [(p, 0, 3) for p in "qkv"]
+    elif (m := _RNN.search(name)) is not None:
+        hh_name = name[: m.start(2)] + "hh" + name[m.end(2):]
+        hh = sibling_shapes.get(hh_name, shape if m.group(2) == "hh" else None)
+        gates = (hh[0] // hh[1]) if hh is not None and len(hh) == 2 and hh[1] else 0
+        letters = {4: "ifgo", 3: "rzn"}.get(gates)
+        if letters and rows % gates == 0:
+            blocks = [(g, 0, gates) for g in letters]
+    if not blocks:
+        return [LayerPlan(name, "", layer_type, shape, max(shape), min(shape), 1, 1.0,
+                          extract=lambda W: W.unsqueeze(0))]
+    plans = []
+    for idx, (part, axis, count) in enumerate(blocks):
+        size = shape[axis] // count
+        r, c = (size, cols) if axis == 0 else (rows, size)
+        plans.append(LayerPlan(
+            name, part, layer_type, shape, max(r, c), min(r, c), 1, 1.0,
+            extract=lambda W, i=idx, a=axis, s=size: W.narrow(a, i * s, s).unsqueeze(0)))
+    return plans

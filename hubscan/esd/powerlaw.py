@@ -1,0 +1,278 @@
+"""Power-law fits of the ESD tail.
+
+Default fitter: the continuous maximum-likelihood power law of Clauset, Shalizi & Newman (2009,
+SIAM Review 51:661, eqs. 3.1 and 3.7 and §3.3), with xmin chosen to minimise the Kolmogorov–Smirnov
+distance D — exactly WeightWatcher 0.7.7's default ``WWFit`` (identical to powerlaw 1.5's
+``Fit(data)``):
+
+* data = eigenvalues > ``evals_thresh`` (1e-5, an absolute threshold, as WW), sorted;
+* candidates xmin = every data point but the largest; for candidate i, tail size n = len − i:
+  alpha_i = 1 + n / (Σ_{j≥i} ln x_j − n ln x_i)                                   (CSN eq. 3.1)
+  D_i = max_{k=0..n−1} | 1 − (x_{i+k}/x_i)^(1−alpha_i) − k/n |, D_i = 1 when alpha_i ≤ 1
+* xmin = x_i at the first argmin of D; sigma = (alpha − 1)/√n                       (CSN eq. 3.2)
+
+No Python loop over candidates: the suffix log-sums give every alpha at once, and D is computed
+for blocks of candidates as 2-D arrays. Exact pruning: a lower bound of every D_i from 129 points
+of its tail (a maximum over a subset never exceeds the maximum over all) discards the candidates
+whose bound exceeds the best D found; the remaining ones are computed exactly, so the result is the
+full search's (ties → first index, as ``np.argmin``).
+
+Small samples: WW 0.7.7 switches to a bias-corrected estimator with a different xmin objective when
+fewer than 20 eigenvalues pass the threshold (and prints "SMALL N PL FIT"). hubscan keeps the
+standard CSN estimator at every size — one definition everywhere, the one powerlaw.Fit uses — and
+reports ``num_fit_evals`` so small fits (< 20) can be filtered out; their alpha differs from WW's.
+
+Options (each broken in WW 0.7.7 under powerlaw 2.0, where these paths return alpha = −1):
+
+* ``xmin_peak`` (WW ``fix_fingers='xmin_peak'``): xmin restricted to [0.95·p, 1.5·p] where p is the
+  left edge of the most populated of 100 log10-spaced histogram bins of the ESD. (WW passes
+  ``(log10(0.95 p), 1.5 p)`` to powerlaw — a log/linear mix-up; hubscan uses the evident intent.)
+* ``clip_xmax`` (WW ``fix_fingers='clip_xmax'``, Martin & Mahoney's "fingers"): refit with the
+  k = 1 … max_fingers−1 largest eigenvalues removed; the first k whose alpha drops by more than
+  ``finger_thresh`` (1.0) below the unclipped alpha is kept (num_fingers = k); stop early when alpha
+  ≤ 2. (WW starts at k = 2 and reports k − 1.)
+* ``tpl``: truncated power law p(x) ∝ x^(−alpha) e^(−Lambda x), x ≥ xmin, fitted by maximum
+  likelihood at the power law's xmin (as powerlaw's ``Fit.truncated_power_law``; Clauset et al.
+  2009 Table 2 / appendix). Normalisation by numerical quadrature.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+#: WW's ``EVALS_THRESH``: eigenvalues at or below it are left out of the fit.
+EVALS_THRESH = 1e-5
+#: Below this many fitted eigenvalues WW 0.7.7 uses its small-sample variant.
+SMALL_N = 20
+_GRID = 128                      # lower-bound sample points per candidate (+1)
+_BLOCK_ELEMS = 1 << 21           # elements of one 2-D block of the exact D computation
+
+
+@dataclasses.dataclass
+class PowerLawFit:
+    """Result of a power-law fit of an ESD tail.
+
+    Attributes
+    ----------
+    alpha : float
+        Exponent of p(λ) ∝ λ^(−alpha) for λ ≥ xmin (NaN when the fit failed).
+    xmin, xmax : float
+        Tail start (chosen by min D) and the largest eigenvalue fitted.
+    D : float
+        Kolmogorov–Smirnov distance of the fitted tail.
+    sigma : float
+        Standard error (alpha − 1)/√n.
+    num_pl_spikes : int
+        Eigenvalues ≥ xmin (the tail size n).
+    num_fit_evals : int
+        Eigenvalues above the threshold that entered the fit.
+    status : str
+        ``success`` or ``failed``.
+    reason : str
+        Why it failed ("" on success).
+    fix_fingers : str
+        ``""``, ``xmin_peak`` or ``clip_xmax``.
+    num_fingers : int
+        Eigenvalues clipped (``clip_xmax`` only).
+    raw_alpha : float
+        The unclipped alpha (``clip_xmax`` only, else NaN).
+    Lambda : float
+        Truncation rate of the TPL fit (NaN unless ``tpl``).
+    """
+
+    alpha: float = math.nan
+    xmin: float = math.nan
+    xmax: float = math.nan
+    D: float = math.nan
+    sigma: float = math.nan
+    num_pl_spikes: int = 0
+    num_fit_evals: int = 0
+    status: str = "failed"
+    reason: str = ""
+    fix_fingers: str = ""
+    num_fingers: int = 0
+    raw_alpha: float = math.nan
+    Lambda: float = math.nan
+
+
+def _alphas(x: np.ndarray, logx: np.ndarray) -> np.ndarray:
+    """alpha_i for every candidate i = 0 … len−2 (CSN eq. 3.1)."""
+    n = (len(x) - np.arange(len(x) - 1)).astype(np.float64)
+    suffix = np.cumsum(logx[::-1])[::-1][:-1]          # Σ_{j≥i} ln x_j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1 + n / (suffix - n * logx[:-1])
+
+
+def _ks_exact(x: np.ndarray, alphas: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """D_i for the candidate indices ``cand`` (sorted ascending), computed as WW does."""
+    N = len(x)
+    out = np.ones(len(cand))
+    ok = alphas[cand] > 1
+    idx_all = cand[ok]
+    res = np.ones(len(idx_all))
+    pos = 0
+    while pos < len(idx_all):
+        width = N - idx_all[pos]                          # longest tail in this block
+        rows = max(1, _BLOCK_ELEMS // width)
+        block = idx_all[pos:pos + rows]
+        k = np.arange(width)
+        j = block[:, None] + k[None, :]
+        valid = j < N
+        n = (N - block).astype(np.float64)[:, None]
+        ratio = x[np.minimum(j, N - 1)] / x[block][:, None]
+        with np.errstate(over="ignore", invalid="ignore"):
+            dev = np.abs(1 - ratio ** (-alphas[block][:, None] + 1) - k[None, :] / n)
+        dev[~valid] = 0.0
+        res[pos:pos + len(block)] = dev.max(axis=1)
+        pos += len(block)
+    out[ok] = res
+    return out
+
+
+def _ks_lower_bound(x: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """A lower bound of every D_i: the same maximum over ≤ 129 points of each tail."""
+    N = len(x)
+    i = np.arange(N - 1)
+    n = (N - i).astype(np.float64)
+    t = np.arange(_GRID + 1) / _GRID
+    k = np.floor(t[None, :] * (n[:, None] - 1)).astype(np.int64)
+    ratio = x[i[:, None] + k] / x[i][:, None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        dev = np.abs(1 - ratio ** (-alphas[:, None] + 1) - k / n[:, None])
+    lb = np.nanmax(dev, axis=1)
+    lb[~(alphas > 1)] = 1.0
+    return lb
+
+
+def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int, float, float]:
+    """Fit sorted positive data; xmin candidates restricted to indices [lo, hi). Returns (i, alpha, D)."""
+    logx = np.log(x, dtype=np.float64)
+    alphas = _alphas(x, logx)
+    hi = len(x) - 1 if hi is None else min(hi, len(x) - 1)
+    allowed = np.zeros(len(x) - 1, dtype=bool)
+    allowed[lo:hi] = True
+    lb = _ks_lower_bound(x, alphas)
+    lb[~allowed] = np.inf
+    order = np.argsort(lb, kind="stable")
+    seed = np.sort(order[:8])
+    seed = seed[np.isfinite(lb[seed])]
+    if len(seed) == 0:
+        raise ValueError("no xmin candidate in the requested range")
+    d_seed = _ks_exact(x, alphas, seed)
+    best = float(d_seed.min())
+    cand = np.flatnonzero(lb <= best)                      # every i with D_i ≤ best survives
+    D = _ks_exact(x, alphas, cand)
+    k = int(np.argmin(D))                                  # first on ties
+    return int(cand[k]), float(alphas[cand[k]]), float(D[k])
+
+
+def _result(x: np.ndarray, evals: np.ndarray, i: int, alpha: float, D: float) -> PowerLawFit:
+    n = len(x) - i
+    xmin = float(x[i])
+    return PowerLawFit(alpha=alpha, xmin=xmin, xmax=float(x[-1]), D=D,
+                       sigma=(alpha - 1) / math.sqrt(n), num_pl_spikes=int(np.count_nonzero(evals >= xmin)),
+                       num_fit_evals=len(x), status="success")
+
+
+def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_fingers: str = "",
+                 max_fingers: int = 10, finger_thresh: float = 1.0, tpl: bool = False) -> PowerLawFit:
+    """Fit a power law to the tail of an ESD.
+
+    Parameters
+    ----------
+    evals : ndarray of float, shape (n,)
+        Eigenvalues (any order).
+    evals_thresh : float
+        Eigenvalues ≤ this are left out (WW: 1e-5, absolute).
+    fix_fingers : {"", "xmin_peak", "clip_xmax"}
+        See the module docstring.
+    max_fingers, finger_thresh : int, float
+        ``clip_xmax`` settings (WW defaults 10 and 1.0).
+    tpl : bool
+        Also fit a truncated power law at the chosen xmin (fills ``Lambda``; ``alpha`` becomes the
+        TPL exponent, as WW's ``fit='TPL'``).
+
+    Returns
+    -------
+    PowerLawFit
+        ``status == "failed"`` with a ``reason`` (and NaN numbers) when no fit is possible:
+        fewer than 2 eigenvalues above the threshold, or all of them equal.
+    """
+    evals = np.asarray(evals, dtype=np.float64)
+    x = np.sort(evals[evals > evals_thresh])
+    if len(x) < 2:
+        return PowerLawFit(num_fit_evals=len(x), reason=f"too few nonzero eigenvalues ({len(x)} above {evals_thresh:g})")
+    if x[0] == x[-1]:
+        return PowerLawFit(num_fit_evals=len(x), reason="all nonzero eigenvalues are equal: no tail to fit")
+    if fix_fingers == "clip_xmax":
+        return _fit_clipped(x, evals, max_fingers, finger_thresh, tpl)
+    if fix_fingers == "xmin_peak":
+        counts, edges = np.histogram(np.log10(x), bins=100)
+        peak = 10 ** edges[int(np.argmax(counts))]
+        lo = int(np.searchsorted(x, 0.95 * peak, side="left"))
+        hi = int(np.searchsorted(x, 1.5 * peak, side="right"))
+        if hi <= lo:
+            return PowerLawFit(num_fit_evals=len(x), fix_fingers=fix_fingers,
+                               reason="no eigenvalue near the ESD peak")
+        fit = _result(x, evals, *_fit_sorted(x, lo, hi))
+        fit.fix_fingers = fix_fingers
+    elif fix_fingers:
+        raise ValueError(f"unknown fix_fingers {fix_fingers!r} (use '', 'xmin_peak' or 'clip_xmax')")
+    else:
+        fit = _result(x, evals, *_fit_sorted(x))
+    if tpl:
+        _add_tpl(fit, x)
+    return fit
+
+
+def _fit_clipped(x, evals, max_fingers, finger_thresh, tpl) -> PowerLawFit:
+    first = _result(x, evals, *_fit_sorted(x))
+    best, fingers = first, 0
+    for k in range(1, max(1, max_fingers)):
+        if len(x) - k < 3:
+            break
+        fit = _result(x[:-k], evals, *_fit_sorted(x[:-k]))
+        if fit.alpha + finger_thresh < first.alpha:
+            best, fingers = fit, k
+            break
+        if fit.alpha <= 2.0:
+            break
+    best.fix_fingers, best.num_fingers, best.raw_alpha = "clip_xmax", fingers, first.alpha
+    if tpl:
+        _add_tpl(best, x[: len(x) - fingers])
+    return best
+
+
+def _add_tpl(fit: PowerLawFit, x: np.ndarray) -> None:
+    """Truncated power law MLE at fixed xmin: maximise −alpha Σln x − Lambda Σx − n ln Z."""
+    from scipy import integrate, optimize
+
+    tail = x[x >= fit.xmin]
+    xmin = fit.xmin
+    n, slog, sx = len(tail), float(np.log(tail / xmin).sum()), float((tail / xmin).sum())
+
+    def log_z(a: float, lam: float) -> float:
+        # Z/xmin^(1-a) = ∫_0^∞ exp((1−a)t − lam·e^t) dt, x = xmin·e^t (lam in units of 1/xmin)
+        f = lambda t: math.exp((1 - a) * t - lam * (math.exp(t) - 1))
+        val, _ = integrate.quad(f, 0, np.inf, limit=200)
+        return math.log(val) - lam
+
+    def nll(p):
+        a, log_lam = p
+        lam = math.exp(log_lam)
+        if a <= 1 and lam < 1e-12:
+            return 1e300
+        try:
+            return a * slog + lam * sx + n * log_z(a, lam)
+        except (OverflowError, ValueError, ZeroDivisionError):
+            return 1e300
+
+    start = [max(fit.alpha, 1.01), math.log(1e-3)]
+    res = optimize.minimize(nll, start, method="Nelder-Mead",
+                            options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
+    a, log_lam = res.x
+    fit.alpha = float(a)
+    fit.Lambda = float(math.exp(log_lam) / xmin)

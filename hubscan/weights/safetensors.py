@@ -1,0 +1,221 @@
+"""safetensors reader: the header is parsed and validated here before the file is handed to ``safetensors``.
+
+Layout (https://github.com/huggingface/safetensors): an 8-byte little-endian unsigned header length ``n``,
+``n`` bytes of JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``,
+then the data area; offsets are relative to the start of the data area.
+
+:func:`header_length` and :func:`parse_header` take bytes and the total file size, not a file, so a reader
+over HTTP range requests can validate a remote file with two small reads before fetching any tensor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import struct
+
+import torch
+from safetensors import safe_open
+
+from hubscan.errors import CorruptFileError, UnsupportedFormatError
+from hubscan.weights import register_reader
+from hubscan.weights.base import TensorEntry, WeightSet
+
+__all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "open_safetensors"]
+
+log = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 100_000_000  # the format's own limit (safetensors refuses larger headers too)
+
+_DTYPES = {
+    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16,
+    "I32": torch.int32, "U32": torch.uint32, "I64": torch.int64, "U64": torch.uint64,
+    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
+    "C64": torch.complex64,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the header describes it (validated).
+
+    Attributes
+    ----------
+    name : str
+    dtype : torch.dtype
+    shape : tuple of int
+    begin, end : int
+        Byte offsets in the data area (``end - begin == prod(shape) * dtype.itemsize``).
+    """
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple
+    begin: int
+    end: int
+
+
+def header_length(prefix: bytes, file_size: int, where: str) -> int:
+    """Validate the 8-byte header-length prefix before any header byte is read.
+
+    Parameters
+    ----------
+    prefix : bytes
+        The file's first 8 bytes (fewer if the file is shorter).
+    file_size : int
+        Total file size in bytes.
+    where : str
+        File path or URL, for messages.
+
+    Returns
+    -------
+    int
+        The header length ``n``; ``8 + n <= file_size`` and ``n <= MAX_HEADER_BYTES``.
+
+    Raises
+    ------
+    CorruptFileError
+        File shorter than 8 bytes, or a header length over the limit or past the end of the file.
+    """
+    if len(prefix) < 8:
+        raise CorruptFileError(where, f"file is {file_size} bytes, too short for the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix[:8])
+    if n > MAX_HEADER_BYTES:
+        raise CorruptFileError(where, f"header length {n} bytes exceeds the {MAX_HEADER_BYTES // 1_000_000} MB limit")
+    if 8 + n > file_size:
+        raise CorruptFileError(where, f"header length {n} bytes is larger than the file ({file_size} bytes)")
+    return n
+
+
+def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[TensorInfo], dict]:
+    """Parse and validate a safetensors JSON header against the file size.
+
+    Parameters
+    ----------
+    header : bytes
+        The ``n`` header bytes that follow the 8-byte length prefix.
+    file_size : int
+        Total file size in bytes (the data area is ``file_size - 8 - n`` bytes).
+    where : str
+        File path or URL, for messages.
+
+    Returns
+    -------
+    tensors : list of TensorInfo
+        In file order (by offset); empty for a file without tensors.
+    metadata : dict
+        The ``__metadata__`` entry, ``{}`` when absent.
+
+    Raises
+    ------
+    CorruptFileError
+        Header not UTF-8 JSON or not an object; a tensor entry malformed (dtype, shape, offsets), whose
+        byte span does not match its shape and dtype, or that lies outside the file; two tensors
+        overlapping; the file shorter than its header says.
+    UnsupportedFormatError
+        A dtype hubscan cannot represent in torch (e.g. ``F4``).
+    """
+    data_size = file_size - 8 - len(header)
+    try:
+        parsed = json.loads(header.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CorruptFileError(where, f"header is not valid JSON ({e})") from e
+    if not isinstance(parsed, dict):
+        raise CorruptFileError(where, f"header is JSON {type(parsed).__name__}, not an object")
+    metadata = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise CorruptFileError(where, "__metadata__ is not an object")
+    tensors = sorted((_tensor_info(name, spec, data_size, where) for name, spec in parsed.items()),
+                     key=lambda t: (t.begin, t.end))
+    stored = [t for t in tensors if t.end > t.begin]
+    for a, b in zip(stored, stored[1:]):
+        if b.begin < a.end:
+            raise CorruptFileError(where, f"tensors {a.name!r} [{a.begin}, {a.end}) and {b.name!r} "
+                                          f"[{b.begin}, {b.end}) overlap")
+    needed = max((t.end for t in tensors), default=0)
+    if needed > data_size:
+        raise CorruptFileError(where, f"file shorter than its header says: tensor data needs {needed} bytes, "
+                                      f"the file holds {max(data_size, 0)} (truncated?)")
+    return tensors, metadata
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"duplicate key {next(k for k in keys if keys.count(k) > 1)!r}")
+    return dict(pairs)
+
+
+def _tensor_info(name: str, spec: object, data_size: int, where: str) -> TensorInfo:
+    def bad(why: str) -> CorruptFileError:
+        return CorruptFileError(where, f"tensor {name!r}: {why}")
+
+    def is_int(x: object) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+    if not isinstance(spec, dict):
+        raise bad("entry is not an object")
+    dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad(f"dtype {dtype!r} is not a string")
+    if dtype not in _DTYPES:
+        raise UnsupportedFormatError(where, f"tensor {name!r} has dtype {dtype}, which hubscan cannot read")
+    if not (isinstance(shape, list) and all(map(is_int, shape))):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets)) and offsets[0] <= offsets[1]):
+        raise bad(f"data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if end - begin != nbytes:
+        span = f"data_offsets [{begin}, {end}] hold {end - begin} bytes but shape {shape} {dtype} needs {nbytes}"
+        if end > data_size:
+            raise bad(f"tensor data outside the file ({span}; the data area is {max(data_size, 0)} bytes)")
+        raise bad(span)
+    return TensorInfo(name, _DTYPES[dtype], tuple(shape), begin, end)
+
+
+@register_reader("safetensors", [".safetensors"])
+def open_safetensors(path: str | os.PathLike) -> WeightSet:
+    """Open a ``.safetensors`` file: validate its header, then read tensors memory-mapped, one at a time.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    WeightSet
+        Entries in file order; ``TensorEntry.load()`` returns a CPU tensor of the stored dtype (bf16 and
+        fp8 included) via ``safe_open(framework="pt").get_tensor``. A file without tensors gives no entries.
+
+    Raises
+    ------
+    CorruptFileError
+        See :func:`header_length` and :func:`parse_header`; also when ``safetensors`` itself refuses the file.
+    """
+    where = os.fspath(path)
+    size = os.path.getsize(where)
+    with open(where, "rb") as f:
+        n = header_length(f.read(8), size, where)
+        tensors, _ = parse_header(f.read(n), size, where)
+    try:
+        handle = safe_open(where, framework="pt")
+    except Exception as e:  # safetensors' own checks (e.g. gaps between tensors) or I/O errors
+        raise CorruptFileError(where, f"safetensors refused it: {e}") from e
+    entries = [TensorEntry(t.name, t.shape, str(t.dtype).removeprefix("torch."), where,
+                           functools.partial(_get_tensor, handle, t.name, where)) for t in tensors]
+    log.debug("%s: %d tensors", where, len(entries))
+    return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries),
+                     close=lambda: handle.__exit__(None, None, None))
+
+
+def _get_tensor(handle, name: str, where: str) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except Exception as e:
+        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {e}") from e
