@@ -64,7 +64,7 @@ def _print_result(result, console) -> None:
             ("stable_rank", "stable_rank"), ("phase", "phase"), ("status", "status")]
     for title, _ in cols:
         table.add_column(title, justify="left" if title in ("name", "type", "phase", "status") else "right",
-                         overflow="fold")
+                         no_wrap=title == "name", overflow="fold")
     for r in result.rows:
         cells = []
         for _, key in cols:
@@ -100,7 +100,7 @@ def cmd_analyze(args) -> int:
     from rich.console import Console
     from hubscan.analysis import analyze
 
-    console = Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
+    console = Console(width=None if sys.stdout.isatty() else 240)
     result = analyze(args.path, _options(args))
     if args.out:
         import pyarrow.parquet as pq

@@ -92,7 +92,8 @@ def reader_for(path: str | os.PathLike) -> Reader:
     suffix = Path(path).suffix.lower()
     if suffix not in _READERS:
         known = ", ".join(sorted(_READERS))
-        raise UnsupportedFormatError(os.fspath(path), f"unsupported file type {suffix or '(none)'!r} (hubscan reads {known})")
+        raise UnsupportedFormatError(os.fspath(path),
+                                     f"unsupported file type {suffix or '(none)'!r} (hubscan reads {known})")
     return _READERS[suffix]
 
 

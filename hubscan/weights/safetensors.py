@@ -31,12 +31,13 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 100_000_000  # the format's own limit (safetensors refuses larger headers too)
 
-_DTYPES = {
-    "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16,
-    "I32": torch.int32, "U32": torch.uint32, "I64": torch.int64, "U64": torch.uint64,
-    "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "F8_E8M0": torch.float8_e8m0fnu,
-    "C64": torch.complex64,
+_DTYPES = {  # safetensors dtype -> torch dtype; the newer ones only where this torch has them
+    code: getattr(torch, name) for code, name in [
+        ("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"), ("I16", "int16"), ("U16", "uint16"),
+        ("I32", "int32"), ("U32", "uint32"), ("I64", "int64"), ("U64", "uint64"), ("F16", "float16"),
+        ("BF16", "bfloat16"), ("F32", "float32"), ("F64", "float64"), ("C64", "complex64"),
+        ("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("F8_E8M0", "float8_e8m0fnu")]
+    if hasattr(torch, name)
 }
 
 
@@ -86,7 +87,8 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
         raise CorruptFileError(where, f"file is {file_size} bytes, too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER_BYTES:
-        raise CorruptFileError(where, f"header length {n} bytes exceeds the {MAX_HEADER_BYTES // 1_000_000} MB limit")
+        limit = f"{MAX_HEADER_BYTES // 1_000_000} MB"
+        raise CorruptFileError(where, f"header length {n} bytes exceeds the {limit} limit")
     if 8 + n > file_size:
         raise CorruptFileError(where, f"header length {n} bytes is larger than the file ({file_size} bytes)")
     return n

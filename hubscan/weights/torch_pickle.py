@@ -22,11 +22,12 @@ Finding the tensors (the naming rule)
     and so are containers under keys naming optimizer, scheduler or AMP-scaler state (``optim``, ``sched``,
     ``scaler``). Starting at the top, the walk descends into the state dict: into the first of
     :data:`STATE_DICT_KEYS` (``state_dict``, ``model_state_dict``, ``model``, ``module``, ``net`` …,
-    ``ema`` last) that holds tensors, else into the only child that holds tensors, as long as there is one.
-    Names are the dotted path below that point: ``{"model_state_dict": {"enc.weight": t}}`` gives
-    ``enc.weight``; ``{"generator": {...}, "discriminator": {...}}`` keeps the prefixes
-    (``generator.fc.weight``) because neither is preferred. Tensors beside a chosen state dict (an EMA copy,
-    a stats array) are dropped, with an INFO log.
+    ``ema`` last) that holds tensors, again and again while there is one. Names are the dotted path below
+    that point (list items by index): ``{"model_state_dict": {"enc.weight": t}}`` gives ``enc.weight``;
+    ``{"generator": {...}, "discriminator": {...}}`` keeps the prefixes (``generator.fc.weight``) since no
+    key is preferred; other wrappers are kept too (``{"student": sd}`` gives ``student.…``), as a kept
+    prefix never loses information. Tensors beside a chosen state dict (an EMA copy, a stats array) are
+    dropped, with an INFO log.
 """
 
 from __future__ import annotations
@@ -76,14 +77,17 @@ def _safe_globals() -> list[tuple[object, str]]:
              (pathlib.PosixPath if posix else pathlib.PurePosixPath, "pathlib.PosixPath"),
              (pathlib.PureWindowsPath if posix else pathlib.WindowsPath, "pathlib.WindowsPath"),
              (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
-    pairs += [(getattr(collections, n), f"collections.{n}") for n in ("OrderedDict", "defaultdict", "deque", "Counter")]
+    pairs += [(getattr(collections, n), f"collections.{n}")
+              for n in ("OrderedDict", "defaultdict", "deque", "Counter")]
     pairs += [(getattr(builtins, n), f"builtins.{n}")
               for n in ("dict", "list", "tuple", "set", "frozenset", "slice", "complex", "bytearray")]
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x pickle names
-        pairs += [(np._core.multiarray._reconstruct, f"{module}._reconstruct"),
-                  (np._core.multiarray.scalar, f"{module}.scalar")]
-    pairs += [(cls, f"numpy.dtypes.{n}") for n, cls in vars(np.dtypes).items() if n.endswith("DType")]
-    pairs += [(cls, f"numpy.{cls.__name__}") for cls in set(np.sctypeDict.values()) if issubclass(cls, (np.number, np.bool_))]
+        pairs += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
+    dtype_classes = vars(getattr(np, "dtypes", argparse.Namespace()))  # numpy.dtypes: numpy >= 1.25
+    pairs += [(cls, f"numpy.dtypes.{n}") for n, cls in dtype_classes.items() if n.endswith("DType")]
+    pairs += [(cls, f"numpy.{cls.__name__}")  # numeric scalar types (float32, int64, bool_ …)
+              for cls in set(np.sctypeDict.values()) if issubclass(cls, (np.number, np.bool_))]
     return pairs
 
 
@@ -171,6 +175,8 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     is_zip = zipfile.is_zipfile(where)
     if is_zip and _is_torchscript(where):
         return _guarded(_load_zip, where, script=True)
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the restricted unpickler reads it all
+        return _guarded(_load_zip if is_zip else _load_legacy, where)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # handled below
@@ -302,12 +308,8 @@ def find_tensors(obj: object, where: str = "") -> list[tuple[str, torch.Tensor]]
     found = _walk(obj)
     root: tuple = ()
     while True:
-        below = [p for p, _ in found if p[:len(root)] == root and len(p) > len(root)]
-        containers = list(dict.fromkeys(p[len(root)] for p in below if len(p) > len(root) + 1))
-        heads = set(p[len(root)] for p in below)
+        containers = {p[len(root)] for p, _ in found if p[:len(root)] == root and len(p) > len(root) + 1}
         preferred = next((k for k in STATE_DICT_KEYS if k in containers), None)
-        if preferred is None and len(heads) == 1 and containers:
-            preferred = containers[0]
         if preferred is None:
             break
         root += (preferred,)
@@ -347,7 +349,7 @@ def _walk(obj: object) -> list[tuple[tuple, torch.Tensor]]:
             continue
         seen.add(id(node))
         stack += [(path + (k,), v) for k, v in reversed(children)
-                  if not (isinstance(k, str) and _NOT_WEIGHTS.search(k) and not isinstance(v, (torch.Tensor, np.ndarray)))]
+                  if isinstance(v, (torch.Tensor, np.ndarray)) or not (isinstance(k, str) and _NOT_WEIGHTS.search(k))]
     return found
 
 

