@@ -17,13 +17,15 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from hubscan.errors import NoWeightsError
+from hubscan.errors import HubscanError, NoWeightsError
 from hubscan.esd.eigen import compute_esd, resolve_device
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.phases import classify_phase
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
+from hubscan.hub import HubClient
+from hubscan.refs import ModelRef, parse_ref
 from hubscan.weights import open_weights
 from hubscan.weights.base import TensorEntry, WeightSet
 
@@ -99,6 +101,10 @@ class AnalysisResult:
         ``"name"`` or ``"name:part"`` → float64 eigenvalues, when ``keep_evals``.
     files, format : list of str, str
         The weight files read and their format.
+    ref : ModelRef or None
+        The pinned reference (hub commit sha, or local fingerprint) when given a reference string.
+    metadata : dict
+        What the source knows of the model (downloads, model_type, eval results …).
     """
 
     source: str
@@ -108,6 +114,8 @@ class AnalysisResult:
     evals: dict
     files: list
     format: str
+    ref: ModelRef | None = None
+    metadata: dict = dataclasses.field(default_factory=dict)
 
     def to_arrow(self):
         """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA`."""
@@ -222,14 +230,47 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     return esd.evals
 
 
-def analyze(model: str | os.PathLike | WeightSet, options: AnalyzeOptions | None = None, **kwargs) -> AnalysisResult:
+def open_model(model: str | os.PathLike | ModelRef, client: HubClient | None = None) -> tuple[WeightSet, ModelRef, dict]:
+    """Resolve a reference (``hf:ORG/NAME[@REV]``, ``timm:NAME``, ``local:PATH`` or a path) and open
+    its weights.
+
+    Returns
+    -------
+    (WeightSet, ModelRef, dict)
+        The open weights, the pinned reference and the source's metadata.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+    """
+    from hubscan.sources import resolve
+    from hubscan.weights.remote import open_ref
+
+    ref = model if isinstance(model, ModelRef) else parse_ref(model)
+    if ref.source == "local" and not ref.revision:
+        # open first: the reader's errors name the file; the fingerprint comes after
+        ws = open_weights(ref.id)
+        try:
+            pinned, meta = resolve(ref)
+        except HubscanError:
+            pinned, meta = ref, {}
+        return ws, pinned, meta
+    pinned, meta = resolve(ref, client)
+    return open_ref(pinned, client), pinned, meta
+
+
+def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,
+            client: HubClient | None = None, **kwargs) -> AnalysisResult:
     """Analyze every weight matrix of one model.
 
     Parameters
     ----------
-    model : str, path or WeightSet
-        A safetensors / torch file, a Hugging Face layout folder (sharded or not), or an opened
-        :class:`~hubscan.weights.base.WeightSet`.
+    model : str, path, ModelRef or WeightSet
+        ``hf:ORG/NAME[@REV]`` (hub, read by HTTP range requests), ``timm:ARCH.TAG``, a local
+        safetensors / torch / ONNX / GGUF file or Hugging Face layout folder (sharded or not), or an
+        opened :class:`~hubscan.weights.base.WeightSet`.
+    client : HubClient, optional
+        Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …).
     options : AnalyzeOptions, optional
         Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
 
@@ -246,7 +287,10 @@ def analyze(model: str | os.PathLike | WeightSet, options: AnalyzeOptions | None
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
     t0 = time.perf_counter()
-    ws = model if isinstance(model, WeightSet) else open_weights(model)
+    if isinstance(model, WeightSet):
+        ws, ref, meta = model, None, {}
+    else:
+        ws, ref, meta = open_model(model, client)
     source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
     rows, evals = [], {}
     with ws:
@@ -267,6 +311,7 @@ def analyze(model: str | os.PathLike | WeightSet, options: AnalyzeOptions | None
             f"{n} ({r})" for n, r in missing[:3]) + (" …" if len(missing) > 3 else "")
     else:
         status, reason = "success", ""
-    summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0)
+    summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0,
+                   bytes_read=int(ws.stats.get("bytes_read", 0)))
     return AnalysisResult(source=source, rows=rows, summary=summary, missing=missing, evals=evals,
-                          files=list(ws.files), format=ws.format)
+                          files=list(ws.files), format=ws.format, ref=ref, metadata=meta)

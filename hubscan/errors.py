@@ -42,3 +42,7 @@ class UnsupportedFormatError(HubscanError):
 
 class SourceError(HubscanError):
     """A model source (hub, timm, local folder) could not list or fetch a model."""
+
+
+class GatedModelError(SourceError):
+    """A gated or private model the token does not give access to (a survey records it as skipped)."""

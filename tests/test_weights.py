@@ -313,6 +313,19 @@ def test_torchscript_tensors_without_running_code(no_unsafe_loading):
     assert len(got) == 32 and got["_model.decoder.decoder.2.weight"][:2] == ((1, 128, 1), "float32")
 
 
+def test_unreadable_torchscript_is_refused_as_code(tmp_path):
+    path = tmp_path / "scripted.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("m/data.pkl", b"\x80\x02ctorch.classes.quantized\nLinearPackedParams\n)\x81.")
+        z.writestr("m/constants.pkl", pickle.dumps(()))
+        z.writestr("m/code/__torch__/m.py", "def forward(self): ...")
+    with pytest.raises(UnsupportedFormatError) as excinfo:
+        open_weights(path)
+    assert_error(excinfo, path, "TorchScript archives hold code; not loaded (refused unsafe pickle: global "
+                                "torch.classes.quantized.LinearPackedParams is not allow-listed)")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_torchscript_matches_jit_state_dict():
     path = silero_jit()
     got = read(path)
@@ -484,6 +497,27 @@ def test_header_parser_raises_only_hubscan_errors(header, extra):
         assert "\n" not in str(e)
     else:
         assert all(t.end <= extra for t in tensors)
+
+
+json_scalars = st.none() | st.booleans() | st.integers(-2, 2**70) | st.floats(allow_nan=False) | st.text(max_size=3)
+header_entries = st.fixed_dictionaries({
+    "dtype": st.sampled_from(["F32", "I8", "BF16", "F4"]) | json_scalars,
+    "shape": st.lists(st.integers(0, 4) | json_scalars, max_size=3) | json_scalars,
+    "data_offsets": st.lists(st.integers(-1, 40) | json_scalars, max_size=3) | json_scalars,
+})
+
+
+@settings(max_examples=300, database=None, deadline=None)
+@given(st.dictionaries(st.text(max_size=3) | st.just("__metadata__"), header_entries | json_scalars, max_size=4),
+       st.integers(0, 64))
+def test_header_parser_on_malformed_entries(header, data_size):
+    raw = json.dumps(header).encode()
+    try:
+        tensors, _ = st_reader.parse_header(raw, 8 + len(raw) + data_size, "f")
+    except (CorruptFileError, UnsupportedFormatError) as e:
+        assert "\n" not in str(e) and str(e).startswith("f: ")
+    else:
+        assert all(t.end - t.begin == np.prod(t.shape) * t.dtype.itemsize and t.end <= data_size for t in tensors)
 
 
 dims = st.lists(st.integers(0, 5), max_size=3)

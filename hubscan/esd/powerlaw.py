@@ -256,7 +256,9 @@ def _add_tpl(fit: PowerLawFit, x: np.ndarray) -> None:
 
     def log_z(a: float, lam: float) -> float:
         # Z/xmin^(1-a) = ∫_0^∞ exp((1−a)t − lam·e^t) dt, x = xmin·e^t (lam in units of 1/xmin)
-        f = lambda t: math.exp((1 - a) * t - lam * (math.exp(t) - 1))
+        # quad samples t up to ~1e300 on [0, ∞): e^t overflows past t ≈ 709, where the integrand is
+        # 0 for any lam > 0 (an unguarded OverflowError made every evaluation fail).
+        f = lambda t: 0.0 if t > 700.0 else math.exp((1 - a) * t - lam * math.expm1(t))
         val, _ = integrate.quad(f, 0, np.inf, limit=200)
         return math.log(val) - lam
 

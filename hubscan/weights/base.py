@@ -51,6 +51,8 @@ class WeightSet:
         ``safetensors``, ``torch`` … (the reader's name).
     entries : callable () -> iterator of TensorEntry
         Yields the tensors in file order, one at a time.
+    stats : dict
+        Counters a reader keeps, e.g. ``bytes_read`` (bytes fetched over the network).
     missing : list of (str, str)
         Tensors the model's index names but that could not be found, with the reason
         (e.g. a shard file that is absent). Filled before ``entries`` is iterated.
@@ -61,6 +63,7 @@ class WeightSet:
     entries: Callable[[], Iterator[TensorEntry]]
     missing: list = dataclasses.field(default_factory=list)
     close: Callable[[], None] = dataclasses.field(default=lambda: None, repr=False)
+    stats: dict = dataclasses.field(default_factory=dict)
 
     def __enter__(self) -> "WeightSet":
         return self

@@ -14,7 +14,9 @@ Loading
        plain ``pickle.load`` are never used.
     TorchScript archives (a zip with ``constants.pkl``/``code/``; any suffix) hold code. Their ``data.pkl``
     is read by the same restricted unpickler, with every ``__torch__.*`` class replaced by an inert
-    :class:`ScriptObject` that only stores its attributes: the tensors come out, no TorchScript runs.
+    :class:`ScriptObject` that only stores its attributes: the tensors come out, no TorchScript runs. An
+    archive this cannot read is refused with ``UnsupportedFormatError("TorchScript archives hold code; not
+    loaded (<why>)")``.
 
 Finding the tensors (the naming rule)
     The object is walked through dicts, lists/tuples, ``argparse.Namespace`` and ``ScriptObject`` s.
@@ -169,12 +171,16 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     CorruptFileError
         Not a readable torch checkpoint (truncated zip, bad magic number, missing storage …).
     UnsupportedFormatError
-        Big-endian data, or storage views of torch < 1.0 that torch's own loader also failed to read.
+        A TorchScript archive whose data.pkl the restricted unpickler cannot read; big-endian data; storage
+        views of torch < 1.0 that torch's own loader also failed to read.
     """
     where = os.fspath(path)
     is_zip = zipfile.is_zipfile(where)
     if is_zip and _is_torchscript(where):
-        return _guarded(_load_zip, where, script=True)
+        try:
+            return _guarded(_load_zip, where, script=True)
+        except HubscanError as e:
+            raise UnsupportedFormatError(where, f"TorchScript archives hold code; not loaded ({e.reason})") from e
     if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the restricted unpickler reads it all
         return _guarded(_load_zip if is_zip else _load_legacy, where)
     try:
@@ -199,7 +205,7 @@ def _guarded(loader, where: str, **kw) -> object:
 
 
 def _reason(e: BaseException) -> str:
-    """The informative line of an exception message (torch's carry paragraphs of advice)."""
+    """The informative line of an exception message (torch's messages carry paragraphs of advice)."""
     text = str(e)
     match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -1,0 +1,206 @@
+"""Hugging Face Hub source: enumerate models, pin them to a commit, choose their weight files.
+
+Enumeration is ``HfApi.list_models`` with ``expand=`` (one request per page, no per-model calls);
+resolution is ``HfApi.model_info`` at the requested revision, which pins the commit sha.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import posixpath
+from typing import Iterator
+
+from hubscan.errors import NoWeightsError, UnsafeFileError
+from hubscan.hub import HubClient
+from hubscan.refs import ModelRef
+
+log = logging.getLogger(__name__)
+
+#: Properties fetched with each listed model (``list_models(expand=...)``).
+EXPAND = ["sha", "siblings", "safetensors", "cardData", "downloads", "likes", "library_name",
+          "pipeline_tag", "tags", "config", "lastModified", "createdAt", "gated", "private"]
+
+#: File choice, in order of preference: (format, patterns of weight files, index file).
+FILE_PREFERENCE = (
+    ("safetensors", ("model.safetensors",), "model.safetensors.index.json"),
+    ("safetensors", ("model-*-of-*.safetensors", "*.safetensors"), None),
+    ("torch", ("pytorch_model.bin",), "pytorch_model.bin.index.json"),
+    ("torch", ("pytorch_model-*-of-*.bin", "pytorch_model*.bin"), None),
+    ("onnx", ("model.onnx", "onnx/model.onnx", "*.onnx"), None),
+    ("gguf", ("*.gguf",), None),
+    ("torch", ("*.pth", "*.pt"), None),
+)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+_NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "rng_state*.pth", "scaler.pt")
+
+
+def check_repo_path(path: str, repo: str) -> str:
+    """Refuse a repo file path that could leave the download folder (absolute, ``..``, backslashes).
+
+    Raises
+    ------
+    UnsafeFileError
+    """
+    norm = posixpath.normpath(path)
+    if (not path or path.startswith(("/", "\\")) or "\\" in path or norm.startswith("..")
+            or any(part == ".." for part in path.split("/")) or ":" in path.split("/")[0]):
+        raise UnsafeFileError(f"{repo}/{path}", "repository file path leaves the repository")
+    return path
+
+
+def choose_files(filenames: list[str], repo: str = "", adapter: bool = False) -> tuple[tuple[str, ...], str]:
+    """Choose a model's weight files from its repository listing.
+
+    Preference: safetensors (single, or sharded via ``model.safetensors.index.json``), then
+    ``pytorch_model*.bin`` (sharded index too), then ONNX, then GGUF, then other ``.pt``/``.pth``.
+    Files in sub-folders are considered only for ONNX (``onnx/model.onnx``) and GGUF. With
+    ``adapter=True`` only ``adapter_model.*`` is chosen (a PEFT adapter is analyzed as its own model).
+
+    Parameters
+    ----------
+    filenames : list of str
+        Paths in the repository.
+    repo : str
+        Repository id, for messages.
+    adapter : bool
+
+    Returns
+    -------
+    (files, format)
+        Paths to fetch (an index file first when sharded) and the reader format name.
+
+    Raises
+    ------
+    NoWeightsError
+        No weight file of a known format.
+    UnsafeFileError
+        A chosen path would leave the repository.
+    """
+    names = [f for f in filenames if not any(fnmatch.fnmatch(posixpath.basename(f), p) for p in _NOT_WEIGHTS)]
+    top = [f for f in names if "/" not in f]
+    if adapter:
+        for a in ADAPTER_FILES:
+            if a in top:
+                return (check_repo_path(a, repo),), ("safetensors" if a.endswith(".safetensors") else "torch")
+        raise NoWeightsError(repo, "no adapter_model.* file")
+    top = [f for f in top if not f.startswith("adapter_model.")]
+    for fmt, patterns, index in FILE_PREFERENCE:
+        pool = names if fmt in ("onnx", "gguf") else top
+        if index and index in top:
+            return (check_repo_path(index, repo),), fmt
+        for pattern in patterns:
+            hits = sorted(f for f in pool if fnmatch.fnmatch(f, pattern))
+            if hits:
+                if fmt in ("onnx", "gguf"):
+                    hits = hits[:1]  # one graph / one quantisation per model
+                return tuple(check_repo_path(h, repo) for h in hits), fmt
+    if any(f.startswith("adapter_model.") for f in filenames):
+        return choose_files(filenames, repo, adapter=True)
+    raise NoWeightsError(repo, "no weight files (safetensors, pytorch_model*.bin, ONNX, GGUF) in the repository")
+
+
+def metadata_from_info(info) -> dict:
+    """The survey's per-model metadata from a ``huggingface_hub.ModelInfo``.
+
+    Returns
+    -------
+    dict
+        downloads, likes, library_name, pipeline_tag, tags, num_parameters (safetensors total),
+        model_type and architectures (config), eval_results (model-index: list of dicts with task,
+        dataset, split, metric, value), gated, private, created_at, last_modified.
+    """
+    config = getattr(info, "config", None) or {}
+    st = getattr(info, "safetensors", None)
+    card = getattr(info, "card_data", None)
+    evals = []
+    for r in (getattr(card, "eval_results", None) or []) if card is not None else []:
+        evals.append({"task": getattr(r, "task_type", None), "dataset": getattr(r, "dataset_type", None),
+                      "dataset_name": getattr(r, "dataset_name", None), "split": getattr(r, "dataset_split", None),
+                      "metric": getattr(r, "metric_type", None), "value": _num(getattr(r, "metric_value", None))})
+    return {
+        "downloads": getattr(info, "downloads", None), "likes": getattr(info, "likes", None),
+        "library_name": getattr(info, "library_name", None), "pipeline_tag": getattr(info, "pipeline_tag", None),
+        "tags": list(getattr(info, "tags", None) or []),
+        "num_parameters": getattr(st, "total", None) if st is not None else None,
+        "model_type": config.get("model_type") if isinstance(config, dict) else None,
+        "architectures": list(config.get("architectures") or []) if isinstance(config, dict) else [],
+        "eval_results": evals,
+        "gated": bool(getattr(info, "gated", False)), "private": bool(getattr(info, "private", False)),
+        "created_at": str(getattr(info, "created_at", "") or "") or None,
+        "last_modified": str(getattr(info, "last_modified", "") or "") or None,
+    }
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def list_hf(client: HubClient | None = None, *, filter: str | list | None = None, author: str | None = None,
+            search: str | None = None, pipeline_tag: str | None = None, sort: str | None = "downloads",
+            limit: int | None = None) -> Iterator[tuple[ModelRef, dict]]:
+    """Enumerate hub models, most downloaded first by default.
+
+    Parameters
+    ----------
+    client : HubClient, optional
+    filter : str or list of str
+        Tags, e.g. ``"timm"``, ``"safetensors"``, ``"text-generation"`` (``list_models`` has no
+        ``library=``: libraries are tags).
+    author, search, pipeline_tag : str
+    sort : str
+        ``downloads``, ``likes``, ``lastModified``, ``createdAt`` or ``trending_score``.
+    limit : int
+
+    Yields
+    ------
+    (ModelRef, dict)
+        The ref pinned to the listed sha, its files chosen (empty if it has none: the survey records
+        the reason when resolving), and :func:`metadata_from_info`.
+    """
+    client = client or HubClient()
+    models = client.call(client.api.list_models, what="list_models", filter=filter, author=author,
+                         search=search, pipeline_tag=pipeline_tag, sort=sort, limit=limit, expand=EXPAND)
+    for info in models:
+        yield ref_from_info(info, ModelRef("hf", info.id, repo_id=info.id)), metadata_from_info(info)
+
+
+def ref_from_info(info, ref: ModelRef) -> ModelRef:
+    """Pin ``ref`` to ``info.sha`` and choose its files from ``info.siblings`` (none if no weights)."""
+    names = [s.rfilename for s in (info.siblings or [])]
+    try:
+        files, _ = choose_files(names, info.id)
+    except (NoWeightsError, UnsafeFileError):
+        files = ()
+    return ModelRef(ref.source, ref.id, info.sha, files, info.id)
+
+
+def resolve_hf(ref: ModelRef, client: HubClient | None = None) -> tuple[ModelRef, dict]:
+    """Pin a hub ref to its commit sha and choose its weight files.
+
+    Parameters
+    ----------
+    ref : ModelRef
+        ``source`` hf or timm with ``repo_id`` set; ``revision`` a branch, tag, sha or None (main).
+    client : HubClient, optional
+
+    Returns
+    -------
+    (ModelRef, dict)
+        Pinned ref with files, and the model's metadata.
+
+    Raises
+    ------
+    GatedModelError, SourceError, NoWeightsError, UnsafeFileError
+    """
+    client = client or HubClient()
+    repo = ref.repo_id or ref.id
+    info = client.call(client.api.model_info, repo, revision=ref.revision, files_metadata=False,
+                       what=f"hf:{repo}" + (f"@{ref.revision}" if ref.revision else ""))
+    names = [s.rfilename for s in (info.siblings or [])]
+    files, _ = choose_files(names, repo)
+    meta = metadata_from_info(info)
+    return ModelRef(ref.source, ref.id, info.sha, files, repo), meta

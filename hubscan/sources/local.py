@@ -1,0 +1,84 @@
+"""Local source: a weight file, a Hugging Face layout folder, or a folder of such models."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from hubscan.errors import NoWeightsError
+from hubscan.refs import ModelRef, local_fingerprint
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf")
+
+
+def _is_weight_file(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES
+
+
+def _is_model_dir(p: Path) -> bool:
+    return p.is_dir() and any(_is_weight_file(c) or c.name.endswith(".index.json") for c in p.iterdir())
+
+
+def local_metadata(path: Path) -> dict:
+    """model_type / architectures from a folder's ``config.json`` when present."""
+    cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    meta: dict = {"library_name": None, "model_type": None, "architectures": []}
+    if cfg.is_file():
+        try:
+            data = json.loads(cfg.read_text())
+            meta["model_type"] = data.get("model_type")
+            meta["architectures"] = list(data.get("architectures") or [])
+        except (ValueError, OSError):
+            pass
+    return meta
+
+
+def resolve_local(ref: ModelRef) -> tuple[ModelRef, dict]:
+    """Pin a local ref: the files it would read and their fingerprint (size + mtime).
+
+    Raises
+    ------
+    NoWeightsError
+        No such file or folder, or no weight files in it.
+    """
+    path = Path(ref.id)
+    if not path.exists():
+        raise NoWeightsError(ref.id, "no such file or folder")
+    files = [path] if path.is_file() else sorted(c for c in path.rglob("*") if _is_weight_file(c)
+                                                 or c.name.endswith(".index.json"))
+    if not files:
+        raise NoWeightsError(ref.id, "no weight files found")
+    return ModelRef("local", str(path), local_fingerprint(files), tuple(str(f) for f in files)), local_metadata(path)
+
+
+def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
+    """Enumerate a folder of models: the folder itself if it is one model (HF layout), else each
+    weight file and each model sub-folder below it (recursively, a model folder is not entered).
+
+    Yields
+    ------
+    (ModelRef, dict)
+        Unresolved refs (``id`` = path) and metadata from ``config.json``.
+
+    Raises
+    ------
+    NoWeightsError
+        ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise NoWeightsError(str(root), "no such folder")
+    if _is_weight_file(root) or (root.is_dir() and (root / "config.json").exists() and _is_model_dir(root)):
+        yield ModelRef("local", str(root)), local_metadata(root)
+        return
+    for child in sorted(root.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if _is_weight_file(child):
+            yield ModelRef("local", str(child)), local_metadata(child)
+        elif _is_model_dir(child):
+            yield ModelRef("local", str(child)), local_metadata(child)
+        elif child.is_dir():
+            yield from list_local(child)
