@@ -36,6 +36,21 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")
 
 
+def _add_hub_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hub options (token: $HF_TOKEN, never on the command line)")
+    g.add_argument("--endpoint", default=None, help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    g.add_argument("--cache-dir", default=None, help="download cache for whole-file formats (default: a temporary one)")
+    g.add_argument("--keep-cache", action="store_true", help="keep downloaded files after each model")
+    g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/connection errors (default 4)")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds a hub request may stall (default 30)")
+
+
+def _client(args):
+    from hubscan.hub import HubClient
+    return HubClient(endpoint=args.endpoint, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
+                     max_retries=args.max_retries, timeout=args.timeout)
+
+
 def _options(args):
     from hubscan.analysis import AnalyzeOptions
     return AnalyzeOptions(device=args.device, method=args.method, precision=args.precision,
@@ -79,6 +94,8 @@ def _print_result(result, console) -> None:
         table.add_row(*cells)
     console.print(table)
     s = result.summary
+    if result.ref is not None and result.ref.source != "local":
+        console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")
     console.print(f"[bold]summary[/bold] status={s['status']}"
                   + (f" ({s['reason']})" if s.get("reason") else "")
                   + f"  layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
@@ -101,7 +118,7 @@ def cmd_analyze(args) -> int:
     from hubscan.analysis import analyze
 
     console = Console(width=None if sys.stdout.isatty() else 240)
-    result = analyze(args.path, _options(args))
+    result = analyze(args.path, _options(args), client=_client(args))
     if args.out:
         import pyarrow.parquet as pq
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -122,10 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("analyze", help="analyze one model's weights: per-layer table and summary")
-    p.add_argument("path", help="a .safetensors / .bin / .pt / .pth file, or a Hugging Face layout folder")
+    p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local .safetensors / .bin / .pt / .pth / "
+                                ".onnx / .gguf file or Hugging Face layout folder")
     p.add_argument("--out", help="write the per-layer rows to this Parquet file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     _add_fit_options(p)
+    _add_hub_options(p)
     p.set_defaults(func=cmd_analyze)
     return parser
 
