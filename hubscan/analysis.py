@@ -144,7 +144,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),
-                    shapes: dict | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
+                    shapes: dict | None = None, prefetch: bool = True) -> Iterator[tuple[dict, np.ndarray | None]]:
     """Analyze tensors one at a time.
 
     Parameters
@@ -154,6 +154,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     options : AnalyzeOptions
     shapes : dict of str to shape, optional
         Every tensor's shape, for RNN gate detection when ``split_fused``.
+    prefetch : bool
+        Read the next analyzable tensor in a background thread while the current one is
+        decomposed (overlaps network / disk reads with compute; at most two tensors are held).
 
     Yields
     ------
@@ -161,33 +164,64 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         One per matrix (1-D tensors yield nothing): the row dict, and the eigenvalues (float64,
         ascending) or None when skipped / failed.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     device = resolve_device(options.device)
-    for layer_id, entry in enumerate(entries):
-        plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
-                              conv_slices=options.conv_slices, min_evals=options.min_evals,
-                              max_evals=options.max_evals, sibling_shapes=shapes)
-        if len(entry.shape) < 2:
-            continue
-        tensor = None
-        for plan in plans:
-            row = _base_row(layer_id, entry, plan, device)
-            if plan.skip_reason is not None:
-                row.update(status="skipped", reason=plan.skip_reason)
-                yield row, None
+
+    def planned():
+        for layer_id, entry in enumerate(entries):
+            if len(entry.shape) < 2:
                 continue
-            t0 = time.perf_counter()
+            plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
+                                  conv_slices=options.conv_slices, min_evals=options.min_evals,
+                                  max_evals=options.max_evals, sibling_shapes=shapes)
+            yield layer_id, entry, plans
+
+    def loader(pool, entry, plans) -> Future | None:
+        if not any(p.skip_reason is None for p in plans):
+            return None
+        if pool is None:
+            fut: Future = Future()
             try:
-                if tensor is None:
-                    tensor = entry.load()
-                evals = _analyze_plan(plan, tensor, options, device, row)
-            except Exception as exc:  # one bad layer never stops the others
-                log.warning("%s: %s", entry.name, _one_line(exc))
-                row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
-                yield row, None
-                continue
-            row["seconds"] = time.perf_counter() - t0
-            yield row, evals
-        del tensor
+                fut.set_result(entry.load())
+            except Exception as exc:  # noqa: BLE001 - reported on the layer's row
+                fut.set_exception(exc)
+            return fut
+        return pool.submit(entry.load)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="hubscan-prefetch") if prefetch else None
+    try:
+        items = planned()
+        nxt = next(items, None)
+        pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
+        while nxt is not None:
+            layer_id, entry, plans = nxt
+            fut = pending if pool else loader(None, entry, plans)
+            nxt = next(items, None)
+            pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
+            tensor = None
+            for plan in plans:
+                row = _base_row(layer_id, entry, plan, device)
+                if plan.skip_reason is not None:
+                    row.update(status="skipped", reason=plan.skip_reason)
+                    yield row, None
+                    continue
+                t0 = time.perf_counter()
+                try:
+                    if tensor is None:
+                        tensor = fut.result()
+                    evals = _analyze_plan(plan, tensor, options, device, row)
+                except Exception as exc:  # one bad layer never stops the others
+                    log.warning("%s: %s", entry.name, _one_line(exc))
+                    row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
+                    yield row, None
+                    continue
+                row["seconds"] = time.perf_counter() - t0
+                yield row, evals
+            del tensor, fut
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dict:

@@ -71,3 +71,99 @@ LAYER_SCHEMA = pa.schema(
 )
 
 LAYER_COLUMNS = [n for n, _, _ in LAYER_FIELDS]
+
+#: Columns that identify the model a dataset row belongs to (prepended to layers and esd rows).
+IDENTITY_FIELDS = [
+    ("model_key", pa.string(), "sha256(source, model_id, revision, config_hash)[:16]"),
+    ("source", pa.string(), "hf | timm | local"),
+    ("model_id", pa.string(), "hub repo id, timm arch.tag name, or local path"),
+    ("revision", pa.string(), "commit sha (hub) or content fingerprint (local)"),
+]
+
+
+def _schema(fields, table: str) -> pa.Schema:
+    return pa.schema([pa.field(n, t, metadata={"description": d}) for n, t, d in fields],
+                     metadata={"hubscan.table": table, "hubscan.schema_version": SCHEMA_VERSION})
+
+
+#: The dataset's ``layers`` table: identity + every column of :data:`LAYER_SCHEMA`.
+DATASET_LAYER_SCHEMA = _schema(IDENTITY_FIELDS + [("survey_id", pa.string(), "survey that wrote the row")]
+                               + LAYER_FIELDS, "layers")
+
+_EVAL_RESULT = pa.struct([("task", pa.string()), ("dataset", pa.string()), ("dataset_name", pa.string()),
+                          ("split", pa.string()), ("metric", pa.string()), ("value", pa.float64())])
+
+MODEL_FIELDS = IDENTITY_FIELDS + [
+    ("config_hash", pa.string(), "hash of the analysis settings"),
+    ("repo_id", pa.string(), "hub repo holding the weights (timm models: timm/arch.tag)"),
+    ("files", pa.list_(pa.string()), "weight files read"),
+    ("format", pa.string(), "safetensors | torch | onnx | gguf"),
+    ("status", pa.string(), "success | incomplete | failed | skipped"),
+    ("reason", pa.string(), "why failed / skipped / incomplete"),
+    ("family", pa.string(), "model family: timm architecture prefix or HF config model_type"),
+    ("model_type", pa.string(), "HF config model_type (timm: family)"),
+    ("architectures", pa.list_(pa.string()), "HF config architectures / timm architecture"),
+    ("library_name", pa.string(), "library tag on the hub"),
+    ("pipeline_tag", pa.string(), "task tag on the hub"),
+    ("tags", pa.list_(pa.string()), "hub tags"),
+    ("downloads", pa.int64(), "hub downloads (last 30 days) when enumerated"),
+    ("likes", pa.int64(), "hub likes"),
+    ("num_parameters", pa.int64(), "parameter count the hub reports (safetensors total)"),
+    ("eval_results", pa.list_(_EVAL_RESULT), "model card model-index results"),
+    ("gated", pa.bool_(), "gated repository"),
+    ("created_at", pa.string(), "repo creation time"),
+    ("last_modified", pa.string(), "last commit time"),
+    ("alpha", pa.float64(), "mean alpha over successful layer fits"),
+    ("alpha_weighted", pa.float64(), "mean alpha_weighted"),
+    ("log_norm", pa.float64(), "mean log_norm"),
+    ("log_spectral_norm", pa.float64(), "mean log_spectral_norm"),
+    ("log_alpha_norm", pa.float64(), "mean log_alpha_norm"),
+    ("stable_rank", pa.float64(), "mean stable_rank"),
+    ("mp_softrank", pa.float64(), "mean mp_softrank"),
+    ("entropy", pa.float64(), "mean entropy"),
+    ("num_layers", pa.int64(), "matrix rows (analyzed + failed + skipped)"),
+    ("num_success", pa.int64(), "layers fitted"),
+    ("num_failed", pa.int64(), "layers failed"),
+    ("num_skipped", pa.int64(), "layers skipped"),
+    ("num_missing", pa.int64(), "tensors named by an index but absent"),
+    ("num_over_trained", pa.int64(), "layers with alpha < 2"),
+    ("num_under_trained", pa.int64(), "layers with alpha > 6"),
+    ("seconds", pa.float64(), "wall time of the model's analysis (incl. reads)"),
+    ("bytes_read", pa.int64(), "bytes fetched from the network (0 for local files)"),
+    ("retries", pa.int64(), "hub request retries"),
+    ("attempts", pa.int64(), "analysis attempts (actor deaths retried)"),
+    ("device", pa.string(), "where the eigenvalues were computed"),
+    ("options", pa.string(), "analysis settings, JSON"),
+    ("hubscan_version", pa.string(), "hubscan version"),
+    ("survey_id", pa.string(), "survey that wrote the row"),
+    ("analyzed_at", pa.timestamp("us", tz="UTC"), "when the row was written"),
+]
+MODEL_SCHEMA = _schema(MODEL_FIELDS, "models")
+
+ESD_SCHEMA = _schema(IDENTITY_FIELDS + [
+    ("layer_id", pa.int32(), "order of the tensor in the files"),
+    ("name", pa.string(), "full parameter name"),
+    ("part", pa.string(), "split block or ''"),
+    ("evals", pa.list_(pa.float32()), "eigenvalues of the pooled ESD, ascending (float32)"),
+], "esd")
+
+SURVEY_SCHEMA = _schema([
+    ("survey_id", pa.string(), "id of the run"),
+    ("started_at", pa.timestamp("us", tz="UTC"), "start"),
+    ("finished_at", pa.timestamp("us", tz="UTC"), "end"),
+    ("source", pa.string(), "source spec (hf, timm, local:DIR, list:FILE)"),
+    ("filters", pa.string(), "source filters, JSON"),
+    ("config_hash", pa.string(), "hash of the analysis settings"),
+    ("options", pa.string(), "analysis settings, JSON"),
+    ("num_models", pa.int64(), "models enumerated"),
+    ("num_already_done", pa.int64(), "skipped because the dataset holds them"),
+    ("num_success", pa.int64(), "models analyzed completely"),
+    ("num_incomplete", pa.int64(), "models with missing tensors"),
+    ("num_failed", pa.int64(), "models failed"),
+    ("num_skipped", pa.int64(), "models skipped (gated, no weights …)"),
+    ("bytes_read", pa.int64(), "bytes fetched"),
+    ("seconds", pa.float64(), "wall time"),
+    ("actors", pa.int64(), "analysis actors"),
+    ("interrupted", pa.bool_(), "stopped before the end (Ctrl-C)"),
+    ("hubscan_version", pa.string(), "hubscan version"),
+], "surveys")

@@ -364,11 +364,12 @@ def test_registry_and_unknown_suffix(tmp_path):
     assert reader_for("a.SAFETENSORS").name == "safetensors"
     assert {s: readers()[s].name for s in (".bin", ".pt", ".pth", ".ckpt", ".jit")} == dict.fromkeys(
         (".bin", ".pt", ".pth", ".ckpt", ".jit"), "torch")
-    path = tmp_path / "model.gguf"
-    path.write_bytes(b"GGUF")
+    assert {s: readers()[s].name for s in (".onnx", ".gguf")} == {".onnx": "onnx", ".gguf": "gguf"}
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"TFL3")
     with pytest.raises(UnsupportedFormatError) as excinfo:
         open_weights(path)
-    assert_error(excinfo, path, "unsupported file type '.gguf'")
+    assert_error(excinfo, path, "unsupported file type '.tflite'")
     with pytest.raises(NoWeightsError, match="no such file or folder"):
         open_weights(tmp_path / "absent.safetensors")
 

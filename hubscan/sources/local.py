@@ -18,7 +18,19 @@ def _is_weight_file(p: Path) -> bool:
 
 
 def _is_model_dir(p: Path) -> bool:
-    return p.is_dir() and any(_is_weight_file(c) or c.name.endswith(".index.json") for c in p.iterdir())
+    """One model in a folder: Hugging Face layout (config.json, a sharded index, model.safetensors /
+    pytorch_model.bin) or a single weight file. A folder of several unrelated weight files is not
+    one model: each file is."""
+    if not p.is_dir():
+        return False
+    children = list(p.iterdir())
+    weights = [c for c in children if _is_weight_file(c)]
+    if any(c.name.endswith(".index.json") for c in children):
+        return True
+    if weights and ((p / "config.json").is_file() or any(c.name in ("model.safetensors", "pytorch_model.bin")
+                                                         for c in weights)):
+        return True
+    return len(weights) == 1
 
 
 def local_metadata(path: Path) -> dict:
@@ -70,7 +82,8 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     root = Path(root)
     if not root.exists():
         raise NoWeightsError(str(root), "no such folder")
-    if _is_weight_file(root) or (root.is_dir() and (root / "config.json").exists() and _is_model_dir(root)):
+    if _is_weight_file(root) or (_is_model_dir(root) and len([c for c in root.iterdir() if c.is_dir()]) == 0) \
+            or (root / "config.json").is_file():
         yield ModelRef("local", str(root)), local_metadata(root)
         return
     for child in sorted(root.iterdir()):

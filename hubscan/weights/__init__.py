@@ -217,3 +217,5 @@ def _union(sets: list[WeightSet], entries: Callable[[], Iterator[TensorEntry]], 
 # Reader modules register themselves on import; a new format is one more line here.
 from hubscan.weights import safetensors as _safetensors  # noqa: E402,F401
 from hubscan.weights import torch_pickle as _torch_pickle  # noqa: E402,F401
+from hubscan.weights import onnx as _onnx  # noqa: E402,F401
+from hubscan.weights import gguf as _gguf  # noqa: E402,F401

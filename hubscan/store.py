@@ -1,0 +1,201 @@
+"""The survey dataset: hive-partitioned Parquet on any pyarrow / fsspec filesystem.
+
+Layout::
+
+    DATASET/table=models/source=hf/part-<model_key>.parquet     one row per model
+    DATASET/table=layers/source=hf/part-<model_key>.parquet     one row per matrix
+    DATASET/table=esd/source=hf/part-<model_key>.parquet        eigenvalues per matrix (float32 list)
+    DATASET/table=surveys/part-<survey_id>.parquet              one row per survey run
+    DATASET/table=accuracy/…                                    reported accuracy (accuracy module)
+
+``model_key`` = sha256 of (source, model id, revision, analysis-config hash), 16 hex digits: a
+new revision or new analysis settings give a new key; re-running the same key replaces its files.
+
+Atomicity: on a filesystem with rename (local, NFS, HDFS) each file is written under a hidden
+temporary name that does not end in ``.parquet`` (``.tmp-<uuid>``, skipped by pyarrow and DuckDB
+globs) and renamed into place. On object stores (S3, GCS) a written object becomes visible only
+when its upload completes (single PUT or completed multipart upload), so files are written to
+their final key directly; readers never see a partial object either way. The ``models`` file is
+written last: it is the commit record of a model (the done-set reads only it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import posixpath
+import uuid
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from hubscan.schema import DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SCHEMA_VERSION, SURVEY_SCHEMA
+
+log = logging.getLogger(__name__)
+
+TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA}
+
+
+def model_key(source: str, model_id: str, revision: str | None, config_hash: str) -> str:
+    """The dataset key of one analysis of one model revision: sha256 of the four, 16 hex digits."""
+    payload = json.dumps([source, model_id, revision or "", config_hash])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def config_hash(options) -> str:
+    """Hash of the analysis settings that change the numbers (not the device), 12 hex digits.
+
+    Parameters
+    ----------
+    options : hubscan.analysis.AnalyzeOptions or dict
+    """
+    import dataclasses
+    d = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+    for k in ("device", "keep_evals"):
+        d.pop(k, None)
+    d["schema_version"] = SCHEMA_VERSION
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def open_filesystem(url: str, **storage_options) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and base path for a dataset location.
+
+    Parameters
+    ----------
+    url : str
+        A local path, or a URL pyarrow understands (``s3://bucket/prefix``, ``gs://…``,
+        ``hdfs://…``), or any other fsspec URL (``memory://``, ``abfs://`` …), wrapped.
+    **storage_options
+        Passed to the filesystem (e.g. ``endpoint_override="127.0.0.1:9000", scheme="http"`` for
+        S3-compatible servers; fsspec options for fsspec URLs).
+
+    Returns
+    -------
+    (pyarrow.fs.FileSystem, str)
+    """
+    if "://" not in url:
+        import os
+        path = os.path.abspath(url)
+        return pafs.LocalFileSystem(), path
+    scheme = url.split("://", 1)[0]
+    if scheme == "s3":
+        bucket_path = url.split("://", 1)[1]
+        return pafs.S3FileSystem(**storage_options), bucket_path.rstrip("/")
+    if scheme in ("gs", "gcs", "hdfs", "file") and not storage_options:
+        fs, path = pafs.FileSystem.from_uri(url)
+        return fs, path.rstrip("/")
+    import fsspec
+    fsspec_fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), path.rstrip("/")
+
+
+class Dataset:
+    """A hubscan survey dataset (see the module docstring for layout and guarantees).
+
+    Parameters
+    ----------
+    url : str
+        Local path or filesystem URL.
+    **storage_options
+        See :func:`open_filesystem`.
+    """
+
+    def __init__(self, url: str, **storage_options):
+        self.url = url
+        self.fs, self.root = open_filesystem(url, **storage_options)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.fs.create_dir(self.root, recursive=True)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def path(self, table: str, name: str, source: str | None = None) -> str:
+        parts = [self.root, f"table={table}"] + ([f"source={source}"] if source else []) + [name]
+        return posixpath.join(*parts)
+
+    def glob(self, table: str) -> str:
+        """A DuckDB glob of a table's files: ``<root>/table=<t>/**/*.parquet``."""
+        return posixpath.join(self.url if "://" in self.url else self.root, f"table={table}", "**", "*.parquet")
+
+    # -- writing -------------------------------------------------------------------------------
+    def write_table(self, table: str, data: pa.Table, name: str, source: str | None = None) -> str:
+        """Write one file of a table atomically (see module docstring). Returns its path."""
+        schema = TABLES.get(table)
+        if schema is not None and data.schema.metadata is None:
+            data = data.replace_schema_metadata(schema.metadata)
+        final = self.path(table, name, source)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        buf = io.BytesIO()
+        pq.write_table(data, buf, compression="zstd")
+        payload = buf.getvalue()
+        if self.local:
+            tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}")
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(payload)
+            self.fs.move(tmp, final)  # atomic rename; replaces an existing file
+        else:
+            with self.fs.open_output_stream(final) as out:
+                out.write(payload)
+        return final
+
+    def write_model(self, key: str, source: str, model_row: dict, layer_rows: list[dict],
+                    esd_rows: list[dict] | None) -> None:
+        """Write a model's esd and layers files, then its models row (the commit record)."""
+        name = f"part-{key}.parquet"
+        if esd_rows is not None:
+            self.write_table("esd", rows_to_table(esd_rows, ESD_SCHEMA), name, source)
+        else:
+            self._delete_if_exists(self.path("esd", name, source))
+        self.write_table("layers", rows_to_table(layer_rows, DATASET_LAYER_SCHEMA), name, source)
+        self.write_table("models", rows_to_table([model_row], MODEL_SCHEMA), name, source)
+
+    def _delete_if_exists(self, path: str) -> None:
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
+
+    # -- reading -------------------------------------------------------------------------------
+    def files(self, table: str) -> list[str]:
+        base = posixpath.join(self.root, f"table={table}")
+        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                      and not i.base_name.startswith("."))
+
+    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """Read a whole table (all partitions), columns unified by name."""
+        import pyarrow.dataset as ds
+        files = self.files(table)
+        if not files:
+            schema = TABLES.get(table)
+            return schema.empty_table() if schema is not None else pa.table({})
+        dataset = ds.dataset(files, filesystem=self.fs, format="parquet", partitioning=None)
+        return dataset.to_table(columns=columns)
+
+    def done(self) -> dict[str, str]:
+        """model_key → status of every model with a models row."""
+        t = self.read("models", columns=["model_key", "status"])
+        return dict(zip(t.column("model_key").to_pylist(), t.column("status").to_pylist()))
+
+
+def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) → a table of ``schema``; missing keys are null, NaN floats become null."""
+    import math
+    rows = list(rows)
+    cols = {}
+    for f in schema:
+        vals = []
+        for r in rows:
+            v = r.get(f.name)
+            if isinstance(v, float) and math.isnan(v):
+                v = None
+            elif isinstance(v, np.generic):
+                v = v.item()
+            elif isinstance(v, np.ndarray):
+                v = v.tolist()
+            vals.append(v)
+        cols[f.name] = vals
+    return pa.Table.from_pydict(cols, schema=schema)

@@ -1,0 +1,309 @@
+"""ONNX reader: the initializers (and weight-like ``Constant`` tensors) of an ONNX graph; the model never runs.
+
+Loading
+    ``onnx.load(path, load_external_data=False)`` parses the protobuf; no operator runs and onnxruntime is not
+    used. Tensors embedded in the file (``raw_data`` or the typed ``*_data`` fields) are part of the parsed
+    ``ModelProto``, so **their bytes stay in memory while the set is open** (protobuf has no lazy fields: that
+    is inherent to the format; the parse itself briefly needs about twice the file size).
+    ``TensorEntry.load()`` converts only its own tensor. Tensors stored as *external data* (``model.onnx``
+    plus a data file beside it, the layout of every model over protobuf's 2 GB limit) are not in memory: each
+    ``load()`` reads just that tensor's ``offset``/``length`` span through
+    ``onnx.numpy_helper.to_array(tensor, base_dir=<model folder>)``, which also refuses symbolic links.
+    When opening, every external location is checked: an absolute path or one leaving the model folder is a
+    :class:`~hubscan.errors.CorruptFileError`, a span past the end of its data file too (truncated), and a
+    data file that is absent puts its tensors in ``WeightSet.missing`` (like an absent shard).
+
+What counts as a tensor
+    1. Every ``graph.initializer``, of any dtype and rank (the analysis skips 1-D and integer ones).
+    2. Every ``Constant`` node whose ``value`` is a float tensor of 2 or more dimensions: some exporters
+       (constant folding, OpenVINO, function inlining) put the weights there instead of in initializers.
+       Smaller or integer constants (shapes, axes, scalars) are not weights and are left out.
+    3. The same, recursively, in every subgraph a node attribute holds (``If`` branches, ``Loop`` / ``Scan``
+       bodies), and the Constant nodes of the model's local functions. silero-vad's ONNX export, for one,
+       keeps all its weights as Constants inside the two branches of an ``If`` (the 16 kHz and 8 kHz models).
+    Sparse initializers and string tensors are not read (logged at INFO).
+
+Names
+    An initializer is named as stored; a Constant by its output value name (the name Netron shows). These are
+    ONNX value names, **not** PyTorch parameter names: exporters often keep them (``encoder.0.weight``), but
+    weights feeding a ``MatMul`` or ``LSTM`` usually get generated names such as ``onnx::MatMul_123``, and
+    inlined subgraphs prefix theirs (``If_0_then_branch__Inline_0__…``). A ``Linear`` exported as ``MatMul``
+    is stored transposed, (in, out) rather than torch's (out, in), and an ``LSTM`` weight gets a leading
+    direction axis and ONNX's gate order (i, o, f, c): neither changes the eigenvalues of WᵀW (a transpose
+    only swaps which side gives the Gram matrix; a gate reorder permutes rows). A name that occurs more than
+    once (sibling subgraphs may reuse names) is prefixed, wherever it is inside a subgraph, with that
+    subgraph's path ``<node name>/<attribute>``: ``If_0/else_branch/<name>``.
+
+Dtypes
+    float32/64/16, bfloat16 and the float8 variants this torch has load as torch tensors of that dtype;
+    integer and bool tensors as they are (the analysis skips them as quantized or integer buffers). Packed
+    4- and 2-bit integers are reported as ``int4``, ``uint4``, ``int2``, ``uint2`` (so the planner skips them
+    as quantized); their ``load()`` returns the unpacked values as int8/uint8. Float formats torch cannot
+    hold (``FLOAT4E2M1``, ``FLOAT6*``, a float8 variant this torch lacks) are converted exactly to float32,
+    reported as ``float32`` and listed in ``WeightSet.stats["dequantized"]`` ({name: ONNX type name}).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import os
+import posixpath
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from hubscan.errors import CorruptFileError, UnsupportedFormatError
+from hubscan.weights import register_reader
+from hubscan.weights.base import TensorEntry, WeightSet
+
+__all__ = ["open_onnx", "onnx_tensor_to_torch"]
+
+log = logging.getLogger(__name__)
+
+
+def _onnx():
+    """The onnx package, imported on first use (optional dependency: ``pip install 'hubscan[formats]'``)."""
+    try:
+        import onnx
+        import onnx.numpy_helper  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise UnsupportedFormatError("onnx", "reading ONNX files needs the onnx package "
+                                             "(pip install 'hubscan[formats]')") from e
+    return onnx
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """How one ONNX data type is reported and converted.
+
+    name: dtype reported in TensorEntry.dtype; dtype: torch dtype load() returns; how: ``native`` (numpy dtype
+    torch takes), ``bits`` (ml_dtypes array reinterpreted bit for bit), ``cast`` (converted value by value).
+    """
+
+    name: str
+    dtype: torch.dtype
+    how: str
+    is_float: bool
+
+
+@functools.cache
+def _kinds() -> dict[int, _Kind]:
+    T = _onnx().TensorProto
+    kinds = {}
+    for code, name, how in [("FLOAT", "float32", "native"), ("DOUBLE", "float64", "native"),
+                            ("FLOAT16", "float16", "native"), ("BFLOAT16", "bfloat16", "bits"),
+                            ("FLOAT8E4M3FN", "float8_e4m3fn", "bits"), ("FLOAT8E5M2", "float8_e5m2", "bits"),
+                            ("FLOAT8E4M3FNUZ", "float8_e4m3fnuz", "bits"),
+                            ("FLOAT8E5M2FNUZ", "float8_e5m2fnuz", "bits"), ("FLOAT8E8M0", "float8_e8m0fnu", "bits"),
+                            ("FLOAT4E2M1", None, "cast"), ("FLOAT6E2M3", None, "cast"), ("FLOAT6E3M2", None, "cast")]:
+        if not hasattr(T, code):
+            continue
+        dtype = getattr(torch, name, None) if name else None
+        kinds[getattr(T, code)] = (_Kind(name, dtype, how, True) if dtype is not None
+                                   else _Kind("float32", torch.float32, "cast", True))
+    for code, name, how in [("INT8", "int8", "native"), ("UINT8", "uint8", "native"), ("INT16", "int16", "native"),
+                            ("UINT16", "uint16", "native"), ("INT32", "int32", "native"),
+                            ("UINT32", "uint32", "native"), ("INT64", "int64", "native"),
+                            ("UINT64", "uint64", "native"), ("BOOL", "bool", "native"),
+                            ("COMPLEX64", "complex64", "native"), ("COMPLEX128", "complex128", "native"),
+                            ("INT4", "int4", "cast"), ("UINT4", "uint4", "cast"),
+                            ("INT2", "int2", "cast"), ("UINT2", "uint2", "cast")]:
+        if not hasattr(T, code):
+            continue
+        dtype = getattr(torch, name) if how == "native" else (torch.int8 if name.startswith("int") else torch.uint8)
+        if how == "native" and not hasattr(torch, name):
+            continue
+        kinds[getattr(T, code)] = _Kind(name, dtype, how, name.startswith("complex"))
+    return kinds
+
+
+def _type_name(data_type: int) -> str:
+    try:
+        return _onnx().TensorProto.DataType.Name(data_type)
+    except ValueError:
+        return f"data type {data_type}"
+
+
+def onnx_tensor_to_torch(tensor, base_dir: str = "") -> torch.Tensor:
+    """One ONNX ``TensorProto`` as a CPU torch tensor (see the module docstring for the dtypes).
+
+    Parameters
+    ----------
+    tensor : onnx.TensorProto
+    base_dir : str
+        Folder of the model, where external data locations are resolved.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        A data type hubscan cannot represent (strings, undefined, types newer than this code).
+    ValueError, OSError, onnx.checker.ValidationError
+        From ``onnx.numpy_helper.to_array``: data of the wrong size, an unreadable external file.
+    """
+    kind = _kinds().get(tensor.data_type)
+    if kind is None:
+        raise UnsupportedFormatError(tensor.name, f"ONNX tensor type {_type_name(tensor.data_type)} is not supported")
+    array = _onnx().numpy_helper.to_array(tensor, base_dir=base_dir)
+    if kind.how == "native":
+        native = np.array(array, dtype=array.dtype.newbyteorder("="), copy=True)
+        return torch.from_numpy(native)
+    if kind.how == "bits":  # ml_dtypes bfloat16 / float8: same bits, torch dtype
+        raw = np.ascontiguousarray(array).view(np.uint16 if kind.dtype.itemsize == 2 else np.uint8)
+        return torch.from_numpy(raw.copy()).view(kind.dtype)
+    return torch.from_numpy(np.asarray(array).astype(np.dtype(str(kind.dtype).removeprefix("torch."))))
+
+
+@dataclasses.dataclass
+class _Found:
+    name: str  # as stored (initializer name, or a Constant's output name)
+    path: tuple  # subgraph path, () for the main graph
+    tensor: object  # onnx.TensorProto
+    constant: bool = False  # from a Constant node (else an initializer)
+
+
+def _walk_graph(graph, path: tuple, found: list, skipped: collections.Counter) -> None:
+    for init in graph.initializer:
+        found.append(_Found(init.name, path, init))
+    skipped["sparse initializer"] += len(graph.sparse_initializer)
+    for node in graph.node:
+        _walk_node(node, path, found, skipped)
+
+
+def _walk_node(node, path: tuple, found: list, skipped: collections.Counter) -> None:
+    A = _onnx().AttributeProto
+    if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+        for attr in node.attribute:
+            if attr.name == "value" and attr.type == A.TENSOR:
+                kind = _kinds().get(attr.t.data_type)
+                if kind is not None and kind.is_float and len(attr.t.dims) >= 2:
+                    found.append(_Found(node.output[0] if node.output else attr.t.name or node.name, path, attr.t,
+                                        constant=True))
+            elif attr.name == "sparse_value":
+                skipped["sparse constant"] += 1
+    for attr in node.attribute:
+        where = f"{node.name or node.op_type}/{attr.name}"
+        if attr.type == A.GRAPH:
+            _walk_graph(attr.g, path + (where,), found, skipped)
+        elif attr.type == A.GRAPHS:
+            for i, sub in enumerate(attr.graphs):
+                _walk_graph(sub, path + (f"{where}[{i}]",), found, skipped)
+
+
+def _unique_names(found: list[_Found]) -> list[str]:
+    counts = collections.Counter(f.name for f in found)
+    names = ["/".join(f.path + (f.name,)) if counts[f.name] > 1 and f.path else f.name for f in found]
+    seen: collections.Counter = collections.Counter()
+    out = []
+    for name in names:  # still repeated (an invalid graph with duplicate names): number them
+        seen[name] += 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+def _external_file(tensor, name: str, folder: str, where: str, sizes: dict) -> tuple[str, str | None]:
+    """Validate an external-data tensor's location and span: (data file path, None or why it is missing)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    norm = posixpath.normpath(location.replace("\\", "/"))
+    if not location or os.path.isabs(location) or norm.startswith("/") or norm == ".." or norm.startswith("../") \
+            or (len(norm) > 1 and norm[1] == ":"):
+        raise CorruptFileError(where, f"tensor {name!r}: external data location {location!r} is not a file "
+                                      "inside the model folder")
+    path = os.path.join(folder, norm)
+    if not os.path.isfile(path):
+        return path, f"its external data file {location} is absent"
+    try:
+        offset, length = int(info.get("offset", 0)), info.get("length")
+        length = None if length is None else int(length)
+    except ValueError as e:
+        raise CorruptFileError(where, f"tensor {name!r}: external data offset/length are not integers "
+                                      f"({info.get('offset')!r}, {info.get('length')!r})") from e
+    size = sizes.setdefault(path, os.path.getsize(path))
+    end = offset + (length if length is not None else 0)
+    if offset < 0 or (length is not None and length < 0) or end > size or offset > size:
+        raise CorruptFileError(path, f"tensor {name!r} needs bytes [{offset}, {end}) but the file holds {size} "
+                                     "(truncated?)")
+    return path, None
+
+
+@register_reader("onnx", [".onnx"])
+def open_onnx(path: str | os.PathLike) -> WeightSet:
+    """Open an ``.onnx`` model (graph parsed, never run) as a lazy set of its weight tensors.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    WeightSet
+        Entries in graph order (main graph, then each subgraph where its node occurs, then local functions);
+        ``files`` lists the model and the external data files it uses; ``missing`` the tensors whose external
+        data file is absent; ``stats["dequantized"]`` float formats converted to float32.
+
+    Raises
+    ------
+    CorruptFileError
+        Not a parsable ONNX protobuf, no graph, an external data location outside the model folder or past
+        the end of its file.
+    """
+    where = os.fspath(path)
+    onnx = _onnx()
+    try:
+        model = onnx.load(where, load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, onnx's own checks, I/O errors
+        raise CorruptFileError(where, f"not a valid ONNX model ({type(e).__name__}: {e})") from e
+    if not model.HasField("graph"):
+        raise CorruptFileError(where, "not a valid ONNX model (no graph)")
+    found: list[_Found] = []
+    skipped: collections.Counter = collections.Counter()
+    _walk_graph(model.graph, (), found, skipped)
+    for fn in model.functions:
+        for node in fn.node:
+            _walk_node(node, (f"{fn.domain}.{fn.name}" if fn.domain else fn.name,), found, skipped)
+
+    folder = os.path.dirname(os.path.abspath(where))
+    T = onnx.TensorProto
+    entries, missing, files, dequantized, sizes = [], [], [where], {}, {}
+    for f, name in zip(found, _unique_names(found)):
+        kind = _kinds().get(f.tensor.data_type)
+        if kind is None:
+            skipped[f"{_type_name(f.tensor.data_type)} tensor"] += 1
+            continue
+        if f.tensor.data_location == T.EXTERNAL:
+            data_file, absent = _external_file(f.tensor, name, folder, where, sizes)
+            if absent:
+                missing.append((name, absent))
+                continue
+            if data_file not in files:
+                files.append(data_file)
+        if kind.how == "cast" and kind.is_float:
+            dequantized[name] = _type_name(f.tensor.data_type)
+        entries.append(TensorEntry(name, tuple(int(d) for d in f.tensor.dims), kind.name, where,
+                                   functools.partial(_load, f.tensor, folder, where, name)))
+    for what, n in skipped.items():
+        if n:
+            log.info("%s: %d %s(s) not read", where, n, what)
+    for name, reason in missing:
+        log.warning("%s: tensor %s is missing: %s", where, name, reason)
+    if dequantized:
+        log.info("%s: %d tensor(s) in float formats torch cannot hold are converted to float32: %s", where,
+                 len(dequantized), ", ".join(sorted(set(dequantized.values()))))
+    log.debug("%s: %d tensors (%d from Constant nodes, %d inside subgraphs or functions)", where, len(entries),
+              sum(f.constant for f in found), sum(bool(f.path) for f in found))
+    stats = {"dequantized": dequantized} if dequantized else {}
+    return WeightSet(files=files, format="onnx", entries=lambda: iter(entries), missing=missing,
+                     close=entries.clear, stats=stats)
+
+
+def _load(tensor, folder: str, where: str, name: str) -> torch.Tensor:
+    try:
+        return onnx_tensor_to_torch(tensor, folder)
+    except UnsupportedFormatError as e:
+        raise UnsupportedFormatError(where, f"tensor {name!r}: {e.reason}") from e
+    except Exception as e:  # wrong data size, unreadable or refused external file
+        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {type(e).__name__}: {e}") from e
