@@ -132,6 +132,80 @@ def cmd_analyze(args) -> int:
     return 0 if result.summary["status"] in ("success", "incomplete") else 1
 
 
+def _survey_config(args):
+    import json as _json
+    from hubscan.survey import SurveyConfig
+
+    filters = {k: v for k, v in {"filter": args.filter, "author": args.author, "search": args.search,
+                                 "pipeline_tag": args.pipeline_tag, "sort": args.sort,
+                                 "exclude": args.exclude}.items() if v is not None}
+    if args.source == "timm":
+        filters = {k: v for k, v in filters.items() if k in ("filter", "exclude")}
+    elif args.source != "hf":
+        filters = {}
+    hub = {k: v for k, v in {"endpoint": args.endpoint, "cache_dir": args.cache_dir, "keep_cache": args.keep_cache,
+                             "max_retries": args.max_retries, "timeout": args.timeout}.items() if v is not None}
+    return SurveyConfig(source=args.source, out=args.out, filters=filters, limit=args.limit, options=_options(args),
+                        address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                        cpus_per_actor=args.cpus_per_actor, max_in_flight=args.max_in_flight,
+                        max_attempts=args.max_attempts, force=args.force, keep_esd=not args.no_esd,
+                        storage_options=_json.loads(args.storage_options) if args.storage_options else {},
+                        hub=hub, progress=not args.no_progress)
+
+
+def _print_survey(summary, console) -> None:
+    from rich.table import Table
+    t = Table(title=f"survey {summary['survey_id']} ({summary['source']})")
+    for col in ("models", "already done", "success", "incomplete", "failed", "skipped", "MB read", "seconds",
+                "actors"):
+        t.add_column(col, justify="right")
+    t.add_row(str(summary["num_models"]), str(summary["num_already_done"]), str(summary["num_success"]),
+              str(summary["num_incomplete"]), str(summary["num_failed"]), str(summary["num_skipped"]),
+              f"{summary['bytes_read'] / 1e6:.1f}", f"{summary['seconds']:.1f}", str(summary["actors"]))
+    console.print(t)
+
+
+def cmd_survey(args) -> int:
+    from rich.console import Console
+    from hubscan.survey import survey
+
+    config = _survey_config(args)
+    summary = survey(config)
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    _print_survey(summary, console)
+    from hubscan.query import summary_tables
+    for title, lines in summary_tables(config.out, config.storage_options):
+        console.print(title)
+        for line in lines:
+            console.print("  " + line)
+    return 0
+
+
+def cmd_sql(args) -> int:
+    import json as _json
+    from hubscan.query import connect
+
+    con = connect(args.dataset, **(_json.loads(args.storage_options) if args.storage_options else {}))
+    cur = con.execute(args.query)
+    cols = [d[0] for d in cur.description] if cur.description else []
+    rows = cur.fetchall()
+    if args.format == "csv":
+        import csv
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    elif args.format == "json":
+        print(_json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*[_fmt(v, 4) for v in r])
+        Console(width=None if sys.stdout.isatty() else 240).print(t)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubscan", description="HTSR spectra (alpha, ESD metrics) of model weights.")
     parser.add_argument("--version", action="version", version=f"hubscan {__version__}")
@@ -146,6 +220,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit_options(p)
     _add_hub_options(p)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("survey", help="analyze many models on Ray into a Parquet dataset (resumable)")
+    p.add_argument("--source", required=True, help="hf | timm | local:DIR | list:FILE (one reference per line)")
+    p.add_argument("--out", required=True, help="dataset directory or URL (s3://bucket/prefix …)")
+    p.add_argument("--limit", type=int, default=None, help="models to enumerate at most")
+    g = p.add_argument_group("source filters")
+    g.add_argument("--filter", default=None, help="hf: tag (e.g. timm, safetensors, text-generation); timm: name glob")
+    g.add_argument("--author", default=None, help="hf: organisation or user")
+    g.add_argument("--search", default=None, help="hf: substring of the repo id")
+    g.add_argument("--pipeline-tag", default=None, help="hf: task, e.g. image-classification")
+    g.add_argument("--sort", default=None, help="hf: downloads (default) | likes | lastModified | createdAt")
+    g.add_argument("--exclude", default=None, help="timm: name glob to leave out")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default: embedded local Ray")
+    g.add_argument("--actors", type=int, default=None, help="analysis actors (default: one per GPU, else CPUs/2)")
+    g.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
+    g.add_argument("--cpus-per-actor", type=float, default=None)
+    g.add_argument("--max-in-flight", type=int, default=None, help="models dispatched at once (default 2 × actors)")
+    g.add_argument("--max-attempts", type=int, default=3, help="attempts per model when its actor dies (default 3)")
+    g = p.add_argument_group("dataset")
+    g.add_argument("--force", action="store_true", help="re-analyze models the dataset already holds")
+    g.add_argument("--no-esd", action="store_true", help="do not write the esd table (eigenvalues)")
+    g.add_argument("--storage-options", default=None, help="filesystem options as JSON, e.g. "
+                   "'{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
+    g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    _add_fit_options(p)
+    _add_hub_options(p)
+    p.set_defaults(func=cmd_survey)
+
+    p = sub.add_parser("sql", help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)")
+    p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
+    p.add_argument("--dataset", required=True, help="dataset directory or URL")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--storage-options", default=None, help="filesystem options as JSON")
+    p.set_defaults(func=cmd_sql)
     return parser
 
 
@@ -168,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything unexpected: still one line
         if args.debug:
             raise
-        where = getattr(args, "path", "") or args.command
+        where = getattr(args, "path", "") or getattr(args, "source", "") or args.command
         msg = " ".join(str(exc).split())
         print(f"hubscan: error: {where}: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1

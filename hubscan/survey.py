@@ -111,9 +111,17 @@ def _family(meta: dict, ref: ModelRef) -> str | None:
         return meta["model_type"]
     if ref.source != "local":
         return None
+    # a local file's name without its version / size / fold tokens, else its folder's name:
+    # proteinmpnn_v_48_020.pt → proteinmpnn, silero_vad_16k.safetensors → silero_vad, v3_fold0.pt → <folder>
+    import re
     path = ref.id.rstrip("/")
-    fam = family_of(os.path.splitext(os.path.basename(path))[0])
-    return fam if len(fam) >= 3 else os.path.basename(os.path.dirname(path)) or fam
+    stem = os.path.splitext(os.path.basename(path))[0]
+    tokens = []
+    for tok in stem.split("_"):
+        if re.fullmatch(r"(v\d*|\d.*|fold\d*|v\d+_fold\d+)", tok.lower()):
+            break
+        tokens.append(tok)
+    return "_".join(tokens) or os.path.basename(os.path.dirname(path)) or stem
 
 
 def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: str, reason: str,
@@ -260,9 +268,12 @@ def survey(config: SurveyConfig) -> dict:
 
     we_started_ray = False
     if not ray.is_initialized():
-        ray.init(address=config.address, ignore_reinit_error=True, log_to_driver=False,
-                 include_dashboard=False, **({"num_cpus": os.cpu_count()} if config.address is None else {}))
-        we_started_ray = config.address is None
+        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            we_started_ray = True
     n_actors, gpa, cpa = _cluster_resources(config)
     device = "cuda" if gpa else "cpu"
     options = dataclasses.replace(config.options, device=device)

@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 __all__ = [
     "FakeHub",
@@ -529,7 +529,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class FakeHub:
-    """A Hugging Face Hub double on 127.0.0.1. Use as a context manager or ``start()``/``close()``."""
+    """A Hugging Face Hub double on 127.0.0.1. Use as a context manager or ``start()``/``close()``.
+
+    ``root_models`` maps repo ids to a folder, to a ``{path_in_repo: bytes | local path}`` dict, or to a
+    ``(folder_or_dict, info)`` tuple. ``lfs_redirect=True`` answers LFS files with a 302 to a second
+    listener (``cdn_endpoint``). ``list_page_size`` / ``tree_page_size`` (``tree_page_size_expand`` when
+    ``expand=true``) are the page sizes behind the ``Link: rel="next"`` pagination; they can be changed live.
+
+    Content: ``add_model``, ``add_model_from_dir``, ``remove_model``, ``set_info``, ``grant``, ``sha``,
+    ``file_bytes``. Faults: ``inject``, ``clear_faults``, ``faults_fired``. Accounting: ``requests``,
+    ``bytes_sent``, ``reset_stats``.
+    """
 
     def __init__(self, root_models: Mapping[str, Any] | None = None, *, lfs_redirect: bool = False,
                  list_page_size: int = 1000, tree_page_size: int = 1000, tree_page_size_expand: int = 50):
@@ -615,7 +625,7 @@ class FakeHub:
         lastModified, trendingScore, author, or any other key (passed through to the JSON). Unless given:
         ``safetensors`` is counted from the *.safetensors headers, ``config`` is taken from config.json
         (architectures, model_type), ``cardData`` from README.md front matter (if PyYAML is importable), and
-        ``tags`` is library_name + pipeline_tag + "safetensors" when present. ``lfs`` forces every file to be
+        ``tags`` is cardData tags + library_name + pipeline_tag + "safetensors" when present. ``lfs`` forces every file to be
         (or not be) LFS; by default .gitattributes' ``filter=lfs`` patterns (or the Hub defaults) and size
         ≥ 10 MiB decide. Returns the commit sha (40 hex; derived deterministically when not given).
         """
@@ -725,8 +735,11 @@ class FakeHub:
                 merged["cardData"] = card
                 merged["_auto_cardData"] = True
         if "tags" not in merged:
-            tags = [t for t in (merged.get("library_name"), merged.get("pipeline_tag")) if t]
-            if any(p.endswith(".safetensors") for p in blobs):
+            card_tags = (merged.get("cardData") or {}).get("tags") or []
+            tags = [t for t in [*card_tags, merged.get("library_name"), merged.get("pipeline_tag")]
+                    if isinstance(t, str) and t]
+            tags = list(dict.fromkeys(tags))
+            if any(p.endswith(".safetensors") for p in blobs) and "safetensors" not in tags:
                 tags.append("safetensors")
             merged["tags"] = tags
             merged["_auto_tags"] = True
@@ -792,12 +805,12 @@ class FakeHub:
             keywords = {"revision", "tree", "paths-info", "refs", "commits", "safetensors-metadata"}
             rec.repo_id, rest = self._split_repo(segs[2:], keywords)
             what = rest[0] if rest else ""
-            rec.kind = {"": "info", "revision": "info", "st-metadata": "st-metadata"}.get(what, what)
-            if what == "safetensors-metadata":
-                rec.kind = "st-metadata"
-            if what in ("revision", "tree", "commits", "paths-info") and len(rest) > 1:
+            rec.kind = {"": "info", "revision": "info", "safetensors-metadata": "st-metadata"}.get(what, what)
+            if what in ("revision", "tree", "commits") and len(rest) > 1:
                 rec.revision = unquote(rest[1])
-            elif what in ("", "tree", "paths-info"):
+            elif what == "paths-info" and len(rest) > 1:
+                rec.revision = unquote("/".join(rest[1:]))
+            elif what in ("", "tree", "paths-info", "commits", "safetensors-metadata"):
                 rec.revision = "main"
             if what == "tree" and len(rest) > 2:
                 rec.file = unquote("/".join(rest[2:])).strip("/")
@@ -939,7 +952,7 @@ class FakeHub:
             "usedStorage": sum(b.size for b in rev.files.values()),
         }
         for k, v in info.items():
-            if k in ("sha", "siblings", "id", "_id"):
+            if k in ("sha", "siblings", "id", "_id") or k.startswith("_auto_"):
                 continue
             rec[k] = v
         if "lastModified" in info:
