@@ -87,7 +87,7 @@ class _Kind:
     name: str
     dtype: torch.dtype
     how: str
-    is_float: bool
+    is_float: bool  # a real floating-point type (what a weight-holding Constant has)
 
 
 @functools.cache
@@ -117,7 +117,7 @@ def _kinds() -> dict[int, _Kind]:
         dtype = getattr(torch, name) if how == "native" else (torch.int8 if name.startswith("int") else torch.uint8)
         if how == "native" and not hasattr(torch, name):
             continue
-        kinds[getattr(T, code)] = _Kind(name, dtype, how, name.startswith("complex"))
+        kinds[getattr(T, code)] = _Kind(name, dtype, how, False)
     return kinds
 
 

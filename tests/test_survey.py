@@ -1,0 +1,129 @@
+"""The survey on Ray: embedded local Ray over the local hub of real weights; resume, force, and
+fault tolerance on a multi-node ``ray.cluster_utils.Cluster`` (node removed, actor killed, driver
+killed); ``ray job submit`` of ``jobs/survey.py`` to a head started by the test."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import hubscan  # noqa: E402
+from hubscan.analysis import AnalyzeOptions  # noqa: E402
+from hubscan.localhub import build_local_hub  # noqa: E402
+from hubscan.survey import SurveyConfig, survey  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KEEP = ("all-MiniLM-L6-v2", "silero_vad_16k.safetensors", "proteinmpnn_v_48_002.pt", "proteinmpnn_v_48_020.pt",
+        "ligandmpnn_v_32_010_25.pt", "v3_fold0.pt", "v3_fold1.pt")
+
+
+@pytest.fixture(scope="module")
+def small_hub(tmp_path_factory) -> Path:
+    """A local hub of 7 real models (MiniLM, silero-vad, 3 MPNNs, 2 PocketNet folds)."""
+    root = tmp_path_factory.mktemp("hub")
+    for link in build_local_hub(root):
+        if os.path.basename(link) not in KEEP:
+            os.unlink(link)
+    models = [p for p in root.rglob("*") if p.is_symlink()]
+    assert len(models) == len(KEEP)
+    return root
+
+
+def q(dataset: Path, sql: str):
+    con = duckdb.connect()
+    for t in ("models", "layers", "esd", "surveys"):
+        if list(dataset.glob(f"table={t}/**/*.parquet")):
+            con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{dataset}/table={t}/**/*.parquet', "
+                        "hive_partitioning=true, union_by_name=true)")
+    return con.execute(sql).fetchall()
+
+
+def plain(series) -> list:
+    import pandas as pd
+    return [None if pd.isna(v) else (int(v) if isinstance(v, float) and v.is_integer() else v) for v in series]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
+    out = tmp_path / "ds"
+    cfg = SurveyConfig(source=f"local:{small_hub}", out=str(out), actors=2, progress=False)
+    s1 = survey(cfg)
+    assert (s1["num_models"], s1["num_success"], s1["num_failed"]) == (len(KEEP), len(KEEP), 0)
+    assert q(out, "SELECT count(*), count(DISTINCT model_key) FROM models") == [(len(KEEP), len(KEEP))]
+
+    # every model's layer rows equal `hubscan analyze` of that model, column by column
+    for (model_id,) in q(out, "SELECT model_id FROM models"):
+        expected = hubscan.analyze(model_id).to_pandas()
+        got = duckdb.connect().execute(
+            f"SELECT * FROM read_parquet('{out}/table=layers/**/*.parquet', hive_partitioning=true, "
+            f"union_by_name=true) WHERE model_id = ? ORDER BY layer_id, part", [model_id]).df()
+        assert len(got) == len(expected), model_id
+        for col in ("name", "part", "status", "N", "M", "num_pl_spikes", "num_evals", "phase"):
+            assert plain(got[col]) == plain(expected[col]), (model_id, col)
+        for col in ("alpha", "D", "xmin", "log_norm", "log_spectral_norm", "alpha_weighted", "stable_rank"):
+            for a, b in zip(got[col], expected[col]):
+                assert (a is None or math.isnan(a)) == (b is None or math.isnan(b)), (model_id, col)
+                if b is not None and not math.isnan(b):
+                    # same computation; only BLAS thread counts differ (actor: 1 thread) → last-bit rounding
+                    assert a == pytest.approx(b, rel=1e-12, abs=1e-12), (model_id, col, a, b)
+    # the esd table holds each analyzed layer's eigenvalues (float32)
+    n_esd, n_ok = q(out, "SELECT (SELECT count(*) FROM esd), (SELECT count(*) FROM layers WHERE status <> 'skipped' "
+                         "AND reason NOT LIKE 'non-finite%')")[0]
+    assert n_esd == n_ok
+
+    files_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet") if "surveys" not in str(p)}
+    s2 = survey(cfg)  # rerun: nothing to do
+    assert (s2["num_already_done"], s2["num_success"]) == (len(KEEP), 0)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet") if "surveys" not in str(p)} == files_before
+
+    s3 = survey(SurveyConfig(source=f"local:{small_hub}", out=str(out), actors=2, progress=False, force=True))
+    assert s3["num_success"] == len(KEEP)
+    counts = q(out, "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM layers), "
+                    "(SELECT count(DISTINCT survey_id) FROM surveys)")[0]
+    assert counts[0] == len(KEEP) and counts[2] == 3
+    assert counts[1] == q(out, "SELECT count(*) FROM (SELECT DISTINCT model_key, layer_id, part FROM layers)")[0][0]
+    assert not list(out.rglob(".tmp-*"))  # no temporary file left behind
+
+
+def test_new_config_is_a_new_analysis(small_hub, tmp_path, local_ray):
+    out = tmp_path / "ds"
+    base = dict(source=f"local:{small_hub}", out=str(out), actors=1, progress=False, limit=2)
+    survey(SurveyConfig(**base))
+    s = survey(SurveyConfig(**base, options=AnalyzeOptions(fix_fingers="clip_xmax")))
+    assert s["num_success"] == 2 and s["num_already_done"] == 0
+    assert q(out, "SELECT count(DISTINCT config_hash), count(*) FROM models") == [(2, 4)]
+
+
+def test_failed_model_recorded_and_survey_goes_on(tmp_path, cases_dir, local_ray):
+    listing = tmp_path / "models.txt"
+    listing.write_text("\n".join(str(cases_dir / c) for c in (
+        "ok_small.safetensors", "truncated.safetensors", "malicious_pickle.pt", "metadata_only_no_tensors.safetensors",
+        "sharded_missing_shard", "does-not-exist.safetensors")) + "\n")
+    out = tmp_path / "ds"
+    s = survey(SurveyConfig(source=f"list:{listing}", out=str(out), actors=1, progress=False))
+    rows = dict(q(out, "SELECT regexp_extract(model_id, '[^/]+$'), status FROM models"))
+    assert rows == {"ok_small.safetensors": "success", "truncated.safetensors": "failed",
+                    "malicious_pickle.pt": "failed", "metadata_only_no_tensors.safetensors": "skipped",
+                    "sharded_missing_shard": "incomplete", "does-not-exist.safetensors": "failed"}
+    reasons = dict(q(out, "SELECT regexp_extract(model_id, '[^/]+$'), reason FROM models"))
+    assert "unsafe" in reasons["malicious_pickle.pt"] and "shorter" in reasons["truncated.safetensors"]
+    assert (s["num_success"], s["num_failed"], s["num_skipped"], s["num_incomplete"]) == (1, 3, 1, 1)
+    assert not (tmp_path / "hubscan_pickle_was_executed").exists()
