@@ -78,6 +78,8 @@ class SurveyConfig:
         Live progress bar on the driver.
     survey_id : str or None
         None → a new UTC-timestamped id.
+    actor_start_timeout : float
+        Seconds without any progress while no actor can be placed before the rest is failed.
     """
 
     source: str
@@ -97,6 +99,7 @@ class SurveyConfig:
     hub: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
     survey_id: str | None = None
+    actor_start_timeout: float = 600.0
 
 
 def _utcnow() -> dt.datetime:
@@ -296,9 +299,19 @@ def survey(config: SurveyConfig) -> dict:
     items = enumerate_models(config.source, client=client, limit=config.limit, **config.filters)
     queue = _resolve_all(items, client)
     max_in_flight = config.max_in_flight or 2 * n_actors
-    idle = deque(new_actor() for _ in range(n_actors))
-    inflight: dict = {}  # future -> (actor, ref, meta, key, attempts)
+    per_actor = max(1, -(-max_in_flight // n_actors))  # tasks queued on one actor (overlaps driver round trips)
+    actors: dict = {}    # actor handle -> number of tasks queued on it (ready actors only)
+    starting: dict = {}  # readiness future -> actor handle (placed and constructed when it resolves)
+    inflight: dict = {}  # task future -> (actor, ref, meta, key, attempts)
     retry_queue: deque = deque()
+    last_progress = time.monotonic()
+
+    def start_actor() -> None:
+        actor = new_actor()
+        starting[actor.pid.remote()] = actor
+
+    for _ in range(n_actors):
+        start_actor()
 
     def next_task():
         if retry_queue:
@@ -319,44 +332,69 @@ def survey(config: SurveyConfig) -> dict:
             return ref, meta, key, 1
         return None
 
+    def fail(ref, meta, key, attempts, reason):
+        row = model_row(ref, meta, key, cfg_hash, survey_id, "failed", reason, attempts=attempts)
+        dataset.write_model(key, ref.source, row, [], None)
+        record(row)
+
     try:
         exhausted = False
         while True:
-            while not exhausted and idle and len(inflight) < max_in_flight:
+            # dispatch: least-loaded ready actor first, never more than max_in_flight models at once
+            while len(inflight) < max_in_flight and actors and (retry_queue or not exhausted):
+                actor = min(actors, key=actors.get)
+                if actors[actor] >= per_actor:
+                    break
                 task = next_task()
                 if task is None:
                     exhausted = True
                     break
-                actor = idle.popleft()
+                actors[actor] += 1
                 inflight[actor.run.remote(*task)] = (actor, *task)
-            if not inflight:
+            if not inflight and (exhausted and not retry_queue):
                 break
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            if not inflight and not starting:
+                start_actor()
+            ready, _ = ray.wait(list(inflight) + list(starting), num_returns=1, timeout=30)
+            if not ready:
+                if not inflight and time.monotonic() - last_progress > config.actor_start_timeout:
+                    while True:  # no actor can be placed: fail what is left rather than hang
+                        task = next_task()
+                        if task is None:
+                            break
+                        fail(*task, reason="no analysis actor could be started (cluster has no free resources)")
+                    break
+                continue
             fut = ready[0]
+            last_progress = time.monotonic()
+            if fut in starting:
+                actor = starting.pop(fut)
+                try:
+                    ray.get(fut)
+                    actors[actor] = 0
+                except ray.exceptions.RayError as exc:
+                    log.warning("analysis actor failed to start: %s", " ".join(str(exc).split())[:200])
+                    start_actor()
+                continue
             actor, ref, meta, key, attempts = inflight.pop(fut)
             try:
                 record(ray.get(fut))
-                idle.append(actor)
+                if actor in actors:
+                    actors[actor] -= 1
             except ray.exceptions.RayActorError as exc:  # actor died: OOM, killed, node lost
                 log.warning("%s: analysis actor died (attempt %d/%d): %s", ref, attempts, config.max_attempts,
                             " ".join(str(exc).split())[:200])
-                idle.append(new_actor())
+                if actors.pop(actor, None) is not None:
+                    start_actor()  # replace it once, however many of its tasks fail
                 if attempts < config.max_attempts:
                     retry_queue.append((ref, meta, key, attempts + 1))
-                    exhausted = False
                 else:
-                    row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
-                                    f"analysis actor died {attempts} times (out of memory, killed or node lost)",
-                                    attempts=attempts)
-                    dataset.write_model(key, ref.source, row, [], None)
-                    record(row)
+                    fail(ref, meta, key, attempts,
+                         f"analysis actor died {attempts} times (out of memory, killed or node lost)")
             except ray.exceptions.RayTaskError as exc:  # a bug, not the model's problem: record and go on
-                row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
-                                " ".join(str(exc.cause if hasattr(exc, "cause") else exc).split())[:300],
-                                attempts=attempts)
-                dataset.write_model(key, ref.source, row, [], None)
-                record(row)
-                idle.append(actor)
+                fail(ref, meta, key, attempts, " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
+                if actor in actors:
+                    actors[actor] -= 1
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: %d models in flight are abandoned (their files are never half-visible)",
@@ -364,6 +402,11 @@ def survey(config: SurveyConfig) -> dict:
         for fut in list(inflight):
             ray.cancel(fut, force=True)
     finally:
+        for actor in list(actors) + list(starting.values()):
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
         progress.close()
         summary = {"survey_id": survey_id, "started_at": started, "finished_at": _utcnow(),
                    "source": config.source, "filters": json.dumps(config.filters, default=str),

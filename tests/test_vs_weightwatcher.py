@@ -36,6 +36,7 @@ import torch
 import hubscan
 
 warnings.filterwarnings("ignore")
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 ww = pytest.importorskip("weightwatcher")
 timm = pytest.importorskip("timm")
 from safetensors.torch import load_file, save_file  # noqa: E402

@@ -1,0 +1,208 @@
+"""Fault tolerance of the survey on a multi-node ``ray.cluster_utils.Cluster`` and local Ray:
+a node removed mid-run, an actor process killed, the driver killed and rerun; ``ray job submit``
+of ``jobs/survey.py`` to a head node started by the test. Every model must end in exactly one row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from hubscan.survey import SurveyConfig, survey  # noqa: E402
+from test_survey import q  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+N_SLOW = 6
+
+
+@pytest.fixture(scope="module")
+def slow_hub(tmp_path_factory) -> Path:
+    """Models that take a few seconds each on one core (a 2500 × 2500 heavy-tailed matrix), so that
+    models are in flight when a node, an actor or the driver is killed."""
+    root = tmp_path_factory.mktemp("slowhub")
+    rng = np.random.default_rng(0)
+    for i in range(N_SLOW):
+        w = torch.from_numpy(rng.standard_t(3, size=(2500, 2500)).astype(np.float32))
+        save_file({"layer.weight": w, "layer.bias": torch.zeros(2500)}, str(root / f"slow{i}.safetensors"))
+    return root
+
+
+def wait_for(pred, timeout=120, step=0.2):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if pred():
+            return True
+        time.sleep(step)
+    raise TimeoutError("condition not reached")
+
+
+def n_models(out: Path) -> int:
+    return len(list(out.glob("table=models/**/*.parquet")))
+
+
+def run_in_thread(cfg):
+    box = {}
+
+    def target():
+        try:
+            box["summary"] = survey(cfg)
+        except BaseException as e:  # noqa: BLE001
+            box["error"] = e
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, box
+
+
+def assert_one_row_each(out: Path, n: int):
+    assert q(out, "SELECT count(*), count(DISTINCT model_key), count(*) FILTER (WHERE status = 'success') "
+                  "FROM models") == [(n, n, n)]
+    assert q(out, "SELECT count(DISTINCT model_key) FROM layers") == [(n,)]
+    # no layer row twice (a retried or re-run model replaces its file)
+    assert q(out, "SELECT count(*) FROM (SELECT model_key, layer_id, part, count(*) AS c FROM layers "
+                  "GROUP BY ALL HAVING c > 1)") == [(0,)]
+
+
+def test_node_lost_mid_run_loses_no_model(slow_hub, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    victim = cluster.add_node(num_cpus=1)
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        out = tmp_path / "ds"
+        th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
+                                             progress=False, max_in_flight=2))
+        wait_for(lambda: n_models(out) >= 1)
+        cluster.remove_node(victim)  # its actor dies with the model it was analyzing
+        cluster.add_node(num_cpus=1)  # the autoscaler's replacement (the survey also finishes without it)
+        th.join(timeout=600)
+        assert "error" not in box, box.get("error")
+        assert box["summary"]["num_success"] == N_SLOW
+        assert_one_row_each(out, N_SLOW)
+        assert q(out, "SELECT max(attempts) FROM models")[0][0] >= 2  # the lost node's model was retried
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _actor_pids():
+    import psutil
+    return [p for p in psutil.process_iter(["cmdline", "cpu_times"])
+            if any("_Worker" in part for part in (p.info["cmdline"] or []))]
+
+
+def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
+    import psutil
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tmp_path / "ds"
+        th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
+                                             progress=False, max_in_flight=2))
+        # kill an actor while it is busy (it has used CPU time beyond its start-up)
+        def busy():
+            return [p for p in _actor_pids() if p.cpu_times().user > 3.0]
+        wait_for(lambda: busy(), timeout=180)
+        victim = busy()[0]
+        victim.send_signal(signal.SIGKILL)
+        th.join(timeout=600)
+        assert "error" not in box, box.get("error")
+        assert box["summary"]["num_success"] == N_SLOW
+        assert_one_row_each(out, N_SLOW)
+        assert q(out, "SELECT count(*) FROM models WHERE attempts = 2")[0][0] >= 1
+        assert not psutil.pid_exists(victim.pid) or victim.status() == psutil.STATUS_ZOMBIE
+    finally:
+        ray.shutdown()
+
+
+def test_killed_driver_then_rerun_completes_without_duplicates(slow_hub, tmp_path):
+    out = tmp_path / "ds"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{slow_hub}", "--out", str(out),
+           "--actors", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: n_models(out) >= 2, timeout=300)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+        proc.wait(timeout=60)
+        done_before = n_models(out)
+        assert 2 <= done_before < N_SLOW
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            summary = survey(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, progress=False))
+        finally:
+            ray.shutdown()
+        assert summary["num_already_done"] == done_before
+        assert summary["num_success"] == N_SLOW - done_before
+        assert_one_row_each(out, N_SLOW)
+        assert not list(out.rglob("*.parquet.tmp*"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_submit(tmp_path):
+    """``ray job submit`` of jobs/survey.py to a head node started here (stopped by signal, not `ray stop`)."""
+    from hubscan.localhub import build_local_hub
+
+    hub = tmp_path / "hub"
+    for link in build_local_hub(hub):
+        if os.path.basename(link) not in ("silero_vad_16k.safetensors", "v3_fold0.pt"):
+            os.unlink(link)
+    out = tmp_path / "ds"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    bindir = Path(sys.executable).parent
+    gcs, dash = _free_port(), _free_port()
+    import tempfile
+    ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+                             "--include-dashboard=true", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                             f"--temp-dir={ray_tmp}"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        import urllib.request
+
+        def dashboard_up():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2).status == 200
+            except OSError:
+                return False
+        wait_for(dashboard_up, timeout=180, step=1)
+        job = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+                              sys.executable, str(REPO / "jobs" / "survey.py"), "--source", f"local:{hub}",
+                              "--out", str(out), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+        assert "succeeded" in (job.stdout + job.stderr).lower()
+        assert_one_row_each(out, 2)
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        import shutil
+        shutil.rmtree(ray_tmp, ignore_errors=True)
