@@ -275,7 +275,7 @@ def survey(config: SurveyConfig) -> dict:
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             we_started_ray = True
     n_actors, gpa, cpa = _cluster_resources(config)
     device = "cuda" if gpa else "cpu"

@@ -16,6 +16,9 @@ Rules (each with its source)
   (kh, kw, in, out) are detected by WW's rule ``out + in < kh + kw``.
 * 3-D Conv1d (out, in, k): the k per-tap slices W[:, :, t], pooled the same way with the same
   0.5 normalisation (WW feeds the 3-D array to a batched SVD instead).
+* 3-D tensors whose first axis is 1 or 2 are ONNX RNN weights (num_directions, gates·H, in): one
+  matrix per direction, pooled, not scaled (a Conv1d with 1 or 2 output channels has vector slices
+  and would be skipped anyway).
 * Slices that are vectors (M = 1, e.g. wav2vec2's Conv1d(1, 512, 10)) have no spectrum: skipped,
   reason "too few eigenvalues". So are layers with fewer than ``min_evals`` pooled eigenvalues
   (WW default 8).
@@ -44,7 +47,8 @@ DEFAULT_MIN_EVALS = 8
 
 _FUSED_QKV = re.compile(r"(^|\.)(in_proj_weight|qkv\.weight|c_attn\.weight|query_key_value\.weight)$")
 _RNN = re.compile(r"(^|\.)weight_(ih|hh)_l(\d+)(_reverse)?$")
-_EMBED = re.compile(r"(embed|wte|wpe|tok_embeddings|word_embeddings|position_embeddings|lm_head|shared\.weight)",
+_EMBED = re.compile(r"(embed|wte|wpe|tok_embeddings|token_embd|word_embeddings|position_embeddings|lm_head|"
+                    r"shared\.weight)",
                     re.IGNORECASE)
 _INTEGER_BUFFER = {"int64", "uint64"}
 
@@ -156,6 +160,10 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
         plans = _split_2d(name, shape, layer_type, sibling_shapes or {}) if split_fused else [
             LayerPlan(name, "", layer_type, shape, max(shape), min(shape), 1, 1.0,
                       extract=lambda W: W.unsqueeze(0))]
+    elif len(shape) == 3 and shape[0] <= 2 and min(shape[1:]) >= 2:
+        # ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, no conv scaling
+        plans = [LayerPlan(name, "", "dense", shape, max(shape[1:]), min(shape[1:]), shape[0], 1.0,
+                           extract=lambda W: W)]
     elif len(shape) == 3:  # Conv1d (out, in, k)
         out_c, in_c, k = shape
         plans = [_conv_plan(name, shape, "conv1d", out_c, in_c, k,

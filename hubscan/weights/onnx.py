@@ -51,7 +51,6 @@ import functools
 import logging
 import os
 import posixpath
-from typing import Iterator
 
 import numpy as np
 import torch
