@@ -21,6 +21,10 @@ from hubscan.errors import GatedModelError, SourceError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+# huggingface_hub's request headers call home (huggingface.co, whatever the endpoint) unless telemetry
+# is off; a survey against a mirror or an offline cluster must not. Users can still set it to 0.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
 
 
@@ -80,6 +84,9 @@ class HubClient:
     retries: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):
+        if os.environ.get("HF_HUB_DISABLE_TELEMETRY") == "1":
+            from huggingface_hub import constants
+            constants.HF_HUB_DISABLE_TELEMETRY = True
         self.endpoint = (self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         if self.token is None:
             self.token = os.environ.get("HF_TOKEN") or None
@@ -155,7 +162,7 @@ class HubClient:
             return False, None, "repository not found (or private: set HF_TOKEN)"
         if isinstance(exc, RevisionNotFoundError):
             return False, None, "revision not found"
-        if isinstance(exc, EntryNotFoundError):
+        if isinstance(exc, (EntryNotFoundError, FileNotFoundError)):
             return False, None, "file not found in the repository"
         if isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None:
             code = exc.response.status_code
@@ -163,6 +170,8 @@ class HubClient:
                 return False, None, f"HTTP {code}: access denied (gated or private: set HF_TOKEN)"
             if code in RETRY_STATUS:
                 return True, _retry_after(exc.response.headers), f"HTTP {code}"
+            if code == 404:
+                return False, None, "HTTP 404: not found"
             return False, None, f"HTTP {code}"
         if _is_transport_error(exc):
             return True, None, f"connection error ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"

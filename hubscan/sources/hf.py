@@ -77,6 +77,8 @@ def choose_files(filenames: list[str], repo: str = "", adapter: bool = False) ->
     UnsafeFileError
         A chosen path would leave the repository.
     """
+    for f in filenames:  # a listing that tries to leave the repository is refused whole
+        check_repo_path(f, repo)
     names = [f for f in filenames if not any(fnmatch.fnmatch(posixpath.basename(f), p) for p in _NOT_WEIGHTS)]
     top = [f for f in names if "/" not in f]
     if adapter:
