@@ -16,13 +16,30 @@ from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
 
 _FAMILY = re.compile(r"^[a-z]+")
+#: Base families: an architecture whose name starts with one of these belongs to it (longest wins),
+#: so resnetaa50d / resnetv2_50 / resnetrs101 are ``resnet`` and efficientnetv2_s is ``efficientnet``.
+KNOWN_FAMILIES = (
+    "resnet", "resnext", "wide_resnet", "seresnet", "seresnext", "ecaresnet", "skresnet", "regnet", "densenet",
+    "vgg", "inception", "efficientnet", "tf_efficientnet", "mobilenet", "tf_mobilenet", "mnasnet", "ghostnet",
+    "convnext", "convnextv2", "vit", "deit", "beit", "eva", "swin", "swinv2", "cait", "xcit", "levit", "coat",
+    "twins", "pvt", "mixer", "resmlp", "gmlp", "poolformer", "maxvit", "coatnet", "efficientformer", "fastvit",
+    "mobilevit", "edgenext", "convit", "crossvit", "tnt", "nfnet", "dm_nfnet", "eca_nfnet", "nf_resnet", "rexnet",
+    "hrnet", "dla", "dpn", "cspresnet", "cspdarknet", "darknet", "repvgg", "hgnet", "tresnet", "res2net",
+    "selecsls", "xception", "nasnet", "pnasnet", "botnet", "halonet", "lambda", "volo", "focalnet", "davit",
+    "hiera", "caformer", "convformer", "inception_next", "tiny_vit", "flexivit", "mvitv2", "sequencer",
+)
 
 
 def family_of(name: str) -> str:
-    """Model family from a timm architecture name: the leading letters (``resnet50.a1_in1k`` →
-    ``resnet``, ``vit_base_patch16_224`` → ``vit``, ``convnext_tiny`` → ``convnext``)."""
-    m = _FAMILY.match(name.split(".")[0].lower())
-    return m.group(0) if m else name
+    """Model family from a timm architecture name: the longest :data:`KNOWN_FAMILIES` prefix
+    (``resnetaa50d`` → ``resnet``, ``vit_base_patch16_224`` → ``vit``, ``convnext_tiny`` →
+    ``convnext``), else the leading letters."""
+    arch = name.split(".")[0].lower()
+    best = max((f for f in KNOWN_FAMILIES if arch.startswith(f)), key=len, default=None)
+    if best:
+        return best
+    m = _FAMILY.match(arch)
+    return m.group(0) if m else arch
 
 
 def timm_metadata(name: str) -> dict:
