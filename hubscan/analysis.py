@@ -225,8 +225,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
 
 
 def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dict:
+    from hubscan.schema import LAYER_COLUMNS
     skipped = plan.skip_reason is not None
-    return {
+    return {**dict.fromkeys(LAYER_COLUMNS), "alpha": math.nan,
         "layer_id": layer_id, "name": entry.name, "part": plan.part, "layer_type": plan.layer_type,
         "shape": list(entry.shape), "dtype": entry.dtype,
         "N": None if skipped else plan.N, "M": None if skipped else plan.M,

@@ -10,9 +10,9 @@ of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once), then
 ``svd``: ``torch.linalg.svdvals`` of W in float64, eigenvalues = σ². WW's arithmetic; slower.
 
 Accuracy of ``gram`` against float64 SVD (measured on all-MiniLM-L6-v2 and synthetic heavy-tailed
-matrices, ``tests/test_eigen.py``): the top eigenvalues agree to ~1e-14 relative; eigvalsh has
-absolute error ~ M·eps·λ_max, so eigenvalues below ~1e-13·λ_max are noise (SVD resolves them to
-~eps·σ_max² relative). Nothing hubscan reports depends on them except the numerical rank, which
+matrices, ``tests/test_eigen.py``): the top-10 eigenvalues agree to 1.4e-14 relative (SVD: 9.7e-15);
+the smallest have absolute error ≤ 4.2e-15·λ_max (SVD: 3.3e-17·λ_max) — bounded by ~N·eps·λ_max
+from forming WᵀW — so eigenvalues below that are noise. Nothing hubscan reports depends on them except the numerical rank, which
 is therefore defined per method (below). Eigenvalues are clipped at 0 (eigvalsh may return −1e-17).
 
 No 1/N normalisation (WW's default). Convolution slices are scaled by the plan's ``eig_scale``.
@@ -48,9 +48,10 @@ class ESD:
         How the eigenvalues were computed.
 
     Numerical rank tolerance: ``svd`` uses WW's / numpy's rule on singular values,
-    σ > σ_max·N·eps; ``gram`` uses numpy's ``matrix_rank`` rule on X itself, λ > λ_max·M·eps,
-    the finest threshold Gram eigenvalues resolve. The two agree unless W has singular values
-    between ~1e-12·σ_max and ~1e-7·σ_max.
+    σ > σ_max·N·eps; ``gram`` uses λ > λ_max·N·eps on the eigenvalues of X = WᵀW — forming X
+    rounds each entry by up to ~N·eps relative, so smaller eigenvalues are noise (a tighter
+    M·eps cut miscounted exactly low-rank thin matrices, e.g. rank 2 of 10000×4). The two agree
+    unless W has singular values between ~1e-12·σ_max and ~sqrt(N·eps)·σ_max (1e-6 for N = 30k).
     """
 
     evals: np.ndarray
@@ -160,7 +161,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
         ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
         top = ev[:, -1:]
-        rank_per_slice = (ev > top * (M * eps)).sum(dim=1)
+        rank_per_slice = (ev > top * (N * eps)).sum(dim=1)
     else:
         S = slices.to(device=dev, dtype=dtype)
         _check_finite(S)
@@ -173,7 +174,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
     rank_loss = int(M * rf - int(rank_per_slice.sum()))
     lam_max = float(evals[-1])
     if method == "gram":
-        matrix_rank = int(np.count_nonzero(evals > lam_max * M * float(eps)))
+        matrix_rank = int(np.count_nonzero(evals > lam_max * N * float(eps)))
     else:
         sv_all = np.sqrt(evals)
         matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * float(eps)))

@@ -16,9 +16,10 @@ Rules (each with its source)
   (kh, kw, in, out) are detected by WW's rule ``out + in < kh + kw``.
 * 3-D Conv1d (out, in, k): the k per-tap slices W[:, :, t], pooled the same way with the same
   0.5 normalisation (WW feeds the 3-D array to a batched SVD instead).
-* 3-D tensors whose first axis is 1 or 2 are ONNX RNN weights (num_directions, gates·H, in): one
-  matrix per direction, pooled, not scaled (a Conv1d with 1 or 2 output channels has vector slices
-  and would be skipped anyway).
+* 3-D tensors (1 or 2, gates·H, in) whose middle axis is a gate stack (divisible by 4 or 3) and
+  whose name is not an embedding / position / token parameter are ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, not
+  scaled. Other (1, A, B) tensors (timm ``pos_embed``, ``cls_token``) stay Conv1d-like and are skipped
+  (vector slices), as WW never sees them.
 * Slices that are vectors (M = 1, e.g. wav2vec2's Conv1d(1, 512, 10)) have no spectrum: skipped,
   reason "too few eigenvalues". So are layers with fewer than ``min_evals`` pooled eigenvalues
   (WW default 8).
@@ -160,7 +161,8 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
         plans = _split_2d(name, shape, layer_type, sibling_shapes or {}) if split_fused else [
             LayerPlan(name, "", layer_type, shape, max(shape), min(shape), 1, 1.0,
                       extract=lambda W: W.unsqueeze(0))]
-    elif len(shape) == 3 and shape[0] <= 2 and min(shape[1:]) >= 2:
+    elif len(shape) == 3 and shape[0] <= 2 and min(shape[1:]) >= 2 and (shape[1] % 4 == 0 or shape[1] % 3 == 0) \
+            and not _EMBED.search(name) and not re.search(r"pos|token|cls", name, re.IGNORECASE):
         # ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, no conv scaling
         plans = [LayerPlan(name, "", "dense", shape, max(shape[1:]), min(shape[1:]), shape[0], 1.0,
                            extract=lambda W: W)]
