@@ -117,6 +117,30 @@ def timed(fn, reps: int, warmup: int = 1):
     return statistics.median(times), times, result
 
 
+def clocked(fn):
+    """Adapt a plain ``fn()`` to the ``() -> (seconds, result)`` form :func:`interleaved` takes."""
+    def run():
+        t0 = time.perf_counter()
+        result = fn()
+        return time.perf_counter() - t0, result
+    return run
+
+
+def interleaved(contenders: dict) -> dict:
+    """Time several contenders in rounds (A B C, A B C, …) so that a drift of the machine's load
+    hits them alike. ``contenders`` = {name: (run, reps)}, ``run() -> (seconds, result)`` (it
+    times itself, so setup can stay outside its timer). Returns {name: (median, times, result)}.
+    Warm-ups are the caller's."""
+    times = {name: [] for name in contenders}
+    results = {}
+    for r in range(max(reps for _, reps in contenders.values())):
+        for name, (run, reps) in contenders.items():
+            if r < reps:
+                dt, results[name] = run()
+                times[name].append(dt)
+    return {name: (statistics.median(ts), ts, results[name]) for name, ts in times.items()}
+
+
 @contextlib.contextmanager
 def quiet():
     """Silence WW's prints and log lines (they are not part of any timing)."""
@@ -172,7 +196,8 @@ def floor_run(mats: list) -> None:
 
 
 def ww_details(state: dict):
-    """WW 0.7.7's default ``analyze()`` on an in-memory state dict; returns (seconds, details)."""
+    """WW 0.7.7's default ``analyze()`` on an in-memory state dict; returns (seconds, details).
+    Only ``analyze()`` is timed (constructing the watcher is not)."""
     import weightwatcher as ww
     with quiet():
         watcher = ww.WeightWatcher(model=state)
@@ -186,14 +211,6 @@ def ww_warmup() -> None:
     """First WW call imports and initialises lazily; do that on a tiny model, untimed."""
     g = torch.Generator().manual_seed(0)
     ww_details({"warm.dense.weight": torch.randn(96, 48, generator=g)})
-
-
-def ww_timed(state: dict, reps: int):
-    times, details = [], None
-    for _ in range(reps):
-        dt, details = ww_details(state)
-        times.append(dt)
-    return statistics.median(times), times, details
 
 
 def alpha_by_name(rows: list) -> dict:
@@ -217,10 +234,6 @@ def fmt_s(t: float) -> str:
     if t < 0.01:
         return f"{t * 1000:.2f} ms"
     return f"{t * 1000:.0f} ms" if t < 1 else f"{t:.2f} s"
-
-
-def hubscan_timed(path, reps: int, **opts):
-    return timed(lambda: hubscan.analyze(path, **opts), reps)
 
 
 # ------------------------------------------------------------------------------ phase breakdown (e)
@@ -335,13 +348,20 @@ def section_a(reps: int) -> dict:
     state = load_file(os.path.join(folder, "model.safetensors"))  # WW's input, untimed
 
     ww_warmup()
-    t_ww, ww_times, details = ww_timed(state, 2)
+    _, details = ww_details(state)  # WW's list of analyzed matrices (also WW's real warm-up)
     names = [f"{n}.weight" for n in details["longname"]]
     mats = gram_floor_matrices(state, names)
-    t_floor, floor_times, _ = timed(lambda: floor_run(mats), reps)
-    t_h, h_times, res = hubscan_timed(folder, reps, mp_fit=False)
-    t_hmp, hmp_times, res_mp = hubscan_timed(folder, reps, mp_fit=True)
-
+    floor_run(mats)
+    hubscan.analyze(folder, mp_fit=False)
+    hubscan.analyze(folder, mp_fit=True)
+    m = interleaved({
+        "ww": (lambda: ww_details(state), 2),
+        "floor": (clocked(lambda: floor_run(mats)), reps),
+        "nomp": (clocked(lambda: hubscan.analyze(folder, mp_fit=False)), reps),
+        "mp": (clocked(lambda: hubscan.analyze(folder, mp_fit=True)), reps),
+    })
+    (t_ww, ww_times, details), (t_floor, floor_times, _) = m["ww"], m["floor"]
+    (t_h, h_times, res), (t_hmp, hmp_times, _) = m["nomp"], m["mp"]
     h_names = {r["name"] for r in res.rows if r["status"] == "success"}
     same = h_names == set(names)
     da, nda = max_abs_dalpha(alpha_by_name(res.rows), ww_alpha(details))
@@ -352,7 +372,6 @@ def section_a(reps: int) -> dict:
     r.update(folder=folder, ww_layers=len(names), hubscan_layers=len(h_names), same_layers=same,
              max_dalpha_vs_ww=da, times=dict(hubscan_nomp=h_times, hubscan_mp=hmp_times, ww=ww_times,
                                              floor=floor_times))
-    r["_state"], r["_names"], r["_hub_rows"] = state, names, res.rows
     return r
 
 
@@ -394,17 +413,29 @@ def peak_rss(path: str) -> dict:
     (the high-water mark of the child's own address space) as a cross-check.
     """
     code = (
-        "import json, resource, sys, torch, hubscan\n"
+        "import json, resource, sys, threading, time, torch, hubscan\n"
         f"torch.set_num_threads({THREADS})\n"
-        "def status(key):\n"
-        "    for line in open('/proc/self/status'):\n"
-        "        if line.startswith(key): return int(line.split()[1])\n"
+        "def status():\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return {k: int(v.split()[0]) for k, v in (l.split(':', 1) for l in f)\n"
+        "                if k in ('VmHWM', 'VmRSS', 'RssAnon', 'RssFile')}\n"
+        "top = {'RssAnon': 0, 'RssFile': 0}\n"
+        "done = threading.Event()\n"
+        "def sample():  # peaks of the anonymous and file-backed parts, every 20 ms\n"
+        "    while not done.is_set():\n"
+        "        s = status()\n"
+        "        for k in top: top[k] = max(top[k], s[k])\n"
+        "        time.sleep(0.02)\n"
         "base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "base_hwm = status('VmHWM:')\n"
+        "base = status()\n"
+        "th = threading.Thread(target=sample, daemon=True); th.start()\n"
         "r = hubscan.analyze(sys.argv[1])\n"
         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps(dict(base_peak_kib=base_peak, base_hwm_kib=base_hwm, peak_kib=peak,\n"
-        "                      peak_hwm_kib=status('VmHWM:'), num_success=r.summary['num_success'])))\n")
+        "done.set(); th.join()\n"
+        "print(json.dumps(dict(base_peak_kib=base_peak, base_hwm_kib=base['VmHWM'],\n"
+        "    base_anon_kib=base['RssAnon'], base_file_kib=base['RssFile'], peak_kib=peak,\n"
+        "    peak_hwm_kib=status()['VmHWM'], peak_anon_kib=top['RssAnon'], peak_file_kib=top['RssFile'],\n"
+        "    num_success=r.summary['num_success'])))\n")
     proc = subprocess.run(["/bin/sh", "-c", '"$0" "$@"; exit $?', sys.executable, "-c", code, path],
                           capture_output=True, text=True, env=dict(os.environ), check=False)
     if proc.returncode != 0:
@@ -431,23 +462,35 @@ def section_b(quick: bool, reps: int, tmpdir: str) -> dict:
         f"{rss['peak_kib'] / 1024:.0f} MiB (VmHWM {rss['peak_hwm_kib'] / 1024:.0f} MiB); baseline after "
         f"`import torch, hubscan`: {rss['base_peak_kib'] / 1024:.0f} MiB; growth during the analysis "
         f"{(rss['peak_kib'] - rss['base_peak_kib']) / 1024:.0f} MiB")
+    out(f"  of which (sampled every 20 ms) anonymous memory peaked at {rss['peak_anon_kib'] / 1024:.0f} MiB "
+        f"(baseline {rss['base_anon_kib'] / 1024:.0f}) and file-backed pages (shared libraries, mmap'd "
+        f"weights) at {rss['peak_file_kib'] / 1024:.0f} MiB (baseline {rss['base_file_kib'] / 1024:.0f})")
     out(f"  budget = 2 × largest tensor ({largest / MIB:.0f} MiB) + 600 MiB = {budget_kib / 1024:.0f} MiB "
         f"(absolute peak, baseline included): {v}")
 
     state = load_file(path)  # WW's and the floor's input, untimed
     ww_warmup()
-    t_ww, ww_times, details = ww_timed(state, 2 if quick else 1)
+    _, details = ww_details({k: v[:512, :256] for k, v in state.items()})  # WW's list of matrices
     names = [f"{n}.weight" for n in details["longname"]]
-    out(f"  WW analyzed {len(names)} of {len(specs)} matrices: {names}")
     mats = gram_floor_matrices(state, names)
-    # Warm-ups on a small file / small matrices (the big ones take tens of seconds each).
+    # Warm-ups on a small file / small matrices (the big ones take seconds to minutes each).
     small = os.path.join(tmpdir, "warm.safetensors")
     write_safetensors_stream(small, [("w.weight", 512, 256, 9)])
-    hubscan.analyze(small)
-    floor_run([m[:256, :256].contiguous() for m in mats])
-    t_floor, floor_times, _ = timed(lambda: floor_run(mats), reps, warmup=0)
-    t_h, h_times, res = timed(lambda: hubscan.analyze(path, mp_fit=False), reps, warmup=0)
-    t_hmp, hmp_times, res_mp = timed(lambda: hubscan.analyze(path, mp_fit=True), reps, warmup=0)
+    hubscan.analyze(small, mp_fit=False)
+    hubscan.analyze(small, mp_fit=True)
+    floor_run([x[:256, :256].contiguous() for x in mats])
+    m = interleaved({
+        "ww": (lambda: ww_details(state), 2 if quick else 1),
+        "floor": (clocked(lambda: floor_run(mats)), reps),
+        "nomp": (clocked(lambda: hubscan.analyze(path, mp_fit=False)), reps),
+        "mp": (clocked(lambda: hubscan.analyze(path, mp_fit=True)), reps),
+    })
+    (t_ww, ww_times, details), (t_floor, floor_times, _) = m["ww"], m["floor"]
+    (t_h, h_times, res), (t_hmp, hmp_times, _) = m["nomp"], m["mp"]
+    full_names = [f"{n}.weight" for n in details["longname"]]
+    out(f"  WW analyzed {len(full_names)} of {len(specs)} matrices: {full_names}")
+    if full_names != names:
+        out(f"  WARNING: the floor used WW's list on small slices ({names}), which differs")
     h_names = {r["name"] for r in res.rows if r["status"] == "success"}
     da, nda = max_abs_dalpha(alpha_by_name(res.rows), ww_alpha(details))
     out(f"  layers: WW {len(names)}, hubscan {len(h_names)}; max |alpha_hubscan − alpha_WW| = {da:.2e} "
@@ -456,7 +499,7 @@ def section_b(quick: bool, reps: int, tmpdir: str) -> dict:
     r.update(path_size_mib=os.path.getsize(path) / MIB, shapes=shapes, ww_layers=len(names),
              hubscan_layers=len(h_names), max_dalpha_vs_ww=da, peak_rss_mib=rss["peak_kib"] / 1024,
              baseline_rss_mib=rss["base_peak_kib"] / 1024, rss_budget_mib=budget_kib / 1024,
-             peak_hwm_mib=rss["peak_hwm_kib"] / 1024, largest_tensor_mib=largest / MIB,
+             peak_hwm_mib=rss["peak_hwm_kib"] / 1024, largest_tensor_mib=largest / MIB, rss_kib=rss,
              times=dict(hubscan_nomp=h_times, hubscan_mp=hmp_times, ww=ww_times, floor=floor_times))
     r["_path"] = path
     del mats, state
@@ -521,20 +564,23 @@ def section_c(quick: bool) -> dict:
     return dict(rows=rows, eigen_measured=eig_t, eigen_exponent=expo)
 
 
-def section_d(reps: int, a: dict | None) -> dict:
+def section_d(reps: int) -> dict:
     out("=" * 100)
     folder = minilm_folder()
     out("(d) float32 mode on MiniLM (mp_fit=False both)")
-    t64 = a["hubscan_nomp_s"] if a else None
-    rows64 = a["_hub_rows"] if a else None
-    if t64 is None:
-        t64, _, res64 = hubscan_timed(folder, reps, mp_fit=False)
-        rows64 = res64.rows
-    t32, times32, res32 = hubscan_timed(folder, reps, mp_fit=False, precision="float32")
+    hubscan.analyze(folder, mp_fit=False, precision="float32")
+    hubscan.analyze(folder, mp_fit=False)
+    m = interleaved({
+        "f32": (clocked(lambda: hubscan.analyze(folder, mp_fit=False, precision="float32")), reps),
+        "f64": (clocked(lambda: hubscan.analyze(folder, mp_fit=False)), reps),
+    })
+    (t32, times32, res32), (t64, times64, res64) = m["f32"], m["f64"]
+    rows64 = res64.rows
     da, n = max_abs_dalpha(alpha_by_name(res32.rows), alpha_by_name(rows64))
     out(f"  float32: {fmt_s(t32)} vs float64 {fmt_s(t64)} ({t64 / t32:.2f}× faster); "
         f"max |alpha32 − alpha64| = {da:.2e} over {n} layers")
-    return dict(float32_s=t32, float64_s=t64, speedup=t64 / t32, max_dalpha=da, layers=n, times=times32)
+    return dict(float32_s=t32, float64_s=t64, speedup=t64 / t32, max_dalpha=da, layers=n,
+                times=dict(float32=times32, float64=times64))
 
 
 def main() -> int:
@@ -566,7 +612,7 @@ def main() -> int:
         if "c" not in skip:
             RESULTS["sections"]["c_fit_share"] = section_c(quick)
         if "d" not in skip:
-            RESULTS["sections"]["d_float32"] = section_d(reps_a, a)
+            RESULTS["sections"]["d_float32"] = section_d(reps_a)
         if "e" not in skip:
             out("=" * 100)
             out("(e) where hubscan's time goes (one instrumented run each, mp_fit=True = default)")

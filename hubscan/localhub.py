@@ -62,3 +62,9 @@ def build_local_hub(root: str | os.PathLike) -> list[str]:
             dest.symlink_to(src, target_is_directory=src.is_dir())
             made.append(str(dest))
     return made
+
+
+if __name__ == "__main__":  # python -m hubscan.localhub DIR
+    import sys
+    made = build_local_hub(sys.argv[1] if len(sys.argv) > 1 else "hub")
+    print(f"{len(made)} models linked under {sys.argv[1] if len(sys.argv) > 1 else 'hub'}")

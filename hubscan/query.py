@@ -60,6 +60,6 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
                           FROM models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
                        ).fetchall()
     out.append(("mean layer alpha per family (models, alpha, alpha_weighted, under-/over-trained layers)",
-                [f"{f:<24} {n:>4}  alpha={a:.3f}  alpha_w={aw:.3f}  under={u} over={o}" for f, n, a, aw, u, o in rows
+                [f"{f:<32} {n:>4}  alpha={a:.3f}  alpha_w={aw:.3f}  under={u} over={o}" for f, n, a, aw, u, o in rows
                  if a is not None]))
     return out

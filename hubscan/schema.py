@@ -163,7 +163,30 @@ SURVEY_SCHEMA = _schema([
     ("num_skipped", pa.int64(), "models skipped (gated, no weights …)"),
     ("bytes_read", pa.int64(), "bytes fetched"),
     ("seconds", pa.float64(), "wall time"),
+    ("startup_seconds", pa.float64(), "until the first analysis actor was ready (Ray start-up, imports)"),
     ("actors", pa.int64(), "analysis actors"),
     ("interrupted", pa.bool_(), "stopped before the end (Ctrl-C)"),
     ("hubscan_version", pa.string(), "hubscan version"),
 ], "surveys")
+
+#: Reported accuracy of models (written by :mod:`hubscan.accuracy`): one row per model, benchmark and
+#: metric of one provenance (timm results CSVs, model-card model-index, Open LLM Leaderboard, CSV).
+ACCURACY_SCHEMA = _schema([
+    ("source", pa.string(), "hf | timm | local: the source whose model_id this row names"),
+    ("model_id", pa.string(), "hub repo id or timm arch.tag name, as in the models table"),
+    ("revision", pa.string(), "commit the result is for (null: any revision)"),
+    ("benchmark", pa.string(), "imagenet, imagenet-real, sketch, open_llm_leaderboard_v2, model-card dataset …"),
+    ("split", pa.string(), "dataset split (null when not stated)"),
+    ("metric", pa.string(), "top1, top5, average, ifeval, accuracy …"),
+    ("value", pa.float64(), "the reported value (percent for timm and the leaderboards)"),
+    ("higher_is_better", pa.bool_(), "direction of the metric"),
+    ("provenance", pa.string(), "file / URL the row came from and how it was selected"),
+    ("provenance_key", pa.string(), "key of the ingested provenance (the file name part-<key>.parquet)"),
+    ("img_size", pa.int64(), "evaluation image size (timm)"),
+    ("param_count", pa.float64(), "parameters, millions, as the provenance reports them"),
+    ("pretrain", pa.string(), "pretraining data (timm model_metadata-in1k.csv)"),
+    ("variant", pa.string(), "evaluation variant: leaderboard precision / weight type"),
+    ("task", pa.string(), "task type (model card)"),
+    ("dataset_name", pa.string(), "human-readable dataset name (model card)"),
+    ("ingested_at", pa.timestamp("us", tz="UTC"), "when the row was written"),
+], "accuracy")

@@ -372,6 +372,7 @@ def survey(config: SurveyConfig) -> dict:
                 try:
                     ray.get(fut)
                     actors[actor] = 0
+                    stats.setdefault("startup_seconds", time.perf_counter() - t0)
                 except ray.exceptions.RayError as exc:
                     log.warning("analysis actor failed to start: %s", " ".join(str(exc).split())[:200])
                     start_actor()

