@@ -437,11 +437,12 @@ def observe(model: str, r: dict) -> str:
     t, ta = r["trend"]["alpha"], r["trend"]["test_accuracy"]
     if t.get("spearman_rho") is None:
         return f"{model}: too few runs for a trend test"
-    sig = t["spearman_p"] < 0.05 and t["ols_p"] < 0.05
+    # Kendall's p is exact for small n (Spearman's t approximation gives p = 0 for a perfect rank order)
+    sig = t["spearman_p"] < 0.05 and t["kendall_p"] < 0.05
     first, last = r["per_batch_size"][0], r["per_batch_size"][-1]
     s = (f"{model}: mean layer alpha goes from {_fmt(first['alpha_mean'], 2)} at B={first['batch_size']} to "
          f"{_fmt(last['alpha_mean'], 2)} at B={last['batch_size']} (Spearman rho(log2 B, alpha) = "
-         f"{t['spearman_rho']:+.2f}, p = {_fmt_p(t['spearman_p'])}; OLS slope {t['ols_slope']:+.3f} per doubling, "
+         f"{t['spearman_rho']:+.2f}, p = {_fmt_p(t['spearman_p'])}; Kendall tau = {t['kendall_tau']:+.2f}, p = {_fmt_p(t['kendall_p'])}; OLS slope {t['ols_slope']:+.3f} per doubling, "
          f"p = {_fmt_p(t['ols_p'])}). ")
     if sig and t["spearman_rho"] > 0:
         s += "Smaller batches give significantly smaller alpha (heavier-tailed ESDs), as Martin & Mahoney report. "

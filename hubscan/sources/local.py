@@ -79,7 +79,7 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     NoWeightsError
         ``root`` does not exist.
     """
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # ids are absolute paths: the same files, the same key from any cwd
     if not root.exists():
         raise NoWeightsError(str(root), "no such folder")
     if _is_weight_file(root) or (_is_model_dir(root) and len([c for c in root.iterdir() if c.is_dir()]) == 0) \
