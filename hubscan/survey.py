@@ -401,7 +401,10 @@ def survey(config: SurveyConfig) -> dict:
         log.warning("interrupted: %d models in flight are abandoned (their files are never half-visible)",
                     len(inflight))
         for fut in list(inflight):
-            ray.cancel(fut, force=True)
+            try:
+                ray.cancel(fut)  # actor tasks cannot be force-cancelled; the actors are killed below
+            except Exception:  # noqa: BLE001
+                pass
     finally:
         for actor in list(actors) + list(starting.values()):
             try:

@@ -206,3 +206,31 @@ def test_ray_job_submit(tmp_path):
             os.killpg(head.pid, signal.SIGKILL)
         import shutil
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ctrl_c_stops_cleanly(slow_hub, tmp_path):
+    """SIGINT to the driver: exit 130, the survey row says interrupted, only complete files visible,
+    and a rerun finishes the rest without duplicates."""
+    out = tmp_path / "ds"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{slow_hub}",
+                             "--out", str(out), "--actors", "1", "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: n_models(out) >= 1, timeout=300)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert q(out, "SELECT interrupted FROM surveys") == [(True,)]
+    done = n_models(out)
+    assert 1 <= done < N_SLOW
+    import pyarrow.parquet as pq
+    for f in out.rglob("*.parquet"):
+        pq.read_table(f)  # every visible file is complete
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = survey(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, progress=False))
+    finally:
+        ray.shutdown()
+    assert s["num_already_done"] == done
+    assert_one_row_each(out, N_SLOW)

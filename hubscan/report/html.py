@@ -1,0 +1,344 @@
+"""A self-contained HTML report of a survey dataset.
+
+One file, no external resource: the CSS is inline, every plot is a PNG embedded as a base64
+``data:`` URI, there is no script, and every piece of text coming from the data (model ids, layer
+names, reasons, families) is escaped with :func:`html.escape`. The page can be mailed, archived
+or opened from a CI artifact offline.
+
+Sections: survey summary (models per status and family, surveys run, failed models), accuracy
+against HTSR metrics (correlation table, one scatter per metric, Kendall τ heat map — or a note
+saying there is no accuracy data), the layer-α histogram, α vs depth of a few models, the ESDs of
+a few layers with their fits, and the layers with the highest α.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hubscan.report import plots
+
+log = logging.getLogger(__name__)
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
+       color: #222; padding: 0 16px; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
+h3 { font-size: 1.05em; margin-bottom: 0.3em; }
+.meta { color: #666; font-size: 0.9em; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f5f8; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr:nth-child(even) td { background: #fafafa; }
+.grid { display: flex; flex-wrap: wrap; gap: 12px; }
+figure { margin: 0 0 12px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+.wrap { overflow-x: auto; }
+"""
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value, fmt: str | None = None) -> tuple[str, bool]:
+    """(text, numeric) of one cell."""
+    if value is None:
+        return "–", False
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(float(value)):
+            return "–", True
+        return (format(float(value), fmt) if fmt else f"{float(value):.4g}"), True
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)), False
+    if isinstance(value, (int, np.integer)):
+        return str(int(value)), True
+    try:
+        import pandas as pd
+        if value is pd.NaT or (not isinstance(value, (list, tuple, np.ndarray)) and pd.isna(value)):
+            return "–", False
+    except (TypeError, ValueError):
+        pass
+    return str(value), False
+
+
+def _table(df, columns: list[str] | None = None, formats: dict | None = None, headers: dict | None = None) -> str:
+    """An escaped HTML table of a DataFrame's columns."""
+    if df is None or len(df) == 0:
+        return "<p class='meta'>(none)</p>"
+    columns = [c for c in (columns or list(df.columns)) if c in df.columns]
+    formats, headers = formats or {}, headers or {}
+    out = ["<div class='wrap'><table><thead><tr>"]
+    out += [f"<th>{_esc(headers.get(c, c))}</th>" for c in columns]
+    out.append("</tr></thead><tbody>")
+    for row in df[columns].itertuples(index=False, name=None):
+        out.append("<tr>")
+        for c, v in zip(columns, row):
+            text, numeric = _fmt(v, formats.get(c))
+            out.append(f"<td class='num'>{_esc(text)}</td>" if numeric else f"<td>{_esc(text)}</td>")
+        out.append("</tr>")
+    out.append("</tbody></table></div>")
+    return "".join(out)
+
+
+def _img(fig, alt: str, caption: str | None = None, dpi: int = 100) -> str:
+    """A figure as an embedded PNG (``data:`` URI) inside ``<figure>``."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+    return f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{_esc(alt)}\">{cap}</figure>"
+
+
+def _note(text: str) -> str:
+    return f"<p class='note'>{_esc(text)}</p>"
+
+
+def _views(con) -> set[str]:
+    return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _columns(con, view: str) -> set[str]:
+    return {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
+
+
+def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
+    """(joined, corr, note): the accuracy data, computed with hubscan.correlate when not given."""
+    note = None
+    if joined is None:
+        try:
+            from hubscan import correlate as _correlate
+            joined = _correlate.joined(dataset, metric=metric, benchmark=benchmark)
+        except Exception as exc:  # noqa: BLE001 - the report degrades to its survey-only parts
+            log.warning("no accuracy data joined: %s", exc)
+            return None, None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+    if joined is None or metric not in getattr(joined, "columns", ()):
+        return None, None, f"no {metric!r} column in the joined data"
+    import pandas as pd
+    acc = pd.to_numeric(joined[metric], errors="coerce")
+    joined = joined[np.isfinite(acc.to_numpy(dtype=float))]
+    if len(joined) == 0:
+        return None, None, f"no model has a {metric!r} value"
+    if corr is None:
+        try:
+            from hubscan import correlate as _correlate
+            corr = _correlate.correlate(joined, metric=metric, group_by=group_by)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("correlation failed: %s", exc)
+            note = f"correlations could not be computed ({type(exc).__name__}: {exc})"
+            corr = None
+    return joined, corr, note
+
+
+def _survey_section(con, have) -> list[str]:
+    out = ["<h2 id='survey'>Survey</h2>"]
+    if "models" not in have:
+        out.append(_note("The dataset holds no models table: nothing has been surveyed yet."))
+        return out
+    cols = _columns(con, "models")
+    status = con.execute("SELECT status, count(*) AS models FROM models GROUP BY 1 ORDER BY 2 DESC, 1").df()
+    total = int(status["models"].sum()) if len(status) else 0
+    out.append(f"<p>{total} model analyses in the dataset.</p>")
+    out.append("<h3>Models per status</h3>" + _table(status))
+    if "family" in cols:
+        fam = con.execute("""
+            SELECT coalesce(family, '?') AS family, count(*) AS models,
+                   count(*) FILTER (WHERE status IN ('success', 'incomplete')) AS analyzed,
+                   avg(alpha) AS mean_alpha, avg(alpha_weighted) AS mean_alpha_weighted,
+                   sum(num_success) AS layers, sum(num_over_trained) AS over_trained,
+                   sum(num_under_trained) AS under_trained
+            FROM models GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 30""").df()
+        out.append("<h3>Models per family (first 30)</h3>" + _table(fam))
+    if "surveys" in have:
+        sv = con.execute("""SELECT survey_id, started_at, finished_at, source, num_models, num_already_done,
+                            num_success, num_incomplete, num_failed, num_skipped, seconds, actors, interrupted
+                            FROM surveys ORDER BY started_at DESC LIMIT 20""").df()
+        out.append("<h3>Surveys run (latest 20)</h3>" + _table(sv, formats={"seconds": ".1f"}))
+    else:
+        out.append("<p class='meta'>No surveys table (models written by single analyses).</p>")
+    bad = con.execute("""SELECT model_id, status, reason FROM models WHERE status IN ('failed', 'incomplete')
+                         ORDER BY status, model_id LIMIT 20""").df()
+    if len(bad):
+        out.append("<h3>Failed and incomplete models (first 20)</h3>" + _table(bad))
+    return out
+
+
+def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[str]:
+    bench = f" on {benchmark}" if benchmark else ""
+    out = [f"<h2 id='accuracy'>Accuracy ({_esc(metric)}{_esc(bench)}) vs HTSR metrics</h2>"]
+    if joined is None:
+        out.append(_note(f"No accuracy data for metric {metric!r}{bench}: the accuracy-vs-HTSR sections are "
+                         f"omitted ({note}). Ingest reported accuracy first; the survey-only parts follow."))
+        return out
+    families = joined[group_by].nunique(dropna=False) if group_by in joined.columns else 1
+    out.append(f"<p>{len(joined)} models with a reported {_esc(metric)}, {families} "
+               f"{_esc(group_by) if group_by in joined.columns else 'group'}(s).</p>")
+    if note:
+        out.append(_note(note))
+    if corr is not None and len(corr):
+        cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "pearson",
+                "pearson_p", "slope", "intercept", "rmse", "r2"]
+        fmts = {"spearman_p": ".2g", "kendall_p": ".2g", "pearson_p": ".2g", "spearman": ".3f",
+                "kendall_tau": ".3f", "pearson": ".3f", "r2": ".3f"}
+        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts))
+        if {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
+            fig = plots.tau_heatmap(corr)
+            out.append("<h3>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
+    elif corr is not None:
+        out.append(_note("The correlation table is empty (too few models per group)."))
+    figs = []
+    for m in plots.HTSR_METRICS:
+        if m not in joined.columns:
+            continue
+        x = np.asarray(joined[m], dtype=float)
+        if not np.isfinite(x).any():
+            continue
+        fig = plots.accuracy_vs_metric(joined, m, accuracy=metric, group=group_by)
+        figs.append(_img(fig, f"{metric} vs {m}", plots.METRIC_LABELS.get(m, m)))
+    if figs:
+        out.append("<h3>Accuracy vs each HTSR metric</h3><div class='grid'>" + "".join(figs) + "</div>")
+    return out
+
+
+def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> list[str]:
+    out = ["<h2 id='layers'>Layer spectra</h2>"]
+    if "layers" not in have:
+        out.append(_note("The dataset holds no layers table."))
+        return out
+    alphas = con.execute("""SELECT model_key, status, alpha FROM layers
+                            WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
+    out.append("<h3>Layer α over the survey</h3>" + _img(plots.alpha_histogram(alphas), "histogram of layer alpha"))
+
+    keys: list[str] = []
+    if "models" in have:
+        order = con.execute("""SELECT model_key, model_id, downloads FROM models
+                               WHERE status IN ('success', 'incomplete') AND coalesce(num_success, 0) > 0
+                               ORDER BY downloads DESC NULLS LAST, model_id, model_key""").df()
+        order = order.drop_duplicates("model_id").head(max(0, models_for_depth))
+        keys = order["model_key"].tolist()
+    if keys:
+        marks = ", ".join("?" * len(keys))
+        depth = con.execute(f"""SELECT model_key, model_id, layer_id, name, part, status, alpha FROM layers
+                                WHERE model_key IN ({marks})""", keys).df()
+        ids = [depth.loc[depth["model_key"] == k, "model_id"].iloc[0] for k in keys
+               if (depth["model_key"] == k).any()]
+        out.append(f"<h3>α vs depth ({len(ids)} most downloaded models)</h3>"
+                   + _img(plots.alpha_vs_depth(depth, ids), "alpha per layer vs depth"))
+
+    if "esd" in have and esd_layers > 0:
+        out += _esd_plots(con, keys, esd_layers)
+
+    worst = con.execute("""SELECT model_id, name, part, layer_type, alpha, D, num_pl_spikes, num_evals, xmin, xmax,
+                                  phase, warning FROM layers
+                           WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)
+                           ORDER BY alpha DESC, model_id, layer_id LIMIT ?""", [worst_layers]).df()
+    out.append(f"<h3>Layers with the highest α (first {worst_layers})</h3>"
+               + _table(worst, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}))
+    return out
+
+
+def _esd_plots(con, keys: list[str], count: int) -> list[str]:
+    fallback = con.execute("SELECT DISTINCT model_key FROM esd ORDER BY 1 LIMIT 1").fetchall()
+    candidates = list(dict.fromkeys(keys + [r[0] for r in fallback]))
+    for key in candidates:
+        layers = con.execute("""
+            SELECT l.model_id, l.layer_id, l.name, l.part, l.alpha, l.xmin, l.xmax, l.D, l.lambda_plus
+            FROM layers l
+            WHERE l.model_key = ? AND l.status = 'success' AND l.alpha IS NOT NULL
+              AND EXISTS (SELECT 1 FROM esd e WHERE e.model_key = l.model_key AND e.layer_id = l.layer_id
+                          AND e.name = l.name AND coalesce(e.part, '') = coalesce(l.part, ''))
+            ORDER BY l.alpha, l.layer_id""", [key]).df()
+        if not len(layers):
+            continue
+        pick = sorted(set(np.linspace(0, len(layers) - 1, min(count, len(layers))).round().astype(int).tolist()))
+        chosen = layers.iloc[pick]
+        figs = []
+        for _, row in chosen.iterrows():
+            ev = con.execute("""SELECT evals FROM esd WHERE model_key = ? AND layer_id = ? AND name = ?
+                                AND coalesce(part, '') = ? LIMIT 1""",
+                             [key, int(row["layer_id"]), row["name"], row["part"] or ""]).fetchone()[0]
+            name = row["name"] + (f":{row['part']}" if row["part"] else "")
+            fig = plots.esd_loglog(np.asarray(ev, dtype=np.float64), row.to_dict(), title=name)
+            figs.append(_img(fig, f"ESD of {name}", f"{name} (α = {row['alpha']:.2f})"))
+        model_id = layers["model_id"].iloc[0]
+        return [f"<h3>ESDs of {len(figs)} layers of {_esc(model_id)} (lowest to highest α)</h3>"
+                "<div class='grid'>" + "".join(figs) + "</div>"]
+    return []
+
+
+def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "top1", benchmark: str | None = None,
+                 group_by: str = "family", models_for_depth: int = 3, corr=None, joined=None, esd_layers: int = 4,
+                 worst_layers: int = 20, title: str = "hubscan survey report",
+                 storage_options: dict | None = None) -> Path:
+    """Write a self-contained HTML report of a survey dataset.
+
+    Parameters
+    ----------
+    dataset : str
+        Dataset directory or URL (:class:`hubscan.store.Dataset`).
+    out_path : path
+        The HTML file to write (parent folders are created).
+    metric : str
+        Accuracy column to correlate (``top1`` …).
+    benchmark : str, optional
+        Benchmark the accuracy must come from (passed to :func:`hubscan.correlate.joined`).
+    group_by : str
+        Column grouping models in the correlations and scatters (``family``).
+    models_for_depth : int
+        How many models get an α-vs-depth line: the most downloaded, then by model id.
+    corr : pandas.DataFrame, optional
+        :func:`hubscan.correlate.correlate`'s table; computed from ``joined`` when not given.
+    joined : pandas.DataFrame, optional
+        :func:`hubscan.correlate.joined`'s table (one row per model: model_id, ``group_by``,
+        ``metric`` and the HTSR columns); read from the dataset when not given. When neither
+        gives accuracy values the page says so and keeps its survey-only parts.
+    esd_layers : int
+        ESD plots drawn (layers of the first depth model with stored eigenvalues, spread from
+        the lowest to the highest α).
+    worst_layers : int
+        Rows of the highest-α layers table.
+    title : str
+        Page title.
+    storage_options : dict, optional
+        Filesystem options of the dataset (:func:`hubscan.store.open_filesystem`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+    """
+    from hubscan import __version__
+    from hubscan.query import connect
+
+    con = connect(dataset, **(storage_options or {}))
+    have = _views(con)
+    joined, corr, note = _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr)
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = [f"<h1>{_esc(title)}</h1>",
+            f"<p class='meta'>Dataset {_esc(dataset)} · generated {_esc(now)} · hubscan {_esc(__version__)}</p>",
+            "<p class='meta'>α: exponent of the power-law fit p(λ) ∝ λ^−α of each layer's ESD tail "
+            "(eigenvalues of WᵀW); α &lt; 2 over-trained, α &gt; 6 under-trained (Martin &amp; Mahoney).</p>"]
+    body += _survey_section(con, have)
+    body += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
+    body += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
+    con.close()
+    page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out

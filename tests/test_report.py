@@ -1,0 +1,517 @@
+"""Plots and the HTML report (hubscan.report) on real analyses of real weights.
+
+The ESD, depth and histogram plots use ``hubscan.analyze`` results of real checkpoints
+(all-MiniLM-L6-v2, pocketnet folds, the corpus' ok_small file). Accuracy data is synthetic here —
+DataFrames of the shape ``hubscan.correlate.joined`` / ``correlate`` return — so these tests do
+not depend on the accuracy module. The rendered page is opened in headless Chromium (Debian
+package ``chromium``); without it that test is skipped, or fails when
+``HUBSCAN_REQUIRE_CHROMIUM=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import html
+import io
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import hubscan
+from hubscan.report import (accuracy_vs_metric, alpha_histogram, alpha_vs_depth, build_report, esd_loglog,
+                            plot_model, tau_heatmap)
+from hubscan.report.plots import HTSR_METRICS
+
+from conftest import package_dir, shared_dir
+
+# a model id that would break the page (and run code) if it were not escaped
+NASTY_ID = 'lab/<img src=x onerror="alert(1)">&co'
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _png(source) -> np.ndarray:
+    """Decode a PNG (path or bytes) into an (H, W, C) float array."""
+    import matplotlib.image as mpimg
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    return mpimg.imread(source, format="png")
+
+
+def _assert_real_png(arr: np.ndarray, min_side: int = 200) -> None:
+    assert arr.ndim == 3 and arr.shape[2] in (3, 4)
+    assert min(arr.shape[:2]) >= min_side, arr.shape
+    rgb = arr[..., :3]
+    assert float(rgb.std()) > 0.02, "blank image"
+    nonwhite = np.mean(np.any(rgb < 0.95, axis=2))
+    assert nonwhite > 0.01, f"only {nonwhite:.2%} non-white pixels"
+
+
+def _savefig(fig, path: Path) -> np.ndarray:
+    fig.savefig(path, format="png", dpi=100)
+    assert path.stat().st_size > 5000
+    return _png(path)
+
+
+def _successful(rows) -> list[dict]:
+    return [r for r in rows if r["status"] == "success" and r["alpha"] is not None and np.isfinite(r["alpha"])]
+
+
+# -- real analyses -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir):
+    return hubscan.analyze(str(minilm_dir), keep_evals=True)
+
+
+@pytest.fixture(scope="module")
+def pocket_paths():
+    folder = package_dir("pocketnet") / "weights"
+    return [folder / "v3_fold0.pt", folder / "v3_fold1.pt"]
+
+
+@pytest.fixture(scope="module")
+def pocket(pocket_paths):
+    return [hubscan.analyze(str(p), keep_evals=True) for p in pocket_paths]
+
+
+@pytest.fixture(scope="module")
+def ok_small():
+    return hubscan.analyze(str(shared_dir() / "cases" / "ok_small.safetensors"), keep_evals=True)
+
+
+# -- synthetic accuracy tables of the correlate module's shape -------------------------------------
+
+def _synthetic_joined(seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    sizes = {"resnet": 7, "vit": 5, "convnext": 4, "bert": 1}
+    for fam, n in sizes.items():
+        for i in range(n):
+            alpha = rng.uniform(2.0, 6.0)
+            rows.append({"model_id": f"{fam}/{fam}-{i}", "family": fam,
+                         "top1": 85 - 3 * alpha + rng.normal(0, 1.0),
+                         "alpha": alpha, "alpha_weighted": alpha * rng.uniform(0.5, 1.5),
+                         "log_norm": rng.uniform(1, 3), "log_spectral_norm": rng.uniform(0, 2),
+                         "log_alpha_norm": rng.uniform(1, 4), "stable_rank": rng.uniform(5, 50),
+                         "mp_softrank": rng.uniform(0.1, 0.9)})
+    rows[0]["model_id"] = NASTY_ID
+    rows.append({**rows[1], "model_id": "resnet/no-accuracy", "top1": np.nan})   # dropped: no accuracy
+    rows.append({**rows[2], "model_id": "vit/no-alpha", "family": "vit", "alpha": np.nan})
+    return pd.DataFrame(rows)
+
+
+def _synthetic_corr(joined: pd.DataFrame, metric: str = "top1") -> pd.DataFrame:
+    from scipy import stats
+    out = []
+    groups = [("all", joined)] + list(joined.groupby("family", sort=False))
+    for g, sub in groups:
+        for m in HTSR_METRICS:
+            d = sub[[metric, m]].dropna()
+            row = {"group": g, "metric_name": m, "n": len(d)}
+            if len(d) >= 3:
+                tau, tp = stats.kendalltau(d[m], d[metric])
+                rho, rp = stats.spearmanr(d[m], d[metric])
+                r, pp = stats.pearsonr(d[m], d[metric])
+                slope, intercept = np.polyfit(d[m], d[metric], 1)
+                resid = d[metric] - (slope * d[m] + intercept)
+                row.update(spearman=rho, spearman_p=rp, kendall_tau=tau, kendall_p=tp, pearson=r, pearson_p=pp,
+                           slope=slope, intercept=intercept, rmse=float(np.sqrt(np.mean(resid ** 2))), r2=r * r)
+            else:
+                row.update(dict.fromkeys(["spearman", "spearman_p", "kendall_tau", "kendall_p", "pearson",
+                                          "pearson_p", "slope", "intercept", "rmse", "r2"], np.nan))
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+def test_accuracy_vs_metric_points_and_lines(tmp_path):
+    joined = _synthetic_joined()
+    fig = accuracy_vs_metric(joined, "alpha", accuracy="top1", group="family", path=tmp_path / "scatter.png")
+    ax = fig.axes[0]
+    valid = joined[np.isfinite(joined["alpha"]) & np.isfinite(joined["top1"])]
+    offsets = sum(len(c.get_offsets()) for c in ax.collections)
+    assert offsets == len(valid) == len(joined) - 2
+    assert len(ax.collections) == valid["family"].nunique()          # one color per family
+    sizes = valid["family"].value_counts()
+    lines = [ln for ln in ax.get_lines() if ln.get_gid() == "regression"]
+    assert len(lines) == int((sizes >= 2).sum()) == 3                 # bert has one model: no line
+    # each line is the family's OLS fit over its x range
+    resnet = valid[valid["family"] == "resnet"]
+    slope, intercept = np.polyfit(resnet["alpha"], resnet["top1"], 1)
+    ln = next(ln for ln in lines if np.isclose(ln.get_xdata()[0], resnet["alpha"].min()))
+    assert np.allclose(ln.get_ydata(), slope * ln.get_xdata() + intercept)
+    assert "power-law exponent" in ax.get_xlabel() and "top-1" in ax.get_ylabel()
+    assert len(ax.get_legend().get_texts()) == valid["family"].nunique()
+    _assert_real_png(_png(tmp_path / "scatter.png"))
+
+
+def test_accuracy_vs_metric_without_group_and_missing_column(tmp_path):
+    joined = _synthetic_joined()
+    fig = accuracy_vs_metric(joined, "log_norm", group=None)
+    ax = fig.axes[0]
+    assert len(ax.collections) == 1 and len(ax.collections[0].get_offsets()) == joined["top1"].notna().sum()
+    assert len([ln for ln in ax.get_lines() if ln.get_gid() == "regression"]) == 1
+    with pytest.raises(KeyError, match="top5"):
+        accuracy_vs_metric(joined, "alpha", accuracy="top5")
+
+
+def test_alpha_vs_depth_real_models(minilm, pocket, tmp_path):
+    frames = [minilm.to_pandas().assign(model_id="minilm"), pocket[0].to_pandas().assign(model_id="pocket0")]
+    layers = pd.concat(frames, ignore_index=True)
+    fig = alpha_vs_depth(layers, ["minilm", "pocket0"], path=tmp_path / "depth.png")
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_gid() == "alpha-depth"]
+    assert len(lines) == 2
+    for ln, res in zip(lines, [minilm, pocket[0]]):
+        ok = sorted(_successful(res.rows), key=lambda r: (r["layer_id"], r["part"]))
+        assert len(ln.get_xdata()) == len(ok) > 10
+        assert np.allclose(ln.get_ydata(), [r["alpha"] for r in ok])
+        assert list(ln.get_xdata()) == list(range(len(ok)))
+    guides = sorted(ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_gid() == "guide")
+    assert guides == [2.0, 6.0]
+    _assert_real_png(_png(tmp_path / "depth.png"))
+
+
+def test_esd_loglog_real_layer(minilm, tmp_path):
+    row = max(_successful(minilm.rows), key=lambda r: r["num_evals"] or 0)
+    key = row["name"] + (f":{row['part']}" if row["part"] else "")
+    evals = minilm.evals[key]
+    fig = esd_loglog(evals, row, title=key, bins=60, path=tmp_path / "esd.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    bars = ax.patches
+    assert len(bars) == 60
+    widths = np.array([b.get_width() for b in bars])
+    heights = np.array([b.get_height() for b in bars])
+    assert np.isclose((widths * heights).sum(), 1.0)                  # a density
+    x = evals[evals > 1e-5]
+    pl = next(ln for ln in ax.get_lines() if ln.get_gid() == "powerlaw")
+    lam, dens = np.asarray(pl.get_xdata()), np.asarray(pl.get_ydata())
+    assert np.isclose(lam[0], row["xmin"]) and np.isclose(lam[-1], row["xmax"])
+    slope = np.polyfit(np.log(lam), np.log(dens), 1)[0]
+    assert np.isclose(slope, -row["alpha"])
+    frac = np.mean(x >= row["xmin"])
+    assert np.isclose(dens[0], frac * (row["alpha"] - 1) / row["xmin"])   # scaled to the tail's share
+    # ∫ over [xmin, ∞) of the drawn density = the tail's share of the histogram
+    assert np.isclose(dens[0] * row["xmin"] / (row["alpha"] - 1), frac)
+    xmin_line = next(ln for ln in ax.get_lines() if ln.get_gid() == "xmin")
+    assert np.isclose(xmin_line.get_xdata()[0], row["xmin"])
+    lp = next(ln for ln in ax.get_lines() if ln.get_gid() == "lambda_plus")
+    assert np.isclose(lp.get_xdata()[0], row["lambda_plus"])
+    assert f"α = {row['alpha']:.2f}" in ax.get_title()
+    _assert_real_png(_png(tmp_path / "esd.png"))
+
+
+def test_esd_loglog_without_fit_or_lambda_plus(ok_small):
+    evals = next(iter(ok_small.evals.values()))
+    fig = esd_loglog(evals, {"alpha": None, "xmin": None, "xmax": None, "D": None}, title="unfitted")
+    gids = {ln.get_gid() for ln in fig.axes[0].get_lines()}
+    assert "powerlaw" not in gids and "xmin" not in gids and "lambda_plus" not in gids
+    assert "no power-law fit" in fig.axes[0].get_title()
+    from hubscan.esd.powerlaw import fit_powerlaw
+    fit = fit_powerlaw(evals)                                           # a PowerLawFit object works too
+    gids = {ln.get_gid() for ln in esd_loglog(evals, fit).axes[0].get_lines()}
+    assert {"powerlaw", "xmin"} <= gids and "lambda_plus" not in gids
+
+
+def test_tau_heatmap(tmp_path):
+    joined = _synthetic_joined()
+    corr = _synthetic_corr(joined)
+    fig = tau_heatmap(corr, path=tmp_path / "tau.png")
+    ax = fig.axes[0]
+    groups, metrics = corr["group"].unique(), corr["metric_name"].unique()
+    img = ax.get_images()[0].get_array()
+    assert img.shape == (len(groups), len(metrics))
+    assert len(ax.texts) == len(groups) * len(metrics)                 # every cell annotated
+    expect = corr.set_index(["group", "metric_name"])["kendall_tau"]
+    assert np.isclose(img[0, 0], expect[("all", "alpha")])
+    # bert (one model) has no tau: masked cells annotated with a dash
+    bert_row = list(groups).index("bert")
+    assert np.ma.getmaskarray(img)[bert_row].all()
+    assert [t.get_text() for t in ax.texts[bert_row * len(metrics):(bert_row + 1) * len(metrics)]] == ["–"] * len(metrics)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(HTSR_METRICS)
+    assert len(fig.axes) == 2                                           # the colorbar
+    _assert_real_png(_png(tmp_path / "tau.png"))
+
+
+def test_alpha_histogram_counts(minilm, pocket, ok_small, tmp_path):
+    results = [minilm, *pocket, ok_small]
+    layers = pd.concat([r.to_pandas().assign(model_key=str(i)) for i, r in enumerate(results)], ignore_index=True)
+    n_ok = sum(len(_successful(r.rows)) for r in results)
+    assert len(layers) > n_ok                                           # skipped rows are left out
+    fig = alpha_histogram(layers, path=tmp_path / "hist.png")
+    ax = fig.axes[0]
+    assert sum(b.get_height() for b in ax.patches) == n_ok
+    assert f"{n_ok} successful fits in {len(results)} models" in ax.get_title()
+    guides = sorted(ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_gid() == "guide")
+    assert guides == [2.0, 6.0]
+    _assert_real_png(_png(tmp_path / "hist.png"))
+    # outliers beyond the clip are counted in the last bin, and said so
+    extra = pd.DataFrame({"alpha": [40.0, 55.0], "status": ["success", "success"], "model_key": ["x", "x"]})
+    fig = alpha_histogram(pd.concat([layers, extra], ignore_index=True), clip=15)
+    ax = fig.axes[0]
+    assert sum(b.get_height() for b in ax.patches) == n_ok + 2
+    assert "with α > 15 counted in the last bin" in ax.get_title()
+
+
+def test_plot_model_files(minilm, tmp_path):
+    files = plot_model(minilm, tmp_path / "plots")
+    esd_files = [f for f in files if f.name.startswith("esd_")]
+    assert len(esd_files) == len(minilm.evals) and files[-1].name == "alpha_depth.png"
+    assert len(set(files)) == len(files) and all(f.exists() for f in files)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f.name for f in files)
+    for f in files:
+        assert re.fullmatch(r"[A-Za-z0-9_.-]+\.png", f.name), f.name
+    _assert_real_png(_png(files[0]))
+    _assert_real_png(_png(files[-1]))
+
+
+def test_plot_model_needs_evals():
+    result = hubscan.analyze(str(shared_dir() / "cases" / "ok_small.safetensors"))
+    with pytest.raises(ValueError, match="keep_evals=True"):
+        plot_model(result, "/nonexistent-never-created")
+    assert not os.path.exists("/nonexistent-never-created")
+
+
+def test_plot_model_split_parts(tmp_path):
+    """Parts of a split tensor (name:part keys) get distinct, sanitised file names."""
+    folder = shared_dir() / "cases" / "gpt2_like"
+    result = hubscan.analyze(str(folder), keep_evals=True, split_fused=True)
+    files = plot_model(result, tmp_path)
+    assert any(":" in k for k in result.evals), "expected split q/k/v parts"
+    assert len(files) == len(result.evals) + 1 and len({f.name for f in files}) == len(files)
+
+
+# -- the dataset and the report -------------------------------------------------------------------
+
+def _write(dataset, result, survey_id: str, *, downloads=None, model_id=None, family=None) -> str:
+    from hubscan.store import config_hash, model_key
+    from hubscan.survey import model_row
+
+    ref = result.ref if model_id is None else dataclasses.replace(result.ref, id=model_id)
+    cfg = config_hash(hubscan.AnalyzeOptions())
+    key = model_key(ref.source, ref.id, ref.revision, cfg)
+    meta = dict(result.metadata)
+    if downloads is not None:
+        meta["downloads"] = downloads
+    if family is not None:
+        meta["family"] = family
+    row = model_row(ref, meta, key, cfg, survey_id, result.summary["status"], result.summary["reason"],
+                    result.summary, format=result.format, device="cpu")
+    ident = {"model_key": key, "source": ref.source, "model_id": ref.id, "revision": ref.revision}
+    layers = [{**ident, "survey_id": survey_id, **r} for r in result.rows]
+    esd = []
+    for r in result.rows:
+        k = r["name"] + (f":{r['part']}" if r["part"] else "")
+        if k in result.evals:
+            esd.append({**ident, "layer_id": r["layer_id"], "name": r["name"], "part": r["part"],
+                        "evals": result.evals[k].astype("float32")})
+    dataset.write_model(key, ref.source, row, layers, esd)
+    return key
+
+
+@pytest.fixture(scope="module")
+def report_dataset(tmp_path_factory, minilm, pocket, ok_small):
+    import datetime as dt
+    from hubscan.errors import HubscanError
+    from hubscan.refs import parse_ref
+    from hubscan.schema import SURVEY_SCHEMA
+    from hubscan.store import Dataset, config_hash, model_key, rows_to_table
+    from hubscan.survey import model_row
+
+    root = tmp_path_factory.mktemp("report") / "ds"
+    ds = Dataset(str(root))
+    sid = uuid.uuid4().hex[:12]
+    _write(ds, minilm, sid, downloads=1000)
+    _write(ds, pocket[0], sid, downloads=500, model_id=NASTY_ID, family="pocketnet")
+    _write(ds, pocket[1], sid, downloads=10, family="pocketnet")
+    _write(ds, ok_small, sid)
+    bad = shared_dir() / "cases" / "malicious_pickle.pt"
+    with pytest.raises(HubscanError) as err:
+        hubscan.analyze(str(bad))
+    ref = parse_ref(str(bad))
+    cfg = config_hash(hubscan.AnalyzeOptions())
+    key = model_key(ref.source, ref.id, ref.revision, cfg)
+    ds.write_model(key, ref.source, model_row(ref, {}, key, cfg, sid, "failed", str(err.value)), [], None)
+    now = dt.datetime.now(dt.timezone.utc)
+    ds.write_table("surveys", rows_to_table([{
+        "survey_id": sid, "started_at": now, "finished_at": now, "source": "local:tests", "num_models": 5,
+        "num_already_done": 0, "num_success": 4, "num_incomplete": 0, "num_failed": 1, "num_skipped": 0,
+        "bytes_read": 0, "seconds": 12.5, "actors": 1, "interrupted": False, "hubscan_version": hubscan.__version__,
+    }], SURVEY_SCHEMA), f"part-{sid}.parquet")
+    return root
+
+
+_ATTR = re.compile(r"""\b(src|href|srcset|action|poster|data)\s*=\s*["']?([^"'\s>]*)""", re.I)
+
+
+def _check_self_contained(page: str) -> list[bytes]:
+    """Assert no external reference; return the embedded PNGs."""
+    for attr, value in _ATTR.findall(page):
+        assert value.startswith("data:image/png;base64,"), f"{attr}={value[:60]}"
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
+    assert "<link" not in page.lower()
+    pngs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(pngs) == page.count("<img")
+    return [base64.b64decode(p, validate=True) for p in pngs]
+
+
+@pytest.fixture(scope="module")
+def report_with_accuracy(report_dataset, tmp_path_factory):
+    joined = _synthetic_joined()
+    corr = _synthetic_corr(joined)
+    out = tmp_path_factory.mktemp("html") / "sub" / "report.html"
+    path = build_report(str(report_dataset), out, joined=joined, corr=corr, models_for_depth=3)
+    return path, joined, corr
+
+
+def test_report_self_contained_with_accuracy(report_with_accuracy, minilm, pocket):
+    path, joined, corr = report_with_accuracy
+    page = path.read_text(encoding="utf-8")
+    pngs = _check_self_contained(page)
+    # 7 scatters + tau heat map + alpha histogram + alpha vs depth + 4 ESDs
+    assert len(pngs) == len(HTSR_METRICS) + 1 + 1 + 1 + 4
+    for data in pngs:
+        _assert_real_png(_png(data))
+    # model ids escaped everywhere (dataset tables and accuracy data)
+    assert NASTY_ID not in page and "<img src=x" not in page
+    assert html.escape(NASTY_ID, quote=True) in page
+    # survey summary: counts per status, the survey run, the failed model's reason
+    assert re.search(r"<td>success</td><td class='num'>4</td>", page)
+    assert re.search(r"<td>failed</td><td class='num'>1</td>", page)
+    assert "malicious_pickle.pt" in page and "local:tests" in page
+    # correlation table: one row per (group, metric)
+    section = page.split("Correlations per group", 1)[1].split("</table>", 1)[0]
+    assert section.count("<tr>") == len(corr) + 1
+    assert "No accuracy data" not in page
+    # depth plot of the 3 most downloaded models; ESDs from the most downloaded one with evals (MiniLM)
+    assert "α vs depth (3 most downloaded models)" in page
+    assert f"ESDs of 4 layers of {html.escape(minilm.ref.id)}" in page
+    # worst-layers table: the highest alpha of all layers first
+    all_ok = _successful(minilm.rows) + [r for p in pocket for r in _successful(p.rows)]
+    top = max(all_ok, key=lambda r: r["alpha"])
+    worst = page.split("Layers with the highest α", 1)[1]
+    assert f"{top['alpha']:.3f}" in worst.split("</tr>", 2)[1]
+
+
+def test_report_without_accuracy(report_dataset, tmp_path):
+    empty = pd.DataFrame(columns=["model_id", "family", "top1", *HTSR_METRICS])
+    path = build_report(str(report_dataset), tmp_path / "r.html", joined=empty)
+    page = path.read_text(encoding="utf-8")
+    pngs = _check_self_contained(page)
+    assert "No accuracy data for metric" in page
+    assert len(pngs) == 1 + 1 + 4                                       # histogram, depth, ESDs
+    assert "Correlations per group" not in page
+    # accuracy read from the dataset, when there is none (or no correlate module yet): still a page
+    path = build_report(str(report_dataset), tmp_path / "r2.html", benchmark="imagenet")
+    page = path.read_text(encoding="utf-8")
+    assert "No accuracy data for metric" in page
+    assert len(_check_self_contained(page)) == 6
+
+
+def test_report_computes_correlations_lazily(report_dataset, tmp_path, monkeypatch):
+    """Given only ``joined``, the report asks hubscan.correlate for the correlation table."""
+    import sys
+    import types
+    joined = _synthetic_joined()
+    calls = []
+
+    def correlate(df, metric="top1", group_by="family"):
+        calls.append((len(df), metric, group_by))
+        return _synthetic_corr(df, metric)
+
+    fake = types.ModuleType("hubscan.correlate")
+    fake.correlate = correlate
+    monkeypatch.setitem(sys.modules, "hubscan.correlate", fake)
+    monkeypatch.setattr(hubscan, "correlate", fake, raising=False)
+    page = build_report(str(report_dataset), tmp_path / "r.html", joined=joined).read_text(encoding="utf-8")
+    assert calls == [(len(joined) - 1, "top1", "family")]               # rows without accuracy dropped
+    assert "Correlations per group" in page and "Kendall τ heat map" in page
+
+
+def test_report_empty_dataset(tmp_path):
+    path = build_report(str(tmp_path / "nothing"), tmp_path / "r.html", joined=None)
+    page = path.read_text(encoding="utf-8")
+    _check_self_contained(page)
+    assert "nothing has been surveyed yet" in page and "No accuracy data" in page
+
+
+# -- headless Chromium ------------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0"]
+WINDOW = (1280, 2000)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    exe = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if exe is None:
+        msg = "chromium not installed (Debian: apt-get install -y chromium)"
+        if os.environ.get("HUBSCAN_REQUIRE_CHROMIUM") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return exe
+
+
+def _screenshot(chromium: str, page: Path, tmp: Path) -> tuple[Path, str]:
+    shot = tmp / f"shot-{page.stem}.png"
+    cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / ('profile-' + page.stem)}",
+           f"--screenshot={shot}", f"--window-size={WINDOW[0]},{WINDOW[1]}", page.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    return shot, log
+
+
+def _console_problems(log: str, page: Path) -> list[str]:
+    """Console messages and uncaught errors of the page (not Chromium's own dbus/GPU startup noise)."""
+    uri = page.resolve().as_uri()
+    return [ln for ln in log.splitlines()
+            if "Uncaught" in ln or "ERROR:CONSOLE" in ln or (":CONSOLE" in ln and uri in ln)]
+
+
+def _check_screenshot(shot: Path) -> None:
+    arr = _png(shot)
+    assert arr.shape[1] == WINDOW[0] and arr.shape[0] == WINDOW[1], arr.shape
+    rgb = arr[..., :3]
+    assert float(rgb.std()) > 0.05
+    assert np.mean(np.any(rgb < 0.9, axis=2)) > 0.02                   # text, tables, plots
+    # rendered plots: saturated (colored) pixels; the page's own text and tables are grey
+    sat = rgb.max(axis=2) - rgb.min(axis=2)
+    assert np.mean(sat > 0.25) > 0.003
+
+
+def test_chromium_detects_console_errors(chromium, tmp_path):
+    """Control: the log check does see a page's errors with these flags."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><html><body><p>x</p><script>console.error('boom'); notDefined();</script>"
+                   "</body></html>")
+    shot, log = _screenshot(chromium, bad, tmp_path)
+    problems = _console_problems(log, bad)
+    assert any("Uncaught ReferenceError" in p for p in problems), log[-3000:]
+    assert any("boom" in p for p in problems)
+
+
+def test_report_renders_in_chromium(chromium, report_with_accuracy, report_dataset, tmp_path):
+    path, _, _ = report_with_accuracy
+    shot, log = _screenshot(chromium, path, tmp_path)
+    assert not _console_problems(log, path), _console_problems(log, path)
+    _check_screenshot(shot)
+    # the survey-only page too
+    page = build_report(str(report_dataset), tmp_path / "survey-only.html", joined=pd.DataFrame())
+    shot, log = _screenshot(chromium, page, tmp_path)
+    assert not _console_problems(log, page), _console_problems(log, page)
+    _check_screenshot(shot)
