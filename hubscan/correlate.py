@@ -278,7 +278,8 @@ def _groups(df, group_by):
         except re.error as exc:
             raise ValueError(f"group_by {group_by!r} is neither a column nor a valid regex: {exc}") from None
         if rx.groups < 1:
-            raise ValueError(f"group_by {group_by!r}: not a column ({list(df.columns)}), and as a regex it has no group")
+            raise ValueError(f"group_by {group_by!r}: not a column ({list(df.columns)}), "
+                             "and as a regex it has no group")
         if "model_id" not in df.columns:
             raise ValueError("a regex group_by needs a model_id column")
 

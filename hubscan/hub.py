@@ -95,6 +95,7 @@ class HubClient:
         self._api = None
         self._fs = None
         self._counted = _COUNTER.count
+        _bound_timeouts(self.timeout)
 
     @property
     def api(self):
@@ -186,6 +187,30 @@ class HubClient:
         if attempts:
             reason = f"{reason} (after {attempts} retries)"
         return SourceError(what, reason)
+
+
+_TIMEOUT_SET: list = []
+
+
+def _bound_timeouts(seconds: float) -> None:
+    """Give huggingface_hub's shared HTTP client a timeout (its default client has none, so a stalled
+    server would hang ``list_models`` forever). Leaves a user-installed client factory alone."""
+    from huggingface_hub.utils import _http
+
+    if _TIMEOUT_SET and _TIMEOUT_SET[-1] == seconds:
+        return
+    if _http._GLOBAL_CLIENT_FACTORY is not _http.default_client_factory and not _TIMEOUT_SET:
+        return
+    import httpx2
+
+    def factory():
+        return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]}, follow_redirects=True,
+                             timeout=httpx2.Timeout(seconds, connect=min(10.0, seconds)))
+
+    _http.set_client_factory(factory)
+    from huggingface_hub import constants
+    constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, int(seconds))
+    _TIMEOUT_SET.append(seconds)
 
 
 def _is_transport_error(exc: BaseException) -> bool:

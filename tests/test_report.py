@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -352,19 +353,39 @@ def report_dataset(tmp_path_factory, minilm, pocket, ok_small):
     return root
 
 
-_ATTR = re.compile(r"""\b(src|href|srcset|action|poster|data)\s*=\s*["']?([^"'\s>]*)""", re.I)
+class _Tags(HTMLParser):
+    """Every start tag with its attributes, as the browser's tokenizer sees them."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+_URL_ATTRS = ("src", "href", "srcset", "action", "poster", "data", "formaction", "background", "xlink:href")
 
 
 def _check_self_contained(page: str) -> list[bytes]:
-    """Assert no external reference; return the embedded PNGs."""
-    for attr, value in _ATTR.findall(page):
-        assert value.startswith("data:image/png;base64,"), f"{attr}={value[:60]}"
+    """Assert no external reference, no script, no event handler; return the embedded PNGs."""
+    parser = _Tags()
+    parser.feed(page)
+    parser.close()
+    tags = {t for t, _ in parser.tags}
+    assert not tags & {"script", "link", "iframe", "object", "embed", "base"}, tags
+    pngs = []
+    for tag, attrs in parser.tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        for a in _URL_ATTRS:
+            if a in attrs:
+                assert tag == "img" and a == "src" and attrs[a].startswith("data:image/png;base64,"), (tag, a)
+        if tag == "img":
+            pngs.append(base64.b64decode(attrs["src"].split(",", 1)[1], validate=True))
     assert "http://" not in page and "https://" not in page
-    assert "<script" not in page.lower() and "@import" not in page and "url(" not in page
-    assert "<link" not in page.lower()
-    pngs = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert "@import" not in page and "url(" not in page
     assert len(pngs) == page.count("<img")
-    return [base64.b64decode(p, validate=True) for p in pngs]
+    return pngs
 
 
 @pytest.fixture(scope="module")

@@ -218,3 +218,32 @@ def test_parse_ref():
     for bad in ("hf:", "hf:../etc", "hf:a/b/c", "timm:"):
         with pytest.raises(ValueError):
             parse_ref(bad)
+
+
+def test_stalled_server_times_out_and_is_retried(hub):
+    from hub_server import delay
+    c = HubClient(endpoint=hub.endpoint, timeout=1.0, max_retries=2, backoff=0.05)
+    try:
+        hub.inject(f"/api/models/{SILERO}", delay(5), times=1)
+        import time
+        t0 = time.monotonic()
+        res = hubscan.analyze(f"hf:{SILERO}", client=c)
+        assert res.summary["status"] == "success" and c.retries >= 1
+        assert time.monotonic() - t0 < 5  # bounded: did not wait for the stalled answer
+    finally:
+        hub.clear_faults()
+        HubClient(endpoint=hub.endpoint)  # restore the default timeout for the other tests
+
+
+def test_offline_mode_reads_the_cache_only(hub, tmp_path):
+    from huggingface_hub import snapshot_download
+    cache = tmp_path / "cache"
+    snapshot_download(SILERO, cache_dir=str(cache), endpoint=hub.endpoint)
+    hub.reset_stats()
+    c = HubClient(endpoint=hub.endpoint, offline=True, cache_dir=str(cache), keep_cache=True)
+    res = hubscan.analyze(f"hf:{SILERO}", client=c)
+    assert res.summary["status"] == "success" and res.ref.revision == hub.sha(SILERO)
+    assert hub.requests() == []  # nothing asked of the network
+    with pytest.raises(SourceError) as info:
+        hubscan.analyze(f"hf:{MINILM}", client=c)  # not in the cache
+    assert "offline" in str(info.value)

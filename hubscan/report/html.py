@@ -43,6 +43,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr:nth-child(even) td { background: #fafafa; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0 0 12px; }
+.grid figure { flex: 1 1 560px; max-width: 590px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 .wrap { overflow-x: auto; }
@@ -61,6 +62,11 @@ def _fmt(value, fmt: str | None = None) -> tuple[str, bool]:
         if not math.isfinite(float(value)):
             return "–", True
         return (format(float(value), fmt) if fmt else f"{float(value):.4g}"), True
+    if isinstance(value, dt.datetime):
+        try:
+            return value.strftime("%Y-%m-%d %H:%M:%S"), False
+        except ValueError:  # pandas NaT
+            return "–", False
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value)), False
     if isinstance(value, (int, np.integer)):
@@ -187,28 +193,29 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
                f"{_esc(group_by) if group_by in joined.columns else 'group'}(s).</p>")
     if note:
         out.append(_note(note))
-    if corr is not None and len(corr):
-        cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "pearson",
-                "pearson_p", "slope", "intercept", "rmse", "r2"]
-        fmts = {"spearman_p": ".2g", "kendall_p": ".2g", "pearson_p": ".2g", "spearman": ".3f",
-                "kendall_tau": ".3f", "pearson": ".3f", "r2": ".3f"}
-        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts))
-        if {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
-            fig = plots.tau_heatmap(corr)
-            out.append("<h3>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
-    elif corr is not None:
-        out.append(_note("The correlation table is empty (too few models per group)."))
+    if corr is not None and len(corr) and {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
+        fig = plots.tau_heatmap(corr)
+        out.append("<h3>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
     figs = []
     for m in plots.HTSR_METRICS:
         if m not in joined.columns:
             continue
-        x = np.asarray(joined[m], dtype=float)
+        import pandas as pd
+        x = pd.to_numeric(joined[m], errors="coerce").to_numpy(dtype=float)
         if not np.isfinite(x).any():
             continue
         fig = plots.accuracy_vs_metric(joined, m, accuracy=metric, group=group_by)
         figs.append(_img(fig, f"{metric} vs {m}", plots.METRIC_LABELS.get(m, m)))
     if figs:
         out.append("<h3>Accuracy vs each HTSR metric</h3><div class='grid'>" + "".join(figs) + "</div>")
+    if corr is not None and len(corr):
+        cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "pearson",
+                "pearson_p", "slope", "intercept", "rmse", "r2"]
+        fmts = {"spearman_p": ".2g", "kendall_p": ".2g", "pearson_p": ".2g", "spearman": ".3f",
+                "kendall_tau": ".3f", "pearson": ".3f", "r2": ".3f"}
+        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts))
+    elif corr is not None:
+        out.append(_note("The correlation table is empty (too few models per group)."))
     return out
 
 

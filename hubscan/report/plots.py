@@ -389,8 +389,7 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
     vals, pvals, ns = cell(value), cell(p_value), cell("n")
     fig = _figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
     ax = fig.add_subplot()
-    cmap = matplotlib.colormaps["RdBu_r"].copy()
-    cmap.set_bad("0.85")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
     fontsize = "small" if len(groups) * len(metrics) <= 60 else "x-small"
     for i in range(len(groups)):

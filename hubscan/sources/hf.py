@@ -200,9 +200,45 @@ def resolve_hf(ref: ModelRef, client: HubClient | None = None) -> tuple[ModelRef
     """
     client = client or HubClient()
     repo = ref.repo_id or ref.id
-    info = client.call(client.api.model_info, repo, revision=ref.revision, files_metadata=False,
+    if client.offline:
+        return _resolve_from_cache(ref, repo, client)
+    info = client.call(client.api.model_info, repo, revision=ref.revision, files_metadata=False, timeout=client.timeout,
                        what=f"hf:{repo}" + (f"@{ref.revision}" if ref.revision else ""))
     names = [s.rfilename for s in (info.siblings or [])]
     files, _ = choose_files(names, repo)
     meta = metadata_from_info(info)
     return ModelRef(ref.source, ref.id, info.sha, files, repo), meta
+
+
+def _resolve_from_cache(ref: ModelRef, repo: str, client: HubClient) -> tuple[ModelRef, dict]:
+    """Offline: pin from the local Hugging Face cache (``refs/<branch>`` → sha, files of the snapshot)."""
+    import json
+    import os
+    import re
+    from huggingface_hub import constants
+    from hubscan.errors import SourceError
+
+    where = f"hf:{repo}" + (f"@{ref.revision}" if ref.revision else "")
+    base = os.path.join(client.cache_dir or constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+    rev = ref.revision or "main"
+    sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None
+    if sha is None:
+        try:
+            with open(os.path.join(base, "refs", rev)) as f:
+                sha = f.read().strip()
+        except OSError:
+            sha = None
+    snap = os.path.join(base, "snapshots", sha) if sha else ""
+    if not sha or not os.path.isdir(snap):
+        raise SourceError(where, "offline mode (HF_HUB_OFFLINE=1) and not in the local cache")
+    names = sorted(os.path.relpath(os.path.join(d, n), snap).replace(os.sep, "/")
+                   for d, _, files in os.walk(snap) for n in files)
+    files, _ = choose_files(names, repo)
+    meta: dict = {}
+    if "config.json" in names:
+        try:
+            cfg = json.loads(open(os.path.join(snap, "config.json")).read())
+            meta = {"model_type": cfg.get("model_type"), "architectures": list(cfg.get("architectures") or [])}
+        except (OSError, ValueError):
+            pass
+    return ModelRef(ref.source, ref.id, sha, files, repo), meta
