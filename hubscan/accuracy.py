@@ -151,19 +151,18 @@ def _is_url(path: str) -> bool:
 
 
 def _read_bytes(path: str) -> bytes:
-    """Bytes of a local path or URL (fsspec when installed, else urllib)."""
+    """Bytes of a local path, an http(s) URL (urllib) or another fsspec URL."""
     path = str(path)
     if path.startswith("file://"):
         path = path[len("file://"):]
     if not _is_url(path):
         with open(path, "rb") as fh:
             return fh.read()
-    try:
-        import fsspec
-    except ImportError:  # pragma: no cover - fsspec ships with the dependencies
+    if path.startswith(("http://", "https://")):  # plain urllib: no aiohttp needed
         import urllib.request
-        with urllib.request.urlopen(path, timeout=60) as resp:  # noqa: S310 - user-given URL
+        with urllib.request.urlopen(path, timeout=120) as resp:  # noqa: S310 - a user-given URL
             return resp.read()
+    import fsspec  # s3://, gs://, hf:// …
     with fsspec.open(path, "rb") as fh:
         return fh.read()
 
