@@ -191,7 +191,7 @@ def cmd_sql(args) -> int:
     rows = cur.fetchall()
     if args.format == "csv":
         import csv
-        w = csv.writer(sys.stdout)
+        w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(cols)
         w.writerows(rows)
     elif args.format == "json":
@@ -203,6 +203,53 @@ def cmd_sql(args) -> int:
         for r in rows:
             t.add_row(*[_fmt(v, 4) for v in r])
         Console(width=None if sys.stdout.isatty() else 240).print(t)
+    return 0
+
+
+def cmd_accuracy(args) -> int:
+    from hubscan import accuracy
+
+    done = []
+    for path in args.timm or []:
+        done.append(("timm results", accuracy.ingest_timm_results(args.dataset, path, image_size=args.image_size)))
+    for path in args.leaderboard or []:
+        done.append(("leaderboard", accuracy.ingest_leaderboard(args.dataset, path)))
+    for path in args.csv or []:
+        done.append(("csv", accuracy.ingest_csv(args.dataset, path)))
+    if args.cards:
+        done.append(("model cards", accuracy.ingest_card_results(args.dataset)))
+    if not done:
+        print("hubscan: error: accuracy: nothing to ingest (--timm, --leaderboard, --csv or --cards)", file=sys.stderr)
+        return 2
+    for what, table in done:
+        print(f"{what}: {table.num_rows} accuracy rows written to {args.dataset}")
+    return 0
+
+
+def cmd_correlate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from hubscan.correlate import correlate, joined, write_correlations
+
+    df = joined(args.dataset, metric=args.metric, benchmark=args.benchmark, source=args.source)
+    if df.empty:
+        print(f"hubscan: error: {args.dataset}: no model has both HTSR metrics and a '{args.metric}' accuracy "
+              "(ingest accuracy first: hubscan accuracy --dataset … --timm/--csv/--leaderboard/--cards)",
+              file=sys.stderr)
+        return 1
+    corr = correlate(df, metric=args.metric, group_by=args.group_by, bootstrap=args.bootstrap, seed=args.seed)
+    if args.out:
+        write_correlations(corr, args.out)
+    table = Table(title=f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})")
+    cols = ["group", "metric", "n", "spearman_rho", "kendall_tau", "kendall_p", "pearson_r", "rmse", "r2"]
+    present = [c for c in cols if c in corr.columns]
+    for c in present:
+        table.add_column(c, justify="left" if c in ("group", "metric") else "right")
+    for _, r in corr.iterrows():
+        table.add_row(*[_fmt(r[c], 3) if not isinstance(r[c], str) else r[c] for c in present])
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if args.out:
+        print(f"wrote {len(corr)} rows to {args.out}")
     return 0
 
 
@@ -255,6 +302,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--storage-options", default=None, help="filesystem options as JSON")
     p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("accuracy", help="ingest reported accuracy into a dataset's accuracy table")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--timm", action="append", help="timm results CSV, folder of them, or URL (repeatable)")
+    p.add_argument("--image-size", default="input", choices=["input", "test"],
+                   help="timm models evaluated at two sizes: keep the pretrained input size (default) or the test size")
+    p.add_argument("--leaderboard", action="append", help="Open LLM Leaderboard contents (Parquet/CSV/JSON, v1 or v2)")
+    p.add_argument("--csv", action="append", help="plain CSV: model_id,metric,value[,source,benchmark]")
+    p.add_argument("--cards", action="store_true", help="model-card model-index results gathered by the survey")
+    p.set_defaults(func=cmd_accuracy)
+
+    p = sub.add_parser("correlate", help="HTSR metrics against reported accuracy, per family and overall")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--metric", default="top1", help="accuracy metric (default top1)")
+    p.add_argument("--benchmark", default=None, help="e.g. imagenet, imagenet-real (default: per source)")
+    p.add_argument("--source", default=None, help="only models of this source (hf, timm, local)")
+    p.add_argument("--group-by", default="family", help="family | model_type | a regex on model_id (group 1)")
+    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for tau / rho CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the table to .parquet or .csv")
+    p.set_defaults(func=cmd_correlate)
     return parser
 
 
@@ -277,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything unexpected: still one line
         if args.debug:
             raise
-        where = getattr(args, "path", "") or getattr(args, "source", "") or args.command
+        where = getattr(args, "path", "") or getattr(args, "source", "") or getattr(args, "dataset", "") or args.command
         msg = " ".join(str(exc).split())
         print(f"hubscan: error: {where}: {type(exc).__name__}: {msg}", file=sys.stderr)
         return 1

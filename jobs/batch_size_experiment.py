@@ -168,7 +168,7 @@ def train_run(spec: dict) -> dict:
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, spec["path"])
     return {"model": spec["model"], "batch_size": B, "seed": spec["seed"], "model_id": spec["path"],
-            "test_accuracy": test_acc, "train_accuracy": train_acc, "train_loss": train_loss, "steps": steps,
+            "test_accuracy": round(test_acc, 6), "train_accuracy": round(train_acc, 6), "train_loss": train_loss, "steps": steps,
             "epochs": steps * B / n, "finite": finite, "seconds": time.perf_counter() - t0}
 
 
@@ -213,7 +213,7 @@ def parse_args(argv):
     p.add_argument("--small", action="store_true", help="smoke run: MLP, batch sizes 4/64/512, 1 seed, 2 epochs")
     p.add_argument("--out", default=None, help="output folder (default out/batch_size[_small])")
     p.add_argument("--seeds", type=int, default=None, help="seeds per batch size (default 3; small 1)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30; small 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 20; small 2)")
     p.add_argument("--budget", choices=("epochs", "steps"), default="epochs",
                    help="same number of epochs for every batch size (MM regime, default) or same number of steps")
     p.add_argument("--steps", type=int, default=3000, help="SGD steps per run with --budget steps")
@@ -227,7 +227,7 @@ def parse_args(argv):
     p.add_argument("--split-seed", type=int, default=0)
     a = p.parse_args(argv)
     a.seeds = a.seeds if a.seeds is not None else (1 if a.small else 3)
-    a.epochs = a.epochs if a.epochs is not None else (2 if a.small else 30)
+    a.epochs = a.epochs if a.epochs is not None else (2 if a.small else 20)
     bs = a.batch_sizes or ",".join(map(str, SMALL_BATCH_SIZES if a.small else DEFAULT_BATCH_SIZES))
     a.batch_sizes = sorted({int(b) for b in bs.split(",") if b.strip()})
     a.models = [m.strip() for m in (a.models or ("mlp" if a.small else "mlp,cnn")).split(",") if m.strip()]

@@ -243,6 +243,11 @@ def test_tau_heatmap(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == list(HTSR_METRICS)
     assert len(fig.axes) == 2                                           # the colorbar
     _assert_real_png(_png(tmp_path / "tau.png"))
+    # hubscan.correlate.correlate's own column names give the same map
+    real = corr.rename(columns={"metric_name": "metric", "spearman": "spearman_rho", "pearson": "pearson_r"})
+    again = tau_heatmap(real).axes[0]
+    assert np.ma.allequal(again.get_images()[0].get_array(), img)
+    assert [t.get_text() for t in again.texts] == [t.get_text() for t in ax.texts]
 
 
 def test_alpha_histogram_counts(minilm, pocket, ok_small, tmp_path):
@@ -459,6 +464,33 @@ def test_report_computes_correlations_lazily(report_dataset, tmp_path, monkeypat
     page = build_report(str(report_dataset), tmp_path / "r.html", joined=joined).read_text(encoding="utf-8")
     assert calls == [(len(joined) - 1, "top1", "family")]               # rows without accuracy dropped
     assert "Correlations per group" in page and "Kendall τ heat map" in page
+
+
+def test_report_with_dataset_accuracy(report_dataset, tmp_path):
+    """No frames given: accuracy rows in the dataset, joined and correlated by hubscan.correlate."""
+    correlate = pytest.importorskip("hubscan.correlate")
+    accuracy = pytest.importorskip("hubscan.accuracy")
+    from hubscan.store import Dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(report_dataset, root)
+    models = Dataset(str(root)).read("models").to_pandas()
+    ok = models[models["status"] == "success"].sort_values("model_id").reset_index(drop=True)
+    rows = [{"source": r.source, "model_id": r.model_id, "benchmark": "custom", "metric": "top1",
+             "value": 70.0 + 3 * i, "provenance": "test"} for i, r in ok.iterrows()]
+    accuracy.write_provenance(str(root), accuracy.provenance_key("csv", "test.csv"), rows)
+    joined = correlate.joined(str(root), metric="top1")
+    assert len(joined) == len(ok) == 4
+    path = build_report(str(root), tmp_path / "r.html")
+    page = path.read_text(encoding="utf-8")
+    pngs = _check_self_contained(page)
+    scatters = [m for m in HTSR_METRICS if m in joined.columns and pd.to_numeric(joined[m]).notna().any()]
+    assert len(pngs) == len(scatters) + 1 + 1 + 1 + 4                   # + heat map, histogram, depth, ESDs
+    assert "No accuracy data" not in page and "custom (4 models)" in page
+    corr = correlate.correlate(joined, metric="top1", group_by="family")
+    section = page.split("Correlations per group", 1)[1].split("</table>", 1)[0]
+    assert section.count("<tr>") == len(corr) + 1 and "HTSR metric" in section
+    assert html.escape(NASTY_ID, quote=True) in page and NASTY_ID not in page
 
 
 def test_report_empty_dataset(tmp_path):

@@ -130,13 +130,17 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
         except Exception as exc:  # noqa: BLE001 - the report degrades to its survey-only parts
             log.warning("no accuracy data joined: %s", exc)
             return None, None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    if joined is None or metric not in getattr(joined, "columns", ()):
-        return None, None, f"no {metric!r} column in the joined data"
+    if joined is None or not hasattr(joined, "columns"):
+        return None, None, "no joined table"
+    try:
+        ycol = plots.accuracy_column(joined, metric)
+    except KeyError:
+        return None, None, f"no {metric!r} or 'accuracy' column in the joined data"
     import pandas as pd
-    acc = pd.to_numeric(joined[metric], errors="coerce")
+    acc = pd.to_numeric(joined[ycol], errors="coerce")
     joined = joined[np.isfinite(acc.to_numpy(dtype=float))]
     if len(joined) == 0:
-        return None, None, f"no model has a {metric!r} value"
+        return None, None, f"no model of the dataset has a reported {metric!r}"
     if corr is None:
         try:
             from hubscan import correlate as _correlate
@@ -191,8 +195,13 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
     families = joined[group_by].nunique(dropna=False) if group_by in joined.columns else 1
     out.append(f"<p>{len(joined)} models with a reported {_esc(metric)}, {families} "
                f"{_esc(group_by) if group_by in joined.columns else 'group'}(s).</p>")
+    if "benchmark" in joined.columns and joined["benchmark"].notna().any():
+        counts = joined["benchmark"].value_counts()
+        out.append("<p>Benchmarks: " + ", ".join(f"{_esc(b)} ({n} models)" for b, n in counts.items()) + ".</p>")
     if note:
         out.append(_note(note))
+    if corr is not None:
+        corr = plots.corr_columns(corr)
     if corr is not None and len(corr) and {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
         fig = plots.tau_heatmap(corr)
         out.append("<h3>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
@@ -209,11 +218,13 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
     if figs:
         out.append("<h3>Accuracy vs each HTSR metric</h3><div class='grid'>" + "".join(figs) + "</div>")
     if corr is not None and len(corr):
-        cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "pearson",
-                "pearson_p", "slope", "intercept", "rmse", "r2"]
+        cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "kendall_tau_lo",
+                "kendall_tau_hi", "pearson", "pearson_p", "slope", "intercept", "rmse", "r2"]
         fmts = {"spearman_p": ".2g", "kendall_p": ".2g", "pearson_p": ".2g", "spearman": ".3f",
-                "kendall_tau": ".3f", "pearson": ".3f", "r2": ".3f"}
-        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts))
+                "kendall_tau": ".3f", "kendall_tau_lo": ".3f", "kendall_tau_hi": ".3f", "pearson": ".3f", "r2": ".3f"}
+        heads = {"metric_name": "HTSR metric", "spearman": "spearman ρ", "kendall_tau": "kendall τ",
+                 "pearson": "pearson r", "kendall_tau_lo": "τ low", "kendall_tau_hi": "τ high"}
+        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts, heads))
     elif corr is not None:
         out.append(_note("The correlation table is empty (too few models per group)."))
     return out
@@ -224,7 +235,7 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
     if "layers" not in have:
         out.append(_note("The dataset holds no layers table."))
         return out
-    alphas = con.execute("""SELECT model_key, status, alpha FROM layers
+    alphas = con.execute("""SELECT model_key, alpha FROM layers
                             WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
     out.append("<h3>Layer α over the survey</h3>" + _img(plots.alpha_histogram(alphas), "histogram of layer alpha"))
 
@@ -329,9 +340,12 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     from hubscan import __version__
     from hubscan.query import connect
 
+    from hubscan.store import Dataset
+
     con = connect(dataset, **(storage_options or {}))
     have = _views(con)
-    joined, corr, note = _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr)
+    data = Dataset(dataset, **storage_options) if storage_options else dataset
+    joined, corr, note = _accuracy_frames(data, metric, benchmark, group_by, joined, corr)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>{_esc(title)}</h1>",
             f"<p class='meta'>Dataset {_esc(dataset)} · generated {_esc(now)} · hubscan {_esc(__version__)}</p>",

@@ -19,9 +19,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-#: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates.
+#: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates
+#: (:data:`hubscan.correlate.HTSR_METRICS`; rand_distance only exists for ``--randomize`` surveys).
 HTSR_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
-                "mp_softrank")
+                "mp_softrank", "rand_distance")
 
 #: Axis labels stating what each metric means (λ: eigenvalues of WᵀW; means over a model's layers).
 METRIC_LABELS = {
@@ -32,6 +33,7 @@ METRIC_LABELS = {
     "log_alpha_norm": "mean log10 Σ λᵢ^α (α-norm)",
     "stable_rank": "mean stable rank ‖W‖²_F / λmax",
     "mp_softrank": "mean MP soft rank λ+ / λmax",
+    "rand_distance": "mean JS distance of the ESD to that of element-shuffled W",
     "entropy": "mean matrix entropy",
 }
 
@@ -47,11 +49,11 @@ UNDER_TRAINED = 6.0
 _GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
 
 
-def _figure(figsize=(7.0, 4.8)):
+def _figure(figsize=(7.0, 4.8), layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = Figure(figsize=figsize, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -91,6 +93,33 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
 
+def accuracy_column(df, accuracy: str) -> str:
+    """The column holding the accuracy values: ``accuracy`` itself when the frame has it (a
+    hand-made table with a ``top1`` column), else ``"accuracy"`` (:func:`hubscan.correlate.joined`
+    names the metric in its ``metric`` column and puts the values in ``accuracy``).
+
+    Raises
+    ------
+    KeyError
+        Neither column exists.
+    """
+    if accuracy in df.columns and accuracy not in HTSR_METRICS:
+        return accuracy
+    if "accuracy" in df.columns:
+        return "accuracy"
+    raise KeyError(f"no accuracy column: neither {accuracy!r} nor 'accuracy' in the DataFrame "
+                   f"(have: {', '.join(map(str, df.columns))})")
+
+
+def corr_columns(corr_df):
+    """A correlation table with :func:`hubscan.correlate.correlate`'s column names normalised:
+    ``metric`` → ``metric_name``, ``spearman_rho`` → ``spearman``, ``pearson_r`` → ``pearson``
+    (tables already using the short names pass unchanged)."""
+    ren = {a: b for a, b in (("metric", "metric_name"), ("spearman_rho", "spearman"), ("pearson_r", "pearson"))
+           if a in corr_df.columns and b not in corr_df.columns}
+    return corr_df.rename(columns=ren) if ren else corr_df
+
+
 def _no_data(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
@@ -103,12 +132,13 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     ----------
     df : pandas.DataFrame
         One row per model (:func:`hubscan.correlate.joined`'s output): columns ``metric``,
-        ``accuracy`` and, optionally, ``group``. Rows where either value is missing or not
-        finite are left out.
+        the accuracy (see ``accuracy``) and, optionally, ``group``. Rows where either value is
+        missing or not finite are left out.
     metric : str
         The HTSR column on the x axis (e.g. ``alpha``, ``log_norm``).
     accuracy : str
-        The accuracy column on the y axis.
+        The accuracy metric on the y axis: its column, or, when the frame has no such column,
+        the ``accuracy`` column (as :func:`hubscan.correlate.joined` returns it).
     group : str or None
         Column whose values get one color and one regression line each (missing values are
         grouped as ``?``); None or an absent column: one group.
@@ -129,15 +159,15 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     Raises
     ------
     KeyError
-        ``metric`` or ``accuracy`` is not a column of ``df``.
+        ``metric`` is not a column of ``df``, or it has no accuracy column.
     """
     import pandas as pd
 
-    for col in (metric, accuracy):
-        if col not in df.columns:
-            raise KeyError(f"column {col!r} not in the DataFrame (have: {', '.join(map(str, df.columns))})")
+    if metric not in df.columns:
+        raise KeyError(f"column {metric!r} not in the DataFrame (have: {', '.join(map(str, df.columns))})")
+    ycol = accuracy_column(df, accuracy)
     x = pd.to_numeric(df[metric], errors="coerce").to_numpy(dtype=float)
-    y = pd.to_numeric(df[accuracy], errors="coerce").to_numpy(dtype=float)
+    y = pd.to_numeric(df[ycol], errors="coerce").to_numpy(dtype=float)
     if group and group in df.columns:
         g = df[group].astype(object).where(df[group].notna(), "?").astype(str).to_numpy()
     else:
@@ -292,7 +322,8 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     alpha, xmin, xmax, D = (_get(fit, k) for k in ("alpha", "xmin", "xmax", "D"))
     lam_plus = _get(fit, "lambda_plus")
 
-    fig = _figure()
+    fig = _figure(layout=None)      # fixed margins: constrained layout would double the time per layer
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.11, top=0.87)
     ax = fig.add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -345,10 +376,10 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
     Parameters
     ----------
     corr_df : pandas.DataFrame
-        :func:`hubscan.correlate.correlate`'s output: ``group``, ``metric_name``, ``value`` and
-        optionally ``p_value`` and ``n``.
+        :func:`hubscan.correlate.correlate`'s output: ``group``, ``metric`` (or ``metric_name``),
+        ``value`` and optionally ``p_value`` and ``n``.
     value : str
-        The column shown (default Kendall τ; ``spearman`` works too).
+        The column shown (default Kendall τ; ``spearman`` / ``spearman_rho`` work too).
     p_value : str or None
         Its p-value column: cells with p < 0.05 get a ``*``.
     title : str, optional
@@ -366,10 +397,12 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
     import matplotlib
     import pandas as pd
 
+    df = corr_columns(corr_df).copy()
+    value = {"spearman_rho": "spearman", "pearson_r": "pearson"}.get(value, value) if value not in df.columns \
+        else value
     for col in ("group", "metric_name", value):
-        if col not in corr_df.columns:
+        if col not in df.columns:
             raise KeyError(f"column {col!r} not in the correlation table")
-    df = corr_df.copy()
     df["group"] = df["group"].astype(object).where(df["group"].notna(), "?").astype(str)
     groups = list(dict.fromkeys(df["group"]))
     present = list(dict.fromkeys(df["metric_name"].astype(str)))
@@ -461,6 +494,8 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     ax.axvline(OVER_TRAINED, gid="guide", label="α = 2 (over-trained below)", **_GUIDE_STYLE)
     ax.axvline(UNDER_TRAINED, gid="guide", label="α = 6 (under-trained above)",
                **{**_GUIDE_STYLE, "linestyle": ":"})
+    from matplotlib.ticker import MaxNLocator
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer α (power-law exponent of the ESD tail)")
     ax.set_ylabel("layers")
     head = f"layer α: {len(a)} successful fits" + (f" in {n_models} models" if n_models is not None else "")
