@@ -114,11 +114,19 @@ def _print_result(result, console) -> None:
 
 
 def cmd_analyze(args) -> int:
+    import dataclasses
     from rich.console import Console
     from hubscan.analysis import analyze
 
     console = Console(width=None if sys.stdout.isatty() else 240)
-    result = analyze(args.path, _options(args), client=_client(args))
+    options = _options(args)
+    if args.plot:
+        options = dataclasses.replace(options, keep_evals=True)
+    result = analyze(args.path, options, client=_client(args))
+    if args.plot:
+        from hubscan.report import plot_model
+        files = plot_model(result, args.plot)
+        console.print(f"wrote {len(files)} plots to {args.plot}")
     if args.out:
         import pyarrow.parquet as pq
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -253,6 +261,16 @@ def cmd_correlate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import json as _json
+    from hubscan.report import build_report
+
+    path = build_report(args.dataset, args.out, metric=args.metric, benchmark=args.benchmark, group_by=args.group_by,
+                        storage_options=_json.loads(args.storage_options) if args.storage_options else None)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hubscan", description="HTSR spectra (alpha, ESD metrics) of model weights.")
     parser.add_argument("--version", action="version", version=f"hubscan {__version__}")
@@ -264,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ".onnx / .gguf file or Hugging Face layout folder")
     p.add_argument("--out", help="write the per-layer rows to this Parquet file")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="write an ESD plot per layer (log-log, fitted power law, xmin) and alpha vs depth to DIR")
     _add_fit_options(p)
     _add_hub_options(p)
     p.set_defaults(func=cmd_analyze)
@@ -323,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the table to .parquet or .csv")
     p.set_defaults(func=cmd_correlate)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a dataset (plots + tables)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--out", required=True, help="report.html")
+    p.add_argument("--metric", default="top1")
+    p.add_argument("--benchmark", default=None)
+    p.add_argument("--group-by", default="family")
+    p.add_argument("--storage-options", default=None, help="filesystem options as JSON")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

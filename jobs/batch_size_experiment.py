@@ -304,7 +304,8 @@ def main(argv=None) -> dict:
         if key in seen:
             s["init_path"] = None
         seen.add(key)
-    specs.sort(key=lambda s: -s["steps"] * (s["batch_size"] ** 0.5 if s["model"] == "cnn" else 1))
+    # longest first (a step costs roughly a fixed overhead plus ~1/24 of it per sample; the CNN ~8× the MLP)
+    specs.sort(key=lambda s: -s["steps"] * (1 + s["batch_size"] / 24) * (8 if s["model"] == "cnn" else 1))
     t0 = time.perf_counter()
     runs = train_all(args, specs)
     t_train = time.perf_counter() - t0
@@ -329,7 +330,7 @@ def main(argv=None) -> dict:
     from hubscan.query import connect
     con = connect(str(dataset))
     models_df = con.execute("SELECT model_id, status, reason, alpha AS alpha_all_layers FROM models").df()
-    layers = con.execute("""SELECT model_id, layer_id, name, layer_type, N, M, rf, num_evals, status, reason, alpha,
+    layers = con.execute("""SELECT model_id, layer_id, name, layer_type, shape, N, M, rf, num_evals, status, reason, alpha,
                             num_spikes, mp_softrank, lambda_plus, lambda_max, phase, xmin
                             FROM layers ORDER BY model_id, layer_id""").df()
     meta = pd.DataFrame(runs).set_index("model_id")
@@ -371,7 +372,7 @@ def main(argv=None) -> dict:
     for model in args.models:
         d = df[df.model == model]
         lay = layers[layers.model == model]
-        layer_info = (lay.drop_duplicates("name")[["name", "layer_type", "N", "M", "rf", "num_evals", "status",
+        layer_info = (lay.drop_duplicates("name")[["name", "layer_type", "shape", "N", "M", "rf", "num_evals", "status",
                                                     "reason", "enters_mean"]].to_dict("records"))
         per_bs = []
         for B, g in d.groupby("batch_size"):
@@ -532,9 +533,9 @@ def make_plots(out: Path, args, results: dict, con, init_evals: dict) -> list[st
 
     # ESD of the biggest hidden layer: smallest vs largest batch size (seed 0), and init
     models = list(results["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(5.5 * len(models), 7.5), squeeze=False)
     bmin, bmax = min(args.batch_sizes), max(args.batch_sizes)
-    for ax, model in zip(axes[0], models):
+    for ax, ax2, model in zip(axes[0], axes[1], models):
         layer = BIG_LAYER[model]
         curves = []
         for B, color in ((bmin, "tab:red"), (bmax, "tab:green")):
@@ -554,12 +555,20 @@ def make_plots(out: Path, args, results: dict, con, init_evals: dict) -> list[st
             centers = np.sqrt(edges[1:] * edges[:-1])
             ax.loglog(centers[h > 0], h[h > 0], marker=".", color=color, label=label,
                       ls="-" if label != "init" else "--")
+            srt = np.sort(ev)
+            ccdf = 1.0 - np.arange(len(srt)) / len(srt)
+            ax2.loglog(srt, ccdf, color=color, label=label, ls="-" if label != "init" else "--")
             if lay is not None and lay[1] is not None:
                 ax.axvline(lay[1], color=color, lw=0.8, ls=":")
+                ax2.axvline(lay[1], color=color, lw=0.8, ls=":")
         ax.set_xlabel("eigenvalue of WᵀW")
-        ax.set_ylabel("density")
+        ax.set_ylabel("density (log-spaced bins)")
         ax.set_title(f"{model} {layer} ESD (seed 0; dotted: xmin of the PL fit)", fontsize=9)
         ax.legend(fontsize=8)
+        ax2.set_xlabel("eigenvalue of WᵀW")
+        ax2.set_ylabel("P(λ ≥ x)")
+        ax2.set_title(f"{model} {layer}: complementary CDF (tail slope ≈ 1 − alpha)", fontsize=9)
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     p = out / "esd_smallest_vs_largest_batch.png"
     fig.savefig(p, dpi=110)
@@ -592,8 +601,9 @@ def markdown(args, res: dict) -> str:
     for model, r in res["models"].items():
         lines += [f"## {model}", ""]
         lines.append("Layers: " + "; ".join(
-            f"`{l['name']}` {l['layer_type']} N={l['N']} M={l['M']}"
-            + (f" ×{l['rf']} slices" if (l['rf'] or 1) > 1 else "")
+            (f"`{l['name']}` {l['layer_type']} N={l['N']} M={l['M']}"
+             + (f" ×{l['rf']} slices" if (l['rf'] or 1) > 1 else "") if l["N"] is not None and l["N"] == l["N"]
+             else f"`{l['name']}` {l['layer_type']} shape {list(l['shape'])}")
             + (" **(in mean)**" if l["enters_mean"] else f" (not in mean: {l['reason'] or 'output layer / too few eigenvalues'})")
             for l in r["layers"]) + ".")
         init = r["init"]
@@ -601,13 +611,13 @@ def markdown(args, res: dict) -> str:
             lines.append(f"At initialization (same seeds, untrained): mean alpha {init['alpha_mean']:.2f} ("
                          + ", ".join(f"{k} {v:.2f}" for k, v in init["per_layer_alpha"].items())
                          + f"), num_spikes {init['num_spikes_mean']:.1f}, mp_softrank {init['mp_softrank_mean']:.2f}.")
-        lines += ["", "| batch size | steps | alpha (mean ± sd) | "
+        lines += ["", "| batch size | steps | epochs | alpha (mean ± sd) | "
                   + " | ".join(f"alpha {n}" for n in r["per_layer"]) + " | num_spikes | mp_softrank | test acc (mean ± sd) | train acc | train loss |",
-                  "|---:|---:|---|" + "---|" * len(r["per_layer"]) + "---|---|---|---|---|"]
+                  "|---:|---:|---:|---|" + "---|" * len(r["per_layer"]) + "---|---|---|---|---|"]
         for p in r["per_batch_size"]:
             B = p["batch_size"]
             per_layer = " | ".join(_fmt(info["alpha_mean_per_bs"].get(B), 2) for info in r["per_layer"].values())
-            lines.append(f"| {B} | {p['steps']} | {_fmt(p['alpha_mean'], 2)} ± {_fmt(p['alpha_std'], 2)} | {per_layer} | "
+            lines.append(f"| {B} | {p['steps']} | {p['epochs']:.3g} | {_fmt(p['alpha_mean'], 2)} ± {_fmt(p['alpha_std'], 2)} | {per_layer} | "
                          f"{_fmt(p['num_spikes_mean'], 1)} | {_fmt(p['mp_softrank_mean'], 3)} | "
                          f"{_fmt(p['test_accuracy_mean'])} ± {_fmt(p['test_accuracy_std'])} | "
                          f"{_fmt(p['train_accuracy_mean'])} | {_fmt(p['train_loss_mean'], 3)} |")

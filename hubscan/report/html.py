@@ -317,11 +317,15 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     models_for_depth : int
         How many models get an α-vs-depth line: the most downloaded, then by model id.
     corr : pandas.DataFrame, optional
-        :func:`hubscan.correlate.correlate`'s table; computed from ``joined`` when not given.
+        :func:`hubscan.correlate.correlate`'s table (``group``, ``metric`` or ``metric_name``,
+        ``n``, ``kendall_tau`` …); computed from ``joined`` (lazy import of
+        :mod:`hubscan.correlate`) when not given.
     joined : pandas.DataFrame, optional
-        :func:`hubscan.correlate.joined`'s table (one row per model: model_id, ``group_by``,
-        ``metric`` and the HTSR columns); read from the dataset when not given. When neither
-        gives accuracy values the page says so and keeps its survey-only parts.
+        :func:`hubscan.correlate.joined`'s table: one row per model with ``model_id``,
+        ``group_by``, the HTSR columns and the accuracy — in column ``metric`` (a hand-made
+        table) or ``accuracy`` (``joined``'s own layout). Read from the dataset when not given.
+        When neither gives an accuracy value (or hubscan.correlate fails) the page says so and
+        keeps its survey-only parts.
     esd_layers : int
         ESD plots drawn (layers of the first depth model with stored eigenvalues, spread from
         the lowest to the highest α).
