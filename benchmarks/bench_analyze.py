@@ -26,8 +26,10 @@ as a contiguous float64 torch tensor: ``torch.linalg.eigvalsh(W.T @ W)`` when ro
 eigvalsh, nothing else — no file reading, no dtype conversion, no finite check, no sorting or copy
 to numpy, no fit, no metrics. It is the arithmetic any exact float64 ESD must do.
 
-Timing: ``time.perf_counter``; every contender warmed up once (WW on a tiny model, since its first
-call imports lazily), then the median of ``--reps`` runs (WW: 2 runs on MiniLM, 1 on the stack).
+Timing: ``time.perf_counter`` (``--clock cpu``: ``time.process_time``, for single-threaded runs
+on a busy machine). Every contender is warmed up once (WW on a tiny model, since its first call
+imports lazily), then timed in interleaved rounds (A B C, A B C, …) and the median of ``--reps``
+runs is reported (WW: 2 runs on MiniLM, 1 on the stack).
 Imports and model loading are outside every timer. Torch, MKL, OpenMP and OpenBLAS are all set
 to the same thread count (``--threads``, default: the cores this process may use).
 """
@@ -50,6 +52,10 @@ def _parse_args(argv=None):
     p.add_argument("--reps", type=int, default=0,
                    help="timed runs per contender, median reported (default: 5 for MiniLM, 3 for the stack)")
     p.add_argument("--skip", default="", help="comma-separated sections to skip, e.g. 'b,c'")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: time.perf_counter (the measurement); cpu: time.process_time, CPU seconds of "
+                        "this process — with --threads 1 it is robust to other processes on a busy "
+                        "machine (not for multi-threaded runs: idle-spinning threads count)")
     return p.parse_args(argv)
 
 
@@ -90,6 +96,7 @@ except ImportError:  # pragma: no cover
     threadpool_limits = None
 
 MIB = 1024 * 1024
+CLOCK = time.perf_counter if ARGS.clock == "wall" else time.process_time
 RESULTS: dict = {"sections": {}}
 VERDICTS: list = []   # (label, passed)
 
@@ -111,18 +118,18 @@ def timed(fn, reps: int, warmup: int = 1):
         fn()
     times, result = [], None
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         result = fn()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times), times, result
 
 
 def clocked(fn):
     """Adapt a plain ``fn()`` to the ``() -> (seconds, result)`` form :func:`interleaved` takes."""
     def run():
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         result = fn()
-        return time.perf_counter() - t0, result
+        return CLOCK() - t0, result
     return run
 
 
@@ -201,9 +208,9 @@ def ww_details(state: dict):
     import weightwatcher as ww
     with quiet():
         watcher = ww.WeightWatcher(model=state)
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         details = watcher.analyze()
-        dt = time.perf_counter() - t0
+        dt = CLOCK() - t0
     return dt, details
 
 
@@ -253,6 +260,7 @@ def phase_breakdown(path: str, **opts) -> dict:
 
     acc: dict = defaultdict(float)
     patches = []
+    depth = {"gram": 0}   # > 0 while inside _gram: its conversion / finite check are split out of it
 
     def wrap(mod, name, key):
         orig = getattr(mod, name, None)
@@ -260,11 +268,14 @@ def phase_breakdown(path: str, **opts) -> dict:
             return
 
         def wrapper(*a, **k):
-            t0 = time.perf_counter()
+            sub = key in ("to", "finite") and depth["gram"] > 0
+            depth["gram"] += key == "gram"
+            t0 = CLOCK()
             try:
                 return orig(*a, **k)
             finally:
-                acc[key] += time.perf_counter() - t0
+                acc[key + ("_in_gram" if sub else "")] += CLOCK() - t0
+                depth["gram"] -= key == "gram"
         own = name in vars(mod)  # False for a method torch.Tensor inherits from its C base
         setattr(mod, name, wrapper)
         patches.append((mod, name, orig, own))
@@ -279,38 +290,40 @@ def phase_breakdown(path: str, **opts) -> dict:
     for name in ("layer_metrics", "classify_phase", "summarize", "rand_distance"):
         wrap(A, name, "metrics")
     try:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         ws = open_weights(path)
-        acc["open"] = time.perf_counter() - t0
+        acc["open"] = CLOCK() - t0
         orig_entries = ws.entries
 
         def timed_load(load):
             def inner():
-                t = time.perf_counter()
+                t = CLOCK()
                 try:
                     return load()
                 finally:
-                    acc["read"] += time.perf_counter() - t
+                    acc["read"] += CLOCK() - t
             return inner
 
         ws.entries = lambda: (dataclasses.replace(e, load=timed_load(e.load)) for e in orig_entries())
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         hubscan.analyze(ws, **opts)
-        total = time.perf_counter() - t0 + acc["open"]
+        total = CLOCK() - t0 + acc["open"]
     finally:
         for mod, name, orig, own in reversed(patches):
             if own:
                 setattr(mod, name, orig)
             else:
                 delattr(mod, name)
+    # .to / finite check outside _gram (conv stacks, the evals' .to) fall inside compute_esd, not in load.
     phases = {
         "open (header parse)": acc["open"],
         "read tensors": acc["read"],
-        "dtype conversion (Tensor.to)": acc["to"],
-        "Gram matmul": acc["gram"] - acc["finite"] - acc["to"],
-        "finite check": acc["finite"],
+        "dtype conversion (Tensor.to)": acc["to_in_gram"] + acc["to"],
+        "Gram matmul": acc["gram"] - acc["finite_in_gram"] - acc["to_in_gram"],
+        "finite check": acc["finite_in_gram"] + acc["finite"],
         "eigvalsh": acc["eigvalsh"],
-        "rest of eigen step (clip, rank, sort, copy)": acc["esd"] - acc["gram"] - acc["eigvalsh"],
+        "rest of eigen step (clip, rank, sort, copy)":
+            acc["esd"] - acc["gram"] - acc["eigvalsh"] - acc["to"] - acc["finite"],
         "power-law fit": acc["fit"],
         "MP fit": acc["mp"],
         "metrics + phase + summary": acc["metrics"],
@@ -593,12 +606,15 @@ def main() -> int:
     info = dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
                 weightwatcher=getattr(weightwatcher, "__version__", "?"),
                 hubscan=getattr(hubscan, "__version__", "?"), threads=THREADS,
-                cpus=os.cpu_count(), machine=platform.machine(), quick=quick,
+                cpus=os.cpu_count(), machine=platform.machine(), quick=quick, clock=ARGS.clock,
                 loadavg_start=os.getloadavg())
     RESULTS["info"] = info
     out(f"hubscan benchmark — torch {info['torch']}, numpy {info['numpy']}, weightwatcher "
         f"{info['weightwatcher']}, {THREADS} threads of {info['cpus']} CPUs, load average "
         f"{info['loadavg_start'][0]:.2f}{'  [QUICK MODE: smoke test, not a measurement]' if quick else ''}")
+    if ARGS.clock == "cpu":
+        out("CLOCK: CPU time of this process (time.process_time), not wall time"
+            + ("  — WARNING: with more than one thread, spinning threads inflate it" if THREADS > 1 else ""))
     if info["loadavg_start"][0] > 0.5 * THREADS:
         out("WARNING: the machine is busy (load average above half the threads): timings are noisy.")
 

@@ -225,6 +225,8 @@ def parse_args(argv):
     p.add_argument("--jobs", type=int, default=None, help="training processes (default min(2, CPUs))")
     p.add_argument("--actors", type=int, default=None, help="survey actors (default min(2, CPUs))")
     p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--variants", default="",
+                   help="comma-separated output folders of earlier runs (e.g. --budget steps) summarized in results.md")
     a = p.parse_args(argv)
     a.seeds = a.seeds if a.seeds is not None else (1 if a.small else 3)
     a.epochs = a.epochs if a.epochs is not None else (2 if a.small else 20)
@@ -313,8 +315,10 @@ def main(argv=None) -> dict:
     log(f"trained {len(runs)} models in {t_train:.0f}s")
 
     import pandas as pd
+    # hubscan.accuracy.ingest_csv reads model_id, metric, value (+ source, benchmark, split) and ignores the rest
     acc = pd.DataFrame([{"model_id": r["model_id"], "metric": "test_accuracy", "value": r["test_accuracy"],
-                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"]} for r in runs])
+                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"], "source": "local",
+                         "benchmark": "sklearn-digits", "split": "test"} for r in runs])
     acc.to_csv(out / "accuracy.csv", index=False)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
 
@@ -577,6 +581,37 @@ def make_plots(out: Path, args, results: dict, con, init_evals: dict) -> list[st
     return paths
 
 
+def variants_markdown(args) -> list[str]:
+    """A summary of earlier runs (their results.json) next to this one: alpha and test accuracy per batch size."""
+    dirs = [Path(d.strip()) for d in args.variants.split(",") if d.strip()]
+    if not dirs:
+        return []
+    lines = ["## Variants", "",
+             "Other runs of this job (their own `results.md` has the full tables), mean over seeds per batch size:", ""]
+    for d in dirs:
+        f = d / "results.json"
+        if not f.is_file():
+            lines += [f"- `{d}`: no results.json", ""]
+            continue
+        v = json.loads(f.read_text())
+        c = v["config"]
+        budget = f"{c['epochs']} epochs" if c["budget"] == "epochs" else f"{c['steps']} steps for every B"
+        for model, r in v["models"].items():
+            t, ta = r["trend"]["alpha"], r["trend"]["test_accuracy"]
+            pb = r["per_batch_size"]
+            lines += [f"**{model}, lr {c['lr']}, {budget}, width {c['width']}, {c['seeds']} seeds** (`{d}`): "
+                      f"alpha vs log2 B Spearman rho {_fmt(t.get('spearman_rho'), 2)} (p {_fmt_p(t.get('spearman_p'))}), "
+                      f"Kendall tau {_fmt(t.get('kendall_tau'), 2)} (p {_fmt_p(t.get('kendall_p'))}), OLS slope "
+                      f"{_fmt(t.get('ols_slope'), 3)} per doubling (p {_fmt_p(t.get('ols_p'))}); test accuracy rho "
+                      f"{_fmt(ta.get('spearman_rho'), 2)} (p {_fmt_p(ta.get('spearman_p'))}).", "",
+                      "| B | " + " | ".join(str(p["batch_size"]) for p in pb) + " |",
+                      "|---|" + "---:|" * len(pb),
+                      "| steps | " + " | ".join(str(p["steps"]) for p in pb) + " |",
+                      "| alpha | " + " | ".join(f"{_fmt(p['alpha_mean'], 2)} ± {_fmt(p['alpha_std'], 2)}" for p in pb) + " |",
+                      "| test acc | " + " | ".join(_fmt(p["test_accuracy_mean"]) for p in pb) + " |", ""]
+    return lines
+
+
 def markdown(args, res: dict) -> str:
     t = res["timing"]
     budget = (f"{args.epochs} epochs per run (a batch of B takes {args.epochs}·⌈n/B⌉ steps)" if args.budget == "epochs"
@@ -631,9 +666,15 @@ def markdown(args, res: dict) -> str:
                          f"{_fmt(tr.get('kendall_tau'), 2)} | {_fmt_p(tr.get('kendall_p'))} | "
                          f"{_fmt(tr.get('ols_slope'), 4)} ± {_fmt(tr.get('ols_slope_se'), 4)} | "
                          f"{_fmt_p(tr.get('ols_p'))} | {_fmt(tr.get('ols_r2'), 2)} |")
+        bad = [x for x in r["runs"] if x["status"] != "success" or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
+        if bad:
+            lines += ["", "Runs without a mean alpha (diverged to non-finite weights → every layer failed in the survey): "
+                      + ", ".join(f"B={x['batch_size']} seed {x['seed']} (survey status {x['status']}, test acc "
+                                  f"{x['test_accuracy']:.3f})" for x in bad) + "; they are left out of the alpha trend."]
         ac = r["alpha_vs_test_accuracy"]
         lines += ["", f"alpha vs test accuracy across runs: Spearman rho = {_fmt(ac.get('spearman_rho'), 2)} "
                       f"(p = {_fmt_p(ac.get('spearman_p'))}).", "", "**Observation.** " + res["observation"][model], ""]
+    lines += variants_markdown(args)
     lines += ["## Caveat: what the fixed-epoch design confounds", "",
               "With one learning rate and one number of epochs for every run, a smaller batch means both noisier "
               "gradients and proportionally more SGD steps (see the steps column): the weights of a B=2 run have "
