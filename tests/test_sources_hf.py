@@ -249,3 +249,40 @@ def test_offline_mode_reads_the_cache_only(hub, tmp_path):
     with pytest.raises(SourceError) as info:
         hubscan.analyze(f"hf:{MINILM}", client=c)  # not in the cache
     assert "offline" in str(info.value)
+
+
+def _case_files(path: Path) -> dict:
+    if path.is_dir():
+        files = {p.name: p for p in path.iterdir() if p.is_file()}
+        return files if any(n != "README.md" for n in files) else {"README.md": b"no weights here"}
+    name = "model.safetensors" if path.suffix == ".safetensors" else "pytorch_model.bin"
+    return {name: path}
+
+
+def test_every_bad_input_case_behaves_the_same_through_the_hub(hub, client, cases_dir, tmp_path, monkeypatch):
+    """The shared corpus through the hub source: the same rows and statuses, or the same kind of
+    one-line error, as the local files (EXPECTED.md); the malicious pickle never runs."""
+    monkeypatch.chdir(tmp_path)
+    cases = sorted(p for p in cases_dir.iterdir() if p.name not in ("EXPECTED.md", "SOURCE.md"))
+    assert len(cases) >= 25
+    for case in cases:
+        repo = "cases/" + case.name.replace(".", "-")
+        hub.add_model(repo, _case_files(case))
+        try:
+            local = hubscan.analyze(case)
+        except hubscan.errors.HubscanError as exc:
+            local = exc
+        try:
+            remote = hubscan.analyze(f"hf:{repo}", client=client)
+        except hubscan.errors.HubscanError as exc:
+            remote = exc
+        if isinstance(local, Exception):
+            assert isinstance(remote, Exception), (case.name, remote)
+            assert type(remote) is type(local), (case.name, local, remote)
+            assert "\n" not in str(remote) and repo in str(remote) or "cases" in str(remote)
+        else:
+            assert not isinstance(remote, Exception), (case.name, remote)
+            assert [(r["name"], r["status"]) for r in remote.rows] == [(r["name"], r["status"]) for r in local.rows]
+            assert sorted(n for n, _ in remote.missing) == sorted(n for n, _ in local.missing), case.name
+            assert remote.summary["status"] == local.summary["status"]
+    assert not (tmp_path / "hubscan_pickle_was_executed").exists()

@@ -114,3 +114,32 @@ def test_survey_over_the_hub_with_faults(timm_hub, tmp_path):
     assert rows["timm/resnet18.a1_in1k"] == "success: "
     retried = connect(str(out)).execute("SELECT retries FROM models WHERE model_id = 'timm/resnet34.a1_in1k'").fetchall()
     assert retried[0][0] >= 1
+
+
+def test_timm_survey_joins_timm_results(timm_hub, tmp_path):
+    """A survey of timm names served by the fake Hub, then timm's results CSVs: every surveyed name
+    that the CSV lists joins (model_id = timm name), at the pretrained input size (224 here)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    import ray
+    from hubscan.accuracy import ingest_timm_results
+    from hubscan.correlate import joined
+    from hubscan.survey import SurveyConfig, survey
+    hub, path = timm_hub
+    hub.add_model("timm/resnet50.a1_in1k", {"model.safetensors": path}, info={"library_name": "timm"})
+    names = ["resnet18.a1_in1k", "resnet34.a1_in1k", "resnet50.a1_in1k"]
+    listing = tmp_path / "models.txt"
+    listing.write_text("".join(f"timm:{n}\n" for n in names))
+    out = tmp_path / "ds"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = survey(SurveyConfig(source=f"list:{listing}", out=str(out), actors=1, progress=False,
+                                hub={"endpoint": hub.endpoint}))
+    finally:
+        ray.shutdown()
+    assert s["num_success"] == 3
+    ingest_timm_results(str(out), shared_dir() / "data" / "timm-results")
+    df = joined(str(out), metric="top1")
+    assert sorted(df["model_id"]) == names
+    expected = {"resnet18.a1_in1k": 71.504, "resnet34.a1_in1k": 76.420, "resnet50.a1_in1k": 80.382}
+    assert dict(zip(df["model_id"], df["accuracy"])) == pytest.approx(expected)
+    assert set(df["family"]) == {"resnet"}

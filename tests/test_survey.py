@@ -127,3 +127,45 @@ def test_failed_model_recorded_and_survey_goes_on(tmp_path, cases_dir, local_ray
     assert "unsafe" in reasons["malicious_pickle.pt"] and "shorter" in reasons["truncated.safetensors"]
     assert (s["num_success"], s["num_failed"], s["num_skipped"], s["num_incomplete"]) == (1, 3, 1, 1)
     assert not (tmp_path / "hubscan_pickle_was_executed").exists()
+
+
+def test_end_to_end_survey_accuracy_correlate_report(small_hub, tmp_path, local_ray, capsys):
+    """Local real-weights hub → survey → synthetic accuracy CSV → `hubscan correlate` → `hubscan
+    report`: the statistics are those scipy gives on the same numbers; the report's scatter has one
+    point per model."""
+    import base64
+    import re
+    import numpy as np
+    from scipy import stats
+    from hubscan.cli import main
+
+    out = tmp_path / "ds"
+    survey(SurveyConfig(source=f"local:{small_hub}", out=str(out), actors=2, progress=False))
+    models = q(out, "SELECT model_id, alpha FROM models ORDER BY model_id")
+    rng = np.random.default_rng(0)
+    acc = {m: 90 - 5 * a + rng.normal(0, 1) for m, a in models}  # synthetic: accuracy falls with alpha
+    csv = tmp_path / "acc.csv"
+    csv.write_text("model_id,metric,value\n" + "".join(f"{m},top1,{v}\n" for m, v in acc.items()))
+    assert main(["accuracy", "--dataset", str(out), "--csv", str(csv)]) == 0
+    corr_path = tmp_path / "corr.csv"
+    assert main(["correlate", "--dataset", str(out), "--group-by", "family", "--out", str(corr_path)]) == 0
+    import pandas as pd
+    corr = pd.read_csv(corr_path)
+    row = corr[(corr["group"] == "all") & (corr["metric"] == "alpha")].iloc[0]
+    x = np.array([a for _, a in models])
+    y = np.array([acc[m] for m, _ in models])
+    assert row["n"] == len(models)
+    assert row["kendall_tau"] == pytest.approx(stats.kendalltau(x, y).statistic)
+    assert row["spearman_rho"] == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert row["r2"] == pytest.approx(stats.linregress(x, y).rvalue ** 2)
+    report = tmp_path / "report.html"
+    assert main(["report", "--dataset", str(out), "--out", str(report)]) == 0
+    html = report.read_text()
+    assert "http://" not in html and "https://" not in html
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) >= 5
+    import io
+    import matplotlib.image as mpimg
+    for b64 in images:
+        img = mpimg.imread(io.BytesIO(base64.b64decode(b64)), format="png")
+        assert img.shape[0] > 100 and img.std() > 0.01
