@@ -18,9 +18,11 @@ This job reproduces that at toy scale on data that ships offline (scikit-learn's
    num_spikes, mp_softrank, test accuracy) with log2(batch size): Spearman, Kendall, OLS slope t-test;
 5. writes plots, ``OUT/results.json`` and ``OUT/results.md``.
 
-    python jobs/batch_size_experiment.py                 # default run (≈ 5-10 min on 2 CPU cores)
-    python jobs/batch_size_experiment.py --small         # ≈ 1 min smoke run (MLP, 3 batch sizes, 1 seed)
-    python jobs/batch_size_experiment.py --budget steps  # variant: same number of SGD steps for every B
+    python jobs/batch_size_experiment.py                 # default run: 54 models, 1.5-5.5 min on 2 busy CPU cores
+    python jobs/batch_size_experiment.py --small         # ≈ 20-40 s smoke run (MLP, 3 batch sizes, 1 seed, 2 epochs)
+    python jobs/batch_size_experiment.py --models mlp --budget steps --steps 3000 --out out/bs_steps
+                                                         # variant: the same number of SGD steps for every B
+    python jobs/batch_size_experiment.py --variants out/bs_steps   # summarize earlier runs in results.md
 
 ``--budget steps`` is the control for the confound built into the fixed-epoch design: with a fixed
 learning rate and a fixed number of epochs, a smaller batch also means more (and noisier) updates. Giving
@@ -603,7 +605,9 @@ def variants_markdown(args) -> list[str]:
                       f"alpha vs log2 B Spearman rho {_fmt(t.get('spearman_rho'), 2)} (p {_fmt_p(t.get('spearman_p'))}), "
                       f"Kendall tau {_fmt(t.get('kendall_tau'), 2)} (p {_fmt_p(t.get('kendall_p'))}), OLS slope "
                       f"{_fmt(t.get('ols_slope'), 3)} per doubling (p {_fmt_p(t.get('ols_p'))}); test accuracy rho "
-                      f"{_fmt(ta.get('spearman_rho'), 2)} (p {_fmt_p(ta.get('spearman_p'))}).", "",
+                      f"{_fmt(ta.get('spearman_rho'), 2)} (p {_fmt_p(ta.get('spearman_p'))})."
+                      + (f" {len(r['runs']) - t['n']} of {len(r['runs'])} runs have no alpha (diverged to non-finite "
+                         f"weights) and are left out." if t["n"] < len(r["runs"]) else ""), "",
                       "| B | " + " | ".join(str(p["batch_size"]) for p in pb) + " |",
                       "|---|" + "---:|" * len(pb),
                       "| steps | " + " | ".join(str(p["steps"]) for p in pb) + " |",
@@ -638,7 +642,7 @@ def markdown(args, res: dict) -> str:
         lines.append("Layers: " + "; ".join(
             (f"`{l['name']}` {l['layer_type']} N={l['N']} M={l['M']}"
              + (f" ×{l['rf']} slices" if (l['rf'] or 1) > 1 else "") if l["N"] is not None and l["N"] == l["N"]
-             else f"`{l['name']}` {l['layer_type']} shape {list(l['shape'])}")
+             else f"`{l['name']}` {l['layer_type']} shape {[int(x) for x in l['shape']]}")
             + (" **(in mean)**" if l["enters_mean"] else f" (not in mean: {l['reason'] or 'output layer / too few eigenvalues'})")
             for l in r["layers"]) + ".")
         init = r["init"]
