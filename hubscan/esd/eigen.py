@@ -97,17 +97,22 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     step = max(1, CHUNK_ELEMS // m)
     if step >= length:  # one chunk
         C = S.to(device=device, dtype=dtype)
-        _check_finite(C)
         return C.T @ C if tall else C @ C.T
     G = torch.zeros(m, m, dtype=dtype, device=device)
     for start in range(0, length, step):
         C = (S[start:start + step] if tall else S[:, start:start + step]).to(device=device, dtype=dtype)
-        _check_finite(C)
         if tall:
             G.addmm_(C.T, C)
         else:
             G.addmm_(C, C.T)
     return G
+
+
+def _check_gram_finite(G: torch.Tensor) -> None:
+    """Non-finite weights show on the Gram diagonal: each entry is a column's (row's) sum of squares,
+    NaN or inf as soon as one of its elements is (or when a square overflows float64). O(M), not O(N·M)."""
+    if not bool(torch.isfinite(torch.diagonal(G, dim1=-2, dim2=-1)).all()):
+        raise NonFiniteError("non-finite values (NaN or inf) in the weights")
 
 
 def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
@@ -156,8 +161,9 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
             G = _gram(slices[0], dev, dtype).unsqueeze(0)
         else:
             S = slices.to(device=dev, dtype=dtype)
-            _check_finite(S)
             G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+            del S
+        _check_gram_finite(G)
         ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
         top = ev[:, -1:]

@@ -183,7 +183,7 @@ def _tensor_info(name: str, spec: object, data_size: int, where: str) -> TensorI
 
 @register_reader("safetensors", [".safetensors"])
 def open_safetensors(path: str | os.PathLike) -> WeightSet:
-    """Open a ``.safetensors`` file: validate its header, then read tensors memory-mapped, one at a time.
+    """Open a ``.safetensors`` file: validate its header, then read tensors one at a time.
 
     Parameters
     ----------
@@ -192,8 +192,8 @@ def open_safetensors(path: str | os.PathLike) -> WeightSet:
     Returns
     -------
     WeightSet
-        Entries in file order; ``TensorEntry.load()`` returns a CPU tensor of the stored dtype (bf16 and
-        fp8 included) via ``safe_open(framework="pt").get_tensor``. A file without tensors gives no entries.
+        Entries in file order; ``TensorEntry.load()`` reads the tensor's bytes into a new CPU tensor of
+        the stored dtype (bf16 and fp8 included). A file without tensors gives no entries.
 
     Raises
     ------
@@ -205,19 +205,29 @@ def open_safetensors(path: str | os.PathLike) -> WeightSet:
     with open(where, "rb") as f:
         n = header_length(f.read(8), size, where)
         tensors, _ = parse_header(f.read(n), size, where)
-    try:
-        handle = safe_open(where, framework="pt")
-    except Exception as e:  # safetensors' own checks (e.g. gaps between tensors) or I/O errors
+    try:  # the safetensors library's own checks too (e.g. gaps between tensors); nothing is read through it
+        safe_open(where, framework="pt").__exit__(None, None, None)
+    except Exception as e:
         raise CorruptFileError(where, f"safetensors refused it: {e}") from e
     entries = [TensorEntry(t.name, t.shape, str(t.dtype).removeprefix("torch."), where,
-                           functools.partial(_get_tensor, handle, t.name, where)) for t in tensors]
+                           functools.partial(_read_tensor, where, 8 + n, t)) for t in tensors]
     log.debug("%s: %d tensors", where, len(entries))
-    return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries),
-                     close=lambda: handle.__exit__(None, None, None))
+    return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries))
 
 
-def _get_tensor(handle, name: str, where: str) -> torch.Tensor:
+def _read_tensor(where: str, data_start: int, info: TensorInfo) -> torch.Tensor:
+    """Read one tensor's bytes into ordinary memory (not a memory map: mapped pages would stay
+    resident, and counted in the process's RSS, until the file is closed — the whole file, for a
+    model read tensor by tensor)."""
+    nbytes = info.end - info.begin
+    buf = torch.empty(nbytes, dtype=torch.uint8)
     try:
-        return handle.get_tensor(name)
-    except Exception as e:
-        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {e}") from e
+        with open(where, "rb", buffering=0) as f:
+            f.seek(data_start + info.begin)
+            got = f.readinto(memoryview(buf.numpy())) if nbytes else 0
+    except OSError as e:
+        raise CorruptFileError(where, f"tensor {info.name!r} is unreadable: {e}") from e
+    if got != nbytes:
+        raise CorruptFileError(where, f"tensor {info.name!r}: file shorter than its header says "
+                                      f"({got} of {nbytes} bytes)")
+    return buf.view(info.dtype).reshape(info.shape)
