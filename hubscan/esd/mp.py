@@ -106,15 +106,17 @@ def _resid(sigmas: np.ndarray, kx: np.ndarray, ky: np.ndarray, Q: float, peak_x:
         ymp = np.sqrt(np.clip(4 - x ** 2, 0, None)) / (np.pi * sig * sig)
         return np.sum((ymp - ky) ** 2, axis=1)
     r = 1 / math.sqrt(Q)
-    lp = (sig * (1 + r)) ** 2
-    lm = (sig * (1 - r)) ** 2
-    inside = (x > lm) & (x < lp)
-    safe_x = np.where(inside, x, 1.0)
-    ymp = np.where(inside, Q / (2 * np.pi * sig ** 2 * safe_x) * np.sqrt(np.where(inside, (lp - x) * (x - lm), 0.0)),
-                   0.0)
-    out = np.sum((ymp - ky) ** 2, axis=1)
-    bad = (lp[:, 0] < peak_x) | (lp[:, 0] > kx[-1]) | (lm[:, 0] > peak_x)
-    out[bad] = len(ky) * 1000.0 ** 2
+    s1 = sig[:, 0]
+    lp1, lm1 = (s1 * (1 + r)) ** 2, (s1 * (1 - r)) ** 2
+    out = np.full(len(s1), len(ky) * 1000.0 ** 2)  # WW's penalty for an edge left of the peak / off the support
+    ok = ~((lp1 < peak_x) | (lp1 > kx[-1]) | (lm1 > peak_x))
+    if ok.any():
+        sg, lp, lm = sig[ok], lp1[ok][:, None], lm1[ok][:, None]
+        inside = (x > lm) & (x < lp)
+        safe_x = np.where(inside, x, 1.0)
+        ymp = np.where(inside, Q / (2 * np.pi * sg ** 2 * safe_x) * np.sqrt(np.where(inside, (lp - x) * (x - lm), 0.0)),
+                       0.0)
+        out[ok] = np.sum((ymp - ky) ** 2, axis=1)
     return out
 
 
