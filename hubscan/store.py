@@ -146,7 +146,7 @@ class Dataset:
         """Write a model's esd and layers files, then its models row (the commit record)."""
         name = f"part-{key}.parquet"
         if esd_rows is not None:
-            self.write_table("esd", rows_to_table(esd_rows, ESD_SCHEMA), name, source)
+            self.write_table("esd", esd_table(esd_rows), name, source)
         else:
             self._delete_if_exists(self.path("esd", name, source))
         self.write_table("layers", rows_to_table(layer_rows, DATASET_LAYER_SCHEMA), name, source)
@@ -179,6 +179,18 @@ class Dataset:
         """model_key → status of every model with a models row."""
         t = self.read("models", columns=["model_key", "status"])
         return dict(zip(t.column("model_key").to_pylist(), t.column("status").to_pylist()))
+
+
+def esd_table(rows: list[dict]) -> pa.Table:
+    """``esd`` rows → a table, the eigenvalue lists built from one concatenated float32 array
+    (no per-value Python objects)."""
+    evals = [np.asarray(r["evals"], dtype=np.float32) for r in rows]
+    offsets = np.concatenate(([0], np.cumsum([len(e) for e in evals]))).astype(np.int32)
+    values = np.concatenate(evals) if evals else np.zeros(0, np.float32)
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
+    rest = rows_to_table([{k: v for k, v in r.items() if k != "evals"} for r in rows],
+                         pa.schema([f for f in ESD_SCHEMA if f.name != "evals"]))
+    return rest.append_column(ESD_SCHEMA.field("evals"), lists).select(ESD_SCHEMA.names).cast(ESD_SCHEMA)
 
 
 def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:

@@ -193,6 +193,21 @@ def analyze_and_write(ref: ModelRef, meta: dict, key: str, *, dataset: Dataset, 
     return row
 
 
+def _warm_up(options: AnalyzeOptions) -> None:
+    """Pay the lazy imports (scipy.optimize / special / stats, pyarrow.parquet) and the first BLAS /
+    LAPACK calls once, when the actor starts, instead of in its first model."""
+    import dataclasses as _dc
+    import pyarrow.parquet  # noqa: F401
+    import torch
+    from hubscan.analysis import analyze_entries
+    from hubscan.weights.base import TensorEntry
+
+    w = torch.from_numpy(__import__("numpy").random.default_rng(0).standard_t(3, (96, 64)).astype("float32"))
+    entry = TensorEntry("warmup.weight", (96, 64), "float32", "<warm-up>", lambda: w)
+    for _ in analyze_entries([entry], _dc.replace(options, randomize=False), prefetch=False):
+        pass
+
+
 class _Worker:
     """The analysis actor's body (wrapped by ``ray.remote`` in :func:`survey`)."""
 
@@ -204,6 +219,9 @@ class _Worker:
         self.dataset = Dataset(out, **storage_options)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
+        _warm_up(options)
+
+
 
     def pid(self) -> int:
         return os.getpid()
