@@ -238,7 +238,9 @@ def cmd_correlate(args) -> int:
     from rich.console import Console
     from rich.table import Table
     from hubscan.correlate import correlate, joined, write_correlations
+    from hubscan.store import Dataset
 
+    Dataset(args.dataset, create=False).require()
     df = joined(args.dataset, metric=args.metric, benchmark=args.benchmark, source=args.source)
     if df.empty:
         print(f"hubscan: error: {args.dataset}: no model has both HTSR metrics and a '{args.metric}' accuracy "
@@ -264,7 +266,9 @@ def cmd_correlate(args) -> int:
 def cmd_report(args) -> int:
     import json as _json
     from hubscan.report import build_report
+    from hubscan.store import Dataset
 
+    Dataset(args.dataset, create=False, **(_json.loads(args.storage_options) if args.storage_options else {})).require()
     path = build_report(args.dataset, args.out, metric=args.metric, benchmark=args.benchmark, group_by=args.group_by,
                         storage_options=_json.loads(args.storage_options) if args.storage_options else None)
     print(f"wrote {path}")

@@ -13,28 +13,44 @@ from hubscan.store import Dataset
 VIEWS = ("models", "layers", "esd", "surveys", "accuracy")
 
 
-def connect(dataset: str, **storage_options):
+def connect(dataset: str, *, require: bool = True, **storage_options):
     """A DuckDB connection with one view per table present in the dataset.
 
     Parameters
     ----------
     dataset : str
         Dataset directory or URL.
+    require : bool
+        Raise a one-line error when there is no dataset (no ``models`` table); with False an empty
+        dataset gives empty views.
     **storage_options
         Filesystem options (see :func:`hubscan.store.open_filesystem`).
 
     Returns
     -------
     duckdb.DuckDBPyConnection
+
+    Raises
+    ------
+    hubscan.errors.NoWeightsError
+        No dataset at ``dataset`` (when ``require``).
     """
     import duckdb
     import pyarrow.dataset as ds
 
-    data = Dataset(dataset, **storage_options)
+    from hubscan.schema import ACCURACY_SCHEMA
+
+    data = Dataset(dataset, create=False, **storage_options)
+    if require:
+        data.require()
     con = duckdb.connect()
     for table in VIEWS:
         files = data.files(table)
-        if not files:
+        if not files:  # accuracy before any ingestion: an empty view with its columns, so queries still run
+            schema = ACCURACY_SCHEMA if table == "accuracy" else None
+            if schema is not None:
+                con.register(f"_{table}_empty", schema.empty_table())
+                con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
             continue
         if data.local:
             glob = f"{data.root}/table={table}/**/*.parquet".replace("'", "''")
@@ -48,7 +64,11 @@ def connect(dataset: str, **storage_options):
 
 def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tuple[str, list[str]]]:
     """A few printed summaries of a dataset: models per status, alpha per family, worst models."""
-    con = connect(dataset, **(storage_options or {}))
+    from hubscan.errors import HubscanError
+    try:
+        con = connect(dataset, **(storage_options or {}))
+    except HubscanError:  # nothing written yet (e.g. an empty source)
+        return []
     have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     if "models" not in have:
         return []

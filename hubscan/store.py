@@ -105,11 +105,24 @@ class Dataset:
         See :func:`open_filesystem`.
     """
 
-    def __init__(self, url: str, **storage_options):
+    def __init__(self, url: str, *, create: bool = True, **storage_options):
         self.url = url
         self.fs, self.root = open_filesystem(url, **storage_options)
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        self.fs.create_dir(self.root, recursive=True)
+        if create:
+            self.fs.create_dir(self.root, recursive=True)
+
+    def require(self) -> "Dataset":
+        """Raise a one-line error when there is no hubscan dataset here (no table holds a file).
+
+        Raises
+        ------
+        hubscan.errors.NoWeightsError
+        """
+        if not any(self.files(t) for t in ("models", "layers", "accuracy", "surveys")):
+            from hubscan.errors import NoWeightsError
+            raise NoWeightsError(self.url, "no hubscan dataset here (no table=…/ files; run `hubscan survey` first)")
+        return self
 
     # -- paths ---------------------------------------------------------------------------------
     def path(self, table: str, name: str, source: str | None = None) -> str:

@@ -279,12 +279,19 @@ def survey(config: SurveyConfig) -> dict:
     import ray
     from hubscan.sources import enumerate_models
 
+    import itertools
+
     started = _utcnow()
     t0 = time.perf_counter()
     survey_id = config.survey_id or started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    client = HubClient(**config.hub)
+    # enumerate the first model before anything else: a bad source (unknown kind, missing folder or
+    # list file, unreachable hub) fails here in one line, before Ray starts or the dataset is created
+    items = iter(enumerate_models(config.source, client=client, limit=config.limit, **config.filters))
+    first = next(items, None)
+    items = itertools.chain([first], items) if first is not None else iter(())
     dataset = Dataset(config.out, **config.storage_options)
     cfg_hash = config_hash(config.options)
-    client = HubClient(**config.hub)
     done = {} if config.force else dataset.done()
 
     we_started_ray = False
@@ -314,7 +321,6 @@ def survey(config: SurveyConfig) -> dict:
         stats["bytes_read"] += int(row.get("bytes_read") or 0)
         progress.update(counts, stats, row)
 
-    items = enumerate_models(config.source, client=client, limit=config.limit, **config.filters)
     queue = _resolve_all(items, client)
     max_in_flight = config.max_in_flight or 2 * n_actors
     per_actor = max(1, -(-max_in_flight // n_actors))  # tasks queued on one actor (overlaps driver round trips)

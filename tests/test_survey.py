@@ -169,3 +169,35 @@ def test_end_to_end_survey_accuracy_correlate_report(small_hub, tmp_path, local_
     for b64 in images:
         img = mpimg.imread(io.BytesIO(base64.b64decode(b64)), format="png")
         assert img.shape[0] > 100 and img.std() > 0.01
+
+
+@pytest.mark.parametrize("source,fragment", [
+    ("local:/nonexistent-hubscan-dir", "no such folder"),
+    ("list:/nonexistent-hubscan-list.txt", "No such file"),
+    ("bogus", "unknown source"),
+])
+def test_bad_source_fails_fast_before_ray_and_writes_nothing(tmp_path, capsys, source, fragment):
+    from hubscan.cli import main
+    out = tmp_path / "ds"
+    t0 = time.monotonic()
+    assert main(["survey", "--source", source, "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not out.exists()          # no dataset folder, no surveys row
+    assert time.monotonic() - t0 < 10  # Ray was never started
+
+
+def test_query_commands_on_missing_and_partial_datasets(tmp_path, capsys, cases_dir):
+    from hubscan.cli import main
+    for cmd in (["sql", "SELECT count(*) FROM models"], ["correlate"], ["report", "--out", str(tmp_path / "r.html")]):
+        assert main([*cmd, "--dataset", str(tmp_path / "missing")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no hubscan dataset here" in err[0], (cmd, err)
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "r.html").exists()
+    # a dataset without accuracy: the accuracy view exists (empty), with its columns
+    from hubscan.store import Dataset
+    ds = Dataset(str(tmp_path / "ds"))
+    ds.write_model("k", "local", {"model_key": "k", "source": "local", "model_id": "m", "status": "success"}, [], None)
+    assert main(["sql", "SELECT count(*) AS n, count(value) FROM accuracy", "--dataset", str(tmp_path / "ds"),
+                 "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == "0,0"

@@ -346,7 +346,7 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
 
     from hubscan.store import Dataset
 
-    con = connect(dataset, **(storage_options or {}))
+    con = connect(dataset, require=False, **(storage_options or {}))
     have = _views(con)
     data = Dataset(dataset, **storage_options) if storage_options else dataset
     joined, corr, note = _accuracy_frames(data, metric, benchmark, group_by, joined, corr)
