@@ -149,8 +149,9 @@ def test_killed_driver_then_rerun_completes_without_duplicates(slow_hub, tmp_pat
             summary = survey(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, progress=False))
         finally:
             ray.shutdown()
-        assert summary["num_already_done"] == done_before
-        assert summary["num_success"] == N_SLOW - done_before
+        # actors that outlive their driver may finish (and atomically write) their model meanwhile
+        assert summary["num_already_done"] >= done_before
+        assert summary["num_already_done"] + summary["num_success"] == N_SLOW
         assert_one_row_each(out, N_SLOW)
         assert not list(out.rglob("*.parquet.tmp*"))
     finally:
