@@ -13,17 +13,19 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
-def shared_dir() -> Path:
-    """``$HUBSCAN_SHARED`` or the ``shared/`` folder beside the repository (as CI lays it out)."""
-    return Path(os.environ.get("HUBSCAN_SHARED") or REPO.parent / "shared")
+#: Test data kept in the repository (each folder's SOURCE.md says where it came from and its licence).
+DATA = REPO / "tests" / "data"
+
+
+def data_dir() -> Path:
+    """``tests/data``: the bad-input corpus (``cases/``), Table 1 inputs (``reference/``), timm results."""
+    return DATA
 
 
 @pytest.fixture(scope="session")
 def cases_dir() -> Path:
-    folder = Path(os.environ.get("HUBSCAN_CASES") or shared_dir() / "cases")
-    if not (folder / "EXPECTED.md").exists():
-        pytest.fail(f"bad-input corpus not found at {folder} (set HUBSCAN_CASES or HUBSCAN_SHARED)")
-    return folder
+    """The bad-input corpus, ``tests/data/cases`` (EXPECTED.md says what each input must produce)."""
+    return DATA / "cases"
 
 
 def package_dir(name: str) -> Path:

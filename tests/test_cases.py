@@ -1,4 +1,4 @@
-"""Every input of the shared bad-input corpus (``shared/cases/EXPECTED.md``) through the library API
+"""Every input of the shared bad-input corpus (``tests/data/cases/EXPECTED.md``) through the library API
 and the CLI: the expected rows, statuses and reasons, or a one-line error naming the file and a
 non-zero exit. (``tests/test_weights.py`` checks the readers below this level.)"""
 

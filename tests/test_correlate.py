@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from conftest import shared_dir
+from conftest import data_dir
 from hubscan.accuracy import (higher_is_better, ingest_card_results, ingest_csv, ingest_leaderboard,
                               ingest_timm_results, read_accuracy, timm_benchmark)
 from hubscan.correlate import HTSR_METRICS, correlate, fit_stats, joined, write_correlations
@@ -24,7 +24,7 @@ from hubscan.store import Dataset, model_key
 
 TABLE1_METRICS = ["log_norm", "log_spectral_norm", "alpha_weighted", "log_alpha_norm"]
 
-#: Table 1 of the paper, as given in shared/data/reference/SOURCE.md: family → metric → (RMSE, R², tau).
+#: Table 1 of the paper, as given in tests/data/reference/SOURCE.md: family → metric → (RMSE, R², tau).
 #: ResNet / log_alpha_norm R²: the paper prints 0.9, its inputs give 0.95 (SOURCE.md's note).
 TABLE1 = {
     "VGG": {"log_norm": (0.56, 0.88, -0.79), "log_spectral_norm": (0.23, 0.98, -0.93),
@@ -38,16 +38,16 @@ TABLE1_N = {"VGG": 8, "ResNet": 5, "DenseNet": 4}
 
 
 def _reference() -> Path:
-    path = shared_dir() / "data" / "reference" / "nature2021_table1_inputs.csv"
+    path = data_dir() / "data" / "reference" / "nature2021_table1_inputs.csv"
     if not path.exists():
-        pytest.fail(f"{path} not found (set HUBSCAN_SHARED)")
+        pytest.fail(f"{path} not found")
     return path
 
 
 def _timm_dir() -> Path:
-    path = shared_dir() / "data" / "timm-results"
+    path = data_dir() / "data" / "timm-results"
     if not (path / "results-imagenet.csv").exists():
-        pytest.fail(f"timm results not found at {path} (set HUBSCAN_SHARED)")
+        pytest.fail(f"timm results not found at {path}")
     return path
 
 

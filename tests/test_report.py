@@ -31,7 +31,7 @@ from hubscan.report import (accuracy_vs_metric, alpha_histogram, alpha_vs_depth,
                             plot_model, tau_heatmap)
 from hubscan.report.plots import HTSR_METRICS
 
-from conftest import package_dir, shared_dir
+from conftest import data_dir, package_dir
 
 # a model id that would break the page (and run code) if it were not escaped
 NASTY_ID = 'lab/<img src=x onerror="alert(1)">&co'
@@ -86,7 +86,7 @@ def pocket(pocket_paths):
 
 @pytest.fixture(scope="module")
 def ok_small():
-    return hubscan.analyze(str(shared_dir() / "cases" / "ok_small.safetensors"), keep_evals=True)
+    return hubscan.analyze(str(data_dir() / "cases" / "ok_small.safetensors"), keep_evals=True)
 
 
 # -- synthetic accuracy tables of the correlate module's shape -------------------------------------
@@ -283,7 +283,7 @@ def test_plot_model_files(minilm, tmp_path):
 
 
 def test_plot_model_needs_evals():
-    result = hubscan.analyze(str(shared_dir() / "cases" / "ok_small.safetensors"))
+    result = hubscan.analyze(str(data_dir() / "cases" / "ok_small.safetensors"))
     with pytest.raises(ValueError, match="keep_evals=True"):
         plot_model(result, "/nonexistent-never-created")
     assert not os.path.exists("/nonexistent-never-created")
@@ -291,7 +291,7 @@ def test_plot_model_needs_evals():
 
 def test_plot_model_split_parts(tmp_path):
     """Parts of a split tensor (name:part keys) get distinct, sanitised file names."""
-    folder = shared_dir() / "cases" / "gpt2_like"
+    folder = data_dir() / "cases" / "gpt2_like"
     result = hubscan.analyze(str(folder), keep_evals=True, split_fused=True)
     files = plot_model(result, tmp_path)
     assert any(":" in k for k in result.evals), "expected split q/k/v parts"
@@ -342,7 +342,7 @@ def report_dataset(tmp_path_factory, minilm, pocket, ok_small):
     _write(ds, pocket[0], sid, downloads=500, model_id=NASTY_ID, family="pocketnet")
     _write(ds, pocket[1], sid, downloads=10, family="pocketnet")
     _write(ds, ok_small, sid)
-    bad = shared_dir() / "cases" / "malicious_pickle.pt"
+    bad = data_dir() / "cases" / "malicious_pickle.pt"
     with pytest.raises(HubscanError) as err:
         hubscan.analyze(str(bad))
     ref = parse_ref(str(bad))

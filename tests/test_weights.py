@@ -1,6 +1,6 @@
 """Tests of hubscan.weights: the shared bad-input corpus (one test per input), real weights, the safety rules.
 
-The corpus is conftest's ``cases_dir`` ($HUBSCAN_CASES or <repo>/../shared/cases); its EXPECTED.md says what
+The corpus is conftest's ``cases_dir`` (``tests/data/cases``); its EXPECTED.md says what
 each input must produce. Every test runs in its own tmp_path as cwd and writes nowhere else.
 """
 
