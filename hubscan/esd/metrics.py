@@ -10,6 +10,8 @@ JMLR 22(165) 2021 and Nature Comm. 12:4122 2021), λ = the layer's pooled eigenv
   (computed as a log-sum-exp, so it does not overflow where WW's direct sum would)
 * stable_rank = Σλ / λ_max
 * entropy = −Σ p ln p / ln(rank), p = λ/Σλ + 1e-10, rank = matrix_rank + 1e-10 (WW ``matrix_entropy``)
+* num_ERG_spikes, ERG_gap, detX_val, detX_val_unrescaled: SETOL's detX = 1 tail (:mod:`hubscan.esd.erg`,
+  WW ``analyze(detX=True)`` / ``ERG=True``), always computed (O(n))
 * warning: ``over-trained`` when alpha < 2, ``under-trained`` when alpha > 6 (WW thresholds)
 
 Failed fits have alpha = NaN (stored as null) — never WW's −1 — and the summary averages the
@@ -24,6 +26,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from hubscan.esd.eigen import ESD
+from hubscan.esd.erg import detx_condition, erg_gap
 from hubscan.esd.mp import MPFit
 from hubscan.esd.powerlaw import PowerLawFit
 
@@ -90,6 +93,10 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None) -> dict:
         "fix_fingers": fit.fix_fingers, "num_fingers": fit.num_fingers, "raw_alpha": fit.raw_alpha,
         "Lambda": fit.Lambda,
     }
+    detx = detx_condition(ev)
+    row.update(num_ERG_spikes=detx.num_ERG_spikes,
+               ERG_gap=erg_gap(detx, fit.num_pl_spikes if fit.status == "success" else None),
+               detX_val=detx.detX_val, detX_val_unrescaled=detx.detX_val_unrescaled)
     if mp is not None:
         row.update(sigma_mp=mp.sigma_mp, lambda_plus=mp.lambda_plus, lambda_minus=mp.lambda_minus,
                    num_spikes=mp.num_spikes, mp_softrank=mp.mp_softrank, W_scale=mp.W_scale)
