@@ -38,14 +38,14 @@ TABLE1_N = {"VGG": 8, "ResNet": 5, "DenseNet": 4}
 
 
 def _reference() -> Path:
-    path = data_dir() / "data" / "reference" / "nature2021_table1_inputs.csv"
+    path = data_dir() / "reference" / "nature2021_table1_inputs.csv"
     if not path.exists():
         pytest.fail(f"{path} not found")
     return path
 
 
 def _timm_dir() -> Path:
-    path = data_dir() / "data" / "timm-results"
+    path = data_dir() / "timm-results"
     if not (path / "results-imagenet.csv").exists():
         pytest.fail(f"timm results not found at {path}")
     return path

@@ -33,7 +33,7 @@ def test_resnet_names_map_to_hub_repos():
 def test_every_results_csv_model_is_a_timm_pretrained_name():
     """The survey's timm ids are the key of timm's results CSVs (joined by the accuracy module)."""
     import timm
-    path = data_dir() / "data" / "timm-results" / "results-imagenet.csv"
+    path = data_dir() / "timm-results" / "results-imagenet.csv"
     with open(path) as f:
         names = {row["model"] for row in csv.DictReader(f)}
     pretrained = set(timm.list_models(pretrained=True))
@@ -137,7 +137,7 @@ def test_timm_survey_joins_timm_results(timm_hub, tmp_path):
     finally:
         ray.shutdown()
     assert s["num_success"] == 3
-    ingest_timm_results(str(out), data_dir() / "data" / "timm-results")
+    ingest_timm_results(str(out), data_dir() / "timm-results")
     df = joined(str(out), metric="top1")
     assert sorted(df["model_id"]) == names
     expected = {"resnet18.a1_in1k": 71.504, "resnet34.a1_in1k": 76.420, "resnet50.a1_in1k": 80.382}
