@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from hubscan.errors import HubscanError, NoWeightsError
-from hubscan.esd.eigen import compute_esd, resolve_device
+from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
 from hubscan.esd.mp import fit_mp
@@ -28,6 +28,7 @@ from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, parse_ref
 from hubscan.weights import open_weights
 from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +173,10 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         for layer_id, entry in enumerate(entries):
             if len(entry.shape) < 2:
                 continue
+            if getattr(entry, "skip_reason", ""):  # e.g. a tensor without a partner in the base model
+                yield layer_id, entry, [LayerPlan(entry.name, "", "skipped", tuple(entry.shape),
+                                                  skip_reason=entry.skip_reason)]
+                continue
             plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
                                   conv_slices=options.conv_slices, min_evals=options.min_evals,
                                   max_evals=options.max_evals, sibling_shapes=shapes)
@@ -210,7 +215,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                 try:
                     if tensor is None:
                         tensor = fut.result()
-                    evals = _analyze_plan(plan, tensor, options, device, row)
+                    evals = _analyze_plan(plan, tensor, options, device, row, rank=getattr(entry, "rank", 0))
+                    row.update(getattr(entry, "extras", {}))  # base-model distances
                 except Exception as exc:  # one bad layer never stops the others
                     log.warning("%s: %s", entry.name, _one_line(exc))
                     row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
@@ -237,9 +243,12 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dic
     }
 
 
-def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device, row: dict) -> np.ndarray:
+def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device, row: dict,
+                  rank: int = 0) -> np.ndarray:
     slices = plan.extract(tensor)
     esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
+    if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
+        esd = top_eigenvalues(esd, rank, plan.N)
     fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
                        tpl=options.tpl)
     mp = None
@@ -294,8 +303,36 @@ def open_model(model: str | os.PathLike | ModelRef, client: HubClient | None = N
     return open_ref(pinned, client), pinned, meta
 
 
+def open_with_base(model, base, client: HubClient | None = None) -> tuple[WeightSet, ModelRef | None, dict]:
+    """Open a model for a delta analysis: a LoRA adapter folder (:mod:`hubscan.weights.peft`, with or
+    without ``base``) or a model paired with its base (:mod:`hubscan.weights.delta`).
+
+    Parameters
+    ----------
+    model : str, path, ModelRef or WeightSet
+    base : str, path, ModelRef, WeightSet or None
+        Any source :func:`open_model` accepts.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+    """
+    from hubscan.weights.delta import open_delta
+    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter, open_adapter
+
+    def _open(m):
+        return (m, None, {}) if isinstance(m, WeightSet) else open_model(m, client)
+
+    adapter = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
+    ws, ref, meta = _open(model)
+    bws = _open(base)[0] if base is not None else None
+    if adapter:
+        return open_adapter(ws, LoraConfig.read(os.path.join(os.fspath(model), ADAPTER_CONFIG)), bws), ref, meta
+    return (open_delta(ws, bws) if bws is not None else ws), ref, meta
+
+
 def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,
-            client: HubClient | None = None, **kwargs) -> AnalysisResult:
+            client: HubClient | None = None, base=None, **kwargs) -> AnalysisResult:
     """Analyze every weight matrix of one model.
 
     Parameters
@@ -306,6 +343,11 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
         opened :class:`~hubscan.weights.base.WeightSet`.
     client : HubClient, optional
         Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …).
+    base : str, path, ModelRef or WeightSet, optional
+        A base model (any source): each row is then the ESD of ΔW = W − W_base of a matched tensor,
+        with the distance columns (:mod:`hubscan.weights.delta`). A local LoRA adapter folder
+        (``adapter_config.json``) is always read as ΔW = s·B·A per module, plus W + ΔW when ``base``
+        is given (:mod:`hubscan.weights.peft`).
     options : AnalyzeOptions, optional
         Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
 
@@ -322,7 +364,9 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
     t0 = time.perf_counter()
-    if isinstance(model, WeightSet):
+    if base is not None or (not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)):
+        ws, ref, meta = open_with_base(model, base, client)
+    elif isinstance(model, WeightSet):
         ws, ref, meta = model, None, {}
     else:
         ws, ref, meta = open_model(model, client)

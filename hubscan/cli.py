@@ -36,6 +36,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")
 
 
+def _add_delta_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fine-tune deltas and adapters")
+    g.add_argument("--base", metavar="BASE", default=None,
+                   help="base model (any source, as PATH): analyze dW = W - W_base per tensor matched by name "
+                        "and shape, with distance columns; for a LoRA adapter folder, also W + s*B*A")
+
+
 def _add_hub_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hub options (token: $HF_TOKEN, never on the command line)")
     g.add_argument("--endpoint", default=None, help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
@@ -122,7 +129,7 @@ def cmd_analyze(args) -> int:
     options = _options(args)
     if args.plot:
         options = dataclasses.replace(options, keep_evals=True)
-    result = analyze(args.path, options, client=_client(args))
+    result = analyze(args.path, options, client=_client(args), base=args.base)
     if args.plot:
         from hubscan.report import plot_model
         files = plot_model(result, args.plot)
@@ -289,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", default=None,
                    help="write an ESD plot per layer (log-log, fitted power law, xmin) and alpha vs depth to DIR")
     _add_fit_options(p)
+    _add_delta_options(p)
     _add_hub_options(p)
     p.set_defaults(func=cmd_analyze)
 

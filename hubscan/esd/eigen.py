@@ -187,3 +187,31 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
     return ESD(evals=evals, sv_max=float(np.sqrt(lam_max)), sv_min=float(np.sqrt(evals[0])),
                rank_loss=rank_loss, matrix_rank=matrix_rank, method=method, device=str(dev),
                precision=precision)
+
+
+def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
+    """The ESD of a matrix known to have rank ≤ k: its k largest eigenvalues only.
+
+    As WeightWatcher 0.7.7 for LoRA updates ΔW = B·A (``peft=True``: a truncated SVD with
+    ``num_components`` = r, so ``num_evals`` = r and the rank and sv_min are those of the r values).
+
+    Parameters
+    ----------
+    esd : ESD
+        The full ESD (ascending eigenvalues).
+    k : int
+        Rank bound; ``k ≥ len(esd.evals)`` returns ``esd`` unchanged.
+    N : int
+        The larger dimension (for the numerical-rank tolerance λ > λ_max·N·eps).
+
+    Returns
+    -------
+    ESD
+    """
+    if k <= 0 or k >= len(esd.evals):
+        return esd
+    evals = esd.evals[-k:]
+    eps = float(np.finfo(np.float64 if esd.precision == "float64" else np.float32).eps)
+    rank = int(np.count_nonzero(evals > evals[-1] * N * eps))
+    return dataclasses.replace(esd, evals=evals, sv_min=float(np.sqrt(evals[0])), rank_loss=k - rank,
+                               matrix_rank=rank)

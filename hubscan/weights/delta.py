@@ -1,0 +1,129 @@
+"""Fine-tune deltas: a model's tensors paired with a base model's, read as ΔW = W − W_base.
+
+Pairing rule (WeightWatcher 0.7.7's ``base_model=`` pairs layers by name and accepts a transposed
+shape; hubscan pairs by exact name and shape):
+
+* a model tensor whose name the base also holds, with the same shape → one entry, same name, whose
+  tensor is ΔW = W − W_base in float64; with the same shape transposed, ΔW = W − W_baseᵀ;
+* a model tensor the base lacks, or whose shape differs → a :class:`SkippedEntry` ("no tensor of
+  this name in the base model" / "shape … differs from the base's …"): one row, skipped, never
+  analyzed as a plain W among deltas (WW analyzes such layers as W, mixing W and ΔW rows);
+* a base tensor the model lacks → a :class:`SkippedEntry` named ``<name>`` with "only in the base
+  model" (so every tensor of both models ends in exactly one row).
+
+Streaming: the base's entries are listed (headers only); a base tensor is read when its partner is,
+so memory stays at about one tensor of each model plus ΔW.
+
+Distances (per pair, computed when the pair is read, into the entry's ``extras``): with ΔW and W_base
+flattened to 2-D as (shape[0], −1),
+
+* ``delta_W`` = ‖ΔW‖_F (WW ``distances(model_1, model_2)``'s ``delta_W``, method ``raw``/``euclidean``),
+* ``delta_W_rel`` = ‖ΔW‖_F / ‖W_base‖_F,
+* ``delta_spectral_rel`` = ‖ΔW‖₂ / ‖W_base‖₂ (largest singular values, ARPACK ``svds`` with k = 1;
+  a dense SVD below 3 columns).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from hubscan.weights.base import TensorEntry, WeightSet
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedEntry(TensorEntry):
+    """A tensor that gets a skipped row with ``skip_reason`` instead of an analysis."""
+
+    skip_reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaEntry(TensorEntry):
+    """ΔW of one pair; ``extras`` receives the distances when the tensor is loaded."""
+
+    extras: dict = dataclasses.field(default_factory=dict, compare=False)
+
+
+def spectral_norm(X: torch.Tensor) -> float:
+    """‖X‖₂, the largest singular value of X flattened to (shape[0], −1), in float64.
+
+    Uses ARPACK (``scipy.sparse.linalg.svds``, k = 1, tol = 0: to working precision) — O(N·M) per
+    iteration instead of a full SVD.
+    """
+    from scipy.sparse.linalg import svds
+
+    A = X.reshape(X.shape[0], -1).to(torch.float64).numpy()
+    if min(A.shape) < 3 or not np.any(A):
+        return float(np.linalg.norm(A, 2)) if A.size else 0.0
+    return float(svds(A, k=1, return_singular_vectors=False, solver="arpack", random_state=0)[0])
+
+
+def distances(delta: torch.Tensor, base: torch.Tensor) -> dict:
+    """The distance columns of one pair (module docstring); NaN where W_base is zero."""
+    fro_d = float(torch.linalg.vector_norm(delta.to(torch.float64)))
+    fro_b = float(torch.linalg.vector_norm(base.to(torch.float64)))
+    sn_b = spectral_norm(base)
+    return {"delta_W": fro_d, "delta_W_rel": fro_d / fro_b if fro_b > 0 else math.nan,
+            "delta_spectral_rel": spectral_norm(delta) / sn_b if sn_b > 0 else math.nan}
+
+
+def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
+    """Pair a model's tensors with a base model's (module docstring).
+
+    Parameters
+    ----------
+    model, base : WeightSet
+        Both opened (any reader, any source).
+
+    Returns
+    -------
+    WeightSet
+        Entries in the model's order, then the base-only tensors; ``missing`` of both; closing it
+        closes both; ``format`` is ``delta:<model format>``.
+    """
+    base_entries = {e.name: e for e in base.entries()}
+    seen = set()
+
+    def pair(e: TensorEntry) -> TensorEntry:
+        b = base_entries.get(e.name)
+        if b is None:
+            return SkippedEntry(e.name, e.shape, e.dtype, e.file, e.load,
+                                skip_reason="no tensor of this name in the base model")
+        shape, bshape = tuple(e.shape), tuple(b.shape)
+        if bshape != shape and not (len(shape) == 2 and bshape == shape[::-1]):
+            return SkippedEntry(e.name, e.shape, e.dtype, e.file, e.load,
+                                skip_reason=f"shape {list(shape)} differs from the base's {list(bshape)}")
+        extras: dict = {}
+
+        def load():
+            W = e.load().to(torch.float64)
+            Wb = b.load().to(torch.float64)
+            if tuple(Wb.shape) != tuple(W.shape):
+                Wb = Wb.T
+            d = W - Wb
+            if d.dim() >= 2:
+                extras.update(distances(d, Wb))
+            return d
+
+        return DeltaEntry(e.name, e.shape, e.dtype, e.file, load, extras=extras)
+
+    def entries() -> Iterator[TensorEntry]:
+        for e in model.entries():
+            seen.add(e.name)
+            yield pair(e)
+        for name, b in base_entries.items():
+            if name not in seen:
+                yield SkippedEntry(name, b.shape, b.dtype, b.file, b.load, skip_reason="only in the base model")
+
+    def close() -> None:
+        model.close()
+        base.close()
+
+    return WeightSet(files=list(model.files) + list(base.files), format="delta:" + model.format, entries=entries,
+                     missing=list(model.missing) + [(f"base:{n}", r) for n, r in base.missing], close=close,
+                     stats=model.stats)

@@ -1,0 +1,257 @@
+"""PEFT adapters (ΔW = s·B·A) and base-model deltas (ΔW = W − W_base) against WeightWatcher 0.7.7.
+
+The models are trained here, on scikit-learn's digits (no network): a base MLP 64 → 256 → 128 → 10,
+then (a) a LoRA adapter (r = 32, lora_alpha = 64) fitted by hand in torch on a shifted task (labels
+y + 1 mod 10) with the base frozen, and (b) a full fine-tune of the base on the same task.
+
+WW oracles, each in state-dict mode (a dict of tensors, as in ``test_vs_weightwatcher.py``):
+* ``analyze(peft=True)`` on the adapter's tensors. WW's ``lora_BA`` is the bare B·A (no lora_alpha/r,
+  see ``WWPeftLayerIterator.update_peft_layers``), so it is given B·s to compare with hubscan's
+  s·B·A; WW keeps the top r singular values (ARPACK ``svds``), as hubscan does. WW multiplies the
+  factors in float32 (its state-dict layers are float32 whatever the stored dtype; 1e-7 relative
+  rounding, which moved alpha by 2e-9 here), hubscan in float64. So that both multiply the same
+  numbers exactly, the trained factors are stored on an 8-bit fixed-point grid (a power-of-two step,
+  |integer| ≤ 255: every product of B·A and every partial sum of 32 of them is exact in float32);
+  the quantised adapter's accuracy is checked too.
+* ``WeightWatcher(model=fine_tuned, base_model=base).analyze()`` for the deltas;
+  ``distances(fine_tuned, base)`` for ``delta_W``. WW subtracts in float32 (hubscan in float64); both
+  models' weights are stored on one fixed-point grid per tensor (step 2^k, |integer| < 2^22), where
+  float32 differences are exact. The output layer (10 × 128: 10 eigenvalues) is fitted by WW's
+  small-sample variant (< 20 eigenvalues, a documented difference): its alpha-derived columns are not
+  compared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import hubscan
+
+ww = pytest.importorskip("weightwatcher")
+logging.getLogger("weightwatcher").setLevel(logging.WARNING)
+from safetensors.torch import save_file  # noqa: E402
+
+R, LORA_ALPHA = 32, 64.0
+SCALE = LORA_ALPHA / R
+SIZES = (64, 256, 128, 10)
+#: metric columns compared with WW, to 1e-9 (relative for scale-carrying ones)
+COLUMNS = ("alpha", "xmin", "xmax", "D", "lambda_max", "norm", "log_norm", "stable_rank", "log_alpha_norm",
+           "alpha_weighted", "entropy", "num_pl_spikes", "num_evals", "matrix_rank", "rank_loss")
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0 - (X / 16.0).mean(0)) / ((X / 16.0).std(0) + 1e-6)
+    return torch.tensor(X, dtype=torch.float32), torch.tensor(y)
+
+
+def _mlp():
+    return torch.nn.Sequential(torch.nn.Linear(SIZES[0], SIZES[1]), torch.nn.ReLU(),
+                               torch.nn.Linear(SIZES[1], SIZES[2]), torch.nn.ReLU(),
+                               torch.nn.Linear(SIZES[2], SIZES[3]))
+
+
+def _fixed_point(t: torch.Tensor) -> torch.Tensor:
+    """t rounded to a grid of step 2^k with |t / step| ≤ 255 (so float32 products of two are exact)."""
+    step = 2.0 ** math.ceil(math.log2(float(t.abs().max()) / 255))
+    return torch.round(t / step) * step
+
+
+def _fit(params, forward, X, y, epochs, lr, seed):
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(X), generator=gen).split(32):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(forward(X[idx]), y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        return float((forward(X).argmax(1) == y).float().mean())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    X, y = _digits()
+    base = _mlp()
+    acc_base = _fit(base.parameters(), base, X, y, epochs=15, lr=0.05, seed=0)
+    base_sd = {k: v.detach().clone().contiguous() for k, v in base.state_dict().items()}
+    y2 = (y + 1) % 10                                   # the shifted task
+
+    # (a) LoRA by hand on the two hidden layers, base frozen
+    for p in base.parameters():
+        p.requires_grad_(False)
+    lora = {}
+    for i in (0, 2):
+        lin = base[i]
+        A = torch.nn.Parameter(torch.randn(R, lin.in_features) / math.sqrt(lin.in_features))
+        B = torch.nn.Parameter(torch.zeros(lin.out_features, R))
+        lora[i] = (A, B)
+
+    def lora_forward(x):
+        for i, layer in enumerate(base):
+            if i in lora:
+                A, B = lora[i]
+                x = layer(x) + SCALE * (x @ A.T) @ B.T
+            else:
+                x = layer(x)
+        return x
+
+    _fit([p for ab in lora.values() for p in ab], lora_forward, X, y2, epochs=15, lr=0.02, seed=1)
+    with torch.no_grad():
+        for A, B in lora.values():
+            A.copy_(_fixed_point(A))
+            B.copy_(_fixed_point(B))
+        acc_lora = float((lora_forward(X).argmax(1) == y2).float().mean())
+    adapter = tmp_path_factory.mktemp("adapter")
+    tensors = {}
+    for i, (A, B) in lora.items():
+        tensors[f"base_model.model.{i}.lora_A.weight"] = A.detach().clone().contiguous()
+        tensors[f"base_model.model.{i}.lora_B.weight"] = B.detach().clone().contiguous()
+    save_file(tensors, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": R, "lora_alpha": LORA_ALPHA, "target_modules": ["0", "2"]}))
+
+    # (b) full fine-tune of a copy of the base on the shifted task
+    ft = _mlp()
+    ft.load_state_dict(base_sd)
+    acc_ft = _fit(ft.parameters(), ft, X, y2, epochs=10, lr=0.02, seed=2)
+    ft_sd = {k: v.detach().clone().contiguous() for k, v in ft.state_dict().items()}
+    for k in base_sd:                                   # one exact grid per tensor for both models
+        step = 2.0 ** math.ceil(math.log2(max(float(base_sd[k].abs().max()), float(ft_sd[k].abs().max())) / 2 ** 22))
+        base_sd[k] = torch.round(base_sd[k] / step) * step
+        ft_sd[k] = torch.round(ft_sd[k] / step) * step
+    base_dir, ft_dir = tmp_path_factory.mktemp("base"), tmp_path_factory.mktemp("ft")
+    save_file(base_sd, str(base_dir / "model.safetensors"))
+    save_file(ft_sd, str(ft_dir / "model.safetensors"))
+    return dict(base_sd=base_sd, ft_sd=ft_sd, lora=tensors, adapter=adapter, base_dir=base_dir, ft_dir=ft_dir,
+                acc=(acc_base, acc_lora, acc_ft))
+
+
+def _ww(model, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base_model = kwargs.pop("base_model", None)
+        return ww.WeightWatcher(model=model, base_model=base_model).analyze(**kwargs)
+
+
+def _compare(h: dict, w, name: str, skip=()) -> None:
+    for col in (c for c in COLUMNS if c not in skip):
+        hv, wv = h[col], w[col]
+        if isinstance(hv, (int, np.integer)) or col.startswith("num_") or col in ("matrix_rank", "rank_loss"):
+            assert int(hv) == int(wv), (name, col, hv, wv)
+        else:
+            assert float(hv) == pytest.approx(float(wv), rel=1e-9, abs=1e-12), (name, col, hv, wv)
+
+
+def test_models_really_learned(trained):
+    acc_base, acc_lora, acc_ft = trained["acc"]
+    assert acc_base > 0.95 and acc_lora > 0.9 and acc_ft > 0.95, trained["acc"]
+
+
+def test_peft_adapter_matches_ww(trained):
+    res = hubscan.analyze(trained["adapter"])
+    rows = {r["name"]: r for r in res.rows}
+    # the factors are not layers: one ΔW row per adapted module, nothing else
+    assert set(rows) == {"0.lora_BA", "2.lora_BA"} and res.summary["status"] == "success"
+    wsd = {k: (v * SCALE if ".lora_B." in k else v) for k, v in trained["lora"].items()}
+    wdf = _ww(wsd, peft=True)
+    assert sorted(wdf["longname"]) == ["base_model.model.0.lora_BA", "base_model.model.2.lora_BA"]
+    for _, w in wdf.iterrows():
+        h = rows[w["longname"].removeprefix("base_model.model.")]
+        assert h["status"] == "success" and h["num_fit_evals"] >= 20   # WW's standard (not small-N) fit
+        assert (h["N"], h["M"], h["num_evals"]) == (int(w["N"]), int(w["M"]), R)
+        _compare(h, w, w["longname"])
+    # ΔW is the real update: s·B·A equals what the LoRA forward adds
+    A, B = trained["lora"]["base_model.model.0.lora_A.weight"], trained["lora"]["base_model.model.0.lora_B.weight"]
+    lam = np.linalg.svd((SCALE * (B.double() @ A.double())).numpy(), compute_uv=False) ** 2
+    assert rows["0.lora_BA"]["lambda_max"] == pytest.approx(lam[0], rel=1e-12)
+    # without the scale WW's numbers are s² smaller: the scaling is what differs
+    raw = _ww(dict(trained["lora"]), peft=True)
+    assert float(raw["lambda_max"].iloc[0]) * SCALE ** 2 == pytest.approx(float(wdf["lambda_max"].iloc[0]), rel=1e-9)
+
+
+def test_peft_adapter_with_base(trained):
+    res = hubscan.analyze(trained["adapter"], base=trained["base_dir"])
+    rows = {r["name"]: r for r in res.rows}
+    assert set(rows) == {"0.lora_BA", "2.lora_BA", "0.weight", "2.weight"}
+    merged = trained["base_sd"]["0.weight"].double() + SCALE * (
+        trained["lora"]["base_model.model.0.lora_B.weight"].double() @ trained["lora"]["base_model.model.0.lora_A.weight"].double())
+    lam = np.sort(np.linalg.svd(merged.numpy(), compute_uv=False) ** 2)
+    h = rows["0.weight"]
+    assert h["num_evals"] == 64 and h["lambda_max"] == pytest.approx(lam[-1], rel=1e-12)
+    assert h["norm"] == pytest.approx(lam.sum(), rel=1e-12)
+
+
+def test_base_model_deltas_match_ww(trained):
+    res = hubscan.analyze(trained["ft_dir"], base=trained["base_dir"])
+    rows = {r["name"]: r for r in res.rows}
+    wdf = _ww(dict(trained["ft_sd"]), base_model=dict(trained["base_sd"]))
+    assert sorted(wdf["longname"]) == ["0", "2", "4"]
+    small_n = ("alpha", "xmin", "D", "num_pl_spikes", "log_alpha_norm", "alpha_weighted")
+    for _, w in wdf.iterrows():
+        h = rows[w["longname"] + ".weight"]
+        assert h["status"] == "success"
+        _compare(h, w, w["longname"], skip=small_n if w["longname"] == "4" else ())
+    # the ESD is that of W − W_base, not of W
+    d = (trained["ft_sd"]["2.weight"].double() - trained["base_sd"]["2.weight"].double()).numpy()
+    assert rows["2.weight"]["lambda_max"] == pytest.approx(np.linalg.norm(d, 2) ** 2, rel=1e-12)
+    # distances: delta_W is WW's distances() delta_W (Frobenius); relative ones by numpy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, _, dist = ww.WeightWatcher().distances(dict(trained["ft_sd"]), dict(trained["base_sd"]))
+    assert len(dist) == 3
+    for _, w in dist.iterrows():
+        h = rows[w["longname"] + ".weight"]
+        # WW's np.linalg.norm runs on float32 arrays (float32 accumulation, ~1e-7 relative)
+        assert h["delta_W"] == pytest.approx(float(w["delta_W"]), rel=1e-6)
+        assert h["delta_W"] == pytest.approx(math.sqrt(h["norm"]), rel=1e-12)   # = ‖ΔW‖_F of the ESD
+        Wb = trained["base_sd"][w["longname"] + ".weight"].double().numpy()
+        Wf = trained["ft_sd"][w["longname"] + ".weight"].double().numpy()
+        assert h["delta_W_rel"] == pytest.approx(np.linalg.norm(Wf - Wb) / np.linalg.norm(Wb), rel=1e-9)
+        assert h["delta_spectral_rel"] == pytest.approx(np.linalg.norm(Wf - Wb, 2) / np.linalg.norm(Wb, 2),
+                                                        rel=1e-8)
+    # biases are vectors: no rows; nothing unmatched
+    assert all(r["status"] == "success" for r in res.rows) and res.summary["status"] == "success"
+
+
+def test_unmatched_tensors_are_reported(trained, tmp_path):
+    ft = dict(trained["ft_sd"])
+    ft["head.weight"] = torch.randn(10, 32)             # new in the fine-tune
+    ft["2.weight"] = torch.randn(64, 256)               # reshaped
+    del ft["4.weight"]                                  # dropped
+    save_file(ft, str(tmp_path / "m.safetensors"))
+    rows = {r["name"]: r for r in hubscan.analyze(tmp_path / "m.safetensors", base=trained["base_dir"]).rows}
+    assert rows["0.weight"]["status"] == "success"
+    assert rows["head.weight"]["status"] == "skipped" and "no tensor of this name" in rows["head.weight"]["reason"]
+    assert rows["2.weight"]["status"] == "skipped" and "differs from the base" in rows["2.weight"]["reason"]
+    assert rows["4.weight"]["status"] == "skipped" and rows["4.weight"]["reason"] == "only in the base model"
+
+
+def test_cli_base_option(trained, tmp_path):
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "d.parquet"
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["ft_dir"]), "--base",
+                           str(trained["base_dir"]), "--out", str(out), "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    t = pq.read_table(out).to_pylist()
+    api = {r["name"]: r for r in hubscan.analyze(trained["ft_dir"], base=trained["base_dir"]).rows}
+    assert {r["name"] for r in t} == set(api)
+    for r in t:
+        assert r["alpha"] == pytest.approx(api[r["name"]]["alpha"], rel=1e-12)
+        assert r["delta_W_rel"] == pytest.approx(api[r["name"]]["delta_W_rel"], rel=1e-12)
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["ft_dir"]), "--base",
+                           str(tmp_path / "nope")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "nope" in proc.stderr and "Error" not in proc.stderr
