@@ -40,15 +40,10 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from hubscan import store as _store
 from hubscan.schema import ACCURACY_SCHEMA
 from hubscan.store import Dataset, rows_to_table
 
 log = logging.getLogger(__name__)
-
-# The accuracy table is known to the store (read() of an empty table gives its schema, writes carry
-# its metadata). hubscan.store is owned elsewhere; registering here keeps it a one-way dependency.
-_store.TABLES.setdefault("accuracy", ACCURACY_SCHEMA)
 
 TABLE = "accuracy"
 
@@ -610,12 +605,75 @@ def _parse_bool(v) -> bool | None:
     return None
 
 
+def _known_models(data: Dataset) -> dict[str, set]:
+    """model_id → the sources the dataset's ``models`` table has it under."""
+    known: dict[str, set] = {}
+    models = data.read("models")
+    if models.num_rows and {"source", "model_id"} <= set(models.column_names):
+        for s, m in zip(models.column("source").to_pylist(), models.column("model_id").to_pylist()):
+            known.setdefault(m, set()).add(s)
+    return known
+
+
+def _looks_local(model_id: str) -> bool:
+    """A model id that names a file or folder rather than a hub repo (``org/name``)."""
+    from hubscan.sources.local import WEIGHT_SUFFIXES
+    mid = model_id.replace("\\", "/")
+    return (mid.startswith(("/", "./", "../", "~")) or mid.count("/") > 1
+            or mid.lower().endswith(tuple(WEIGHT_SUFFIXES)) or os.path.exists(model_id))
+
+
+def _match_model(model_id: str, source: str | None, known: dict[str, set]) -> tuple[str, str]:
+    """(model_id, source) of a CSV row whose source is not given (or is ``local``).
+
+    The id the dataset has, under its only source; else, for a path (``out/hub/net/v3.pt``,
+    ``/abs/out/hub/net/v3.pt``, ``./net/v3.pt``), the local model whose id (relative to the
+    surveyed root) the path ends with, when exactly one does; else the id as given, ``local`` when it
+    looks like a path (:func:`_looks_local`) and ``hf`` otherwise.
+    """
+    cands = known.get(model_id, set())
+    if len(cands) == 1 and source in (None, *cands):
+        return model_id, next(iter(cands))
+    if source == "local" or _looks_local(model_id):
+        path = posixpath.normpath(model_id.replace("\\", "/"))
+        hits = [m for m, srcs in known.items() if "local" in srcs
+                and (path == m or path.endswith("/" + m.lstrip("/")))]
+        if len(hits) == 1:
+            return hits[0], "local"
+        return model_id, "local"
+    return model_id, source or "hf"
+
+
+def match_report(dataset, table: pa.Table) -> dict:
+    """How many models named by ingested accuracy rows are models of the dataset.
+
+    Parameters
+    ----------
+    dataset : str or hubscan.store.Dataset
+    table : pyarrow.Table
+        Rows as an ``ingest_*`` function returns them (``source``, ``model_id``).
+
+    Returns
+    -------
+    dict
+        ``models`` (distinct (source, model_id) in ``table``), ``matched`` (of those, how many the
+        ``models`` table holds), ``example_ids`` (up to 3 model ids of the dataset, to show how ids
+        look there).
+    """
+    known = _known_models(_as_dataset(dataset))
+    pairs = set(zip(table.column("source").to_pylist(), table.column("model_id").to_pylist())) if table.num_rows else set()
+    matched = sum(1 for s, m in pairs if s in known.get(m, ()))
+    return {"models": len(pairs), "matched": matched, "example_ids": sorted(known)[:3]}
+
+
 def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom") -> pa.Table:
     """Ingest a plain CSV of reported results: columns ``model_id, metric, value`` and optionally
     ``source``, ``benchmark``, ``split``, ``revision``, ``higher_is_better``.
 
     The source of a row is its ``source`` cell, else the ``source`` argument, else the source of
-    the ``models`` rows with that model id when they have exactly one, else ``hf``.
+    the ``models`` rows with that model id when they have exactly one, else ``local`` for an id
+    that is a path — matched to the local model whose id (relative to the surveyed root) the path
+    ends with — else ``hf`` (:func:`_match_model`).
     ``higher_is_better`` missing or empty → from the metric name (:func:`higher_is_better`);
     ``benchmark`` missing → the ``benchmark`` argument.
 
@@ -652,12 +710,7 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         v = v.strip() if isinstance(v, str) else v
         return v if v not in ("", None) else None
 
-    known: dict[str, set] = {}
-    if any(cell(r, "source") is None for r in records) and source is None:
-        models = data.read("models")
-        if models.num_rows and {"source", "model_id"} <= set(models.column_names):
-            for s, m in zip(models.column("source").to_pylist(), models.column("model_id").to_pylist()):
-                known.setdefault(m, set()).add(s)
+    known = _known_models(data)
     rows = []
     for rec in records:
         mid, metric, value = cell(rec, "model_id"), cell(rec, "metric"), cell(rec, "value")
@@ -668,9 +721,8 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         except ValueError:
             raise ValueError(f"{path}: value {value!r} of {mid} is not a number") from None
         src = cell(rec, "source") or source
-        if src is None:
-            cands = known.get(mid, set())
-            src = next(iter(cands)) if len(cands) == 1 else "hf"
+        if src in (None, "local"):
+            mid, src = _match_model(mid, src, known)
         hib = _parse_bool(cell(rec, "higher_is_better"))
         rows.append({"source": src, "model_id": mid, "revision": cell(rec, "revision"),
                      "benchmark": cell(rec, "benchmark") or benchmark, "split": cell(rec, "split"),
@@ -681,4 +733,5 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
 
 
 __all__ = ["ingest_timm_results", "ingest_card_results", "ingest_leaderboard", "ingest_csv", "read_accuracy",
+           "match_report",
            "write_provenance", "provenance_key", "higher_is_better", "timm_benchmark", "TABLE"]

@@ -1,28 +1,135 @@
 """Command line: argument parsing and printing only; the work is done by the library.
 
+Each sub-command has its own ``_add_<command>`` (arguments) and ``cmd_<command>`` (run) function.
 Errors end as one line on stderr, ``hubscan: error: <file or model>: <reason>``, and exit status 1
-(2 for bad arguments); ``--debug`` shows the traceback instead.
+(2 for bad arguments, also one line); ``--debug`` (before or after the sub-command) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
+import re
 import sys
+import warnings
 
 from hubscan import __version__
 from hubscan.errors import HubscanError
 
+#: Largest --min-evals accepted: a layer with 10**6 eigenvalues already needs an 8 TB float64
+#: Gram matrix, so a larger bound can only be a typo that skips every layer.
+MAX_EVALS_BOUND = 1_000_000
+
+
+# -- argument types: each refuses a bad value in one line -----------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``hubscan analyze: error: <reason> (see --help)``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_range(lo: int | None = None, hi: int | None = None):
+    """An argparse type: an integer (``1e3`` accepted when integral) with lo ≤ value ≤ hi."""
+    def parse(text: str) -> int:
+        try:
+            v = float(text)
+            if not math.isfinite(v) or v != int(v):
+                raise ValueError
+            v = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is below {lo}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v} is above {hi:,}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_range(lo: float = 0.0, *, strict: bool = False):
+    """An argparse type: a finite float ≥ lo (> lo when ``strict``)."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if v < lo or (strict and v == lo):
+            raise argparse.ArgumentTypeError(f"{v:g} must be {'>' if strict else '≥'} {lo:g}")
+        return v
+    parse.__name__ = "number"
+    return parse
+
+
+_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
+
+
+def _device(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of cpu, cuda, cuda:N, auto")
+    return text
+
+
+def _json_object(text: str) -> dict:
+    """An argparse type: a JSON object (filesystem options)."""
+    try:
+        v = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(v, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"anon\": true}'")
+    return v
+
+
+def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device."""
+    if not device.startswith("cuda"):
+        return
+    import torch
+    if not torch.cuda.is_available():
+        parser.error(f"--device {device}: no CUDA device on this machine (use --device cpu or auto)")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        parser.error(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _check_fit_options(parser: argparse.ArgumentParser, args) -> None:
+    if args.max_evals is not None and args.min_evals > args.max_evals:
+        parser.error(f"--min-evals {args.min_evals} is above --max-evals {args.max_evals}: every layer would be skipped")
+
+
+# -- shared option groups -------------------------------------------------------------------------
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    # default=SUPPRESS: given after the sub-command they override, absent they keep the main parser's value
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="print nothing but errors (files are still written)")
+
+
+def _add_dataset(p: argparse.ArgumentParser, *, what: str) -> None:
+    p.add_argument("--dataset", required=True, metavar="DIR_OR_URL",
+                   help=f"the survey dataset {what} (a directory or s3://…, gs://… URL written by `hubscan survey`)")
+    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="filesystem options as JSON, e.g. '{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
+
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("analysis options")
-    g.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
+    g.add_argument("--device", default="cpu", type=_device, help="cpu | cuda | cuda:N | auto (default: cpu)")
     g.add_argument("--method", default="gram", choices=["gram", "svd"],
                    help="eigenvalues from the Gram matrix WᵀW (fast, default) or from the SVD of W")
     g.add_argument("--precision", default="float64", choices=["float64", "float32"])
-    g.add_argument("--fix-fingers", default="", choices=["", "xmin_peak", "clip_xmax"],
+    g.add_argument("--fix-fingers", default="none", choices=["none", "xmin_peak", "clip_xmax"],
                    help="WeightWatcher's fix_fingers options (default: none)")
     g.add_argument("--tpl", action="store_true", help="also fit a truncated power law (column Lambda)")
     g.add_argument("--no-mp-fit", dest="mp_fit", action="store_false",
@@ -30,9 +137,11 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--randomize", action="store_true", help="compute rand_distance (one more eigensolve per layer)")
     g.add_argument("--split-fused", action="store_true", help="analyze fused q/k/v and RNN gates block by block")
     g.add_argument("--conv-slices", action="store_true", help="one row per conv slice instead of a pooled ESD")
-    g.add_argument("--min-evals", type=int, default=8, help="skip layers with fewer eigenvalues (default 8)")
-    g.add_argument("--max-evals", type=int, default=None, help="skip layers with more eigenvalues (default: none)")
-    g.add_argument("--evals-thresh", type=float, default=1e-5,
+    g.add_argument("--min-evals", type=_int_range(1, MAX_EVALS_BOUND), default=8,
+                   help="skip layers with fewer eigenvalues (default 8)")
+    g.add_argument("--max-evals", type=_int_range(1), default=None,
+                   help="skip layers with more eigenvalues (default: none)")
+    g.add_argument("--evals-thresh", type=_float_range(0.0), default=1e-5,
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")
 
 
@@ -48,8 +157,10 @@ def _add_hub_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--endpoint", default=None, help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     g.add_argument("--cache-dir", default=None, help="download cache for whole-file formats (default: a temporary one)")
     g.add_argument("--keep-cache", action="store_true", help="keep downloaded files after each model")
-    g.add_argument("--max-retries", type=int, default=4, help="retries on 429/5xx/connection errors (default 4)")
-    g.add_argument("--timeout", type=float, default=30.0, help="seconds a hub request may stall (default 30)")
+    g.add_argument("--max-retries", type=_int_range(0), default=4,
+                   help="retries on 429/5xx/connection errors (default 4)")
+    g.add_argument("--timeout", type=_float_range(0.0, strict=True), default=30.0,
+                   help="seconds a hub request may stall (default 30)")
 
 
 def _client(args):
@@ -61,9 +172,18 @@ def _client(args):
 def _options(args):
     from hubscan.analysis import AnalyzeOptions
     return AnalyzeOptions(device=args.device, method=args.method, precision=args.precision,
-                          evals_thresh=args.evals_thresh, fix_fingers=args.fix_fingers, tpl=args.tpl,
+                          evals_thresh=args.evals_thresh,
+                          fix_fingers="" if args.fix_fingers == "none" else args.fix_fingers, tpl=args.tpl,
                           mp_fit=args.mp_fit, randomize=args.randomize, split_fused=args.split_fused,
                           conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals)
+
+
+def _console(args=None, *, stderr: bool = False):
+    """A rich Console: the terminal's width (``$COLUMNS`` when set); 200 columns into a pipe or file."""
+    from rich.console import Console
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 200
+    return Console(width=width, file=stream, quiet=bool(args is not None and args.quiet))
 
 
 def _fmt(v, digits=3) -> str:
@@ -76,30 +196,97 @@ def _fmt(v, digits=3) -> str:
     return str(v)
 
 
-def _print_result(result, console) -> None:
+def _check_out(path: str, suffixes: tuple[str, ...], what: str) -> None:
+    """Refuse an output path whose folder does not exist or whose suffix is not one of ``suffixes``."""
+    if "://" in path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise HubscanError(path, f"folder {folder} does not exist (create it first; {what} does not create folders)")
+    if suffixes and not path.lower().endswith(suffixes):
+        raise HubscanError(path, f"unknown file type (use {' / '.join(suffixes)})")
+
+
+# -- analyze ------------------------------------------------------------------------------------------
+
+#: Terminal-table columns of ``hubscan analyze``: title → row key (``NxM``: the two as one cell).
+#: Any other column of the layers table can be chosen with --columns by its name.
+ANALYZE_COLUMNS = {"id": "layer_id", "name": "name", "type": "layer_type", "NxM": "NxM", "N": "N", "M": "M",
+                   "rf": "rf", "alpha": "alpha", "D": "D", "xmin": "xmin", "spikes": "num_pl_spikes",
+                   "log_norm": "log_norm", "log_spec": "log_spectral_norm", "alpha_w": "alpha_weighted",
+                   "stable_rank": "stable_rank", "phase": "phase", "status": "status"}
+#: What fits 80 columns (the name takes what is left, shortened from the left). ``status`` is shown
+#: only when a row is not ``success``; the reasons follow the table.
+DEFAULT_ANALYZE_COLUMNS = ("id", "name", "NxM", "alpha", "D", "alpha_w", "phase", "status")
+_LEFT = ("name", "type", "layer_type", "phase", "status")
+_MIN_NAME = 16
+_GAP = 2  # characters between two columns (the table's padding + divider)
+
+
+def _short_left(text: str, width: int) -> str:
+    """``text`` shortened from the left to ``width`` characters: ``…self.query.weight``."""
+    return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def _layer_cell(row: dict, key: str) -> str:
+    if key == "name":
+        return row["name"] + (f":{row['part']}" if row.get("part") else "")
+    if key == "NxM":
+        return f"{row['N']}×{row['M']}" if row.get("N") is not None and row.get("M") is not None else ""
+    if key == "status":
+        return row.get("status") or ""
+    return _fmt(row.get(key))
+
+
+def _fit_columns(result, columns, explicit: bool):
+    """The columns shown: the default set drops ``status`` when every row is a success; chosen
+    columns (``explicit``) are shown as given."""
+    columns = list(columns)
+    if explicit:
+        return columns
+    if "status" in columns and all(r.get("status") == "success" for r in result.rows):
+        columns.remove("status")
+    return columns
+
+
+def _layer_table(result, columns, width: int):
+    """The per-layer rich Table of one result, fitted to ``width`` terminal columns: no cell wraps;
+    the name column takes the width the others leave and is shortened from the left."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"{result.source} ({result.format})", show_lines=False, header_style="bold")
-    cols = [("name", "name"), ("type", "layer_type"), ("N", "N"), ("M", "M"), ("rf", "rf"),
-            ("alpha", "alpha"), ("D", "D"), ("xmin", "xmin"), ("spikes", "num_pl_spikes"),
-            ("log_norm", "log_norm"), ("log_spec", "log_spectral_norm"), ("alpha_w", "alpha_weighted"),
-            ("stable_rank", "stable_rank"), ("phase", "phase"), ("status", "status")]
-    for title, _ in cols:
-        table.add_column(title, justify="left" if title in ("name", "type", "phase", "status") else "right",
-                         no_wrap=title == "name", overflow="fold")
+    keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
+    titles = ["N×M" if c == "NxM" else c for c in columns]
+    cells = [[_layer_cell(r, k) for k in keys] for r in result.rows]
+    widths = [max([len(t)] + [len(row[i]) for row in cells]) for i, t in enumerate(titles)]
+    if "name" in keys:
+        i = keys.index("name")
+        other = sum(w for j, w in enumerate(widths) if j != i) + _GAP * (len(columns) - 1)
+        name_w = max(_MIN_NAME, min(widths[i], width - other))
+        for row in cells:
+            row[i] = _short_left(row[i], name_w)
+        widths[i] = max(len(titles[i]), name_w)
+    table = Table(title=f"{result.source} ({result.format})", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 0, 0, 1), pad_edge=False, header_style="bold", title_justify="left")
+    for t, k, w in zip(titles, keys, widths):
+        table.add_column(t, justify="left" if k in _LEFT else "right", no_wrap=True, overflow="ellipsis",
+                         min_width=w)
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def _print_result(result, console, columns, explicit: bool = False) -> None:
+    columns = _fit_columns(result, columns, explicit)
+    console.print(_layer_table(result, columns, console.width), crop=True)
     for r in result.rows:
-        cells = []
-        for _, key in cols:
-            v = r.get(key)
-            if key == "name" and r.get("part"):
-                v = f"{v}:{r['part']}"
-            if key == "status" and r.get("status") != "success":
-                v = f"{r['status']}: {r.get('reason', '')}"
-            elif key == "status" and r.get("warning"):
-                v = r["warning"]
-            cells.append(_fmt(v))
-        table.add_row(*cells)
-    console.print(table)
+        if r.get("status") != "success":
+            console.print(f"  layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}",
+                          highlight=False)
+    warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
+              if r.get("status") == "success" and r.get("warning")]
+    if warned:
+        console.print(f"  warnings (layer ids): {', '.join(warned)}", highlight=False)
     s = result.summary
     if result.ref is not None and result.ref.source != "local":
         console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")
@@ -107,9 +294,9 @@ def _print_result(result, console) -> None:
                   + (f" ({s['reason']})" if s.get("reason") else "")
                   + f"  layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
                   + (f", {s['num_missing']} missing" if s.get("num_missing") else ""))
-    console.print("  " + "  ".join(f"{m}={_fmt(s[m], 4)}" for m in
-                                   ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm",
-                                    "log_alpha_norm", "stable_rank", "mp_softrank")))
+    for group in (("alpha", "alpha_weighted", "log_alpha_norm"), ("log_norm", "log_spectral_norm"),
+                  ("stable_rank", "mp_softrank")):
+        console.print("  " + "  ".join(f"{m}={_fmt(s[m], 4)}" for m in group), highlight=False)
     console.print(f"  over-trained layers (alpha<2): {s['num_over_trained']}, "
                   f"under-trained (alpha>6): {s['num_under_trained']}, time {s['seconds']:.2f}s")
     phases = {}
@@ -120,35 +307,91 @@ def _print_result(result, console) -> None:
         console.print("  phases: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
 
 
+def _columns(text: str) -> tuple[str, ...]:
+    """--columns: comma-separated titles of :data:`ANALYZE_COLUMNS` or layer-row keys; ``all``."""
+    if text.strip() == "all":
+        return tuple(ANALYZE_COLUMNS)
+    cols = tuple(c.strip() for c in text.split(",") if c.strip())
+    from hubscan.schema import LAYER_SCHEMA
+    known = set(ANALYZE_COLUMNS) | set(LAYER_SCHEMA.names)
+    bad = [c for c in cols if c not in known]
+    if bad or not cols:
+        raise argparse.ArgumentTypeError(f"unknown column(s) {', '.join(bad) or '(none)'}; choose from "
+                                         f"{', '.join(ANALYZE_COLUMNS)}, any column of the layers table, or all")
+    return cols
+
+
+def _provenance(args, result) -> dict:
+    """What --out files record about how they were made (Parquet key-value metadata)."""
+    import dataclasses
+    ref = result.ref
+    return {"hubscan_version": __version__, "model": str(args.path),
+            "model_id": getattr(ref, "id", None) or str(args.path),
+            "source": getattr(ref, "source", None), "revision": getattr(ref, "revision", None),
+            "format": result.format, "options": dataclasses.asdict(_options(args)),
+            "status": result.summary.get("status")}
+
+
 def cmd_analyze(args) -> int:
     import dataclasses
-    from rich.console import Console
     from hubscan.analysis import analyze
 
-    console = Console(width=None if sys.stdout.isatty() else 240)
+    console = _console(args)
+    if args.out:
+        _check_out(args.out, (".parquet", ".csv", ".json", ".jsonl"), "analyze")
     options = _options(args)
     if args.plot:
         options = dataclasses.replace(options, keep_evals=True)
     result = analyze(args.path, options, client=_client(args), base=args.base)
     if args.plot:
         from hubscan.report import plot_model
-        files = plot_model(result, args.plot)
+        console.print(f"plotting {len(result.evals)} layer ESDs to {args.plot} …")
+        files = plot_model(result, args.plot,
+                           progress=lambda i, n: console.print(f"  {i}/{n} plots", highlight=False) if i % 10 == 0 else None)
         console.print(f"wrote {len(files)} plots to {args.plot}")
     if args.out:
-        import pyarrow.parquet as pq
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        pq.write_table(result.to_arrow(), tmp)
-        os.replace(tmp, args.out)
-    if not args.quiet:
-        _print_result(result, console)
+        from hubscan.store import write_file
+        write_file(result.to_arrow(), args.out, metadata=_provenance(args, result))
+    _print_result(result, console, args.columns or DEFAULT_ANALYZE_COLUMNS, explicit=args.columns is not None)
     if args.out:
         console.print(f"wrote {len(result.rows)} rows to {args.out}")
     return 0 if result.summary["status"] in ("success", "incomplete") else 1
 
 
+def _check_analyze(parser, args) -> None:
+    _check_fit_options(parser, args)
+    _check_cuda(parser, args.device)
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="analyze one model's weights: per-layer table and summary",
+                       description="Analyze one model's weights: the ESD of every weight matrix, its power-law "
+                                   "alpha and the WeightWatcher metrics, printed as a table and a summary.",
+                       epilog="examples:\n"
+                              "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
+                              "  hubscan analyze timm:resnet18.a1_in1k --columns name,alpha,log_norm,phase\n"
+                              "  hubscan analyze model.safetensors --out layers.parquet   # or .csv / .json\n"
+                              "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local .safetensors / .bin / .pt / .pth / "
+                                ".onnx / .gguf file or Hugging Face layout folder")
+    p.add_argument("--out", help="write every column of every layer row to this file: .parquet (with the model, "
+                                 "revision, options and hubscan version in its metadata), .csv or .json (JSON lines)")
+    p.add_argument("--columns", type=_columns, default=None, metavar="COL,COL,…",
+                   help=f"terminal table columns (default: {','.join(DEFAULT_ANALYZE_COLUMNS)}; 'all'; or any "
+                        f"layers column: {', '.join(ANALYZE_COLUMNS)}, num_spikes, lambda_max …)")
+    p.add_argument("--plot", metavar="DIR", default=None,
+                   help="write an ESD plot per layer (log-log, fitted power law, xmin) and alpha vs depth to DIR")
+    _add_fit_options(p)
+    _add_delta_options(p)
+    _add_hub_options(p)
+    p.set_defaults(parser=p, func=cmd_analyze, check=_check_analyze)
+
+
+# -- survey -------------------------------------------------------------------------------------------
+
 def _survey_config(args):
-    import json as _json
     from hubscan.survey import SurveyConfig
 
     filters = {k: v for k, v in {"filter": args.filter, "author": args.author, "search": args.search,
@@ -164,8 +407,8 @@ def _survey_config(args):
                         address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                         cpus_per_actor=args.cpus_per_actor, max_in_flight=args.max_in_flight,
                         max_attempts=args.max_attempts, force=args.force, keep_esd=not args.no_esd,
-                        storage_options=_json.loads(args.storage_options) if args.storage_options else {},
-                        hub=hub, progress=not args.no_progress)
+                        storage_options=args.storage_options or {},
+                        hub=hub, progress=not (args.no_progress or args.quiet))
 
 
 def _print_survey(summary, console) -> None:
@@ -181,12 +424,11 @@ def _print_survey(summary, console) -> None:
 
 
 def cmd_survey(args) -> int:
-    from rich.console import Console
     from hubscan.survey import survey
 
     config = _survey_config(args)
     summary = survey(config)
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    console = _console(args)
     _print_survey(summary, console)
     from hubscan.query import summary_tables
     for title, lines in summary_tables(config.out, config.storage_options):
@@ -196,114 +438,27 @@ def cmd_survey(args) -> int:
     return 0
 
 
-def cmd_sql(args) -> int:
-    import json as _json
-    from hubscan.query import connect
-
-    con = connect(args.dataset, **(_json.loads(args.storage_options) if args.storage_options else {}))
-    cur = con.execute(args.query)
-    cols = [d[0] for d in cur.description] if cur.description else []
-    rows = cur.fetchall()
-    if args.format == "csv":
-        import csv
-        w = csv.writer(sys.stdout, lineterminator="\n")
-        w.writerow(cols)
-        w.writerows(rows)
-    elif args.format == "json":
-        print(_json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
-    else:
-        from rich.console import Console
-        from rich.table import Table
-        t = Table(*cols)
-        for r in rows:
-            t.add_row(*[_fmt(v, 4) for v in r])
-        Console(width=None if sys.stdout.isatty() else 240).print(t)
-    return 0
+def _check_survey(parser, args) -> None:
+    _check_fit_options(parser, args)
+    if args.address is None:  # the local machine runs the actors: its GPUs are what counts
+        _check_cuda(parser, args.device)
 
 
-def cmd_accuracy(args) -> int:
-    from hubscan import accuracy
-
-    done = []
-    for path in args.timm or []:
-        done.append(("timm results", accuracy.ingest_timm_results(args.dataset, path, image_size=args.image_size)))
-    for path in args.leaderboard or []:
-        done.append(("leaderboard", accuracy.ingest_leaderboard(args.dataset, path)))
-    for path in args.csv or []:
-        done.append(("csv", accuracy.ingest_csv(args.dataset, path)))
-    if args.cards:
-        done.append(("model cards", accuracy.ingest_card_results(args.dataset)))
-    if not done:
-        print("hubscan: error: accuracy: nothing to ingest (--timm, --leaderboard, --csv or --cards)", file=sys.stderr)
-        return 2
-    for what, table in done:
-        print(f"{what}: {table.num_rows} accuracy rows written to {args.dataset}")
-    return 0
-
-
-def cmd_correlate(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-    from hubscan.correlate import correlate, joined, write_correlations
-    from hubscan.store import Dataset
-
-    Dataset(args.dataset, create=False).require()
-    df = joined(args.dataset, metric=args.metric, benchmark=args.benchmark, source=args.source)
-    if df.empty:
-        print(f"hubscan: error: {args.dataset}: no model has both HTSR metrics and a '{args.metric}' accuracy "
-              "(ingest accuracy first: hubscan accuracy --dataset … --timm/--csv/--leaderboard/--cards)",
-              file=sys.stderr)
-        return 1
-    corr = correlate(df, metric=args.metric, group_by=args.group_by, bootstrap=args.bootstrap, seed=args.seed)
-    if args.out:
-        write_correlations(corr, args.out)
-    table = Table(title=f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})")
-    cols = ["group", "metric", "n", "spearman_rho", "kendall_tau", "kendall_p", "pearson_r", "rmse", "r2"]
-    present = [c for c in cols if c in corr.columns]
-    for c in present:
-        table.add_column(c, justify="left" if c in ("group", "metric") else "right")
-    for _, r in corr.iterrows():
-        table.add_row(*[_fmt(r[c], 3) if not isinstance(r[c], str) else r[c] for c in present])
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
-    if args.out:
-        print(f"wrote {len(corr)} rows to {args.out}")
-    return 0
-
-
-def cmd_report(args) -> int:
-    import json as _json
-    from hubscan.report import build_report
-    from hubscan.store import Dataset
-
-    Dataset(args.dataset, create=False, **(_json.loads(args.storage_options) if args.storage_options else {})).require()
-    path = build_report(args.dataset, args.out, metric=args.metric, benchmark=args.benchmark, group_by=args.group_by,
-                        storage_options=_json.loads(args.storage_options) if args.storage_options else None)
-    print(f"wrote {path}")
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hubscan", description="HTSR spectra (alpha, ESD metrics) of model weights.")
-    parser.add_argument("--version", action="version", version=f"hubscan {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("analyze", help="analyze one model's weights: per-layer table and summary")
-    p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local .safetensors / .bin / .pt / .pth / "
-                                ".onnx / .gguf file or Hugging Face layout folder")
-    p.add_argument("--out", help="write the per-layer rows to this Parquet file")
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    p.add_argument("--plot", metavar="DIR", default=None,
-                   help="write an ESD plot per layer (log-log, fitted power law, xmin) and alpha vs depth to DIR")
-    _add_fit_options(p)
-    _add_delta_options(p)
-    _add_hub_options(p)
-    p.set_defaults(func=cmd_analyze)
-
-    p = sub.add_parser("survey", help="analyze many models on Ray into a Parquet dataset (resumable)")
+def _add_survey(sub) -> None:
+    p = sub.add_parser("survey", help="analyze many models on Ray into a dataset (resumable)",
+                       description="Analyze many models on Ray into a dataset; models already in the dataset "
+                                   "(same revision and options) are skipped, so a survey resumes where it stopped.",
+                       epilog="examples:\n"
+                              "  hubscan survey --source local:out/hub --out out/dataset\n"
+                              "  hubscan survey --source timm --filter 'resnet*' --limit 20 --out out/timm\n"
+                              "  hubscan survey --source hf --author google --filter safetensors --limit 100 "
+                              "--out s3://bucket/htsr --storage-options '{\"region\": \"eu-west-1\"}'\n"
+                              "  hubscan survey --source list:models.txt --out out/dataset --actors 4",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
     p.add_argument("--source", required=True, help="hf | timm | local:DIR | list:FILE (one reference per line)")
     p.add_argument("--out", required=True, help="dataset directory or URL (s3://bucket/prefix …)")
-    p.add_argument("--limit", type=int, default=None, help="models to enumerate at most")
+    p.add_argument("--limit", type=_int_range(1), default=None, help="models to enumerate at most")
     g = p.add_argument_group("source filters")
     g.add_argument("--filter", default=None, help="hf: tag (e.g. timm, safetensors, text-generation); timm: name glob")
     g.add_argument("--author", default=None, help="hf: organisation or user")
@@ -313,72 +468,281 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--exclude", default=None, help="timm: name glob to leave out")
     g = p.add_argument_group("cluster")
     g.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default: embedded local Ray")
-    g.add_argument("--actors", type=int, default=None, help="analysis actors (default: one per GPU, else CPUs/2)")
-    g.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
-    g.add_argument("--cpus-per-actor", type=float, default=None)
-    g.add_argument("--max-in-flight", type=int, default=None, help="models dispatched at once (default 2 × actors)")
-    g.add_argument("--max-attempts", type=int, default=3, help="attempts per model when its actor dies (default 3)")
+    g.add_argument("--actors", type=_int_range(1), default=None, help="analysis actors (default: one per GPU, else CPUs/2)")
+    g.add_argument("--gpus-per-actor", type=_float_range(0.0), default=None, help="default: 1 when the cluster has GPUs")
+    g.add_argument("--cpus-per-actor", type=_float_range(0.0, strict=True), default=None)
+    g.add_argument("--max-in-flight", type=_int_range(1), default=None, help="models dispatched at once (default 2 × actors)")
+    g.add_argument("--max-attempts", type=_int_range(1), default=3, help="attempts per model when its actor dies (default 3)")
     g = p.add_argument_group("dataset")
     g.add_argument("--force", action="store_true", help="re-analyze models the dataset already holds")
     g.add_argument("--no-esd", action="store_true", help="do not write the esd table (eigenvalues)")
-    g.add_argument("--storage-options", default=None, help="filesystem options as JSON, e.g. "
-                   "'{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
+    g.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="filesystem options as JSON, e.g. '{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
     g.add_argument("--no-progress", action="store_true", help="no live progress bar")
     _add_fit_options(p)
     _add_hub_options(p)
-    p.set_defaults(func=cmd_survey)
+    p.set_defaults(parser=p, func=cmd_survey, check=_check_survey)
 
-    p = sub.add_parser("sql", help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)")
+
+# -- sql ----------------------------------------------------------------------------------------------
+
+def cmd_sql(args) -> int:
+    from hubscan.query import connect
+
+    con = connect(args.dataset, **(args.storage_options or {}))
+    cur = con.execute(args.query)
+    cols = [d[0] for d in cur.description] if cur.description else []
+    rows = cur.fetchall()
+    if args.format == "csv":
+        import csv
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        w.writerows(rows)
+    elif args.format == "json":
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    else:
+        from rich.table import Table
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*[_fmt(v, 4) for v in r])
+        _console(args).print(t)
+    return 0
+
+
+def _add_sql(sub) -> None:
+    p = sub.add_parser("sql", help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)",
+                       description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
+                                   "surveys and accuracy.",
+                       epilog="examples:\n"
+                              "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
+                              "GROUP BY 1\"\n"
+                              "  hubscan sql --dataset out/dataset --format csv \"SELECT model_id, name, alpha FROM "
+                              "layers WHERE alpha < 2\" > over_trained.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
     p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
-    p.add_argument("--dataset", required=True, help="dataset directory or URL")
+    _add_dataset(p, what="to query")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
-    p.add_argument("--storage-options", default=None, help="filesystem options as JSON")
-    p.set_defaults(func=cmd_sql)
+    p.set_defaults(parser=p, func=cmd_sql)
 
-    p = sub.add_parser("accuracy", help="ingest reported accuracy into a dataset's accuracy table")
-    p.add_argument("--dataset", required=True)
+
+# -- accuracy -----------------------------------------------------------------------------------------
+
+def cmd_accuracy(args) -> int:
+    from hubscan import accuracy
+    from hubscan.store import Dataset
+
+    if not (args.timm or args.leaderboard or args.csv or args.cards):
+        raise HubscanError("accuracy", "nothing to ingest (give --timm, --leaderboard, --csv or --cards)")
+    data = Dataset(args.dataset, create=args.create, **(args.storage_options or {}))
+    if not args.create:
+        data.require()
+    done = []
+    for path in args.timm or []:
+        done.append(("timm results", path, accuracy.ingest_timm_results(data, path, image_size=args.image_size)))
+    for path in args.leaderboard or []:
+        done.append(("leaderboard", path, accuracy.ingest_leaderboard(data, path)))
+    for path in args.csv or []:
+        done.append(("csv", path, accuracy.ingest_csv(data, path)))
+    if args.cards:
+        done.append(("model cards", "models.eval_results", accuracy.ingest_card_results(data)))
+    console = _console(args)
+    err = _console(args, stderr=True)
+    for what, path, table in done:
+        m = accuracy.match_report(data, table)
+        console.print(f"{what} {path}: {table.num_rows} accuracy rows for {m['models']} models written to "
+                      f"{args.dataset}; {m['matched']} of them match a surveyed model", highlight=False)
+        if m["models"] and not m["matched"]:
+            err.print(f"hubscan: warning: {path}: no row names a model in {args.dataset} (ids there look like "
+                      f"{', '.join(m['example_ids']) or 'nothing yet'}); correlate will find no accuracy",
+                      highlight=False)
+    return 0
+
+
+def _add_accuracy(sub) -> None:
+    p = sub.add_parser("accuracy", help="ingest reported accuracy into a dataset's accuracy table",
+                       description="Ingest reported accuracy (timm results, Open LLM Leaderboard, a plain CSV, "
+                                   "model cards) into a dataset's accuracy table and say how many rows match a "
+                                   "surveyed model.",
+                       epilog="examples:\n"
+                              "  hubscan accuracy --dataset out/timm --timm "
+                              "https://raw.githubusercontent.com/huggingface/pytorch-image-models/main/results\n"
+                              "  hubscan accuracy --dataset out/dataset --csv accuracy.csv   "
+                              "# model_id,metric,value[,source,benchmark]\n"
+                              "  hubscan accuracy --dataset out/hf --cards",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    _add_dataset(p, what="to add the accuracy table to (must exist unless --create)")
+    p.add_argument("--create", action="store_true", help="create the dataset when it does not exist yet")
     p.add_argument("--timm", action="append", help="timm results CSV, folder of them, or URL (repeatable)")
     p.add_argument("--image-size", default="input", choices=["input", "test"],
                    help="timm models evaluated at two sizes: keep the pretrained input size (default) or the test size")
     p.add_argument("--leaderboard", action="append", help="Open LLM Leaderboard contents (Parquet/CSV/JSON, v1 or v2)")
-    p.add_argument("--csv", action="append", help="plain CSV: model_id,metric,value[,source,benchmark]")
+    p.add_argument("--csv", action="append", help="plain CSV: model_id,metric,value[,source,benchmark]; "
+                                                  "local models by the id the survey gave them")
     p.add_argument("--cards", action="store_true", help="model-card model-index results gathered by the survey")
-    p.set_defaults(func=cmd_accuracy)
+    p.set_defaults(parser=p, func=cmd_accuracy)
 
-    p = sub.add_parser("correlate", help="HTSR metrics against reported accuracy, per family and overall")
-    p.add_argument("--dataset", required=True)
+
+# -- correlate ----------------------------------------------------------------------------------------
+
+def _corr_cell(r, c) -> str:
+    if c in ("kendall_tau", "spearman_rho") and f"{c}_lo" in r and not _isnan(r[f"{c}_lo"]):
+        return f"{_fmt(r[c], 3)} [{_fmt(r[c + '_lo'], 2)}, {_fmt(r[c + '_hi'], 2)}]"
+    v = r[c]
+    if c.endswith("_p") and isinstance(v, float) and 0 < v < 1e-3:
+        return f"{v:.1e}"
+    return v if isinstance(v, str) else _fmt(v, 3)
+
+
+def _isnan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def cmd_correlate(args) -> int:
+    from rich.table import Table
+    from hubscan.correlate import correlate, joined, write_correlations
+    from hubscan.store import Dataset
+
+    data = Dataset(args.dataset, create=False, **(args.storage_options or {})).require()
+    if args.out:
+        _check_out(args.out, (".parquet", ".csv"), "correlate")
+    df = joined(data, metric=args.metric, benchmark=args.benchmark, source=args.source)
+    if df.empty:
+        raise HubscanError(args.dataset, f"no model has both HTSR metrics and a '{args.metric}' accuracy "
+                           "(ingest accuracy first: hubscan accuracy --dataset … --timm/--csv/--leaderboard/--cards)")
+    corr = correlate(df, metric=args.metric, group_by=args.group_by, bootstrap=args.bootstrap, seed=args.seed)
+    if args.out:
+        write_correlations(corr, args.out)
+    ci = " [95% bootstrap CI]" if args.bootstrap else ""
+    table = Table(title=f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})",
+                  caption=f"tau, rho{ci}; p: two-sided p-values (Kendall, Spearman)" if ci else None)
+    cols = ["group", "metric", "n", "spearman_rho", "spearman_p", "kendall_tau", "kendall_p", "pearson_r", "rmse", "r2"]
+    present = [c for c in cols if c in corr.columns]
+    for c in present:
+        table.add_column(c, justify="left" if c in ("group", "metric") else "right")
+    small = []
+    for group, rows in corr.groupby("group", sort=False):
+        n = rows["n"].max()
+        if _isnan(n) or n < 3:
+            small.append(f"{group} (n={0 if _isnan(n) else int(n)})")
+            continue
+        for _, r in rows.iterrows():
+            table.add_row(*[str(_corr_cell(r, c)) for c in present])
+    console = _console(args)
+    console.print(table)
+    if small:
+        console.print(f"not enough models to correlate (n < 3): {', '.join(small)}", highlight=False)
+    if args.out:
+        console.print(f"wrote {len(corr)} rows to {args.out}", highlight=False)
+    return 0
+
+
+def _add_correlate(sub) -> None:
+    p = sub.add_parser("correlate", help="HTSR metrics against reported accuracy, per family and overall",
+                       description="Rank correlations (Kendall tau, Spearman rho) and a least-squares fit of each "
+                                   "HTSR metric against reported accuracy, per group of models and overall.",
+                       epilog="examples:\n"
+                              "  hubscan correlate --dataset out/timm --metric top1 --benchmark imagenet\n"
+                              "  hubscan correlate --dataset out/timm --group-by '^([a-z]+)' --bootstrap 1000\n"
+                              "  hubscan correlate --dataset out/dataset --out correlations.csv",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    _add_dataset(p, what="with HTSR metrics and an accuracy table")
     p.add_argument("--metric", default="top1", help="accuracy metric (default top1)")
     p.add_argument("--benchmark", default=None, help="e.g. imagenet, imagenet-real (default: per source)")
     p.add_argument("--source", default=None, help="only models of this source (hf, timm, local)")
     p.add_argument("--group-by", default="family", help="family | model_type | a regex on model_id (group 1)")
-    p.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for tau / rho CIs")
+    p.add_argument("--bootstrap", type=_int_range(0), default=0, help="bootstrap resamples for tau / rho CIs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the table to .parquet or .csv")
-    p.set_defaults(func=cmd_correlate)
+    p.set_defaults(parser=p, func=cmd_correlate)
 
-    p = sub.add_parser("report", help="a self-contained HTML report of a dataset (plots + tables)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--out", required=True, help="report.html")
-    p.add_argument("--metric", default="top1")
-    p.add_argument("--benchmark", default=None)
-    p.add_argument("--group-by", default="family")
-    p.add_argument("--storage-options", default=None, help="filesystem options as JSON")
-    p.set_defaults(func=cmd_report)
+
+# -- report -------------------------------------------------------------------------------------------
+
+def cmd_report(args) -> int:
+    from hubscan.report import build_report
+    from hubscan.store import Dataset
+
+    so = args.storage_options or {}
+    Dataset(args.dataset, create=False, **so).require()
+    _check_out(args.out, (".html", ".htm"), "report")
+    console = _console(args)
+    path = build_report(args.dataset, args.out, metric=args.metric, benchmark=args.benchmark, group_by=args.group_by,
+                        storage_options=so or None,
+                        progress=lambda step: console.print(f"report: {step} …", highlight=False))
+    console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="a self-contained HTML report of a dataset (plots + tables)",
+                       description="Write a self-contained HTML report of a dataset: per-model table, phases, "
+                                   "failures, alpha distributions, accuracy correlations and plots.",
+                       epilog="examples:\n"
+                              "  hubscan report --dataset out/dataset --out report.html\n"
+                              "  hubscan report --dataset out/timm --out timm.html --metric top1 --benchmark "
+                              "imagenet-real --group-by '^([a-z]+)'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    _add_dataset(p, what="to report on")
+    p.add_argument("--out", required=True, help="the HTML file to write (its folder must exist)")
+    p.add_argument("--metric", default="top1", help="accuracy metric the correlation section uses (default top1)")
+    p.add_argument("--benchmark", default=None,
+                   help="benchmark of that metric, e.g. imagenet, imagenet-real (default: per source)")
+    p.add_argument("--group-by", default="family",
+                   help="how models are grouped: family | model_type | a regex on model_id (group 1)")
+    p.set_defaults(parser=p, func=cmd_report)
+
+
+# -- entry point --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hubscan", description="HTSR spectra (alpha, ESD metrics) of model weights.",
+                     epilog="examples:\n"
+                            "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
+                            "  hubscan survey --source local:out/hub --out out/dataset\n"
+                            "  hubscan sql --dataset out/dataset \"SELECT family, avg(alpha) FROM models GROUP BY 1\"\n"
+                            "  hubscan report --dataset out/dataset --out report.html\n"
+                            "'hubscan COMMAND --help' shows each command's options and examples.",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hubscan {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_analyze, _add_survey, _add_sql, _add_accuracy, _add_correlate, _add_report):
+        add(sub)
     return parser
+
+
+def _error_line(exc: BaseException, where: str) -> str:
+    """One line for an unexpected exception: the file or thing it names and the reason, no class name."""
+    if isinstance(exc, OSError) and exc.filename:
+        reason = (exc.strerror or str(exc)).lower() if exc.strerror else " ".join(str(exc).split())
+        return f"{exc.filename}: {reason}"
+    if isinstance(exc, KeyError):
+        return f"{where}: missing {exc}"
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if where and msg.startswith(str(where)) else f"{where}: {msg}"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hubscan`` command. Returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "check", None):
+        args.check(args.parser, args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.quiet:
+        warnings.simplefilter("ignore")
     try:
         return args.func(args)
     except HubscanError as exc:
         if args.debug:
             raise
-        print(f"hubscan: error: {exc}", file=sys.stderr)
+        print(f"hubscan: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hubscan: interrupted", file=sys.stderr)
@@ -387,8 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = getattr(args, "path", "") or getattr(args, "source", "") or getattr(args, "dataset", "") or args.command
-        msg = " ".join(str(exc).split())
-        print(f"hubscan: error: {where}: {type(exc).__name__}: {msg}", file=sys.stderr)
+        print(f"hubscan: error: {_error_line(exc, where)}", file=sys.stderr)
         return 1
 
 

@@ -34,11 +34,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hubscan.schema import DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SCHEMA_VERSION, SURVEY_SCHEMA
+from hubscan.schema import (ACCURACY_SCHEMA, DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SCHEMA_VERSION,
+                            SURVEY_SCHEMA)
 
 log = logging.getLogger(__name__)
 
-TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA}
+TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA,
+          "accuracy": ACCURACY_SCHEMA}
 
 
 def model_key(source: str, model_id: str, revision: str | None, config_hash: str) -> str:
@@ -224,3 +226,70 @@ def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
             vals.append(v)
         cols[f.name] = vals
     return pa.Table.from_pydict(cols, schema=schema)
+
+
+#: File types :func:`write_file` writes, by suffix.
+FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl")
+
+
+def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> str:
+    """Write one table to one local file, its format chosen by the suffix (``hubscan analyze --out``).
+
+    ``.parquet``: Parquet, the schema's column descriptions kept and ``metadata`` stored as JSON under
+    the key ``hubscan.provenance`` of the file's key-value metadata; ``.csv``: CSV with a header
+    (list columns such as ``shape`` written as JSON arrays); ``.json`` / ``.jsonl``: JSON lines, one
+    object per row. Written under a temporary name and renamed into place.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+    path : str
+        The file; its folder must exist (no folder is created).
+    metadata : dict, optional
+        Provenance (model id, revision, options, hubscan version …), JSON-serialisable.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        Unknown suffix, or the folder does not exist.
+    """
+    import os
+
+    from hubscan.errors import HubscanError
+    suffix = posixpath.splitext(str(path).lower())[1]
+    if suffix not in FILE_SUFFIXES:
+        raise HubscanError(path, f"unknown file type {suffix or '(no suffix)'} (use {' / '.join(FILE_SUFFIXES)})")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise HubscanError(path, f"folder {folder} does not exist")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        if suffix == ".parquet":
+            meta = dict(table.schema.metadata or {})
+            if metadata is not None:
+                meta[b"hubscan.provenance"] = json.dumps(metadata, default=str).encode()
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+        else:
+            rows = table.to_pylist()
+            with open(tmp, "w", encoding="utf-8", newline="") as fh:
+                if suffix == ".csv":
+                    import csv
+                    w = csv.writer(fh, lineterminator="\n")
+                    w.writerow(table.column_names)
+                    for r in rows:
+                        w.writerow(["" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else v
+                                    for v in r.values()])
+                else:
+                    for r in rows:  # JSON has no NaN / inf: null
+                        r = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in r.items()}
+                        fh.write(json.dumps(r, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -213,7 +213,7 @@ def test_conv1d_single_input_channel(cases_dir):
 
 def test_cli_writes_parquet(cases_dir, tmp_path, capsys):
     import pyarrow.parquet as pq
-    out = tmp_path / "sub" / "layers.parquet"
+    out = tmp_path / "layers.parquet"  # its folder must exist: --out creates none
     code = cli_main(["analyze", str(cases_dir / "degenerate_and_good.safetensors"), "--out", str(out)])
     printed, _ = capsys.readouterr()
     assert code == 0 and "c.good.weight" in printed

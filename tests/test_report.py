@@ -397,7 +397,7 @@ def _check_self_contained(page: str) -> list[bytes]:
 def report_with_accuracy(report_dataset, tmp_path_factory):
     joined = _synthetic_joined()
     corr = _synthetic_corr(joined)
-    out = tmp_path_factory.mktemp("html") / "sub" / "report.html"
+    out = tmp_path_factory.mktemp("html") / "report.html"  # its folder must exist: nothing is created
     path = build_report(str(report_dataset), out, joined=joined, corr=corr, models_for_depth=3)
     return path, joined, corr
 

@@ -299,7 +299,7 @@ def _esd_plots(con, keys: list[str], count: int) -> list[str]:
 def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "top1", benchmark: str | None = None,
                  group_by: str = "family", models_for_depth: int = 3, corr=None, joined=None, esd_layers: int = 4,
                  worst_layers: int = 20, title: str = "hubscan survey report",
-                 storage_options: dict | None = None) -> Path:
+                 storage_options: dict | None = None, progress=None) -> Path:
     """Write a self-contained HTML report of a survey dataset.
 
     Parameters
@@ -335,17 +335,30 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
         Page title.
     storage_options : dict, optional
         Filesystem options of the dataset (:func:`hubscan.store.open_filesystem`).
+    progress : callable, optional
+        Called with a short description of each step (``progress("plots")``) as it starts.
 
     Returns
     -------
     pathlib.Path
         ``out_path``.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The folder of ``out_path`` does not exist (it is not created).
     """
+    step = progress or (lambda what: None)
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        from hubscan.errors import HubscanError
+        raise HubscanError(str(out), f"folder {out.parent} does not exist")
     from hubscan import __version__
     from hubscan.query import connect
 
     from hubscan.store import Dataset
 
+    step("reading the dataset")
     con = connect(dataset, require=False, **(storage_options or {}))
     have = _views(con)
     data = Dataset(dataset, **storage_options) if storage_options else dataset
@@ -356,14 +369,14 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
             "<p class='meta'>α: exponent of the power-law fit p(λ) ∝ λ^−α of each layer's ESD tail "
             "(eigenvalues of WᵀW); α &lt; 2 over-trained, α &gt; 6 under-trained (Martin &amp; Mahoney).</p>"]
     body += _survey_section(con, have)
+    step("accuracy correlations and scatter plots")
     body += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
+    step("layer plots")
     body += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
     con.close()
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out

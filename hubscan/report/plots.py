@@ -508,12 +508,17 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     return fig
 
 
+def _key(row) -> str:
+    """The ``name:part`` key of a layer row (the key of ``AnalysisResult.evals``)."""
+    return row["name"] + (f":{row['part']}" if row.get("part") else "")
+
+
 def _sanitize(name: str, width: int = 100) -> str:
     clean = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._")
     return clean[:width] or "layer"
 
 
-def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100) -> list[Path]:
+def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100, progress=None) -> list[Path]:
     """The plots of one analyzed model (``hubscan analyze --plot DIR``).
 
     Parameters
@@ -523,13 +528,15 @@ def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100) -> list[Pa
     out_dir : path
         Created if missing.
     dpi : int
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each layer plot (the CLI prints from it).
 
     Returns
     -------
     list of pathlib.Path
-        One ``esd_<NNN>_<layer>.png`` per layer with eigenvalues (NNN: order in the model; the
-        layer name with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``), then
-        ``alpha_depth.png``.
+        One ``esd_<layer_id>_<layer>.png`` per layer with eigenvalues (``layer_id`` as in the
+        layers table, 3+ digits; a split part gets ``-<part>``; the layer name with every character
+        outside ``[A-Za-z0-9_.-]`` replaced by ``_``), then ``alpha_depth.png``.
 
     Raises
     ------
@@ -541,15 +548,15 @@ def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100) -> list[Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    index = 0
-    for row in result.rows:
-        key = row["name"] + (f":{row['part']}" if row.get("part") else "")
-        if key not in result.evals:
-            continue
-        file = out / f"esd_{index:03d}_{_sanitize(key)}.png"
-        esd_loglog(result.evals[key], row, title=key, path=file, dpi=dpi)
+    todo = [r for r in result.rows if _key(r) in result.evals]
+    for index, row in enumerate(todo):
+        key = _key(row)
+        lid = row.get("layer_id", index)
+        file = out / f"esd_{lid:03d}_{_sanitize(key)}.png"
+        esd_loglog(result.evals[key], row, title=f"{lid}: {key}", path=file, dpi=dpi)
         files.append(file)
-        index += 1
+        if progress is not None:
+            progress(index + 1, len(todo))
     label = os.path.basename(str(result.source).rstrip("/")) or str(result.source)
     df = result.to_pandas().assign(model_id=label)
     file = out / "alpha_depth.png"

@@ -1,0 +1,244 @@
+"""The command line through its real entry point (``python -m hubscan.cli`` in a subprocess):
+terminal table width, option validation, output files by suffix, one-line errors, help, -q."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import data_dir
+
+CASES = data_dir() / "cases"
+
+
+def run_cli(*args, columns: int | None = None, cwd=None, timeout=300):
+    """Run ``python -m hubscan.cli ARGS`` with COLUMNS set (rich's console width); (rc, stdout, stderr)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    p = subprocess.run([sys.executable, "-m", "hubscan.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env, cwd=cwd, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def _table_lines(out: str) -> list[str]:
+    """The body lines of the per-layer table (between the header rule and the first note)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"})
+    body = []
+    for line in lines[start + 1:]:
+        if not re.match(r"^\s*\d+\s", line):
+            break
+        body.append(line)
+    return body
+
+
+# -- the analyze table ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_analyze_table_fits_and_shows_numbers(width):
+    import hubscan
+    folder = CASES / "gpt2_like"
+    result = hubscan.analyze(str(folder), split_fused=True)
+    rc, out, err = run_cli("analyze", folder, "--split-fused", columns=width)
+    assert rc == 0, err
+    body = _table_lines(out)
+    rows = result.rows
+    assert len(body) == len(rows)  # one line per row: no cell wrapped onto a second line
+    assert all(len(line) <= width for line in out.splitlines()[:len(body) + 3])
+    for line, r in zip(body, rows):
+        # the numbers are visible and equal to the API's, to the printed 3 decimals
+        assert f"{r['alpha']:.3f}" in line and f"{r['D']:.3f}" in line
+        assert f"{r['N']}×{r['M']}" in line
+        full = r["name"] + (f":{r['part']}" if r["part"] else "")
+        shown = line.split()[1]
+        if width == 200:
+            assert shown == full
+        else:  # shortened from the left: the end of the name (the part that differs) stays
+            assert full.endswith(shown.lstrip("…")) and len(shown) >= 16
+
+
+def test_analyze_table_status_and_reasons_at_80():
+    rc, out, err = run_cli("analyze", CASES / "degenerate_and_good.safetensors", columns=80)
+    assert rc == 0, err
+    body = _table_lines(out)
+    assert len(body) == 3 and all(len(line) <= 80 for line in body)
+    assert body[0].rstrip().endswith("failed") and body[2].rstrip().endswith("success")
+    assert "a.zero.weight: failed: too few nonzero eigenvalues" in out
+
+
+def test_analyze_columns_option():
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,alpha,log_norm,num_spikes",
+                           columns=80)
+    assert rc == 0, err
+    header = [line for line in out.splitlines() if "log_norm" in line][0]
+    assert header.split() == ["name", "alpha", "log_norm", "num_spikes"]
+    rc, _, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,bogus")
+    assert rc == 2 and "bogus" in err and len(err.strip().splitlines()) == 1
+
+
+# -- --out by suffix, provenance, no folders created ---------------------------------------------
+
+def test_analyze_out_by_suffix(tmp_path):
+    import hubscan
+    case = CASES / "degenerate_and_good.safetensors"
+    result = hubscan.analyze(str(case))
+    for suffix in (".parquet", ".csv", ".json"):
+        out = tmp_path / f"layers{suffix}"
+        rc, stdout, err = run_cli("analyze", case, "--out", out, "-q")
+        assert rc == 0 and stdout == "" and err == "", (stdout, err)
+        if suffix == ".parquet":
+            t = pq.read_table(out)
+            rows = t.to_pylist()
+            prov = json.loads(t.schema.metadata[b"hubscan.provenance"])
+            assert prov["model"] == str(case) and prov["source"] == "local" and prov["revision"]
+            assert prov["options"]["min_evals"] == 8 and prov["hubscan_version"] == hubscan.__version__
+        elif suffix == ".csv":
+            with open(out, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            assert out.read_bytes()[:4] != b"PAR1"
+        else:
+            rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [r["name"] for r in rows] == [r["name"] for r in result.rows]
+        good = [r for r in rows if r["status"] == "success"][0]
+        assert float(good["alpha"]) == pytest.approx(result.rows[2]["alpha"], rel=1e-12)
+
+
+@pytest.mark.parametrize("args", [
+    ["analyze", CASES / "ok_small.safetensors", "--out", "{tmp}/no/such/dir/x.parquet"],
+    ["analyze", CASES / "ok_small.safetensors", "--out", "{tmp}/x.txt"],
+])
+def test_analyze_out_refused(tmp_path, args):
+    args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
+    rc, out, err = run_cli(*args)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Error" not in err
+    assert not (tmp_path / "no").exists() and not (tmp_path / "x.txt").exists()
+
+
+# -- option validation: one line, exit 2 ---------------------------------------------------------
+
+@pytest.mark.parametrize("args, needle", [
+    (["survey", "--source", "local:x", "--out", "o", "--actors", "0"], "--actors"),
+    (["survey", "--source", "local:x", "--out", "o", "--actors", "-2"], "--actors"),
+    (["survey", "--source", "local:x", "--out", "o", "--max-in-flight", "0"], "--max-in-flight"),
+    (["survey", "--source", "local:x", "--out", "o", "--limit", "-1"], "--limit"),
+    (["correlate", "--dataset", "d", "--bootstrap", "-5"], "--bootstrap"),
+    (["analyze", "m", "--min-evals", "-5"], "--min-evals"),
+    (["analyze", "m", "--min-evals", "1e9"], "--min-evals"),
+    (["analyze", "m", "--max-evals", "0"], "--max-evals"),
+    (["analyze", "m", "--min-evals", "50", "--max-evals", "10"], "--max-evals"),
+    (["analyze", "m", "--evals-thresh", "-1"], "--evals-thresh"),
+    (["analyze", "m", "--evals-thresh", "nan"], "--evals-thresh"),
+    (["analyze", "m", "--timeout", "-1"], "--timeout"),
+    (["analyze", "m", "--max-retries", "-3"], "--max-retries"),
+    (["analyze", "m", "--device", "tpu"], "--device"),
+    (["survey", "--source", "local:x", "--out", "o", "--storage-options", "{bad"], "--storage-options"),
+])
+def test_bad_options_one_line(tmp_path, args, needle):
+    rc, out, err = run_cli(*args, cwd=tmp_path)
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and needle in err and "Error" not in err
+    assert os.listdir(tmp_path) == []  # nothing created
+
+
+def test_cuda_without_gpu_refused(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for cmd in (["survey", "--source", f"local:{CASES}", "--out", tmp_path / "ds"],
+                ["analyze", CASES / "ok_small.safetensors"]):
+        rc, out, err = run_cli(*cmd, "--device", "cuda")
+        assert rc == 2 and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ds").exists()
+
+
+def test_help_has_examples_and_no_empty_choice():
+    rc, out, _ = run_cli("analyze", "--help", columns=200)
+    assert rc == 0 and "examples:" in out and "{none,xmin_peak,clip_xmax}" in out and "{," not in out
+    for cmd in ("survey", "sql", "accuracy", "correlate", "report"):
+        rc, out, _ = run_cli(cmd, "--help", columns=200)
+        assert rc == 0 and "examples:" in out, cmd
+        if cmd in ("accuracy", "correlate", "report"):
+            assert re.search(r"--dataset DIR_OR_URL\s+\S", out) and "--storage-options" in out, cmd
+    rc, out, _ = run_cli("report", "--help", columns=200)
+    for opt in ("--metric", "--benchmark", "--group-by"):
+        assert re.search(opt + r" \S+\s+\w", out), opt
+
+
+def test_debug_after_subcommand_shows_traceback(tmp_path):
+    missing = tmp_path / "missing.safetensors"
+    rc, _, err = run_cli("analyze", missing)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and str(missing) in err
+    rc, _, err = run_cli("analyze", missing, "--debug")
+    assert rc == 1 and "Traceback" in err
+
+
+# -- accuracy: no dataset from a typo, matches reported ------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_dataset(tmp_path_factory):
+    """A real survey (CLI, embedded Ray) of a small local hub: two models under hub/net/."""
+    root = tmp_path_factory.mktemp("cli")
+    hub = root / "out" / "hub" / "net"
+    hub.mkdir(parents=True)
+    shutil.copy(CASES / "ok_small.safetensors", hub / "a.safetensors")
+    shutil.copy(CASES / "degenerate_and_good.safetensors", hub / "b.safetensors")
+    rc, out, err = run_cli("survey", "--source", "local:out/hub", "--out", "ds", "--actors", "1", "--no-progress",
+                           cwd=root, timeout=600)
+    assert rc == 0, err
+    rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "json", "SELECT model_id FROM models ORDER BY 1",
+                           cwd=root)
+    assert rc == 0, err
+    return root, [r["model_id"] for r in json.loads(out)]
+
+
+def test_accuracy_refuses_missing_dataset(tmp_path):
+    (tmp_path / "acc.csv").write_text("model_id,metric,value\nx,top1,1\n")
+    rc, out, err = run_cli("accuracy", "--dataset", "typo/ds", "--csv", "acc.csv", cwd=tmp_path)
+    assert rc == 1 and "typo/ds" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "typo").exists()
+
+
+def test_accuracy_reports_matches_and_stores_local(local_dataset):
+    root, ids = local_dataset
+    assert len(ids) == 2
+    # the ids the user sees: the path under the surveyed folder, as typed from the checkout
+    shown = [mid if mid.startswith("/") else f"out/hub/{mid}" for mid in ids]
+    lines = ["model_id,metric,value", f"{shown[0]},top1,71.5", f"{shown[1]},top1,64.0", "elsewhere/c.pt,top1,1"]
+    (root / "acc.csv").write_text("\n".join(lines) + "\n")
+    rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "acc.csv", cwd=root, columns=200)
+    assert rc == 0, err
+    assert "3 accuracy rows for 3 models" in out and "2 of them match a surveyed model" in out
+    rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "json",
+                           "SELECT source, model_id, value FROM accuracy ORDER BY value DESC", cwd=root)
+    got = json.loads(out)
+    assert [g["source"] for g in got] == ["local"] * 3
+    assert [g["model_id"] for g in got[:2]] == ids
+    # nothing matches: a warning, still exit 0
+    (root / "none.csv").write_text("model_id,metric,value\nnot/a/model.pt,top1,3\n")
+    rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "none.csv", cwd=root, columns=200)
+    assert rc == 0 and "0 of them match" in out and "warning" in err and "no row names a model" in err
+
+
+def test_quiet_prints_nothing(local_dataset, tmp_path):
+    root, _ = local_dataset
+    (root / "q.csv").write_text("model_id,metric,value\nnot/a/model2.pt,top1,3\n")
+    rc, out, err = run_cli("-q", "accuracy", "--dataset", "ds", "--csv", "q.csv", cwd=root)
+    assert rc == 0 and out == "" and err == ""
+    rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "r.html", "-q", cwd=root)
+    assert rc == 0 and out == "" and err == "" and (tmp_path / "r.html").exists()
+
+
+def test_report_out_folder_not_created(local_dataset, tmp_path):
+    root, _ = local_dataset
+    rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "no" / "r.html", cwd=root)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
