@@ -249,31 +249,49 @@ def _fit_columns(result, columns, explicit: bool):
     return columns
 
 
-def _layer_table(result, columns, width: int):
-    """The per-layer rich Table of one result, fitted to ``width`` terminal columns: no cell wraps;
-    the name column takes the width the others leave and is shortened from the left."""
+def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left, flexible: str | None,
+                  width: int, caption: str | None = None, min_flexible: int = _MIN_NAME, optional=()):
+    """A rich Table in which no cell wraps: every column as wide as its widest cell, except
+    ``flexible``, which takes the width the others leave (at least ``min_flexible``) and is shortened
+    from the left; ``optional`` columns are left out, last first, while the table would not fit."""
     from rich import box
     from rich.table import Table
 
-    keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
-    titles = ["N×M" if c == "NxM" else c for c in columns]
-    cells = [[_layer_cell(r, k) for k in keys] for r in result.rows]
+    titles, cells = list(titles), [list(r) for r in cells]
     widths = [max([len(t)] + [len(row[i]) for row in cells]) for i, t in enumerate(titles)]
-    if "name" in keys:
-        i = keys.index("name")
-        other = sum(w for j, w in enumerate(widths) if j != i) + _GAP * (len(columns) - 1)
-        name_w = max(_MIN_NAME, min(widths[i], width - other))
+
+    def others():
+        i = titles.index(flexible) if flexible in titles else -1
+        return sum(w for j, w in enumerate(widths) if j != i) + _GAP * (len(titles) - 1)
+
+    for t in reversed(optional):
+        if t in titles and others() + min_flexible > width:
+            i = titles.index(t)
+            del titles[i], widths[i]
+            for row in cells:
+                del row[i]
+    if flexible in titles:
+        i = titles.index(flexible)
+        w = max(min_flexible, min(widths[i], width - others()))
         for row in cells:
-            row[i] = _short_left(row[i], name_w)
-        widths[i] = max(len(titles[i]), name_w)
-    table = Table(title=f"{result.source} ({result.format})", box=box.SIMPLE_HEAD, show_edge=False,
-                  padding=(0, 0, 0, 1), pad_edge=False, header_style="bold", title_justify="left")
-    for t, k, w in zip(titles, keys, widths):
-        table.add_column(t, justify="left" if k in _LEFT else "right", no_wrap=True, overflow="ellipsis",
-                         min_width=w)
+            row[i] = _short_left(row[i], w)
+        widths[i] = max(len(titles[i]), w)
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False,
+                  header_style="bold", title_justify="left", caption=caption, caption_justify="left")
+    for t, w in zip(titles, widths):
+        table.add_column(t, justify="left" if t in left else "right", no_wrap=True, overflow="ellipsis", min_width=w)
     for row in cells:
         table.add_row(*row)
     return table
+
+
+def _layer_table(result, columns, width: int):
+    """The per-layer table of one result, fitted to ``width`` terminal columns (the name shortened)."""
+    keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
+    titles = ["N×M" if c == "NxM" else c for c in columns]
+    cells = [[_layer_cell(r, k) for k in keys] for r in result.rows]
+    return _fitted_table(f"{result.source} ({result.format})", titles, cells,
+                         left=[t for t, k in zip(titles, keys) if k in _LEFT], flexible="name", width=width)
 
 
 def _print_result(result, console, columns, explicit: bool = False) -> None:
@@ -586,12 +604,21 @@ def _add_accuracy(sub) -> None:
 
 # -- correlate ----------------------------------------------------------------------------------------
 
+#: correlate's terminal columns: title → column of :func:`hubscan.correlate.correlate`'s table
+#: (``*_ci``: the bootstrap interval of that statistic, shown with --bootstrap).
+CORRELATE_COLUMNS = {"group": "group", "metric": "metric", "n": "n", "rho": "spearman_rho",
+                     "rho 95% CI": "spearman_rho_ci", "p(rho)": "spearman_p", "tau": "kendall_tau",
+                     "tau 95% CI": "kendall_tau_ci", "p(tau)": "kendall_p", "r": "pearson_r", "rmse": "rmse",
+                     "r2": "r2"}
+
+
 def _corr_cell(r, c) -> str:
-    if c in ("kendall_tau", "spearman_rho") and f"{c}_lo" in r and not _isnan(r[f"{c}_lo"]):
-        return f"{_fmt(r[c], 3)} [{_fmt(r[c + '_lo'], 2)}, {_fmt(r[c + '_hi'], 2)}]"
+    if c.endswith("_ci"):
+        lo, hi = r.get(c[:-3] + "_lo"), r.get(c[:-3] + "_hi")
+        return "" if _isnan(lo) else "[" + f"{lo:.2f},{hi:.2f}".replace("0.", ".") + "]"
     v = r[c]
     if c.endswith("_p") and isinstance(v, float) and 0 < v < 1e-3:
-        return f"{v:.1e}"
+        return f"{v:.0e}"
     return v if isinstance(v, str) else _fmt(v, 3)
 
 
@@ -600,7 +627,6 @@ def _isnan(v) -> bool:
 
 
 def cmd_correlate(args) -> int:
-    from rich.table import Table
     from hubscan.correlate import correlate, joined, write_correlations
     from hubscan.store import Dataset
 
@@ -614,22 +640,22 @@ def cmd_correlate(args) -> int:
     corr = correlate(df, metric=args.metric, group_by=args.group_by, bootstrap=args.bootstrap, seed=args.seed)
     if args.out:
         write_correlations(corr, args.out)
-    ci = " [95% bootstrap CI]" if args.bootstrap else ""
-    table = Table(title=f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})",
-                  caption=f"tau, rho{ci}; p: two-sided p-values (Kendall, Spearman)" if ci else None)
-    cols = ["group", "metric", "n", "spearman_rho", "spearman_p", "kendall_tau", "kendall_p", "pearson_r", "rmse", "r2"]
-    present = [c for c in cols if c in corr.columns]
-    for c in present:
-        table.add_column(c, justify="left" if c in ("group", "metric") else "right")
-    small = []
+    titles = [t for t, c in CORRELATE_COLUMNS.items()
+              if (c in corr.columns) or (c.endswith("_ci") and args.bootstrap and c[:-3] + "_lo" in corr.columns)]
+    small, cells = [], []
     for group, rows in corr.groupby("group", sort=False):
         n = rows["n"].max()
         if _isnan(n) or n < 3:
             small.append(f"{group} (n={0 if _isnan(n) else int(n)})")
             continue
-        for _, r in rows.iterrows():
-            table.add_row(*[str(_corr_cell(r, c)) for c in present])
+        cells += [[str(_corr_cell(r, CORRELATE_COLUMNS[t])) for t in titles] for _, r in rows.iterrows()]
     console = _console(args)
+    table = _fitted_table(f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})", titles,
+                          cells, left=("group", "metric"), flexible="metric", min_flexible=10,
+                          optional=("p(rho)", "r", "rmse", "r2"), width=console.width,
+                          caption="rho: Spearman, tau: Kendall (two-sided p); r: Pearson, rmse, r2: least-squares "
+                                  "line" + (f"; CI: percentile bootstrap, {args.bootstrap} resamples"
+                                            if args.bootstrap else "") + "; every column in --out")
     console.print(table)
     if small:
         console.print(f"not enough models to correlate (n < 3): {', '.join(small)}", highlight=False)

@@ -369,6 +369,44 @@ def test_correlate_bootstrap(synth):
     assert math.isnan(a[a["group"] == "bert"].iloc[0]["kendall_tau_lo"])
 
 
+def test_correlate_cli_terminal_table(synth):
+    """The real entry point: groups under 3 models are one note line, not empty rows; the bootstrap
+    interval and Spearman's p are in the terminal table."""
+    import os
+    import subprocess
+    import sys
+    ds, _ = synth
+    j = joined(ds, metric="top1")
+    corr = correlate(j, bootstrap=100, seed=0)
+    env = {**os.environ, "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "hubscan.cli", "correlate", "--dataset", ds.url, "--bootstrap", "100"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    header = [line for line in lines if "p(rho)" in line][0].split()
+    assert header == ["group", "metric", "n", "rho", "rho", "95%", "CI", "p(rho)", "tau", "tau", "95%", "CI",
+                      "p(tau)", "r", "rmse", "r2"]
+    assert not [line for line in lines if line.split()[:1] in (["bert"], ["gpt2"])]  # small groups: no rows
+    note = [line for line in lines if line.startswith("not enough models")]
+    assert len(note) == 1 and "bert (n=2)" in note[0] and "gpt2 (n=1)" in note[0]
+    row = corr[(corr["group"] == "all") & (corr["metric"] == "alpha")].iloc[0]
+    shown = [line.split() for line in lines if line.split()[:2] == ["all", "alpha"]]
+    assert len(shown) == 1
+    ci = lambda c: "[" + f"{row[c + '_lo']:.2f},{row[c + '_hi']:.2f}".replace("0.", ".") + "]"  # noqa: E731
+    assert shown[0][3:6] == [f"{row['spearman_rho']:.3f}", ci("spearman_rho"),
+                             f"{row['spearman_p']:.0e}" if row["spearman_p"] < 1e-3 else f"{row['spearman_p']:.3f}"]
+    assert shown[0][6:8] == [f"{row['kendall_tau']:.3f}", ci("kendall_tau")]
+    assert all(len(line) <= 200 for line in lines)
+    # 80 columns: no cell cut or wrapped; r / rmse / r2 (in --out) give way first
+    p = subprocess.run([sys.executable, "-m", "hubscan.cli", "correlate", "--dataset", ds.url, "--bootstrap", "100"],
+                       capture_output=True, text=True, env={**env, "COLUMNS": "80"}, timeout=300)
+    lines = p.stdout.splitlines()
+    header = [line for line in lines if "p(tau)" in line][0]
+    assert header.rstrip().endswith("p(tau)") and len(header) <= 80
+    shown = [line.split() for line in lines if line.split()[:2] == ["all", "alpha"]][0]
+    assert shown[3:5] == [f"{row['spearman_rho']:.3f}", ci("spearman_rho")]
+
+
 def test_rand_distance_from_layers(tmp_path):
     ds = Dataset(str(tmp_path / "ds"))
     for i in range(4):
