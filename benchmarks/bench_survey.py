@@ -2,7 +2,7 @@
 
     python benchmarks/bench_survey.py [--quick] [--json OUT]
 
-Over the local hub of real weights (``hubscan.localhub``: all-MiniLM-L6-v2, silero-vad, the 15
+Over the local hub of real weights (``hubscan.demo.localhub``: all-MiniLM-L6-v2, silero-vad, the 15
 LigandMPNN-family checkpoints, 5 PocketNet folds):
 
 * **plain loop**: ``hubscan.analyze`` of every model in one process, each model's rows written to
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     import ray
     import torch
     import hubscan
-    from hubscan.localhub import build_local_hub
+    from hubscan.demo.localhub import build_local_hub
     from hubscan.sources import enumerate_models
     from hubscan.survey import SurveyConfig, survey
 

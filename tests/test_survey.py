@@ -20,7 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import hubscan  # noqa: E402
 from hubscan.analysis import AnalyzeOptions  # noqa: E402
-from hubscan.localhub import build_local_hub  # noqa: E402
+from hubscan.demo.localhub import build_local_hub  # noqa: E402
 from hubscan.survey import SurveyConfig, survey  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

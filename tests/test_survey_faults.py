@@ -167,7 +167,7 @@ def _free_port() -> int:
 
 def test_ray_job_submit(tmp_path):
     """``ray job submit`` of jobs/survey.py to a head node started here (stopped by signal, not `ray stop`)."""
-    from hubscan.localhub import build_local_hub
+    from hubscan.demo.localhub import build_local_hub
 
     hub = tmp_path / "hub"
     for link in build_local_hub(hub):

@@ -64,7 +64,7 @@ def build_local_hub(root: str | os.PathLike) -> list[str]:
     return made
 
 
-if __name__ == "__main__":  # python -m hubscan.localhub DIR
+if __name__ == "__main__":  # python -m hubscan.demo.localhub DIR
     import sys
     made = build_local_hub(sys.argv[1] if len(sys.argv) > 1 else "hub")
     print(f"{len(made)} models linked under {sys.argv[1] if len(sys.argv) > 1 else 'hub'}")
