@@ -23,6 +23,7 @@ from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.phases import classify_phase
+from hubscan.esd.select import LayerFilter
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, parse_ref
@@ -31,6 +32,11 @@ from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
+
+
+#: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
+#: so datasets written before they existed keep their hashes (and are not re-analyzed).
+ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +70,17 @@ class AnalyzeOptions:
     keep_evals : bool
         Keep every layer's eigenvalues in the result (for the ``esd`` table and plots).
     seed : int
-        Seed of the shuffle behind rand_distance.
+        Seed of the shuffle behind rand_distance (and of the bootstraps).
+    alpha_ci : float
+        Level of the bootstrap confidence interval of alpha (0 = off; e.g. 0.95), columns
+        ``alpha_ci_lo`` / ``alpha_ci_hi`` (:mod:`hubscan.esd.uncertainty`).
+    alpha_ci_samples : int
+        Its resamples.
+    ks_pvalue : int
+        Synthetic data sets of the CSN goodness-of-fit p-value (0 = off), columns ``ks_pvalue`` and
+        ``fit_quality``.
+    layers : str
+        Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer.
     """
 
     device: str = "cpu"
@@ -81,6 +97,10 @@ class AnalyzeOptions:
     max_evals: int | None = None
     keep_evals: bool = False
     seed: int = 0
+    alpha_ci: float = 0.0
+    alpha_ci_samples: int = 100
+    ks_pvalue: int = 0
+    layers: str = ""
 
 
 @dataclasses.dataclass
@@ -168,6 +188,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     from concurrent.futures import Future, ThreadPoolExecutor
 
     device = resolve_device(options.device)
+    selected = LayerFilter.parse(options.layers)
 
     def planned():
         for layer_id, entry in enumerate(entries):
@@ -180,6 +201,10 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
                                   conv_slices=options.conv_slices, min_evals=options.min_evals,
                                   max_evals=options.max_evals, sibling_shapes=shapes)
+            if selected.include or selected.exclude:
+                plans = [p if p.skip_reason is not None or selected.keeps(layer_id, entry.name, p.layer_type)
+                         else dataclasses.replace(p, skip_reason=f"excluded by --layers {selected.spec}")
+                         for p in plans]
             yield layer_id, entry, plans
 
     def loader(pool, entry, plans) -> Future | None:
@@ -258,6 +283,8 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     row["eig_method"] = esd.method
     if fit.status != "success":
         row.update(status="failed", reason=fit.reason)
+    else:
+        _add_uncertainty(esd.evals, fit, options, row)
     if options.randomize:
         gen = torch.Generator().manual_seed(options.seed)
         flat = slices.reshape(-1)
@@ -272,6 +299,18 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     elif options.mp_fit:
         row["phase"] = "rank-collapse"  # all eigenvalues zero
     return esd.evals
+
+
+def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: dict) -> None:
+    from hubscan.esd.uncertainty import alpha_bootstrap_ci, fit_quality, ks_pvalue
+    if options.alpha_ci:
+        ci = alpha_bootstrap_ci(evals, fit.xmin, level=options.alpha_ci, samples=options.alpha_ci_samples,
+                                seed=options.seed, evals_thresh=options.evals_thresh)
+        row.update(alpha_ci_lo=ci.lo, alpha_ci_hi=ci.hi)
+    if options.ks_pvalue:
+        p = ks_pvalue(evals, fit.alpha, fit.xmin, fit.D, samples=options.ks_pvalue,
+                      evals_thresh=options.evals_thresh, seed=options.seed)
+        row.update(ks_pvalue=p, fit_quality=fit_quality(p))
 
 
 def open_model(model: str | os.PathLike | ModelRef, client: HubClient | None = None) -> tuple[WeightSet, ModelRef, dict]:

@@ -105,6 +105,8 @@ def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
 def _check_fit_options(parser: argparse.ArgumentParser, args) -> None:
     if args.max_evals is not None and args.min_evals > args.max_evals:
         parser.error(f"--min-evals {args.min_evals} is above --max-evals {args.max_evals}: every layer would be skipped")
+    if getattr(args, "alpha_ci", 0.0) >= 1:
+        parser.error(f"--alpha-ci {args.alpha_ci:g}: a confidence level is below 1 (e.g. 0.95)")
 
 
 # -- shared option groups -------------------------------------------------------------------------
@@ -121,6 +123,15 @@ def _add_dataset(p: argparse.ArgumentParser, *, what: str) -> None:
                    help=f"the survey dataset {what} (a directory or s3://…, gs://… URL written by `hubscan survey`)")
     p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
                    help="filesystem options as JSON, e.g. '{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
+
+
+def _layer_spec(text: str) -> str:
+    from hubscan.esd.select import LayerFilter
+    try:
+        LayerFilter.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -141,6 +152,16 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="skip layers with fewer eigenvalues (default 8)")
     g.add_argument("--max-evals", type=_int_range(1), default=None,
                    help="skip layers with more eigenvalues (default: none)")
+    g.add_argument("--alpha-ci", type=_float_range(0.0, strict=True), default=0.0, metavar="LEVEL",
+                   help="bootstrap confidence interval of alpha at this level, e.g. 0.95 (columns alpha_ci_lo/hi)")
+    g.add_argument("--alpha-ci-samples", type=_int_range(10), default=100, metavar="B",
+                   help="its resamples, each a full power-law fit (default 100)")
+    g.add_argument("--ks-pvalue", type=_int_range(1), default=0, metavar="B",
+                   help="CSN goodness-of-fit p-value from B synthetic data sets, e.g. 100 (columns ks_pvalue, "
+                        "fit_quality); costs B power-law fits per layer")
+    g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
+                   help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d), "
+                        "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
     g.add_argument("--evals-thresh", type=_float_range(0.0), default=1e-5,
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")
 
@@ -175,7 +196,9 @@ def _options(args):
                           evals_thresh=args.evals_thresh,
                           fix_fingers="" if args.fix_fingers == "none" else args.fix_fingers, tpl=args.tpl,
                           mp_fit=args.mp_fit, randomize=args.randomize, split_fused=args.split_fused,
-                          conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals)
+                          conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals,
+                          alpha_ci=args.alpha_ci, alpha_ci_samples=args.alpha_ci_samples, ks_pvalue=args.ks_pvalue,
+                          layers=args.layers)
 
 
 def _console(args=None, *, stderr: bool = False):

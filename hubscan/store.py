@@ -60,6 +60,11 @@ def config_hash(options) -> str:
     d = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
     for k in ("device", "keep_evals"):
         d.pop(k, None)
+    from hubscan.analysis import ADDED_OPTIONS, AnalyzeOptions
+    defaults = AnalyzeOptions()
+    for k in ADDED_OPTIONS:  # new options at their default leave old hashes unchanged
+        if k in d and d[k] == getattr(defaults, k):
+            d.pop(k)
     d["schema_version"] = SCHEMA_VERSION
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

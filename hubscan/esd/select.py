@@ -1,0 +1,90 @@
+"""Which layers to analyze: the ``--layers`` filter (WeightWatcher's ``layers=``, extended).
+
+Syntax: comma-separated terms; a term starting with ``!`` excludes, any other term includes.
+
+* ``7`` or ``2-5`` — layer ids, ranges inclusive (hubscan's ``layer_id``: the tensor's position in
+  the model's files, 1-D tensors counted; WW numbers its own layer objects, so ids differ from WW's);
+* ``dense``, ``embedding``, ``conv1d``, ``conv2d`` — layer types (the ``layer_type`` column);
+* anything else — a shell-style glob on the tensor name (``fnmatch``, case-sensitive):
+  ``*attention*``, ``encoder.layer.0.*``.
+
+A matrix is analyzed when it matches at least one including term (or there is none) and no
+excluding term; the others get a skipped row "excluded by --layers SPEC". Where WW composes its
+three filter kinds in sequence (ids, types and names each overriding the previous decision) and
+requires exact names, hubscan's rule is one boolean formula. WW's ``min_size``/``max_size`` are
+ignored by WW 0.7.7 itself ("changed to min_evals, max_evals"): hubscan's ``--min-evals`` /
+``--max-evals`` are those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import re
+
+LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d")
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFilter:
+    """A parsed ``--layers`` spec.
+
+    Attributes
+    ----------
+    spec : str
+        The text it was parsed from.
+    include, exclude : tuple of (str, object)
+        Terms as (kind, value): ``("ids", (lo, hi))``, ``("type", name)``, ``("glob", pattern)``.
+    """
+
+    spec: str
+    include: tuple
+    exclude: tuple
+
+    @classmethod
+    def parse(cls, spec: str) -> "LayerFilter":
+        """Parse a spec (module docstring).
+
+        Raises
+        ------
+        ValueError
+            An empty term, or a range whose end is below its start.
+        """
+        include, exclude = [], []
+        for raw in (spec or "").split(","):
+            term = raw.strip()
+            if not term and (spec or "").strip():
+                raise ValueError(f"empty term in --layers {spec!r}")
+            if not term:
+                continue
+            target = exclude if term.startswith("!") else include
+            term = term.lstrip("!").strip()
+            if not term:
+                raise ValueError(f"empty term in --layers {spec!r}")
+            m = _RANGE.match(term)
+            if m:
+                lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+                if hi < lo:
+                    raise ValueError(f"range {term!r} in --layers ends before it starts")
+                target.append(("ids", (lo, hi)))
+            elif term in LAYER_TYPES:
+                target.append(("type", term))
+            else:
+                target.append(("glob", term))
+        return cls(spec or "", tuple(include), tuple(exclude))
+
+    @staticmethod
+    def _match(term, layer_id: int, name: str, layer_type: str) -> bool:
+        kind, value = term
+        if kind == "ids":
+            return value[0] <= layer_id <= value[1]
+        if kind == "type":
+            return layer_type == value
+        return fnmatch.fnmatchcase(name, value)
+
+    def keeps(self, layer_id: int, name: str, layer_type: str) -> bool:
+        """True when the matrix is analyzed."""
+        if any(self._match(t, layer_id, name, layer_type) for t in self.exclude):
+            return False
+        return not self.include or any(self._match(t, layer_id, name, layer_type) for t in self.include)
