@@ -215,3 +215,81 @@ def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
     rank = int(np.count_nonzero(evals > evals[-1] * N * eps))
     return dataclasses.replace(esd, evals=evals, sv_min=float(np.sqrt(evals[0])), rank_loss=k - rank,
                                matrix_rank=rank)
+
+
+def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", precision: str = "float64",
+                          chunk: int = 8) -> list[np.ndarray]:
+    """Eigenvalues of X = WᵀW for many same-shape matrices, in batched ``eigvalsh`` calls.
+
+    For a GPU, the per-call overhead of ``eigvalsh`` (cuSOLVER ``syevjBatched`` / ``syevd``) and the
+    host-to-device copies dominate small and mid-size layers; stacking the Gram matrices of
+    same-shape layers (q/k/v/o, the MLP projections, experts) into one (B, M, M) call amortises it.
+    On CUDA, each matrix is copied from pinned host memory on a side stream while the previous one's
+    Gram product runs on the compute stream (copy/compute overlap); on CPU the same code runs without
+    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` still decomposes one
+    layer at a time (its streaming keeps memory at two tensors).
+
+    Parameters
+    ----------
+    mats : sequence of torch.Tensor, each shape (rows, cols), all the same shape, any float dtype
+        Host (or device) tensors.
+    device : str or torch.device or None
+        As :func:`compute_esd`.
+    precision : {"float64", "float32"}
+        Arithmetic of the Gram product and eigvalsh.
+    chunk : int
+        Matrices per batched call (bounds device memory at chunk·M² elements plus one W).
+
+    Returns
+    -------
+    list of ndarray of float64, each shape (M,)
+        Ascending, clipped at 0, in the order of ``mats`` (no eig_scale, no rank bookkeeping).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, unknown precision, or CUDA requested but absent.
+    NonFiniteError
+        A matrix holds NaN or inf.
+    """
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
+    if dtype is None:
+        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
+    mats = list(mats)
+    if not mats:
+        return []
+    shape = tuple(mats[0].shape)
+    if any(tuple(m.shape) != shape or m.dim() != 2 for m in mats):
+        raise ValueError("batched eigenvalues need 2-D matrices of one shape")
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    copy_stream = torch.cuda.Stream(device=dev) if cuda else None
+    out: list[np.ndarray] = []
+
+    def to_device(W: torch.Tensor) -> torch.Tensor:
+        if not cuda:
+            return W
+        src = W if W.device.type == "cuda" or W.is_pinned() else W.pin_memory()
+        with torch.cuda.stream(copy_stream):
+            return src.to(dev, non_blocking=True)
+
+    for start in range(0, len(mats), chunk):
+        group = mats[start:start + chunk]
+        grams = []
+        nxt = to_device(group[0])
+        for i in range(len(group)):
+            cur = nxt
+            if cuda:
+                torch.cuda.current_stream(dev).wait_stream(copy_stream)
+                cur.record_stream(torch.cuda.current_stream(dev))
+            if i + 1 < len(group):
+                nxt = to_device(group[i + 1])      # the next copy overlaps this Gram product
+            grams.append(_gram(cur, dev, dtype))
+            del cur
+        G = torch.stack(grams)
+        del grams
+        _check_gram_finite(G)
+        ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)
+        del G
+        out.extend(e.to("cpu", torch.float64).numpy() for e in ev)
+    return out
