@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from hubscan.errors import HubscanError, NoWeightsError
+from hubscan.errors import HubscanError, NoWeightsError, SkippedTensor
 from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
@@ -29,9 +29,13 @@ from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, parse_ref
 from hubscan.weights import open_weights
 from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
+
+#: Fits on fewer eigenvalues than this get a caution in the row's ``reason`` (e.g. LoRA factors, M = rank).
+FEW_EVALS = 20
 
 
 #: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
@@ -192,13 +196,14 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
 
     def planned():
         for layer_id, entry in enumerate(entries):
-            if len(entry.shape) < 2:
-                continue
-            if getattr(entry, "skip_reason", ""):  # e.g. a tensor without a partner in the base model
+            if entry.skip_reason:  # known unreadable before reading (any rank: it is named)
                 yield layer_id, entry, [LayerPlan(entry.name, "", "skipped", tuple(entry.shape),
                                                   skip_reason=entry.skip_reason)]
                 continue
-            plans = plan_matrices(entry.name, entry.shape, entry.dtype, split_fused=options.split_fused,
+            if len(entry.shape) < 2:
+                continue
+            dtype = "float32" if entry.layout else entry.dtype  # decoded layouts load as float32
+            plans = plan_matrices(entry.name, entry.shape, dtype, split_fused=options.split_fused,
                                   conv_slices=options.conv_slices, min_evals=options.min_evals,
                                   max_evals=options.max_evals, sibling_shapes=shapes)
             if selected.include or selected.exclude:
@@ -242,6 +247,11 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                         tensor = fut.result()
                     evals = _analyze_plan(plan, tensor, options, device, row, rank=getattr(entry, "rank", 0))
                     row.update(getattr(entry, "extras", {}))  # base-model distances
+                except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
+                    row.update(status="skipped", reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
+                               rf=None, device=None, seconds=time.perf_counter() - t0)
+                    yield row, None
+                    continue
                 except Exception as exc:  # one bad layer never stops the others
                     log.warning("%s: %s", entry.name, _one_line(exc))
                     row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
@@ -260,10 +270,11 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dic
     skipped = plan.skip_reason is not None
     return {**dict.fromkeys(LAYER_COLUMNS), "alpha": math.nan,
         "layer_id": layer_id, "name": entry.name, "part": plan.part, "layer_type": plan.layer_type,
-        "shape": list(entry.shape), "dtype": entry.dtype,
+        "shape": list(entry.shape), "dtype": entry.dtype, "companions": list(entry.companions),
         "N": None if skipped else plan.N, "M": None if skipped else plan.M,
         "Q": None if skipped else plan.Q, "rf": None if skipped else plan.rf,
-        "status": "skipped" if skipped else "success", "reason": "", "warning": "",
+        "status": "skipped" if skipped else "success", "warning": "",
+        "reason": f"dequantized ({entry.layout})" if entry.layout and not skipped else "",
         "eig_method": None, "device": None if skipped else str(device),
     }
 
@@ -285,6 +296,10 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         row.update(status="failed", reason=fit.reason)
     else:
         _add_uncertainty(esd.evals, fit, options, row)
+        if len(esd.evals) < FEW_EVALS:
+            caution = f"few eigenvalues: fit on {len(esd.evals)} (< {FEW_EVALS}), alpha unreliable"
+            row["reason"] = "; ".join(r for r in (row["reason"], caution) if r)
+            log.warning("%s: %s", plan.name, caution)
     if options.randomize:
         gen = torch.Generator().manual_seed(options.seed)
         flat = slices.reshape(-1)
@@ -412,9 +427,10 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
     rows, evals = [], {}
     with ws:
-        entries = list(ws.entries()) if options.split_fused else None
-        shapes = {e.name: e.shape for e in entries} if entries else None
-        for row, ev in analyze_entries(entries if entries is not None else ws.entries(), options, shapes):
+        entries = resolve_layouts(ws.entries())
+        shapes = {e.name: e.shape for e in entries} if options.split_fused else None
+        unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
+        for row, ev in analyze_entries(entries, options, shapes):
             rows.append(row)
             if options.keep_evals and ev is not None:
                 evals[row["name"] + (f":{row['part']}" if row["part"] else "")] = ev
@@ -424,9 +440,12 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     summary = summarize(rows)
     if summary["num_success"] == 0:
         status, reason = "failed", "no layer could be analyzed"
-    elif missing:
-        status, reason = "incomplete", f"{len(missing)} tensor(s) missing: " + "; ".join(
-            f"{n} ({r})" for n, r in missing[:3]) + (" …" if len(missing) > 3 else "")
+    elif missing or unread:
+        parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
+                 + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
+                                                                     (unread, "in a layout hubscan does not read"))
+                 if lost]
+        status, reason = "incomplete", " | ".join(parts)
     else:
         status, reason = "success", ""
     summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0,

@@ -46,3 +46,8 @@ class SourceError(HubscanError):
 
 class GatedModelError(SourceError):
     """A gated or private model the token does not give access to (a survey records it as skipped)."""
+
+
+class SkippedTensor(HubscanError):
+    """Raised by a tensor's loader when, once read, the tensor is not to be analyzed (e.g. it is a tied copy
+    of another): its row is ``skipped`` with this reason, not ``failed``."""

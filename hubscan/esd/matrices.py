@@ -14,8 +14,13 @@ Rules (each with its source)
   (WW ``conv2D_Wmats`` + ``apply_normalize_Wmats`` with ``conv2d_norm=True``). N and M are the
   slice's true sizes (WW swaps them for out < in with an even kh·kw). Channels-last tensors
   (kh, kw, in, out) are detected by WW's rule ``out + in < kh + kw``.
-* 3-D Conv1d (out, in, k): the k per-tap slices W[:, :, t], pooled the same way with the same
-  0.5 normalisation (WW feeds the 3-D array to a batched SVD instead).
+* 3-D stacked experts (E, out, in): a tensor whose name has a component ``experts`` / ``expert`` or
+  ends ``_exps`` (transformers v5 fused MoE, llama.cpp/GGUF ``ffn_*_exps``, gpt-oss) is E matrices:
+  one row per expert (``part`` = expert index), each out × in, unscaled — the numbers of the same
+  experts stored as separate 2-D tensors. Checked before the two rules below, so E = 2 is never pooled.
+* 3-D Conv1d (out, in, k): every other 3-D tensor: the k per-tap slices W[:, :, t], pooled the same
+  way with the same 0.5 normalisation (WW feeds the 3-D array to a batched SVD instead). A Conv1d is
+  known only by its rank: a stacked tensor not named as experts is read as a convolution.
 * 3-D tensors (1 or 2, gates·H, in) whose middle axis is a gate stack (divisible by 4 or 3) and
   whose name is not an embedding / position / token parameter are ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, not
   scaled. Other (1, A, B) tensors (timm ``pos_embed``, ``cls_token``) stay Conv1d-like and are skipped
@@ -23,6 +28,16 @@ Rules (each with its source)
 * Slices that are vectors (M = 1, e.g. wav2vec2's Conv1d(1, 512, 10)) have no spectrum: skipped,
   reason "too few eigenvalues". So are layers with fewer than ``min_evals`` pooled eigenvalues
   (WW default 8).
+* Not weight matrices, skipped by the last component of their name (``NOT_A_WEIGHT``): learned tokens
+  (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``, ``register_tokens``), position tables
+  stored as a bare parameter (``pos_embed*``, ``positional_embedding``, ``absolute_pos_embed``,
+  ``relative_position_bias_table``), state-space parameters (Mamba ``A_log``, ``A``, ``D``, ``dt_bias``),
+  per-channel scales (layer-scale ``gamma``, ``scale_shift_table``). These are ``nn.Parameter`` s, not
+  module weights: WW never sees them. Position embeddings that are ``nn.Embedding`` weights
+  (``position_embeddings.weight``, ``wpe.weight``) are module weights and analyzed, as WW does.
+* Complex tensors (N, M): the ESD of WᴴW, computed as that of the real 2×2 block embedding
+  [[Re W, −Im W], [Im W, Re W]] (2N × 2M), whose Gram eigenvalues are WᴴW's, each twice
+  (N and M of the row are the embedding's).
 * 1-D tensors (biases, norms), 0-size tensors: skipped. Integer / bool tensors: int64 buffers
   (``position_ids``) skipped as "integer buffer"; other integer dtypes (packed int4 ``qweight``,
   int8 weights) skipped as "quantized". bf16 / fp16 / fp8 are analyzed after upcasting.
@@ -52,6 +67,18 @@ _EMBED = re.compile(r"(embed|wte|wpe|tok_embeddings|token_embd|word_embeddings|p
                     r"shared\.weight)",
                     re.IGNORECASE)
 _INTEGER_BUFFER = {"int64", "uint64"}
+_EXPERTS = re.compile(r"(^|\.)(experts?)(\.|$)|_exps(\.|$)")
+#: Last name components of parameters that are not weight matrices (see the module docstring).
+NOT_A_WEIGHT = {
+    "cls_token": "class token", "reg_token": "register tokens", "register_tokens": "register tokens",
+    "dist_token": "distillation token", "mask_token": "mask token",
+    "pos_embed": "position embedding", "positional_embedding": "position embedding",
+    "absolute_pos_embed": "position embedding", "relative_position_bias_table": "position bias table",
+    "A_log": "state-space parameter", "A": "state-space parameter", "D": "state-space parameter",
+    "dt_bias": "state-space parameter", "ssm_a": "state-space parameter", "ssm_d": "state-space parameter",
+    "gamma": "layer scale", "scale_shift_table": "scale table",
+}
+_NOT_A_WEIGHT = re.compile(r"(^|\.)(" + "|".join(map(re.escape, NOT_A_WEIGHT)) + r")(_\d+)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +182,24 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
     if len(shape) > 4:
         return [_skip(name, shape, f"unsupported {len(shape)}-D tensor")]
 
+    if (m := _NOT_A_WEIGHT.search(name)) is not None:
+        why = f"not a weight matrix ({NOT_A_WEIGHT[m.group(2)]})"
+        if len(shape) == 3 and shape[0] == 1:  # what the old Conv1d reading of (1, A, B) would say
+            why += ": as a (1, A, B) stack each slice is a vector, M = 1"
+        return [_skip(name, shape, why)]
+    if dtype.startswith("complex"):
+        if len(shape) != 2:
+            return [_skip(name, shape, f"complex {len(shape)}-D tensor")]
+        n2, m2 = 2 * max(shape), 2 * min(shape)
+        return [_check_size(LayerPlan(name, "", "embedding" if _EMBED.search(name) else "dense", shape, n2, m2, 1,
+                                      1.0, extract=_realify), min_evals, max_evals)]
+
     plans: list[LayerPlan]
-    if len(shape) == 2:
+    if len(shape) == 3 and _EXPERTS.search(name):
+        experts, rows, cols = shape
+        plans = [LayerPlan(name, str(e), "dense", shape, max(rows, cols), min(rows, cols), 1, 1.0,
+                           extract=lambda W, e=e: W[e:e + 1]) for e in range(experts)]
+    elif len(shape) == 2:
         layer_type = "embedding" if _EMBED.search(name) else "dense"
         plans = _split_2d(name, shape, layer_type, sibling_shapes or {}) if split_fused else [
             LayerPlan(name, "", layer_type, shape, max(shape), min(shape), 1, 1.0,
@@ -183,6 +226,12 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
     return [_check_size(p, min_evals, max_evals) for p in plans]
 
 
+def _realify(W: torch.Tensor) -> torch.Tensor:
+    """Complex (N, M) → real (1, 2N, 2M) [[Re, −Im], [Im, Re]]: Gram eigenvalues = those of WᴴW, each twice."""
+    re_, im = W.real, W.imag
+    return torch.cat([torch.cat([re_, -im], 1), torch.cat([im, re_], 1)], 0).unsqueeze(0)
+
+
 def _conv_plan(name, shape, layer_type, rows, cols, rf, extract) -> LayerPlan:
     return LayerPlan(name, "", layer_type, shape, max(rows, cols), min(rows, cols), rf, CONV_NORM,
                      extract=extract)
@@ -204,7 +253,9 @@ def _check_size(plan: LayerPlan, min_evals: int, max_evals: int | None) -> Layer
     if plan.skip_reason is not None:
         return plan
     if plan.M < 2:
-        return dataclasses.replace(plan, skip_reason="too few eigenvalues (each slice is a vector, M = 1)")
+        return dataclasses.replace(plan, skip_reason="too few eigenvalues (each slice is a vector, M = 1)"
+                                   + ("" if plan.layer_type not in ("conv1d", "conv2d") else
+                                      ": a depthwise or single-input-channel convolution"))
     if plan.num_evals < min_evals:
         return dataclasses.replace(plan, skip_reason=f"too few eigenvalues ({plan.num_evals} < {min_evals})")
     if max_evals is not None and plan.num_evals > max_evals:

@@ -6,7 +6,6 @@ resolution is ``HfApi.model_info`` at the requested revision, which pins the com
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import posixpath
 from typing import Iterator
@@ -20,20 +19,6 @@ log = logging.getLogger(__name__)
 #: Properties fetched with each listed model (``list_models(expand=...)``).
 EXPAND = ["sha", "siblings", "safetensors", "cardData", "downloads", "likes", "library_name",
           "pipeline_tag", "tags", "config", "lastModified", "createdAt", "gated", "private"]
-
-#: File choice, in order of preference: (format, patterns of weight files, index file).
-FILE_PREFERENCE = (
-    ("safetensors", ("model.safetensors",), "model.safetensors.index.json"),
-    ("safetensors", ("model-*-of-*.safetensors", "*.safetensors"), None),
-    ("torch", ("pytorch_model.bin",), "pytorch_model.bin.index.json"),
-    ("torch", ("pytorch_model-*-of-*.bin", "pytorch_model*.bin"), None),
-    ("onnx", ("model.onnx", "onnx/model.onnx", "*.onnx"), None),
-    ("gguf", ("*.gguf",), None),
-    ("torch", ("*.pth", "*.pt"), None),
-)
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "rng_state*.pth", "scaler.pt")
-
 
 def check_repo_path(path: str, repo: str) -> str:
     """Refuse a repo file path that could leave the download folder (absolute, ``..``, backslashes).
@@ -52,10 +37,10 @@ def check_repo_path(path: str, repo: str) -> str:
 def choose_files(filenames: list[str], repo: str = "", adapter: bool = False) -> tuple[tuple[str, ...], str]:
     """Choose a model's weight files from its repository listing.
 
-    Preference: safetensors (single, or sharded via ``model.safetensors.index.json``), then
-    ``pytorch_model*.bin`` (sharded index too), then ONNX, then GGUF, then other ``.pt``/``.pth``.
-    Files in sub-folders are considered only for ONNX (``onnx/model.onnx``) and GGUF. With
-    ``adapter=True`` only ``adapter_model.*`` is chosen (a PEFT adapter is analyzed as its own model).
+    The rule is :func:`hubscan.weights.files.choose_weight_files` (the same for local folders): safetensors
+    (single, or sharded via ``model.safetensors.index.json``), then ``pytorch_model*.bin`` (sharded index
+    too), then components in sub-folders (diffusers), ONNX, GGUF, other torch files; one precision
+    variant. With ``adapter=True`` only ``adapter_model.*`` is chosen.
 
     Parameters
     ----------
@@ -77,29 +62,12 @@ def choose_files(filenames: list[str], repo: str = "", adapter: bool = False) ->
     UnsafeFileError
         A chosen path would leave the repository.
     """
+    from hubscan.weights.files import choose_weight_files
+
     for f in filenames:  # a listing that tries to leave the repository is refused whole
         check_repo_path(f, repo)
-    names = [f for f in filenames if not any(fnmatch.fnmatch(posixpath.basename(f), p) for p in _NOT_WEIGHTS)]
-    top = [f for f in names if "/" not in f]
-    if adapter:
-        for a in ADAPTER_FILES:
-            if a in top:
-                return (check_repo_path(a, repo),), ("safetensors" if a.endswith(".safetensors") else "torch")
-        raise NoWeightsError(repo, "no adapter_model.* file")
-    top = [f for f in top if not f.startswith("adapter_model.")]
-    for fmt, patterns, index in FILE_PREFERENCE:
-        pool = names if fmt in ("onnx", "gguf") else top
-        if index and index in top:
-            return (check_repo_path(index, repo),), fmt
-        for pattern in patterns:
-            hits = sorted(f for f in pool if fnmatch.fnmatch(f, pattern))
-            if hits:
-                if fmt in ("onnx", "gguf"):
-                    hits = hits[:1]  # one graph / one quantisation per model
-                return tuple(check_repo_path(h, repo) for h in hits), fmt
-    if any(f.startswith("adapter_model.") for f in filenames):
-        return choose_files(filenames, repo, adapter=True)
-    raise NoWeightsError(repo, "no weight files (safetensors, pytorch_model*.bin, ONNX, GGUF) in the repository")
+    files, fmt = choose_weight_files(filenames, repo, adapter=adapter)
+    return tuple(check_repo_path(f, repo) for f in files), fmt
 
 
 def metadata_from_info(info) -> dict:

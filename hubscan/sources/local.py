@@ -10,11 +10,10 @@ from typing import Iterator
 from hubscan.errors import NoWeightsError
 from hubscan.refs import ModelRef, local_fingerprint
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".gguf")
-
-
 def _is_weight_file(p: Path) -> bool:
-    return p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES
+    from hubscan.weights import weight_suffixes  # the readers' registry: one list of what is a weight file
+
+    return p.is_file() and p.suffix.lower() in weight_suffixes()
 
 
 def _is_model_dir(p: Path) -> bool:

@@ -4,15 +4,14 @@ Readers register themselves by file suffix (as timm registers models): a reader 
 ``open(path) -> WeightSet`` function with :func:`register_reader` and is imported at the bottom of this
 file, so a new format is one new module plus one import line.
 
-Folders follow the Hugging Face layout. The first of these that exists is read:
-
-1. ``model.safetensors.index.json`` (sharded safetensors), 2. ``model.safetensors``, 3. ``*.safetensors``,
-4. ``pytorch_model.bin.index.json`` (sharded torch), 5. ``pytorch_model.bin``, 6. ``pytorch_model*.bin``,
-7. any ``*.pt``, ``*.pth``, ``*.bin``, ``*.ckpt`` (Trainer side files such as ``training_args.bin`` or
-   ``optimizer.pt`` are not weights and are left out).
+Folders follow the Hugging Face layout: which files are read is decided by
+:func:`hubscan.weights.files.choose_weight_files` (the same rule as for hub repositories: safetensors, then
+``pytorch_model*.bin``, then components in sub-folders (diffusers), ONNX, GGUF, other torch files; one
+precision variant; Trainer side files left out), over the folder's files and those one level below.
 
 Sharded index
-    Each tensor the index names is yielded from the shard the index points to. A tensor whose shard is
+    Each tensor the index names is yielded from the shard the index points to (a path relative to the
+    index's folder, sub-folders allowed; parsed by :func:`hubscan.weights.files.parse_shard_index`). A tensor whose shard is
     absent, or whose shard does not hold it, goes into ``WeightSet.missing`` with the reason. Tensors a
     shard holds that the index does not name are yielded too (the files are the truth; the index is only a
     map) unless a tensor of that name was already yielded. A corrupt shard raises, like a corrupt file.
@@ -24,7 +23,7 @@ Several files without an index
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import logging
 import os
 from pathlib import Path
@@ -33,7 +32,8 @@ from typing import Callable, Iterable, Iterator
 from hubscan.errors import CorruptFileError, NoWeightsError, UnsupportedFormatError
 from hubscan.weights.base import TensorEntry, WeightSet
 
-__all__ = ["TensorEntry", "WeightSet", "open_weights", "register_reader", "reader_for", "readers"]
+__all__ = ["TensorEntry", "WeightSet", "open_weights", "register_reader", "reader_for", "readers", "weight_suffixes",
+           "folder_listing", "open_chosen"]
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,6 @@ class Reader:
 
 _READERS: dict[str, Reader] = {}  # lower-case suffix with its dot -> reader
 
-_FOLDER_CANDIDATES: tuple = (  # in order of preference: an index file name, or a tuple of glob patterns
-    "model.safetensors.index.json", ("model.safetensors",), ("*.safetensors",),
-    "pytorch_model.bin.index.json", ("pytorch_model.bin",), ("pytorch_model*.bin",),
-    ("*.pt", "*.pth", "*.bin", "*.ckpt"),
-)
-_NOT_WEIGHT_FILES = {"training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt"}
 
 
 def register_reader(name: str, suffixes: Iterable[str]) -> Callable:
@@ -79,6 +73,11 @@ def register_reader(name: str, suffixes: Iterable[str]) -> Callable:
 def readers() -> dict[str, Reader]:
     """The registry: suffix -> :class:`Reader` (a copy)."""
     return dict(_READERS)
+
+
+def weight_suffixes() -> tuple[str, ...]:
+    """Every suffix a reader is registered for (``.safetensors``, ``.bin``, ``.pt`` …, ``.jit``), sorted."""
+    return tuple(sorted(_READERS))
 
 
 def reader_for(path: str | os.PathLike) -> Reader:
@@ -138,58 +137,101 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
     return weights
 
 
-def _open_folder(folder: Path) -> WeightSet:
-    for candidate in _FOLDER_CANDIDATES:
-        if isinstance(candidate, str):
-            if (folder / candidate).is_file():
-                return _open_sharded(folder / candidate)
+def folder_listing(folder: str | os.PathLike) -> list[str]:
+    """The files of a model folder and of its immediate sub-folders, as ``/``-separated relative paths
+    (hidden entries left out): what :func:`~hubscan.weights.files.choose_weight_files` chooses from."""
+    folder = Path(folder)
+    out = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
             continue
-        files = sorted({f for pattern in candidate for f in folder.glob(pattern)
-                        if f.is_file() and f.name not in _NOT_WEIGHT_FILES})
-        if files:
-            return _open_files(files)
-    raise NoWeightsError(os.fspath(folder), "no weight files found")
+        if child.is_file():
+            out.append(child.name)
+        elif child.is_dir():
+            out += [f"{child.name}/{g.name}" for g in sorted(child.iterdir())
+                    if g.is_file() and not g.name.startswith(".")]
+    return out
 
 
-def _open_files(files: list[Path]) -> WeightSet:
-    """Several unindexed files as one set; names prefixed by file name if any name repeats across files."""
-    sets = [reader_for(f).open(os.fspath(f)) for f in files]
-    if len(sets) == 1:
+def open_chosen(root: str | os.PathLike, chosen: Iterable[str], open_file: Callable[[str], WeightSet] | None = None,
+                read_text: Callable[[str], str] | None = None) -> WeightSet:
+    """Open the files :func:`~hubscan.weights.files.choose_weight_files` chose, as one set.
+
+    Parameters
+    ----------
+    root : str or path
+        The model's folder (local path; the chosen paths are relative to it).
+    chosen : iterable of str
+        The chosen paths: one shard index, or weight files (components get their folder as name prefix).
+    open_file, read_text : callable, optional
+        How to open one weight file / read one text file given its path relative to ``root`` (default:
+        the local readers / ``Path.read_text``); a remote reader passes its own.
+
+    Returns
+    -------
+    WeightSet
+    """
+    chosen = list(chosen)
+    open_file = open_file or functools.partial(_open_local, os.fspath(root))
+    if len(chosen) == 1 and chosen[0].endswith(".index.json"):
+        read_text = read_text or (lambda rel: Path(root, rel).read_text(encoding="utf-8"))
+        return _open_sharded(os.path.join(os.fspath(root), chosen[0]), read_text(chosen[0]), chosen[0], open_file)
+    return _open_files(chosen, open_file)
+
+
+def _open_local(root: str, rel: str) -> WeightSet:
+    path = os.path.join(root, rel)
+    if not os.path.isfile(path):
+        raise NoWeightsError(path, "no such file")
+    return reader_for(path).open(path)
+
+
+def _open_folder(folder: Path) -> WeightSet:
+    from hubscan.weights.files import choose_weight_files
+
+    chosen, _ = choose_weight_files(folder_listing(folder), os.fspath(folder))
+    return open_chosen(folder, chosen)
+
+
+def _open_files(files: list[str], open_file: Callable[[str], WeightSet]) -> WeightSet:
+    """Several unindexed files as one set: components named ``<folder>/<name>``; otherwise names prefixed by
+    file name if any name repeats across files."""
+    from hubscan.weights.files import component_prefix
+
+    sets = [open_file(f) for f in files]
+    if len(sets) == 1 and not component_prefix(files[0], files):
         return sets[0]
-    names = [e.name for s in sets for e in s.entries()]
+    folders = [component_prefix(f, files) for f in files]
+    names = [folder + e.name for s, folder in zip(sets, folders) for e in s.entries()]
     prefix = len(names) != len(set(names))
     if prefix:
         log.info("tensor names repeat across %d files: naming tensors <file name>/<name>", len(files))
 
     def entries() -> Iterator[TensorEntry]:
-        for s in sets:
+        for s, folder in zip(sets, folders):
             for e in s.entries():
-                yield dataclasses.replace(e, name=f"{Path(e.file).name}/{e.name}") if prefix else e
+                name = f"{Path(e.file).name}/{e.name}" if prefix else folder + e.name
+                yield dataclasses.replace(e, name=name) if name != e.name else e
 
     return _union(sets, entries, [])
 
 
-def _open_sharded(index: Path) -> WeightSet:
-    where = os.fspath(index)
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptFileError(where, f"not a valid shard index ({type(e).__name__}: {e})") from e
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise CorruptFileError(where, "weight_map is not a mapping of tensor name to shard file name")
-    sets, missing = [], []
-    for shard in sorted(set(weight_map.values())):
-        if Path(shard).name != shard:
-            raise CorruptFileError(where, f"shard {shard!r} is not a file name in the model folder")
-        wanted = [name for name, s in weight_map.items() if s == shard]
-        shard_path = index.parent / shard
-        if not shard_path.is_file():
-            missing += [(name, f"its shard file {shard} is absent") for name in wanted]
+def _open_sharded(where: str, raw: str, index_rel: str, open_file: Callable[[str], WeightSet]) -> WeightSet:
+    from hubscan.weights.files import parse_shard_index
+
+    index = parse_shard_index(raw, where)
+    folder = index_rel.rsplit("/", 1)[0] + "/" if "/" in index_rel else ""
+    sets, missing, shard_of = [], [], {}
+    for shard in index.shards():
+        try:
+            shard_set = open_file(folder + shard)
+        except NoWeightsError:
+            missing += index.missing(shard, None)
             continue
-        shard_set = reader_for(shard_path).open(os.fspath(shard_path))
         present = {e.name for e in shard_set.entries()}
-        missing += [(name, f"its shard file {shard} does not contain it") for name in wanted if name not in present]
+        missing += index.missing(shard, present)
         sets.append(shard_set)
+        shard_of[id(shard_set)] = shard
     for name, reason in missing:
         log.warning("%s: tensor %s is missing: %s", where, name, reason)
 
@@ -197,7 +239,7 @@ def _open_sharded(index: Path) -> WeightSet:
         seen = set()
         for s in sets:
             for e in s.entries():
-                if weight_map.get(e.name, Path(e.file).name) == Path(e.file).name and e.name not in seen:
+                if index.owns(e.name, shard_of[id(s)]) and e.name not in seen:
                     seen.add(e.name)
                     yield e
 

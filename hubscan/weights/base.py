@@ -29,7 +29,24 @@ class TensorEntry:
         Path (or URL) of the file that holds it.
     load : callable () -> torch.Tensor
         Reads the tensor (CPU, stored dtype, possibly memory-mapped). Raises
-        :class:`hubscan.errors.CorruptFileError` when its bytes are unreadable.
+        :class:`hubscan.errors.CorruptFileError` when its bytes are unreadable, and
+        :class:`hubscan.errors.SkippedTensor` when, once read, it turns out not to be analyzed (a tied twin).
+    companions : tuple of str
+        Tensors folded into this one by :mod:`hubscan.weights.layouts` (FP8 scales, GPTQ ``qzeros`` /
+        ``scales`` / ``g_idx``, bitsandbytes ``absmax`` …): they get no row of their own and are named in
+        this tensor's row.
+    layout : str
+        How the stored bytes were turned into the tensor ``load`` returns (``fp8 block-scaled``,
+        ``gptq 4-bit`` …); ``""`` when read as stored.
+    skip_reason : str or None
+        Set when the tensor is known not to be analyzable before it is read (an unknown dtype, a nested
+        tensor, a quantization scheme hubscan does not decode): its row is skipped with this reason.
+    understood : bool
+        False when ``skip_reason`` is a layout hubscan does not understand (the model is then
+        ``incomplete``, never a quiet ``success``).
+    storage : tuple or None
+        Identity of the bytes behind the tensor when the format can share them (torch storages):
+        two entries with equal ``storage`` are one tensor stored once (tied weights).
     """
 
     name: str
@@ -37,6 +54,11 @@ class TensorEntry:
     dtype: str
     file: str
     load: Callable[[], torch.Tensor] = dataclasses.field(repr=False, compare=False)
+    companions: tuple = ()
+    layout: str = ""
+    skip_reason: str | None = None
+    understood: bool = True
+    storage: tuple | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 @dataclasses.dataclass

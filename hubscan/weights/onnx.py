@@ -21,7 +21,9 @@ What counts as a tensor
     3. The same, recursively, in every subgraph a node attribute holds (``If`` branches, ``Loop`` / ``Scan``
        bodies), and the Constant nodes of the model's local functions. silero-vad's ONNX export, for one,
        keeps all its weights as Constants inside the two branches of an ``If`` (the 16 kHz and 8 kHz models).
-    Sparse initializers and string tensors are not read (logged at INFO).
+    4. Every ``graph.sparse_initializer`` and sparse ``Constant`` (``sparse_value``): densified when read
+       (``values`` scattered at ``indices``, linear (NNZ,) or coordinate (NNZ, rank) indices, zeros elsewhere).
+    Tensors of a type hubscan cannot hold (strings …) get an entry skipped with the type named.
 
 Names
     An initializer is named as stored; a Constant by its output value name (the name Netron shows). These are
@@ -162,12 +164,14 @@ class _Found:
     path: tuple  # subgraph path, () for the main graph
     tensor: object  # onnx.TensorProto
     constant: bool = False  # from a Constant node (else an initializer)
+    sparse: object = None  # onnx.SparseTensorProto when stored sparse (``tensor`` is then its values)
 
 
 def _walk_graph(graph, path: tuple, found: list, skipped: collections.Counter) -> None:
     for init in graph.initializer:
         found.append(_Found(init.name, path, init))
-    skipped["sparse initializer"] += len(graph.sparse_initializer)
+    for sparse in graph.sparse_initializer:
+        found.append(_Found(sparse.values.name, path, sparse.values, sparse=sparse))
     for node in graph.node:
         _walk_node(node, path, found, skipped)
 
@@ -181,8 +185,9 @@ def _walk_node(node, path: tuple, found: list, skipped: collections.Counter) -> 
                 if kind is not None and kind.is_float and len(attr.t.dims) >= 2:
                     found.append(_Found(node.output[0] if node.output else attr.t.name or node.name, path, attr.t,
                                         constant=True))
-            elif attr.name == "sparse_value":
-                skipped["sparse constant"] += 1
+            elif attr.name == "sparse_value" and attr.type == A.SPARSE_TENSOR:
+                found.append(_Found(node.output[0] if node.output else attr.sparse_tensor.values.name, path,
+                                    attr.sparse_tensor.values, constant=True, sparse=attr.sparse_tensor))
     for attr in node.attribute:
         where = f"{node.name or node.op_type}/{attr.name}"
         if attr.type == A.GRAPH:
@@ -270,8 +275,16 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
     entries, missing, files, dequantized, sizes = [], [], [where], {}, {}
     for f, name in zip(found, _unique_names(found)):
         kind = _kinds().get(f.tensor.data_type)
+        dims = tuple(int(d) for d in (f.sparse.dims if f.sparse is not None else f.tensor.dims))
         if kind is None:
-            skipped[f"{_type_name(f.tensor.data_type)} tensor"] += 1
+            type_name = _type_name(f.tensor.data_type)
+            entries.append(TensorEntry(name, dims, type_name, where, lambda: torch.empty(0),
+                                       skip_reason=f"unknown dtype {type_name} (hubscan cannot decode it)",
+                                       understood=False))
+            continue
+        if f.sparse is not None:
+            entries.append(TensorEntry(name, dims, kind.name, where,
+                                       functools.partial(_load_sparse, f.sparse, folder, where, name)))
             continue
         if f.tensor.data_location == T.EXTERNAL:
             data_file, absent = _external_file(f.tensor, name, folder, where, sizes)
@@ -282,7 +295,7 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
                 files.append(data_file)
         if kind.how == "cast" and kind.is_float:
             dequantized[name] = _type_name(f.tensor.data_type)
-        entries.append(TensorEntry(name, tuple(int(d) for d in f.tensor.dims), kind.name, where,
+        entries.append(TensorEntry(name, dims, kind.name, where,
                                    functools.partial(_load, f.tensor, folder, where, name)))
     for what, n in skipped.items():
         if n:
@@ -297,6 +310,23 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
     stats = {"dequantized": dequantized} if dequantized else {}
     return WeightSet(files=files, format="onnx", entries=lambda: iter(entries), missing=missing,
                      close=entries.clear, stats=stats)
+
+
+def _load_sparse(sparse, folder: str, where: str, name: str) -> torch.Tensor:
+    """A SparseTensorProto densified: values at linear (NNZ,) or coordinate (NNZ, rank) indices."""
+    values = _load(sparse.values, folder, where, name).reshape(-1)
+    dims = tuple(int(d) for d in sparse.dims)
+    indices = _load(sparse.indices, folder, where, name + " (indices)").to(torch.int64)
+    dense = torch.zeros(int(np.prod(dims)), dtype=values.dtype)
+    if indices.dim() == 2 and indices.shape[-1] == len(dims) and len(dims) > 1:
+        strides = torch.tensor([int(np.prod(dims[i + 1:])) for i in range(len(dims))], dtype=torch.int64)
+        indices = (indices * strides).sum(1)
+    indices = indices.reshape(-1)
+    if indices.numel() != values.numel() or (indices.numel() and (indices.min() < 0 or indices.max() >= dense.numel())):
+        raise CorruptFileError(where, f"sparse tensor {name!r}: {indices.numel()} indices for {values.numel()} "
+                                      f"values in a tensor of shape {dims}")
+    dense[indices] = values
+    return dense.reshape(dims)
 
 
 def _load(tensor, folder: str, where: str, name: str) -> torch.Tensor:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,7 +28,8 @@ from hubscan.errors import CorruptFileError, HubscanError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.safetensors import header_length, parse_header
+from hubscan.weights.files import parse_shard_index
+from hubscan.weights.safetensors import header_length, parse_header, tensor_entries
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,8 @@ class _RangedFile:
         self.size = self.f.size
         n = header_length(self._read(0, min(8, self.size)), self.size, self.where)
         self.data_start = 8 + n
-        self.tensors, _ = parse_header(self._read(8, n), self.size, self.where)
+        self.unknown: list = []  # tensors of a dtype hubscan cannot decode: skipped rows, the file still read
+        self.tensors, _ = parse_header(self._read(8, n), self.size, self.where, self.unknown)
 
     def _read(self, start: int, length: int) -> bytes:
         def fetch():
@@ -110,33 +113,32 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
         raw = client.call(lambda: client.fs.cat_file(f"{ref.repo_id}@{ref.revision}/{index_name}"),
                           what=f"hf:{ref.repo_id}/{index_name}")
         stats["bytes_read"] += len(raw)
-        try:
-            weight_map = json.loads(raw)["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise CorruptFileError(f"hf:{ref.repo_id}/{index_name}", f"not a safetensors index: {e}") from e
+        index = parse_shard_index(raw, f"hf:{ref.repo_id}/{index_name}")
         folder = os.path.dirname(index_name)
-        shards = sorted(set(weight_map.values()))
-        from hubscan.sources.hf import check_repo_path
         files = {}
-        for shard in shards:
-            name = check_repo_path(f"{folder}/{shard}" if folder else shard, ref.repo_id)
+        for shard in index.shards():
+            name = f"{folder}/{shard}" if folder else shard
             try:
                 files[shard] = _RangedFile(client, ref, name, stats, lock)
             except HubscanError as e:
                 if "not found" not in e.reason:
                     raise
-                missing += [(t, f"its shard file {shard} is absent") for t, s in weight_map.items() if s == shard]
-        order = [(files[s], info) for s in shards if s in files for info in files[s].tensors]
-        held = {info.name for _, info in order}
-        missing += [(t, f"its shard file {s} does not contain it") for t, s in weight_map.items()
-                    if s in files and t not in held]
+                missing += index.missing(shard, None)
+        order = [(files[s], info) for s in index.shards() if s in files
+                 for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
+        for s in files:
+            missing += index.missing(s, {info.name for info in files[s].tensors + files[s].unknown})
         opened = list(files.values())
     else:
         opened = [_RangedFile(client, ref, f, stats, lock) for f in ref.files]
-        order = [(rf, info) for rf in opened for info in rf.tensors]
+        order = [(rf, info) for rf in opened for info in rf.tensors + rf.unknown]
 
-    entries = [TensorEntry(info.name, info.shape, str(info.dtype).removeprefix("torch."), rf.where,
-                           (lambda rf=rf, info=info: rf.load(info))) for rf, info in order]
+    entries = [e for rf, info in order for e in tensor_entries(*(([info], []) if info.dtype is not None else ([], [info])),
+                                                                rf.where, rf.load)]
+    if not ref.files[0].endswith(".index.json"):  # components (diffusers sub-folders): named <folder>/<tensor>
+        from hubscan.weights.files import component_prefix
+        prefix = {rf.where: component_prefix(f, ref.files) for rf, f in zip(opened, ref.files)}
+        entries = [dataclasses.replace(e, name=prefix[e.file] + e.name) if prefix[e.file] else e for e in entries]
 
     def close():
         for rf in opened:
@@ -151,7 +153,7 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
 def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     from huggingface_hub import hf_hub_download
     from hubscan.sources.hf import check_repo_path
-    from hubscan.weights import open_weights
+    from hubscan.weights import open_chosen
 
     tmp = None if client.cache_dir else tempfile.mkdtemp(prefix="hubscan-cache-")
     cache_dir = client.cache_dir or tmp
@@ -169,19 +171,16 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     try:
         paths = [download(f) for f in ref.files]
         if ref.files[0].endswith(".index.json"):
-            weight_map = json.loads(Path(paths[0]).read_text())["weight_map"]
+            index = parse_shard_index(Path(paths[0]).read_text(), paths[0])
             folder = os.path.dirname(ref.files[0])
-            for shard in sorted(set(weight_map.values())):
+            for shard in index.shards():
                 try:
                     download(f"{folder}/{shard}" if folder else shard)
                 except HubscanError as e:
                     if "not found" not in e.reason:
                         raise
-            ws = open_weights(os.path.dirname(paths[0]))
-        elif len(paths) == 1:
-            ws = open_weights(paths[0])
-        else:
-            ws = open_weights(os.path.dirname(paths[0]))
+        # the snapshot folder holds the repository's layout: the same rule as a local folder opens it
+        ws = open_chosen(paths[0][: len(paths[0]) - len(ref.files[0])], ref.files)
     except BaseException:
         if tmp and not client.keep_cache:
             shutil.rmtree(tmp, ignore_errors=True)

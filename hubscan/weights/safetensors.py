@@ -25,7 +25,7 @@ from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 
-__all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "open_safetensors"]
+__all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "tensor_entries", "open_safetensors"]
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,11 @@ class TensorInfo:
     """
 
     name: str
-    dtype: torch.dtype
+    dtype: torch.dtype | None
     shape: tuple
     begin: int
     end: int
+    stored_dtype: str = ""  # the header's dtype code (kept for dtypes hubscan cannot represent: dtype None)
 
 
 def header_length(prefix: bytes, file_size: int, where: str) -> int:
@@ -86,15 +87,23 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
     if len(prefix) < 8:
         raise CorruptFileError(where, f"file is {file_size} bytes, too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
-    if n > MAX_HEADER_BYTES:
-        limit = f"{MAX_HEADER_BYTES // 1_000_000} MB"
-        raise CorruptFileError(where, f"header length {n} bytes exceeds the {limit} limit")
-    if 8 + n > file_size:
+    if n > MAX_HEADER_BYTES or 8 + n > file_size:
+        if _looks_like_text(prefix[:8]):  # e.g. a text or HTML page saved under a .safetensors name
+            raise CorruptFileError(where, f"not a safetensors file: it starts with text ({prefix[:8]!r}), "
+                                          "not an 8-byte header length")
+        if n > MAX_HEADER_BYTES:
+            limit = f"{MAX_HEADER_BYTES // 1_000_000} MB"
+            raise CorruptFileError(where, f"header length {n} bytes exceeds the {limit} limit")
         raise CorruptFileError(where, f"header length {n} bytes is larger than the file ({file_size} bytes)")
     return n
 
 
-def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[TensorInfo], dict]:
+def _looks_like_text(prefix: bytes) -> bool:
+    return all(32 <= b < 127 or b in (9, 10, 13) for b in prefix)
+
+
+def parse_header(header: bytes, file_size: int, where: str,
+                 unknown: list | None = None) -> tuple[list[TensorInfo], dict]:
     """Parse and validate a safetensors JSON header against the file size.
 
     Parameters
@@ -105,6 +114,10 @@ def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[Tensor
         Total file size in bytes (the data area is ``file_size - 8 - n`` bytes).
     where : str
         File path or URL, for messages.
+    unknown : list, optional
+        When given, tensors of a dtype hubscan cannot represent in torch (``F4``, ``F6_E3M2`` …) are
+        appended to it as TensorInfo with ``dtype=None`` (offsets checked against the file and the
+        other tensors, not against their shape) instead of raising.
 
     Returns
     -------
@@ -120,7 +133,7 @@ def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[Tensor
         byte span does not match its shape and dtype, or that lies outside the file; two tensors
         overlapping; the file shorter than its header says.
     UnsupportedFormatError
-        A dtype hubscan cannot represent in torch (e.g. ``F4``).
+        A dtype hubscan cannot represent in torch (e.g. ``F4``), when ``unknown`` is None.
     """
     data_size = file_size - 8 - len(header)
     try:
@@ -132,8 +145,8 @@ def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[Tensor
     metadata = parsed.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise CorruptFileError(where, "__metadata__ is not an object")
-    tensors = sorted((_tensor_info(name, spec, data_size, where) for name, spec in parsed.items()),
-                     key=lambda t: (t.begin, t.end))
+    tensors = sorted((_tensor_info(name, spec, data_size, where, unknown is not None)
+                      for name, spec in parsed.items()), key=lambda t: (t.begin, t.end))
     stored = [t for t in tensors if t.end > t.begin]
     for a, b in zip(stored, stored[1:]):
         if b.begin < a.end:
@@ -143,6 +156,9 @@ def parse_header(header: bytes, file_size: int, where: str) -> tuple[list[Tensor
     if needed > data_size:
         raise CorruptFileError(where, f"file shorter than its header says: tensor data needs {needed} bytes, "
                                       f"the file holds {max(data_size, 0)} (truncated?)")
+    if unknown is not None:
+        unknown += [t for t in tensors if t.dtype is None]
+        tensors = [t for t in tensors if t.dtype is not None]
     return tensors, metadata
 
 
@@ -153,7 +169,7 @@ def _no_duplicate_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
-def _tensor_info(name: str, spec: object, data_size: int, where: str) -> TensorInfo:
+def _tensor_info(name: str, spec: object, data_size: int, where: str, allow_unknown: bool = False) -> TensorInfo:
     def bad(why: str) -> CorruptFileError:
         return CorruptFileError(where, f"tensor {name!r}: {why}")
 
@@ -165,20 +181,51 @@ def _tensor_info(name: str, spec: object, data_size: int, where: str) -> TensorI
     dtype, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
     if not isinstance(dtype, str):
         raise bad(f"dtype {dtype!r} is not a string")
-    if dtype not in _DTYPES:
+    if dtype not in _DTYPES and not allow_unknown:
         raise UnsupportedFormatError(where, f"tensor {name!r} has dtype {dtype}, which hubscan cannot read")
     if not (isinstance(shape, list) and all(map(is_int, shape))):
         raise bad(f"shape {shape!r} is not a list of non-negative integers")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(is_int, offsets)) and offsets[0] <= offsets[1]):
         raise bad(f"data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end")
     begin, end = offsets
+    if dtype not in _DTYPES:  # its size per element is unknown: only the span is checked (against the file)
+        return TensorInfo(name, None, tuple(shape), begin, end, dtype)
     nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
     if end - begin != nbytes:
         span = f"data_offsets [{begin}, {end}] hold {end - begin} bytes but shape {shape} {dtype} needs {nbytes}"
         if end > data_size:
             raise bad(f"tensor data outside the file ({span}; the data area is {max(data_size, 0)} bytes)")
         raise bad(span)
-    return TensorInfo(name, _DTYPES[dtype], tuple(shape), begin, end)
+    return TensorInfo(name, _DTYPES[dtype], tuple(shape), begin, end, dtype)
+
+
+def tensor_entries(tensors: list[TensorInfo], unknown: list[TensorInfo], where: str,
+                   load: "functools.partial | object") -> list[TensorEntry]:
+    """TensorEntry objects for a parsed header (local files and ranged remote reads alike).
+
+    Parameters
+    ----------
+    tensors : list of TensorInfo
+        Readable tensors, in file order.
+    unknown : list of TensorInfo
+        Tensors of a dtype hubscan cannot represent: entries skipped ``unknown dtype <code>`` (not
+        understood), the rest of the file analyzed.
+    where : str
+        The file (path or URL) the entries name.
+    load : callable (TensorInfo) -> torch.Tensor
+        Reads one tensor.
+
+    Returns
+    -------
+    list of TensorEntry
+        In file order (by offset).
+    """
+    entries = [(t.begin, TensorEntry(t.name, t.shape, str(t.dtype).removeprefix("torch."), where,
+                                     functools.partial(load, t))) for t in tensors]
+    entries += [(t.begin, TensorEntry(t.name, t.shape, t.stored_dtype, where, functools.partial(load, t),
+                                      skip_reason=f"unknown dtype {t.stored_dtype} (hubscan cannot decode it)",
+                                      understood=False)) for t in unknown]
+    return [e for _, e in sorted(entries, key=lambda p: p[0])]
 
 
 @register_reader("safetensors", [".safetensors"])
@@ -202,15 +249,15 @@ def open_safetensors(path: str | os.PathLike) -> WeightSet:
     """
     where = os.fspath(path)
     size = os.path.getsize(where)
+    unknown: list[TensorInfo] = []
     with open(where, "rb") as f:
         n = header_length(f.read(8), size, where)
-        tensors, _ = parse_header(f.read(n), size, where)
+        tensors, _ = parse_header(f.read(n), size, where, unknown)
     try:  # the safetensors library's own checks too (e.g. gaps between tensors); nothing is read through it
         safe_open(where, framework="pt").__exit__(None, None, None)
     except Exception as e:
         raise CorruptFileError(where, f"safetensors refused it: {e}") from e
-    entries = [TensorEntry(t.name, t.shape, str(t.dtype).removeprefix("torch."), where,
-                           functools.partial(_read_tensor, where, 8 + n, t)) for t in tensors]
+    entries = tensor_entries(tensors, unknown, where, functools.partial(_read_tensor, where, 8 + n))
     log.debug("%s: %d tensors", where, len(entries))
     return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries))
 

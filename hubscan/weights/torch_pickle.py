@@ -30,6 +30,16 @@ Finding the tensors (the naming rule)
     key is preferred; other wrappers are kept too (``{"student": sd}`` gives ``student.…``), as a kept
     prefix never loses information. Tensors beside a chosen state dict (an EMA copy, a stats array) are
     dropped, with an INFO log.
+
+Tensor kinds
+    Dense (strided) tensors as stored; two names on one storage (same bytes, offset, shape, strides) are
+    one tensor stored once (``TensorEntry.storage``: the twin is skipped ``tied to …``). Sparse COO / CSR /
+    CSC / BSR / BSC tensors are densified when read (skipped above :data:`MAX_DENSIFY` elements).
+    ``DTensor`` s (allowed by torch itself under ``weights_only`` once ``torch.distributed.tensor`` is
+    imported, which registers them) give their local tensor when it is the whole tensor (one-device mesh or
+    replicated), else they are skipped. Nested tensors (strided or jagged) have no matrix: skipped with
+    the reason; the jagged kind's rebuild function is not allow-listed by torch, so the restricted
+    unpickler resolves it to an inert stand-in (:class:`Unreadable`) instead of calling it.
 """
 
 from __future__ import annotations
@@ -66,6 +76,44 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler", re.IGNORECASE)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-zip serialization starts with this pickled int
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+#: Sparse tensors with more elements than this are skipped rather than densified (2 GiB of float64).
+MAX_DENSIFY = 1 << 28
+
+
+class Unreadable:
+    """Inert stand-in for a stored object that is not a weight matrix (a nested tensor): only its kind."""
+
+    def __init__(self, kind: str, *args, understood: bool = True, **kwargs):
+        self.kind, self.understood = kind, understood
+
+    def __setstate__(self, state: object) -> None:  # state of the real object: not kept
+        pass
+
+
+class _JaggedNested(Unreadable):
+    """Stand-in for torch's jagged ``NestedTensor`` class and its rebuild function (neither is called)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("jagged nested tensor")
+
+
+class _Inert:
+    """Stand-in for the helper objects inside a jagged nested tensor's pickle: accepts anything, does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+#: Globals of tensor kinds that have no weight matrix, which torch's weights-only list does not allow:
+#: resolved to inert stand-ins (never the real code), so the rest of the checkpoint can be read.
+_UNREADABLE_GLOBALS = {
+    "torch.nested._internal.nested_tensor._rebuild_njt": _JaggedNested,
+    "torch.nested._internal.nested_tensor.NestedTensor": _JaggedNested,
+    "torch._dynamo.decorators._DimRange": _Inert,
+}
 
 
 def _safe_globals() -> list[tuple[object, str]]:
@@ -81,8 +129,9 @@ def _safe_globals() -> list[tuple[object, str]]:
              (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
     pairs += [(getattr(collections, n), f"collections.{n}")
               for n in ("OrderedDict", "defaultdict", "deque", "Counter")]
-    pairs += [(getattr(builtins, n), f"builtins.{n}")
-              for n in ("dict", "list", "tuple", "set", "frozenset", "slice", "complex", "bytearray")]
+    pairs += [(getattr(builtins, n), f"{module}.{n}")  # protocol ≤ 2 pickles name the module __builtin__
+              for n in ("dict", "list", "tuple", "set", "frozenset", "slice", "complex", "bytearray")
+              for module in ("builtins", "__builtin__")]
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x pickle names
         pairs += [(multiarray._reconstruct, f"{module}._reconstruct"), (multiarray.scalar, f"{module}.scalar")]
@@ -104,7 +153,11 @@ def _allowed() -> dict[str, object]:
     from torch import _weights_only_unpickler  # torch's vetted list of tensor, storage and dtype globals
 
     torch_list = getattr(_weights_only_unpickler, "_get_allowed_globals", dict)()  # private: absent -> refuse
-    return {**torch_list, **{name: obj for obj, name in SAFE_GLOBALS}}
+    registered = {}  # what torch's add_safe_globals holds (e.g. DTensor, registered by torch.distributed.tensor)
+    for item in torch.serialization.get_safe_globals() if hasattr(torch.serialization, "get_safe_globals") else []:
+        obj, name = item if isinstance(item, tuple) else (item, f"{item.__module__}.{item.__qualname__}")
+        registered[name] = obj
+    return {**torch_list, **registered, **{name: obj for obj, name in SAFE_GLOBALS}}
 
 
 class ScriptObject:
@@ -142,6 +195,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         allowed = _allowed().get(key) or (_SCRIPT_HELPERS.get(key) if self._script else None)
         if allowed is not None:
             return allowed
+        if key in _UNREADABLE_GLOBALS:
+            return _UNREADABLE_GLOBALS[key]
         if self._script and (module == "__torch__" or module.startswith("__torch__.")):
             return type(name, (ScriptObject,), {"__qualname__": key})
         raise UnsafeFileError(self._where, f"refused unsafe pickle: global {key} is not allow-listed")
@@ -175,6 +230,8 @@ def load_checkpoint(path: str | os.PathLike) -> object:
         views of torch < 1.0 that torch's own loader also failed to read.
     """
     where = os.fspath(path)
+    _register_torch_safe_types()
+    _sniff(where)
     is_zip = zipfile.is_zipfile(where)
     if is_zip and _is_torchscript(where):
         try:
@@ -195,13 +252,44 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     return _guarded(_load_zip if is_zip else _load_legacy, where)
 
 
+@functools.cache
+def _register_torch_safe_types() -> None:
+    """Import ``torch.distributed.tensor`` where it exists: torch itself then allows DTensor (and its mesh
+    and placements) under ``weights_only`` (pytorch PR #139949). The allow-list is widened only this way."""
+    try:
+        logging.getLogger("torch.distributed.device_mesh").setLevel(logging.ERROR)
+        import torch.distributed.tensor  # noqa: F401
+    except Exception:  # noqa: BLE001 - a torch built without distributed: DTensors stay refused
+        pass
+
+
+def _sniff(where: str) -> None:
+    """Refuse, from the first bytes, a file that cannot be a torch checkpoint (with what it is instead).
+
+    Raises
+    ------
+    CorruptFileError
+        A zip archive without its central directory (truncated), or neither a zip archive nor a pickle.
+    """
+    with open(where, "rb") as f:
+        head = f.read(8)
+    size = os.path.getsize(where)
+    if head[:4] == b"PK\x03\x04":
+        if not zipfile.is_zipfile(where):
+            raise CorruptFileError(where, f"not a readable torch checkpoint: truncated ({size} bytes: a zip archive "
+                                          "whose end, with the zip central directory, is missing)")
+    elif head[:1] != b"\x80":  # every torch file is a zip archive or starts with a pickle PROTO opcode
+        raise CorruptFileError(where, f"not a readable torch checkpoint: neither a zip archive nor a pickle "
+                                      f"(it starts with {head!r})")
+
+
 def _guarded(loader, where: str, **kw) -> object:
     try:
         return loader(where, **kw)
     except HubscanError:
         raise
     except Exception as e:
-        raise CorruptFileError(where, f"not a readable torch checkpoint: {type(e).__name__}: {_reason(e)}") from e
+        raise CorruptFileError(where, f"not a readable torch checkpoint: {_reason(e)}") from e
 
 
 def _reason(e: BaseException) -> str:
@@ -209,7 +297,11 @@ def _reason(e: BaseException) -> str:
     text = str(e)
     match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return match.group(1).strip() if match else (lines[-1] if lines else type(e).__name__)
+    if isinstance(e, OSError) and not match:
+        return f"unreadable ({e.strerror or 'I/O error'}; truncated or damaged?)"
+    if isinstance(e, (EOFError, pickle.UnpicklingError)) and not match:
+        return f"the pickle ends early or is damaged (truncated?): {lines[-1] if lines else 'no data'}"
+    return match.group(1).strip() if match else (lines[-1] if lines else "unreadable")
 
 
 def _is_torchscript(where: str) -> bool:
@@ -336,8 +428,10 @@ def _walk(obj: object) -> list[tuple[tuple, torch.Tensor]]:
     while stack:
         path, node = stack.pop()
         if isinstance(node, torch.Tensor):
-            if node.layout == torch.strided:
-                found.append((path, node))
+            found.append((path, _tensor_kind(node)))
+            continue
+        if isinstance(node, Unreadable):
+            found.append((path, node))
             continue
         if isinstance(node, np.ndarray):
             if node.dtype.type in _NUMPY_FLOATS:
@@ -357,6 +451,18 @@ def _walk(obj: object) -> list[tuple[tuple, torch.Tensor]]:
         stack += [(path + (k,), v) for k, v in reversed(children)
                   if isinstance(v, (torch.Tensor, np.ndarray)) or not (isinstance(k, str) and _NOT_WEIGHTS.search(k))]
     return found
+
+
+def _tensor_kind(t: torch.Tensor) -> torch.Tensor | Unreadable:
+    """A dense tensor to analyze, or an :class:`Unreadable` saying why there is none."""
+    if t.is_nested:
+        return Unreadable("strided nested tensor" if t.layout == torch.strided else "jagged nested tensor")
+    if type(t).__name__ == "DTensor" and hasattr(t, "to_local"):
+        mesh = getattr(t, "device_mesh", None)
+        whole = (mesh is not None and mesh.size() == 1) or all(type(p).__name__ == "Replicate" for p in t.placements)
+        return t.to_local() if whole else Unreadable("DTensor shard (its other shards live on other devices)",
+                                                                 understood=False)
+    return t
 
 
 def _from_numpy(a: np.ndarray) -> torch.Tensor:
@@ -385,7 +491,26 @@ def open_torch(path: str | os.PathLike) -> WeightSet:
     """
     where = os.fspath(path)
     tensors = find_tensors(load_checkpoint(where), where)
-    entries = [TensorEntry(name, tuple(t.shape), str(t.dtype).removeprefix("torch."), where,
-                           functools.partial(torch.Tensor.detach, t)) for name, t in tensors]
+    entries = [_entry(name, t, where) for name, t in tensors]
     log.debug("%s: %d tensors", where, len(entries))
     return WeightSet(files=[where], format="torch", entries=lambda: iter(entries), close=entries.clear)
+
+
+def _entry(name: str, t: torch.Tensor | Unreadable, where: str) -> TensorEntry:
+    if isinstance(t, Unreadable):
+        why = f"{t.kind}: not a weight matrix" if t.understood else t.kind
+        return TensorEntry(name, (), "", where, lambda: torch.empty(0), skip_reason=why, understood=t.understood)
+    dtype = str(t.dtype).removeprefix("torch.")
+    if t.layout != torch.strided:
+        layout = str(t.layout).removeprefix("torch.")
+        if t.numel() > MAX_DENSIFY:
+            return TensorEntry(name, tuple(t.shape), dtype, where, lambda: torch.empty(0),
+                               skip_reason=f"{layout} tensor of {t.numel()} elements: too large to densify")
+        return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_densify, t))
+    storage = (where, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+    return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(torch.Tensor.detach, t),
+                       storage=storage if t.numel() else None)
+
+
+def _densify(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to_dense()

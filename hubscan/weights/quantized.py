@@ -1,0 +1,343 @@
+"""Quantized weight layouts: each scheme finds a weight and its companion tensors by name and shape, and
+either dequantizes them to float32 before the ESD or marks the weight ``quantized (<scheme>)``.
+
+Read (dequantized; the decoded ``W`` is what the row's ESD is of)
+    * **FP8 block-scaled** (DeepSeek-V3, Qwen-FP8): ``weight`` F8 (out, in) + ``weight_scale_inv`` F32
+      (⌈out/b⌉, ⌈in/b⌉): ``W = w · s[i // b, j // b]``. The block b is 128 (the published
+      ``weight_block_size``) when the grid fits it, else ⌈dim / grid⌉; edge blocks may be partial.
+    * **FP8 / INT8 with ``weight_scale``** (compressed-tensors, FBGEMM): per-tensor (one value),
+      per-channel ((out,) or (out, 1)) or per-group ((out, G)) scales, ``weight_zero_point`` subtracted
+      when present: ``W = (w − z) · s``.
+    * **GPTQ** (AutoGPTQ / GPTQModel ``checkpoint_format: gptq``, as on the Hub): ``qweight`` int32
+      (in·bits/32, out) packs ``32/bits`` codes per word along the input axis, code k in bits
+      [k·bits, (k+1)·bits); ``qzeros`` int32 (groups, out·bits/32) packs zero points the same way along
+      the output axis, stored minus one; ``scales`` (groups, out); ``g_idx`` (in,) maps each input row to
+      its group (default ``i // group_size``): ``W[i, o] = scales[g, o] · (q[i, o] − (z[g, o] + 1))``,
+      g = g_idx[i]. 2-, 4- and 8-bit.
+    * **AWQ** (AutoAWQ GEMM): ``qweight`` int32 (in, out/8) packs 8 4-bit codes per word along the output
+      axis in the order 0, 2, 4, 6, 1, 3, 5, 7; ``qzeros`` (groups, out/8) the same; ``scales`` (groups, out):
+      ``W[i, o] = (q[i, o] − z[i // group_size, o]) · scales[i // group_size, o]``.
+    * **bitsandbytes Int8Params**: ``weight`` int8 (out, in) + ``SCB`` (out,): ``W = w · SCB[:, None] / 127``.
+    * **bitsandbytes Params4bit** (nf4 / fp4): ``weight`` uint8 packs two codes per byte (first in the
+      high nibble); ``weight.absmax`` one scale per ``blocksize`` values (itself 8-bit quantized with
+      ``nested_absmax`` / ``nested_quant_map`` / offset under double quantization); ``weight.quant_map``
+      the 16-value code book; ``weight.quant_state.bitsandbytes__<type>`` the JSON with the shape:
+      ``W = quant_map[code] · absmax[block]``. Without a readable quant_state JSON (no shape) it is skipped.
+    * **MXFP4** (gpt-oss): ``*_blocks`` uint8 (…, G, 16) hold 32 FP4 E2M1 codes per block (low nibble
+      first) and ``*_scales`` uint8 (…, G) an E8M0 exponent: ``W = fp4(code) · 2^(scale − 127)``, shape
+      (…, G·32).
+
+Recognised, not decoded (skipped ``quantized (<scheme>)``, the model ``incomplete``)
+    compressed-tensors ``weight_packed`` (pack-quantized int4 and NVFP4), bitsandbytes 4-bit without a
+    readable quant_state, GPTQ with 3-bit or unrecognised shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from hubscan.errors import CorruptFileError
+from hubscan.weights.base import TensorEntry
+from hubscan.weights.layouts import folded, not_understood, register_scheme
+
+FP8_BLOCK = 128  # DeepSeek-V3 / Qwen3-FP8 quantization_config.weight_block_size
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # code k of a word holds column AWQ_ORDER[k] of its group of 8
+FP4_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def _block(dim: int, grid: int, where: str) -> int:
+    if math.ceil(dim / FP8_BLOCK) == grid:
+        return FP8_BLOCK
+    b = math.ceil(dim / grid)
+    if grid < 1 or math.ceil(dim / b) != grid:
+        raise CorruptFileError(where, f"scale grid of {grid} blocks does not tile a dimension of {dim}")
+    return b
+
+
+def dequantize_fp8_block(w: torch.Tensor, scale_inv: torch.Tensor, where: str = "") -> torch.Tensor:
+    """Block-scaled FP8: ``W[i, j] = w[i, j] · s[i // br, j // bc]``.
+
+    Parameters
+    ----------
+    w : torch.Tensor, shape (out, in), float8
+    scale_inv : torch.Tensor, shape (⌈out/br⌉, ⌈in/bc⌉), float32
+        The per-block multipliers (DeepSeek names them ``weight_scale_inv``; they multiply).
+    where : str
+        For messages.
+
+    Returns
+    -------
+    torch.Tensor, shape (out, in), float32
+
+    Raises
+    ------
+    CorruptFileError
+        The grid does not tile the weight.
+    """
+    out, inn = w.shape
+    br, bc = _block(out, scale_inv.shape[0], where), _block(inn, scale_inv.shape[1], where)
+    s = scale_inv.float().repeat_interleave(br, 0)[:out].repeat_interleave(bc, 1)[:, :inn]
+    return w.float() * s
+
+
+def dequantize_scaled(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None = None,
+                      where: str = "") -> torch.Tensor:
+    """``W = (w − z) · s`` with per-tensor, per-channel (out,)/(out, 1) or per-group (out, G) scales.
+
+    Parameters
+    ----------
+    w : torch.Tensor, shape (out, in), float8 or int8
+    scale, zero : torch.Tensor
+        Shapes (), (1,), (out,), (out, 1) or (out, G) with G dividing ``in``.
+
+    Returns
+    -------
+    torch.Tensor, shape (out, in), float32
+    """
+    out, inn = w.shape
+
+    def expand(t: torch.Tensor) -> torch.Tensor:
+        t = t.float()
+        if t.numel() == 1:
+            return t.reshape(1, 1)
+        if t.numel() == out:
+            return t.reshape(out, 1)
+        if t.dim() == 2 and t.shape[0] == out and inn % t.shape[1] == 0:
+            return t.repeat_interleave(inn // t.shape[1], 1)
+        raise CorruptFileError(where, f"scale of shape {tuple(t.shape)} does not fit a weight {(out, inn)}")
+
+    z = expand(zero) if zero is not None else 0.0
+    return (w.float() - z) * expand(scale)
+
+
+def _unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 (R, C) → codes (R·32/bits, C): code k of word [r, c] is row r·(32/bits) + k."""
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    codes = (packed.to(torch.int32).unsqueeze(1) >> shifts.view(1, -1, 1)) & ((1 << bits) - 1)
+    return codes.reshape(-1, packed.shape[1])
+
+
+def _unpack_cols(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """int32 (R, C) → codes (R, C·32/bits): code k of word [r, c] is column c·(32/bits) + k."""
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32)
+    codes = (packed.to(torch.int32).unsqueeze(2) >> shifts.view(1, 1, -1)) & ((1 << bits) - 1)
+    return codes.reshape(packed.shape[0], -1)
+
+
+def dequantize_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor,
+                    g_idx: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """GPTQ (v1 checkpoint format) to float: ``W[i, o] = scales[g, o] · (q[i, o] − (z[g, o] + 1))``.
+
+    Parameters
+    ----------
+    qweight : torch.Tensor, shape (in·bits/32, out), int32
+    qzeros : torch.Tensor, shape (groups, out·bits/32), int32
+    scales : torch.Tensor, shape (groups, out), float16
+    g_idx : torch.Tensor, shape (in,), int32, or None
+        Group of each input row; None: ``i // (in / groups)``.
+    bits : int
+        2, 4 or 8.
+
+    Returns
+    -------
+    torch.Tensor, shape (in, out), float32
+    """
+    q = _unpack_rows(qweight, bits)
+    out = scales.shape[1]
+    z = _unpack_cols(qzeros, bits)[:, :out] + 1
+    n_in = q.shape[0] if g_idx is None else g_idx.shape[0]
+    q = q[:n_in]
+    g = g_idx.long() if g_idx is not None else torch.arange(n_in) // (n_in // scales.shape[0])
+    return scales.float()[g] * (q - z[g]).float()
+
+
+def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """AWQ GEMM 4-bit to float: ``W[i, o] = (q[i, o] − z[i // gs, o]) · scales[i // gs, o]``.
+
+    Parameters
+    ----------
+    qweight : torch.Tensor, shape (in, out/8), int32
+    qzeros : torch.Tensor, shape (groups, out/8), int32
+    scales : torch.Tensor, shape (groups, out), float16
+
+    Returns
+    -------
+    torch.Tensor, shape (in, out), float32
+    """
+    order = torch.tensor(AWQ_ORDER)
+    undo = torch.argsort(order)  # position of column j within its word
+
+    def unpack(t: torch.Tensor) -> torch.Tensor:
+        codes = _unpack_cols(t, 4).reshape(t.shape[0], -1, 8)
+        return codes[:, :, undo].reshape(t.shape[0], -1)
+
+    q, z = unpack(qweight), unpack(qzeros)
+    g = torch.arange(q.shape[0]) // (q.shape[0] // scales.shape[0])
+    return (q - z[g]).float() * scales.float()[g]
+
+
+def dequantize_bnb4(packed: torch.Tensor, absmax: torch.Tensor, quant_map: torch.Tensor, shape: tuple,
+                    blocksize: int) -> torch.Tensor:
+    """bitsandbytes 4-bit: two codes per byte (first in the high nibble), ``quant_map[code] · absmax[block]``.
+
+    Parameters
+    ----------
+    packed : torch.Tensor, uint8, ⌈numel/2⌉ values
+    absmax : torch.Tensor, float32, one per ``blocksize`` values (already de-nested)
+    quant_map : torch.Tensor, float32, (16,)
+    shape : tuple of int
+    blocksize : int
+
+    Returns
+    -------
+    torch.Tensor of ``shape``, float32
+    """
+    flat = packed.reshape(-1).to(torch.int64)
+    codes = torch.stack([flat >> 4, flat & 0xF], 1).reshape(-1)
+    n = math.prod(shape)
+    values = quant_map.float()[codes[:n]]
+    return (values * absmax.float().repeat_interleave(blocksize)[:n]).reshape(shape)
+
+
+def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """MXFP4: ``blocks`` uint8 (…, G, 16), ``scales`` uint8 (…, G) → float32 (…, G·32)."""
+    lut = torch.tensor(FP4_E2M1)
+    b = blocks.to(torch.int64)
+    values = torch.stack([lut[b & 0xF], lut[b >> 4]], -1).reshape(*blocks.shape[:-1], 32)
+    values = values * torch.pow(2.0, scales.to(torch.float32) - 127).unsqueeze(-1)
+    return values.reshape(*blocks.shape[:-2], blocks.shape[-2] * 32)
+
+
+def _load_all(*entries: TensorEntry | None) -> list:
+    return [e.load() if e is not None else None for e in entries]
+
+
+# --- schemes, in the order they run -------------------------------------------------------------------
+
+@register_scheme("fp8 / int8 scaled")
+def _fold_scaled(by_name: dict) -> list:
+    out = []
+    for name, w in by_name.items():
+        if not name.endswith("weight") or len(w.shape) != 2 or not (w.dtype.startswith("float8") or w.dtype == "int8"):
+            continue
+        inv, scale = by_name.get(name + "_scale_inv"), by_name.get(name + "_scale")
+        zero = by_name.get(name + "_zero_point")
+        extra = [n for n in (name[: -len("weight")] + "input_scale",) if n in by_name]
+        if inv is not None and len(inv.shape) == 2:
+            out.append(folded(w, [inv.name, *extra], w.shape, "fp8 block-scaled",
+                              lambda w=w, inv=inv: dequantize_fp8_block(*_load_all(w, inv), where=w.file)))
+        elif scale is not None:
+            out.append(folded(w, [scale.name, *([zero.name] if zero else []), *extra], w.shape,
+                              f"{w.dtype} scaled",
+                              lambda w=w, s=scale, z=zero: dequantize_scaled(*_load_all(w, s, z), where=w.file)))
+    return out
+
+
+@register_scheme("gptq / awq")
+def _fold_gptq_awq(by_name: dict) -> list:
+    out = []
+    for name, qw in by_name.items():
+        if not name.endswith("qweight") or qw.dtype != "int32" or len(qw.shape) != 2:
+            continue
+        prefix = name[: -len("qweight")]
+        scales, qzeros, g_idx = (by_name.get(prefix + k) for k in ("scales", "qzeros", "g_idx"))
+        companions = [e.name for e in (qzeros, scales, g_idx) if e is not None]
+        if scales is None or qzeros is None or len(scales.shape) != 2:
+            out.append(not_understood(qw, companions, "quantized (gptq/awq: scales or qzeros missing)"))
+            continue
+        groups, n_out = scales.shape
+        if qw.shape[1] == n_out:  # GPTQ: packed along the input axis
+            n_in = g_idx.shape[0] if g_idx is not None else None
+            bits = 32 * qw.shape[0] // n_in if n_in and (32 * qw.shape[0]) % n_in == 0 else (4 if n_in is None else 0)
+            n_in = n_in or qw.shape[0] * 32 // max(bits, 1)
+            if bits not in (2, 4, 8):
+                out.append(not_understood(qw, companions, f"quantized (gptq {bits or '?'}-bit)"))
+                continue
+            out.append(folded(qw, companions, (n_in, n_out), f"gptq {bits}-bit",
+                              lambda qw=qw, z=qzeros, s=scales, g=g_idx, b=bits:
+                              dequantize_gptq(*_load_all(qw, z, s, g), b)))
+        elif qw.shape[1] * 8 == n_out:  # AWQ: packed along the output axis
+            out.append(folded(qw, companions, (qw.shape[0], n_out), "awq 4-bit",
+                              lambda qw=qw, z=qzeros, s=scales: dequantize_awq(*_load_all(qw, z, s))))
+        else:
+            out.append(not_understood(qw, companions, "quantized (gptq/awq: shapes not understood)"))
+    return out
+
+
+@register_scheme("compressed-tensors packed")
+def _fold_packed(by_name: dict) -> list:
+    out = []
+    for name, w in by_name.items():
+        if not name.endswith("weight_packed"):
+            continue
+        prefix = name[: -len("weight_packed")]
+        companions = [n for n in by_name if n.startswith(prefix + "weight_") and n != name]
+        kind = "nvfp4" if any(n.endswith("global_scale") for n in companions) else "compressed-tensors pack-quantized"
+        out.append(not_understood(w, companions, f"quantized ({kind})"))
+    return out
+
+
+@register_scheme("bitsandbytes")
+def _fold_bnb(by_name: dict) -> list:
+    out = []
+    for name, w in by_name.items():
+        if not name.endswith("weight"):
+            continue
+        module = name[: -len("weight")]
+        scb = by_name.get(module + "SCB")
+        if w.dtype == "int8" and scb is not None and len(w.shape) == 2:
+            companions = [scb.name] + [n for n in (module + "weight_format",) if n in by_name]
+            out.append(folded(w, companions, w.shape, "bnb int8",
+                              lambda w=w, s=scb: _bnb_int8(*_load_all(w, s))))
+            continue
+        absmax = by_name.get(name + ".absmax")
+        if w.dtype != "uint8" or absmax is None:
+            continue
+        companions = [n for n in by_name if n.startswith(name + ".") and n != name]
+        state = next((by_name[n] for n in companions if ".quant_state.bitsandbytes__" in n), None)
+        kind = state.name.rsplit("__", 1)[1] if state is not None else "4-bit"
+        try:
+            info = json.loads(bytes(state.load().reshape(-1).tolist()).decode("utf-8")) if state is not None else None
+            shape = tuple(int(s) for s in info["shape"])
+            blocksize = int(info["blocksize"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            out.append(not_understood(w, companions, f"quantized (bnb 4-bit {kind}: its quant_state names no shape)"))
+            continue
+        out.append(folded(w, companions, shape, f"bnb 4-bit {kind}",
+                          lambda w=w, info=info, shape=shape, bs=blocksize, n=name, d=by_name:
+                          _bnb4(w, d, n, info, shape, bs)))
+    return out
+
+
+def _bnb_int8(w: torch.Tensor, scb: torch.Tensor) -> torch.Tensor:
+    return w.float() * (scb.float().reshape(-1, 1) / 127.0)
+
+
+def _bnb4(w: TensorEntry, by_name: dict, name: str, info: dict, shape: tuple, blocksize: int) -> torch.Tensor:
+    absmax = by_name[name + ".absmax"].load()
+    if name + ".nested_absmax" in by_name:  # double quantization: absmax stored as 8-bit codes
+        nested_absmax = by_name[name + ".nested_absmax"].load().float()
+        nested_map = by_name[name + ".nested_quant_map"].load().float()
+        nested_bs = int(info.get("nested_blocksize", 256))
+        codes = absmax.reshape(-1).long()
+        absmax = nested_map[codes] * nested_absmax.repeat_interleave(nested_bs)[: codes.numel()]
+        absmax = absmax + float(info.get("nested_offset", 0.0))
+    return dequantize_bnb4(w.load(), absmax, by_name[name + ".quant_map"].load(), shape, blocksize)
+
+
+@register_scheme("mxfp4")
+def _fold_mxfp4(by_name: dict) -> list:
+    out = []
+    for name, blocks in by_name.items():
+        if not name.endswith("_blocks") or blocks.dtype != "uint8" or len(blocks.shape) < 3 or blocks.shape[-1] != 16:
+            continue
+        scales = by_name.get(name[: -len("_blocks")] + "_scales")
+        if scales is None or tuple(scales.shape) != tuple(blocks.shape[:-1]):
+            continue
+        shape = (*blocks.shape[:-2], blocks.shape[-2] * 32)
+        out.append(folded(blocks, [scales.name], shape, "mxfp4",
+                          lambda b=blocks, s=scales: dequantize_mxfp4(*_load_all(b, s))))
+    return out
