@@ -506,3 +506,31 @@ def test_choose_weight_files_rules():
     assert _is_weight_file.__module__  # local.py asks the readers' registry (.jit included)
     from hubscan.weights import weight_suffixes
     assert ".jit" in weight_suffixes() and ".gguf" in weight_suffixes()
+
+
+@pytest.mark.parametrize("symmetric,strategy", [(True, "channel"), (False, "group")])
+def test_compressed_tensors_pack_quantized_matches_its_decompressor(symmetric, strategy, tmp_path):
+    """A weight packed by compressed-tensors' own compressor, dequantized by hubscan and by its decompressor."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    args = QuantizationArgs(num_bits=4, type="int", symmetric=symmetric, strategy=strategy,
+                            group_size=32 if strategy == "group" else None)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args)
+    rng = np.random.default_rng(5)
+    out_f, in_f = 72, 96
+    groups = in_f // 32 if strategy == "group" else 1
+    scale = torch.from_numpy(rng.uniform(0.01, 0.1, (out_f, groups)).astype(np.float32))
+    q = torch.from_numpy(rng.integers(-8, 8, (out_f, in_f)).astype(np.int8))
+    sd = {"weight": q, "weight_scale": scale}
+    if not symmetric:
+        sd["weight_zero_point"] = torch.from_numpy(rng.integers(-8, 8, (out_f, groups)).astype(np.int8))
+    packed = PackedQuantizationCompressor.compress(dict(sd), scheme) if hasattr(PackedQuantizationCompressor, "compress") else None
+    assert packed is not None and "weight_packed" in packed
+    ref = PackedQuantizationCompressor.decompress(dict(packed), scheme)["weight"].float()
+    save_file({f"l.{k}": v.contiguous() for k, v in packed.items()}, str(tmp_path / "m.safetensors"))
+    res = hubscan.analyze(tmp_path / "m.safetensors", keep_evals=True)
+    (row,) = res.rows
+    assert row["name"] == "l.weight_packed" and row["status"] == "success" and row["shape"] == [out_f, in_f]
+    expect = np.sort(np.linalg.svd(ref.double().numpy(), compute_uv=False) ** 2)
+    np.testing.assert_allclose(res.evals["l.weight_packed"], expect, rtol=1e-9, atol=1e-9)

@@ -23,12 +23,17 @@ Read (dequantized; the decoded ``W`` is what the row's ESD is of)
       ``nested_absmax`` / ``nested_quant_map`` / offset under double quantization); ``weight.quant_map``
       the 16-value code book; ``weight.quant_state.bitsandbytes__<type>`` the JSON with the shape:
       ``W = quant_map[code] · absmax[block]``. Without a readable quant_state JSON (no shape) it is skipped.
+    * **compressed-tensors pack-quantized** (int4 / int8 ``weight_packed``): ``weight_packed`` int32
+      (out, ⌈in·bits/32⌉) packs codes along the input axis, code k of a word in bits [k·bits, (k+1)·bits),
+      stored offset by 2^(bits−1); ``weight_shape`` (out, in); ``weight_scale`` per channel (out, 1) or
+      group (out, G); optional ``weight_zero_point`` packed the same way along the output axis:
+      ``W = (q − z) · s`` with q, z signed.
     * **MXFP4** (gpt-oss): ``*_blocks`` uint8 (…, G, 16) hold 32 FP4 E2M1 codes per block (low nibble
       first) and ``*_scales`` uint8 (…, G) an E8M0 exponent: ``W = fp4(code) · 2^(scale − 127)``, shape
       (…, G·32).
 
 Recognised, not decoded (skipped ``quantized (<scheme>)``, the model ``incomplete``)
-    compressed-tensors ``weight_packed`` (pack-quantized int4 and NVFP4), bitsandbytes 4-bit without a
+    compressed-tensors NVFP4 (``weight_packed`` uint8 + ``weight_global_scale``), bitsandbytes 4-bit without a
     readable quant_state, GPTQ with 3-bit or unrecognised shapes.
 """
 
@@ -267,6 +272,30 @@ def _fold_gptq_awq(by_name: dict) -> list:
     return out
 
 
+def dequantize_packed(packed: torch.Tensor, shape: tuple, scale: torch.Tensor, zero: torch.Tensor | None,
+                      bits: int) -> torch.Tensor:
+    """compressed-tensors pack-quantized to float: ``W = (q − z) · s`` (q, z unpacked and made signed).
+
+    Parameters
+    ----------
+    packed : torch.Tensor, shape (out, ⌈in·bits/32⌉), int32
+    shape : (out, in)
+    scale : torch.Tensor, shape (out, 1) or (out, G)
+    zero : torch.Tensor, shape (⌈out·bits/32⌉, G), int32, or None (symmetric)
+    bits : int
+        4 or 8 (codes never straddle two words).
+
+    Returns
+    -------
+    torch.Tensor, shape (out, in), float32
+    """
+    n_out, n_in = shape
+    offset = 1 << (bits - 1)
+    q = (_unpack_cols(packed, bits)[:, :n_in] - offset).float()
+    z = (_unpack_rows(zero, bits)[:n_out] - offset).float() if zero is not None else None
+    return dequantize_scaled(q, scale, z)
+
+
 @register_scheme("compressed-tensors packed")
 def _fold_packed(by_name: dict) -> list:
     out = []
@@ -275,8 +304,17 @@ def _fold_packed(by_name: dict) -> list:
             continue
         prefix = name[: -len("weight_packed")]
         companions = [n for n in by_name if n.startswith(prefix + "weight_") and n != name]
-        kind = "nvfp4" if any(n.endswith("global_scale") for n in companions) else "compressed-tensors pack-quantized"
-        out.append(not_understood(w, companions, f"quantized ({kind})"))
+        scale, zero, shape_entry = (by_name.get(prefix + k) for k in ("weight_scale", "weight_zero_point", "weight_shape"))
+        shape = tuple(int(v) for v in shape_entry.load().reshape(-1).tolist()) if shape_entry is not None else ()
+        bits = 32 * w.shape[1] // shape[1] if len(shape) == 2 and len(w.shape) == 2 and shape[1] else 0
+        if (w.dtype != "int32" or prefix + "weight_global_scale" in by_name or scale is None or bits not in (4, 8)
+                or -(-shape[1] * bits // 32) != w.shape[1]):
+            kind = "nvfp4" if prefix + "weight_global_scale" in by_name else "compressed-tensors packed"
+            out.append(not_understood(w, companions, f"quantized ({kind})"))
+            continue
+        out.append(folded(w, companions, shape, f"compressed-tensors int{bits}",
+                          lambda w=w, s=scale, z=zero, shape=shape, b=bits:
+                          dequantize_packed(w.load(), shape, s.load(), z.load() if z is not None else None, b)))
     return out
 
 
