@@ -534,3 +534,23 @@ def test_compressed_tensors_pack_quantized_matches_its_decompressor(symmetric, s
     assert row["name"] == "l.weight_packed" and row["status"] == "success" and row["shape"] == [out_f, in_f]
     expect = np.sort(np.linalg.svd(ref.double().numpy(), compute_uv=False) ** 2)
     np.testing.assert_allclose(res.evals["l.weight_packed"], expect, rtol=1e-9, atol=1e-9)
+
+
+# --- reader messages (issue 9 item 8) ----------------------------------------------------------------------
+
+def test_reader_messages_say_what_is_wrong(tmp_path, capsys):
+    torch.save({"w": torch.randn(64, 32)}, tmp_path / "full.pt")
+    blob = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "notes.safetensors").write_text("This is a README saved under the wrong name.\n" * 20)
+    (tmp_path / "notes.pt").write_text("hello, not a checkpoint\n")
+    for name, frag in (("cut.pt", "truncated"), ("notes.safetensors", "not a safetensors file"),
+                       ("notes.pt", "neither a zip archive nor a pickle")):
+        with pytest.raises(HubscanError) as info:
+            hubscan.analyze(tmp_path / name)
+        msg = str(info.value)
+        assert frag in msg and name in msg and "Errno" not in msg and "exceeds" not in msg, msg
+        assert not any(cls in msg for cls in ("Error:", "Exception", "RuntimeError", "OSError")), msg
+        code = cli_main(["analyze", str(tmp_path / name), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code != 0 and err.count("\n") == 0 and frag in err
