@@ -554,3 +554,43 @@ def test_reader_messages_say_what_is_wrong(tmp_path, capsys):
         code = cli_main(["analyze", str(tmp_path / name), "-q"])
         err = capsys.readouterr().err.strip()
         assert code != 0 and err.count("\n") == 0 and frag in err
+
+
+def test_diffusers_folder_is_one_local_model(tmp_path):
+    from hubscan.sources.local import list_local
+    _diffusers_repo(tmp_path / "pipe")
+    _diffusers_repo(tmp_path / "models" / "pipe2")
+    assert [r.id for r, _ in list_local(tmp_path / "pipe")] == [str(tmp_path / "pipe")]
+    assert [r.id for r, _ in list_local(tmp_path / "models")] == [str(tmp_path / "models" / "pipe2")]
+
+
+def test_gguf_stacked_experts_per_expert(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(2)
+    experts = rng.standard_t(3, (4, 48, 32)).astype(np.float32)
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_tensor("blk.0.ffn_down_exps.weight", experts)
+    w.add_tensor("blk.0.conv.weight", rng.standard_t(3, (48, 32, 3)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    rows = {key(r): r for r in hubscan.analyze(tmp_path / "m.gguf").rows}
+    assert sorted(k for k in rows if "exps" in k) == [f"blk.0.ffn_down_exps.weight:{e}" for e in range(4)]
+    for e in range(4):
+        lam = np.linalg.svd(experts[e].astype(np.float64), compute_uv=False) ** 2
+        r = rows[f"blk.0.ffn_down_exps.weight:{e}"]
+        assert (r["rf"], r["lambda_max"]) == (1, pytest.approx(lam.max(), rel=1e-9))
+    assert rows["blk.0.conv.weight"]["layer_type"] == "conv1d"  # not named as experts: a convolution
+
+
+def test_fp8_per_channel_file_names_all_companions(tmp_path):
+    rng = np.random.default_rng(4)
+    W = torch.from_numpy(rng.standard_t(3, (64, 48)).astype(np.float32))
+    s = W.abs().amax(1, keepdim=True) / 448.0
+    save_file({"l.weight": (W / s).to(torch.float8_e4m3fn), "l.weight_scale": s, "l.input_scale": torch.tensor([0.5])},
+              str(tmp_path / "m.safetensors"))
+    (row,) = hubscan.analyze(tmp_path / "m.safetensors", keep_evals=True).rows
+    assert row["companions"] == ["l.weight_scale", "l.input_scale"] and row["dtype"] == "float8_e4m3fn"
+    ref = ((W / s).to(torch.float8_e4m3fn).float() * s).double()  # dequantized in float32, as stored scales are
+    assert row["lambda_max"] == pytest.approx(np.linalg.svd(ref.numpy(), compute_uv=False)[0] ** 2, rel=1e-9)

@@ -24,8 +24,8 @@ def _is_model_dir(p: Path) -> bool:
         return False
     children = list(p.iterdir())
     weights = [c for c in children if _is_weight_file(c)]
-    if any(c.name.endswith(".index.json") for c in children):
-        return True
+    if any(c.name.endswith(".index.json") or c.name == "model_index.json" for c in children):
+        return True  # sharded, or a diffusers pipeline (its components in sub-folders are one model)
     if weights and ((p / "config.json").is_file() or any(c.name in ("model.safetensors", "pytorch_model.bin")
                                                          for c in weights)):
         return True
@@ -82,7 +82,7 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     if not root.exists():
         raise NoWeightsError(str(root), "no such folder")
     if _is_weight_file(root) or (_is_model_dir(root) and len([c for c in root.iterdir() if c.is_dir()]) == 0) \
-            or (root / "config.json").is_file():
+            or (root / "config.json").is_file() or (root / "model_index.json").is_file():
         yield ModelRef("local", str(root)), local_metadata(root)
         return
     for child in sorted(root.iterdir()):
