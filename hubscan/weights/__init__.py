@@ -18,6 +18,11 @@ Sharded index
 Several files without an index
     They are read as one set, tensor names as stored. If any name occurs in more than one file (e.g. the
     folds of a cross-validated model), every name is prefixed with its file name: ``v3_fold0.pt/emb.weight``.
+Components (files in sub-folders, diffusers)
+    Each tensor name is prefixed with its folder: ``unet/conv_in.weight``, ``text_encoder/fc.weight``.
+
+What the analysis sees is :func:`hubscan.weights.layouts.resolve_layouts` of a set's entries (quantization
+companions folded into their weights, tied copies marked).
 """
 
 from __future__ import annotations
