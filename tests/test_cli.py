@@ -242,3 +242,12 @@ def test_report_out_folder_not_created(local_dataset, tmp_path):
     root, _ = local_dataset
     rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "no" / "r.html", cwd=root)
     assert rc == 1 and len(err.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
+
+
+def test_plot_says_what_it_does(tmp_path):
+    rc, out, err = run_cli("analyze", CASES / "degenerate_and_good.safetensors", "--plot", tmp_path / "plots",
+                           columns=120)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("plotting 1 layer ESDs to") and "wrote 2 plots to" in out
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["alpha_depth.png", "esd_002_c.good.weight.png"]

@@ -152,7 +152,18 @@ def test_accuracy_vs_metric_points_and_lines(tmp_path):
     ln = next(ln for ln in lines if np.isclose(ln.get_xdata()[0], resnet["alpha"].min()))
     assert np.allclose(ln.get_ydata(), slope * ln.get_xdata() + intercept)
     assert "power-law exponent" in ax.get_xlabel() and "top-1" in ax.get_ylabel()
-    assert len(ax.get_legend().get_texts()) == valid["family"].nunique()
+    # the overall least-squares line: correlate's fit over every model
+    from hubscan.correlate import fit_stats
+    fit = fit_stats(valid["alpha"], valid["top1"])
+    overall = [ln for ln in ax.get_lines() if ln.get_gid() == "overall-fit"]
+    assert len(overall) == 1 and np.isclose(overall[0].get_xdata()[0], valid["alpha"].min())
+    assert np.allclose(overall[0].get_ydata(), fit["slope"] * overall[0].get_xdata() + fit["intercept"])
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == valid["family"].nunique() + 1
+    # the legend is outside the axes (under them, below the axis label): not over the data
+    fig.canvas.draw()
+    leg, axbox = legend.get_window_extent(), ax.get_tightbbox()
+    assert leg.y1 <= axbox.y0
     _assert_real_png(_png(tmp_path / "scatter.png"))
 
 
@@ -180,6 +191,13 @@ def test_alpha_vs_depth_real_models(minilm, pocket, tmp_path):
         assert list(ln.get_xdata()) == list(range(len(ok)))
     guides = sorted(ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_gid() == "guide")
     assert guides == [2.0, 6.0]
+    # the x ticks name the first model's layers: "layer_id: name" (the name shortened from the left)
+    ok = sorted(_successful(minilm.rows), key=lambda r: (r["layer_id"], r["part"]))
+    labels = {int(t): lab.get_text() for t, lab in zip(ax.get_xticks(), ax.get_xticklabels())}
+    assert len(labels) >= 10
+    for i, text in labels.items():
+        lid, name = text.split(": ", 1)
+        assert int(lid) == ok[i]["layer_id"] and ok[i]["name"].endswith(name.lstrip("…"))
     _assert_real_png(_png(tmp_path / "depth.png"))
 
 
@@ -278,6 +296,11 @@ def test_plot_model_files(minilm, tmp_path):
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(f.name for f in files)
     for f in files:
         assert re.fullmatch(r"[A-Za-z0-9_.-]+\.png", f.name), f.name
+    # named by layer_id (as in the layers table), not by position
+    by_name = {r["name"]: r["layer_id"] for r in minilm.rows if r["name"] in minilm.evals}
+    for f in esd_files:
+        lid = int(f.name.split("_")[1])
+        assert any(f.name == f"esd_{lid:03d}_{name}.png" and by_name[name] == lid for name in by_name), f.name
     _assert_real_png(_png(files[0]))
     _assert_real_png(_png(files[-1]))
 
@@ -373,16 +396,23 @@ _URL_ATTRS = ("src", "href", "srcset", "action", "poster", "data", "formaction",
 
 
 def _check_self_contained(page: str) -> list[bytes]:
-    """Assert no external reference, no script, no event handler; return the embedded PNGs."""
+    """Assert no external reference, no script but the report's own inline table sorter, no event
+    handler attribute; return the embedded PNGs."""
+    from hubscan.report.html import _SORT_JS
     parser = _Tags()
     parser.feed(page)
     parser.close()
     tags = {t for t, _ in parser.tags}
-    assert not tags & {"script", "link", "iframe", "object", "embed", "base"}, tags
+    assert not tags & {"link", "iframe", "object", "embed", "base"}, tags
+    scripts = [a for t, a in parser.tags if t == "script"]
+    assert scripts == [{}] and page.count("<script>") == 1
+    assert page.split("<script>", 1)[1].split("</script>", 1)[0] == _SORT_JS  # inline, the sorter only
     pngs = []
     for tag, attrs in parser.tags:
         assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
         for a in _URL_ATTRS:
+            if tag == "a" and a == "href" and attrs[a].startswith("#"):
+                continue  # the table of contents: links within the page
             if a in attrs:
                 assert tag == "img" and a == "src" and attrs[a].startswith("data:image/png;base64,"), (tag, a)
         if tag == "img":
@@ -402,7 +432,7 @@ def report_with_accuracy(report_dataset, tmp_path_factory):
     return path, joined, corr
 
 
-def test_report_self_contained_with_accuracy(report_with_accuracy, minilm, pocket):
+def test_report_self_contained_with_accuracy(report_with_accuracy, minilm, pocket, ok_small):
     path, joined, corr = report_with_accuracy
     page = path.read_text(encoding="utf-8")
     pngs = _check_self_contained(page)
@@ -418,17 +448,39 @@ def test_report_self_contained_with_accuracy(report_with_accuracy, minilm, pocke
     assert re.search(r"<td>failed</td><td class='num'>1</td>", page)
     assert "malicious_pickle.pt" in page and "local:tests" in page
     # correlation table: one row per (group, metric)
-    section = page.split("Correlations per group", 1)[1].split("</table>", 1)[0]
+    section = page.split("id='correlations'>", 1)[1].split("</table>", 1)[0]
     assert section.count("<tr>") == len(corr) + 1
     assert "No accuracy data" not in page
     # depth plot of the 3 most downloaded models; ESDs from the most downloaded one with evals (MiniLM)
-    assert "α vs depth (3 most downloaded models)" in page
+    assert "α vs depth (3 models: most downloaded)" in page
     assert f"ESDs of 4 layers of {html.escape(minilm.ref.id)}" in page
     # worst-layers table: the highest alpha of all layers first
     all_ok = _successful(minilm.rows) + [r for p in pocket for r in _successful(p.rows)]
     top = max(all_ok, key=lambda r: r["alpha"])
-    worst = page.split("Layers with the highest α", 1)[1]
+    worst = page.split("id='highest'>", 1)[1]
     assert f"{top['alpha']:.3f}" in worst.split("</tr>", 2)[1]
+    low = min(all_ok, key=lambda r: r["alpha"])
+    lowest = page.split("id='lowest'>", 1)[1]
+    assert f"{low['alpha']:.3f}" in lowest.split("</tr>", 2)[1]
+    # table of contents linking every section
+    toc = page.split("<nav class='toc'", 1)[1].split("</nav>", 1)[0]
+    for anchor in ("survey", "models", "failures", "phases", "accuracy", "scatters", "layers", "lowest", "highest"):
+        assert f"href='#{anchor}'" in toc and f"id='{anchor}'" in page, anchor
+    # per-model table: every model analysis once, sortable, numeric cells carry their value
+    models = page.split("id='model-table'", 1)[1].split("</table>", 1)[0]
+    assert models.count("<tr>") == 5 + 1 and "malicious_pickle.pt" in models
+    assert f"data-v='{minilm.summary['alpha']!r}'" in models
+    # failures with their reason; phases of every successful layer
+    fails = page.split("id='failures'", 1)[1].split("id='phases'", 1)[0]
+    assert "malicious_pickle.pt" in fails and "failed" in fails
+    phases = page.split("id='phases'", 1)[1].split("</table>", 1)[0]
+    counts = {}
+    for r in _successful(minilm.rows) + _successful(pocket[0].rows) + _successful(pocket[1].rows) \
+            + _successful(ok_small.rows):
+        counts[r["phase"] or "(none)"] = counts.get(r["phase"] or "(none)", 0) + 1
+    for phase, n in counts.items():
+        assert f"<td>{html.escape(phase)}</td><td class='num'>{n}</td>" in phases, (phase, n)
+    assert phases.count("<tr>") == len(counts) + 1
 
 
 def test_report_without_accuracy(report_dataset, tmp_path):
@@ -459,6 +511,8 @@ def test_report_computes_correlations_lazily(report_dataset, tmp_path, monkeypat
 
     fake = types.ModuleType("hubscan.correlate")
     fake.correlate = correlate
+    from hubscan.correlate import fit_stats  # the scatters' overall line uses the real one
+    fake.fit_stats = fit_stats
     monkeypatch.setitem(sys.modules, "hubscan.correlate", fake)
     monkeypatch.setattr(hubscan, "correlate", fake, raising=False)
     page = build_report(str(report_dataset), tmp_path / "r.html", joined=joined).read_text(encoding="utf-8")
@@ -488,7 +542,7 @@ def test_report_with_dataset_accuracy(report_dataset, tmp_path):
     assert len(pngs) == len(scatters) + 1 + 1 + 1 + 4                   # + heat map, histogram, depth, ESDs
     assert "No accuracy data" not in page and "custom (4 models)" in page
     corr = correlate.correlate(joined, metric="top1", group_by="family")
-    section = page.split("Correlations per group", 1)[1].split("</table>", 1)[0]
+    section = page.split("id='correlations'>", 1)[1].split("</table>", 1)[0]
     assert section.count("<tr>") == len(corr) + 1 and "HTSR metric" in section
     assert html.escape(NASTY_ID, quote=True) in page and NASTY_ID not in page
 

@@ -1,14 +1,18 @@
 """A self-contained HTML report of a survey dataset.
 
-One file, no external resource: the CSS is inline, every plot is a PNG embedded as a base64
-``data:`` URI, there is no script, and every piece of text coming from the data (model ids, layer
-names, reasons, families) is escaped with :func:`html.escape`. The page can be mailed, archived
-or opened from a CI artifact offline.
+One file, no external resource: the CSS and the one small script (click a column header of a
+``sortable`` table to sort it; no library) are inline, every plot is a PNG embedded as a base64
+``data:`` URI, and every piece of text coming from the data (model ids, layer names, reasons,
+families) is escaped with :func:`html.escape`. The page can be mailed, archived or opened from a
+CI artifact offline.
 
-Sections: survey summary (models per status and family, surveys run, failed models), accuracy
-against HTSR metrics (correlation table, one scatter per metric, Kendall τ heat map — or a note
-saying there is no accuracy data), the layer-α histogram, α vs depth of a few models, the ESDs of
-a few layers with their fits, and the layers with the highest α.
+Sections (with a table of contents): survey summary (models per status and family, surveys run),
+the per-model table (model, status, α, layers, accuracy; sortable), failed / skipped / incomplete
+models with their reasons and the reasons layers were skipped, the distribution of phases, accuracy
+against HTSR metrics (correlation table, one scatter per metric with per-group and overall fit
+lines, Kendall τ heat map — or a note saying there is no accuracy data), the layer-α histogram,
+α vs depth of a few models (layer names on the axis), the ESDs of a few layers with their fits,
+and the layers with the lowest and the highest α.
 """
 
 from __future__ import annotations
@@ -29,8 +33,15 @@ from hubscan.report import plots
 log = logging.getLogger(__name__)
 
 _CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1200px;
-       color: #222; padding: 0 16px; line-height: 1.4; }
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1900px;
+       color: #222; padding: 0 24px; line-height: 1.4; }
+nav.toc { background: #f6f8fa; border: 1px solid #e1e4e8; padding: 6px 14px; display: inline-block; }
+nav.toc ol { margin: 4px 0; padding-left: 20px; columns: 2; column-gap: 40px; }
+nav.toc li.sub { margin-left: 1em; font-size: 0.92em; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th.asc::after { content: " ▲"; } table.sortable th.desc::after { content: " ▼"; }
+.scroll { max-height: 560px; overflow: auto; }
+.bar { display: inline-block; height: 10px; background: #4c78a8; vertical-align: middle; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; }
 h2 { font-size: 1.25em; border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 1.8em; }
 h3 { font-size: 1.05em; margin-bottom: 0.3em; }
@@ -43,7 +54,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr:nth-child(even) td { background: #fafafa; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0 0 12px; }
-.grid figure { flex: 1 1 560px; max-width: 590px; }
+.grid figure { flex: 1 1 600px; max-width: 900px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.85em; color: #555; }
 .wrap { overflow-x: auto; }
@@ -80,20 +91,56 @@ def _fmt(value, fmt: str | None = None) -> tuple[str, bool]:
     return str(value), False
 
 
-def _table(df, columns: list[str] | None = None, formats: dict | None = None, headers: dict | None = None) -> str:
-    """An escaped HTML table of a DataFrame's columns."""
+#: Sorts a ``table.sortable`` by the clicked column: numbers (a cell's ``data-v``) numerically,
+#: text alphabetically; a second click reverses. Plain DOM, no library.
+_SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('th').forEach(function (th, col) {
+    th.addEventListener('click', function () {
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      var asc = !th.classList.contains('asc');
+      table.querySelectorAll('th').forEach(function (h) { h.classList.remove('asc', 'desc'); });
+      th.classList.add(asc ? 'asc' : 'desc');
+      function key(row) {
+        var cell = row.cells[col], v = cell.getAttribute('data-v');
+        return v === null ? cell.textContent : (v === '' ? NaN : parseFloat(v));
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (typeof x === 'number' || typeof y === 'number') {
+          if (isNaN(x)) return 1; if (isNaN(y)) return -1;
+          return asc ? x - y : y - x;
+        }
+        return asc ? String(x).localeCompare(String(y)) : String(y).localeCompare(String(x));
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def _table(df, columns: list[str] | None = None, formats: dict | None = None, headers: dict | None = None, *,
+           sortable: bool = False, table_id: str | None = None) -> str:
+    """An escaped HTML table of a DataFrame's columns (``sortable``: click a header to sort;
+    numeric cells carry their value in ``data-v``)."""
     if df is None or len(df) == 0:
         return "<p class='meta'>(none)</p>"
     columns = [c for c in (columns or list(df.columns)) if c in df.columns]
     formats, headers = formats or {}, headers or {}
-    out = ["<div class='wrap'><table><thead><tr>"]
+    attrs = (" class='sortable'" if sortable else "") + (f" id='{_esc(table_id)}'" if table_id else "")
+    out = [f"<div class='wrap{' scroll' if sortable and len(df) > 25 else ''}'><table{attrs}><thead><tr>"]
     out += [f"<th>{_esc(headers.get(c, c))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for row in df[columns].itertuples(index=False, name=None):
         out.append("<tr>")
         for c, v in zip(columns, row):
             text, numeric = _fmt(v, formats.get(c))
-            out.append(f"<td class='num'>{_esc(text)}</td>" if numeric else f"<td>{_esc(text)}</td>")
+            if numeric and sortable:
+                raw = "" if text == "–" else repr(float(v))
+                out.append(f"<td class='num' data-v='{raw}'>{_esc(text)}</td>")
+            else:
+                out.append(f"<td class='num'>{_esc(text)}</td>" if numeric else f"<td>{_esc(text)}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
@@ -161,7 +208,7 @@ def _survey_section(con, have) -> list[str]:
     status = con.execute("SELECT status, count(*) AS models FROM models GROUP BY 1 ORDER BY 2 DESC, 1").df()
     total = int(status["models"].sum()) if len(status) else 0
     out.append(f"<p>{total} model analyses in the dataset.</p>")
-    out.append("<h3>Models per status</h3>" + _table(status))
+    out.append("<h3 id='status'>Models per status</h3>" + _table(status))
     if "family" in cols:
         fam = con.execute("""
             SELECT coalesce(family, '?') AS family, count(*) AS models,
@@ -178,10 +225,80 @@ def _survey_section(con, have) -> list[str]:
         out.append("<h3>Surveys run (latest 20)</h3>" + _table(sv, formats={"seconds": ".1f"}))
     else:
         out.append("<p class='meta'>No surveys table (models written by single analyses).</p>")
-    bad = con.execute("""SELECT model_id, status, reason FROM models WHERE status IN ('failed', 'incomplete')
-                         ORDER BY status, model_id LIMIT 20""").df()
-    if len(bad):
-        out.append("<h3>Failed and incomplete models (first 20)</h3>" + _table(bad))
+    return out
+
+
+def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
+    """The per-model table: one row per model analysis, sortable, with its accuracy when joined."""
+    out = ["<h2 id='models'>Models</h2>"]
+    if "models" not in have:
+        return out + [_note("No models table.")]
+    cols = _columns(con, "models")
+    want = ["model_id", "source", "family", "status", "alpha", "alpha_weighted", "log_norm", "num_success",
+            "num_over_trained", "num_under_trained", "num_failed", "num_skipped", "reason"]
+    sel = ", ".join(c for c in want if c in cols)
+    total = con.execute("SELECT count(*) FROM models").fetchone()[0]
+    df = con.execute(f"SELECT model_key, {sel} FROM models ORDER BY alpha NULLS LAST, model_id LIMIT ?",
+                     [limit]).df()
+    if joined is not None and len(joined) and {"model_id", "source"} <= set(joined.columns):
+        ycol = plots.accuracy_column(joined, metric)
+        key = "model_key" if "model_key" in joined.columns else None
+        acc = joined[[key or "model_id", *([] if key else ["source"]), ycol]].rename(columns={ycol: metric})
+        df = df.merge(acc.drop_duplicates(key or ["model_id", "source"]), how="left",
+                      on=key or ["model_id", "source"])
+    heads = {"num_success": "layers", "num_over_trained": "α<2 layers", "num_under_trained": "α>6 layers",
+             "num_failed": "failed layers", "num_skipped": "skipped layers", "alpha": "mean α",
+             "alpha_weighted": "mean α_w"}
+    show = [c for c in ["model_id", "source", "family", "status", "alpha", "alpha_weighted", "log_norm", metric,
+                        "num_success", "num_over_trained", "num_under_trained", "num_failed", "num_skipped",
+                        "reason"] if c in df.columns]
+    shown = f"the {limit} with the lowest mean α of {total}" if total > limit else f"all {total}"
+    out.append(f"<p>One row per model analysis ({shown}); click a column header to sort.</p>")
+    out.append(_table(df, show, {"alpha": ".3f", "alpha_weighted": ".3f", "log_norm": ".3f", metric: ".2f"},
+                      heads, sortable=True, table_id="model-table"))
+    return out
+
+
+def _failures_section(con, have, limit: int = 200) -> list[str]:
+    """Models that failed, were skipped or are incomplete, with reasons; layer skip / fail reasons."""
+    out = ["<h2 id='failures'>Failed, skipped and incomplete</h2>"]
+    if "models" in have:
+        n = con.execute("SELECT count(*) FROM models WHERE status <> 'success'").fetchone()[0]
+        bad = con.execute("""SELECT model_id, source, status, reason FROM models WHERE status <> 'success'
+                             ORDER BY status, model_id LIMIT ?""", [limit]).df()
+        out.append(f"<h3>Models not fully analyzed: {n}" + (f" (first {limit})" if n > limit else "") + "</h3>"
+                   + (_table(bad, sortable=True) if n else "<p class='meta'>None: every model analyzed.</p>"))
+    if "layers" in have:
+        why = con.execute("""SELECT status, reason, count(*) AS layers, count(DISTINCT model_key) AS models
+                             FROM layers WHERE status <> 'success' GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
+                             LIMIT 30""").df()
+        out.append("<h3>Why layers were skipped or failed (30 most common reasons)</h3>"
+                   + (_table(why) if len(why) else "<p class='meta'>None: every layer analyzed.</p>"))
+    return out
+
+
+def _phases_section(con, have) -> list[str]:
+    """Distribution of the layers' phases (:mod:`hubscan.esd.phases`) over the survey."""
+    out = ["<h2 id='phases'>Phases</h2>"]
+    if "layers" not in have or "phase" not in _columns(con, "layers"):
+        return out + [_note("No phase column in the layers table.")]
+    ph = con.execute("""SELECT coalesce(nullif(phase, ''), '(none)') AS phase, count(*) AS layers,
+                               count(DISTINCT model_key) AS models, avg(alpha) AS mean_alpha
+                        FROM layers WHERE status = 'success' GROUP BY 1 ORDER BY 2 DESC, 1""").df()
+    if not len(ph):
+        return out + [_note("No successfully analyzed layer.")]
+    total = float(ph["layers"].sum())
+    rows = ["<div class='wrap'><table><thead><tr><th>phase</th><th>layers</th><th>share</th><th></th>"
+            "<th>models</th><th>mean α</th></tr></thead><tbody>"]
+    for r in ph.itertuples(index=False):
+        share = r.layers / total
+        rows.append(f"<tr><td>{_esc(r.phase)}</td><td class='num'>{int(r.layers)}</td>"
+                    f"<td class='num'>{share:.1%}</td><td><span class='bar' style='width:{share * 300:.0f}px'>"
+                    f"</span></td><td class='num'>{int(r.models)}</td>"
+                    f"<td class='num'>{_esc(_fmt(r.mean_alpha, '.3f')[0])}</td></tr>")
+    rows.append("</tbody></table></div>")
+    out.append(f"<p>Phase of each successfully analyzed layer ({int(total)} layers; Martin &amp; Mahoney's "
+               "5+1 phases of training, as hubscan.esd.phases assigns them).</p>" + "".join(rows))
     return out
 
 
@@ -204,7 +321,7 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
         corr = plots.corr_columns(corr)
     if corr is not None and len(corr) and {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
         fig = plots.tau_heatmap(corr)
-        out.append("<h3>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
+        out.append("<h3 id='tau'>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
     figs = []
     for m in plots.HTSR_METRICS:
         if m not in joined.columns:
@@ -216,7 +333,7 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
         fig = plots.accuracy_vs_metric(joined, m, accuracy=metric, group=group_by)
         figs.append(_img(fig, f"{metric} vs {m}", plots.METRIC_LABELS.get(m, m)))
     if figs:
-        out.append("<h3>Accuracy vs each HTSR metric</h3><div class='grid'>" + "".join(figs) + "</div>")
+        out.append("<h3 id='scatters'>Accuracy vs each HTSR metric (dashed: fit over all models)</h3><div class='grid'>" + "".join(figs) + "</div>")
     if corr is not None and len(corr):
         cols = ["group", "metric_name", "n", "spearman", "spearman_p", "kendall_tau", "kendall_p", "kendall_tau_lo",
                 "kendall_tau_hi", "pearson", "pearson_p", "slope", "intercept", "rmse", "r2"]
@@ -224,7 +341,7 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
                 "kendall_tau": ".3f", "kendall_tau_lo": ".3f", "kendall_tau_hi": ".3f", "pearson": ".3f", "r2": ".3f"}
         heads = {"metric_name": "HTSR metric", "spearman": "spearman ρ", "kendall_tau": "kendall τ",
                  "pearson": "pearson r", "kendall_tau_lo": "τ low", "kendall_tau_hi": "τ high"}
-        out.append("<h3>Correlations per group</h3>" + _table(corr, cols, fmts, heads))
+        out.append("<h3 id='correlations'>Correlations per group</h3>" + _table(corr, cols, fmts, heads, sortable=True))
     elif corr is not None:
         out.append(_note("The correlation table is empty (too few models per group)."))
     return out
@@ -237,7 +354,7 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
         return out
     alphas = con.execute("""SELECT model_key, alpha FROM layers
                             WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
-    out.append("<h3>Layer α over the survey</h3>" + _img(plots.alpha_histogram(alphas), "histogram of layer alpha"))
+    out.append("<h3 id='alpha-hist'>Layer α over the survey</h3>" + _img(plots.alpha_histogram(alphas), "histogram of layer alpha"))
 
     keys: list[str] = []
     if "models" in have:
@@ -246,24 +363,28 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
                                ORDER BY downloads DESC NULLS LAST, model_id, model_key""").df()
         order = order.drop_duplicates("model_id").head(max(0, models_for_depth))
         keys = order["model_key"].tolist()
+        by_downloads = bool(len(order)) and order["downloads"].notna().all()
     if keys:
         marks = ", ".join("?" * len(keys))
         depth = con.execute(f"""SELECT model_key, model_id, layer_id, name, part, status, alpha FROM layers
                                 WHERE model_key IN ({marks})""", keys).df()
         ids = [depth.loc[depth["model_key"] == k, "model_id"].iloc[0] for k in keys
                if (depth["model_key"] == k).any()]
-        out.append(f"<h3>α vs depth ({len(ids)} most downloaded models)</h3>"
+        which = "most downloaded" if by_downloads else "first by model id (no download counts)"
+        out.append(f"<h3 id='depth'>α vs depth ({len(ids)} models: {which})</h3>"
                    + _img(plots.alpha_vs_depth(depth, ids), "alpha per layer vs depth"))
 
     if "esd" in have and esd_layers > 0:
         out += _esd_plots(con, keys, esd_layers)
 
-    worst = con.execute("""SELECT model_id, name, part, layer_type, alpha, D, num_pl_spikes, num_evals, xmin, xmax,
-                                  phase, warning FROM layers
-                           WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)
-                           ORDER BY alpha DESC, model_id, layer_id LIMIT ?""", [worst_layers]).df()
-    out.append(f"<h3>Layers with the highest α (first {worst_layers})</h3>"
-               + _table(worst, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}))
+    for order, what, anchor in (("ASC", "lowest α (heaviest tails: over-trained below 2)", "lowest"),
+                                ("DESC", "highest α (under-trained above 6)", "highest")):
+        ext = con.execute(f"""SELECT model_id, layer_id, name, part, layer_type, alpha, D, num_pl_spikes, num_evals,
+                                     xmin, xmax, phase, warning FROM layers
+                              WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)
+                              ORDER BY alpha {order}, model_id, layer_id LIMIT ?""", [worst_layers]).df()
+        out.append(f"<h3 id='{anchor}'>Layers with the {what}: first {worst_layers}</h3>"
+                   + _table(ext, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}, sortable=True))
     return out
 
 
@@ -291,15 +412,27 @@ def _esd_plots(con, keys: list[str], count: int) -> list[str]:
             fig = plots.esd_loglog(np.asarray(ev, dtype=np.float64), row.to_dict(), title=name)
             figs.append(_img(fig, f"ESD of {name}", f"{name} (α = {row['alpha']:.2f})"))
         model_id = layers["model_id"].iloc[0]
-        return [f"<h3>ESDs of {len(figs)} layers of {_esc(model_id)} (lowest to highest α)</h3>"
+        return [f"<h3 id='esds'>ESDs of {len(figs)} layers of {_esc(model_id)} (lowest to highest α)</h3>"
                 "<div class='grid'>" + "".join(figs) + "</div>"]
     return []
+
+
+def _toc(sections: list[str]) -> str:
+    """A table of contents of the ``<h2 id=…>`` / ``<h3 id=…>`` headings among ``sections``."""
+    import re
+    items = []
+    for part in sections:
+        for level, anchor, text in re.findall(r"<h([23]) id='([^']+)'>(.*?)</h\1>", part):
+            text = re.sub(r"<[^>]+>", "", text)
+            indent = " class='sub'" if level == "3" else ""
+            items.append(f"<li{indent}><a href='#{anchor}'>{text}</a></li>")
+    return "<nav class='toc' id='contents'><strong>Contents</strong><ol>" + "".join(items) + "</ol></nav>"
 
 
 def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "top1", benchmark: str | None = None,
                  group_by: str = "family", models_for_depth: int = 3, corr=None, joined=None, esd_layers: int = 4,
                  worst_layers: int = 20, title: str = "hubscan survey report",
-                 storage_options: dict | None = None, progress=None) -> Path:
+                 storage_options: dict | None = None, progress=None, model_rows: int = 1000) -> Path:
     """Write a self-contained HTML report of a survey dataset.
 
     Parameters
@@ -330,7 +463,9 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
         ESD plots drawn (layers of the first depth model with stored eigenvalues, spread from
         the lowest to the highest α).
     worst_layers : int
-        Rows of the highest-α layers table.
+        Rows of each of the lowest-α and highest-α layers tables.
+    model_rows : int
+        Rows of the per-model table at most (the lowest mean α first).
     title : str
         Page title.
     storage_options : dict, optional
@@ -368,15 +503,19 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
             f"<p class='meta'>Dataset {_esc(dataset)} · generated {_esc(now)} · hubscan {_esc(__version__)}</p>",
             "<p class='meta'>α: exponent of the power-law fit p(λ) ∝ λ^−α of each layer's ESD tail "
             "(eigenvalues of WᵀW); α &lt; 2 over-trained, α &gt; 6 under-trained (Martin &amp; Mahoney).</p>"]
-    body += _survey_section(con, have)
+    sections = _survey_section(con, have)
+    sections += _models_section(con, have, joined, metric, model_rows)
+    sections += _failures_section(con, have)
+    sections += _phases_section(con, have)
     step("accuracy correlations and scatter plots")
-    body += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
+    sections += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
     step("layer plots")
-    body += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
+    sections += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
     con.close()
+    body += [_toc(sections)] + sections
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+            + "\n".join(body) + f"\n<script>{_SORT_JS}</script>\n</body></html>\n")
     out.write_text(page, encoding="utf-8")
     return out

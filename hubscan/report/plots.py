@@ -120,6 +120,19 @@ def corr_columns(corr_df):
     return corr_df.rename(columns=ren) if ren else corr_df
 
 
+def _legend_outside(ax, *, small: bool = False, below: bool = False) -> None:
+    """The legend beside the axes, or (``below``) a figure legend under everything (constrained
+    layout makes room for it): never over the data."""
+    size = "x-small" if small else "small"
+    if below:
+        handles, labels = ax.get_legend_handles_labels()
+        fixed = ax.figure.get_layout_engine() is None  # fixed margins: the caller left room at the bottom
+        ax.figure.legend(handles, labels, fontsize=size, loc="lower center" if fixed else "outside lower center",
+                         ncol=3 if len(labels) > 4 else 2, frameon=False)
+    else:
+        ax.legend(fontsize=size, loc="upper left", bbox_to_anchor=(1.06, 1.0), frameon=False)
+
+
 def _no_data(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
@@ -153,8 +166,10 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     -------
     matplotlib.figure.Figure
         One scatter collection per group (the sum of their offsets is the number of models
-        plotted) and one least-squares line (``gid="regression"``) per group with at least two
-        points of distinct x.
+        plotted), one least-squares line (``gid="regression"``) per group with at least two
+        points of distinct x, and, over every model, the least-squares line of
+        :func:`hubscan.correlate.fit_stats` (``gid="overall-fit"``, dashed black, its Pearson r and
+        n in the legend) when it is defined (n ≥ 3). The legend is outside the axes.
 
     Raises
     ------
@@ -189,6 +204,13 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
             slope, intercept = np.polyfit(gx, gy, 1)
             xs = np.array([gx.min(), gx.max()])
             ax.plot(xs, slope * xs + intercept, color=color, linewidth=1.6, gid="regression", zorder=2)
+    from hubscan.correlate import fit_stats
+    overall = fit_stats(x, y)
+    if math.isfinite(overall["slope"]):
+        xs = np.array([x.min(), x.max()])
+        ax.plot(xs, overall["slope"] * xs + overall["intercept"], color="black", linestyle="--", linewidth=1.4,
+                gid="overall-fit", zorder=4, label=f"all models: least squares (r = {overall['pearson_r']:.2f}, "
+                                                    f"n = {overall['n']})")
     ax.set_xlabel(METRIC_LABELS.get(metric, metric))
     ax.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy))
     ax.set_title(title or f"{accuracy} vs {metric}: {len(x)} models, {len(names)} "
@@ -196,10 +218,8 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     ax.grid(True, alpha=0.3)
     if len(x) == 0:
         _no_data(ax, "no model has both values")
-    elif len(names) > 8:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     else:
-        ax.legend(fontsize="small", loc="best")
+        _legend_outside(ax, small=len(names) > 8, below=True)
     _save(fig, path, dpi)
     return fig
 
@@ -215,7 +235,7 @@ def _successful(layers_df):
 
 
 def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: str | None = None,
-                   path: str | os.PathLike | None = None, dpi: int = 100):
+                   path: str | os.PathLike | None = None, dpi: int = 100, max_ticks: int = 30):
     """Per-layer α against the layer's position in the model, one line per model.
 
     Parameters
@@ -237,7 +257,9 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
         One line (``gid="alpha-depth"``) per model, its x the index 0…n−1 of the model's
         successful layers sorted by (``layer_id``, ``part``) — file order — and its y their α;
         the α = 2 and α = 6 guide lines have ``gid="guide"``. The y axis is logarithmic when some
-        α exceeds 15.
+        α exceeds 15. With a ``name`` column the x ticks are the layer names (``layer_id: name``,
+        shortened from the left; at most ``max_ticks`` of them, evenly spaced) of the first model.
+        The legend is outside the axes.
     """
     df = _successful(layers_df)
     if "model_id" not in df.columns:
@@ -245,18 +267,23 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     if model_ids is None:
         model_ids = list(dict.fromkeys(df["model_id"].tolist()))
     model_ids = list(model_ids)
-    fig = _figure((8.0, 4.8))
+    fig = _figure((10.0, 6.4))
     ax = fig.add_subplot()
     ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
     ax.axhline(OVER_TRAINED, gid="guide", **_GUIDE_STYLE)
     ax.axhline(UNDER_TRAINED, gid="guide", **_GUIDE_STYLE)
     top = 0.0
+    names = None
     for color, mid in zip(_colors(len(model_ids)), model_ids):
         sub = df[df["model_id"] == mid]
         keys = [c for c in ("layer_id", "part") if c in sub.columns]
         if keys:
             sub = sub.assign(**({"part": sub["part"].fillna("")} if "part" in sub.columns else {}))
             sub = sub.sort_values(keys, kind="stable")
+        if names is None and "name" in sub.columns and len(sub):
+            names = [(f"{int(i)}: " if i == i else "") + _short(_key(r), 26) for i, r in
+                     zip(sub["layer_id"] if "layer_id" in sub.columns else [math.nan] * len(sub),
+                         sub.to_dict("records"))]
         a = sub["alpha"].to_numpy(dtype=float)
         top = max(top, float(a.max()) if len(a) else 0.0)
         ax.plot(np.arange(len(a)), a, marker="o", markersize=3, linewidth=1.0, color=color, gid="alpha-depth",
@@ -267,12 +294,19 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
             color="0.35", clip_on=False)
     ax.text(1.0, UNDER_TRAINED, " α=6", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small",
             color="0.35", clip_on=False)
-    ax.set_xlabel("layer index (successfully fitted matrices, file order)")
+    if names:
+        step = max(1, math.ceil(len(names) / max_ticks))
+        ticks = list(range(0, len(names), step))
+        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize="x-small")
+        ax.set_xlabel("layer_id: name" + (" (of the first model)" if len(model_ids) > 1 else "")
+                      + ", fitted matrices in file order")
+    else:
+        ax.set_xlabel("layer index (successfully fitted matrices, file order)")
     ax.set_ylabel("α (power-law exponent of the layer's ESD tail)")
     ax.set_title(title or "α per layer vs depth (α < 2 over-trained, α > 6 under-trained)", fontsize="medium")
     ax.grid(True, alpha=0.3)
     if model_ids:
-        ax.legend(fontsize="small", loc="best")
+        _legend_outside(ax)
     if not len(df) or top == 0.0:
         _no_data(ax, "no successfully fitted layer")
     _save(fig, path, dpi)
@@ -322,8 +356,8 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     alpha, xmin, xmax, D = (_get(fit, k) for k in ("alpha", "xmin", "xmax", "D"))
     lam_plus = _get(fit, "lambda_plus")
 
-    fig = _figure(layout=None)      # fixed margins: constrained layout would double the time per layer
-    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.11, top=0.87)
+    fig = _figure((7.0, 5.6), layout=None)  # fixed margins: constrained layout would double the time per layer
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.23, top=0.89)  # the legend goes under the axes
     ax = fig.add_subplot()
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -363,7 +397,7 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     sub = (f"α = {alpha:.2f}, xmin = {xmin:.3g}" + (f", D = {D:.3f}" if math.isfinite(D) else "")
            if fitted else "no power-law fit")
     ax.set_title(f"{_short(head, 70)}\n{sub}", fontsize="medium")
-    ax.legend(fontsize="small", loc="lower left")
+    _legend_outside(ax, below=True)
     ax.grid(True, which="major", alpha=0.3)
     _save(fig, path, dpi)
     return fig
@@ -486,9 +520,6 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
         ax.hist(np.clip(a, lo, hi), bins=edges, color="tab:blue", alpha=0.75, edgecolor="white", linewidth=0.3)
         shares = (np.mean(a < OVER_TRAINED), np.mean((a >= OVER_TRAINED) & (a <= UNDER_TRAINED)),
                   np.mean(a > UNDER_TRAINED))
-        ax.text(0.98, 0.95, f"α < 2: {shares[0]:.0%}\n2 ≤ α ≤ 6: {shares[1]:.0%}\nα > 6: {shares[2]:.0%}",
-                transform=ax.transAxes, ha="right", va="top", fontsize="small",
-                bbox=dict(boxstyle="round", facecolor="white", edgecolor="0.8"))
     else:
         _no_data(ax, "no successfully fitted layer")
     ax.axvline(OVER_TRAINED, gid="guide", label="α = 2 (over-trained below)", **_GUIDE_STYLE)
@@ -499,10 +530,12 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     ax.set_xlabel("layer α (power-law exponent of the ESD tail)")
     ax.set_ylabel("layers")
     head = f"layer α: {len(a)} successful fits" + (f" in {n_models} models" if n_models is not None else "")
+    if len(a):
+        head += f"\nα < 2: {shares[0]:.0%}, 2 ≤ α ≤ 6: {shares[1]:.0%}, α > 6: {shares[2]:.0%}"
     if n_clipped:
         head += f"\n({n_clipped} with α > {hi:.3g} counted in the last bin)"
     ax.set_title(title or head, fontsize="medium")
-    ax.legend(fontsize="small", loc="center right")
+    _legend_outside(ax, below=True)
     ax.grid(True, alpha=0.3)
     _save(fig, path, dpi)
     return fig
