@@ -91,8 +91,8 @@ def _as_dataset(dataset) -> Dataset:
 
 
 def write_provenance(dataset, key: str, rows: list[dict]) -> pa.Table:
-    """Write the rows of one provenance as ``part-<key>.parquet``, one file per source partition,
-    and delete files of the same key in partitions that no longer get rows (a replace).
+    """Write the rows of one provenance, replacing its earlier rows (in every ``source``
+    partition) in the same Delta transaction.
 
     Parameters
     ----------
@@ -107,30 +107,24 @@ def write_provenance(dataset, key: str, rows: list[dict]) -> pa.Table:
     -------
     pyarrow.Table
         The rows written (schema :data:`ACCURACY_SCHEMA`).
+
+    Raises
+    ------
+    ValueError
+        A row without a ``source``.
     """
     data = _as_dataset(dataset)
-    name = f"part-{key}.parquet"
     now = _now()
-    by_source: dict[str, list[dict]] = {}
+    keep = []
     for r in rows:
         if not r.get("source"):
             raise ValueError(f"accuracy row without a source: {r.get('model_id')!r}")
         if not r.get("model_id") or not r.get("metric") or r.get("value") is None:
             continue
-        r = {**r, "provenance_key": key, "ingested_at": now}
-        by_source.setdefault(str(r["source"]), []).append(r)
-    written = []
-    keep = set()
-    for source, srows in sorted(by_source.items()):
-        table = rows_to_table(srows, ACCURACY_SCHEMA)
-        keep.add(data.write_table(TABLE, table, name=name, source=source))
-        written.append(table)
-    for path in data.files(TABLE):
-        if posixpath.basename(path) == name and path not in keep:
-            data.fs.delete_file(path)
-    if not written:
-        return ACCURACY_SCHEMA.empty_table()
-    return pa.concat_tables(written)
+        keep.append({**r, "source": str(r["source"]), "provenance_key": key, "ingested_at": now})
+    table = rows_to_table(sorted(keep, key=lambda r: r["source"]), ACCURACY_SCHEMA)
+    data.write(TABLE, table, replace=("provenance_key", [key]))
+    return table
 
 
 def read_accuracy(dataset) -> "pandas.DataFrame":  # noqa: F821

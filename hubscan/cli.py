@@ -449,7 +449,9 @@ def _survey_config(args):
                         cpus_per_actor=args.cpus_per_actor, max_in_flight=args.max_in_flight,
                         max_attempts=args.max_attempts, force=args.force, keep_esd=not args.no_esd,
                         storage_options=args.storage_options or {},
-                        hub=hub, progress=not (args.no_progress or args.quiet))
+                        hub=hub, progress=not (args.no_progress or args.quiet), flush_models=args.flush_models,
+                        flush_seconds=args.flush_seconds, compact=not args.no_compact,
+                        retention_hours=args.retention_hours)
 
 
 def _print_survey(summary, console) -> None:
@@ -468,6 +470,13 @@ def cmd_survey(args) -> int:
     from hubscan.survey import survey
 
     config = _survey_config(args)
+    if config.progress and not sys.stderr.isatty():  # progress lines instead of a bar
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        progress = logging.getLogger("hubscan.progress")
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
     summary = survey(config)
     console = _console(args)
     _print_survey(summary, console)
@@ -476,6 +485,10 @@ def cmd_survey(args) -> int:
         console.print(title)
         for line in lines:
             console.print("  " + line)
+    tried = sum(summary[k] for k in ("num_success", "num_incomplete", "num_failed", "num_skipped"))
+    if summary["num_failed"] and summary["num_failed"] == tried and not summary["num_already_done"]:
+        raise HubscanError(config.source, f"every model failed ({tried}; their reasons: hubscan sql --dataset "
+                                          f"{config.out} \"SELECT model_id, reason FROM models WHERE status = 'failed'\")")
     return 0
 
 
@@ -519,7 +532,15 @@ def _add_survey(sub) -> None:
     g.add_argument("--no-esd", action="store_true", help="do not write the esd table (eigenvalues)")
     g.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
                    help="filesystem options as JSON, e.g. '{\"endpoint_override\": \"127.0.0.1:9000\", \"scheme\": \"http\"}'")
-    g.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a line every 100 models / 30 s)")
+    g.add_argument("--flush-models", type=_int_range(1), default=100,
+                   help="an actor writes its rows as data files every this many models (default 100)")
+    g.add_argument("--flush-seconds", type=_float_range(0.0, strict=True), default=60.0,
+                   help="… or when its oldest unwritten model is this old (default 60)")
+    g.add_argument("--no-compact", action="store_true", help="skip compaction and vacuum at the end")
+    g.add_argument("--retention-hours", type=_float_range(0.0), default=168.0,
+                   help="vacuum keeps removed files this long (default 168; survey versions are always kept)")
     _add_fit_options(p)
     _add_hub_options(p)
     p.set_defaults(parser=p, func=cmd_survey, check=_check_survey)
@@ -530,7 +551,7 @@ def _add_survey(sub) -> None:
 def cmd_sql(args) -> int:
     from hubscan.query import connect
 
-    con = connect(args.dataset, **(args.storage_options or {}))
+    con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
     cur = con.execute(args.query)
     cols = [d[0] for d in cur.description] if cur.description else []
     rows = cur.fetchall()
@@ -564,7 +585,55 @@ def _add_sql(sub) -> None:
     p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
     _add_dataset(p, what="to query")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
+    p.add_argument("--as-of", metavar="SURVEY_ID", default=None,
+                   help="the tables as they were when this survey finished (Delta time travel)")
     p.set_defaults(parser=p, func=cmd_sql)
+
+
+# -- compact / migrate --------------------------------------------------------------------------------
+
+def cmd_compact(args) -> int:
+    from hubscan.store import Dataset
+
+    data = Dataset(args.dataset, create=False, **(args.storage_options or {})).require()
+    for table, r in data.compact(retention_hours=args.retention_hours).items():
+        print(f"{table}: {r['files_before']} → {r['files_after']} data files, {r['vacuumed']} unreferenced files deleted")
+    return 0
+
+
+def _add_compact(sub) -> None:
+    p = sub.add_parser("compact", help="compact a dataset's tables into few large files, vacuum unreferenced ones",
+                       description="Delta optimize (small files into large ones) and vacuum (delete files no live "
+                                   "version references) on every table; files of every survey's version are kept.",
+                       epilog="examples:\n  hubscan compact --dataset out/dataset\n"
+                              "  hubscan compact --dataset out/dataset --retention-hours 0",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    _add_dataset(p, what="to compact")
+    p.add_argument("--retention-hours", type=_float_range(0.0), default=168.0,
+                   help="keep removed files younger than this (default 168; 0: delete now)")
+    p.set_defaults(parser=p, func=cmd_compact)
+
+
+def cmd_migrate(args) -> int:
+    from hubscan.store import migrate
+
+    opts = args.storage_options or {}
+    for table, n in migrate(args.old, args.new, storage_options=opts, new_storage_options=opts).items():
+        print(f"{table}: {n} rows")
+    return 0
+
+
+def _add_migrate(sub) -> None:
+    p = sub.add_parser("migrate", help="convert a schema-v1 dataset (loose Parquet files) into Delta tables",
+                       epilog="example:\n  hubscan migrate out/old-dataset out/dataset",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("old", help="the schema-v1 dataset (OLD/table=<t>/source=<s>/part-<key>.parquet)")
+    p.add_argument("new", help="the new dataset location")
+    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="filesystem options as JSON (both locations)")
+    p.set_defaults(parser=p, func=cmd_migrate)
 
 
 # -- accuracy -----------------------------------------------------------------------------------------
@@ -760,7 +829,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_analyze, _add_survey, _add_sql, _add_accuracy, _add_correlate, _add_report):
+    for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_migrate, _add_accuracy, _add_correlate,
+                _add_report):
         add(sub)
     return parser
 

@@ -48,11 +48,9 @@ def _as_dataset(dataset) -> Dataset:
 def _read(data: Dataset, table: str, columns: Iterable[str]):
     """The columns of a table that exist, as pandas (empty frame with those columns if none)."""
     import pandas as pd
-    import pyarrow.dataset as ds
-    files = data.files(table)
-    if not files:
+    d = data.arrow_dataset(table)
+    if d is None:
         return pd.DataFrame(columns=list(columns))
-    d = ds.dataset(files, filesystem=data.fs, format="parquet", partitioning=None)
     have = [c for c in columns if c in d.schema.names]
     return d.to_table(columns=have).to_pandas()
 
@@ -60,12 +58,8 @@ def _read(data: Dataset, table: str, columns: Iterable[str]):
 def _layer_means(data: Dataset, metric: str):
     """model_key → mean of a layer metric over successful layers (None when the layers lack it)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    files = data.files("layers")
-    if not files:
-        return None
-    d = ds.dataset(files, filesystem=data.fs, format="parquet", partitioning=None)
-    if metric not in d.schema.names:
+    d = data.arrow_dataset("layers")
+    if d is None or metric not in d.schema.names:
         return None
     t = d.to_table(columns=["model_key", "status", metric],
                    filter=(pc.field("status") == "success") & pc.field(metric).is_valid())

@@ -1,28 +1,51 @@
 """DuckDB over a survey dataset: views ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``.
 
-Local datasets are read with ``read_parquet('<root>/table=<t>/**/*.parquet', hive_partitioning=true,
-union_by_name=true)``; datasets on other filesystems (S3 …) through pyarrow datasets registered in
-DuckDB (lazy scans with projection and filter pushdown; no DuckDB extension or network download
-needed).
+Each Delta table is registered in DuckDB as the ``pyarrow.dataset`` of its live files
+(``DeltaTable.to_pyarrow_dataset()``): lazy scans with projection and filter pushdown, on local
+disk or S3, with no DuckDB extension to download. ``as_of`` gives the tables as a survey left them
+(the table versions its ``surveys`` row recorded).
 """
 
 from __future__ import annotations
 
-from hubscan.store import Dataset
+import json
+
+from hubscan.store import TABLES, Dataset
 
 VIEWS = ("models", "layers", "esd", "surveys", "accuracy")
 
 
-def connect(dataset: str, *, require: bool = True, **storage_options):
-    """A DuckDB connection with one view per table present in the dataset.
+def survey_versions(data: Dataset, survey_id: str) -> tuple[dict[str, int], object]:
+    """The table versions a survey recorded and its ``started_at``.
+
+    Raises
+    ------
+    hubscan.errors.NoWeightsError
+        No survey ``survey_id`` in the dataset.
+    """
+    import pyarrow.dataset as pds
+    from hubscan.errors import NoWeightsError
+    t = data.read("surveys", columns=["survey_id", "started_at", "table_versions"],
+                  filter=pds.field("survey_id") == survey_id)
+    if t.num_rows == 0 or "table_versions" not in t.column_names:
+        raise NoWeightsError(data.url, f"no survey {survey_id!r} in this dataset (see: SELECT survey_id FROM surveys)")
+    row = t.to_pylist()[-1]
+    return {k: int(v) for k, v in json.loads(row["table_versions"] or "{}").items()}, row["started_at"]
+
+
+def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **storage_options):
+    """A DuckDB connection with one view per table of the dataset.
 
     Parameters
     ----------
     dataset : str
         Dataset directory or URL.
     require : bool
-        Raise a one-line error when there is no dataset (no ``models`` table); with False an empty
-        dataset gives empty views.
+        Raise a one-line error when there is no dataset; with False an absent dataset gives empty
+        views.
+    as_of : str, optional
+        A survey id: every table as it was when that survey finished (Delta time travel); the
+        ``surveys`` view holds the surveys up to that one.
     **storage_options
         Filesystem options (see :func:`hubscan.store.open_filesystem`).
 
@@ -33,32 +56,27 @@ def connect(dataset: str, *, require: bool = True, **storage_options):
     Raises
     ------
     hubscan.errors.NoWeightsError
-        No dataset at ``dataset`` (when ``require``).
+        No dataset at ``dataset`` (when ``require``), or no survey ``as_of``.
     """
     import duckdb
-    import pyarrow.dataset as ds
-
-    from hubscan.schema import ACCURACY_SCHEMA
 
     data = Dataset(dataset, create=False, **storage_options)
-    if require:
+    if require or as_of:
         data.require()
+    versions, started = survey_versions(data, as_of) if as_of else ({}, None)
     con = duckdb.connect()
     for table in VIEWS:
-        files = data.files(table)
-        if not files:  # accuracy before any ingestion: an empty view with its columns, so queries still run
-            schema = ACCURACY_SCHEMA if table == "accuracy" else None
-            if schema is not None:
-                con.register(f"_{table}_empty", schema.empty_table())
-                con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_empty")
-            continue
-        if data.local:
-            glob = f"{data.root}/table={table}/**/*.parquet".replace("'", "''")
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet('{glob}', hive_partitioning=true, "
-                        f"union_by_name=true)")
+        if as_of and table not in versions and table != "surveys":
+            source = None  # the table did not exist when the survey finished
         else:
-            con.register(f"_{table}_arrow", ds.dataset(files, filesystem=data.fs, format="parquet"))
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_arrow")
+            source = data.arrow_dataset(table, versions.get(table))
+        if source is None:  # an empty view with the table's columns, so queries still run
+            con.register(f"_{table}_arrow", TABLES[table].empty_table())
+        else:
+            con.register(f"_{table}_arrow", source)
+        where = " WHERE started_at <= $started" if table == "surveys" and as_of else ""
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_arrow"
+                    + (where.replace("$started", f"TIMESTAMPTZ '{started.isoformat()}'") if where else ""))
     return con
 
 

@@ -1,22 +1,38 @@
-"""The survey dataset: hive-partitioned Parquet on any pyarrow / fsspec filesystem.
+"""The survey dataset: Delta Lake tables (delta-rs, the ``deltalake`` package; no JVM).
 
 Layout::
 
-    DATASET/table=models/source=hf/part-<model_key>.parquet     one row per model
-    DATASET/table=layers/source=hf/part-<model_key>.parquet     one row per matrix
-    DATASET/table=esd/source=hf/part-<model_key>.parquet        eigenvalues per matrix (float32 list)
-    DATASET/table=surveys/part-<survey_id>.parquet              one row per survey run
-    DATASET/table=accuracy/…                                    reported accuracy (accuracy module)
+    DATASET/models/    one row per analysis of a model revision       partitioned by source
+    DATASET/layers/    one row per matrix                             partitioned by source
+    DATASET/esd/       eigenvalues per matrix (float32 list)          partitioned by source
+    DATASET/accuracy/  reported accuracy (:mod:`hubscan.accuracy`)   partitioned by source
+    DATASET/surveys/   one row per survey run
+
+Each folder is a Delta table: Parquet data files plus a ``_delta_log`` of JSON commits. Its schema
+(with every column's description and ``hubscan.schema_version``) comes from :mod:`hubscan.schema`;
+columns added to hubscan later are added to an existing table before the next commit.
 
 ``model_key`` = sha256 of (source, model id, revision, analysis-config hash), 16 hex digits: a
-new revision or new analysis settings give a new key; re-running the same key replaces its files.
+new revision or new analysis settings give a new key.
 
-Atomicity: on a filesystem with rename (local, NFS, HDFS) each file is written under a hidden
-temporary name that does not end in ``.parquet`` (``.tmp-<uuid>``, skipped by pyarrow and DuckDB
-globs) and renamed into place. On object stores (S3, GCS) a written object becomes visible only
-when its upload completes (single PUT or completed multipart upload), so files are written to
-their final key directly; readers never see a partial object either way. The ``models`` file is
-written last: it is the commit record of a model (the done-set reads only it).
+Writers and the committer (how concurrent writers on S3 need no lock service):
+
+- :meth:`Dataset.write_files` writes data files (many models per file) and returns Delta
+  ``AddAction`` s; the files are invisible to every reader until committed. Survey actors call it.
+- :meth:`Dataset.commit` commits actions in one Delta transaction. Only one process commits to a
+  dataset at a time (the survey driver, or the CLI command that writes), so commits never race and
+  S3 needs no locking (``AWS_S3_ALLOW_UNSAFE_RENAME`` is safe with a single committer).
+- ``replace=(column, keys)`` makes a commit a replace: files holding rows of those keys are
+  removed and their other rows rewritten into a new file, in the same transaction as the adds, so
+  no reader ever sees a key twice or not at all.
+- The survey commits a batch's ``layers`` / ``esd`` before its ``models`` rows: the done-set
+  (``models``) never names a model whose layers are not visible.
+
+Maintenance: :meth:`Dataset.compact` runs Delta's ``optimize.compact`` (small files → few large
+ones) and ``vacuum`` (deletes files no current version or kept survey version references: removed
+files past the retention, and uncommitted files of killed actors / drivers). The table versions of
+every survey are recorded in its ``surveys`` row and kept by vacuum, so each survey stays queryable
+as it was (:func:`hubscan.query.connect` ``as_of``).
 """
 
 from __future__ import annotations
@@ -25,7 +41,9 @@ import hashlib
 import io
 import json
 import logging
+import os
 import posixpath
+import time
 import uuid
 from typing import Iterable
 
@@ -39,8 +57,18 @@ from hubscan.schema import (ACCURACY_SCHEMA, DATASET_LAYER_SCHEMA, ESD_SCHEMA, M
 
 log = logging.getLogger(__name__)
 
+#: The dataset's tables and their Arrow schemas (defined in :mod:`hubscan.schema`).
 TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA,
           "accuracy": ACCURACY_SCHEMA}
+#: Partition columns of each table.
+PARTITION_BY = {"models": ["source"], "layers": ["source"], "esd": ["source"], "accuracy": ["source"], "surveys": []}
+#: Hours a removed file is kept by vacuum (Delta's default, 7 days): readers of an older snapshot
+#: and ``--as-of`` of versions no survey recorded keep working that long.
+DEFAULT_RETENTION_HOURS = 168
+
+# pyarrow S3FileSystem option → object_store (delta-rs) option
+_S3_KEYS = {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN",
+            "region": "AWS_REGION"}
 
 
 def model_key(source: str, model_id: str, revision: str | None, config_hash: str) -> str:
@@ -69,136 +97,369 @@ def config_hash(options) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def _split_options(url: str, storage_options: dict) -> tuple[dict, dict]:
+    """Storage options → (pyarrow filesystem options, delta-rs object_store options).
+
+    Accepts pyarrow's S3 names (``endpoint_override``, ``scheme``, ``access_key``, ``secret_key``,
+    ``region``) and object_store's (``AWS_ENDPOINT_URL`` …); each is translated to the other.
+    """
+    pa_opts, delta = {}, {}
+    for k, v in storage_options.items():
+        if k.isupper():
+            delta[k] = str(v)
+        else:
+            pa_opts[k] = v
+    if url.startswith("s3://"):
+        if "endpoint_override" in pa_opts:
+            scheme = pa_opts.get("scheme", "https")
+            delta.setdefault("AWS_ENDPOINT_URL", f"{scheme}://{pa_opts['endpoint_override']}")
+        for pk, dk in _S3_KEYS.items():
+            if pk in pa_opts:
+                delta.setdefault(dk, str(pa_opts[pk]))
+            elif dk in delta:
+                pa_opts.setdefault(pk, delta[dk])
+        if "AWS_ENDPOINT_URL" in delta and "endpoint_override" not in pa_opts:
+            scheme, _, host = delta["AWS_ENDPOINT_URL"].partition("://")
+            pa_opts.update(endpoint_override=host, scheme=scheme)
+        if delta.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+            delta.setdefault("AWS_ALLOW_HTTP", "true")
+        delta.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")  # one committer: no lock service needed
+    return pa_opts, delta
+
+
 def open_filesystem(url: str, **storage_options) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and base path for a dataset location.
+    """A pyarrow filesystem and base path for a dataset location (where data files are written).
 
     Parameters
     ----------
     url : str
-        A local path, or a URL pyarrow understands (``s3://bucket/prefix``, ``gs://…``,
-        ``hdfs://…``), or any other fsspec URL (``memory://``, ``abfs://`` …), wrapped.
+        A local path or ``s3://bucket/prefix`` / ``gs://…`` (the object stores delta-rs reads).
     **storage_options
-        Passed to the filesystem (e.g. ``endpoint_override="127.0.0.1:9000", scheme="http"`` for
-        S3-compatible servers; fsspec options for fsspec URLs).
+        Filesystem options (e.g. ``endpoint_override="127.0.0.1:9000", scheme="http"`` for
+        S3-compatible servers; object_store's ``AWS_*`` names are accepted too).
 
     Returns
     -------
     (pyarrow.fs.FileSystem, str)
+
+    Raises
+    ------
+    ValueError
+        A URL scheme delta-rs cannot commit to.
     """
-    if "://" not in url:
-        import os
-        path = os.path.abspath(url)
-        return pafs.LocalFileSystem(), path
-    scheme = url.split("://", 1)[0]
+    if "://" not in url or url.startswith("file://"):
+        return pafs.LocalFileSystem(), os.path.abspath(url.removeprefix("file://"))
+    scheme, rest = url.split("://", 1)
+    pa_opts, _ = _split_options(url, storage_options)
     if scheme == "s3":
-        bucket_path = url.split("://", 1)[1]
-        return pafs.S3FileSystem(**storage_options), bucket_path.rstrip("/")
-    if scheme in ("gs", "gcs", "hdfs", "file") and not storage_options:
-        fs, path = pafs.FileSystem.from_uri(url)
-        return fs, path.rstrip("/")
-    import fsspec
-    fsspec_fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs)), path.rstrip("/")
+        return pafs.S3FileSystem(**pa_opts), rest.rstrip("/")
+    if scheme in ("gs", "gcs"):
+        return pafs.GcsFileSystem(**pa_opts), rest.rstrip("/")
+    raise ValueError(f"{url}: unsupported dataset location (a local path, s3:// or gs://)")
 
 
 class Dataset:
-    """A hubscan survey dataset (see the module docstring for layout and guarantees).
+    """A hubscan survey dataset: one Delta table per entry of :data:`TABLES` (see the module
+    docstring for layout and guarantees).
 
     Parameters
     ----------
     url : str
-        Local path or filesystem URL.
+        Local path or ``s3://`` / ``gs://`` URL.
+    create : bool
+        Create the (local) folder when writing; False for readers.
     **storage_options
         See :func:`open_filesystem`.
     """
 
     def __init__(self, url: str, *, create: bool = True, **storage_options):
         self.url = url
+        self.storage_options = dict(storage_options)
         self.fs, self.root = open_filesystem(url, **storage_options)
+        self.delta_options = _split_options(url, storage_options)[1]
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
-        if create:
-            self.fs.create_dir(self.root, recursive=True)
+        self._create = create
+        self._tables: dict = {}
+
+    # -- tables ----------------------------------------------------------------------------------
+    def uri(self, table: str) -> str:
+        """The table's location (a local path or a URL)."""
+        if self.local:
+            return posixpath.join(self.root, table)
+        return f"{self.url.split('://', 1)[0]}://{posixpath.join(self.root, table)}"
+
+    def table(self, table: str, version: int | None = None):
+        """The table as a ``deltalake.DeltaTable`` (latest, or at ``version``); None when absent."""
+        from deltalake import DeltaTable
+        if version is None and table in self._tables:
+            dt = self._tables[table]
+            dt.update_incremental()
+            return dt
+        if not DeltaTable.is_deltatable(self.uri(table), storage_options=self.delta_options):
+            return None
+        dt = DeltaTable(self.uri(table), version=version, storage_options=self.delta_options)
+        if version is None:
+            self._tables[table] = dt
+        return dt
 
     def require(self) -> "Dataset":
-        """Raise a one-line error when there is no hubscan dataset here (no table holds a file).
+        """Raise a one-line error when there is no hubscan dataset here (no table exists).
 
         Raises
         ------
         hubscan.errors.NoWeightsError
         """
-        if not any(self.files(t) for t in ("models", "layers", "accuracy", "surveys")):
+        if not any(self.table(t) is not None for t in ("models", "layers", "accuracy", "surveys")):
             from hubscan.errors import NoWeightsError
-            raise NoWeightsError(self.url, "no hubscan dataset here (no table=…/ files; run `hubscan survey` first)")
+            hint = " (a schema-v1 dataset: convert it with `hubscan migrate`)" if self._is_v1() else \
+                " (run `hubscan survey` first)"
+            raise NoWeightsError(self.url, "no hubscan dataset here" + hint)
         return self
 
-    # -- paths ---------------------------------------------------------------------------------
-    def path(self, table: str, name: str, source: str | None = None) -> str:
-        parts = [self.root, f"table={table}"] + ([f"source={source}"] if source else []) + [name]
-        return posixpath.join(*parts)
+    def _is_v1(self) -> bool:
+        info = self.fs.get_file_info(posixpath.join(self.root, "table=models"))
+        return info.type == pafs.FileType.Directory
 
-    def glob(self, table: str) -> str:
-        """A DuckDB glob of a table's files: ``<root>/table=<t>/**/*.parquet``."""
-        return posixpath.join(self.url if "://" in self.url else self.root, f"table={table}", "**", "*.parquet")
+    def version(self, table: str) -> int | None:
+        """The table's latest version, None when absent."""
+        dt = self.table(table)
+        return None if dt is None else dt.version()
 
-    # -- writing -------------------------------------------------------------------------------
-    def write_table(self, table: str, data: pa.Table, name: str, source: str | None = None) -> str:
-        """Write one file of a table atomically (see module docstring). Returns its path."""
-        schema = TABLES.get(table)
-        if schema is not None and data.schema.metadata is None:
-            data = data.replace_schema_metadata(schema.metadata)
-        final = self.path(table, name, source)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        buf = io.BytesIO()
-        pq.write_table(data, buf, compression="zstd")
-        payload = buf.getvalue()
-        if self.local:
-            tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex}")
-            with self.fs.open_output_stream(tmp) as out:
-                out.write(payload)
-            self.fs.move(tmp, final)  # atomic rename; replaces an existing file
-        else:
-            with self.fs.open_output_stream(final) as out:
-                out.write(payload)
-        return final
+    def arrow_dataset(self, table: str, version: int | None = None):
+        """A lazy ``pyarrow.dataset.Dataset`` of the table's live files (None when absent): what
+        DuckDB, pandas or polars scan with projection and filter pushdown."""
+        dt = self.table(table, version)
+        return None if dt is None else dt.to_pyarrow_dataset()
 
-    def write_model(self, key: str, source: str, model_row: dict, layer_rows: list[dict],
-                    esd_rows: list[dict] | None) -> None:
-        """Write a model's esd and layers files, then its models row (the commit record)."""
-        name = f"part-{key}.parquet"
-        if esd_rows is not None:
-            self.write_table("esd", esd_table(esd_rows), name, source)
-        else:
-            self._delete_if_exists(self.path("esd", name, source))
-        self.write_table("layers", rows_to_table(layer_rows, DATASET_LAYER_SCHEMA), name, source)
-        self.write_table("models", rows_to_table([model_row], MODEL_SCHEMA), name, source)
-
-    def _delete_if_exists(self, path: str) -> None:
-        if self.fs.get_file_info(path).type == pafs.FileType.File:
-            self.fs.delete_file(path)
-
-    # -- reading -------------------------------------------------------------------------------
-    def files(self, table: str) -> list[str]:
-        base = posixpath.join(self.root, f"table={table}")
-        if self.fs.get_file_info(base).type != pafs.FileType.Directory:
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
-                      and not i.base_name.startswith("."))
-
-    def read(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """Read a whole table (all partitions), columns unified by name."""
-        import pyarrow.dataset as ds
-        files = self.files(table)
-        if not files:
+    def read(self, table: str, columns: list[str] | None = None, version: int | None = None, filter=None) -> pa.Table:
+        """Read a table (all partitions; ``columns`` that the table lacks are left out)."""
+        ds = self.arrow_dataset(table, version)
+        if ds is None:
             schema = TABLES.get(table)
-            return schema.empty_table() if schema is not None else pa.table({})
-        dataset = ds.dataset(files, filesystem=self.fs, format="parquet", partitioning=None)
-        return dataset.to_table(columns=columns)
+            empty = schema.empty_table() if schema is not None else pa.table({})
+            return empty.select([c for c in columns if c in empty.column_names]) if columns else empty
+        if columns is not None:
+            columns = [c for c in columns if c in ds.schema.names]
+        return ds.to_table(columns=columns, filter=filter)
+
+    def files(self, table: str) -> list[str]:
+        """The data files the table's latest version references (paths relative to the table)."""
+        dt = self.table(table)
+        return [] if dt is None else sorted(pa.table(dt.get_add_actions()).column("path").to_pylist())
 
     def done(self) -> dict[str, str]:
-        """model_key → status of every model with a models row."""
+        """model_key → status of every model with a ``models`` row (committed)."""
         t = self.read("models", columns=["model_key", "status"])
         return dict(zip(t.column("model_key").to_pylist(), t.column("status").to_pylist()))
+
+    def keys(self, table: str, column: str = "model_key") -> set:
+        """The distinct values of a key column of a table (e.g. models with layer rows)."""
+        import pyarrow.compute as pc
+        t = self.read(table, columns=[column])
+        return set(pc.unique(t.column(column)).to_pylist()) if t.num_rows else set()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_files(self, table: str, data: pa.Table) -> list:
+        """Write rows as data files of a table, one file per partition, NOT committed.
+
+        Parameters
+        ----------
+        table : str
+        data : pyarrow.Table
+            Rows with the table's schema (:data:`TABLES`).
+
+        Returns
+        -------
+        list of deltalake.transaction.AddAction
+            To pass to :meth:`commit` (picklable: survey actors return them to the driver).
+        """
+        from deltalake.transaction import AddAction
+        parts = PARTITION_BY[table]
+        schema = TABLES[table]
+        data = data.select(schema.names).cast(schema)
+        groups = [((), data)]
+        if parts:
+            import pyarrow.compute as pc
+            col = parts[0]
+            groups = []
+            for value in sorted(set(data.column(col).to_pylist())):
+                if value is None:
+                    raise ValueError(f"{table}: row without a {col}")
+                groups.append(((value,), data.filter(pc.equal(data.column(col), value)).drop_columns(parts)))
+        actions = []
+        for values, rows in groups:
+            if rows.num_rows == 0:
+                continue
+            rel = posixpath.join(*[f"{c}={v}" for c, v in zip(parts, values)],
+                                 f"part-{uuid.uuid4().hex}.zstd.parquet")
+            buf = io.BytesIO()
+            pq.write_table(rows, buf, compression="zstd")
+            payload = buf.getvalue()
+            path = posixpath.join(self.root, table, rel)
+            self.fs.create_dir(posixpath.dirname(path), recursive=True)
+            with self.fs.open_output_stream(path) as out:
+                out.write(payload)
+            actions.append(AddAction(path=rel, size=len(payload), partition_values=dict(zip(parts, values)),
+                                     modification_time=int(time.time() * 1000), data_change=True,
+                                     stats=json.dumps({"numRecords": rows.num_rows})))
+        return actions
+
+    def commit(self, table: str, adds: list, *, replace: tuple[str, Iterable] | None = None,
+               survey_id: str | None = None, operation: str | None = None) -> int | None:
+        """Commit added files (and a replace) to a table in one Delta transaction.
+
+        Parameters
+        ----------
+        table : str
+        adds : list of AddAction
+            From :meth:`write_files`.
+        replace : (column, keys), optional
+            Rows whose ``column`` is in ``keys`` are removed in the same transaction (their files
+            are removed; the files' other rows are rewritten into a new file).
+        survey_id : str, optional
+            Recorded in the commit's metadata (``hubscan.survey_id``).
+        operation : str, optional
+            Recorded in the commit's metadata (``hubscan.operation``).
+
+        Returns
+        -------
+        int or None
+            The table's new version (None when there was nothing to commit).
+        """
+        from deltalake import DeltaTable
+        from deltalake.transaction import CommitProperties
+        schema = TABLES[table]
+        keys = set(replace[1]) if replace else set()
+        dt = self.table(table)
+        if not adds and (dt is None or not keys):
+            return None
+        if dt is None:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            DeltaTable.create(self.uri(table), schema, mode="ignore", partition_by=PARTITION_BY[table] or None,
+                              name=table, description=(schema.metadata or {}).get(b"hubscan.table", b"").decode(),
+                              configuration={"delta.checkpointInterval": "50"}, storage_options=self.delta_options)
+            dt = self.table(table)
+        self._evolve(dt, schema)
+        actions = list(adds)
+        if keys:
+            actions += self._replace_actions(table, dt, replace[0], keys)
+        if not actions:
+            return None
+        meta = {k: v for k, v in {"hubscan.survey_id": survey_id, "hubscan.operation": operation}.items() if v}
+        dt.create_write_transaction(actions, mode="append", schema=schema, partition_by=PARTITION_BY[table] or None,
+                                    commit_properties=CommitProperties(custom_metadata=meta or None))
+        dt.update_incremental()
+        return dt.version()
+
+    def write(self, table: str, data: pa.Table, *, replace: tuple[str, Iterable] | None = None,
+              survey_id: str | None = None) -> int | None:
+        """:meth:`write_files` + :meth:`commit` (for a process that writes and commits itself)."""
+        return self.commit(table, self.write_files(table, data) if data.num_rows else [], replace=replace,
+                           survey_id=survey_id)
+
+    def write_model(self, key: str, source: str, model_row: dict, layer_rows: list[dict],
+                    esd_rows: list[dict] | None, survey_id: str | None = None) -> None:
+        """Write (replace) one model: its esd and layers rows, then its models row."""
+        replace = ("model_key", [key])
+        self.write("esd", esd_table(esd_rows) if esd_rows else ESD_SCHEMA.empty_table(), replace=replace,
+                   survey_id=survey_id)
+        self.write("layers", rows_to_table(layer_rows, DATASET_LAYER_SCHEMA), replace=replace, survey_id=survey_id)
+        self.write("models", rows_to_table([{**model_row, "source": source}], MODEL_SCHEMA), replace=replace,
+                   survey_id=survey_id)
+
+    def _evolve(self, dt, schema: pa.Schema) -> None:
+        """Add the schema's columns that the table lacks (hubscan gained a column)."""
+        from deltalake import Schema as DeltaSchema
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in schema if f.name not in have]
+        if missing:
+            log.info("%s: adding columns %s", dt.table_uri, ", ".join(f.name for f in missing))
+            dt.alter.add_columns(DeltaSchema.from_arrow(pa.schema(missing)).fields)
+
+    def _replace_actions(self, table: str, dt, column: str, keys: set) -> list:
+        """Remove actions for the live files holding rows of ``keys``, and add actions for a
+        rewrite of those files' other rows."""
+        import pyarrow.compute as pc
+        import pyarrow.dataset as pds
+        from urllib.parse import unquote
+        from deltalake.transaction import RemoveAction
+        parts = PARTITION_BY[table]
+        value_set = pa.array(sorted(keys), type=pa.string())
+        actions, kept = [], []
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        now = int(time.time() * 1000)
+        ds = dt.to_pyarrow_dataset()
+        by_path = {frag.path: frag for frag in ds.get_fragments()}
+        for row in adds.select(["path", "size_bytes"] + [f"partition.{p}" for p in parts]).to_pylist():
+            frag = by_path.get(row["path"]) or by_path.get(unquote(row["path"]))
+            if frag is None:
+                raise RuntimeError(f"{self.uri(table)}: live file {row['path']} not found in the table's scan")
+            hit = frag.to_table(columns=[column], schema=ds.schema).column(column)
+            mask = pc.is_in(hit, value_set=value_set)
+            if not pc.any(mask).as_py():
+                continue
+            pv = {p: row[f"partition.{p}"] for p in parts}
+            actions.append(RemoveAction(path=row["path"], data_change=True, deletion_timestamp=now,
+                                        size=row["size_bytes"], partition_values=pv or None))
+            rest = frag.to_table(schema=ds.schema, filter=~pds.field(column).isin(value_set))
+            if rest.num_rows:
+                for p, v in pv.items():
+                    rest = rest.set_column(rest.schema.get_field_index(p), p, pa.array([v] * rest.num_rows, pa.string()))
+                kept.append(rest)
+        if kept:
+            actions += self.write_files(table, pa.concat_tables(kept, promote_options="permissive"))
+        return actions
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def survey_versions(self) -> dict[str, set[int]]:
+        """table → the versions recorded by surveys (kept by vacuum, queried by ``--as-of``)."""
+        out: dict[str, set[int]] = {}
+        t = self.read("surveys", columns=["table_versions"])
+        for v in t.column("table_versions").to_pylist() if "table_versions" in t.column_names else []:
+            for table, version in json.loads(v or "{}").items():
+                out.setdefault(table, set()).add(int(version))
+        return out
+
+    def compact(self, tables: Iterable[str] | None = None, *, retention_hours: float = DEFAULT_RETENTION_HOURS,
+                keep_versions: dict[str, set[int]] | None = None, survey_id: str | None = None) -> dict:
+        """Compact small files into large ones and vacuum files no kept version references.
+
+        Parameters
+        ----------
+        tables : iterable of str, optional
+            Default: every table present.
+        retention_hours : float
+            Removed files younger than this are kept (readers of older snapshots); 0 deletes every
+            unreferenced file now.
+        keep_versions : dict, optional
+            table → versions whose files vacuum keeps (default: the versions surveys recorded).
+        survey_id : str, optional
+            Recorded in the commits' metadata.
+
+        Returns
+        -------
+        dict
+            table → {"files_before", "files_after", "removed", "vacuumed"}.
+        """
+        from deltalake.transaction import CommitProperties
+        keep = self.survey_versions() if keep_versions is None else keep_versions
+        out = {}
+        for table in tables or TABLES:
+            dt = self.table(table)
+            if dt is None:
+                continue
+            before = len(dt.file_uris())
+            meta = {"hubscan.operation": "compact", **({"hubscan.survey_id": survey_id} if survey_id else {})}
+            metrics = dt.optimize.compact(target_size=512 * 1024 * 1024,
+                                          commit_properties=CommitProperties(custom_metadata=meta))
+            dt.update_incremental()
+            vacuumed = dt.vacuum(retention_hours=int(retention_hours), dry_run=False, enforce_retention_duration=False,
+                                 full=True, keep_versions=sorted(keep.get(table, ())) or None)
+            dt.update_incremental()
+            out[table] = {"files_before": before, "files_after": len(dt.file_uris()),
+                          "removed": int(metrics.get("numFilesRemoved", 0)), "vacuumed": len(vacuumed)}
+        return out
 
 
 def esd_table(rows: list[dict]) -> pa.Table:
@@ -298,3 +559,63 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def migrate(old: str, new: str, *, batch_files: int = 2000, storage_options: dict | None = None,
+            new_storage_options: dict | None = None) -> dict[str, int]:
+    """Convert a schema-v1 dataset (hive-partitioned loose Parquet,
+    ``OLD/table=<t>/source=<s>/part-<key>.parquet``) into Delta tables at ``new``.
+
+    Columns the old files lack are null; the tables are compacted at the end.
+
+    Parameters
+    ----------
+    old, new : str
+        Dataset locations.
+    batch_files : int
+        Old files read per commit.
+    storage_options, new_storage_options : dict, optional
+        Filesystem options of ``old`` and ``new``.
+
+    Returns
+    -------
+    dict
+        table → rows converted.
+
+    Raises
+    ------
+    hubscan.errors.NoWeightsError
+        ``old`` holds no schema-v1 table.
+    """
+    from hubscan.errors import NoWeightsError
+    fs, root = open_filesystem(old, **(storage_options or {}))
+    dest = Dataset(new, **(new_storage_options or {}))
+    counts = {}
+    for table, schema in TABLES.items():
+        base = posixpath.join(root, f"table={table}")
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            continue
+        files = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                       if i.type == pafs.FileType.File and i.base_name.endswith(".parquet")
+                       and not i.base_name.startswith("."))
+        counts[table] = 0
+        for start in range(0, len(files), batch_files):
+            chunk = []
+            for f in files[start:start + batch_files]:
+                t = pq.read_table(f, filesystem=fs)
+                if "source" in schema.names and "source" not in t.column_names:
+                    source = next((p.split("=", 1)[1] for p in f.split("/") if p.startswith("source=")), None)
+                    t = t.append_column("source", pa.array([source] * t.num_rows, pa.string()))
+                chunk.append(t.select([c for c in t.column_names if c in schema.names]))
+            data = pa.concat_tables(chunk, promote_options="permissive")
+            for f in schema:
+                if f.name not in data.column_names:
+                    data = data.append_column(f.name, pa.nulls(data.num_rows, f.type))
+            data = data.select(schema.names).cast(schema)
+            dest.write(table, data)
+            counts[table] += data.num_rows
+    if not counts:
+        raise NoWeightsError(old, "no schema-v1 dataset here (no table=…/ folders)")
+    dest.compact(retention_hours=0)
+    return counts
+

@@ -1,18 +1,28 @@
-"""The hub survey: a Ray driver that enumerates models and a pool of analysis actors that stream
-their weights, compute the ESDs and write the Parquet dataset (:mod:`hubscan.store`).
+"""The hub survey: a Ray driver that plans the work and commits the dataset, and a pool of
+analysis actors that stream weights, compute the ESDs and write data files (:mod:`hubscan.store`).
 
-Flow: the driver enumerates the source, pins each model (commit sha / fingerprint), skips what the
-dataset already holds for the same (source, id, revision, analysis config) unless ``force``, and
-dispatches the rest to the actors with back-pressure (at most ``max_in_flight`` models in flight).
-Each actor analyzes a model tensor by tensor (prefetching the next tensor while the current one is
-decomposed) and writes the model's files itself — cluster nodes share no disk, only the dataset's
-filesystem (e.g. S3). The driver only sees one small summary per model.
+Flow (the steps of :class:`Survey`):
+
+1. **plan** — enumerate the source, pin each model (commit sha / fingerprint), drop what the
+   dataset already holds for the same (source, id, revision, analysis config) unless ``force``.
+   Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
+2. **init Ray** and start the **pool** of actors.
+3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
+   analyzes a model tensor by tensor, buffers its rows, and every ``flush_models`` models or
+   ``flush_seconds`` seconds writes them as data files (many models per file) and returns the Delta
+   add actions — cluster nodes share no disk, only the dataset's filesystem (e.g. S3).
+4. **commit** — the driver is the only committer: it commits each flushed batch, ``layers`` and
+   ``esd`` before ``models``, so the done-set never names a model whose layers are not visible; a
+   model the dataset already holds (``force``, a failed model retried) is replaced in the same
+   transaction as its new rows.
+5. **summary** — compaction and vacuum, then the ``surveys`` row with the table versions
+   (``hubscan sql --as-of SURVEY_ID``). Its counts are of committed models.
 
 Fault tolerance: a model that fails is recorded with its reason and the survey goes on; an actor
-that dies (OOM, killed, node lost) is replaced and its model retried up to ``max_attempts``, then
-recorded failed; a restarted driver resumes from the dataset (the ``models`` file is each model's
-commit record); Ctrl-C stops submitting, lets nothing half-written become visible (files are
-atomic) and records the survey as interrupted.
+that dies (OOM, killed, node lost) is replaced, its model retried up to ``max_attempts`` and the
+uncommitted models it had buffered re-dispatched; a killed driver commits nothing more, and the
+rerun redoes what was not committed (uncommitted files are invisible and vacuumed); Ctrl-C stops
+at once and records the survey as interrupted with the counts of what was committed.
 """
 
 from __future__ import annotations
@@ -22,20 +32,24 @@ import datetime as dt
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections import deque
-from typing import Iterable
 
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
-from hubscan.errors import GatedModelError, HubscanError
+from hubscan.errors import GatedModelError, HubscanError, NoWeightsError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
-from hubscan.store import Dataset, config_hash, model_key, rows_to_table
-from hubscan.schema import SURVEY_SCHEMA
+from hubscan.schema import DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SURVEY_SCHEMA
+from hubscan.store import DEFAULT_RETENTION_HOURS, Dataset, config_hash, esd_table, model_key, rows_to_table
 
 log = logging.getLogger(__name__)
+progress_log = logging.getLogger("hubscan.progress")
+
+#: The tables a survey writes, in commit order (``models`` last: it is the done-set).
+WRITE_ORDER = ("esd", "layers", "models")
 
 
 @dataclasses.dataclass
@@ -47,7 +61,7 @@ class SurveyConfig:
     source : str
         ``hf``, ``timm``, ``local:DIR`` or ``list:FILE``.
     out : str
-        Dataset location: a path or filesystem URL (``s3://bucket/prefix``).
+        Dataset location: a path or ``s3://bucket/prefix``.
     filters : dict
         Source filters (hf: filter, author, search, pipeline_tag, sort; timm: filter, exclude).
     limit : int or None
@@ -67,7 +81,7 @@ class SurveyConfig:
     max_attempts : int
         Attempts per model when actors die.
     force : bool
-        Re-analyze models the dataset already holds.
+        Re-analyze (replace) models the dataset already holds.
     keep_esd : bool
         Write the ``esd`` table (eigenvalues per layer).
     storage_options : dict
@@ -75,11 +89,22 @@ class SurveyConfig:
     hub : dict
         :class:`~hubscan.hub.HubClient` settings (endpoint, max_retries, timeout, cache_dir …).
     progress : bool
-        Live progress bar on the driver.
+        Progress on the driver: a bar on a terminal, else a log line every ``progress_models``
+        models or ``progress_seconds`` seconds (logger ``hubscan.progress``, level INFO).
     survey_id : str or None
         None → a new UTC-timestamped id.
     actor_start_timeout : float
         Seconds without any progress while no actor can be placed before the rest is failed.
+    flush_models, flush_seconds : int, float
+        An actor writes its buffered rows as data files (and the driver commits them) every
+        ``flush_models`` models or when its oldest buffered model is ``flush_seconds`` old.
+    compact : bool
+        Compact and vacuum the tables at the end of the survey.
+    retention_hours : float
+        Vacuum keeps removed files this long (readers of older snapshots) and always keeps the
+        table versions surveys recorded.
+    progress_models, progress_seconds : int, float
+        Interval of the progress log lines when the output is not a terminal.
     """
 
     source: str
@@ -100,6 +125,12 @@ class SurveyConfig:
     progress: bool = True
     survey_id: str | None = None
     actor_start_timeout: float = 600.0
+    flush_models: int = 100
+    flush_seconds: float = 60.0
+    compact: bool = True
+    retention_hours: float = DEFAULT_RETENTION_HOURS
+    progress_models: int = 100
+    progress_seconds: float = 30.0
 
 
 def _utcnow() -> dt.datetime:
@@ -107,7 +138,6 @@ def _utcnow() -> dt.datetime:
 
 
 def _family(meta: dict, ref: ModelRef) -> str | None:
-    from hubscan.sources.timm import family_of
     if meta.get("family"):
         return meta["family"]
     if meta.get("model_type"):
@@ -146,57 +176,65 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     return row
 
 
-def analyze_and_write(ref: ModelRef, meta: dict, key: str, *, dataset: Dataset, options: AnalyzeOptions,
-                      cfg_hash: str, survey_id: str, client: HubClient, keep_esd: bool, attempts: int = 1) -> dict:
-    """Analyze one pinned model and write its files; never raises for a model's own problems.
+def _status_of(exc: HubscanError) -> str:
+    """A model's status for an error: gated repos and models without weights are skipped."""
+    if isinstance(exc, GatedModelError) or "no weight" in exc.reason:
+        return "skipped"
+    return "failed"
+
+
+def _requests(client: HubClient) -> int:
+    """HTTP requests the hub client has made so far (0 when it does not count them)."""
+    counter = getattr(client, "total_requests", None)
+    return int(counter()) if callable(counter) else 0
+
+
+def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
+                  client: HubClient, keep_esd: bool, attempts: int = 1) -> dict:
+    """Analyze one pinned model into its dataset rows; never raises for a model's own problems.
 
     Returns
     -------
     dict
-        The model row written (status success / incomplete / failed / skipped).
+        ``models``: the model row (status success / incomplete / failed / skipped), ``layers``
+        and ``esd``: Arrow tables of its rows (empty unless analyzed).
     """
     from hubscan.analysis import analyze
     from hubscan.weights.remote import open_ref
 
     t0 = time.perf_counter()
-    retries0 = client.total_retries()
+    retries0, requests0 = client.total_retries(), _requests(client)
     opts = dataclasses.replace(options, keep_evals=keep_esd)
     ident = {"model_key": key, "source": ref.source, "model_id": ref.id, "revision": ref.revision}
+    layers = esd = None
     try:
         ws = open_ref(ref, client)
         result = analyze(ws, opts)
     except GatedModelError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
     except HubscanError as exc:
-        status = "skipped" if "no weight tensors" in exc.reason or "no weight files" in exc.reason else "failed"
-        row = model_row(ref, meta, key, cfg_hash, survey_id, status, str(exc))
+        row = model_row(ref, meta, key, cfg_hash, survey_id, _status_of(exc), str(exc))
     except Exception as exc:  # noqa: BLE001 - one model never stops the survey
         log.exception("%s: unexpected error", ref)
         row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
-                        f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+                        f"unexpected error: {' '.join(str(exc).split())[:300]}")
     else:
         row = model_row(ref, meta, key, cfg_hash, survey_id, result.summary["status"], result.summary["reason"],
                         result.summary, format=result.format, device=opts.device)
-        layers = [{**ident, "survey_id": survey_id, **r} for r in result.rows]
-        esd = None
+        layers = rows_to_table([{**ident, "survey_id": survey_id, **r} for r in result.rows], DATASET_LAYER_SCHEMA)
         if keep_esd:
-            esd = [{**ident, "layer_id": r["layer_id"], "name": r["name"], "part": r["part"],
-                    "evals": result.evals[r["name"] + (f":{r['part']}" if r["part"] else "")].astype("float32")}
-                   for r in result.rows if (r["name"] + (f":{r['part']}" if r["part"] else "")) in result.evals]
-        row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
-                   options=json.dumps(dataclasses.asdict(opts), default=str))
-        dataset.write_model(key, ref.source, row, layers, esd)
-        return row
-    row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
+            names = [r["name"] + (f":{r['part']}" if r["part"] else "") for r in result.rows]
+            esd = esd_table([{**ident, "layer_id": r["layer_id"], "name": r["name"], "part": r["part"],
+                              "evals": result.evals[n]} for r, n in zip(result.rows, names) if n in result.evals])
+    row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0,
+               requests=_requests(client) - requests0, attempts=attempts,
                options=json.dumps(dataclasses.asdict(opts), default=str))
-    dataset.write_model(key, ref.source, row, [], None)
-    return row
+    return {"models": rows_to_table([row], MODEL_SCHEMA), "layers": layers, "esd": esd, "row": row}
 
 
 def _warm_up(options: AnalyzeOptions) -> None:
     """Pay the lazy imports (scipy.optimize / special / stats, pyarrow.parquet) and the first BLAS /
     LAPACK calls once, when the actor starts, instead of in its first model."""
-    import dataclasses as _dc
     import pyarrow.parquet  # noqa: F401
     import torch
     from hubscan.analysis import analyze_entries
@@ -204,48 +242,89 @@ def _warm_up(options: AnalyzeOptions) -> None:
 
     w = torch.from_numpy(__import__("numpy").random.default_rng(0).standard_t(3, (96, 64)).astype("float32"))
     entry = TensorEntry("warmup.weight", (96, 64), "float32", "<warm-up>", lambda: w)
-    for _ in analyze_entries([entry], _dc.replace(options, randomize=False), prefetch=False):
+    for _ in analyze_entries([entry], dataclasses.replace(options, randomize=False), prefetch=False):
         pass
 
 
+#: Columns of a model row that travel back to the driver (progress and the survey's sums).
+SUMMARY_KEYS = ("model_key", "model_id", "source", "status", "reason", "bytes_read", "requests", "seconds")
+
+
+class RowBuffer:
+    """Rows of analyzed models waiting to be written as data files (one file per table and
+    partition per flush).
+
+    Parameters
+    ----------
+    dataset : Dataset
+    flush_models : int
+        Flush when this many models are buffered.
+    flush_seconds : float
+        Flush when the oldest buffered model is this old.
+    """
+
+    def __init__(self, dataset: Dataset, flush_models: int, flush_seconds: float):
+        self.dataset, self.flush_models, self.flush_seconds = dataset, flush_models, flush_seconds
+        self.tables: dict[str, list] = {t: [] for t in WRITE_ORDER}
+        self.rows: list[dict] = []
+        self.since: float | None = None
+
+    def add(self, tables: dict, row: dict) -> None:
+        for t in WRITE_ORDER:
+            if tables.get(t) is not None and tables[t].num_rows:
+                self.tables[t].append(tables[t])
+        self.rows.append({k: row.get(k) for k in SUMMARY_KEYS})
+        self.since = self.since or time.monotonic()
+
+    def due(self) -> bool:
+        return bool(self.rows) and (len(self.rows) >= self.flush_models
+                                    or time.monotonic() - self.since >= self.flush_seconds)
+
+    def flush(self) -> dict | None:
+        """Write the buffered rows as data files (uncommitted).
+
+        Returns
+        -------
+        dict or None
+            ``{"rows": [model summaries], "adds": {table: [AddAction]}}``; None when empty.
+        """
+        if not self.rows:
+            return None
+        import pyarrow as pa
+        adds = {t: self.dataset.write_files(t, pa.concat_tables(parts)) if parts else []
+                for t, parts in self.tables.items()}
+        batch = {"rows": self.rows, "adds": adds}
+        self.tables = {t: [] for t in WRITE_ORDER}
+        self.rows, self.since = [], None
+        return batch
+
+
 class _Worker:
-    """The analysis actor's body (wrapped by ``ray.remote`` in :func:`survey`)."""
+    """The analysis actor's body (wrapped by ``ray.remote`` in :meth:`Survey.start_pool`)."""
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
-                 hub: dict, keep_esd: bool, threads: int):
+                 hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float):
         import torch
         if threads:
             torch.set_num_threads(max(1, int(threads)))
-        self.dataset = Dataset(out, **storage_options)
+        self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
         _warm_up(options)
-
-
 
     def pid(self) -> int:
         return os.getpid()
 
     def run(self, ref: ModelRef, meta: dict, key: str, attempts: int) -> dict:
-        row = analyze_and_write(ref, meta, key, dataset=self.dataset, options=self.options, cfg_hash=self.cfg_hash,
-                                survey_id=self.survey_id, client=self.client, keep_esd=self.keep_esd,
-                                attempts=attempts)
-        keep = ("model_key", "model_id", "source", "status", "reason", "bytes_read", "seconds", "alpha", "num_success")
-        return {k: row.get(k) for k in keep}
+        """Analyze one model; returns its summary and, when the buffer is due, the flushed batch."""
+        out = analyze_model(ref, meta, key, options=self.options, cfg_hash=self.cfg_hash, survey_id=self.survey_id,
+                            client=self.client, keep_esd=self.keep_esd, attempts=attempts)
+        self.buffer.add(out, out["row"])
+        return {"row": {k: out["row"].get(k) for k in SUMMARY_KEYS},
+                "batch": self.buffer.flush() if self.buffer.due() else None}
 
-
-def _resolve_all(items: Iterable, client: HubClient):
-    """Pin every enumerated model: yields (ref, meta, error) — error is a HubscanError or None."""
-    from hubscan.sources import resolve
-    for ref, meta in items:
-        if ref.revision and (ref.files or ref.source == "local"):
-            yield ref, meta, None
-            continue
-        try:
-            pinned, more = resolve(ref, client)
-            yield pinned, {**meta, **more}, None
-        except HubscanError as exc:
-            yield ref, meta, exc
+    def flush(self) -> dict:
+        return {"row": None, "batch": self.buffer.flush()}
 
 
 def _cluster_resources(config: SurveyConfig):
@@ -259,6 +338,320 @@ def _cluster_resources(config: SurveyConfig):
     return max(1, actors), gpa, cpa
 
 
+@dataclasses.dataclass
+class _Task:
+    ref: ModelRef
+    meta: dict
+    key: str
+    attempts: int = 1
+
+    def args(self):
+        return self.ref, self.meta, self.key, self.attempts
+
+
+class Survey:
+    """One survey run: the steps of the module docstring as methods (see :func:`survey`).
+
+    Parameters
+    ----------
+    config : SurveyConfig
+    """
+
+    def __init__(self, config: SurveyConfig):
+        self.config = config
+        self.started = _utcnow()
+        self.t0 = time.perf_counter()
+        self.survey_id = config.survey_id or self.started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+        self.client = HubClient(**config.hub)
+        self.cfg_hash = config_hash(config.options)
+        self.options = config.options
+        self.dataset: Dataset | None = None
+        self.work: deque[_Task] = deque()
+        self.counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
+        self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
+        self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
+        self.driver_rows = None  # RowBuffer of rows the driver writes itself (unresolvable models …)
+        self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
+        self.analyzed = 0
+        self.progress = None
+
+    # -- 1. plan: before Ray -------------------------------------------------------------------
+    def plan(self) -> None:
+        """Enumerate, pin and drop what the dataset holds; rows for models that cannot be pinned.
+
+        Raises
+        ------
+        hubscan.errors.HubscanError
+            The source cannot be enumerated, or holds no model.
+        """
+        from hubscan.sources import enumerate_models, resolve
+        config = self.config
+        items = list(enumerate_models(config.source, client=self.client, limit=config.limit, **config.filters))
+        if not items:
+            raise NoWeightsError(config.source, "no models found")
+        self.dataset = Dataset(config.out, **config.storage_options)
+        self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
+        done = self.dataset.done()
+        seen = set()
+        for ref, meta in items:
+            err = None
+            if not (ref.revision and (ref.files or ref.source == "local")):
+                try:
+                    pinned, more = resolve(ref, self.client)
+                    ref, meta = pinned, {**meta, **more}
+                except HubscanError as exc:
+                    err = exc
+            key = model_key(ref.source, ref.id, ref.revision, self.cfg_hash)
+            if key in seen:
+                continue
+            seen.add(key)
+            self.stats["num_models"] += 1
+            if err is not None:
+                self._driver_row(_Task(ref, meta, key, 0), _status_of(err), str(err))
+            elif not config.force and done.get(key) not in (None, "failed"):
+                self.stats["num_already_done"] += 1
+            else:
+                self.work.append(_Task(ref, meta, key))
+        # models whose rows will be replaced (force, failed before, or a driver killed between commits)
+        keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
+        if keys:
+            self.replace["models"] = keys & set(done)
+            for table in ("layers", "esd"):
+                self.replace[table] = keys & self.dataset.keys(table)
+
+    def _driver_row(self, task: _Task, status: str, reason: str) -> None:
+        row = model_row(task.ref, task.meta, task.key, self.cfg_hash, self.survey_id, status, reason,
+                        attempts=task.attempts)
+        self.driver_rows.add({"models": rows_to_table([row], MODEL_SCHEMA)}, row)
+        self.analyzed += 1
+
+    # -- 2. Ray and the pool -------------------------------------------------------------------
+    def init_ray(self) -> None:
+        import ray
+        if not ray.is_initialized():
+            address = self.config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                self.we_started_ray = True
+
+    def start_pool(self) -> None:
+        import ray
+        config = self.config
+        self.n_actors, gpa, cpa = _cluster_resources(config)
+        self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
+        worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
+        self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
+                                                self.survey_id, config.hub, config.keep_esd, int(cpa),
+                                                config.flush_models, config.flush_seconds)
+        self.actors: dict = {}     # ready actor -> tasks queued on it
+        self.starting: dict = {}   # readiness future -> actor
+        self.inflight: dict = {}   # future -> (actor, _Task or None for a flush)
+        self.pending: dict = {}    # actor -> [(_Task, analyzed at)] analyzed, buffered, not committed
+        self.retry: deque[_Task] = deque()
+        for _ in range(self.n_actors):
+            self._start_actor()
+
+    def _start_actor(self) -> None:
+        actor = self._new_actor()
+        self.starting[actor.pid.remote()] = actor
+
+    # -- 3. dispatch ---------------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Feed the actors until every model is committed or failed."""
+        import ray
+        config = self.config
+        max_in_flight = config.max_in_flight or 2 * self.n_actors
+        per_actor = max(1, -(-max_in_flight // self.n_actors))  # tasks queued on one actor
+        last_progress = time.monotonic()
+        while True:
+            while len(self.inflight) < max_in_flight and self.actors and (self.retry or self.work):
+                actor = min(self.actors, key=self.actors.get)
+                if self.actors[actor] >= per_actor:
+                    break
+                task = self.retry.popleft() if self.retry else self.work.popleft()
+                self.actors[actor] += 1
+                self.inflight[actor.run.remote(*task.args())] = (actor, task)
+            self._flush_idle(final=not (self.retry or self.work))
+            if not self.inflight and not (self.retry or self.work) and not any(self.pending.values()):
+                return
+            if not self.inflight and not self.starting and not self.actors:
+                self._start_actor()
+            ready, _ = ray.wait(list(self.inflight) + list(self.starting), num_returns=1,
+                                timeout=min(30.0, max(1.0, config.flush_seconds)))
+            if not ready:
+                if not self.inflight and not self.actors and time.monotonic() - last_progress > config.actor_start_timeout:
+                    for task in [*self.retry, *self.work]:  # no actor can be placed: fail the rest, not hang
+                        self._driver_row(task, "failed", "no analysis actor could be started "
+                                         "(cluster has no free resources)")
+                    self.retry.clear()
+                    self.work.clear()
+                    self.commit(self.driver_rows.flush())
+                    return
+                continue
+            last_progress = time.monotonic()
+            fut = ready[0]
+            if fut in self.starting:
+                self._on_started(fut)
+            else:
+                self._on_result(fut)
+
+    def _flush_idle(self, final: bool) -> None:
+        """Ask idle actors for their buffered rows (when old, or when no work is left)."""
+        now = time.monotonic()
+        for actor, items in self.pending.items():
+            if not items or actor not in self.actors or self.actors[actor] > 0:
+                continue
+            if final or now - items[0][1] >= self.config.flush_seconds:
+                self.actors[actor] += 1
+                self.inflight[actor.flush.remote()] = (actor, None)
+
+    def _on_started(self, fut) -> None:
+        import ray
+        actor = self.starting.pop(fut)
+        try:
+            ray.get(fut)
+            self.actors[actor] = 0
+            self.pending[actor] = []
+            self.stats.setdefault("startup_seconds", time.perf_counter() - self.t0)
+        except ray.exceptions.RayError as exc:
+            log.warning("analysis actor failed to start: %s", " ".join(str(exc).split())[:200])
+            self._start_actor()
+
+    def _on_result(self, fut) -> None:
+        import ray
+        actor, task = self.inflight.pop(fut)
+        try:
+            out = ray.get(fut)
+        except ray.exceptions.RayActorError as exc:  # actor died: OOM, killed, node lost
+            self._on_actor_death(actor, task, exc)
+            return
+        except ray.exceptions.RayTaskError as exc:  # a bug, not the model's problem: record and go on
+            if actor in self.actors:
+                self.actors[actor] -= 1
+            if task is not None:
+                self._driver_row(task, "failed", " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
+            return
+        if actor in self.actors:
+            self.actors[actor] -= 1
+        if task is not None:
+            self.pending.setdefault(actor, []).append((task, time.monotonic()))
+            self.analyzed += 1
+            self._update_progress(out["row"])
+        committed = set()
+        if out["batch"] is not None:
+            committed = {r["model_key"] for r in out["batch"]["rows"]}
+            self.commit(out["batch"], self.driver_rows.flush())
+        left = [(t, at) for t, at in self.pending.get(actor, []) if t.key not in committed]
+        if task is None and left:  # a flush that did not return every buffered model: redo them
+            self.retry.extend(t for t, _ in left)
+            self.analyzed -= len(left)
+            left = []
+        self.pending[actor] = left
+
+    # -- 4. retries ----------------------------------------------------------------------------
+    def _on_actor_death(self, actor, task: _Task | None, exc) -> None:
+        config = self.config
+        if self.actors.pop(actor, None) is not None:
+            self._start_actor()  # replace it once, however many of its tasks fail
+        lost = self.pending.pop(actor, [])
+        for t, _ in lost:  # analyzed but never written: not the model's fault, same attempt count
+            self.retry.append(t)
+            self.analyzed -= 1
+        if task is None:
+            return
+        log.warning("%s: analysis actor died (attempt %d/%d): %s", task.ref, task.attempts, config.max_attempts,
+                    " ".join(str(exc).split())[:200])
+        if task.attempts < config.max_attempts:
+            self.retry.append(dataclasses.replace(task, attempts=task.attempts + 1))
+        else:
+            self._driver_row(task, "failed", f"analysis actor died {task.attempts} times "
+                                             "(out of memory, killed or node lost)")
+
+    # -- 5. commit -----------------------------------------------------------------------------
+    def commit(self, *batches) -> None:
+        """Commit flushed batches: ``esd`` and ``layers`` first, then ``models`` (the done-set);
+        models the dataset already held are replaced in the same transactions."""
+        batches = [b for b in batches if b]
+        if not batches:
+            return
+        rows = [r for b in batches for r in b["rows"]]
+        keys = {r["model_key"] for r in rows}
+        for table in WRITE_ORDER:
+            adds = [a for b in batches for a in b["adds"].get(table, [])]
+            replace = keys & self.replace[table]
+            self.dataset.commit(table, adds, replace=("model_key", replace) if replace else None,
+                                survey_id=self.survey_id)
+            self.replace[table] -= replace
+        for r in rows:
+            self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
+            self.stats["bytes_read"] += int(r.get("bytes_read") or 0)
+            self.stats["requests"] += int(r.get("requests") or 0)
+
+    # -- 6. summary ----------------------------------------------------------------------------
+    def summary(self) -> dict:
+        """Compact / vacuum (unless interrupted), then write and return the ``surveys`` row."""
+        config = self.config
+        if self.dataset is None:
+            return {}
+        if config.compact and not self.interrupted and sum(self.counts.values()):
+            self.dataset.compact(WRITE_ORDER, retention_hours=config.retention_hours, survey_id=self.survey_id)
+        versions = {t: v for t in ("models", "layers", "esd", "accuracy")
+                    if (v := self.dataset.version(t)) is not None}
+        row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
+               "source": config.source, "filters": json.dumps(config.filters, default=str),
+               "config_hash": self.cfg_hash, "options": json.dumps(dataclasses.asdict(self.options), default=str),
+               "num_success": self.counts["success"], "num_incomplete": self.counts["incomplete"],
+               "num_failed": self.counts["failed"], "num_skipped": self.counts["skipped"],
+               "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
+               "hubscan_version": __version__, "table_versions": json.dumps(versions), **self.stats}
+        self.dataset.write("surveys", rows_to_table([row], SURVEY_SCHEMA), survey_id=self.survey_id)
+        return row
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
+        self.plan()
+        total = len(self.work) + len(self.driver_rows.rows)
+        self.progress = _Progress(self.config, total)
+        try:
+            self.commit(self.driver_rows.flush())
+            if self.work:
+                self.init_ray()
+                self.start_pool()
+                self.dispatch()
+                self.commit(self.driver_rows.flush())
+        except KeyboardInterrupt:
+            self.interrupted = True
+            n = len(getattr(self, "inflight", ())) + sum(len(v) for v in getattr(self, "pending", {}).values())
+            log.warning("interrupted: %d analyzed or in-flight models not committed (a rerun does them)", n)
+        finally:
+            self._stop_pool()
+            self.progress.close(self.counts)
+            summary = self.summary()
+            if self.we_started_ray:
+                import ray
+                ray.shutdown()
+        if self.interrupted:
+            raise KeyboardInterrupt
+        return summary
+
+    def _stop_pool(self) -> None:
+        if not hasattr(self, "actors"):
+            return
+        import ray
+        for actor in list(self.actors) + list(self.starting.values()):
+            try:
+                ray.kill(actor)
+            except Exception:  # noqa: BLE001 - already dead
+                pass
+
+    def _update_progress(self, row: dict | None) -> None:
+        if self.progress is not None:
+            self.progress.update(self.analyzed, self.counts, self.stats, row)
+
+
 def survey(config: SurveyConfig) -> dict:
     """Run a survey (see the module docstring).
 
@@ -269,212 +662,57 @@ def survey(config: SurveyConfig) -> dict:
     Returns
     -------
     dict
-        The ``surveys`` row: counts per status, bytes, time, interrupted.
+        The ``surveys`` row: counts per status (committed models), bytes, requests, time,
+        interrupted, table versions.
 
     Raises
     ------
     hubscan.errors.HubscanError
-        The source cannot be enumerated (e.g. hub unreachable) — nothing else stops a survey.
+        The source cannot be enumerated (e.g. hub unreachable) or holds no model — nothing else
+        stops a survey.
+    KeyboardInterrupt
+        After recording the interrupted survey.
     """
-    import ray
-    from hubscan.sources import enumerate_models
-
-    import itertools
-
-    started = _utcnow()
-    t0 = time.perf_counter()
-    survey_id = config.survey_id or started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    client = HubClient(**config.hub)
-    # enumerate the first model before anything else: a bad source (unknown kind, missing folder or
-    # list file, unreachable hub) fails here in one line, before Ray starts or the dataset is created
-    items = iter(enumerate_models(config.source, client=client, limit=config.limit, **config.filters))
-    first = next(items, None)
-    items = itertools.chain([first], items) if first is not None else iter(())
-    dataset = Dataset(config.out, **config.storage_options)
-    cfg_hash = config_hash(config.options)
-    done = {} if config.force else dataset.done()
-
-    we_started_ray = False
-    if not ray.is_initialized():
-        address = config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-            we_started_ray = True
-    n_actors, gpa, cpa = _cluster_resources(config)
-    device = "cuda" if gpa else "cpu"
-    options = dataclasses.replace(config.options, device=device)
-    Worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
-
-    def new_actor():
-        return Worker.remote(config.out, config.storage_options, options, cfg_hash, survey_id, config.hub,
-                             config.keep_esd, int(cpa))
-
-    counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
-    stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0}
-    interrupted = False
-    progress = _Progress(config.progress)
-
-    def record(row: dict) -> None:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-        stats["bytes_read"] += int(row.get("bytes_read") or 0)
-        progress.update(counts, stats, row)
-
-    queue = _resolve_all(items, client)
-    max_in_flight = config.max_in_flight or 2 * n_actors
-    per_actor = max(1, -(-max_in_flight // n_actors))  # tasks queued on one actor (overlaps driver round trips)
-    actors: dict = {}    # actor handle -> number of tasks queued on it (ready actors only)
-    starting: dict = {}  # readiness future -> actor handle (placed and constructed when it resolves)
-    inflight: dict = {}  # task future -> (actor, ref, meta, key, attempts)
-    retry_queue: deque = deque()
-    last_progress = time.monotonic()
-
-    def start_actor() -> None:
-        actor = new_actor()
-        starting[actor.pid.remote()] = actor
-
-    for _ in range(n_actors):
-        start_actor()
-
-    def next_task():
-        if retry_queue:
-            return retry_queue.popleft()
-        for ref, meta, err in queue:
-            stats["num_models"] += 1
-            key = model_key(ref.source, ref.id, ref.revision, cfg_hash)
-            if err is not None:
-                status = "skipped" if isinstance(err, GatedModelError) or "no weight" in err.reason else "failed"
-                row = model_row(ref, meta, key, cfg_hash, survey_id, status, str(err), attempts=0)
-                dataset.write_model(key, ref.source, row, [], None)
-                record(row)
-                continue
-            if done.get(key) not in (None, "failed"):
-                stats["num_already_done"] += 1
-                progress.update(counts, stats, None)
-                continue
-            return ref, meta, key, 1
-        return None
-
-    def fail(ref, meta, key, attempts, reason):
-        row = model_row(ref, meta, key, cfg_hash, survey_id, "failed", reason, attempts=attempts)
-        dataset.write_model(key, ref.source, row, [], None)
-        record(row)
-
-    try:
-        exhausted = False
-        while True:
-            # dispatch: least-loaded ready actor first, never more than max_in_flight models at once
-            while len(inflight) < max_in_flight and actors and (retry_queue or not exhausted):
-                actor = min(actors, key=actors.get)
-                if actors[actor] >= per_actor:
-                    break
-                task = next_task()
-                if task is None:
-                    exhausted = True
-                    break
-                actors[actor] += 1
-                inflight[actor.run.remote(*task)] = (actor, *task)
-            if not inflight and (exhausted and not retry_queue):
-                break
-            if not inflight and not starting:
-                start_actor()
-            ready, _ = ray.wait(list(inflight) + list(starting), num_returns=1, timeout=30)
-            if not ready:
-                if not inflight and time.monotonic() - last_progress > config.actor_start_timeout:
-                    while True:  # no actor can be placed: fail what is left rather than hang
-                        task = next_task()
-                        if task is None:
-                            break
-                        fail(*task, reason="no analysis actor could be started (cluster has no free resources)")
-                    break
-                continue
-            fut = ready[0]
-            last_progress = time.monotonic()
-            if fut in starting:
-                actor = starting.pop(fut)
-                try:
-                    ray.get(fut)
-                    actors[actor] = 0
-                    stats.setdefault("startup_seconds", time.perf_counter() - t0)
-                except ray.exceptions.RayError as exc:
-                    log.warning("analysis actor failed to start: %s", " ".join(str(exc).split())[:200])
-                    start_actor()
-                continue
-            actor, ref, meta, key, attempts = inflight.pop(fut)
-            try:
-                record(ray.get(fut))
-                if actor in actors:
-                    actors[actor] -= 1
-            except ray.exceptions.RayActorError as exc:  # actor died: OOM, killed, node lost
-                log.warning("%s: analysis actor died (attempt %d/%d): %s", ref, attempts, config.max_attempts,
-                            " ".join(str(exc).split())[:200])
-                if actors.pop(actor, None) is not None:
-                    start_actor()  # replace it once, however many of its tasks fail
-                if attempts < config.max_attempts:
-                    retry_queue.append((ref, meta, key, attempts + 1))
-                else:
-                    fail(ref, meta, key, attempts,
-                         f"analysis actor died {attempts} times (out of memory, killed or node lost)")
-            except ray.exceptions.RayTaskError as exc:  # a bug, not the model's problem: record and go on
-                fail(ref, meta, key, attempts, " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
-                if actor in actors:
-                    actors[actor] -= 1
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: %d models in flight are abandoned (their files are never half-visible)",
-                    len(inflight))
-        for fut in list(inflight):
-            try:
-                ray.cancel(fut)  # actor tasks cannot be force-cancelled; the actors are killed below
-            except Exception:  # noqa: BLE001
-                pass
-    finally:
-        for actor in list(actors) + list(starting.values()):
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - already dead
-                pass
-        progress.close()
-        summary = {"survey_id": survey_id, "started_at": started, "finished_at": _utcnow(),
-                   "source": config.source, "filters": json.dumps(config.filters, default=str),
-                   "config_hash": cfg_hash, "options": json.dumps(dataclasses.asdict(options), default=str),
-                   "num_success": counts["success"], "num_incomplete": counts["incomplete"],
-                   "num_failed": counts["failed"], "num_skipped": counts["skipped"],
-                   "seconds": time.perf_counter() - t0, "actors": n_actors, "interrupted": interrupted,
-                   "hubscan_version": __version__, **stats}
-        dataset.write_table("surveys", rows_to_table([summary], SURVEY_SCHEMA), f"part-{survey_id}.parquet")
-        if we_started_ray:
-            ray.shutdown()
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    return Survey(config).run()
 
 
 class _Progress:
-    """Live bar on the driver: models done / failed / skipped, bytes, models per minute (rich)."""
+    """Progress on the driver: a rich bar on a terminal (fits 80 columns), else a log line every
+    ``progress_models`` models or ``progress_seconds`` seconds."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-            self.bar = Progress(TextColumn("[bold]survey[/bold]"), BarColumn(), TextColumn("{task.description}"),
-                                TimeElapsedColumn(), transient=False)
-            self.task = self.bar.add_task("starting", total=None)
+    def __init__(self, config: SurveyConfig, total: int):
+        self.enabled, self.total = config.progress, total
+        self.every_models, self.every_seconds = config.progress_models, config.progress_seconds
+        self.t0 = self.last_t = time.perf_counter()
+        self.last_n = 0
+        self.bar = None
+        if self.enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            self.bar = Progress(TextColumn("survey"), BarColumn(bar_width=None), MofNCompleteColumn(),
+                                TextColumn("{task.description}"), TimeElapsedColumn(),
+                                console=Console(stderr=True), transient=False, expand=False)
+            self.task = self.bar.add_task("", total=total)
             self.bar.start()
 
-    def update(self, counts: dict, stats: dict, row: dict | None) -> None:
+    def _text(self, n: int, counts: dict, stats: dict) -> str:
+        rate = n / max(1e-9, (time.perf_counter() - self.t0) / 60)
+        return f"{counts['success'] + counts['incomplete']} ok {counts['failed']} failed {rate:.0f}/min"
+
+    def update(self, n: int, counts: dict, stats: dict, row: dict | None) -> None:
         if not self.enabled:
             return
-        done = sum(counts.values())
-        rate = done / max(1e-9, (time.perf_counter() - self.t0) / 60)
-        desc = (f"{counts['success'] + counts['incomplete']} ok, {counts['failed']} failed, {counts['skipped']} skipped,"
-                f" {stats['num_already_done']} already done | {stats['bytes_read'] / 1e6:.1f} MB | {rate:.1f} models/min")
-        if row is not None:
-            desc += f" | last: {row['model_id'][-40:]} {row['status']}"
-        self.bar.update(self.task, completed=done, description=desc)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=n, description=self._text(n, counts, stats))
+            return
+        now = time.perf_counter()
+        if n - self.last_n >= self.every_models or now - self.last_t >= self.every_seconds:
+            self.last_n, self.last_t = n, now
+            progress_log.info("survey: %d/%d analyzed, committed %d ok, %d failed, %d skipped | %.1f MB read | "
+                              "%.1f models/min", n, self.total, counts["success"] + counts["incomplete"],
+                              counts["failed"], counts["skipped"], stats["bytes_read"] / 1e6,
+                              n / max(1e-9, (now - self.t0) / 60))
 
-    def close(self):
-        if self.enabled:
+    def close(self, counts: dict) -> None:
+        if self.bar is not None:
             self.bar.stop()

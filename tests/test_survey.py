@@ -40,13 +40,10 @@ def small_hub(tmp_path_factory) -> Path:
     return root
 
 
-def q(dataset: Path, sql: str):
-    con = duckdb.connect()
-    for t in ("models", "layers", "esd", "surveys"):
-        if list(dataset.glob(f"table={t}/**/*.parquet")):
-            con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{dataset}/table={t}/**/*.parquet', "
-                        "hive_partitioning=true, union_by_name=true)")
-    return con.execute(sql).fetchall()
+def q(dataset: Path, sql: str, **kw):
+    """A query through `hubscan sql`'s connection (the Delta tables' live files)."""
+    from hubscan.query import connect
+    return connect(str(dataset), **kw).execute(sql).fetchall()
 
 
 def plain(series) -> list:
@@ -72,9 +69,9 @@ def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
     # every model's layer rows equal `hubscan analyze` of that model, column by column
     for (model_id,) in q(out, "SELECT model_id FROM models"):
         expected = hubscan.analyze(model_id).to_pandas()
-        got = duckdb.connect().execute(
-            f"SELECT * FROM read_parquet('{out}/table=layers/**/*.parquet', hive_partitioning=true, "
-            f"union_by_name=true) WHERE model_id = ? ORDER BY layer_id, part", [model_id]).df()
+        from hubscan.query import connect
+        got = connect(str(out)).execute("SELECT * FROM layers WHERE model_id = ? ORDER BY layer_id, part",
+                                        [model_id]).df()
         assert len(got) == len(expected), model_id
         for col in ("name", "part", "status", "N", "M", "num_pl_spikes", "num_evals", "phase"):
             assert plain(got[col]) == plain(expected[col]), (model_id, col)
@@ -89,10 +86,11 @@ def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
                          "AND reason NOT LIKE 'non-finite%')")[0]
     assert n_esd == n_ok
 
-    files_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet") if "surveys" not in str(p)}
-    s2 = survey(cfg)  # rerun: nothing to do
+    from hubscan.store import Dataset
+    versions = {t: Dataset(str(out)).version(t) for t in ("models", "layers", "esd")}
+    s2 = survey(cfg)  # rerun: nothing to do, nothing committed but the surveys row
     assert (s2["num_already_done"], s2["num_success"]) == (len(KEEP), 0)
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet") if "surveys" not in str(p)} == files_before
+    assert {t: Dataset(str(out)).version(t) for t in ("models", "layers", "esd")} == versions
 
     s3 = survey(SurveyConfig(source=f"local:{small_hub}", out=str(out), actors=2, progress=False, force=True))
     assert s3["num_success"] == len(KEEP)
@@ -100,7 +98,12 @@ def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
                     "(SELECT count(DISTINCT survey_id) FROM surveys)")[0]
     assert counts[0] == len(KEEP) and counts[2] == 3
     assert counts[1] == q(out, "SELECT count(*) FROM (SELECT DISTINCT model_key, layer_id, part FROM layers)")[0][0]
-    assert not list(out.rglob(".tmp-*"))  # no temporary file left behind
+    # each survey is a table version: as of the first survey, its models as it wrote them
+    first = q(out, "SELECT survey_id FROM surveys ORDER BY started_at")[0][0]
+    assert q(out, "SELECT count(*), min(survey_id), max(survey_id) FROM models", as_of=first) == [(len(KEEP), first,
+                                                                                                   first)]
+    assert q(out, "SELECT count(DISTINCT survey_id) FROM models") == [(1,)]  # all replaced by the --force run
+    assert q(out, "SELECT count(*) FROM surveys", as_of=first) == [(1,)]
 
 
 def test_new_config_is_a_new_analysis(small_hub, tmp_path, local_ray):
@@ -201,3 +204,33 @@ def test_query_commands_on_missing_and_partial_datasets(tmp_path, capsys, cases_
     assert main(["sql", "SELECT count(*) AS n, count(value) FROM accuracy", "--dataset", str(tmp_path / "ds"),
                  "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == "0,0"
+
+
+def test_nothing_to_do_and_empty_source_never_start_ray(tmp_path, cases_dir, capsys, monkeypatch):
+    """The work list comes before Ray: an empty folder fails in one line, a rerun with nothing
+    left writes only its surveys row — neither starts Ray."""
+    from hubscan.cli import main
+    from hubscan.survey import Survey
+
+    def no_ray(self):
+        raise AssertionError("Ray started")
+    monkeypatch.setattr(Survey, "init_ray", no_ray)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "ds"
+    assert main(["survey", "--source", f"local:{empty}", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no models found" in err[0], err
+    assert not out.exists()
+    # a dataset that already holds the listed model: nothing to do
+    from hubscan.store import Dataset, config_hash, model_key
+    from hubscan.sources import enumerate_models
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"{cases_dir / 'ok_small.safetensors'}\n")
+    (ref, _), = enumerate_models(f"list:{listing}")
+    from hubscan.sources import resolve
+    ref, _ = resolve(ref)
+    key = model_key(ref.source, ref.id, ref.revision, config_hash(AnalyzeOptions()))
+    Dataset(str(out)).write_model(key, ref.source, {"model_key": key, "model_id": ref.id, "status": "success"}, [], None)
+    assert main(["survey", "--source", f"list:{listing}", "--out", str(out), "--no-progress"]) == 0
+    assert q(out, "SELECT num_already_done, num_success FROM surveys") == [(1, 0)]

@@ -49,7 +49,9 @@ def wait_for(pred, timeout=120, step=0.2):
 
 
 def n_models(out: Path) -> int:
-    return len(list(out.glob("table=models/**/*.parquet")))
+    """Models committed to the dataset (the done-set)."""
+    from hubscan.store import Dataset
+    return len(Dataset(str(out), create=False).done())
 
 
 def run_in_thread(cfg):
@@ -224,9 +226,11 @@ def test_ctrl_c_stops_cleanly(slow_hub, tmp_path):
     assert q(out, "SELECT interrupted FROM surveys") == [(True,)]
     done = n_models(out)
     assert 1 <= done < N_SLOW
-    import pyarrow.parquet as pq
-    for f in out.rglob("*.parquet"):
-        pq.read_table(f)  # every visible file is complete
+    from hubscan.store import Dataset
+    for t in ("models", "layers", "esd", "surveys"):
+        Dataset(str(out)).read(t)  # every committed file is complete
+    # the survey row counts exactly what landed
+    assert q(out, "SELECT num_success FROM surveys") == [(done,)]
     import ray
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
