@@ -2,15 +2,12 @@
 
 One row per (model, benchmark, split, metric) of one *provenance* — a timm results CSV, the model
 cards' ``model-index`` stored by the survey, an Open LLM Leaderboard snapshot, or a plain CSV.
-Schema :data:`hubscan.schema.ACCURACY_SCHEMA`. Each provenance is written as one file per source
-partition::
-
-    DATASET/table=accuracy/source=<source>/part-<provenance-key>.parquet
-
-where ``provenance-key`` is derived from the *logical* provenance (the timm results file name, the
+Schema :data:`hubscan.schema.ACCURACY_SCHEMA`; a Delta table of the dataset
+(:mod:`hubscan.store`, ``DATASET/accuracy/``, partitioned by source). Each provenance's rows carry
+its ``provenance_key``, derived from the *logical* provenance (the timm results file name, the
 leaderboard version, the CSV file name …), not from where it was read: re-ingesting the same
-provenance — from another copy, a URL, or a newer snapshot — replaces its files (also in source
-partitions it no longer has rows for), never duplicates them.
+provenance — from another copy, a URL, or a newer snapshot — replaces its rows (also in source
+partitions it no longer has rows for) in one commit, never duplicates them.
 
 Rows name models the way the ``models`` table does (``source``, ``model_id``, optional
 ``revision``); :func:`hubscan.correlate.joined` joins the two.

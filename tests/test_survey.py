@@ -65,6 +65,9 @@ def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
     s1 = survey(cfg)
     assert (s1["num_models"], s1["num_success"], s1["num_failed"]) == (len(KEEP), len(KEEP), 0)
     assert q(out, "SELECT count(*), count(DISTINCT model_key) FROM models") == [(len(KEEP), len(KEEP))]
+    # local bytes_read: the tensor bytes read from disk, summed into the surveys row
+    assert s1["bytes_read"] == q(out, "SELECT sum(bytes_read) FROM models")[0][0] > 0
+    assert q(out, "SELECT min(bytes_read) FROM models")[0][0] > 0
 
     # every model's layer rows equal `hubscan analyze` of that model, column by column
     for (model_id,) in q(out, "SELECT model_id FROM models"):
@@ -234,3 +237,106 @@ def test_nothing_to_do_and_empty_source_never_start_ray(tmp_path, cases_dir, cap
     Dataset(str(out)).write_model(key, ref.source, {"model_key": key, "model_id": ref.id, "status": "success"}, [], None)
     assert main(["survey", "--source", f"list:{listing}", "--out", str(out), "--no-progress"]) == 0
     assert q(out, "SELECT num_already_done, num_success FROM surveys") == [(1, 0)]
+
+
+def test_progress_lines_without_a_terminal_and_bar_at_80_columns(monkeypatch, caplog):
+    """Output to a file or pipe: a log line every N models; a terminal of 80 columns: the bar keeps
+    the count and the ok / failed numbers."""
+    import io
+    import logging
+    from hubscan.survey import _Progress
+    counts = {"success": 9, "incomplete": 1, "failed": 2, "skipped": 0}
+    stats = {"num_already_done": 0, "bytes_read": 5e6, "requests": 0}
+    cfg = SurveyConfig(source="local:x", out="x", progress_models=5, progress_seconds=3600)
+    with caplog.at_level(logging.INFO, logger="hubscan.progress"):
+        p = _Progress(cfg, 12)
+        for n in range(1, 13):
+            p.update(n, counts, stats, None)
+        p.close(counts)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hubscan.progress"]
+    assert len(lines) == 2 and lines[0].startswith("survey: 5/12 analyzed") and "10 ok, 2 failed" in lines[0]
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    term = Tty()
+    monkeypatch.setattr("sys.stderr", term)
+    monkeypatch.setenv("COLUMNS", "80")
+    p = _Progress(cfg, 2000)
+    p.update(1234, counts, stats, {"model_id": "x" * 200})
+    p.close(counts)
+    text = term.getvalue()
+    last = [ln for ln in text.replace("\r", "\n").splitlines() if "1234/2000" in ln][-1]
+    import re
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", last)
+    assert len(plain.rstrip()) <= 80 and "10 ok 2 failed" in plain, plain
+
+
+def test_migrate_schema_v1_then_compact(tmp_path, capsys):
+    """`hubscan migrate` converts the loose-Parquet layout (table=<t>/source=<s>/part-<key>.parquet);
+    `hubscan compact` leaves one data file per partition."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from hubscan.cli import main
+    from hubscan.schema import DATASET_LAYER_SCHEMA, MODEL_SCHEMA
+    from hubscan.store import Dataset, rows_to_table
+    old = tmp_path / "v1"
+    for i in range(6):
+        src = "hf" if i % 2 else "local"
+        ident = {"model_key": f"k{i}", "source": src, "model_id": f"m{i}", "revision": "r"}
+        for table, schema, rows in (("models", MODEL_SCHEMA, [{**ident, "status": "success", "alpha": 2.0 + i}]),
+                                    ("layers", DATASET_LAYER_SCHEMA, [{**ident, "layer_id": j, "alpha": 2.0 + j}
+                                                                      for j in range(2)])):
+            t = rows_to_table(rows, schema)
+            t = t.drop_columns(["source"]) if i < 3 else t  # v1 files held source in the path (or both)
+            d = old / f"table={table}" / f"source={src}"
+            d.mkdir(parents=True, exist_ok=True)
+            pq.write_table(t.drop_columns(["requests"]) if "requests" in t.column_names else t,
+                           d / f"part-k{i}.parquet")
+    (old / "table=models" / "source=hf" / ".tmp-abc").write_bytes(b"partial")  # v1 temp files are skipped
+    new = tmp_path / "v2"
+    assert main(["sql", "SELECT 1", "--dataset", str(old)]) == 1
+    assert "hubscan migrate" in capsys.readouterr().err
+    assert main(["migrate", str(old), str(new)]) == 0
+    assert "models: 6 rows" in capsys.readouterr().out
+    assert q(new, "SELECT source, count(*), sum(alpha) FROM models GROUP BY 1 ORDER BY 1") == [
+        ("hf", 3, 3 * 2.0 + 1 + 3 + 5), ("local", 3, 3 * 2.0 + 0 + 2 + 4)]
+    assert q(new, "SELECT count(*), count(requests) FROM models") == [(6, 0)]  # a column v1 lacked: null
+    assert q(new, "SELECT count(*), count(DISTINCT (model_key, layer_id)) FROM layers") == [(12, 12)]
+    ds = Dataset(str(new))
+    ds.write("models", rows_to_table([{"model_key": "k9", "source": "hf", "model_id": "m9", "status": "success"}],
+                                     MODEL_SCHEMA))
+    assert len(ds.files("models")) == 3
+    assert main(["compact", "--dataset", str(new), "--retention-hours", "0"]) == 0
+    assert "models: 3 → 2 data files" in capsys.readouterr().out
+    assert len(pa.table(ds.table("models").get_add_actions()).column("path")) == 2
+    assert sorted(p.name for p in (new / "models").rglob("*.parquet")) == sorted(
+        os.path.basename(f) for f in ds.files("models"))  # vacuum left only the live files
+
+
+def test_survey_many_small_models_then_force(tmp_path, local_ray):
+    """CI-sized (benchmarks/bench_dataset.py --survey 2000 runs 2,000): a survey of small local
+    models, then --force: one models row per model, data files ≤ models / 100, each survey a
+    version (the first is still queryable as it was)."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    from hubscan.store import Dataset
+    n = 160
+    hub = tmp_path / "tiny"
+    hub.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        save_file({"w.weight": torch.from_numpy(rng.standard_t(3, (48, 32)).astype(np.float32))},
+                  str(hub / f"m{i:04d}.safetensors"))
+    out = tmp_path / "ds"
+    cfg = dict(source=f"local:{hub}", out=str(out), actors=2, progress=False, flush_models=40)
+    s1 = survey(SurveyConfig(**cfg))
+    s2 = survey(SurveyConfig(**cfg, force=True))
+    assert (s1["num_success"], s2["num_success"], s2["num_already_done"]) == (n, n, 0)
+    assert q(out, "SELECT count(*), count(DISTINCT model_key), count(DISTINCT survey_id) FROM models") == [(n, n, 1)]
+    assert q(out, "SELECT count(*), count(DISTINCT model_key) FROM layers") == [(n, n)]
+    ds = Dataset(str(out))
+    assert all(len(ds.files(t)) <= max(1, n // 100) for t in ("models", "layers", "esd"))
+    assert q(out, "SELECT min(survey_id) = max(survey_id), count(*) FROM models", as_of=s1["survey_id"]) == [(True, n)]
+    assert q(out, "SELECT max(survey_id) FROM models")[0][0] == s2["survey_id"]

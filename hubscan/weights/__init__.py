@@ -139,6 +139,25 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
         weights.close()
         lost = f"; the {len(weights.missing)} tensors its index names are missing" if weights.missing else ""
         raise NoWeightsError(weights.files[0] if len(weights.files) == 1 else where, "no weight tensors" + lost)
+    return _count_bytes(weights)
+
+
+def _count_bytes(weights: WeightSet) -> WeightSet:
+    """``stats["bytes_read"]`` of a local read: the bytes of every tensor loaded (readers that
+    fetch over the network count their own)."""
+    if "bytes_read" in weights.stats:
+        return weights
+    weights.stats["bytes_read"] = 0
+    entries = weights.entries
+
+    def counted(e: TensorEntry) -> TensorEntry:
+        def load():
+            t = e.load()
+            weights.stats["bytes_read"] += int(t.numel() * t.element_size()) if hasattr(t, "element_size") else 0
+            return t
+        return dataclasses.replace(e, load=load)
+
+    weights.entries = lambda: (counted(e) for e in entries())
     return weights
 
 
