@@ -227,9 +227,35 @@ class Dataset:
 
     def arrow_dataset(self, table: str, version: int | None = None):
         """A lazy ``pyarrow.dataset.Dataset`` of the table's live files (None when absent): what
-        DuckDB, pandas or polars scan with projection and filter pushdown."""
+        DuckDB, pandas or polars scan with projection and filter pushdown.
+
+        Built from the Delta snapshot's add actions (the files and their partition values) on the
+        dataset's pyarrow filesystem, with the Delta schema (columns older files lack read null) —
+        what ``DeltaTable.to_pyarrow_dataset()`` builds, without routing reads through delta-rs.
+        """
         dt = self.table(table, version)
-        return None if dt is None else dt.to_pyarrow_dataset()
+        if dt is None:
+            return None
+        import pyarrow.dataset as pds
+        schema = pa.schema(dt.schema().to_arrow())
+        fmt = pds.ParquetFileFormat()
+        frags = [fmt.make_fragment(path, filesystem=self.fs, partition_expression=expr)
+                 for _, path, expr in self._live_files(table, dt)]
+        return pds.FileSystemDataset(frags, schema, fmt, filesystem=self.fs)
+
+    def _live_files(self, table: str, dt) -> list[tuple[dict, str, object]]:
+        """(add action row, filesystem path, partition expression) of each live file."""
+        import pyarrow.dataset as pds
+        from urllib.parse import unquote
+        parts = PARTITION_BY[table]
+        adds = pa.table(dt.get_add_actions(flatten=True))
+        out = []
+        for row in adds.select(["path", "size_bytes"] + [f"partition.{p}" for p in parts]).to_pylist():
+            expr = pds.scalar(True)
+            for p in parts:
+                expr = expr & (pds.field(p) == row[f"partition.{p}"])
+            out.append((row, posixpath.join(self.root, table, unquote(row["path"])), expr))
+        return out
 
     def read(self, table: str, columns: list[str] | None = None, version: int | None = None, filter=None) -> pa.Table:
         """Read a table (all partitions; ``columns`` that the table lacks are left out)."""
@@ -382,30 +408,23 @@ class Dataset:
         rewrite of those files' other rows."""
         import pyarrow.compute as pc
         import pyarrow.dataset as pds
-        from urllib.parse import unquote
         from deltalake.transaction import RemoveAction
         parts = PARTITION_BY[table]
         value_set = pa.array(sorted(keys), type=pa.string())
+        schema = pa.schema(dt.schema().to_arrow())
+        fmt = pds.ParquetFileFormat()
         actions, kept = [], []
-        adds = pa.table(dt.get_add_actions(flatten=True))
         now = int(time.time() * 1000)
-        ds = dt.to_pyarrow_dataset()
-        by_path = {frag.path: frag for frag in ds.get_fragments()}
-        for row in adds.select(["path", "size_bytes"] + [f"partition.{p}" for p in parts]).to_pylist():
-            frag = by_path.get(row["path"]) or by_path.get(unquote(row["path"]))
-            if frag is None:
-                raise RuntimeError(f"{self.uri(table)}: live file {row['path']} not found in the table's scan")
-            hit = frag.to_table(columns=[column], schema=ds.schema).column(column)
-            mask = pc.is_in(hit, value_set=value_set)
-            if not pc.any(mask).as_py():
+        for row, path, expr in self._live_files(table, dt):
+            frag = fmt.make_fragment(path, filesystem=self.fs, partition_expression=expr)
+            hit = frag.to_table(columns=[column], schema=schema).column(column)
+            if not pc.any(pc.is_in(hit, value_set=value_set)).as_py():
                 continue
             pv = {p: row[f"partition.{p}"] for p in parts}
             actions.append(RemoveAction(path=row["path"], data_change=True, deletion_timestamp=now,
                                         size=row["size_bytes"], partition_values=pv or None))
-            rest = frag.to_table(schema=ds.schema, filter=~pds.field(column).isin(value_set))
+            rest = frag.to_table(schema=schema, filter=~pds.field(column).isin(value_set))
             if rest.num_rows:
-                for p, v in pv.items():
-                    rest = rest.set_column(rest.schema.get_field_index(p), p, pa.array([v] * rest.num_rows, pa.string()))
                 kept.append(rest)
         if kept:
             actions += self.write_files(table, pa.concat_tables(kept, promote_options="permissive"))

@@ -373,11 +373,11 @@ def report_dataset(tmp_path_factory, minilm, pocket, ok_small):
     key = model_key(ref.source, ref.id, ref.revision, cfg)
     ds.write_model(key, ref.source, model_row(ref, {}, key, cfg, sid, "failed", str(err.value)), [], None)
     now = dt.datetime.now(dt.timezone.utc)
-    ds.write_table("surveys", rows_to_table([{
+    ds.write("surveys", rows_to_table([{
         "survey_id": sid, "started_at": now, "finished_at": now, "source": "local:tests", "num_models": 5,
         "num_already_done": 0, "num_success": 4, "num_incomplete": 0, "num_failed": 1, "num_skipped": 0,
         "bytes_read": 0, "seconds": 12.5, "actors": 1, "interrupted": False, "hubscan_version": hubscan.__version__,
-    }], SURVEY_SCHEMA), f"part-{sid}.parquet")
+    }], SURVEY_SCHEMA))
     return root
 
 
