@@ -169,7 +169,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),
-                    shapes: dict | None = None, prefetch: bool = True) -> Iterator[tuple[dict, np.ndarray | None]]:
+                    shapes: dict | None = None, prefetch: bool = True,
+                    unread: list | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
     """Analyze tensors one at a time.
 
     Parameters
@@ -182,6 +183,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     prefetch : bool
         Read the next analyzable tensor in a background thread while the current one is
         decomposed (overlaps network / disk reads with compute; at most two tensors are held).
+    unread : list, optional
+        Receives (name, reason) of each tensor skipped because its layout is not one hubscan recognises
+        (a plan with ``understood=False``): the caller marks the model ``incomplete``.
 
     Yields
     ------
@@ -239,6 +243,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                 row = _base_row(layer_id, entry, plan, device)
                 if plan.skip_reason is not None:
                     row.update(status="skipped", reason=plan.skip_reason)
+                    if not plan.understood and unread is not None:
+                        unread.append((entry.name, plan.skip_reason))
                     yield row, None
                     continue
                 t0 = time.perf_counter()
@@ -430,7 +436,7 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
         entries = resolve_layouts(ws.entries())
         shapes = {e.name: e.shape for e in entries} if options.split_fused else None
         unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
-        for row, ev in analyze_entries(entries, options, shapes):
+        for row, ev in analyze_entries(entries, options, shapes, unread=unread):
             rows.append(row)
             if options.keep_evals and ev is not None:
                 evals[row["name"] + (f":{row['part']}" if row["part"] else "")] = ev

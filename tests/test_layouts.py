@@ -594,3 +594,17 @@ def test_fp8_per_channel_file_names_all_companions(tmp_path):
     assert row["companions"] == ["l.weight_scale", "l.input_scale"] and row["dtype"] == "float8_e4m3fn"
     ref = ((W / s).to(torch.float8_e4m3fn).float() * s).double()  # dequantized in float32, as stored scales are
     assert row["lambda_max"] == pytest.approx(np.linalg.svd(ref.numpy(), compute_uv=False)[0] ** 2, rel=1e-9)
+
+
+def test_unnamed_stack_is_not_read_as_a_convolution(tmp_path):
+    """(8, 64, 200) not named as experts: 200 "taps" wider than 8 output channels is no Conv1d kernel."""
+    rng = np.random.default_rng(6)
+    save_file({"blocks.stack": torch.from_numpy(rng.standard_t(3, (8, 64, 200)).astype(np.float32)),
+               "conv.weight": torch.from_numpy(rng.standard_t(3, (128, 64, 7)).astype(np.float32)),
+               "pos_conv.weight": torch.from_numpy(rng.standard_t(3, (768, 48, 128)).astype(np.float32))},
+              str(tmp_path / "m.safetensors"))
+    res = hubscan.analyze(tmp_path / "m.safetensors")
+    rows = {key(r): r for r in res.rows}
+    assert rows["blocks.stack"]["status"] == "skipped" and "not recognised" in rows["blocks.stack"]["reason"]
+    assert rows["conv.weight"]["layer_type"] == rows["pos_conv.weight"]["layer_type"] == "conv1d"
+    assert res.summary["status"] == "incomplete" and "blocks.stack" in res.summary["reason"]

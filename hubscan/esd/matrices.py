@@ -18,9 +18,12 @@ Rules (each with its source)
   ends ``_exps`` (transformers v5 fused MoE, llama.cpp/GGUF ``ffn_*_exps``, gpt-oss) is E matrices:
   one row per expert (``part`` = expert index), each out × in, unscaled — the numbers of the same
   experts stored as separate 2-D tensors. Checked before the two rules below, so E = 2 is never pooled.
-* 3-D Conv1d (out, in, k): every other 3-D tensor: the k per-tap slices W[:, :, t], pooled the same
-  way with the same 0.5 normalisation (WW feeds the 3-D array to a batched SVD instead). A Conv1d is
-  known only by its rank: a stacked tensor not named as experts is read as a convolution.
+* 3-D Conv1d (out, in, k): every other 3-D tensor whose kernel is a kernel — k ≤ ``MAX_CONV1D_KERNEL``
+  (64) or k ≤ out, or in = 1 — : the k per-tap slices W[:, :, t], pooled the same way with the same 0.5
+  normalisation (WW feeds the 3-D array to a batched SVD instead). A 3-D tensor with more "taps" than
+  that and than output channels, not named as experts, is most likely a stack of matrices under another
+  name: it is skipped as a layout hubscan does not recognise (``understood=False``), never read as a
+  convolution with wrong numbers.
 * 3-D tensors (1 or 2, gates·H, in) whose middle axis is a gate stack (divisible by 4 or 3) and
   whose name is not an embedding / position / token parameter are ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, not
   scaled. Other (1, A, B) tensors (timm ``pos_embed``, ``cls_token``) stay Conv1d-like and are skipped
@@ -58,6 +61,8 @@ import torch
 
 #: Eigenvalue multiplier of convolution layers: WW's ``conv2d_norm`` multiplies W by sqrt(1/2).
 CONV_NORM = 0.5
+#: Widest Conv1d kernel accepted when the kernel is also wider than the output channels (see the rules).
+MAX_CONV1D_KERNEL = 64
 #: WW's ``DEFAULT_MIN_EVALS``: layers with fewer pooled eigenvalues are skipped.
 DEFAULT_MIN_EVALS = 8
 
@@ -104,6 +109,8 @@ class LayerPlan:
         Multiplier applied to every eigenvalue (``CONV_NORM`` for convolutions, 1 otherwise).
     skip_reason : str or None
         Why the tensor is not analyzed; None when it is.
+    understood : bool
+        False when skipped because the layout is not one hubscan recognises (the model is then ``incomplete``).
     extract : callable (torch.Tensor) -> torch.Tensor, optional
         Maps the stored tensor to a stack of slices, shape (rf, rows, cols) (either orientation;
         the eigen step takes the smaller side). Views where possible.
@@ -118,6 +125,7 @@ class LayerPlan:
     rf: int = 1
     eig_scale: float = 1.0
     skip_reason: str | None = None
+    understood: bool = True
     extract: Callable[[torch.Tensor], torch.Tensor] | None = dataclasses.field(
         default=None, repr=False, compare=False)
 
@@ -209,6 +217,10 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
         # ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, no conv scaling
         plans = [LayerPlan(name, "", "dense", shape, max(shape[1:]), min(shape[1:]), shape[0], 1.0,
                            extract=lambda W: W)]
+    elif len(shape) == 3 and shape[2] > MAX_CONV1D_KERNEL and shape[2] > shape[0] and shape[1] > 1:
+        return [dataclasses.replace(_skip(name, shape, f"3-D tensor {shape} not named as experts whose last axis "
+                                                 f"({shape[2]}) is too wide for a Conv1d kernel: layout not recognised"),
+                                    understood=False)]
     elif len(shape) == 3:  # Conv1d (out, in, k)
         out_c, in_c, k = shape
         plans = [_conv_plan(name, shape, "conv1d", out_c, in_c, k,
