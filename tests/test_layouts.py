@@ -608,3 +608,25 @@ def test_unnamed_stack_is_not_read_as_a_convolution(tmp_path):
     assert rows["blocks.stack"]["status"] == "skipped" and "not recognised" in rows["blocks.stack"]["reason"]
     assert rows["conv.weight"]["layer_type"] == rows["pos_conv.weight"]["layer_type"] == "conv1d"
     assert res.summary["status"] == "incomplete" and "blocks.stack" in res.summary["reason"]
+
+
+def test_gguf_unknown_tensor_type_skipped_rest_analyzed(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(7)
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_tensor("good.weight", rng.standard_t(3, (64, 32)).astype(np.float32))
+    w.add_tensor("future.weight", rng.standard_t(3, (64, 32)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    blob = bytearray((tmp_path / "m.gguf").read_bytes())
+    at = blob.index(b"future.weight") + len(b"future.weight")
+    (n_dims,) = struct.unpack_from("<I", blob, at)
+    struct.pack_into("<I", blob, at + 4 + 8 * n_dims, 250)  # a ggml type id no gguf release knows
+    (tmp_path / "m.gguf").write_bytes(bytes(blob))
+    res = hubscan.analyze(tmp_path / "m.gguf")
+    rows = {key(r): r for r in res.rows}
+    assert rows["good.weight"]["status"] == "success"
+    assert rows["future.weight"]["status"] == "skipped" and "unknown GGUF tensor type 250" in rows["future.weight"]["reason"]
+    assert res.summary["status"] == "incomplete"

@@ -29,8 +29,11 @@ Dtypes
 
 Refused
     A file ``GGUFReader`` cannot parse (bad magic, unsupported version, truncated, duplicate names, a tensor
-    past the end of the file) is a :class:`~hubscan.errors.CorruptFileError`; a tensor type newer than the
-    installed ``gguf`` package and big-endian files are an :class:`~hubscan.errors.UnsupportedFormatError`.
+    past the end of the file) is a :class:`~hubscan.errors.CorruptFileError`; big-endian files are an
+    :class:`~hubscan.errors.UnsupportedFormatError`. A tensor of a ggml type newer than the installed ``gguf``
+    package is set aside before ``GGUFReader`` builds its tensors (the library refuses the whole file
+    otherwise): that tensor's entry is skipped ``unknown GGUF tensor type <id>`` (the model ``incomplete``),
+    the other tensors are read as usual.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
     if size < _MIN_HEADER:
         raise CorruptFileError(where, f"file is {size} bytes, too short for a GGUF header ({_MIN_HEADER} bytes)")
     try:
-        reader = gguf.GGUFReader(where, "r")
+        reader = _tolerant_reader()(where, "r")
     except ValueError as e:
         match = re.search(r"(\d+) is not a valid GGMLQuantizationType", str(e))
         if match:
@@ -133,6 +136,10 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
         raise UnsupportedFormatError(where, "big-endian GGUF file")
     Q = gguf.GGMLQuantizationType
     entries, dequantized, undequantizable = [], {}, collections.Counter()
+    for name, shape, type_id in getattr(reader, "unknown_tensors", []):
+        entries.append(TensorEntry(name, shape, f"ggml type {type_id}", where, lambda: torch.empty(0),
+                                   skip_reason=f"unknown GGUF tensor type {type_id} (gguf {_version()} cannot "
+                                               "decode it)", understood=False))
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         qtype = Q(t.tensor_type)
@@ -161,6 +168,34 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
 
     return WeightSet(files=[where], format="gguf", entries=lambda: iter(entries), close=close,
                      stats={"dequantized": dequantized} if dequantized else {})
+
+
+@functools.cache
+def _tolerant_reader() -> type:
+    """``GGUFReader`` that sets aside tensors of a ggml type the installed ``gguf`` does not know (in
+    ``unknown_tensors``: name, numpy-order shape, type id) instead of refusing the file. It filters the
+    parsed tensor-info fields before the library's own ``_build_tensors`` (name, n_dims, dims, type,
+    offset: the GGUF tensor-info layout); if that hook ever changes, it defers to the library unchanged."""
+    gguf = _gguf()
+
+    class TolerantReader(gguf.GGUFReader):
+        def _build_tensors(self, start_offs, fields):
+            self.unknown_tensors, known = [], []
+            try:
+                for field in fields:
+                    _name_len, name, _n_dims, dims, raw_dtype, _offset = field.parts
+                    try:
+                        gguf.GGMLQuantizationType(int(raw_dtype[0]))
+                        known.append(field)
+                    except ValueError:
+                        self.unknown_tensors.append((bytes(name).decode("utf-8", "replace"),
+                                                     tuple(int(d) for d in reversed(dims.tolist())),
+                                                     int(raw_dtype[0])))
+            except (ValueError, TypeError, AttributeError):  # another field layout: the library decides
+                self.unknown_tensors, known = [], fields
+            return super()._build_tensors(start_offs, known)
+
+    return TolerantReader
 
 
 def _load(data: np.ndarray, qtype, shape: tuple, dtype: str, name: str, where: str) -> torch.Tensor:
