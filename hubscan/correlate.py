@@ -187,7 +187,9 @@ def fit_stats(x, y) -> dict:
     dict
         ``n``; ``spearman_rho, spearman_p`` (``scipy.stats.spearmanr``); ``kendall_tau,
         kendall_p`` (``scipy.stats.kendalltau``, τ-b); ``pearson_r, pearson_p``
-        (``scipy.stats.pearsonr``); ``slope, intercept`` of the OLS line y = intercept + slope·x;
+        (``scipy.stats.pearsonr``); ``slope, intercept`` of the OLS line y = intercept + slope·x
+        and ``slope_se`` = sqrt(SS_res / (n − 2) / Σ(x − x̄)²), its standard error (the slope's
+        t-test p-value is ``pearson_p``: t = r·sqrt((n − 2)/(1 − r²)) is the same statistic);
         ``rmse`` = sqrt(mean(residual²)); ``r2`` = 1 − SS_res/SS_tot. NaN (``n`` still given) when
         n < 3 or a side is constant.
     """
@@ -197,7 +199,7 @@ def fit_stats(x, y) -> dict:
     y = np.asarray(y, dtype=float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
-    out = _nan_stats()
+    out = {**_nan_stats(), "slope_se": math.nan}
     out["n"] = n = int(len(x))
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
@@ -215,7 +217,7 @@ def fit_stats(x, y) -> dict:
     ss_tot = float(((y - ym) ** 2).sum())
     out.update(spearman_rho=float(rho), spearman_p=float(rho_p), kendall_tau=float(tau), kendall_p=float(tau_p),
                pearson_r=float(r), pearson_p=float(r_p), slope=slope, intercept=intercept,
-               rmse=math.sqrt(ss_res / n), r2=1.0 - ss_res / ss_tot)
+               slope_se=math.sqrt(ss_res / (n - 2) / sxx), rmse=math.sqrt(ss_res / n), r2=1.0 - ss_res / ss_tot)
     return out
 
 

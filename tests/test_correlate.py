@@ -577,3 +577,17 @@ def test_card_results(tmp_path):
 def test_htsr_metrics_constant():
     assert HTSR_METRICS == ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm",
                             "stable_rank", "mp_softrank", "rand_distance")
+
+
+def test_fit_stats_slope_se_and_p_match_linregress():
+    """The batch-size experiment's OLS trend test goes through fit_stats: slope, its standard error
+    and t-test p equal scipy.stats.linregress (the independent reference)."""
+    rng = np.random.default_rng(0)
+    x = np.log2(np.repeat([2, 4, 8, 16, 32, 64, 128, 256, 512], 3)).astype(float)
+    y = 0.1 * x + rng.normal(0, 0.3, len(x))
+    f = fit_stats(x, y)
+    lr = stats.linregress(x, y)
+    assert f["slope"] == pytest.approx(lr.slope, rel=1e-12) and f["intercept"] == pytest.approx(lr.intercept, rel=1e-12)
+    assert f["slope_se"] == pytest.approx(lr.stderr, rel=1e-12)
+    assert f["pearson_p"] == pytest.approx(lr.pvalue, rel=1e-9) and f["r2"] == pytest.approx(lr.rvalue ** 2, rel=1e-12)
+    assert math.isnan(fit_stats([1, 2], [3, 4])["slope_se"])
