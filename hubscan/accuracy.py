@@ -608,10 +608,10 @@ def _known_models(data: Dataset) -> dict[str, set]:
 
 def _looks_local(model_id: str) -> bool:
     """A model id that names a file or folder rather than a hub repo (``org/name``)."""
-    from hubscan.sources.local import WEIGHT_SUFFIXES
+    from hubscan.weights import weight_suffixes
     mid = model_id.replace("\\", "/")
     return (mid.startswith(("/", "./", "../", "~")) or mid.count("/") > 1
-            or mid.lower().endswith(tuple(WEIGHT_SUFFIXES)) or os.path.exists(model_id))
+            or mid.lower().endswith(weight_suffixes()) or os.path.exists(model_id))
 
 
 def _match_model(model_id: str, source: str | None, known: dict[str, set]) -> tuple[str, str]:
