@@ -383,12 +383,26 @@ def open_with_base(model, base, client: HubClient | None = None) -> tuple[Weight
     def _open(m):
         return (m, None, {}) if isinstance(m, WeightSet) else open_model(m, client)
 
-    adapter = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
+    local = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
     ws, ref, meta = _open(model)
+    config = os.path.join(os.fspath(model), ADAPTER_CONFIG) if local else _hub_adapter_config(ref, client)
     bws = _open(base)[0] if base is not None else None
-    if adapter:
-        return open_adapter(ws, LoraConfig.read(os.path.join(os.fspath(model), ADAPTER_CONFIG)), bws), ref, meta
+    if config is not None:
+        return open_adapter(ws, LoraConfig.read(config), bws), ref, meta
     return (open_delta(ws, bws) if bws is not None else ws), ref, meta
+
+
+def _hub_adapter_config(ref: ModelRef | None, client: HubClient | None) -> str | None:
+    """The local path of a hub adapter's ``adapter_config.json`` (a PEFT adapter repository: its chosen
+    weight files are ``adapter_model.*``), downloaded at the pinned revision; None for other models."""
+    from hubscan.weights.files import ADAPTER_FILES
+    from hubscan.weights.peft import ADAPTER_CONFIG
+
+    if ref is None or ref.source != "hf" or not ref.files or any(f not in ADAPTER_FILES for f in ref.files):
+        return None
+    client = client or HubClient()
+    return client.call(client.api.hf_hub_download, ref.repo_id or ref.id, ADAPTER_CONFIG, revision=ref.revision,
+                       cache_dir=client.cache_dir, what=f"hf:{ref.repo_id or ref.id}/{ADAPTER_CONFIG}")
 
 
 def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,
@@ -406,8 +420,8 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     base : str, path, ModelRef or WeightSet, optional
         A base model (any source): each row is then the ESD of ΔW = W − W_base of a matched tensor,
         with the distance columns (:mod:`hubscan.weights.delta`). A local LoRA adapter folder
-        (``adapter_config.json``) is always read as ΔW = s·B·A per module, plus W + ΔW when ``base``
-        is given (:mod:`hubscan.weights.peft`).
+        (``adapter_config.json``) or hub adapter repository (weights ``adapter_model.*``) is always read
+        as ΔW = s·B·A per module, plus W + ΔW when ``base`` is given (:mod:`hubscan.weights.peft`).
     options : AnalyzeOptions, optional
         Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
 
@@ -424,12 +438,10 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
     t0 = time.perf_counter()
-    if base is not None or (not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)):
-        ws, ref, meta = open_with_base(model, base, client)
-    elif isinstance(model, WeightSet):
+    if isinstance(model, WeightSet) and base is None:
         ws, ref, meta = model, None, {}
     else:
-        ws, ref, meta = open_model(model, client)
+        ws, ref, meta = open_with_base(model, base, client)
     source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
     rows, evals = [], {}
     with ws:

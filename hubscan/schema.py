@@ -205,3 +205,33 @@ ACCURACY_SCHEMA = _schema([
     ("dataset_name", pa.string(), "human-readable dataset name (model card)"),
     ("ingested_at", pa.timestamp("us", tz="UTC"), "when the row was written"),
 ], "accuracy")
+
+#: Model trees (:mod:`hubscan.census`): one row per (child, parent) edge of a surveyed tree.
+LINEAGE_SCHEMA = _schema([
+    ("edge_key", pa.string(), "sha256(root, child, parent)[:16]: one row per edge of a root's tree"),
+    ("root", pa.string(), "repo id of the tree's base model (depth 0)"),
+    ("child", pa.string(), "repo id of the derived model"),
+    ("parent", pa.string(), "repo id of its base model"),
+    ("relation", pa.string(), "finetune | adapter | quantized | merge (the Hub's base_model_relation)"),
+    ("depth", pa.int64(), "the child's depth below the root (root's children: 1)"),
+    ("found_by", pa.string(), "tag (base_model:<relation>:<parent> tag) | card (base_model_relation) | "
+                              "config (inferred from files / config)"),
+    ("child_revision", pa.string(), "commit the child was pinned to"),
+    ("parent_revision", pa.string(), "commit the parent was pinned to"),
+    ("survey_id", pa.string(), "survey that wrote the row"),
+], "lineage")
+
+#: Per-layer deltas of each (child, parent) edge: the rows of ``hubscan analyze CHILD --base PARENT``
+#: (ESD of ΔW = W_child − W_parent, adapters as ΔW = s·B·A, distance columns) with the pair's identity.
+DELTAS_SCHEMA = pa.schema(
+    [pa.field(n, t, metadata={"description": d}) for n, t, d in [
+        ("pair_key", pa.string(), "sha256(child model_key, parent, parent revision)[:16]"),
+        ("model_key", pa.string(), "the child's model_key (its plain analysis in models / layers)"),
+        ("source", pa.string(), "hf | timm | local"),
+        ("model_id", pa.string(), "the child"),
+        ("revision", pa.string(), "the child's commit"),
+        ("parent_id", pa.string(), "the parent (the base of the delta)"),
+        ("parent_revision", pa.string(), "the parent's commit"),
+        ("relation", pa.string(), "finetune | adapter | quantized | merge"),
+        ("survey_id", pa.string(), "survey that wrote the row")]]
+    + list(LAYER_SCHEMA), metadata={"hubscan.table": "deltas", "hubscan.schema_version": SCHEMA_VERSION})

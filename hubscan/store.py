@@ -52,16 +52,17 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hubscan.schema import (ACCURACY_SCHEMA, DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SCHEMA_VERSION,
-                            SURVEY_SCHEMA)
+from hubscan.schema import (ACCURACY_SCHEMA, DATASET_LAYER_SCHEMA, DELTAS_SCHEMA, ESD_SCHEMA, LINEAGE_SCHEMA,
+                            MODEL_SCHEMA, SCHEMA_VERSION, SURVEY_SCHEMA)
 
 log = logging.getLogger(__name__)
 
 #: The dataset's tables and their Arrow schemas (defined in :mod:`hubscan.schema`).
 TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA,
-          "accuracy": ACCURACY_SCHEMA}
+          "accuracy": ACCURACY_SCHEMA, "lineage": LINEAGE_SCHEMA, "deltas": DELTAS_SCHEMA}
 #: Partition columns of each table.
-PARTITION_BY = {"models": ["source"], "layers": ["source"], "esd": ["source"], "accuracy": ["source"], "surveys": []}
+PARTITION_BY = {"models": ["source"], "layers": ["source"], "esd": ["source"], "accuracy": ["source"], "surveys": [],
+                "lineage": [], "deltas": ["source"]}
 #: Hours a removed file is kept by vacuum (Delta's default, 7 days): readers of an older snapshot
 #: and ``--as-of`` of versions no survey recorded keep working that long.
 DEFAULT_RETENTION_HOURS = 168

@@ -16,7 +16,9 @@ endpoint=...)``, ``HfFileSystem(endpoint=...)``, ``HfApi(endpoint=...).get_safet
 Endpoints served (what huggingface_hub 2.4 calls):
 
 * ``GET  /api/models`` — list_models: ``search``, ``author``, ``filter`` (repeated; tag, library_name or
-  pipeline_tag), ``pipeline_tag``, ``gated``, ``sort`` (downloads, likes, createdAt, lastModified,
+  pipeline_tag; ``base_model:<id>`` / ``base_model:<relation>:<id>`` tags are added from cards' ``base_model`` /
+  ``base_model_relation`` as the Hub does; ``expand=baseModels|childrenModelCount|usedStorage`` → 400 as on the
+  Hub, which serves them on model_info only), ``pipeline_tag``, ``gated``, ``sort`` (downloads, likes, createdAt, lastModified,
   trendingScore; descending unless ``direction=1``), ``limit`` (= page size), ``expand``/``expand[]``,
   ``full``, ``cardData``, ``config``, ``cursor``; pages beyond ``list_page_size`` via a ``Link: <...>;
   rel="next"`` header (the client follows it, see ``utils/_pagination.py``).
@@ -375,6 +377,20 @@ def _param_counts(headers: list[dict]) -> dict | None:
     return {"parameters": counts, "total": sum(counts.values())} if counts else None
 
 
+def _base_model_tags(card: dict) -> list[str]:
+    """The tags the Hub adds for a card's ``base_model`` (one id or a list): ``base_model:<id>`` and, when the
+    card states ``base_model_relation``, ``base_model:<relation>:<id>`` (the Hub also infers a relation when
+    the card gives none — adapter, quantized, merge, finetune; this fake does not, so such a child carries only
+    ``base_model:<id>``, as legacy repos do)."""
+    bases = card.get("base_model") or []
+    bases = [bases] if isinstance(bases, str) else [b for b in bases if isinstance(b, str)]
+    relation = card.get("base_model_relation")
+    tags = [f"base_model:{b}" for b in bases]
+    if isinstance(relation, str) and relation:
+        tags += [f"base_model:{relation}:{b}" for b in bases]
+    return tags
+
+
 def _front_matter(text: str) -> dict | None:
     m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, flags=re.S)
     if not m:
@@ -731,6 +747,9 @@ class FakeHub:
             with contextlib.suppress(Exception):
                 cfg = json.loads(blobs["config.json"].read())
                 merged["config"] = {k: cfg[k] for k in ("architectures", "model_type") if k in cfg}
+                if isinstance(cfg.get("quantization_config"), dict):  # the Hub keeps its quant_method
+                    merged["config"]["quantization_config"] = {"quant_method": cfg["quantization_config"].get(
+                        "quant_method")}
                 merged["_auto_config"] = True
         if "cardData" not in merged and "README.md" in blobs:
             card = _front_matter(blobs["README.md"].read().decode(errors="replace"))
@@ -741,6 +760,7 @@ class FakeHub:
             card_tags = (merged.get("cardData") or {}).get("tags") or []
             tags = [t for t in [*card_tags, merged.get("library_name"), merged.get("pipeline_tag")]
                     if isinstance(t, str) and t]
+            tags += _base_model_tags(merged.get("cardData") or {})
             tags = list(dict.fromkeys(tags))
             if any(p.endswith(".safetensors") for p in blobs) and "safetensors" not in tags:
                 tags.append("safetensors")
@@ -919,6 +939,7 @@ class FakeHub:
     _DEFAULT_LIST_FIELDS = ("id", "_id", "modelId", "likes", "trendingScore", "private", "downloads", "tags",
                             "pipeline_tag", "library_name", "createdAt")
     _FULL_EXTRA = ("author", "sha", "lastModified", "gated", "disabled", "siblings")
+    _INFO_ONLY_EXPAND = ("baseModels", "childrenModelCount", "usedStorage")
 
     def _record(self, repo: _Repo, rev: _Revision, blobs_detail: bool = False) -> dict[str, Any]:
         info = rev.info
@@ -961,6 +982,9 @@ class FakeHub:
         if "lastModified" in info:
             rec["lastModified"] = info["lastModified"]
         card = rec.get("cardData")
+        bases = [t.split(":", 2) for t in rec.get("tags") or [] if t.startswith("base_model:") and t.count(":") == 2]
+        if bases:  # model_info's expand=baseModels (relation as the tags state it)
+            rec["baseModels"] = {"relation": bases[0][1], "models": [{"id": b[2]} for b in bases]}
         if isinstance(card, dict) and "model-index" in card and "model-index" not in info:
             rec["model-index"] = card["model-index"]
         if rec.get("library_name") is None:
@@ -985,6 +1009,9 @@ class FakeHub:
         expand = q.get("expand", []) + q.get("expand[]", [])
         search, author, pipeline = one("search"), one("author"), one("pipeline_tag")
         gated = one("gated")
+        refused = [e for e in expand if e in self._INFO_ONLY_EXPAND]
+        if refused:  # the Hub accepts these on model_info only (huggingface_hub PR #3182)
+            return _error(400, None, f"expand {refused[0]} is not allowed when listing models")
         with self._lock:
             repos = list(self._repos.values())
         rows = []

@@ -86,10 +86,15 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
         Entries in the model's order, then the base-only tensors; ``missing`` of both; closing it
         closes both; ``format`` is ``delta:<model format>``.
     """
-    base_entries = {e.name: e for e in base.entries()}
+    from hubscan.weights.layouts import resolve_layouts
+
+    # decoded before pairing: a quantized model's ΔW is dequantized W − W_base, its scales no rows
+    base_entries = {e.name: e for e in resolve_layouts(base.entries())}
     seen = set()
 
     def pair(e: TensorEntry) -> TensorEntry:
+        if e.skip_reason is not None:
+            return e  # known unreadable (a layout hubscan does not decode): its own skipped row
         b = base_entries.get(e.name)
         if b is None:
             return SkippedEntry(e.name, e.shape, e.dtype, e.file, e.load,
@@ -110,10 +115,11 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
                 extras.update(distances(d, Wb))
             return d
 
-        return DeltaEntry(e.name, e.shape, e.dtype, e.file, load, extras=extras)
+        return DeltaEntry(e.name, e.shape, e.dtype, e.file, load, companions=e.companions, layout=e.layout,
+                          extras=extras)
 
     def entries() -> Iterator[TensorEntry]:
-        for e in model.entries():
+        for e in resolve_layouts(model.entries()):
             seen.add(e.name)
             yield pair(e)
         for name, b in base_entries.items():

@@ -201,12 +201,20 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
         else:
             adapted.append((module, slot, w))
 
+    read: dict = {}
+
+    def factors_of(module, slot):
+        """A and B of a module, read once (ΔW and W + ΔW both use them; the factors are small: r rows)."""
+        if module not in read:
+            read[module] = (slot["A"].load(), slot["B"].load())
+        return read[module] if base is not None else read.pop(module)
+
     def delta_entry(module, slot) -> LowRankEntry:
         A, B, emb = slot["A"], slot["B"], slot["emb"]
         shape = (A.shape[1], B.shape[0]) if emb else (B.shape[0], A.shape[1])
         s = config.scale(module)
         return LowRankEntry(name=module + ".lora_BA", shape=shape, dtype="float64", file=A.file,
-                            load=lambda: lora_delta(A.load(), B.load(), s, emb), rank=min(A.shape[0], *shape))
+                            load=lambda: lora_delta(*factors_of(module, slot), s, emb), rank=min(A.shape[0], *shape))
 
     def plus_entry(module, slot, w) -> TensorEntry:
         A, B, emb = slot["A"], slot["B"], slot["emb"]
@@ -214,7 +222,7 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
 
         def load():
             W = w.load().to(torch.float64)
-            d = lora_delta(A.load(), B.load(), s, emb)
+            d = lora_delta(*factors_of(module, slot), s, emb)
             return W + (d if tuple(W.shape) == tuple(d.shape) else d.T)
 
         return TensorEntry(name=w.name, shape=tuple(w.shape), dtype="float64", file=w.file, load=load)

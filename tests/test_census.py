@@ -1,0 +1,145 @@
+"""Model-tree census on a real trained tree (hubscan.demo.tree) served by the loopback fake Hub: lineage
+edges and relations, deltas equal to ``analyze(CHILD, base=PARENT)``, the parent read once per batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import pytest
+
+from hub_server import FakeHub, isolated_hf_client
+
+import hubscan
+from hubscan.census import analyze_edges, census
+from hubscan.demo.tree import build_tree
+from hubscan.hub import HubClient
+from hubscan.sources.lineage import enumerate_lineage
+from hubscan.store import Dataset
+
+EXPECTED = {  # (child, parent) -> relation, depth, found_by
+    ("tree/ft-lr0.01", "tree/base"): ("finetune", 1, "tag"),
+    ("tree/ft-lr0.1", "tree/base"): ("finetune", 1, "tag"),
+    ("tree/ft-shift", "tree/base"): ("finetune", 1, "tag"),
+    ("tree/lora", "tree/base"): ("adapter", 1, "tag"),
+    ("tree/int8", "tree/base"): ("quantized", 1, "config"),  # card names the base, no relation
+    ("tree/merge", "tree/ft-lr0.01"): ("merge", 2, "tag"),
+    ("tree/merge", "tree/ft-shift"): ("merge", 2, "tag"),
+    ("tree/ft-lr0.01-ft", "tree/ft-lr0.01"): ("finetune", 2, "tag"),
+}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return build_tree(tmp_path_factory.mktemp("tree"))
+
+
+@pytest.fixture(scope="module")
+def hub(tree, tmp_path_factory):
+    with isolated_hf_client(tmp_path_factory.mktemp("hfcache")), FakeHub() as h:
+        for node in tree:
+            h.add_model_from_dir(node.repo_id, node.folder, info={"downloads": 10})
+        # an unrelated model that names a tree model in its card text only: never a child
+        h.add_model("other/unrelated", {"README.md": b"---\nlicense: mit\n---\nbased on tree/base\n"})
+        yield h
+
+
+@pytest.fixture
+def client(hub):
+    return HubClient(endpoint=hub.endpoint, max_retries=2, backoff=0.1, cache_dir=None)
+
+
+def needed_bytes(blob: bytes) -> int:
+    """Header + the tensors of rank >= 2 of a safetensors file (what an analysis must read)."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    return 8 + n + sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+                       if k != "__metadata__" and len(v["shape"]) >= 2)
+
+
+def test_lineage_every_edge_once_with_its_relation(hub, client):
+    t = enumerate_lineage("tree/base", client)
+    got = {(e.child, e.parent): (e.relation, e.depth, e.found_by) for e in t.edges}
+    assert len(t.edges) == len(got) == len(EXPECTED)
+    assert got == EXPECTED
+    assert list(t.nodes)[0] == "tree/base" and len(t.nodes) == 8
+    for mid, (ref, _) in t.nodes.items():  # every node pinned to its commit and files
+        assert ref.revision == hub.sha(mid) and ref.files
+    # bounds: depth 1 keeps the root's children; relations filter; limit caps descendants
+    d1 = enumerate_lineage("tree/base", client, depth=1)
+    assert {e.child for e in d1.edges} == {c for (c, p), v in EXPECTED.items() if v[1] == 1}
+    ad = enumerate_lineage("tree/base", client, relations=["adapter", "quantized"])
+    assert {(e.child, e.relation) for e in ad.edges} == {("tree/lora", "adapter"), ("tree/int8", "quantized")}
+    assert len(enumerate_lineage("tree/base", client, limit=3).nodes) == 4
+
+
+def test_lineage_ignores_cycles_and_card_relation(hub, client, tree):
+    base = next(n for n in tree if n.repo_id == "tree/base")
+    # a cycle: the root declares its own grandchild as base model; a child found by the generic tag only,
+    # whose card states the relation (legacy tags)
+    hub.add_model("cyc/a", {"model.safetensors": (base.folder / "model.safetensors"),
+                            "README.md": b"---\nbase_model: cyc/b\nbase_model_relation: finetune\n---\n"})
+    hub.add_model("cyc/b", {"model.safetensors": (base.folder / "model.safetensors"),
+                            "README.md": b"---\nbase_model: cyc/a\nbase_model_relation: finetune\n---\n"},
+                  info={"tags": ["base_model:cyc/a"], "cardData": {"base_model": "cyc/a",
+                                                                   "base_model_relation": "finetune"}})
+    try:
+        t = enumerate_lineage("cyc/a", client)
+        assert [(e.child, e.parent, e.relation, e.depth, e.found_by) for e in t.edges] == [
+            ("cyc/b", "cyc/a", "finetune", 1, "card")]
+    finally:
+        hub.remove_model("cyc/a")
+        hub.remove_model("cyc/b")
+
+
+def test_deltas_equal_analyze_with_base_and_parent_read_once(hub, client, tmp_path):
+    hub.reset_stats()
+    summary = census("tree/base", str(tmp_path / "ds"), client=client)
+    assert summary["failed_edges"] == [] and summary["edges"] == len(EXPECTED) and summary["analyzed"] == 8
+    ds = Dataset(str(tmp_path / "ds"), create=False)
+    lineage = ds.read("lineage").to_pylist()
+    assert {(r["child"], r["parent"]): (r["relation"], r["depth"], r["found_by"]) for r in lineage} == EXPECTED
+    deltas = ds.read("deltas").to_pylist()
+    assert {(r["model_id"], r["parent_id"]) for r in deltas} == set(EXPECTED)
+    for (child, parent), (relation, _, _) in EXPECTED.items():
+        ref = hubscan.analyze(f"hf:{child}", base=f"hf:{parent}", client=client)
+        got = {(r["name"], r["part"]): r for r in deltas if r["model_id"] == child and r["parent_id"] == parent}
+        assert set(got) == {(r["name"], r["part"]) for r in ref.rows}
+        for r in ref.rows:
+            g = got[(r["name"], r["part"])]
+            assert g["relation"] == relation
+            for col in ("status", "alpha", "D", "xmin", "lambda_max", "num_evals", "delta_W", "delta_W_rel",
+                        "delta_spectral_rel", "N", "M"):
+                a, b = g[col], r.get(col)
+                assert a == b or (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-12)) \
+                    or (a is None and (b is None or (isinstance(b, float) and math.isnan(b)))), (child, r["name"], col, a, b)
+    # what the rows are: the adapter's ΔW = s·B·A (rank 4) and W + ΔW; the int8 child dequantized
+    lora = {r["name"]: r for r in deltas if r["model_id"] == "tree/lora"}
+    assert lora["fc1.lora_BA"]["num_evals"] == 4 and lora["fc1.weight"]["num_evals"] == 64
+    q = {r["name"]: r for r in deltas if r["model_id"] == "tree/int8"}
+    assert "dequantized" in q["fc2.weight"]["reason"] and q["fc2.weight"]["delta_W_rel"] < 0.02
+    assert "fc2.weight_scale" not in q
+    models = ds.read("models", ["model_id", "status"]).to_pylist()
+    assert sorted(m["model_id"] for m in models) == sorted({c for c, _ in EXPECTED} | {"tree/base"})
+
+
+def test_parent_read_once_per_batch(hub, client, tree):
+    t = enumerate_lineage("tree/base", client, depth=1)
+    blobs = {n.repo_id: (n.folder / ("adapter_model.safetensors" if n.relation == "adapter" else "model.safetensors"))
+             .read_bytes() for n in tree}
+    hub.reset_stats()
+    out = list(analyze_edges(t, client=client, batch_size=8))
+    assert len(out) == 5 and all(r is not None for _, r, _ in out)
+    # the base: read once for its 5 children (≤ 1.05 × its header + matrices), not 5 times
+    base_needed = needed_bytes(blobs["tree/base"])
+    assert hub.bytes_sent(repo_id="tree/base", path="model.safetensors") <= 1.05 * base_needed
+    assert sum(i["parent_bytes_read"] for _, _, i in out) <= 1.05 * base_needed
+    for e, _, info in out:  # each child: its own tensors once
+        sent = hub.bytes_sent(repo_id=e.child, path="adapter_model.safetensors" if e.relation == "adapter"
+                              else "model.safetensors")
+        assert info["bytes_read"] == sent and sent <= 1.05 * needed_bytes(blobs[e.child]), (e.child, sent)
+    # batch_size=1: one parent read per child
+    hub.reset_stats()
+    list(analyze_edges(t, client=client, batch_size=1))
+    assert hub.bytes_sent(repo_id="tree/base", path="model.safetensors") >= 4.5 * base_needed
