@@ -469,6 +469,8 @@ def _print_survey(summary, console) -> None:
 def cmd_survey(args) -> int:
     from hubscan.survey import survey
 
+    if args.lineage:
+        return cmd_lineage(args)
     config = _survey_config(args)
     if config.progress and not sys.stderr.isatty():  # progress lines instead of a bar
         handler = logging.StreamHandler(sys.stderr)
@@ -494,6 +496,7 @@ def cmd_survey(args) -> int:
 
 def _check_survey(parser, args) -> None:
     _check_fit_options(parser, args)
+    _check_lineage(parser, args)
     if args.address is None:  # the local machine runs the actors: its GPUs are what counts
         _check_cuda(parser, args.device)
 
@@ -541,9 +544,61 @@ def _add_survey(sub) -> None:
     g.add_argument("--no-compact", action="store_true", help="skip compaction and vacuum at the end")
     g.add_argument("--retention-hours", type=_float_range(0.0), default=168.0,
                    help="vacuum keeps removed files this long (default 168; survey versions are always kept)")
+    _add_lineage_options(p)
     _add_fit_options(p)
     _add_hub_options(p)
     p.set_defaults(parser=p, func=cmd_survey, check=_check_survey)
+
+
+# -- survey --lineage (model-tree census) ------------------------------------------------------------------
+
+def _add_lineage_options(p) -> None:
+    g = p.add_argument_group("model tree (--source hf --lineage BASE_ID)")
+    g.add_argument("--lineage", default=None, metavar="BASE_ID",
+                   help="survey BASE_ID's descendants (base_model tags) and each child-parent delta; "
+                        "--limit caps the descendants")
+    g.add_argument("--depth", type=_int_range(1), default=None, help="deepest generation below the base (default: all)")
+    g.add_argument("--relations", type=_relations, default=None,
+                   help="comma list of finetune,adapter,quantized,merge (default: all)")
+    g.add_argument("--batch-size", type=_int_range(1), default=8,
+                   help="children per read of their parent's tensors (default 8)")
+
+
+def _relations(text: str) -> tuple:
+    from hubscan.sources.lineage import RELATIONS
+    rels = tuple(r.strip() for r in text.split(",") if r.strip())
+    bad = [r for r in rels if r not in RELATIONS]
+    if not rels or bad:
+        raise argparse.ArgumentTypeError(f"{bad[0] if bad else text!r} is not a relation ({','.join(RELATIONS)})")
+    return rels
+
+
+def _check_lineage(parser, args) -> None:
+    if args.lineage is None:
+        if args.depth is not None or args.relations is not None:
+            parser.error("--depth and --relations need --lineage BASE_ID")
+        return
+    if args.source != "hf":
+        parser.error("--lineage needs --source hf")
+    if any(getattr(args, k) for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude")):
+        parser.error("--lineage enumerates by base_model tags: no --filter/--author/--search/--pipeline-tag/--sort")
+
+
+def cmd_lineage(args) -> int:
+    from hubscan.census import census
+    from hubscan.sources.lineage import RELATIONS
+
+    s = census(args.lineage, args.out, client=_client(args), options=_options(args), depth=args.depth,
+               relations=args.relations or RELATIONS, limit=args.limit, batch_size=args.batch_size,
+               force=args.force, storage_options=args.storage_options)
+    console = _console(args)
+    console.print(f"model tree of {args.lineage}: {s['nodes']} models ({s['analyzed']} analyzed now), "
+                  f"{s['edges']} edges, {s['deltas']} delta rows in {s['seconds']:.1f} s → {args.out}")
+    for e in s["tree"].edges:
+        console.print(f"  {'  ' * (e.depth - 1)}{e.child} ← {e.parent}  ({e.relation}, found by {e.found_by})")
+    for child, parent, reason in s["failed_edges"]:
+        console.print(f"  delta {child} ← {parent} not analyzed: {reason}")
+    return 1 if s["failed_edges"] and len(s["failed_edges"]) == s["edges"] else 0
 
 
 # -- sql ----------------------------------------------------------------------------------------------

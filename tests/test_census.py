@@ -143,3 +143,33 @@ def test_parent_read_once_per_batch(hub, client, tree):
     hub.reset_stats()
     list(analyze_edges(t, client=client, batch_size=1))
     assert hub.bytes_sent(repo_id="tree/base", path="model.safetensors") >= 4.5 * base_needed
+
+
+def test_cli_survey_lineage_and_analyze_base_agree(hub, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from hubscan.cli import main
+
+    out = str(tmp_path / "ds")
+    assert main(["survey", "--source", "hf", "--lineage", "tree/base", "--depth", "1", "--relations",
+                 "finetune,quantized", "--out", out, "--endpoint", hub.endpoint]) == 0
+    text = capsys.readouterr().out
+    assert "tree/int8 ← tree/base  (quantized, found by config)" in text and "tree/lora" not in text
+    lineage = Dataset(out, create=False).read("lineage").to_pylist()
+    assert sorted((r["child"], r["relation"]) for r in lineage) == [
+        ("tree/ft-lr0.01", "finetune"), ("tree/ft-lr0.1", "finetune"), ("tree/ft-shift", "finetune"),
+        ("tree/int8", "quantized")]
+    deltas = [r for r in Dataset(out, create=False).read("deltas").to_pylist() if r["model_id"] == "tree/ft-lr0.1"]
+    assert main(["analyze", "hf:tree/ft-lr0.1", "--base", "hf:tree/base", "--endpoint", hub.endpoint,
+                 "--out", str(tmp_path / "pair.parquet")]) == 0
+    cli = {r["name"]: r for r in pq.read_table(tmp_path / "pair.parquet").to_pylist()}
+    assert {r["name"] for r in deltas} == set(cli)
+    for r in deltas:
+        for col in ("alpha", "D", "lambda_max", "delta_W_rel", "delta_spectral_rel", "stable_rank"):
+            assert math.isclose(r[col], cli[r["name"]][col], rel_tol=1e-12), (r["name"], col)
+    # option checks: one line, non-zero
+    with pytest.raises(SystemExit):
+        main(["survey", "--source", "timm", "--lineage", "tree/base", "--out", out])
+    with pytest.raises(SystemExit):
+        main(["survey", "--source", "hf", "--lineage", "tree/base", "--relations", "finetune,distill", "--out", out])
+    assert "distill" in capsys.readouterr().err
