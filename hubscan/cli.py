@@ -451,7 +451,7 @@ def _survey_config(args):
                         storage_options=args.storage_options or {},
                         hub=hub, progress=not (args.no_progress or args.quiet), flush_models=args.flush_models,
                         flush_seconds=args.flush_seconds, compact=not args.no_compact,
-                        retention_hours=args.retention_hours)
+                        retention_hours=args.retention_hours, quiet=args.quiet)
 
 
 def _print_survey(summary, console) -> None:

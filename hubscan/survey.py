@@ -105,6 +105,8 @@ class SurveyConfig:
         table versions surveys recorded.
     progress_models, progress_seconds : int, float
         Interval of the progress log lines when the output is not a terminal.
+    quiet : bool
+        Ray's own INFO lines (``Started a local Ray instance``) off (``hubscan -q``).
     """
 
     source: str
@@ -131,6 +133,7 @@ class SurveyConfig:
     retention_hours: float = DEFAULT_RETENTION_HOURS
     progress_models: int = 100
     progress_seconds: float = 30.0
+    quiet: bool = False
 
 
 def _utcnow() -> dt.datetime:
@@ -431,9 +434,11 @@ class Survey:
         if not ray.is_initialized():
             address = self.config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
             if address:
-                ray.init(address=address, log_to_driver=False)
+                ray.init(address=address, log_to_driver=False,
+                         logging_level=logging.WARNING if self.config.quiet else logging.INFO)
             else:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING if self.config.quiet else logging.INFO)
                 self.we_started_ray = True
 
     def start_pool(self) -> None:

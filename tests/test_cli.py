@@ -236,6 +236,16 @@ def test_quiet_prints_nothing(local_dataset, tmp_path):
     assert rc == 0 and out == "" and err == ""
     rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "r.html", "-q", cwd=root)
     assert rc == 0 and out == "" and err == "" and (tmp_path / "r.html").exists()
+    rc, out, err = run_cli("survey", "--source", "local:out/hub", "--out", tmp_path / "ds2", "--actors", "1", "-q",
+                           cwd=root, timeout=600)
+    assert rc == 0 and out == "" and err == "", (out, err)  # not even Ray's start-up line
+
+
+def test_missing_input_file_one_line_without_class_name(local_dataset):
+    root, _ = local_dataset
+    rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "missing.csv", cwd=root)
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "missing.csv" in err and "no such file" in err and "Error" not in err
 
 
 def test_report_out_folder_not_created(local_dataset, tmp_path):
