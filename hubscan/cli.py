@@ -118,6 +118,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="print nothing but errors (files are still written)")
 
 
+def _command(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
+    """A sub-command's parser: ``kwargs`` (help, description, an ``examples:`` epilog) as given,
+    the epilog's layout kept, ``--debug``/``-q`` accepted after the sub-command too, ``func`` run."""
+    p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    _add_common(p)
+    p.set_defaults(parser=p, func=func)
+    return p
+
+
 def _add_dataset(p: argparse.ArgumentParser, *, what: str) -> None:
     p.add_argument("--dataset", required=True, metavar="DIR_OR_URL",
                    help=f"the survey dataset {what} (a directory or s3://…, gs://… URL written by `hubscan survey`)")
@@ -405,16 +414,14 @@ def _check_analyze(parser, args) -> None:
 
 
 def _add_analyze(sub) -> None:
-    p = sub.add_parser("analyze", help="analyze one model's weights: per-layer table and summary",
-                       description="Analyze one model's weights: the ESD of every weight matrix, its power-law "
-                                   "alpha and the WeightWatcher metrics, printed as a table and a summary.",
-                       epilog="examples:\n"
-                              "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
-                              "  hubscan analyze timm:resnet18.a1_in1k --columns name,alpha,log_norm,phase\n"
-                              "  hubscan analyze model.safetensors --out layers.parquet   # or .csv / .json\n"
-                              "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "analyze", cmd_analyze, help="analyze one model's weights: per-layer table and summary",
+                 description="Analyze one model's weights: the ESD of every weight matrix, its power-law "
+                             "alpha and the WeightWatcher metrics, printed as a table and a summary.",
+                 epilog="examples:\n"
+                        "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
+                        "  hubscan analyze timm:resnet18.a1_in1k --columns name,alpha,log_norm,phase\n"
+                        "  hubscan analyze model.safetensors --out layers.parquet   # or .csv / .json\n"
+                        "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax")
     p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local .safetensors / .bin / .pt / .pth / "
                                 ".onnx / .gguf file or Hugging Face layout folder")
     p.add_argument("--out", help="write every column of every layer row to this file: .parquet (with the model, "
@@ -427,7 +434,7 @@ def _add_analyze(sub) -> None:
     _add_fit_options(p)
     _add_delta_options(p)
     _add_hub_options(p)
-    p.set_defaults(parser=p, func=cmd_analyze, check=_check_analyze)
+    p.set_defaults(check=_check_analyze)
 
 
 # -- survey -------------------------------------------------------------------------------------------
@@ -502,17 +509,15 @@ def _check_survey(parser, args) -> None:
 
 
 def _add_survey(sub) -> None:
-    p = sub.add_parser("survey", help="analyze many models on Ray into a dataset (resumable)",
-                       description="Analyze many models on Ray into a dataset; models already in the dataset "
-                                   "(same revision and options) are skipped, so a survey resumes where it stopped.",
-                       epilog="examples:\n"
-                              "  hubscan survey --source local:out/hub --out out/dataset\n"
-                              "  hubscan survey --source timm --filter 'resnet*' --limit 20 --out out/timm\n"
-                              "  hubscan survey --source hf --author google --filter safetensors --limit 100 "
-                              "--out s3://bucket/htsr --storage-options '{\"region\": \"eu-west-1\"}'\n"
-                              "  hubscan survey --source list:models.txt --out out/dataset --actors 4",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "survey", cmd_survey, help="analyze many models on Ray into a dataset (resumable)",
+                 description="Analyze many models on Ray into a dataset; models already in the dataset "
+                             "(same revision and options) are skipped, so a survey resumes where it stopped.",
+                 epilog="examples:\n"
+                        "  hubscan survey --source local:out/hub --out out/dataset\n"
+                        "  hubscan survey --source timm --filter 'resnet*' --limit 20 --out out/timm\n"
+                        "  hubscan survey --source hf --author google --filter safetensors --limit 100 "
+                        "--out s3://bucket/htsr --storage-options '{\"region\": \"eu-west-1\"}'\n"
+                        "  hubscan survey --source list:models.txt --out out/dataset --actors 4")
     p.add_argument("--source", required=True, help="hf | timm | local:DIR | list:FILE (one reference per line)")
     p.add_argument("--out", required=True, help="dataset directory or URL (s3://bucket/prefix …)")
     p.add_argument("--limit", type=_int_range(1), default=None, help="models to enumerate at most")
@@ -547,7 +552,7 @@ def _add_survey(sub) -> None:
     _add_lineage_options(p)
     _add_fit_options(p)
     _add_hub_options(p)
-    p.set_defaults(parser=p, func=cmd_survey, check=_check_survey)
+    p.set_defaults(check=_check_survey)
 
 
 # -- survey --lineage (model-tree census) ------------------------------------------------------------------
@@ -627,22 +632,19 @@ def cmd_sql(args) -> int:
 
 
 def _add_sql(sub) -> None:
-    p = sub.add_parser("sql", help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)",
-                       description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
-                                   "surveys and accuracy.",
-                       epilog="examples:\n"
-                              "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
-                              "GROUP BY 1\"\n"
-                              "  hubscan sql --dataset out/dataset --format csv \"SELECT model_id, name, alpha FROM "
-                              "layers WHERE alpha < 2\" > over_trained.csv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "sql", cmd_sql, help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)",
+                 description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
+                             "surveys and accuracy.",
+                 epilog="examples:\n"
+                        "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
+                        "GROUP BY 1\"\n"
+                        "  hubscan sql --dataset out/dataset --format csv \"SELECT model_id, name, alpha FROM "
+                        "layers WHERE alpha < 2\" > over_trained.csv")
     p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
     _add_dataset(p, what="to query")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--as-of", metavar="SURVEY_ID", default=None,
                    help="the tables as they were when this survey finished (Delta time travel)")
-    p.set_defaults(parser=p, func=cmd_sql)
 
 
 # -- compact / migrate --------------------------------------------------------------------------------
@@ -657,17 +659,14 @@ def cmd_compact(args) -> int:
 
 
 def _add_compact(sub) -> None:
-    p = sub.add_parser("compact", help="compact a dataset's tables into few large files, vacuum unreferenced ones",
-                       description="Delta optimize (small files into large ones) and vacuum (delete files no live "
-                                   "version references) on every table; files of every survey's version are kept.",
-                       epilog="examples:\n  hubscan compact --dataset out/dataset\n"
-                              "  hubscan compact --dataset out/dataset --retention-hours 0",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "compact", cmd_compact, help="compact a dataset's tables into few large files, vacuum unreferenced ones",
+                 description="Delta optimize (small files into large ones) and vacuum (delete files no live "
+                             "version references) on every table; files of every survey's version are kept.",
+                 epilog="examples:\n  hubscan compact --dataset out/dataset\n"
+                        "  hubscan compact --dataset out/dataset --retention-hours 0")
     _add_dataset(p, what="to compact")
     p.add_argument("--retention-hours", type=_float_range(0.0), default=168.0,
                    help="keep removed files younger than this (default 168; 0: delete now)")
-    p.set_defaults(parser=p, func=cmd_compact)
 
 
 def cmd_migrate(args) -> int:
@@ -680,15 +679,12 @@ def cmd_migrate(args) -> int:
 
 
 def _add_migrate(sub) -> None:
-    p = sub.add_parser("migrate", help="convert a schema-v1 dataset (loose Parquet files) into Delta tables",
-                       epilog="example:\n  hubscan migrate out/old-dataset out/dataset",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "migrate", cmd_migrate, help="convert a schema-v1 dataset (loose Parquet files) into Delta tables",
+                 epilog="example:\n  hubscan migrate out/old-dataset out/dataset")
     p.add_argument("old", help="the schema-v1 dataset (OLD/table=<t>/source=<s>/part-<key>.parquet)")
     p.add_argument("new", help="the new dataset location")
     p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
                    help="filesystem options as JSON (both locations)")
-    p.set_defaults(parser=p, func=cmd_migrate)
 
 
 # -- accuracy -----------------------------------------------------------------------------------------
@@ -725,18 +721,16 @@ def cmd_accuracy(args) -> int:
 
 
 def _add_accuracy(sub) -> None:
-    p = sub.add_parser("accuracy", help="ingest reported accuracy into a dataset's accuracy table",
-                       description="Ingest reported accuracy (timm results, Open LLM Leaderboard, a plain CSV, "
-                                   "model cards) into a dataset's accuracy table and say how many rows match a "
-                                   "surveyed model.",
-                       epilog="examples:\n"
-                              "  hubscan accuracy --dataset out/timm --timm "
-                              "https://raw.githubusercontent.com/huggingface/pytorch-image-models/main/results\n"
-                              "  hubscan accuracy --dataset out/dataset --csv accuracy.csv   "
-                              "# model_id,metric,value[,source,benchmark]\n"
-                              "  hubscan accuracy --dataset out/hf --cards",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "accuracy", cmd_accuracy, help="ingest reported accuracy into a dataset's accuracy table",
+                 description="Ingest reported accuracy (timm results, Open LLM Leaderboard, a plain CSV, "
+                             "model cards) into a dataset's accuracy table and say how many rows match a "
+                             "surveyed model.",
+                 epilog="examples:\n"
+                        "  hubscan accuracy --dataset out/timm --timm "
+                        "https://raw.githubusercontent.com/huggingface/pytorch-image-models/main/results\n"
+                        "  hubscan accuracy --dataset out/dataset --csv accuracy.csv   "
+                        "# model_id,metric,value[,source,benchmark]\n"
+                        "  hubscan accuracy --dataset out/hf --cards")
     _add_dataset(p, what="to add the accuracy table to (must exist unless --create)")
     p.add_argument("--create", action="store_true", help="create the dataset when it does not exist yet")
     p.add_argument("--timm", action="append", help="timm results CSV, folder of them, or URL (repeatable)")
@@ -746,7 +740,6 @@ def _add_accuracy(sub) -> None:
     p.add_argument("--csv", action="append", help="plain CSV: model_id,metric,value[,source,benchmark]; "
                                                   "local models by the id the survey gave them")
     p.add_argument("--cards", action="store_true", help="model-card model-index results gathered by the survey")
-    p.set_defaults(parser=p, func=cmd_accuracy)
 
 
 # -- correlate ----------------------------------------------------------------------------------------
@@ -812,15 +805,13 @@ def cmd_correlate(args) -> int:
 
 
 def _add_correlate(sub) -> None:
-    p = sub.add_parser("correlate", help="HTSR metrics against reported accuracy, per family and overall",
-                       description="Rank correlations (Kendall tau, Spearman rho) and a least-squares fit of each "
-                                   "HTSR metric against reported accuracy, per group of models and overall.",
-                       epilog="examples:\n"
-                              "  hubscan correlate --dataset out/timm --metric top1 --benchmark imagenet\n"
-                              "  hubscan correlate --dataset out/timm --group-by '^([a-z]+)' --bootstrap 1000\n"
-                              "  hubscan correlate --dataset out/dataset --out correlations.csv",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "correlate", cmd_correlate, help="HTSR metrics against reported accuracy, per family and overall",
+                 description="Rank correlations (Kendall tau, Spearman rho) and a least-squares fit of each "
+                             "HTSR metric against reported accuracy, per group of models and overall.",
+                 epilog="examples:\n"
+                        "  hubscan correlate --dataset out/timm --metric top1 --benchmark imagenet\n"
+                        "  hubscan correlate --dataset out/timm --group-by '^([a-z]+)' --bootstrap 1000\n"
+                        "  hubscan correlate --dataset out/dataset --out correlations.csv")
     _add_dataset(p, what="with HTSR metrics and an accuracy table")
     p.add_argument("--metric", default="top1", help="accuracy metric (default top1)")
     p.add_argument("--benchmark", default=None, help="e.g. imagenet, imagenet-real (default: per source)")
@@ -829,7 +820,6 @@ def _add_correlate(sub) -> None:
     p.add_argument("--bootstrap", type=_int_range(0), default=0, help="bootstrap resamples for tau / rho CIs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the table to .parquet or .csv")
-    p.set_defaults(parser=p, func=cmd_correlate)
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -850,15 +840,13 @@ def cmd_report(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="a self-contained HTML report of a dataset (plots + tables)",
-                       description="Write a self-contained HTML report of a dataset: per-model table, phases, "
-                                   "failures, alpha distributions, accuracy correlations and plots.",
-                       epilog="examples:\n"
-                              "  hubscan report --dataset out/dataset --out report.html\n"
-                              "  hubscan report --dataset out/timm --out timm.html --metric top1 --benchmark "
-                              "imagenet-real --group-by '^([a-z]+)'",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_common(p)
+    p = _command(sub, "report", cmd_report, help="a self-contained HTML report of a dataset (plots + tables)",
+                 description="Write a self-contained HTML report of a dataset: per-model table, phases, "
+                             "failures, alpha distributions, accuracy correlations and plots.",
+                 epilog="examples:\n"
+                        "  hubscan report --dataset out/dataset --out report.html\n"
+                        "  hubscan report --dataset out/timm --out timm.html --metric top1 --benchmark "
+                        "imagenet-real --group-by '^([a-z]+)'")
     _add_dataset(p, what="to report on")
     p.add_argument("--out", required=True, help="the HTML file to write (its folder must exist)")
     p.add_argument("--metric", default="top1", help="accuracy metric the correlation section uses (default top1)")
@@ -866,7 +854,6 @@ def _add_report(sub) -> None:
                    help="benchmark of that metric, e.g. imagenet, imagenet-real (default: per source)")
     p.add_argument("--group-by", default="family",
                    help="how models are grouped: family | model_type | a regex on model_id (group 1)")
-    p.set_defaults(parser=p, func=cmd_report)
 
 
 # -- entry point --------------------------------------------------------------------------------------

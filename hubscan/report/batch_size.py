@@ -24,6 +24,21 @@ def fmt(v, nd=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{nd}f}"
 
 
+def _batch_axis(ax, ylabel: str | None = None, legend_size: float = 8) -> None:
+    """A log2 batch-size x axis, grid and legend (``ylabel`` when given)."""
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.legend(fontsize=legend_size)
+    ax.grid(alpha=0.3)
+
+
+def _png(fig, out: Path, name: str, paths: list[str]) -> None:
+    fig.savefig(out / name, dpi=110)
+    paths.append(name)
+
+
 def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, big_layer: dict) -> list[str]:
     """The batch-size experiment's figures, saved as PNGs in ``out``.
 
@@ -69,15 +84,10 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
                 ax.axhline(init, ls="--", lw=1, color=colors.get(model), alpha=0.6, label=f"{model} at init")
             ax.set_ylabel(lab)
     for ax in axes:
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _batch_axis(ax)
     budget = f"{args.epochs} epochs" if args.budget == "epochs" else f"{args.steps} steps"
     fig.suptitle(f"HTSR metrics vs SGD batch size (digits, lr {args.lr}, {budget}, mean ± sd over {args.seeds} seeds)")
-    p = out / "alpha_vs_batch_size.png"
-    fig.savefig(p, dpi=110)
-    paths.append(p.name)
+    _png(fig, out, "alpha_vs_batch_size.png", paths)
 
     # per-layer alpha
     fig = _figure((6.5, 4))
@@ -87,15 +97,9 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
             Bs = sorted(info["alpha_mean_per_bs"])
             ax.plot(Bs, [info["alpha_mean_per_bs"][b] for b in Bs], ls=ls, marker=".", color=colors.get(model),
                     label=f"{model} {name}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("alpha (mean over seeds)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    _batch_axis(ax, "alpha (mean over seeds)", legend_size=7)
     ax.set_title("alpha per layer vs batch size")
-    p = out / "alpha_per_layer.png"
-    fig.savefig(p, dpi=110)
-    paths.append(p.name)
+    _png(fig, out, "alpha_per_layer.png", paths)
 
     # accuracy vs batch size
     fig = _figure((6.5, 4))
@@ -107,15 +111,9 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
                     marker="o", capsize=3, color=colors.get(model), label=f"{model} test")
         ax.plot(B, [q["train_accuracy_mean"] for q in pb], ls=":", marker=".", color=colors.get(model),
                 label=f"{model} train")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _batch_axis(ax, "accuracy")
     ax.set_title(f"accuracy vs batch size ({budget})")
-    p = out / "accuracy_vs_batch_size.png"
-    fig.savefig(p, dpi=110)
-    paths.append(p.name)
+    _png(fig, out, "accuracy_vs_batch_size.png", paths)
 
     # ESD of the biggest hidden layer: smallest vs largest batch size (seed 0), and init
     models = list(results["models"])
@@ -156,7 +154,5 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
         ax2.set_ylabel("P(λ ≥ x)")
         ax2.set_title(f"{model} {layer}: complementary CDF (tail slope ≈ 1 − alpha)", fontsize=9)
         ax2.legend(fontsize=8)
-    p = out / "esd_smallest_vs_largest_batch.png"
-    fig.savefig(p, dpi=110)
-    paths.append(p.name)
+    _png(fig, out, "esd_smallest_vs_largest_batch.png", paths)
     return paths
