@@ -385,24 +385,37 @@ def open_with_base(model, base, client: HubClient | None = None) -> tuple[Weight
 
     local = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
     ws, ref, meta = _open(model)
-    config = os.path.join(os.fspath(model), ADAPTER_CONFIG) if local else _hub_adapter_config(ref, client)
     bws = _open(base)[0] if base is not None else None
-    if config is not None:
-        return open_adapter(ws, LoraConfig.read(config), bws), ref, meta
+    if local:
+        return open_adapter(ws, LoraConfig.read(os.path.join(os.fspath(model), ADAPTER_CONFIG)), bws), ref, meta
+    if ref is not None and is_hub_adapter(ref):
+        return as_adapter(ws, ref, client, bws), ref, meta
     return (open_delta(ws, bws) if bws is not None else ws), ref, meta
 
 
-def _hub_adapter_config(ref: ModelRef | None, client: HubClient | None) -> str | None:
-    """The local path of a hub adapter's ``adapter_config.json`` (a PEFT adapter repository: its chosen
-    weight files are ``adapter_model.*``), downloaded at the pinned revision; None for other models."""
+def is_hub_adapter(ref: ModelRef) -> bool:
+    """True for a pinned hub ref whose chosen weight files are a PEFT adapter's (``adapter_model.*``)."""
     from hubscan.weights.files import ADAPTER_FILES
-    from hubscan.weights.peft import ADAPTER_CONFIG
 
-    if ref is None or ref.source != "hf" or not ref.files or any(f not in ADAPTER_FILES for f in ref.files):
-        return None
+    return ref.source == "hf" and bool(ref.files) and all(f in ADAPTER_FILES for f in ref.files)
+
+
+def as_adapter(ws: WeightSet, ref: ModelRef, client: HubClient | None = None, base: WeightSet | None = None) -> WeightSet:
+    """A hub adapter's opened files read as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`,
+    plus W + ΔW with ``base``); its ``adapter_config.json`` is downloaded at the pinned revision.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The config cannot be fetched (SourceError) or read (CorruptFileError).
+    """
+    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, open_adapter
+
     client = client or HubClient()
-    return client.call(client.api.hf_hub_download, ref.repo_id or ref.id, ADAPTER_CONFIG, revision=ref.revision,
-                       cache_dir=client.cache_dir, what=f"hf:{ref.repo_id or ref.id}/{ADAPTER_CONFIG}")
+    repo = ref.repo_id or ref.id
+    path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
+                       cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
+    return open_adapter(ws, LoraConfig.read(path), base)
 
 
 def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,

@@ -12,7 +12,7 @@ import json
 
 from hubscan.store import TABLES, Dataset
 
-VIEWS = ("models", "layers", "esd", "surveys", "accuracy")
+VIEWS = tuple(TABLES)  # models, layers, esd, surveys, accuracy, lineage, deltas
 
 
 def survey_versions(data: Dataset, survey_id: str) -> tuple[dict[str, int], object]:

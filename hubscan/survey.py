@@ -202,7 +202,7 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
         ``models``: the model row (status success / incomplete / failed / skipped), ``layers``
         and ``esd``: Arrow tables of its rows (empty unless analyzed).
     """
-    from hubscan.analysis import analyze
+    from hubscan.analysis import analyze, as_adapter, is_hub_adapter
     from hubscan.weights.remote import open_ref
 
     t0 = time.perf_counter()
@@ -212,7 +212,7 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     layers = esd = None
     try:
         ws = open_ref(ref, client)
-        result = analyze(ws, opts)
+        result = analyze(as_adapter(ws, ref, client) if is_hub_adapter(ref) else ws, opts)
     except GatedModelError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
     except HubscanError as exc:

@@ -93,11 +93,18 @@ def test_lineage_ignores_cycles_and_card_relation(hub, client, tree):
         hub.remove_model("cyc/b")
 
 
-def test_deltas_equal_analyze_with_base_and_parent_read_once(hub, client, tmp_path):
-    hub.reset_stats()
-    summary = census("tree/base", str(tmp_path / "ds"), client=client)
+@pytest.fixture(scope="module")
+def census_ds(hub, tmp_path_factory):
+    out = tmp_path_factory.mktemp("census") / "ds"
+    client = HubClient(endpoint=hub.endpoint, max_retries=2, backoff=0.1, cache_dir=None)
+    summary = census("tree/base", str(out), client=client)
+    return out, summary
+
+
+def test_deltas_equal_analyze_with_base(census_ds, client):
+    out, summary = census_ds
     assert summary["failed_edges"] == [] and summary["edges"] == len(EXPECTED) and summary["analyzed"] == 8
-    ds = Dataset(str(tmp_path / "ds"), create=False)
+    ds = Dataset(str(out), create=False)
     lineage = ds.read("lineage").to_pylist()
     assert {(r["child"], r["parent"]): (r["relation"], r["depth"], r["found_by"]) for r in lineage} == EXPECTED
     deltas = ds.read("deltas").to_pylist()
@@ -120,8 +127,43 @@ def test_deltas_equal_analyze_with_base_and_parent_read_once(hub, client, tmp_pa
     q = {r["name"]: r for r in deltas if r["model_id"] == "tree/int8"}
     assert "dequantized" in q["fc2.weight"]["reason"] and q["fc2.weight"]["delta_W_rel"] < 0.02
     assert "fc2.weight_scale" not in q
-    models = ds.read("models", ["model_id", "status"]).to_pylist()
-    assert sorted(m["model_id"] for m in models) == sorted({c for c, _ in EXPECTED} | {"tree/base"})
+    models = {m["model_id"]: m for m in ds.read("models", ["model_id", "status", "alpha"]).to_pylist()}
+    assert sorted(models) == sorted({c for c, _ in EXPECTED} | {"tree/base"})
+    assert all(m["status"] == "success" for m in models.values())  # the adapter too: as ΔW = s·B·A
+    lora_alone = hubscan.analyze("hf:tree/lora", client=client)
+    assert models["tree/lora"]["alpha"] == pytest.approx(lora_alone.summary["alpha"], rel=1e-12)
+    assert [r["name"] for r in lora_alone.rows] == ["fc1.lora_BA", "fc2.lora_BA"]
+
+
+def test_report_model_tree_section(census_ds, tmp_path):
+    import re
+
+    from hubscan.accuracy import ingest_card_results
+    from hubscan.report import build_report
+
+    out, _ = census_ds
+    assert ingest_card_results(str(out)).num_rows == 8  # the cards' test accuracy
+    page = build_report(str(out), tmp_path / "report.html", metric="accuracy")
+    text = page.read_text()
+    for anchor in ("tree", "tree-depth", "tree-changed", "tree-over", "tree-accuracy"):
+        assert f"id='{anchor}'" in text
+    sec = text[text.index("<h2 id='tree'>"):]
+    assert sec.count("data:image/png;base64,") == 3  # tree, Δα vs depth, Δaccuracy vs Δα
+    assert "8 models below and including <b>tree/base</b>, 8 edges" in sec
+    # most changed by fine-tuning: one row per layer of the 4 fine-tune edges, sorted by median ΔW_rel
+    rows = re.findall(r"<tr><td>(fc\d\.weight)</td><td class='num' data-v='4.0'>", sec)
+    assert sorted(rows) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    try:
+        from test_report import CHROMIUM_FLAGS, _check_screenshot, _console_problems, _screenshot  # noqa: F401
+    except ImportError:
+        return
+    import shutil
+    exe = shutil.which("chromium")
+    if exe is None:
+        pytest.skip("chromium not installed")
+    shot, log = _screenshot(exe, page, tmp_path)
+    assert not _console_problems(log, page), _console_problems(log, page)
+    _check_screenshot(shot)
 
 
 def test_parent_read_once_per_batch(hub, client, tree):

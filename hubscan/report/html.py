@@ -12,7 +12,8 @@ models with their reasons and the reasons layers were skipped, the distribution 
 against HTSR metrics (correlation table, one scatter per metric with per-group and overall fit
 lines, Kendall τ heat map — or a note saying there is no accuracy data), the layer-α histogram,
 α vs depth of a few models (layer names on the axis), the ESDs of a few layers with their fits,
-and the layers with the lowest and the highest α.
+and the layers with the lowest and the highest α; with a ``lineage`` table, the model tree
+(:mod:`hubscan.report.tree`).
 """
 
 from __future__ import annotations
@@ -511,6 +512,8 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     sections += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
     step("layer plots")
     sections += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
+    from hubscan.report.tree import tree_section
+    sections += tree_section(con, have)
     con.close()
     body += [_toc(sections)] + sections
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
