@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--dir", default=None, help="scratch folder (default: a temporary one)")
     args = p.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    from hubscan.localhub import build_local_hub
+    from hubscan.demo.localhub import build_local_hub
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         scratch = Path(tmp)
         build_local_hub(scratch / "hub")

@@ -313,19 +313,26 @@ def run(args) -> dict:
     layers = con.execute("""SELECT model_id, layer_id, name, layer_type, shape, N, M, rf, num_evals, status, reason, alpha,
                             num_spikes, mp_softrank, lambda_plus, lambda_max, phase, xmin
                             FROM layers ORDER BY model_id, layer_id""").df()
-    meta = pd.DataFrame(runs).set_index("model_id")
-    layers = layers[layers.model_id.isin(meta.index)].copy()
-    layers["model"] = layers.model_id.map(meta["model"])
-    layers["batch_size"] = layers.model_id.map(meta["batch_size"])
-    layers["seed"] = layers.model_id.map(meta["seed"])
+    # runs and dataset rows meet on the checkpoint's file name: the survey's local id is the path
+    # relative to the surveyed folder (hub/), or the absolute path in older datasets
+    def ckpt(model_id) -> str:
+        return Path(str(model_id)).name
+
+    meta = pd.DataFrame(runs).assign(ckpt=lambda f: f.model_id.map(ckpt)).set_index("ckpt")
+    models_df["ckpt"] = models_df.model_id.map(ckpt)
+    layers["ckpt"] = layers.model_id.map(ckpt)
+    layers = layers[layers.ckpt.isin(meta.index)].copy()
+    layers["model"] = layers.ckpt.map(meta["model"])
+    layers["batch_size"] = layers.ckpt.map(meta["batch_size"])
+    layers["seed"] = layers.ckpt.map(meta["seed"])
     enter = (layers.status == "success") & (layers.M != N_CLASSES) & (layers.num_evals >= MIN_EVALS_FOR_MEAN) \
         & layers.alpha.notna()
     layers["enters_mean"] = enter
     entered = layers[enter]
-    per_run = entered.groupby("model_id").agg(alpha=("alpha", "mean"), num_spikes=("num_spikes", "mean"),
-                                              mp_softrank=("mp_softrank", "mean"), n_layers=("alpha", "size"))
+    per_run = entered.groupby("ckpt").agg(alpha=("alpha", "mean"), num_spikes=("num_spikes", "mean"),
+                                          mp_softrank=("mp_softrank", "mean"), n_layers=("alpha", "size"))
     df = meta.join(per_run, how="left").reset_index()
-    df = df.merge(models_df[["model_id", "status", "alpha_all_layers"]], on="model_id", how="left")
+    df = df.merge(models_df[["ckpt", "status", "alpha_all_layers"]], on="ckpt", how="left")
     df["log2_bs"] = np.log2(df.batch_size)
 
     # ---- init reference (untrained weights, same seeds): hubscan.analyze directly

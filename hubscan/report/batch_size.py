@@ -124,10 +124,11 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
         layer = big_layer[model]
         curves = []
         for B, color in ((bmin, "tab:red"), (bmax, "tab:green")):
-            mid = str(out / "hub" / f"{model}_bs{B}_seed0.safetensors")
-            row = con.execute("SELECT evals FROM esd WHERE model_id = ? AND name = ?", [mid, layer]).fetchone()
-            lay = con.execute("SELECT alpha, xmin, lambda_plus FROM layers WHERE model_id = ? AND name = ?",
-                              [mid, layer]).fetchone()
+            name = f"{model}_bs{B}_seed0.safetensors"  # its id: relative to hub/ (or, older, absolute)
+            ids = [name, str(out / "hub" / name)]
+            row = con.execute("SELECT evals FROM esd WHERE model_id IN (?, ?) AND name = ?", [*ids, layer]).fetchone()
+            lay = con.execute("SELECT alpha, xmin, lambda_plus FROM layers WHERE model_id IN (?, ?) AND name = ?",
+                              [*ids, layer]).fetchone()
             if row is None:
                 continue
             curves.append((f"B={B} (alpha={fmt(lay[0], 2)})", np.asarray(row[0], float), color, lay))
