@@ -164,9 +164,9 @@ def test_cuda_without_gpu_refused(tmp_path):
 def test_help_has_examples_and_no_empty_choice():
     rc, out, _ = run_cli("analyze", "--help", columns=200)
     assert rc == 0 and "examples:" in out and "{none,xmin_peak,clip_xmax}" in out and "{," not in out
-    for cmd in ("survey", "sql", "accuracy", "correlate", "report"):
+    for cmd in ("survey", "sql", "compact", "migrate", "accuracy", "correlate", "report"):
         rc, out, _ = run_cli(cmd, "--help", columns=200)
-        assert rc == 0 and "examples:" in out, cmd
+        assert rc == 0 and re.search(r"^examples?:\n  hubscan " + cmd, out, re.M), cmd
         if cmd in ("accuracy", "correlate", "report"):
             assert re.search(r"--dataset DIR_OR_URL\s+\S", out) and "--storage-options" in out, cmd
     rc, out, _ = run_cli("report", "--help", columns=200)
