@@ -1,8 +1,9 @@
 """DuckDB over a survey dataset: views ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``.
 
-Each Delta table is registered in DuckDB as the ``pyarrow.dataset`` of its live files
-(``DeltaTable.to_pyarrow_dataset()``): lazy scans with projection and filter pushdown, on local
-disk or S3, with no DuckDB extension to download. ``as_of`` gives the tables as a survey left them
+Each Delta table's live files (from the Delta snapshot, never a glob: removed and uncommitted
+files are left out) become a DuckDB view: on local disk through DuckDB's built-in Parquet reader,
+on object stores as a registered ``pyarrow.dataset`` (lazy scans with projection and filter
+pushdown) — no DuckDB extension to download either way. ``as_of`` gives the tables as a survey left them
 (the table versions its ``surveys`` row recorded).
 """
 
@@ -72,14 +73,31 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
             source = data.arrow_dataset(table, versions.get(table))
         if source is None and table != "accuracy":
             continue  # no such table (yet): no view
-        if source is None:  # accuracy before any ingestion: an empty view with its columns, so joins still run
-            con.register(f"_{table}_arrow", TABLES[table].empty_table())
-        else:
-            con.register(f"_{table}_arrow", source)
-        where = " WHERE started_at <= $started" if table == "surveys" and as_of else ""
-        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _{table}_arrow"
-                    + (where.replace("$started", f"TIMESTAMPTZ '{started.isoformat()}'") if where else ""))
+        where = f" WHERE started_at <= TIMESTAMPTZ '{started.isoformat()}'" if table == "surveys" and as_of else ""
+        if source is not None and data.local and source.files:
+            body = _native_scan(con, table, source)
+        else:  # object stores (no DuckDB extension needed), or accuracy before any ingestion (empty view)
+            con.register(f"_{table}_arrow", source if source is not None else TABLES[table].empty_table())
+            body = f"SELECT * FROM _{table}_arrow"
+        con.execute(f"CREATE VIEW {table} AS {body}{where}")
     return con
+
+
+def _native_scan(con, table: str, source) -> str:
+    """The SELECT of a local table's live files through DuckDB's built-in Parquet reader (its
+    fastest path), in the Delta schema's column order; columns no file holds yet read as typed
+    NULLs; the partition column comes from the file paths (hive partitioning)."""
+    files = ", ".join("'" + f.replace("'", "''") + "'" for f in source.files)
+    scan = f"read_parquet([{files}], hive_partitioning=true, union_by_name=true)"
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {scan}").fetchall()}
+    missing = [f for f in source.schema if f.name not in have]
+    types = {}
+    if missing:
+        import pyarrow as pa
+        con.register(f"_{table}_missing", pa.schema(missing).empty_table())
+        types = {r[0]: r[1] for r in con.execute(f"DESCRIBE _{table}_missing").fetchall()}
+    cols = [f'"{f.name}"' if f.name in have else f'NULL::{types[f.name]} AS "{f.name}"' for f in source.schema]
+    return f"SELECT {', '.join(cols)} FROM {scan}"
 
 
 def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tuple[str, list[str]]]:

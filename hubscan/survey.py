@@ -187,7 +187,8 @@ def _status_of(exc: HubscanError) -> str:
 
 
 def _requests(client: HubClient) -> int:
-    """HTTP requests the hub client has made so far (0 when it does not count them)."""
+    """HTTP requests the hub client has made so far (0 when it does not count them): resolving and
+    listing calls, beside the weight reads the analysis summary counts."""
     counter = getattr(client, "total_requests", None)
     return int(counter()) if callable(counter) else 0
 
@@ -229,8 +230,9 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
             names = [r["name"] + (f":{r['part']}" if r["part"] else "") for r in result.rows]
             esd = esd_table([{**ident, "layer_id": r["layer_id"], "name": r["name"], "part": r["part"],
                               "evals": result.evals[n]} for r, n in zip(result.rows, names) if n in result.evals])
-    row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0,
-               requests=_requests(client) - requests0, attempts=attempts,
+    if row.get("requests") is None:  # the analysis summary counts its reads' requests when it can
+        row["requests"] = _requests(client) - requests0
+    row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
                options=json.dumps(dataclasses.asdict(opts), default=str))
     return {"models": rows_to_table([row], MODEL_SCHEMA), "layers": layers, "esd": esd, "row": row}
 
