@@ -175,8 +175,15 @@ def test_s3_concurrent_actors_killed_actor_and_killed_driver(s3, tmp_path):
             assert time.monotonic() - t0 < timeout and proc.poll() is None, "survey ended or stalled"
             time.sleep(0.3)
 
-    def workers():
-        return [p for p in psutil.process_iter(["cmdline"]) if any("_Worker" in c for c in p.info["cmdline"] or [])]
+    def workers():  # this survey's actors: descendants of its driver (the machine is shared)
+        out = []
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if any("_Worker" in c for c in p.cmdline()):
+                    out.append(p)
+            except psutil.Error:
+                pass
+        return out
     try:
         wait_for(lambda: len(ds.done()) >= 2)
         wait_for(lambda: len(workers()) >= 4)

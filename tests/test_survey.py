@@ -340,3 +340,14 @@ def test_survey_many_small_models_then_force(tmp_path, local_ray):
     assert all(len(ds.files(t)) <= max(1, n // 100) for t in ("models", "layers", "esd"))
     assert q(out, "SELECT min(survey_id) = max(survey_id), count(*) FROM models", as_of=s1["survey_id"]) == [(True, n)]
     assert q(out, "SELECT max(survey_id) FROM models")[0][0] == s2["survey_id"]
+
+
+def test_survey_where_every_model_failed_exits_nonzero(tmp_path, cases_dir, local_ray, capsys):
+    from hubscan.cli import main
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"{cases_dir / 'truncated.safetensors'}\n{cases_dir / 'malicious_pickle.pt'}\n")
+    out = tmp_path / "ds"
+    assert main(["survey", "--source", f"list:{listing}", "--out", str(out), "--actors", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "every model failed (2" in err[0], err
+    assert q(out, "SELECT num_failed, num_success FROM surveys") == [(2, 0)]  # the survey is still recorded

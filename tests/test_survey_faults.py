@@ -25,6 +25,8 @@ from test_survey import q  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 N_SLOW = 6
+# every model committed as it finishes (--flush-models 1), so that faults strike between commits;
+# tests/test_store_s3.py kills an actor and the driver with several models per data file
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +89,8 @@ def test_node_lost_mid_run_loses_no_model(slow_hub, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False)
         out = tmp_path / "ds"
         th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
-                                             progress=False, max_in_flight=2))
+                                             progress=False, max_in_flight=2,
+                                             flush_models=1))
         wait_for(lambda: n_models(out) >= 1)
         cluster.remove_node(victim)  # its actor dies with the model it was analyzing
         cluster.add_node(num_cpus=1)  # the autoscaler's replacement (the survey also finishes without it)
@@ -102,9 +105,16 @@ def test_node_lost_mid_run_loses_no_model(slow_hub, tmp_path):
 
 
 def _actor_pids():
+    """This test's analysis actors (descendants of this process: the machine is shared)."""
     import psutil
-    return [p for p in psutil.process_iter(["cmdline", "cpu_times"])
-            if any("_Worker" in part for part in (p.info["cmdline"] or []))]
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("_Worker" in part for part in p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
 
 
 def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
@@ -115,7 +125,8 @@ def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
     try:
         out = tmp_path / "ds"
         th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
-                                             progress=False, max_in_flight=2))
+                                             progress=False, max_in_flight=2,
+                                             flush_models=1))
         # kill an actor while it is busy (it has used CPU time beyond its start-up)
         def busy():
             return [p for p in _actor_pids() if p.cpu_times().user > 3.0]
@@ -136,7 +147,7 @@ def test_killed_driver_then_rerun_completes_without_duplicates(slow_hub, tmp_pat
     out = tmp_path / "ds"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{slow_hub}", "--out", str(out),
-           "--actors", "2", "--no-progress"]
+           "--actors", "2", "--no-progress", "--flush-models", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -217,7 +228,7 @@ def test_ctrl_c_stops_cleanly(slow_hub, tmp_path):
     out = tmp_path / "ds"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{slow_hub}",
-                             "--out", str(out), "--actors", "1", "--no-progress"],
+                             "--out", str(out), "--actors", "1", "--no-progress", "--flush-models", "1"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: n_models(out) >= 1, timeout=300)
     proc.send_signal(signal.SIGINT)
