@@ -13,7 +13,8 @@ import json
 
 from hubscan.store import TABLES, Dataset
 
-VIEWS = tuple(TABLES)  # models, layers, esd, surveys, accuracy, lineage, deltas
+#: One DuckDB view per table of the dataset.
+VIEWS = tuple(TABLES)
 
 
 def survey_versions(data: Dataset, survey_id: str) -> tuple[dict[str, int], object]:

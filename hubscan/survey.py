@@ -43,7 +43,7 @@ from hubscan.errors import GatedModelError, HubscanError, NoWeightsError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
 from hubscan.schema import DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SURVEY_SCHEMA
-from hubscan.store import DEFAULT_RETENTION_HOURS, Dataset, config_hash, esd_table, model_key, rows_to_table
+from hubscan.store import DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, esd_table, model_key, rows_to_table
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("hubscan.progress")
@@ -604,7 +604,7 @@ class Survey:
             return {}
         if config.compact and not self.interrupted and sum(self.counts.values()):
             self.dataset.compact(WRITE_ORDER, retention_hours=config.retention_hours, survey_id=self.survey_id)
-        versions = {t: v for t in ("models", "layers", "esd", "accuracy")
+        versions = {t: v for t in TABLES if t != "surveys"
                     if (v := self.dataset.version(t)) is not None}
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
                "source": config.source, "filters": json.dumps(config.filters, default=str),
