@@ -22,7 +22,7 @@ from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
 from hubscan.esd.mp import fit_mp
-from hubscan.esd.phases import classify_phase
+from hubscan.esd.phases import classify_phase, element_tail_index
 from hubscan.esd.select import LayerFilter
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
@@ -40,7 +40,7 @@ FEW_EVALS = 20
 
 #: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
 #: so datasets written before they existed keep their hashes (and are not re-analyzed).
-ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers")
+ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers", "farms")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,9 @@ class AnalyzeOptions:
         ``fit_quality``.
     layers : str
         Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer.
+    farms : bool
+        Also fit the FARMS ESD of fixed-aspect-ratio submatrices (:mod:`hubscan.esd.farms`), columns
+        ``farms_alpha`` / ``farms_num_windows`` (2-D matrices only).
     """
 
     device: str = "cpu"
@@ -105,6 +108,7 @@ class AnalyzeOptions:
     alpha_ci_samples: int = 100
     ks_pvalue: int = 0
     layers: str = ""
+    farms: bool = False
 
 
 @dataclasses.dataclass
@@ -306,6 +310,12 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
             caution = f"few eigenvalues: fit on {len(esd.evals)} (< {FEW_EVALS}), alpha unreliable"
             row["reason"] = "; ".join(r for r in (row["reason"], caution) if r)
             log.warning("%s: %s", plan.name, caution)
+    if options.farms and slices.shape[0] == 1:
+        from hubscan.esd.farms import farms_esd
+        W = tensor if tensor.dim() == 2 and not plan.part else slices[0]
+        fev, windows = farms_esd(W)
+        ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
+        row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
     if options.randomize:
         gen = torch.Generator().manual_seed(options.seed)
         flat = slices.reshape(-1)
@@ -314,9 +324,10 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
                            precision=options.precision)
         row["rand_distance"] = rand_distance(esd.evals, rand.evals)
     if mp is not None:
-        row["phase"] = classify_phase(num_evals=len(esd.evals), rank_loss=esd.rank_loss, alpha=row["alpha"],
-                                      num_spikes=mp.num_spikes, lambda_max=esd.evals[-1],
-                                      lambda_plus=mp.lambda_plus)
+        row["element_mu"] = element_tail_index(slices)
+        row["phase"] = classify_phase(evals=esd.evals, rank_loss=esd.rank_loss, alpha=row["alpha"],
+                                      num_spikes=mp.num_spikes, lambda_plus=mp.lambda_plus,
+                                      element_mu=row["element_mu"])
     elif options.mp_fit:
         row["phase"] = "rank-collapse"  # all eigenvalues zero
     return esd.evals

@@ -1,67 +1,48 @@
-"""The 5+1 phases of training (Martin & Mahoney, JMLR 2021, §5): synthetic matrices of each kind
-are classified as their phase by :func:`hubscan.esd.phases.classify_phase` through the full
-engine (eigenvalues → power-law fit → MP fit → rules)."""
+"""The 5+1 phases of training (Martin & Mahoney, JMLR 2021, §5): simulated ensembles of each phase
+(:mod:`hubscan.esd.ensembles`) are classified through the full engine (eigenvalues → power-law fit →
+MP fit → element tail index → rules of :mod:`hubscan.esd.phases`).
+
+This is the reduced version of ``jobs/calibrate_phases.py`` (which writes ``docs/phases.md`` over
+1000×500 … 4000×2000 and 5 seeds): the smallest size, 2 seeds, every scored ensemble. Every
+threshold sits between the feature ranges of the ensembles it separates (docs/phases.md), so each
+matrix is expected to land in its phase.
+"""
 
 import numpy as np
 import pytest
-import torch
 
-from hubscan.esd.eigen import compute_esd
-from hubscan.esd.mp import fit_mp
-from hubscan.esd.phases import PHASES, classify_phase
-from hubscan.esd.powerlaw import fit_powerlaw
+from hubscan.esd.ensembles import ENSEMBLES, UNSCORED, classify_matrix, pareto, student_t
+from hubscan.esd.phases import PHASES, element_tail_index
 
-N, M = 2000, 500
+N, M = 1000, 500
+SCORED = sorted(n for n in ENSEMBLES if n not in UNSCORED)
 
 
-def phase_of(W: np.ndarray) -> str:
-    esd = compute_esd(torch.from_numpy(W))
-    fit = fit_powerlaw(esd.evals)
-    mp = fit_mp(esd.evals, *sorted(W.shape, reverse=True))
-    return classify_phase(num_evals=len(esd.evals), rank_loss=esd.rank_loss, alpha=fit.alpha,
-                          num_spikes=mp.num_spikes, lambda_max=esd.evals[-1], lambda_plus=mp.lambda_plus)
-
-
-def _gauss(seed):
-    return np.random.default_rng(seed).standard_normal((N, M))
-
-
-def _planted(seed, rank, strength):
-    rng = np.random.default_rng(seed + 100)
-    U = np.linalg.qr(rng.standard_normal((N, rank)))[0]
-    V = np.linalg.qr(rng.standard_normal((M, rank)))[0]
-    return _gauss(seed) + strength * (N * M) ** 0.25 * U @ V.T
-
-
-CASES = {
-    "random-like": lambda s: _gauss(s),
-    # a few strong, well separated spikes (spiked covariance far above the BBP threshold)
-    "bulk+spikes": lambda s: _planted(s, 3, 6.0),
-    # many weak directions just above the BBP threshold: eigenmass just past the bulk edge
-    "bleeding-out": lambda s: _planted(s, 20, 1.3),
-    # moderately heavy tails: Student-t entries, tail index 2 < mu < 4 ... alpha in (2, 4]
-    "heavy-tailed": lambda s: np.random.default_rng(s).standard_t(2.0, (N, M)),
-    # very heavy tails: Pareto tail index 1 → alpha ≈ 1.5
-    "heavy-tailed-very": lambda s: (np.random.default_rng(s).pareto(1.0, (N, M)) + 1)
-    * np.random.default_rng(s + 1).choice([-1.0, 1.0], (N, M)),
-    # weakly heavy-tailed: a decaying spread of column scales, alpha > 4, many eigenvalues past the edge
-    "bulk-decay": lambda s: _gauss(s) * (np.arange(1, M + 1) / M) ** -0.17,
-    "rank-collapse": lambda s: np.random.default_rng(s).standard_normal((N, M // 2))
-    @ np.random.default_rng(s + 1).standard_normal((M // 2, M)),
-}
-
-
-@pytest.mark.parametrize("kind", sorted(CASES))
+@pytest.mark.parametrize("name", SCORED)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_phase(kind, seed):
-    expected = kind.replace("-very", "")
+def test_phase(name, seed):
+    expected, gen = ENSEMBLES[name]
     assert expected in PHASES
-    assert phase_of(CASES[kind](seed)) == expected
+    got = classify_matrix(gen(N, M, seed))
+    assert got["phase"] == expected, got
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_iid_heavy_tailed_never_bulk_spikes(seed):
+    """The issue's cases: ±Pareto μ = 2.5 and Student-t ν = 3 at the largest size too."""
+    for W in (pareto(2000, 1000, seed + 10, 2.5), student_t(2000, 1000, seed + 10, 3.0)):
+        assert classify_matrix(W)["phase"] == "heavy-tailed"
 
 
 def test_decreasing_tail_index_moves_towards_heavy_tailed():
     """Student-t entries: lighter tails look random, heavier ones heavy-tailed (alpha falls with mu)."""
     rng = np.random.default_rng(5)
-    phases = [phase_of(rng.standard_t(df, (N, M))) for df in (30.0, 2.0, 1.0)]
+    phases = [classify_matrix(rng.standard_t(df, (N, M)))["phase"] for df in (30.0, 2.0, 1.0)]
     assert phases[0] == "random-like"
     assert phases[1:] == ["heavy-tailed", "heavy-tailed"]
+
+
+def test_element_tail_index_recovers_mu():
+    for mu in (1.5, 2.5, 3.5):
+        assert element_tail_index(pareto(2000, 1000, 0, mu)) == pytest.approx(mu, rel=0.05)
+    assert element_tail_index(np.random.default_rng(0).standard_normal((2000, 1000))) > 6
