@@ -5,11 +5,11 @@ shape; hubscan pairs by exact name and shape):
 
 * a model tensor whose name the base also holds, with the same shape → one entry, same name, whose
   tensor is ΔW = W − W_base in float64; with the same shape transposed, ΔW = W − W_baseᵀ;
-* a model tensor the base lacks, or whose shape differs → a :class:`SkippedEntry` ("no tensor of
-  this name in the base model" / "shape … differs from the base's …"): one row, skipped, never
-  analyzed as a plain W among deltas (WW analyzes such layers as W, mixing W and ΔW rows);
-* a base tensor the model lacks → a :class:`SkippedEntry` named ``<name>`` with "only in the base
-  model" (so every tensor of both models ends in exactly one row).
+* a model tensor the base lacks, or whose shape differs → the entry with a ``skip_reason`` ("no
+  tensor of this name in the base model" / "shape … differs from the base's …"): one row, skipped,
+  never analyzed as a plain W among deltas (WW analyzes such layers as W, mixing W and ΔW rows);
+* a base tensor the model lacks → its entry with ``skip_reason`` "only in the base model" (so every
+  tensor of both models ends in exactly one row).
 
 Streaming: the base's entries are listed (headers only); a base tensor is read when its partner is,
 so memory stays at about one tensor of each model plus ΔW.
@@ -33,13 +33,6 @@ import numpy as np
 import torch
 
 from hubscan.weights.base import TensorEntry, WeightSet
-
-
-@dataclasses.dataclass(frozen=True)
-class SkippedEntry(TensorEntry):
-    """A tensor that gets a skipped row with ``skip_reason`` instead of an analysis."""
-
-    skip_reason: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,16 +86,14 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
     seen = set()
 
     def pair(e: TensorEntry) -> TensorEntry:
-        if e.skip_reason is not None:
-            return e  # known unreadable (a layout hubscan does not decode): its own skipped row
+        if e.skip_reason is not None or len(e.shape) < 2:
+            return e  # a layout hubscan does not decode (its own skipped row), or a vector (no row)
         b = base_entries.get(e.name)
         if b is None:
-            return SkippedEntry(e.name, e.shape, e.dtype, e.file, e.load,
-                                skip_reason="no tensor of this name in the base model")
+            return dataclasses.replace(e, skip_reason="no tensor of this name in the base model")
         shape, bshape = tuple(e.shape), tuple(b.shape)
         if bshape != shape and not (len(shape) == 2 and bshape == shape[::-1]):
-            return SkippedEntry(e.name, e.shape, e.dtype, e.file, e.load,
-                                skip_reason=f"shape {list(shape)} differs from the base's {list(bshape)}")
+            return dataclasses.replace(e, skip_reason=f"shape {list(shape)} differs from the base's {list(bshape)}")
         extras: dict = {}
 
         def load():
@@ -115,16 +106,16 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
                 extras.update(distances(d, Wb))
             return d
 
-        return DeltaEntry(e.name, e.shape, e.dtype, e.file, load, companions=e.companions, layout=e.layout,
-                          extras=extras)
+        fields = {f.name: getattr(e, f.name) for f in dataclasses.fields(TensorEntry)}
+        return DeltaEntry(**dict(fields, load=load), extras=extras)
 
     def entries() -> Iterator[TensorEntry]:
         for e in resolve_layouts(model.entries()):
             seen.add(e.name)
             yield pair(e)
         for name, b in base_entries.items():
-            if name not in seen:
-                yield SkippedEntry(name, b.shape, b.dtype, b.file, b.load, skip_reason="only in the base model")
+            if name not in seen and not b.skip_reason and len(b.shape) >= 2:
+                yield dataclasses.replace(b, skip_reason="only in the base model")
 
     def close() -> None:
         model.close()
