@@ -74,7 +74,13 @@ def main() -> int:
                ("rank_loss_frac", "alpha", "num_spikes", "lmax_lp", "near_edge", "element_mu")]
         lines.append(f"| {name} | " + " | ".join(rng) + " |")
     lines += ["", f"Acceptance (≥ 90 % per scored ensemble, no heavy-tailed ensemble as bulk+spikes): "
-              f"{'met' if ok else 'NOT met'}.", ""]
+              f"{'met' if ok else 'NOT met'}.", "",
+              "Reading the margins: the theory-given thresholds (TW margin, μ < 4, α ≤ 1.21·4 − 0.03) are not "
+              "tuned; where the ensembles come closest to one, the table shows it — column decay's alpha sits just "
+              "above 4.81, Pareto μ = 3.5's element tail index just below 4 (that ensemble is MP-like at these "
+              "sizes and not scored). Thresholds fitted here: BLEED_RATIO (between the bleeding-out ensembles' "
+              "lmax_lp and every other ensemble's with outliers), NEAR_EDGE_TOLERANCE (strong-spike ensembles vs "
+              "bulk-decay), RANK_COLLAPSE_FRAC (0 vs 0.5).", ""]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))

@@ -2,7 +2,7 @@
 
 Checked once against the authors' code (github.com/HUST-AI-HYZ/FARMS @ 8e07c3f,
 ``LLM_Pruning/lib/sampling.py`` ``fixed_sampling`` with their defaults 100 / 2.0 / 10 and
-``esd_utils_farms.analysis_esd`` with ``fix_fingers=None``, ``filter_zeros=True``) on the 38
+``esd_utils_farms.analysis_esd`` with ``fix_fingers=None``, ``filter_zeros=True``) on the 39
 matrices of all-MiniLM-L6-v2 with M ≥ 8 and four random shapes (tall, wide, narrower than a window):
 pooled eigenvalues equal to 6.9e-15 relative, alpha to 1.7e-6 (their alphas are stored in float32).
 The two random-matrix alphas the published code gave are the reference values below; the repository
