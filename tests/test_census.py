@@ -215,3 +215,15 @@ def test_cli_survey_lineage_and_analyze_base_agree(hub, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["survey", "--source", "hf", "--lineage", "tree/base", "--relations", "finetune,distill", "--out", out])
     assert "distill" in capsys.readouterr().err
+
+
+def test_larger_finetune_lr_changes_alpha_more(tmp_path):
+    """README's measurement at 3 seeds: |Δα| of the hidden layers larger at lr 0.1 than at 0.01 in every
+    seed, both towards smaller α, and ‖ΔW‖/‖W‖ larger too."""
+    from hubscan.demo.tree import lr_effect
+
+    r = lr_effect(tmp_path, seeds=(0, 1, 2))
+    assert r["larger_in"] == 3 and r["n"] == 3
+    lo, hi = r["summary"][0.01], r["summary"][0.1]
+    assert hi["delta_alpha"][0] < lo["delta_alpha"][0] < 0
+    assert hi["delta_W_rel"][0] > 3 * lo["delta_W_rel"][0]

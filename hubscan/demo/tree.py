@@ -328,8 +328,22 @@ def lr_effect(work: str | os.PathLike, *, seeds=(0, 1, 2, 3, 4), lrs=(0.01, 0.1)
             "n": len(seeds)}
 
 
-if __name__ == "__main__":  # pragma: no cover - a demo entry point
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m hubscan.demo.tree DIR")
-    for n in build_tree(sys.argv[1]):
+def main(argv: list[str]) -> int:
+    """``python -m hubscan.demo.tree DIR`` (write the tree) or ``DIR --lr-effect [SEEDS]`` (README's table)."""
+    if not argv or argv[0].startswith("-") or (len(argv) > 1 and argv[1] != "--lr-effect") or len(argv) > 3:
+        print("usage: python -m hubscan.demo.tree DIR [--lr-effect [SEEDS]]", file=sys.stderr)
+        return 2
+    if len(argv) > 1:
+        r = lr_effect(argv[0], seeds=tuple(range(int(argv[2]) if len(argv) > 2 else 10)))
+        for lr, stats in r["summary"].items():
+            print(f"lr {lr}: " + ", ".join(f"{k} {m:+.4f} ± {sd:.4f}" for k, (m, sd) in stats.items()))
+        print(f"|Δα| larger at the larger lr in {r['larger_in']} of {r['n']} seeds; "
+              f"paired one-sided Wilcoxon p = {r['wilcoxon_p']:.2g}")
+        return 0
+    for n in build_tree(argv[0]):
         print(f"{n.repo_id:22s} {n.relation or 'root':10s} acc {n.accuracy:.3f}  <- {', '.join(n.parents) or '-'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - a demo entry point
+    sys.exit(main(sys.argv[1:]))
