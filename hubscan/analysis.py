@@ -40,7 +40,7 @@ FEW_EVALS = 20
 
 #: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
 #: so datasets written before they existed keep their hashes (and are not re-analyzed).
-ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers", "farms")
+ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers", "farms", "vectors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +88,8 @@ class AnalyzeOptions:
     farms : bool
         Also fit the FARMS ESD of fixed-aspect-ratio submatrices (:mod:`hubscan.esd.farms`), columns
         ``farms_alpha`` / ``farms_num_windows`` (2-D matrices only).
+    vectors : bool
+        Eigenvector localization metrics, WW's ``vectors=True`` (:mod:`hubscan.esd.vectors`).
     """
 
     device: str = "cpu"
@@ -109,6 +111,7 @@ class AnalyzeOptions:
     ks_pvalue: int = 0
     layers: str = ""
     farms: bool = False
+    vectors: bool = False
 
 
 @dataclasses.dataclass
@@ -310,6 +313,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
             caution = f"few eigenvalues: fit on {len(esd.evals)} (< {FEW_EVALS}), alpha unreliable"
             row["reason"] = "; ".join(r for r in (row["reason"], caution) if r)
             log.warning("%s: %s", plan.name, caution)
+    if options.vectors and fit.status == "success":
+        from hubscan.esd.vectors import vector_metrics
+        row.update(vector_metrics(slices, fit.num_pl_spikes))
     if options.farms and slices.shape[0] == 1:
         from hubscan.esd.farms import farms_esd
         W = tensor if tensor.dim() == 2 and not plan.part else slices[0]

@@ -171,6 +171,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--farms", action="store_true",
                    help="also fit FARMS alpha (ESD of fixed-aspect-ratio submatrices, Hu et al. ICML 2025): "
                         "column farms_alpha")
+    g.add_argument("--vectors", action="store_true",
+                   help="eigenvector localization metrics of bulk and tail (WW vectors=True): 12 columns; "
+                        "one more eigendecomposition per layer")
     g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
                    help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d), "
                         "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
@@ -210,7 +213,7 @@ def _options(args):
                           mp_fit=args.mp_fit, randomize=args.randomize, split_fused=args.split_fused,
                           conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals,
                           alpha_ci=args.alpha_ci, alpha_ci_samples=args.alpha_ci_samples, ks_pvalue=args.ks_pvalue,
-                          layers=args.layers, farms=args.farms)
+                          layers=args.layers, farms=args.farms, vectors=args.vectors)
 
 
 def _console(args=None, *, stderr: bool = False):
