@@ -332,7 +332,8 @@ class Dataset:
         return actions
 
     def commit(self, table: str, adds: list, *, replace: tuple[str, Iterable] | None = None,
-               survey_id: str | None = None, operation: str | None = None) -> int | None:
+               survey_id: str | None = None, operation: str | None = None,
+               fresh: set[str] | None = None) -> int | None:
         """Commit added files (and a replace) to a table in one Delta transaction.
 
         Parameters
@@ -347,6 +348,9 @@ class Dataset:
             Recorded in the commit's metadata (``hubscan.survey_id``).
         operation : str, optional
             Recorded in the commit's metadata (``hubscan.operation``).
+        fresh : set of str, optional
+            Paths of live files known to hold none of the replaced keys (files the caller added
+            itself since): not scanned for them.
 
         Returns
         -------
@@ -370,7 +374,7 @@ class Dataset:
         self._evolve(dt, schema)
         actions = list(adds)
         if keys:
-            actions += self._replace_actions(table, dt, replace[0], keys)
+            actions += self._replace_actions(table, dt, replace[0], keys, fresh or set())
         if not actions:
             return None
         meta = {k: v for k, v in {"hubscan.survey_id": survey_id, "hubscan.operation": operation}.items() if v}
@@ -404,7 +408,7 @@ class Dataset:
             log.info("%s: adding columns %s", dt.table_uri, ", ".join(f.name for f in missing))
             dt.alter.add_columns(DeltaSchema.from_arrow(pa.schema(missing)).fields)
 
-    def _replace_actions(self, table: str, dt, column: str, keys: set) -> list:
+    def _replace_actions(self, table: str, dt, column: str, keys: set, fresh: set[str]) -> list:
         """Remove actions for the live files holding rows of ``keys``, and add actions for a
         rewrite of those files' other rows."""
         import pyarrow.compute as pc
@@ -417,6 +421,8 @@ class Dataset:
         actions, kept = [], []
         now = int(time.time() * 1000)
         for row, path, expr in self._live_files(table, dt):
+            if row["path"] in fresh:
+                continue
             frag = fmt.make_fragment(path, filesystem=self.fs, partition_expression=expr)
             hit = frag.to_table(columns=[column], schema=schema).column(column)
             if not pc.any(pc.is_in(hit, value_set=value_set)).as_py():

@@ -375,6 +375,7 @@ class Survey:
         self.counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
         self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
         self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
+        self.fresh: dict[str, set] = {t: set() for t in WRITE_ORDER}  # files this survey committed
         self.driver_rows = None  # RowBuffer of rows the driver writes itself (unresolvable models …)
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
@@ -589,8 +590,10 @@ class Survey:
             adds = [a for b in batches for a in b["adds"].get(table, [])]
             replace = keys & self.replace[table]
             self.dataset.commit(table, adds, replace=("model_key", replace) if replace else None,
-                                survey_id=self.survey_id)
+                                survey_id=self.survey_id, fresh=self.fresh[table])
             self.replace[table] -= replace
+            if self.replace[table]:  # still models to replace: their old rows are not in our own files
+                self.fresh[table].update(a.path for a in adds)
         for r in rows:
             self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
             self.stats["bytes_read"] += int(r.get("bytes_read") or 0)

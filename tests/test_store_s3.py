@@ -157,7 +157,6 @@ def test_s3_concurrent_actors_killed_actor_and_killed_driver(s3, tmp_path):
     leaves only the referenced files in the bucket."""
     import json
     import signal
-    import psutil
     from hubscan.survey import SurveyConfig, survey
 
     n_tiny, n_slow = 40, 4
@@ -175,15 +174,9 @@ def test_s3_concurrent_actors_killed_actor_and_killed_driver(s3, tmp_path):
             assert time.monotonic() - t0 < timeout and proc.poll() is None, "survey ended or stalled"
             time.sleep(0.3)
 
-    def workers():  # this survey's actors: descendants of its driver (the machine is shared)
-        out = []
-        for p in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                if any("_Worker" in c for c in p.cmdline()):
-                    out.append(p)
-            except psutil.Error:
-                pass
-        return out
+    def workers():  # this survey's actors: descendants of its driver
+        from test_survey_faults import _actor_pids
+        return _actor_pids(proc.pid)
     try:
         wait_for(lambda: len(ds.done()) >= 2)
         wait_for(lambda: len(workers()) >= 4)

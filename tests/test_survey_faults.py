@@ -104,11 +104,11 @@ def test_node_lost_mid_run_loses_no_model(slow_hub, tmp_path):
         cluster.shutdown()
 
 
-def _actor_pids():
-    """This test's analysis actors (descendants of this process: the machine is shared)."""
+def _actor_pids(root: int | None = None):
+    """The analysis actors under process ``root`` (default: this one) — the machine is shared."""
     import psutil
     out = []
-    for p in psutil.Process().children(recursive=True):
+    for p in psutil.Process(root).children(recursive=True):
         try:
             if any("_Worker" in part for part in p.cmdline()):
                 out.append(p)
