@@ -255,3 +255,24 @@ def test_cli_base_option(trained, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["ft_dir"]), "--base",
                            str(tmp_path / "nope")], capture_output=True, text=True)
     assert proc.returncode != 0 and "nope" in proc.stderr and "Error" not in proc.stderr
+
+
+def test_base_deltas_through_the_hub(trained, tmp_path):
+    """Both models from the (loopback) Hub, or one from the Hub and one local: the same rows as local."""
+    from hub_server import FakeHub, isolated_hf_client
+
+    from hubscan.hub import HubClient
+
+    local = {r["name"]: r for r in hubscan.analyze(trained["ft_dir"], base=trained["base_dir"]).rows}
+    with isolated_hf_client(tmp_path / "hfcache"), FakeHub() as hub:
+        hub.add_model_from_dir("org/base", trained["base_dir"])
+        hub.add_model_from_dir("org/ft", trained["ft_dir"])
+        client = HubClient(endpoint=hub.endpoint, max_retries=1, backoff=0.1, cache_dir=None)
+        for model, base in (("hf:org/ft", "hf:org/base"), ("hf:org/ft", trained["base_dir"]),
+                            (trained["ft_dir"], "hf:org/base")):
+            res = hubscan.analyze(model, base=base, client=client)
+            got = {r["name"]: r for r in res.rows}
+            assert set(got) == set(local) and res.summary["status"] == "success"
+            for name, r in got.items():
+                for col in ("alpha", "lambda_max", "delta_W", "delta_W_rel", "delta_spectral_rel"):
+                    assert r[col] == pytest.approx(local[name][col], rel=1e-12, nan_ok=True), (model, base, name, col)
