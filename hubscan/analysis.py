@@ -20,12 +20,12 @@ import torch
 from hubscan.errors import HubscanError, NoWeightsError, SkippedTensor
 from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
-from hubscan.esd.metrics import layer_metrics, rand_distance, summarize
+from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
-from hubscan.esd.phases import classify_phase, element_tail_index
 from hubscan.esd.select import LayerFilter
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
+from hubscan.records import EsdRecord, LayerRecord
 from hubscan.refs import ModelRef, parse_ref
 from hubscan.weights import open_weights
 from hubscan.weights.base import TensorEntry, WeightSet
@@ -122,15 +122,17 @@ class AnalysisResult:
     ----------
     source : str
         The path or reference analyzed.
-    rows : list of dict
-        One row per matrix (columns of :data:`hubscan.schema.LAYER_SCHEMA`).
+    rows : list of LayerRecord
+        One typed record per matrix (:class:`hubscan.records.LayerRecord`; also a mapping of its
+        columns, ``row["alpha"]``).
     summary : dict
         :func:`hubscan.esd.metrics.summarize` of the rows, plus ``status`` (``success`` /
         ``incomplete`` / ``failed``), ``reason``, ``missing`` and ``seconds``.
     missing : list of (str, str)
         Tensors the model names but that could not be read, with the reason.
     evals : dict of str to ndarray
-        ``"name"`` or ``"name:part"`` → float64 eigenvalues, when ``keep_evals``.
+        ``"name"`` or ``"name:part"`` (:func:`hubscan.records.part_key`) → float64 eigenvalues,
+        when ``keep_evals``.
     files, format : list of str, str
         The weight files read and their format.
     ref : ModelRef or None
@@ -150,24 +152,20 @@ class AnalysisResult:
     metadata: dict = dataclasses.field(default_factory=dict)
 
     def to_arrow(self):
-        """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA`."""
-        import pyarrow as pa
-        from hubscan.schema import LAYER_SCHEMA
-        cols = {f.name: [_arrow_value(r.get(f.name)) for r in self.rows] for f in LAYER_SCHEMA}
-        return pa.Table.from_pydict(cols, schema=LAYER_SCHEMA)
+        """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA` (converted by
+        :func:`hubscan.schema.rows_to_table`, the one converter)."""
+        from hubscan.schema import rows_to_table
+        return rows_to_table(self.rows, "analysis")
 
     def to_pandas(self):
         """The rows as a ``pandas.DataFrame`` (same columns and order as :meth:`to_arrow`)."""
         return self.to_arrow().to_pandas()
 
-
-def _arrow_value(v):
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-        return None if isinstance(v, float) and math.isnan(v) else v
-    return v
+    def esd_records(self) -> list[EsdRecord]:
+        """The kept eigenvalues as ``esd`` records (float32), in row order; empty without
+        ``keep_evals``."""
+        return [EsdRecord(layer_id=r.layer_id, name=r.name, part=r.part, evals=self.evals[r.key].astype(np.float32))
+                for r in self.rows if r.key in self.evals]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -196,9 +194,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
 
     Yields
     ------
-    (row, evals)
-        One per matrix (1-D tensors yield nothing): the row dict, and the eigenvalues (float64,
-        ascending) or None when skipped / failed.
+    (LayerRecord, evals)
+        One per matrix (1-D tensors yield nothing): the layer's record, and the eigenvalues
+        (float64, ascending) or None when skipped / failed.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -249,7 +247,6 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             for plan in plans:
                 row = _base_row(layer_id, entry, plan, device)
                 if plan.skip_reason is not None:
-                    row.update(status="skipped", reason=plan.skip_reason)
                     if not plan.understood and unread is not None:
                         unread.append((entry.name, plan.skip_reason))
                     yield row, None
@@ -267,10 +264,10 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                     continue
                 except Exception as exc:  # one bad layer never stops the others
                     log.warning("%s: %s", entry.name, _one_line(exc))
-                    row.update(status="failed", reason=_one_line(exc), seconds=time.perf_counter() - t0)
+                    row.status, row.reason, row.seconds = "failed", _one_line(exc), time.perf_counter() - t0
                     yield row, None
                     continue
-                row["seconds"] = time.perf_counter() - t0
+                row.seconds = time.perf_counter() - t0
                 yield row, evals
             del tensor, fut
     finally:
@@ -278,22 +275,18 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> dict:
-    from hubscan.schema import LAYER_COLUMNS
-    skipped = plan.skip_reason is not None
-    return {**dict.fromkeys(LAYER_COLUMNS), "alpha": math.nan,
-        "layer_id": layer_id, "name": entry.name, "part": plan.part, "layer_type": plan.layer_type,
-        "shape": list(entry.shape), "dtype": entry.dtype, "companions": list(entry.companions),
-        "N": None if skipped else plan.N, "M": None if skipped else plan.M,
-        "Q": None if skipped else plan.Q, "rf": None if skipped else plan.rf,
-        "status": "skipped" if skipped else "success", "warning": "",
-        "reason": f"dequantized ({entry.layout})" if entry.layout and not skipped else "",
-        "eig_method": None, "device": None if skipped else str(device),
-    }
+def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> LayerRecord:
+    common = dict(layer_id=layer_id, name=entry.name, part=plan.part, layer_type=plan.layer_type,
+                  shape=list(entry.shape), dtype=entry.dtype, companions=list(entry.companions),
+                  metrics={"alpha": math.nan})
+    if plan.skip_reason is not None:
+        return LayerRecord(**common, status="skipped", reason=plan.skip_reason)
+    return LayerRecord(**common, N=plan.N, M=plan.M, Q=plan.Q, rf=plan.rf, device=str(device),
+                       reason=f"dequantized ({entry.layout})" if entry.layout else "")
 
 
-def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device, row: dict,
-                  rank: int = 0) -> np.ndarray:
+def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device,
+                  row: LayerRecord, rank: int = 0) -> np.ndarray:
     slices = plan.extract(tensor)
     esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
     if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
@@ -303,15 +296,22 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     mp = None
     if options.mp_fit and esd.evals[-1] > 0:
         mp = fit_mp(esd.evals, plan.N, plan.M)
-    row.update(layer_metrics(esd, fit, mp))
-    row["eig_method"] = esd.method
+    rand_evals = None
+    if options.randomize:
+        gen = torch.Generator().manual_seed(options.seed)
+        flat = slices.reshape(-1)
+        shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
+        rand_evals = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
+                                 precision=options.precision).evals
+    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
+    row.eig_method = esd.method
     if fit.status != "success":
-        row.update(status="failed", reason=fit.reason)
+        row.status, row.reason = "failed", fit.reason
     else:
         _add_uncertainty(esd.evals, fit, options, row)
         if len(esd.evals) < FEW_EVALS:
             caution = f"few eigenvalues: fit on {len(esd.evals)} (< {FEW_EVALS}), alpha unreliable"
-            row["reason"] = "; ".join(r for r in (row["reason"], caution) if r)
+            row.reason = "; ".join(r for r in (row.reason, caution) if r)
             log.warning("%s: %s", plan.name, caution)
     if options.vectors and fit.status == "success":
         from hubscan.esd.vectors import vector_metrics
@@ -322,24 +322,10 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         fev, windows = farms_esd(W)
         ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
         row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
-    if options.randomize:
-        gen = torch.Generator().manual_seed(options.seed)
-        flat = slices.reshape(-1)
-        shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
-        rand = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
-                           precision=options.precision)
-        row["rand_distance"] = rand_distance(esd.evals, rand.evals)
-    if mp is not None:
-        row["element_mu"] = element_tail_index(slices)
-        row["phase"] = classify_phase(evals=esd.evals, rank_loss=esd.rank_loss, alpha=row["alpha"],
-                                      num_spikes=mp.num_spikes, lambda_plus=mp.lambda_plus,
-                                      element_mu=row["element_mu"])
-    elif options.mp_fit:
-        row["phase"] = "rank-collapse"  # all eigenvalues zero
     return esd.evals
 
 
-def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: dict) -> None:
+def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: LayerRecord) -> None:
     from hubscan.esd.uncertainty import alpha_bootstrap_ci, fit_quality, ks_pvalue
     if options.alpha_ci:
         ci = alpha_bootstrap_ci(evals, fit.xmin, level=options.alpha_ci, samples=options.alpha_ci_samples,
@@ -481,7 +467,7 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
         for row, ev in analyze_entries(entries, options, shapes, unread=unread):
             rows.append(row)
             if options.keep_evals and ev is not None:
-                evals[row["name"] + (f":{row['part']}" if row["part"] else "")] = ev
+                evals[row.key] = ev
         missing = list(ws.missing)
     if not rows and not missing:
         raise NoWeightsError(source, "no weight tensors (no tensor with 2 or more dimensions)")

@@ -35,7 +35,6 @@ from typing import Iterable
 
 from hubscan.analysis import AnalysisResult, AnalyzeOptions, analyze, open_with_base
 from hubscan.hub import HubClient
-from hubscan.schema import DELTAS_SCHEMA, LINEAGE_SCHEMA
 from hubscan.sources.lineage import RELATIONS, Edge, Tree, enumerate_lineage
 from hubscan.store import Dataset, config_hash, model_key, rows_to_table
 from hubscan.weights.base import TensorEntry, WeightSet
@@ -221,7 +220,7 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
                 "parent": e.parent, "relation": e.relation, "depth": e.depth, "found_by": e.found_by,
                 "child_revision": rev[e.child], "parent_revision": rev[e.parent], "survey_id": survey_id}
                for e in tree.edges]
-    ds.write("lineage", rows_to_table(lineage, LINEAGE_SCHEMA), replace=("edge_key", [r["edge_key"] for r in lineage]),
+    ds.write("lineage", rows_to_table(lineage, "lineage"), replace=("edge_key", [r["edge_key"] for r in lineage]),
              survey_id=survey_id)
     rows, pairs, failed = [], [], []
     per_child, parent_reads = {}, Counter()
@@ -239,7 +238,7 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
                  "relation": e.relation, "survey_id": survey_id}
         rows.extend({**ident, **r} for r in result.rows)
     if pairs:
-        ds.write("deltas", rows_to_table(rows, DELTAS_SCHEMA), replace=("pair_key", pairs), survey_id=survey_id)
+        ds.write("deltas", rows_to_table(rows, "deltas"), replace=("pair_key", pairs), survey_id=survey_id)
     for child, parent, reason in failed:
         log.warning("%s <- %s: delta not analyzed: %s", child, parent, reason)
     return {"survey_id": survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": analyzed,

@@ -268,7 +268,8 @@ def _short_left(text: str, width: int) -> str:
 
 def _layer_cell(row: dict, key: str) -> str:
     if key == "name":
-        return row["name"] + (f":{row['part']}" if row.get("part") else "")
+        from hubscan.records import part_key
+        return part_key(row["name"], row.get("part"))
     if key == "NxM":
         return f"{row['N']}×{row['M']}" if row.get("N") is not None and row.get("M") is not None else ""
     if key == "status":

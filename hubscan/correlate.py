@@ -24,18 +24,26 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from hubscan.esd.registry import correlate_metrics, summary_metrics
 from hubscan.store import Dataset
 
-#: The model-level HTSR metrics correlated by default (means over the successfully fitted layers;
-#: ``rand_distance`` from the layers table when the survey ran with ``--randomize``).
-HTSR_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
-                "mp_softrank", "rand_distance")
+#: The model-level HTSR metrics correlated by default (means over the successfully fitted layers:
+#: from the ``models`` table for the metrics the summary averages, else from the ``layers`` table,
+#: e.g. ``rand_distance`` when the survey ran with ``--randomize``). Derived from the metric registry
+#: (``correlate=True`` entries) at import; :func:`correlate` re-reads the registry on each call.
+HTSR_METRICS = correlate_metrics()
 
 #: Benchmark a source's models are compared on when ``joined`` is given none.
 DEFAULT_BENCHMARK = {"timm": "imagenet"}
 
-_MODEL_COLUMNS = ("model_key", "source", "model_id", "revision", "config_hash", "family", "model_type", "status",
-                  "num_parameters", "analyzed_at", "entropy") + HTSR_METRICS
+_ID_COLUMNS = ("model_key", "source", "model_id", "revision", "config_hash", "family", "model_type", "status",
+               "num_parameters", "analyzed_at")
+
+
+def _model_columns() -> tuple[str, ...]:
+    """Identity columns, the summary-only metrics (entropy), then the correlated metrics."""
+    corr = correlate_metrics()
+    return _ID_COLUMNS + tuple(m for m in summary_metrics() if m not in corr) + corr
 
 _STAT_COLUMNS = ("n", "spearman_rho", "spearman_p", "kendall_tau", "kendall_p", "pearson_r", "pearson_p", "slope",
                  "intercept", "rmse", "r2")
@@ -111,10 +119,12 @@ def joined(dataset, *, metric: str = "top1", benchmark: str | None = None, sourc
     import pandas as pd
 
     data = _as_dataset(dataset)
-    models = _read(data, "models", _MODEL_COLUMNS)
+    model_columns = _model_columns()
+    models = _read(data, "models", model_columns)
     acc = _read(data, "accuracy", ("source", "model_id", "revision", "benchmark", "split", "metric", "value",
                                    "higher_is_better", "img_size", "param_count", "provenance"))
-    out_cols = [c for c in _MODEL_COLUMNS if c in models.columns or c == "rand_distance"] + [
+    layer_only = [c for c in correlate_metrics() if c not in models.columns]
+    out_cols = [c for c in model_columns if c in models.columns or c in layer_only] + [
         "benchmark", "split", "metric", "accuracy", "higher_is_better", "accuracy_rows", "img_size", "param_count",
         "provenance"]
     sources = [source] if isinstance(source, str) else (list(source) if source is not None else None)
@@ -122,9 +132,10 @@ def joined(dataset, *, metric: str = "top1", benchmark: str | None = None, sourc
         models = models[models["status"].isin(list(statuses))]
         if sources is not None:
             models = models[models["source"].isin(sources)]
-    if "rand_distance" not in models.columns:
-        rd = _layer_means(data, "rand_distance") if len(models) else None
-        models = models.merge(rd, on="model_key", how="left") if rd is not None else models.assign(rand_distance=np.nan)
+    for name in layer_only:  # correlated metrics the summary does not average: means from the layers table
+        means = _layer_means(data, name) if len(models) else None
+        models = (models.merge(means, on="model_key", how="left") if means is not None
+                  else models.assign(**{name: np.nan}))
     if len(acc):
         acc = acc[acc["metric"] == metric]
         if benchmark is not None:
@@ -154,7 +165,7 @@ def joined(dataset, *, metric: str = "top1", benchmark: str | None = None, sourc
     any_exact = m.groupby("model_key")["exact"].transform("any")
     m = m[m["exact"] | ~any_exact]
 
-    key = [c for c in _MODEL_COLUMNS if c in m.columns]
+    key = [c for c in model_columns if c in m.columns]
     agg = m.groupby("model_key", sort=False).agg(
         accuracy=("accuracy", "mean"), accuracy_rows=("accuracy", "size"),
         higher_is_better=("higher_is_better", "first"), split=("split", "first"), img_size=("img_size", "first"),
@@ -288,7 +299,7 @@ def _groups(df, group_by):
 
 
 def correlate(df_or_dataset, *, metric: str = "top1", group_by: str | None = "family",
-              metrics: Sequence[str] = HTSR_METRICS, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95,
+              metrics: Sequence[str] | None = None, bootstrap: int = 0, seed: int = 0, confidence: float = 0.95,
               benchmark: str | None = None, source=None):
     """Correlations and regressions of accuracy on each HTSR metric, per group and over all models.
 
@@ -310,8 +321,9 @@ def correlate(df_or_dataset, *, metric: str = "top1", group_by: str | None = "fa
         A column (``family``, ``model_type``, …), or a regular expression searched in
         ``model_id`` whose first group is the group (``r"^([a-z]+)"``); models it does not match,
         or with a missing value, form the group ``"(none)"``. None: only ``"all"``.
-    metrics : sequence of str
-        HTSR metric columns (those absent or all-null are left out).
+    metrics : sequence of str, optional
+        HTSR metric columns (those absent or all-null are left out); default: the registry's
+        correlated metrics (:data:`HTSR_METRICS` plus any registered since).
     bootstrap : int
         Resamples for percentile confidence intervals of τ and ρ (0: none).
     seed : int
@@ -331,6 +343,8 @@ def correlate(df_or_dataset, *, metric: str = "top1", group_by: str | None = "fa
     """
     import pandas as pd
 
+    if metrics is None:
+        metrics = correlate_metrics()
     if isinstance(df_or_dataset, pd.DataFrame):
         df = df_or_dataset
     else:

@@ -1,7 +1,12 @@
-"""Exception types of hubscan.
+"""Exception types of hubscan: one type per condition, so that callers dispatch on the type, never on
+the message text.
 
-Library code raises these; the CLI turns each into a one-line message of the form
-``hubscan: error: <file or model>: <reason>`` and a non-zero exit status.
+Library code raises these; the CLI turns each :class:`HubscanError` into a one-line message of the
+form ``hubscan: error: <file or model>: <reason>`` and a non-zero exit status. Where a standard
+exception reads naturally as a second base (as huggingface_hub's ``errors.py`` does, e.g. its
+``EntryNotFoundError``), it is one: a missing thing is also a ``LookupError``, a bad value also a
+``ValueError``. Weight-reader errors (unsafe, corrupt, unsupported) keep ``HubscanError`` as their
+only base so that a reader's ``except ValueError`` around a parser never swallows them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ class HubscanError(Exception):
         super().__init__(f"{self.where}: {self.reason}")
 
 
+# -- weight files ----------------------------------------------------------------------------------
+
 class UnsafeFileError(HubscanError):
     """A weight file would need code execution (pickled globals outside the allow-list) to load."""
 
@@ -32,13 +39,30 @@ class CorruptFileError(HubscanError):
     """A weight file is malformed: bad header, offsets outside the file, overlapping tensors, truncated."""
 
 
-class NoWeightsError(HubscanError):
-    """A path or model holds no weight files, or its weight files hold no weight tensors."""
-
-
 class UnsupportedFormatError(HubscanError):
     """A file's format is not one hubscan can read safely."""
 
+
+class NoWeightsError(HubscanError, LookupError):
+    """A model holds no weight files, or its weight files hold no weight tensors (a survey records
+    the model as skipped)."""
+
+
+class PathNotFoundError(NoWeightsError):
+    """A local model path (file or folder) does not exist (a survey records the model as failed)."""
+
+
+class SkippedTensor(HubscanError):
+    """Raised by a tensor's loader when, once read, the tensor is not to be analyzed (e.g. it is a tied copy
+    of another): its row is ``skipped`` with this reason, not ``failed``."""
+
+
+class NonFiniteError(ValueError):
+    """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen`; the layer's row is
+    failed with this message)."""
+
+
+# -- sources ---------------------------------------------------------------------------------------
 
 class SourceError(HubscanError):
     """A model source (hub, timm, local folder) could not list or fetch a model."""
@@ -48,6 +72,29 @@ class GatedModelError(SourceError):
     """A gated or private model the token does not give access to (a survey records it as skipped)."""
 
 
-class SkippedTensor(HubscanError):
-    """Raised by a tensor's loader when, once read, the tensor is not to be analyzed (e.g. it is a tied copy
-    of another): its row is ``skipped`` with this reason, not ``failed``."""
+class RepositoryNotFoundError(SourceError, LookupError):
+    """The hub has no such repository (or it is private and no token gives access)."""
+
+
+class RevisionNotFoundError(SourceError, LookupError):
+    """The repository has no such revision (branch, tag or commit)."""
+
+
+class RemoteFileNotFoundError(SourceError, LookupError):
+    """A file is absent from the repository at the pinned revision (HTTP 404 on a file, e.g. a shard
+    its index names)."""
+
+
+# -- the dataset -----------------------------------------------------------------------------------
+
+class DatasetNotFoundError(HubscanError, LookupError):
+    """No hubscan dataset at a location (no table holds a file): ``Dataset.require``."""
+
+
+class SurveyNotFoundError(HubscanError, LookupError):
+    """A dataset has no survey of that id (``hubscan sql --as-of``)."""
+
+
+class SchemaMismatchError(HubscanError, ValueError):
+    """A producer emitted a column that its table's schema lacks (a typo, or a metric that was never
+    registered): raised by :func:`hubscan.schema.rows_to_table` instead of dropping the value."""

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Callable, TypeVar
 
+from hubscan import errors
 from hubscan.errors import GatedModelError, SourceError
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,15 @@ class HubClient:
                 isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None
                 and exc.response.status_code in (401, 403)):
             return GatedModelError(what, reason)
+        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+        if isinstance(exc, RepositoryNotFoundError):
+            return errors.RepositoryNotFoundError(what, reason)
+        if isinstance(exc, RevisionNotFoundError):
+            return errors.RevisionNotFoundError(what, reason)
+        if isinstance(exc, (EntryNotFoundError, FileNotFoundError)) or (
+                isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None
+                and exc.response.status_code == 404):
+            return errors.RemoteFileNotFoundError(what, reason)
         if attempts:
             reason = f"{reason} (after {attempts} retries)"
         return SourceError(what, reason)

@@ -22,15 +22,15 @@ def survey_versions(data: Dataset, survey_id: str) -> tuple[dict[str, int], obje
 
     Raises
     ------
-    hubscan.errors.NoWeightsError
+    hubscan.errors.SurveyNotFoundError
         No survey ``survey_id`` in the dataset.
     """
     import pyarrow.dataset as pds
-    from hubscan.errors import NoWeightsError
+    from hubscan.errors import SurveyNotFoundError
     t = data.read("surveys", columns=["survey_id", "started_at", "table_versions"],
                   filter=pds.field("survey_id") == survey_id)
     if t.num_rows == 0 or "table_versions" not in t.column_names:
-        raise NoWeightsError(data.url, f"no survey {survey_id!r} in this dataset (see: SELECT survey_id FROM surveys)")
+        raise SurveyNotFoundError(data.url, f"no survey {survey_id!r} in this dataset (see: SELECT survey_id FROM surveys)")
     row = t.to_pylist()[-1]
     return {k: int(v) for k, v in json.loads(row["table_versions"] or "{}").items()}, row["started_at"]
 
@@ -57,8 +57,10 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
 
     Raises
     ------
-    hubscan.errors.NoWeightsError
-        No dataset at ``dataset`` (when ``require``), or no survey ``as_of``.
+    hubscan.errors.DatasetNotFoundError
+        No dataset at ``dataset`` (when ``require``).
+    hubscan.errors.SurveyNotFoundError
+        No survey ``as_of`` in the dataset.
     """
     import duckdb
 

@@ -19,7 +19,6 @@ import json
 import os
 import re
 
-SOURCES = ("hf", "timm", "local")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
@@ -53,11 +52,6 @@ class ModelRef:
         if self.source == "local":
             return self.id
         return f"{self.source}:{self.id}" + (f"@{self.revision}" if self.revision else "")
-
-    @property
-    def key(self) -> tuple:
-        """(source, id, revision): what a survey records as done."""
-        return (self.source, self.id, self.revision or "")
 
 
 def parse_ref(text: str | os.PathLike) -> ModelRef:

@@ -45,21 +45,19 @@ import os
 import posixpath
 import time
 import uuid
-from typing import Iterable
+from collections.abc import Mapping
+from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from hubscan.schema import (ACCURACY_SCHEMA, DATASET_LAYER_SCHEMA, DELTAS_SCHEMA, ESD_SCHEMA, LINEAGE_SCHEMA,
-                            MODEL_SCHEMA, SCHEMA_VERSION, SURVEY_SCHEMA)
+from hubscan.records import EsdRecord, LayerRecord, ModelRecord
+from hubscan.schema import SCHEMA_VERSION, TABLES, rows_to_table, table_schema
 
 log = logging.getLogger(__name__)
 
-#: The dataset's tables and their Arrow schemas (defined in :mod:`hubscan.schema`).
-TABLES = {"models": MODEL_SCHEMA, "layers": DATASET_LAYER_SCHEMA, "esd": ESD_SCHEMA, "surveys": SURVEY_SCHEMA,
-          "accuracy": ACCURACY_SCHEMA, "lineage": LINEAGE_SCHEMA, "deltas": DELTAS_SCHEMA}
 #: Partition columns of each table.
 PARTITION_BY = {"models": ["source"], "layers": ["source"], "esd": ["source"], "accuracy": ["source"], "surveys": [],
                 "lineage": [], "deltas": ["source"]}
@@ -208,13 +206,13 @@ class Dataset:
 
         Raises
         ------
-        hubscan.errors.NoWeightsError
+        hubscan.errors.DatasetNotFoundError
         """
         if not any(self.table(t) is not None for t in ("models", "layers", "accuracy", "surveys")):
-            from hubscan.errors import NoWeightsError
+            from hubscan.errors import DatasetNotFoundError
             hint = " (a schema-v1 dataset: convert it with `hubscan migrate`)" if self._is_v1() else \
                 " (run `hubscan survey` first)"
-            raise NoWeightsError(self.url, "no hubscan dataset here" + hint)
+            raise DatasetNotFoundError(self.url, "no hubscan dataset here" + hint)
         return self
 
     def _is_v1(self) -> bool:
@@ -389,15 +387,42 @@ class Dataset:
         return self.commit(table, self.write_files(table, data) if data.num_rows else [], replace=replace,
                            survey_id=survey_id)
 
-    def write_model(self, key: str, source: str, model_row: dict, layer_rows: list[dict],
-                    esd_rows: list[dict] | None, survey_id: str | None = None) -> None:
-        """Write (replace) one model: its esd and layers rows, then its models row."""
-        replace = ("model_key", [key])
-        self.write("esd", esd_table(esd_rows) if esd_rows else ESD_SCHEMA.empty_table(), replace=replace,
-                   survey_id=survey_id)
-        self.write("layers", rows_to_table(layer_rows, DATASET_LAYER_SCHEMA), replace=replace, survey_id=survey_id)
-        self.write("models", rows_to_table([{**model_row, "source": source}], MODEL_SCHEMA), replace=replace,
-                   survey_id=survey_id)
+    def write_model(self, model: ModelRecord | Mapping, layers: Sequence[LayerRecord | Mapping] = (),
+                    esd: Sequence[EsdRecord | Mapping] | None = None, *legacy, survey_id: str | None = None) -> None:
+        """Write (replace) one model: its esd and layers rows, then its ``models`` row.
+
+        The single write entry of a model's rows: records (or mappings of their columns) are
+        converted by :func:`hubscan.schema.rows_to_table`, which refuses a column the schema lacks;
+        the model's identity columns (and its ``survey_id``) are added to its layers and esd rows.
+
+        Parameters
+        ----------
+        model : ModelRecord or mapping
+            The ``models`` row; must hold ``model_key`` and ``source``.
+        layers : sequence of LayerRecord or mapping
+            The model's layer rows (none for a failed / skipped model).
+        esd : sequence of EsdRecord or mapping, optional
+            The eigenvalues per layer (None or empty: none).
+        survey_id : str, optional
+            Recorded in the commits' metadata (default: the model's ``survey_id``).
+
+        The former call ``write_model(key, source, model_row, layer_rows, esd_rows)`` is still
+        accepted.
+
+        Raises
+        ------
+        hubscan.errors.SchemaMismatchError
+            A row holds a column its table lacks.
+        """
+        if isinstance(model, str):  # former signature: (key, source, model_row, layer_rows, esd_rows)
+            key, source = model, layers
+            model, layers, esd = esd, (legacy[0] if legacy else ()), (legacy[1] if len(legacy) > 1 else None)
+            model = {**model, "model_key": model.get("model_key", key), "source": source}
+        tables = model_tables(model, layers, esd)
+        survey_id = survey_id or model.get("survey_id")
+        replace = ("model_key", [model["model_key"]])
+        for table in ("esd", "layers", "models"):
+            self.write(table, tables[table], replace=replace, survey_id=survey_id)
 
     def _evolve(self, dt, schema: pa.Schema) -> None:
         """Add the schema's columns that the table lacks (hubscan gained a column)."""
@@ -488,36 +513,23 @@ class Dataset:
         return out
 
 
-def esd_table(rows: list[dict]) -> pa.Table:
-    """``esd`` rows → a table, the eigenvalue lists built from one concatenated float32 array
-    (no per-value Python objects)."""
-    evals = [np.asarray(r["evals"], dtype=np.float32) for r in rows]
-    offsets = np.concatenate(([0], np.cumsum([len(e) for e in evals]))).astype(np.int32)
-    values = np.concatenate(evals) if evals else np.zeros(0, np.float32)
-    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
-    rest = rows_to_table([{k: v for k, v in r.items() if k != "evals"} for r in rows],
-                         pa.schema([f for f in ESD_SCHEMA if f.name != "evals"]))
-    return rest.append_column(ESD_SCHEMA.field("evals"), lists).select(ESD_SCHEMA.names).cast(ESD_SCHEMA)
+def model_tables(model: ModelRecord | Mapping, layers: Sequence[LayerRecord | Mapping] = (),
+                 esd: Sequence[EsdRecord | Mapping] | None = None) -> dict[str, pa.Table]:
+    """One model's rows as the ``models``, ``layers`` and ``esd`` tables (the one conversion of a
+    model's records; survey actors write these as data files, :meth:`Dataset.write_model` commits them).
 
+    The model's identity (``model_key, source, model_id, revision``) is added to its layers and esd
+    rows, and its ``survey_id`` to its layers.
 
-def rows_to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
-    """Rows (dicts) → a table of ``schema``; missing keys are null, NaN floats become null."""
-    import math
-    rows = list(rows)
-    cols = {}
-    for f in schema:
-        vals = []
-        for r in rows:
-            v = r.get(f.name)
-            if isinstance(v, float) and math.isnan(v):
-                v = None
-            elif isinstance(v, np.generic):
-                v = v.item()
-            elif isinstance(v, np.ndarray):
-                v = v.tolist()
-            vals.append(v)
-        cols[f.name] = vals
-    return pa.Table.from_pydict(cols, schema=schema)
+    Raises
+    ------
+    hubscan.errors.SchemaMismatchError
+        A row holds a column its table lacks.
+    """
+    identity = {k: model.get(k) for k in ("model_key", "source", "model_id", "revision")}
+    return {"esd": rows_to_table(esd or (), table_schema("esd"), identity),
+            "layers": rows_to_table(layers, table_schema("layers"), {**identity, "survey_id": model.get("survey_id")}),
+            "models": rows_to_table([model], table_schema("models"))}
 
 
 #: File types :func:`write_file` writes, by suffix.
@@ -610,10 +622,10 @@ def migrate(old: str, new: str, *, batch_files: int = 2000, storage_options: dic
 
     Raises
     ------
-    hubscan.errors.NoWeightsError
+    hubscan.errors.DatasetNotFoundError
         ``old`` holds no schema-v1 table.
     """
-    from hubscan.errors import NoWeightsError
+    from hubscan.errors import DatasetNotFoundError
     fs, root = open_filesystem(old, **(storage_options or {}))
     dest = Dataset(new, **(new_storage_options or {}))
     counts = {}
@@ -641,7 +653,7 @@ def migrate(old: str, new: str, *, batch_files: int = 2000, storage_options: dic
             dest.write(table, data)
             counts[table] += data.num_rows
     if not counts:
-        raise NoWeightsError(old, "no schema-v1 dataset here (no table=…/ folders)")
+        raise DatasetNotFoundError(old, "no schema-v1 dataset here (no table=…/ folders)")
     dest.compact(retention_hours=0)
     return counts
 

@@ -39,11 +39,11 @@ from collections import deque
 
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
-from hubscan.errors import GatedModelError, HubscanError, NoWeightsError
+from hubscan.errors import GatedModelError, HubscanError, NoWeightsError, PathNotFoundError
 from hubscan.hub import HubClient
+from hubscan.records import ModelRecord
 from hubscan.refs import ModelRef
-from hubscan.schema import DATASET_LAYER_SCHEMA, ESD_SCHEMA, MODEL_SCHEMA, SURVEY_SCHEMA
-from hubscan.store import DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, esd_table, model_key, rows_to_table
+from hubscan.store import DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, model_key, model_tables, rows_to_table
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("hubscan.progress")
@@ -161,12 +161,18 @@ def _family(meta: dict, ref: ModelRef) -> str | None:
 
 
 def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: str, reason: str,
-              summary: dict | None = None, **extra) -> dict:
-    """The ``models`` row of one model (schema :data:`hubscan.schema.MODEL_SCHEMA`)."""
-    row = {"model_key": key, "source": ref.source, "model_id": ref.id, "revision": ref.revision,
-           "config_hash": cfg_hash, "repo_id": ref.repo_id, "files": list(ref.files), "status": status,
-           "reason": reason, "family": _family(meta, ref), "hubscan_version": __version__,
-           "survey_id": survey_id, "analyzed_at": _utcnow()}
+              summary: dict | None = None, **extra) -> ModelRecord:
+    """The ``models`` record of one model (:class:`hubscan.records.ModelRecord`).
+
+    Raises
+    ------
+    KeyError
+        ``summary`` or ``extra`` name a column the models table lacks.
+    """
+    row = ModelRecord(model_key=key, source=ref.source, model_id=ref.id, revision=ref.revision,
+                      config_hash=cfg_hash, repo_id=ref.repo_id, files=list(ref.files), status=status, reason=reason,
+                      family=_family(meta, ref), hubscan_version=__version__, survey_id=survey_id,
+                      analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
               "num_parameters", "eval_results", "gated", "created_at", "last_modified"):
         if k in meta:
@@ -179,9 +185,11 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     return row
 
 
-def _status_of(exc: HubscanError) -> str:
-    """A model's status for an error: gated repos and models without weights are skipped."""
-    if isinstance(exc, GatedModelError) or "no weight" in exc.reason:
+def error_status(exc: HubscanError) -> str:
+    """The status a model gets for an error that stopped its analysis, by the error's type:
+    ``skipped`` for a gated model or one that holds no weights, ``failed`` for anything else (a missing
+    path, an unsafe or corrupt file, an unreachable source)."""
+    if isinstance(exc, GatedModelError) or (isinstance(exc, NoWeightsError) and not isinstance(exc, PathNotFoundError)):
         return "skipped"
     return "failed"
 
@@ -209,7 +217,6 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     t0 = time.perf_counter()
     retries0, requests0 = client.total_retries(), _requests(client)
     opts = dataclasses.replace(options, keep_evals=keep_esd)
-    ident = {"model_key": key, "source": ref.source, "model_id": ref.id, "revision": ref.revision}
     layers = esd = None
     try:
         ws = open_ref(ref, client)
@@ -217,7 +224,7 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     except GatedModelError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
     except HubscanError as exc:
-        row = model_row(ref, meta, key, cfg_hash, survey_id, _status_of(exc), str(exc))
+        row = model_row(ref, meta, key, cfg_hash, survey_id, error_status(exc), str(exc))
     except Exception as exc:  # noqa: BLE001 - one model never stops the survey
         log.exception("%s: unexpected error", ref)
         row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
@@ -225,16 +232,12 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     else:
         row = model_row(ref, meta, key, cfg_hash, survey_id, result.summary["status"], result.summary["reason"],
                         result.summary, format=result.format, device=opts.device)
-        layers = rows_to_table([{**ident, "survey_id": survey_id, **r} for r in result.rows], DATASET_LAYER_SCHEMA)
-        if keep_esd:
-            names = [r["name"] + (f":{r['part']}" if r["part"] else "") for r in result.rows]
-            esd = esd_table([{**ident, "layer_id": r["layer_id"], "name": r["name"], "part": r["part"],
-                              "evals": result.evals[n]} for r, n in zip(result.rows, names) if n in result.evals])
+        layers, esd = result.rows, (result.esd_records() if keep_esd else None)
     if row.get("requests") is None:  # the analysis summary counts its reads' requests when it can
         row["requests"] = _requests(client) - requests0
     row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
                options=json.dumps(dataclasses.asdict(opts), default=str))
-    return {"models": rows_to_table([row], MODEL_SCHEMA), "layers": layers, "esd": esd, "row": row}
+    return {**model_tables(row, layers or (), esd), "row": row}
 
 
 def _warm_up(options: AnalyzeOptions) -> None:
@@ -413,7 +416,7 @@ class Survey:
             seen.add(key)
             self.stats["num_models"] += 1
             if err is not None:
-                self._driver_row(_Task(ref, meta, key, 0), _status_of(err), str(err))
+                self._driver_row(_Task(ref, meta, key, 0), error_status(err), str(err))
             elif not config.force and done.get(key) not in (None, "failed"):
                 self.stats["num_already_done"] += 1
             else:
@@ -428,7 +431,7 @@ class Survey:
     def _driver_row(self, task: _Task, status: str, reason: str) -> None:
         row = model_row(task.ref, task.meta, task.key, self.cfg_hash, self.survey_id, status, reason,
                         attempts=task.attempts)
-        self.driver_rows.add({"models": rows_to_table([row], MODEL_SCHEMA)}, row)
+        self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
         self.analyzed += 1
 
     # -- 2. Ray and the pool -------------------------------------------------------------------
@@ -616,7 +619,7 @@ class Survey:
                "num_failed": self.counts["failed"], "num_skipped": self.counts["skipped"],
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
                "hubscan_version": __version__, "table_versions": json.dumps(versions), **self.stats}
-        self.dataset.write("surveys", rows_to_table([row], SURVEY_SCHEMA), survey_id=self.survey_id)
+        self.dataset.write("surveys", rows_to_table([row], "surveys"), survey_id=self.survey_id)
         return row
 
     # -- the run -------------------------------------------------------------------------------

@@ -1,16 +1,23 @@
 """The HTSR math: weight tensors → matrices → eigenvalues → power-law / MP fits → metrics.
 
 Pure functions on tensors and arrays: no file, network, Ray or storage code in this package.
+The names below are imported lazily, so that the metric registry (:mod:`hubscan.esd.registry`),
+which the schema is generated from, can be read without importing torch.
 """
 
-from hubscan.esd.matrices import LayerPlan, plan_matrices
-from hubscan.esd.eigen import ESD, compute_esd
-from hubscan.esd.powerlaw import PowerLawFit, fit_powerlaw
-from hubscan.esd.mp import MPFit, fit_mp
-from hubscan.esd.metrics import layer_metrics, summarize
-from hubscan.esd.phases import classify_phase, PHASES
+import importlib
 
-__all__ = [
-    "LayerPlan", "plan_matrices", "ESD", "compute_esd", "PowerLawFit", "fit_powerlaw",
-    "MPFit", "fit_mp", "layer_metrics", "summarize", "classify_phase", "PHASES",
-]
+_EXPORTS = {
+    "LayerPlan": "matrices", "plan_matrices": "matrices", "ESD": "eigen", "compute_esd": "eigen",
+    "PowerLawFit": "powerlaw", "fit_powerlaw": "powerlaw", "MPFit": "mp", "fit_mp": "mp",
+    "layer_metrics": "metrics", "summarize": "metrics", "classify_phase": "phases", "PHASES": "phases",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"hubscan.esd.{_EXPORTS[name]}"), name)
+    raise AttributeError(name)
+
+
+__all__ = list(_EXPORTS)

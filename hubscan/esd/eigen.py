@@ -1,7 +1,7 @@
 """Eigenvalues of X = WᵀW for a stack of weight slices, on CPU or CUDA (torch).
 
-Method (chosen by measurement, ``benchmarks/bench_eigen.py``)
---------------------------------------------------------------
+Method (chosen by measurement, ``benchmarks/bench_analyze.py``)
+----------------------------------------------------------------
 ``gram`` (default): X = WᵀW (M × M, M = min(rows, cols)) accumulated in float64 over row chunks
 of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once), then
 ``torch.linalg.eigvalsh`` (LAPACK ``syevd`` / cuSOLVER) in float64. It does the floor's arithmetic
@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 import torch
+
+from hubscan.errors import NonFiniteError  # noqa: F401 - raised here, defined with the others
 
 #: Elements of one float64 chunk of W while the Gram matrix is accumulated (64 MB).
 CHUNK_ELEMS = 8 * 1024 * 1024
@@ -62,10 +64,6 @@ class ESD:
     method: str = "gram"
     device: str = "cpu"
     precision: str = "float64"
-
-
-class NonFiniteError(ValueError):
-    """The weights hold NaN or ±inf values."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -139,7 +137,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
 
     Raises
     ------
-    NonFiniteError
+    hubscan.errors.NonFiniteError
         The slices hold NaN or inf.
     ValueError
         Unknown method / precision, or CUDA requested but absent.

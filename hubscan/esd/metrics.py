@@ -14,6 +14,10 @@ JMLR 22(165) 2021 and Nature Comm. 12:4122 2021), λ = the layer's pooled eigenv
   WW ``analyze(detX=True)`` / ``ERG=True``), always computed (O(n))
 * warning: ``over-trained`` when alpha < 2, ``under-trained`` when alpha > 6 (WW thresholds)
 
+Each metric is one :func:`~hubscan.esd.registry.register_metric` entry with its function (below):
+its dtype, description, whether the model summary averages it, its label and direction live there,
+and the layers table, the summary, ``correlate`` and the plots are derived from them.
+
 Failed fits have alpha = NaN (stored as null) — never WW's −1 — and the summary averages the
 successful fits only.
 """
@@ -21,86 +25,248 @@ successful fits only.
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 
-from hubscan.esd.eigen import ESD
 from hubscan.esd.erg import detx_condition, erg_gap
-from hubscan.esd.mp import MPFit
-from hubscan.esd.powerlaw import PowerLawFit
+from hubscan.esd.phases import classify_phase, element_tail_index
+from hubscan.esd.registry import Spectrum, get_metric, metrics, register_metric, summary_metrics
 
-OVER_TRAINED_THRESH = 2.0
-UNDER_TRAINED_THRESH = 6.0
+if TYPE_CHECKING:  # torch-free at import: the schema reads this registry
+    from hubscan.esd.eigen import ESD
+    from hubscan.esd.mp import MPFit
+    from hubscan.esd.powerlaw import PowerLawFit
+
 _EPSILON = 1e-10
-
-#: Metrics the model summary averages (WW ``get_summary``'s list, plus num_spikes-free extras).
-SUMMARY_METRICS = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm",
-                   "stable_rank", "mp_softrank", "entropy")
 
 
 def _log10(v: float) -> float:
     return math.log10(v) if v > 0 else math.nan
 
 
-def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None) -> dict:
-    """The metric columns of one analyzed layer.
+def _alpha(s: Spectrum) -> float:
+    return s.fit.alpha if s.fit.status == "success" else math.nan
+
+
+def _lambda_max(s: Spectrum) -> float:
+    return float(s.esd.evals[-1])
+
+
+def _norm(s: Spectrum) -> float:
+    return float(s.esd.evals.sum())
+
+
+def _field(part: str, name: str):
+    """The metric that is field ``name`` of the layer's ``fit``, ``esd``, ``mp`` fit or detX tail
+    (None when that part is absent)."""
+    def get(s: Spectrum):
+        obj = _detx(s) if part == "detx" else getattr(s, part)
+        return getattr(obj, name) if obj is not None else None
+    get.__name__ = name
+    return get
+
+
+def _detx(s: Spectrum):
+    return s.memo("detx", lambda: detx_condition(s.esd.evals))
+
+
+# -- the registry's built-in entries, in column order (WW's names and definitions) ---------------
+
+@register_metric("warning", "string", "over-trained (alpha < 2) | under-trained (alpha > 6) | ''")
+def warning(s: Spectrum) -> str:
+    a, spec = _alpha(s), get_metric("alpha")
+    if not math.isfinite(a):
+        return ""
+    return "over-trained" if a < spec.warn_below else ("under-trained" if a > spec.warn_above else "")
+
+
+@register_metric("phase", "string", "5+1 phase of training (Martin & Mahoney 2021); null without an MP fit")
+def phase(s: Spectrum) -> str | None:
+    if s.mp is not None:
+        return classify_phase(evals=s.esd.evals, rank_loss=s.esd.rank_loss, alpha=_alpha(s),
+                              num_spikes=s.mp.num_spikes, lambda_plus=s.mp.lambda_plus, element_mu=element_mu(s))
+    return "rank-collapse" if s.mp_fit else None  # asked for but all eigenvalues zero
+
+
+@register_metric("element_mu", "float64", "tail index of the elements |w| (Hill, largest 1%); < 4: heavy-tailed "
+                 "elements (with the MP fit)")
+def element_mu(s: Spectrum) -> float | None:
+    if s.mp is None or s.slices is None:
+        return None
+    return s.memo("element_mu", lambda: element_tail_index(s.slices))
+
+
+@register_metric("alpha", "float64", "power-law exponent of the ESD tail (null when the fit failed)",
+                 summary=True, correlate=True, higher_is_better=False, warn_below=2.0, warn_above=6.0,
+                 label="mean layer α (power-law exponent of the ESD tail; lower = heavier tail)")
+def alpha(s: Spectrum) -> float:
+    return _alpha(s)
+
+
+@register_metric("alpha_weighted", "float64", "alpha * log10(lambda_max)", summary=True, correlate=True,
+                 higher_is_better=False, label="mean weighted α = α·log10 λmax")
+def alpha_weighted(s: Spectrum) -> float:
+    a = _alpha(s)
+    return a * _log10(_lambda_max(s)) if math.isfinite(a) else math.nan
+
+
+register_metric("D", "float64", "Kolmogorov-Smirnov distance of the power-law fit")(_field("fit", "D"))
+register_metric("xmin", "float64", "start of the fitted tail")(_field("fit", "xmin"))
+register_metric("xmax", "float64", "largest fitted eigenvalue")(_field("fit", "xmax"))
+register_metric("sigma", "float64", "standard error of alpha, (alpha-1)/sqrt(n)")(_field("fit", "sigma"))
+
+
+@register_metric("num_pl_spikes", "int64", "eigenvalues >= xmin")
+def num_pl_spikes(s: Spectrum) -> int:
+    return s.fit.num_pl_spikes if s.fit.status == "success" else 0
+
+
+register_metric("num_fit_evals", "int64", "eigenvalues > evals_thresh entering the fit")(
+    _field("fit", "num_fit_evals"))
+
+
+@register_metric("num_evals", "int64", "eigenvalues in the ESD, M*rf")
+def num_evals(s: Spectrum) -> int:
+    return len(s.esd.evals)
+
+
+@register_metric("lambda_max", "float64", "largest eigenvalue")
+def lambda_max(s: Spectrum) -> float:
+    return _lambda_max(s)
+
+
+@register_metric("norm", "float64", "sum of eigenvalues (squared Frobenius norm)")
+def norm(s: Spectrum) -> float:
+    return _norm(s)
+
+
+@register_metric("log_norm", "float64", "log10(norm)", summary=True, correlate=True, higher_is_better=False,
+                 label="mean log10 ‖W‖²_F (squared Frobenius norm)")
+def log_norm(s: Spectrum) -> float:
+    return _log10(_norm(s))
+
+
+@register_metric("spectral_norm", "float64", "lambda_max")
+def spectral_norm(s: Spectrum) -> float:
+    return _lambda_max(s)
+
+
+@register_metric("log_spectral_norm", "float64", "log10(lambda_max)", summary=True, correlate=True,
+                 higher_is_better=False, label="mean log10 λmax (squared spectral norm)")
+def log_spectral_norm(s: Spectrum) -> float:
+    return _log10(_lambda_max(s))
+
+
+@register_metric("log_alpha_norm", "float64", "log10(sum lambda^alpha)", summary=True, correlate=True,
+                 higher_is_better=False, label="mean log10 Σ λᵢ^α (α-norm)")
+def log_alpha_norm(s: Spectrum) -> float:
+    a, ev = _alpha(s), s.esd.evals
+    pos = ev[ev > 0]
+    if not (math.isfinite(a) and len(pos)):
+        return math.nan
+    from scipy.special import logsumexp
+    return float(logsumexp(a * np.log(pos)) / math.log(10))
+
+
+@register_metric("stable_rank", "float64", "norm / lambda_max", summary=True, correlate=True,
+                 label="mean stable rank ‖W‖²_F / λmax")
+def stable_rank(s: Spectrum) -> float:
+    lam = _lambda_max(s)
+    return _norm(s) / lam if lam > 0 else math.nan
+
+
+@register_metric("entropy", "float64", "matrix entropy, -sum p ln p / ln rank", summary=True,
+                 label="mean matrix entropy")
+def entropy(s: Spectrum) -> float:
+    n = _norm(s)
+    if n <= 0:
+        return math.nan
+    p = s.esd.evals / n + _EPSILON
+    return float(-np.sum(p * np.log(p)) / math.log(s.esd.matrix_rank + _EPSILON))
+
+
+register_metric("matrix_rank", "int64", "numerical rank of the ESD")(_field("esd", "matrix_rank"))
+register_metric("rank_loss", "int64", "numerically zero eigenvalues, summed over slices")(
+    _field("esd", "rank_loss"))
+register_metric("sv_max", "float64", "largest singular value (of the scaled W)")(_field("esd", "sv_max"))
+register_metric("sv_min", "float64", "smallest singular value over all slices")(_field("esd", "sv_min"))
+register_metric("sigma_mp", "float64", "MP scale of the mean-1 rescaled ESD (null without --mp-fit)")(
+    _field("mp", "sigma_mp"))
+register_metric("lambda_plus", "float64", "MP bulk edge, eigenvalue units")(_field("mp", "lambda_plus"))
+register_metric("lambda_minus", "float64", "MP lower bulk edge, eigenvalue units")(_field("mp", "lambda_minus"))
+register_metric("num_spikes", "int64", "eigenvalues beyond lambda_plus + Tracy-Widom margin")(
+    _field("mp", "num_spikes"))
+register_metric("mp_softrank", "float64", "lambda_plus / lambda_max (rescaled units)", summary=True, correlate=True,
+                label="mean MP soft rank λ+ / λmax")(_field("mp", "mp_softrank"))
+register_metric("W_scale", "float64", "sqrt(num_evals / norm), the MP fit's rescaling of W")(_field("mp", "W_scale"))
+
+
+@register_metric("rand_distance", "float64", "Jensen-Shannon distance to the ESD of element-shuffled W",
+                 correlate=True, label="mean JS distance of the ESD to that of element-shuffled W")
+def _rand_distance(s: Spectrum) -> float | None:
+    return rand_distance(s.esd.evals, s.rand_evals) if s.rand_evals is not None else None
+
+
+register_metric("num_ERG_spikes", "int64",
+                "eigenvalues of the tail whose rescaled determinant crosses 1 (SETOL detX; WW detX_num)")(
+    _field("detx", "num_ERG_spikes"))
+
+
+@register_metric("ERG_gap", "float64",
+                 "num_ERG_spikes - num_pl_spikes (SETOL effective rank gap; null when the fit failed)")
+def ERG_gap(s: Spectrum) -> float:
+    return erg_gap(_detx(s), s.fit.num_pl_spikes if s.fit.status == "success" else None)
+
+
+register_metric("detX_val", "float64", "smallest eigenvalue of the detX tail")(_field("detx", "detX_val"))
+register_metric("detX_val_unrescaled", "float64", "the same eigenvalue rescaled to mean 1 (WW's name)")(
+    _field("detx", "detX_val_unrescaled"))
+register_metric("fix_fingers", "string", "'' | xmin_peak | clip_xmax")(_field("fit", "fix_fingers"))
+register_metric("num_fingers", "int64", "eigenvalues clipped by clip_xmax")(_field("fit", "num_fingers"))
+register_metric("raw_alpha", "float64", "alpha before clip_xmax")(_field("fit", "raw_alpha"))
+register_metric("Lambda", "float64", "truncation rate of the TPL fit")(_field("fit", "Lambda"))
+
+
+def __getattr__(name):  # derived from the registry (a metric registered later shows up too)
+    if name == "SUMMARY_METRICS":
+        return summary_metrics()
+    if name == "OVER_TRAINED_THRESH":
+        return get_metric("alpha").warn_below
+    if name == "UNDER_TRAINED_THRESH":
+        return get_metric("alpha").warn_above
+    raise AttributeError(name)
+
+
+def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit: bool | None = None,
+                  rand_evals: np.ndarray | None = None, slices=None) -> dict:
+    """Every registered metric of one analyzed layer (:mod:`hubscan.esd.registry`).
 
     Parameters
     ----------
     esd : ESD
-        The layer's eigenvalues and singular-value statistics.
+        The layer's eigenvalues (float64, ascending) and singular-value statistics.
     fit : PowerLawFit
         Its power-law fit (may be failed: alpha-dependent metrics are then NaN).
     mp : MPFit or None
-        Its MP bulk fit, when requested.
+        Its MP bulk fit, when computed.
+    mp_fit : bool, optional
+        Whether the MP fit was asked for (default: ``mp is not None``); with no MP fit because every
+        eigenvalue is zero the phase is ``rank-collapse``.
+    rand_evals : ndarray of float64, shape (len(esd.evals),), optional
+        Eigenvalues of the element-shuffled W, for ``rand_distance``.
+    slices : torch.Tensor, shape (rf, N, M), optional
+        The matrices of the ESD, for metrics of the elements (``element_mu``).
 
     Returns
     -------
     dict
-        Column name → value (floats, ints, str); see the module docstring for definitions.
+        Metric name → value (float, int, str or None), one key per registered metric, in
+        registration order; see the module docstring for definitions.
     """
-    ev = esd.evals
-    norm = float(ev.sum())
-    lam_max = float(ev[-1])
-    alpha = fit.alpha if fit.status == "success" else math.nan
-    pos = ev[ev > 0]
-    if math.isfinite(alpha) and len(pos):
-        from scipy.special import logsumexp
-        log_alpha_norm = float(logsumexp(alpha * np.log(pos)) / math.log(10))
-    else:
-        log_alpha_norm = math.nan
-    if norm > 0:
-        p = ev / norm + _EPSILON
-        entropy = float(-np.sum(p * np.log(p)) / math.log(esd.matrix_rank + _EPSILON))
-    else:
-        entropy = math.nan
-    warning = ""
-    if math.isfinite(alpha):
-        warning = "over-trained" if alpha < OVER_TRAINED_THRESH else (
-            "under-trained" if alpha > UNDER_TRAINED_THRESH else "")
-    row = {
-        "alpha": alpha, "alpha_weighted": alpha * _log10(lam_max) if math.isfinite(alpha) else math.nan,
-        "D": fit.D, "xmin": fit.xmin, "xmax": fit.xmax, "sigma": fit.sigma,
-        "num_pl_spikes": fit.num_pl_spikes if fit.status == "success" else 0,
-        "num_fit_evals": fit.num_fit_evals, "num_evals": len(ev),
-        "lambda_max": lam_max, "norm": norm, "log_norm": _log10(norm),
-        "spectral_norm": lam_max, "log_spectral_norm": _log10(lam_max),
-        "stable_rank": norm / lam_max if lam_max > 0 else math.nan,
-        "entropy": entropy, "log_alpha_norm": log_alpha_norm,
-        "matrix_rank": esd.matrix_rank, "rank_loss": esd.rank_loss,
-        "sv_max": esd.sv_max, "sv_min": esd.sv_min, "warning": warning,
-        "fix_fingers": fit.fix_fingers, "num_fingers": fit.num_fingers, "raw_alpha": fit.raw_alpha,
-        "Lambda": fit.Lambda,
-    }
-    detx = detx_condition(ev)
-    row.update(num_ERG_spikes=detx.num_ERG_spikes,
-               ERG_gap=erg_gap(detx, fit.num_pl_spikes if fit.status == "success" else None),
-               detX_val=detx.detX_val, detX_val_unrescaled=detx.detX_val_unrescaled)
-    if mp is not None:
-        row.update(sigma_mp=mp.sigma_mp, lambda_plus=mp.lambda_plus, lambda_minus=mp.lambda_minus,
-                   num_spikes=mp.num_spikes, mp_softrank=mp.mp_softrank, W_scale=mp.W_scale)
-    return row
+    spec = Spectrum(esd=esd, fit=fit, mp=mp, mp_fit=mp is not None if mp_fit is None else mp_fit,
+                    rand_evals=rand_evals, slices=slices)
+    return {m.name: m.compute(spec) for m in metrics().values()}
 
 
 def summarize(rows: Iterable[Mapping]) -> dict:
@@ -112,7 +278,7 @@ def summarize(rows: Iterable[Mapping]) -> dict:
     Parameters
     ----------
     rows : iterable of mapping
-        Layer rows as produced by :func:`hubscan.analyze.analyze`.
+        Layer rows as produced by :func:`hubscan.analyze`.
 
     Returns
     -------
@@ -123,7 +289,7 @@ def summarize(rows: Iterable[Mapping]) -> dict:
     rows = list(rows)
     ok = [r for r in rows if r.get("status") == "success"]
     out: dict = {}
-    for m in SUMMARY_METRICS:
+    for m in summary_metrics():
         vals = [float(r[m]) for r in ok if r.get(m) is not None and math.isfinite(float(r[m]))]
         out[m] = float(np.mean(vals)) if vals else math.nan
     out["num_layers"] = len(rows)

@@ -74,29 +74,6 @@ def _kde_linear(data: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
     return np.clip(out, 0, None) / (len(x) * bw)
 
 
-def mp_density(x: np.ndarray, Q: float, sigma: float) -> np.ndarray:
-    """MP density of eigenvalues of WᵀW/N for W with entries of variance σ², aspect ratio Q = N/M ≥ 1.
-
-    Parameters
-    ----------
-    x : ndarray of float
-        Points (eigenvalue units).
-    Q : float
-        Aspect ratio, ≥ 1.
-    sigma : float
-        Scale.
-
-    Returns
-    -------
-    ndarray of float, same shape as x; 0 outside [λ−, λ+].
-    """
-    lp = (sigma * (1 + 1 / math.sqrt(Q))) ** 2
-    lm = (sigma * (1 - 1 / math.sqrt(Q))) ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        val = Q / (2 * np.pi * sigma ** 2 * x) * np.sqrt((lp - x) * (x - lm))
-    return np.nan_to_num(val)
-
-
 def _resid(sigmas: np.ndarray, kx: np.ndarray, ky: np.ndarray, Q: float, peak_x: float) -> np.ndarray:
     """WW's ``resid_mp`` (sum of squares) for a vector of σ values at once."""
     sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))[:, None]

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hubscan.esd.registry import correlate_metrics, metric_labels
+from hubscan.records import part_key
 from hubscan.report import plots
 
 log = logging.getLogger(__name__)
@@ -324,7 +326,8 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
         fig = plots.tau_heatmap(corr)
         out.append("<h3 id='tau'>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
     figs = []
-    for m in plots.HTSR_METRICS:
+    labels = metric_labels()
+    for m in correlate_metrics():
         if m not in joined.columns:
             continue
         import pandas as pd
@@ -332,7 +335,7 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
         if not np.isfinite(x).any():
             continue
         fig = plots.accuracy_vs_metric(joined, m, accuracy=metric, group=group_by)
-        figs.append(_img(fig, f"{metric} vs {m}", plots.METRIC_LABELS.get(m, m)))
+        figs.append(_img(fig, f"{metric} vs {m}", labels.get(m, m)))
     if figs:
         out.append("<h3 id='scatters'>Accuracy vs each HTSR metric (dashed: fit over all models)</h3><div class='grid'>" + "".join(figs) + "</div>")
     if corr is not None and len(corr):
@@ -409,7 +412,7 @@ def _esd_plots(con, keys: list[str], count: int) -> list[str]:
             ev = con.execute("""SELECT evals FROM esd WHERE model_key = ? AND layer_id = ? AND name = ?
                                 AND coalesce(part, '') = ? LIMIT 1""",
                              [key, int(row["layer_id"]), row["name"], row["part"] or ""]).fetchone()[0]
-            name = row["name"] + (f":{row['part']}" if row["part"] else "")
+            name = part_key(row["name"], row["part"])
             fig = plots.esd_loglog(np.asarray(ev, dtype=np.float64), row.to_dict(), title=name)
             figs.append(_img(fig, f"ESD of {name}", f"{name} (α = {row['alpha']:.2f})"))
         model_id = layers["model_id"].iloc[0]

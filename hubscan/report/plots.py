@@ -19,23 +19,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-#: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates
-#: (:data:`hubscan.correlate.HTSR_METRICS`; rand_distance only exists for ``--randomize`` surveys).
-HTSR_METRICS = ("alpha", "alpha_weighted", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank",
-                "mp_softrank", "rand_distance")
+from hubscan.esd.registry import correlate_metrics, get_metric, metric_labels
+from hubscan.records import part_key
 
-#: Axis labels stating what each metric means (λ: eigenvalues of WᵀW; means over a model's layers).
-METRIC_LABELS = {
-    "alpha": "mean layer α (power-law exponent of the ESD tail; lower = heavier tail)",
-    "alpha_weighted": "mean weighted α = α·log10 λmax",
-    "log_norm": "mean log10 ‖W‖²_F (squared Frobenius norm)",
-    "log_spectral_norm": "mean log10 λmax (squared spectral norm)",
-    "log_alpha_norm": "mean log10 Σ λᵢ^α (α-norm)",
-    "stable_rank": "mean stable rank ‖W‖²_F / λmax",
-    "mp_softrank": "mean MP soft rank λ+ / λmax",
-    "rand_distance": "mean JS distance of the ESD to that of element-shuffled W",
-    "entropy": "mean matrix entropy",
-}
+#: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates, and
+#: the axis label of each metric: both derived from the metric registry (:mod:`hubscan.esd.registry`;
+#: rand_distance only exists for ``--randomize`` surveys).
+HTSR_METRICS = correlate_metrics()
+METRIC_LABELS = metric_labels()
 
 #: Labels of common accuracy columns.
 ACCURACY_LABELS = {
@@ -44,8 +35,9 @@ ACCURACY_LABELS = {
     "accuracy": "accuracy (reported)",
 }
 
-OVER_TRAINED = 2.0
-UNDER_TRAINED = 6.0
+#: The alpha guides (over-trained below, under-trained above): the registry's warning thresholds.
+OVER_TRAINED = get_metric("alpha").warn_below
+UNDER_TRAINED = get_metric("alpha").warn_above
 _GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
 
 
@@ -211,7 +203,7 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
         ax.plot(xs, overall["slope"] * xs + overall["intercept"], color="black", linestyle="--", linewidth=1.4,
                 gid="overall-fit", zorder=4, label=f"all models: least squares (r = {overall['pearson_r']:.2f}, "
                                                     f"n = {overall['n']})")
-    ax.set_xlabel(METRIC_LABELS.get(metric, metric))
+    ax.set_xlabel(metric_labels().get(metric, metric))
     ax.set_ylabel(ACCURACY_LABELS.get(accuracy, accuracy))
     ax.set_title(title or f"{accuracy} vs {metric}: {len(x)} models, {len(names)} "
                  f"{'groups' if len(names) != 1 else 'group'}", fontsize="medium")
@@ -290,10 +282,10 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
                 label=f"{_short(mid)} ({len(a)} layers)")
     if top > 15:
         ax.set_yscale("log")
-    ax.text(1.0, OVER_TRAINED, " α=2", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small",
-            color="0.35", clip_on=False)
-    ax.text(1.0, UNDER_TRAINED, " α=6", transform=ax.get_yaxis_transform(), va="center", fontsize="x-small",
-            color="0.35", clip_on=False)
+    ax.text(1.0, OVER_TRAINED, f" α={OVER_TRAINED:g}", transform=ax.get_yaxis_transform(), va="center",
+            fontsize="x-small", color="0.35", clip_on=False)
+    ax.text(1.0, UNDER_TRAINED, f" α={UNDER_TRAINED:g}", transform=ax.get_yaxis_transform(), va="center",
+            fontsize="x-small", color="0.35", clip_on=False)
     if names:
         step = max(1, math.ceil(len(names) / max_ticks))
         ticks = list(range(0, len(names), step))
@@ -522,8 +514,8 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
                   np.mean(a > UNDER_TRAINED))
     else:
         _no_data(ax, "no successfully fitted layer")
-    ax.axvline(OVER_TRAINED, gid="guide", label="α = 2 (over-trained below)", **_GUIDE_STYLE)
-    ax.axvline(UNDER_TRAINED, gid="guide", label="α = 6 (under-trained above)",
+    ax.axvline(OVER_TRAINED, gid="guide", label=f"α = {OVER_TRAINED:g} (over-trained below)", **_GUIDE_STYLE)
+    ax.axvline(UNDER_TRAINED, gid="guide", label=f"α = {UNDER_TRAINED:g} (under-trained above)",
                **{**_GUIDE_STYLE, "linestyle": ":"})
     from matplotlib.ticker import MaxNLocator
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -543,7 +535,7 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
 
 def _key(row) -> str:
     """The ``name:part`` key of a layer row (the key of ``AnalysisResult.evals``)."""
-    return row["name"] + (f":{row['part']}" if row.get("part") else "")
+    return part_key(row["name"], row.get("part"))
 
 
 def _sanitize(name: str, width: int = 100) -> str:

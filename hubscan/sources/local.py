@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import NoWeightsError
+from hubscan.errors import NoWeightsError, PathNotFoundError
 from hubscan.refs import ModelRef, local_fingerprint
 
 def _is_weight_file(p: Path) -> bool:
@@ -56,7 +56,7 @@ def resolve_local(ref: ModelRef) -> tuple[ModelRef, dict]:
     """
     path = Path(ref.id)
     if not path.exists():
-        raise NoWeightsError(ref.id, "no such file or folder")
+        raise PathNotFoundError(ref.id, "no such file or folder")
     files = [path] if path.is_file() else sorted(c for c in path.rglob("*") if _is_weight_file(c)
                                                  or c.name.endswith(".index.json"))
     if not files:
@@ -80,7 +80,7 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     """
     root = Path(os.path.abspath(root))  # ids are absolute paths: the same files, the same key from any cwd
     if not root.exists():
-        raise NoWeightsError(str(root), "no such folder")
+        raise PathNotFoundError(str(root), "no such folder")
     if _is_weight_file(root) or (_is_model_dir(root) and len([c for c in root.iterdir() if c.is_dir()]) == 0) \
             or (root / "config.json").is_file() or (root / "model_index.json").is_file():
         yield ModelRef("local", str(root)), local_metadata(root)

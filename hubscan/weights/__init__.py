@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from hubscan.errors import CorruptFileError, NoWeightsError, UnsupportedFormatError
+from hubscan.errors import CorruptFileError, NoWeightsError, PathNotFoundError, UnsupportedFormatError
 from hubscan.weights.base import TensorEntry, WeightSet
 
 __all__ = ["TensorEntry", "WeightSet", "open_weights", "register_reader", "reader_for", "readers", "weight_suffixes",
@@ -134,7 +134,7 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
     elif p.is_file():
         weights = reader_for(p).open(where)
     else:
-        raise NoWeightsError(where, "no such file or folder")
+        raise PathNotFoundError(where, "no such file or folder")
     if next(iter(weights.entries()), None) is None:
         weights.close()
         lost = f"; the {len(weights.missing)} tensors its index names are missing" if weights.missing else ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from hubscan.errors import CorruptFileError, HubscanError
+from hubscan.errors import CorruptFileError, RemoteFileNotFoundError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightSet
@@ -120,9 +120,7 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
             name = f"{folder}/{shard}" if folder else shard
             try:
                 files[shard] = _RangedFile(client, ref, name, stats, lock)
-            except HubscanError as e:
-                if "not found" not in e.reason:
-                    raise
+            except RemoteFileNotFoundError:  # the shard is absent: its tensors are reported missing
                 missing += index.missing(shard, None)
         order = [(files[s], info) for s in index.shards() if s in files
                  for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
@@ -176,9 +174,8 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
             for shard in index.shards():
                 try:
                     download(f"{folder}/{shard}" if folder else shard)
-                except HubscanError as e:
-                    if "not found" not in e.reason:
-                        raise
+                except RemoteFileNotFoundError:
+                    pass  # the shard is absent: the reader reports its tensors missing
         # the snapshot folder holds the repository's layout: the same rule as a local folder opens it
         ws = open_chosen(paths[0][: len(paths[0]) - len(ref.files[0])], ref.files)
     except BaseException:
