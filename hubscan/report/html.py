@@ -249,7 +249,8 @@ def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
         acc = joined[[key or "model_id", *([] if key else ["source"]), ycol]].rename(columns={ycol: metric})
         df = df.merge(acc.drop_duplicates(key or ["model_id", "source"]), how="left",
                       on=key or ["model_id", "source"])
-    heads = {"num_success": "layers", "num_over_trained": "α<2 layers", "num_under_trained": "α>6 layers",
+    heads = {"num_success": "layers", "num_over_trained": f"α<{plots.OVER_TRAINED:g} layers",
+             "num_under_trained": f"α>{plots.UNDER_TRAINED:g} layers",
              "num_failed": "failed layers", "num_skipped": "skipped layers", "alpha": "mean α",
              "alpha_weighted": "mean α_w"}
     show = [c for c in ["model_id", "source", "family", "status", "alpha", "alpha_weighted", "log_norm", metric,

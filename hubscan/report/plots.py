@@ -295,7 +295,8 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     else:
         ax.set_xlabel("layer index (successfully fitted matrices, file order)")
     ax.set_ylabel("α (power-law exponent of the layer's ESD tail)")
-    ax.set_title(title or "α per layer vs depth (α < 2 over-trained, α > 6 under-trained)", fontsize="medium")
+    ax.set_title(title or f"α per layer vs depth (α < {OVER_TRAINED:g} over-trained, α > {UNDER_TRAINED:g} "
+                 "under-trained)", fontsize="medium")
     ax.grid(True, alpha=0.3)
     if model_ids:
         _legend_outside(ax)
@@ -523,7 +524,8 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     ax.set_ylabel("layers")
     head = f"layer α: {len(a)} successful fits" + (f" in {n_models} models" if n_models is not None else "")
     if len(a):
-        head += f"\nα < 2: {shares[0]:.0%}, 2 ≤ α ≤ 6: {shares[1]:.0%}, α > 6: {shares[2]:.0%}"
+        g2, g6 = f"{OVER_TRAINED:g}", f"{UNDER_TRAINED:g}"
+        head += f"\nα < {g2}: {shares[0]:.0%}, {g2} ≤ α ≤ {g6}: {shares[1]:.0%}, α > {g6}: {shares[2]:.0%}"
     if n_clipped:
         head += f"\n({n_clipped} with α > {hi:.3g} counted in the last bin)"
     ax.set_title(title or head, fontsize="medium")
