@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
     if args.quick:
         for link in links[5:]:
             os.unlink(link)
-    models = [ref.id for ref, _ in enumerate_models(f"local:{hub}")]
+    models = [ref.path for ref, _ in enumerate_models(f"local:{hub}")]
     print(f"{len(models)} models, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")
 
     import pyarrow.parquet as pq

@@ -26,8 +26,7 @@ from hubscan.esd.select import LayerFilter
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
 from hubscan.records import EsdRecord, LayerRecord
-from hubscan.refs import ModelRef, parse_ref
-from hubscan.weights import open_weights
+from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.peft import is_adapter
@@ -337,35 +336,6 @@ def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: Layer
         row.update(ks_pvalue=p, fit_quality=fit_quality(p))
 
 
-def open_model(model: str | os.PathLike | ModelRef, client: HubClient | None = None) -> tuple[WeightSet, ModelRef, dict]:
-    """Resolve a reference (``hf:ORG/NAME[@REV]``, ``timm:NAME``, ``local:PATH`` or a path) and open
-    its weights.
-
-    Returns
-    -------
-    (WeightSet, ModelRef, dict)
-        The open weights, the pinned reference and the source's metadata.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-    """
-    from hubscan.sources import resolve
-    from hubscan.weights.remote import open_ref
-
-    ref = model if isinstance(model, ModelRef) else parse_ref(model)
-    if ref.source == "local" and not ref.revision:
-        # open first: the reader's errors name the file; the fingerprint comes after
-        ws = open_weights(ref.id)
-        try:
-            pinned, meta = resolve(ref)
-        except HubscanError:
-            pinned, meta = ref, {}
-        return ws, pinned, meta
-    pinned, meta = resolve(ref, client)
-    return open_ref(pinned, client), pinned, meta
-
-
 def open_with_base(model, base, client: HubClient | None = None) -> tuple[WeightSet, ModelRef | None, dict]:
     """Open a model for a delta analysis: a LoRA adapter folder (:mod:`hubscan.weights.peft`, with or
     without ``base``) or a model paired with its base (:mod:`hubscan.weights.delta`).
@@ -374,7 +344,7 @@ def open_with_base(model, base, client: HubClient | None = None) -> tuple[Weight
     ----------
     model : str, path, ModelRef or WeightSet
     base : str, path, ModelRef, WeightSet or None
-        Any source :func:`open_model` accepts.
+        Any source :func:`hubscan.sources.open_model` accepts.
 
     Raises
     ------
@@ -384,6 +354,7 @@ def open_with_base(model, base, client: HubClient | None = None) -> tuple[Weight
     from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter, open_adapter
 
     def _open(m):
+        from hubscan.sources import open_model
         return (m, None, {}) if isinstance(m, WeightSet) else open_model(m, client)
 
     local = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
@@ -483,6 +454,6 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     else:
         status, reason = "success", ""
     summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0,
-                   bytes_read=int(ws.stats.get("bytes_read", 0)))
+                   bytes_read=int(ws.stats.get("bytes_read", 0)), requests=int(ws.stats.get("requests", 0)))
     return AnalysisResult(source=source, rows=rows, summary=summary, missing=missing, evals=evals,
                           files=list(ws.files), format=ws.format, ref=ref, metadata=meta)

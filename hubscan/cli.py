@@ -199,6 +199,11 @@ def _add_hub_options(p: argparse.ArgumentParser) -> None:
                    help="seconds a hub request may stall (default 30)")
 
 
+def _source_specs() -> list[str]:
+    from hubscan.sources import source_specs
+    return source_specs()
+
+
 def _client(args):
     from hubscan.hub import HubClient
     return HubClient(endpoint=args.endpoint, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
@@ -452,10 +457,9 @@ def _survey_config(args):
     filters = {k: v for k, v in {"filter": args.filter, "author": args.author, "search": args.search,
                                  "pipeline_tag": args.pipeline_tag, "sort": args.sort,
                                  "exclude": args.exclude}.items() if v is not None}
-    if args.source == "timm":
-        filters = {k: v for k, v in filters.items() if k in ("filter", "exclude")}
-    elif args.source != "hf":
-        filters = {}
+    from hubscan.sources import parse_spec
+    accepted = parse_spec(args.source)[0].filters
+    filters = {k: v for k, v in filters.items() if k in accepted}
     hub = {k: v for k, v in {"endpoint": args.endpoint, "cache_dir": args.cache_dir, "keep_cache": args.keep_cache,
                              "max_retries": args.max_retries, "timeout": args.timeout}.items() if v is not None}
     return SurveyConfig(source=args.source, out=args.out, filters=filters, limit=args.limit, options=_options(args),
@@ -525,7 +529,8 @@ def _add_survey(sub) -> None:
                         "  hubscan survey --source hf --author google --filter safetensors --limit 100 "
                         "--out s3://bucket/htsr --storage-options '{\"region\": \"eu-west-1\"}'\n"
                         "  hubscan survey --source list:models.txt --out out/dataset --actors 4")
-    p.add_argument("--source", required=True, help="hf | timm | local:DIR | list:FILE (one reference per line)")
+    p.add_argument("--source", required=True,
+                   help=" | ".join(_source_specs()) + " (list: one reference per line)")
     p.add_argument("--out", required=True, help="dataset directory or URL (s3://bucket/prefix …)")
     p.add_argument("--limit", type=_int_range(1), default=None, help="models to enumerate at most")
     g = p.add_argument_group("source filters")

@@ -85,6 +85,10 @@ class RemoteFileNotFoundError(SourceError, LookupError):
     its index names)."""
 
 
+class HubUnreachableError(SourceError, ConnectionError):
+    """The Hub cannot be reached at all (name resolution failed, connection refused): not retried."""
+
+
 # -- the dataset -----------------------------------------------------------------------------------
 
 class DatasetNotFoundError(HubscanError, LookupError):

@@ -1,13 +1,46 @@
-"""The Hugging Face Hub client hubscan uses: ``huggingface_hub`` only (no HTTP code of its own),
-plus retries that honour ``Retry-After``, bounded timeouts, retry counting, and the mapping of hub
-errors to a model status (``skipped`` for gated / private, ``failed`` otherwise).
+"""The Hugging Face Hub client hubscan uses: ``huggingface_hub``'s public API only, no HTTP client of its own.
 
-Environment (read when a :class:`HubClient` is made, not at import): ``HF_ENDPOINT``, ``HF_TOKEN``
-(never logged or written), ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` (through ``huggingface_hub``).
+What hubscan adds, and how (all through public extension points):
+
+* **One HTTP client factory** (``huggingface_hub.set_client_factory``): an ``httpx2.Client`` with the
+  library's own request hooks, a bounded timeout (the library's default client has none, so a stalled
+  server would hang ``list_models``), and a transport wrapper (``httpx2.BaseTransport``, httpx's public
+  extension point) that
+
+  - **counts requests** — every HTTP request (retries and redirects included) made inside
+    :meth:`HubClient.call` is added to the client's ``requests`` and to the per-call ``stats`` dict given
+    (a model's weight set), so a survey can record requests per model;
+  - **fails fast** when the Hub cannot be reached at all: a name-resolution failure or a refused
+    connection (``httpx2.ConnectError``) becomes :class:`~hubscan.errors.HubUnreachableError` at once,
+    "cannot reach the Hub at <endpoint> (offline? set HF_HUB_OFFLINE=1 to use the cache)". It is not
+    an ``httpx`` network error, so ``huggingface_hub``'s own backoff does not retry it (on a DNS failure
+    that backoff alone sleeps 1 + 2 + 4 + 8 + 8 s and logs a warning per try). Timeouts, 408, 429 and 5xx
+    are still retried.
+
+* **Retries where ``huggingface_hub`` has none** (:meth:`HubClient.call`): ``model_info`` and the
+  streamed range reads of :mod:`hubscan.weights.remote` (a stream cut mid-body is resumed from the byte
+  it stopped at — ``http_stream_backoff`` cannot resume a body already being read). Calls that retry
+  inside ``huggingface_hub`` (``list_models`` pagination, ``hf_hub_download``) are made with
+  ``retry=False`` so the two never multiply. The wait rule, in order:
+
+  1. a 429 whose IETF ``RateLimit`` header says the quota is spent (``"resolvers";r=0;t=55``, parsed by
+     ``huggingface_hub.utils.parse_ratelimit_headers``) → wait ``t`` seconds;
+  2. a ``Retry-After`` header (seconds or an HTTP date) → wait that long;
+  3. otherwise exponential backoff, ``backoff · 2^(attempt−1)`` capped at ``max_backoff``.
+
+  A wait the server asked for is honoured up to :data:`MAX_SERVER_WAIT` (300 s, the Hub's rate-limit
+  window). Waits go through ``HubClient.sleep`` (an injectable clock for tests).
+
+Environment (read when a :class:`HubClient` is made, never modified): ``HF_ENDPOINT``, ``HF_TOKEN``
+(never logged or written), ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` (through ``huggingface_hub``). Against a
+mirror or on a cluster without internet, also set ``HF_HUB_DISABLE_TELEMETRY=1``: with telemetry on,
+``huggingface_hub`` fetches an agent registry from huggingface.co once a day to build its User-Agent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import email.utils
 import logging
@@ -15,39 +48,93 @@ import os
 import threading
 import time
 from typing import Callable, TypeVar
+from urllib.parse import urlsplit
 
 from hubscan import errors
-from hubscan.errors import GatedModelError, SourceError
+from hubscan.errors import GatedModelError, HubUnreachableError, SourceError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# huggingface_hub's request headers call home (huggingface.co, whatever the endpoint) unless telemetry
-# is off; a survey against a mirror or an offline cluster must not. Users can still set it to 0.
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
+#: Statuses retried (by :meth:`HubClient.call` and by ``huggingface_hub``'s own backoff).
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)
+#: Longest wait a server may ask for (``Retry-After`` / ``RateLimit``), seconds: the Hub's 5-minute window.
+MAX_SERVER_WAIT = 300.0
 
 
-class _RetryCounter(logging.Handler):
-    """Counts the retries ``huggingface_hub``'s own ``http_backoff`` makes (it logs each one)."""
-
-    def __init__(self):
-        super().__init__(level=logging.WARNING)
-        self.count = 0
-        self._lock = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if msg.startswith(("Retrying in", "Rate limited")):
-            with self._lock:
-                self.count += 1
+def unreachable_message(url: str) -> str:
+    """The one line shown when the Hub cannot be reached (``url``: any URL on it)."""
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}" if parts.netloc else url
+    return f"cannot reach the Hub at {origin} (offline? set HF_HUB_OFFLINE=1 to use the cache)"
 
 
-_COUNTER = _RetryCounter()
-logging.getLogger("huggingface_hub.utils._http").addHandler(_COUNTER)
+# --------------------------------------------------------------------------------------- HTTP layer
+_SINKS: contextvars.ContextVar[tuple] = contextvars.ContextVar("hubscan_request_sinks", default=())
+_COUNT_LOCK = threading.Lock()
 
 
+def _transport_class():
+    import httpx2
+
+    class CountingTransport(httpx2.BaseTransport):
+        """Counts requests into the sinks of the current :meth:`HubClient.call`; a connection that cannot
+        be made at all (DNS failure, refused) raises :class:`HubUnreachableError` instead of a retryable
+        ``httpx2.ConnectError``."""
+
+        def __init__(self):
+            self.inner = httpx2.HTTPTransport()
+
+        def handle_request(self, request):
+            with _COUNT_LOCK:
+                for sink in _SINKS.get():
+                    sink["requests"] = sink.get("requests", 0) + 1
+            try:
+                return self.inner.handle_request(request)
+            except httpx2.ConnectError as exc:
+                raise HubUnreachableError(str(request.url.copy_with(query=None)),
+                                          unreachable_message(str(request.url))) from exc
+
+        def close(self):
+            self.inner.close()
+
+    return CountingTransport
+
+
+_FACTORY: dict = {}  # the installed factory's settings: timeout, and the library's own request hooks
+
+
+def install_http_client(timeout: float) -> None:
+    """Install hubscan's ``httpx2.Client`` factory in ``huggingface_hub`` (``set_client_factory``).
+
+    Idempotent for the same ``timeout``. The library's own request hooks (offline guard, request ids) are
+    those of the client its default factory builds (``get_session().event_hooks``), taken once, before
+    hubscan's factory replaces it.
+
+    Parameters
+    ----------
+    timeout : float
+        Default seconds the server may stay silent (connect: at most 3 s) for calls that give none.
+    """
+    import httpx2
+    from huggingface_hub import get_session, set_client_factory
+
+    if _FACTORY.get("timeout") == timeout:
+        return
+    if "hooks" not in _FACTORY:
+        _FACTORY["hooks"] = list(get_session().event_hooks.get("request", []))
+        _FACTORY["transport"] = _transport_class()
+    hooks, transport = _FACTORY["hooks"], _FACTORY["transport"]
+
+    def factory():
+        return httpx2.Client(transport=transport(), event_hooks={"request": list(hooks)}, follow_redirects=True,
+                             timeout=httpx2.Timeout(timeout, connect=min(3.0, timeout)))
+
+    set_client_factory(factory)
+    _FACTORY["timeout"] = timeout
+
+
+# ---------------------------------------------------------------------------------------- the client
 @dataclasses.dataclass
 class HubClient:
     """Settings and counters of hub access.
@@ -59,18 +146,22 @@ class HubClient:
     token : str or None
         Access token; None → ``$HF_TOKEN`` (or the saved login). Never logged.
     max_retries : int
-        Retries of one operation on 408/429/5xx and connection errors.
+        Retries of one operation on 408/429/5xx, timeouts and cut streams.
     backoff, max_backoff : float
-        Exponential backoff base and cap, seconds; a ``Retry-After`` header takes precedence
-        (capped at ``max_backoff``).
+        Exponential backoff base and cap, seconds (see the module docstring for the wait rule).
     timeout : float
         Seconds the server may stay silent before a request fails.
     offline : bool or None
         No network: files only from the local cache. None → ``$HF_HUB_OFFLINE``.
     cache_dir : str or None
-        Download cache for whole-file formats; None → ``$HF_HUB_CACHE`` / the default cache.
+        Download cache for whole-file formats; None → a temporary folder per model.
     keep_cache : bool
         Keep downloaded files after each model (default: removed).
+    sleep : callable or None
+        ``sleep(seconds)`` used between retries; None → ``time.sleep`` (tests inject a fake clock).
+    retries, requests : int
+        Counters: retries made by :meth:`call`, HTTP requests sent inside it (redirects and retries
+        included).
     """
 
     endpoint: str | None = None
@@ -82,51 +173,69 @@ class HubClient:
     offline: bool | None = None
     cache_dir: str | None = None
     keep_cache: bool = False
+    sleep: Callable[[float], None] | None = dataclasses.field(default=None, repr=False, compare=False)
     retries: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):
-        if os.environ.get("HF_HUB_DISABLE_TELEMETRY") == "1":
-            from huggingface_hub import constants
-            constants.HF_HUB_DISABLE_TELEMETRY = True
         self.endpoint = (self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
         if self.token is None:
             self.token = os.environ.get("HF_TOKEN") or None
         if self.offline is None:
             self.offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         self._api = None
-        self._fs = None
-        self._counted = _COUNTER.count
-        _bound_timeouts(self.timeout)
+        self._sink: dict = {"requests": 0}
+        install_http_client(self.timeout)
 
     @property
     def api(self):
         """A ``huggingface_hub.HfApi`` bound to this endpoint and token."""
         if self._api is None:
             from huggingface_hub import HfApi
-            self._api = HfApi(endpoint=self.endpoint, token=self.token)
+            self._api = HfApi(endpoint=self.endpoint, token=self.token, library_name="hubscan")
         return self._api
 
-    @property
-    def fs(self):
-        """A ``huggingface_hub.HfFileSystem`` bound to this endpoint and token (no instance cache)."""
-        if self._fs is None:
-            from huggingface_hub import HfFileSystem
-            self._fs = HfFileSystem(endpoint=self.endpoint, token=self.token, skip_instance_cache=True)
-        return self._fs
+    def headers(self) -> dict:
+        """Request headers for a direct ``get_session()`` call (``huggingface_hub.utils.build_hf_headers``)."""
+        from huggingface_hub.utils import build_hf_headers
+        return build_hf_headers(token=self.token, library_name="hubscan")
 
     def total_retries(self) -> int:
-        """Retries made so far: hubscan's own plus those ``huggingface_hub`` made inside a call."""
-        return self.retries + (_COUNTER.count - self._counted)
+        """Retries made so far by :meth:`call`."""
+        return self.retries
 
-    def call(self, fn: Callable[..., T], *args, what: str, **kwargs) -> T:
-        """Run a hub operation with retries.
+    def total_requests(self) -> int:
+        """HTTP requests made so far inside :meth:`call` (what a survey records per model)."""
+        return self.requests
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent inside :meth:`call` so far (redirects and retries included)."""
+        return self._sink["requests"]
+
+    @contextlib.contextmanager
+    def counting(self, stats: dict | None = None):
+        """Count the HTTP requests made inside the block into this client and into ``stats["requests"]``."""
+        sinks = (self._sink,) + ((stats,) if stats is not None else ())
+        token = _SINKS.set(sinks)
+        try:
+            yield
+        finally:
+            _SINKS.reset(token)
+
+    def call(self, fn: Callable[..., T], *args, what: str, stats: dict | None = None, retry: bool = True,
+             **kwargs) -> T:
+        """Run a hub operation, counting its requests, with retries (see the module docstring).
 
         Parameters
         ----------
         fn : callable
-            The ``huggingface_hub`` call.
+            The ``huggingface_hub`` call (or a function of hubscan's making a request through it).
         what : str
             The model or file it is about (for errors).
+        stats : dict, optional
+            Also count requests into ``stats["requests"]`` (e.g. a weight set's stats).
+        retry : bool
+            False for calls that retry inside ``huggingface_hub`` already.
 
         Returns
         -------
@@ -134,28 +243,37 @@ class HubClient:
 
         Raises
         ------
+        HubUnreachableError
+            Name resolution failed or the connection was refused (no retry).
         GatedModelError
             401/403: gated or private repository (a survey records the model as skipped).
+        RemoteFileNotFoundError
+            A file of the repository is absent (404 on a file).
         SourceError
             Not found, or still failing after ``max_retries`` retries; one line with the reason.
         """
         attempt = 0
         while True:
             try:
-                return fn(*args, **kwargs)
+                with self.counting(stats):
+                    return fn(*args, **kwargs)
+            except HubUnreachableError as exc:
+                raise HubUnreachableError(what, exc.reason) from None
             except Exception as exc:  # noqa: BLE001 - classified below
-                retry, wait, reason = self._classify(exc)
-                if not retry or attempt >= self.max_retries:
+                again, wait, reason = self._classify(exc)
+                if not (again and retry) or attempt >= self.max_retries:
                     raise self._error(exc, what, reason, attempt) from exc
                 attempt += 1
                 self.retries += 1
                 delay = wait if wait is not None else min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
                 log.info("%s: %s; retry %d/%d in %.1fs", what, reason, attempt, self.max_retries, delay)
-                time.sleep(min(delay, self.max_backoff))
+                (self.sleep or time.sleep)(delay)
 
     def _classify(self, exc: BaseException) -> tuple[bool, float | None, str]:
-        from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
-                                            RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError)
+        """(retry?, seconds to wait or None for the backoff, reason) for an exception of a hub call."""
+        import httpx2
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
         if isinstance(exc, OfflineModeIsEnabled):
             return False, None, "offline mode (HF_HUB_OFFLINE=1) and not in the local cache"
         if isinstance(exc, GatedRepoError):
@@ -171,21 +289,21 @@ class HubClient:
             if code in (401, 403):
                 return False, None, f"HTTP {code}: access denied (gated or private: set HF_TOKEN)"
             if code in RETRY_STATUS:
-                return True, _retry_after(exc.response.headers), f"HTTP {code}"
+                return True, server_wait(exc.response.headers, code), f"HTTP {code}"
             if code == 404:
                 return False, None, "HTTP 404: not found"
             return False, None, f"HTTP {code}"
-        if _is_transport_error(exc):
-            return True, None, f"connection error ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
-        return False, None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        if isinstance(exc, (httpx2.TimeoutException, httpx2.TransportError)):
+            return True, None, f"connection error ({' '.join(str(exc).split())[:120] or 'timed out'})"
+        return False, None, " ".join(str(exc).split())[:200] or type(exc).__name__
 
     def _error(self, exc: BaseException, what: str, reason: str, attempts: int) -> SourceError:
-        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+        from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
         if isinstance(exc, GatedRepoError) or (
                 isinstance(exc, HfHubHTTPError) and getattr(exc, "response", None) is not None
                 and exc.response.status_code in (401, 403)):
             return GatedModelError(what, reason)
-        from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
         if isinstance(exc, RepositoryNotFoundError):
             return errors.RepositoryNotFoundError(what, reason)
         if isinstance(exc, RevisionNotFoundError):
@@ -199,44 +317,41 @@ class HubClient:
         return SourceError(what, reason)
 
 
-_TIMEOUT_SET: list = []
+def server_wait(headers, status: int) -> float | None:
+    """Seconds a throttled response asks the client to wait, or None (then: exponential backoff).
 
+    Parameters
+    ----------
+    headers : mapping
+        Response headers.
+    status : int
+        Response status.
 
-def _bound_timeouts(seconds: float) -> None:
-    """Give huggingface_hub's shared HTTP client a timeout (its default client has none, so a stalled
-    server would hang ``list_models`` forever). Leaves a user-installed client factory alone."""
-    from huggingface_hub.utils import _http
+    Returns
+    -------
+    float or None
+        For a 429 whose ``RateLimit`` header says the quota is spent (IETF draft
+        draft-ietf-httpapi-ratelimit-headers, as the Hub sends it: ``"resolvers";r=0;t=55``): ``t``.
+        Else ``Retry-After`` (delay-seconds or HTTP-date, RFC 9110 §10.2.3). Capped at
+        :data:`MAX_SERVER_WAIT`.
+    """
+    from huggingface_hub.utils import parse_ratelimit_headers
 
-    if _TIMEOUT_SET and _TIMEOUT_SET[-1] == seconds:
-        return
-    if _http._GLOBAL_CLIENT_FACTORY is not _http.default_client_factory and not _TIMEOUT_SET:
-        return
-    import httpx2
-
-    def factory():
-        return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]}, follow_redirects=True,
-                             timeout=httpx2.Timeout(seconds, connect=min(10.0, seconds)))
-
-    _http.set_client_factory(factory)
-    from huggingface_hub import constants
-    constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, int(seconds))
-    _TIMEOUT_SET.append(seconds)
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    names = {c.__name__ for c in type(exc).__mro__}
-    return bool(names & {"TransportError", "TimeoutException", "ConnectError", "RemoteProtocolError",
-                         "ReadError", "ConnectionError", "IncompleteRead", "ChunkedEncodingError"})
-
-
-def _retry_after(headers) -> float | None:
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
+    if headers is None:
         return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+    headers = {str(k).lower(): v for k, v in headers.items()}
+    wait = None
+    if status == 429:
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            wait = float(info.reset_in_seconds)
+    if wait is None:
+        value = (headers.get("retry-after") or "").strip()
+        if value.isdigit():
+            wait = float(value)
+        elif value:
+            try:
+                wait = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError):
+                wait = None
+    return None if wait is None else min(wait, MAX_SERVER_WAIT)

@@ -6,9 +6,11 @@ Strings accepted (:func:`parse_ref`):
   tag or commit sha; pinned to the commit sha when resolved);
 * ``timm:ARCH.TAG`` (or ``timm:ARCH``, timm's default tag) — a timm pretrained model, fetched
   from the hub repo its pretrained config names (mostly ``timm/ARCH.TAG``);
-* ``local:PATH`` or a plain path — a weight file or a Hugging Face layout folder.
+* ``local:PATH`` or a plain path — a weight file or a Hugging Face layout folder;
+* ``NAME:BODY`` for any other registered source (:func:`hubscan.sources.register_source`).
 
-Only the standard library here: every other module may import this one.
+Each source parses its own part after the colon (``Source.parse``, registered here with
+:func:`register_scheme`); a string with no registered scheme is a local path. Only the standard library here: every other module may import this one.
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
+import posixpath
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,17 +30,22 @@ class ModelRef:
     Attributes
     ----------
     source : str
-        ``hf``, ``timm`` or ``local``.
+        The registered source that owns the reference (``hf``, ``timm``, ``local`` …;
+        :func:`hubscan.sources.register_source`).
     id : str
         Hub repo id (``hf``), timm ``arch.tag`` name (``timm``; the key that joins timm's results
-        CSVs), or the path (``local``).
+        CSVs), or the path (``local``): relative to the surveyed folder, or to the current directory
+        for a single path (see :mod:`hubscan.sources.local`).
     revision : str or None
         Requested (unresolved) or pinned revision: the commit sha for the hub, a content
         fingerprint (size + mtime hash) for local files. None until resolved.
     files : tuple of str
-        The weight files chosen (paths in the repo, or absolute local paths); empty until resolved.
+        The weight files chosen (paths in the repo, or local paths relative to ``root``); empty until
+        resolved.
     repo_id : str or None
         The hub repo holding the weights (``timm/ARCH.TAG`` for most timm models; ``id`` for hf).
+    root : str or None
+        Local models: the folder ``id`` is relative to (not part of the model's identity, never stored).
     """
 
     source: str
@@ -47,11 +53,27 @@ class ModelRef:
     revision: str | None = None
     files: tuple = ()
     repo_id: str | None = None
+    root: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         if self.source == "local":
             return self.id
         return f"{self.source}:{self.id}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def path(self) -> str:
+        """Local models: where the files are (``root``/``id``)."""
+        return os.path.join(self.root, self.id) if self.root else self.id
+
+
+#: Reference schemes beyond the built-in ``hf:``, ``timm:`` and ``local:``: name -> parser of the part
+#: after the colon (filled by :func:`hubscan.sources.register_source`).
+_SCHEMES: dict = {}
+
+
+def register_scheme(name: str, parse) -> None:
+    """Make ``NAME:BODY`` parse as ``parse(BODY) -> ModelRef`` in :func:`parse_ref`."""
+    _SCHEMES[name] = parse
 
 
 def parse_ref(text: str | os.PathLike) -> ModelRef:
@@ -60,7 +82,8 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
     Parameters
     ----------
     text : str or path
-        ``hf:ORG/NAME[@REV]``, ``timm:NAME``, ``local:PATH`` or a path.
+        ``SCHEME:BODY`` for a registered source (``hf:ORG/NAME[@REV]``, ``timm:NAME`` …), ``local:PATH``
+        or a path. The sources register their schemes when :mod:`hubscan.sources` is imported.
 
     Returns
     -------
@@ -70,25 +93,46 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
     Raises
     ------
     ValueError
-        Malformed reference (empty id, a repo id with characters the hub does not allow, ``..``).
+        Malformed reference (the source's parser says why: e.g. a repo id with characters the hub
+        does not allow, ``..``), or empty.
     """
     text = os.fspath(text)
-    if text.startswith("hf:"):
-        body = text[3:]
-        repo, _, rev = body.partition("@")
-        if not _REPO_ID.match(repo) or ".." in repo:
-            raise ValueError(f"{text}: not a Hugging Face repo id (expected hf:ORG/NAME[@REVISION])")
-        return ModelRef("hf", repo, rev or None, repo_id=repo)
-    if text.startswith("timm:"):
-        name = text[5:]
-        if not name or "/" in name:
-            raise ValueError(f"{text}: not a timm model name (expected timm:ARCH.TAG)")
-        return ModelRef("timm", name)
+    scheme, colon, body = text.partition(":")
+    if colon and scheme in _SCHEMES:
+        return _SCHEMES[scheme](body)
     if text.startswith("local:"):
         text = text[6:]
     if not text:
         raise ValueError("empty model reference")
     return ModelRef("local", text)
+
+
+def check_repo_path(path: str, repo: str) -> str:
+    """Refuse a repository file path that could leave the repository or the download folder.
+
+    Parameters
+    ----------
+    path : str
+        A path inside a repository, as a listing or a shard index names it.
+    repo : str
+        The repository, for messages.
+
+    Returns
+    -------
+    str
+        ``path`` unchanged.
+
+    Raises
+    ------
+    hubscan.errors.UnsafeFileError
+        Empty, absolute, with ``..`` or backslashes, or with a URL scheme / drive in its first part.
+    """
+    norm = posixpath.normpath(path) if path else ""
+    if (not path or path.startswith(("/", "\\")) or "\\" in path or norm.startswith("..")
+            or any(part == ".." for part in path.split("/")) or ":" in path.split("/")[0]):
+        from hubscan.errors import UnsafeFileError
+        raise UnsafeFileError(f"{repo}/{path}", "repository file path leaves the repository")
+    return path
 
 
 def local_fingerprint(paths) -> str:

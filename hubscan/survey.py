@@ -140,24 +140,8 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _family(meta: dict, ref: ModelRef) -> str | None:
-    if meta.get("family"):
-        return meta["family"]
-    if meta.get("model_type"):
-        return meta["model_type"]
-    if ref.source != "local":
-        return None
-    # a local file's name without its version / size / fold tokens, else its folder's name:
-    # proteinmpnn_v_48_020.pt → proteinmpnn, silero_vad_16k.safetensors → silero_vad, v3_fold0.pt → <folder>
-    import re
-    path = ref.id.rstrip("/")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    tokens = []
-    for tok in stem.split("_"):
-        if re.fullmatch(r"(v\d*|\d.*|fold\d*|v\d+_fold\d+)", tok.lower()):
-            break
-        tokens.append(tok)
-    return "_".join(tokens) or os.path.basename(os.path.dirname(path)) or stem
+def _family(meta: dict) -> str | None:
+    return meta.get("family") or meta.get("model_type")  # sources put a family in the metadata when they know one
 
 
 def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: str, reason: str,
@@ -171,7 +155,7 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     """
     row = ModelRecord(model_key=key, source=ref.source, model_id=ref.id, revision=ref.revision,
                       config_hash=cfg_hash, repo_id=ref.repo_id, files=list(ref.files), status=status, reason=reason,
-                      family=_family(meta, ref), hubscan_version=__version__, survey_id=survey_id,
+                      family=_family(meta), hubscan_version=__version__, survey_id=survey_id,
                       analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
               "num_parameters", "eval_results", "gated", "created_at", "last_modified"):
@@ -212,7 +196,7 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
         and ``esd``: Arrow tables of its rows (empty unless analyzed).
     """
     from hubscan.analysis import analyze, as_adapter, is_hub_adapter
-    from hubscan.weights.remote import open_ref
+    from hubscan.sources import open_ref
 
     t0 = time.perf_counter()
     retries0, requests0 = client.total_retries(), _requests(client)
@@ -311,8 +295,11 @@ class _Worker:
     """The analysis actor's body (wrapped by ``ray.remote`` in :meth:`Survey.start_pool`)."""
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
-                 hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float):
+                 hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
+                 source_modules: tuple = ()):
         import torch
+        from hubscan.sources import load_plugins
+        load_plugins(source_modules)  # sources registered outside hubscan, in this actor's process too
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
@@ -449,13 +436,14 @@ class Survey:
 
     def start_pool(self) -> None:
         import ray
+        from hubscan.sources import plugin_modules
         config = self.config
         self.n_actors, gpa, cpa = _cluster_resources(config)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
                                                 self.survey_id, config.hub, config.keep_esd, int(cpa),
-                                                config.flush_models, config.flush_seconds)
+                                                config.flush_models, config.flush_seconds, tuple(plugin_modules()))
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, _Task or None for a flush)

@@ -71,7 +71,7 @@ def test_survey_matches_analyze_and_resumes(small_hub, tmp_path, local_ray):
 
     # every model's layer rows equal `hubscan analyze` of that model, column by column
     for (model_id,) in q(out, "SELECT model_id FROM models"):
-        expected = hubscan.analyze(model_id).to_pandas()
+        expected = hubscan.analyze(small_hub / model_id).to_pandas()  # ids are relative to the surveyed folder
         from hubscan.query import connect
         got = connect(str(out)).execute("SELECT * FROM layers WHERE model_id = ? ORDER BY layer_id, part",
                                         [model_id]).df()

@@ -1,15 +1,167 @@
-"""Model sources: enumerate models and pin each to an exact revision and set of files.
+"""Model sources: where models come from, as a registry (as timm registers models).
 
-``hf`` (Hugging Face Hub), ``timm`` (timm's pretrained names, weights from the hub) and ``local``
-(files and folders). Each yields ``(ModelRef, metadata)``; :func:`resolve` pins a ref.
+A source is one module with one class that implements :class:`Source` and is decorated with
+:func:`register_source`; importing it (one line at the bottom of this file, or in user code) is all the
+wiring there is. The registry gives:
+
+* :func:`parse_spec` / :func:`source_specs` — what ``hubscan survey --source`` accepts (``hf``, ``timm``,
+  ``local:DIR``, ``list:FILE``, and any registered source); the CLI's help is derived from it;
+* :func:`enumerate_models` — a spec's models as ``(ModelRef, metadata)``;
+* :func:`resolve` — pin a reference (commit sha, or a local content fingerprint) and choose its files;
+* :func:`open_ref` / :func:`open_model` — a pinned reference's weights as a
+  :class:`~hubscan.weights.base.WeightSet` (sources read through the readers of :mod:`hubscan.weights`).
+
+Built in: ``hf`` (the Hugging Face Hub; the Hub client is its business), ``timm`` (timm's pretrained
+names, weights from the Hub), ``local`` (files and folders), ``list`` (a file of references, one per
+line, each owned by the source its scheme names).
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from typing import Iterator, Protocol, runtime_checkable
 
+from hubscan.errors import SourceError
 from hubscan.hub import HubClient
-from hubscan.refs import ModelRef, parse_ref
+from hubscan.refs import ModelRef, parse_ref, register_scheme
+
+__all__ = ["plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources", "source_specs", "parse_spec",
+           "enumerate_models", "resolve", "open_ref", "open_model"]
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What a model source implements.
+
+    Attributes
+    ----------
+    name : str
+        The scheme: ``ModelRef.source`` of the refs it owns, and the first part of its spec.
+    spec : str
+        How ``--source`` names it: ``NAME`` or ``NAME:ARG`` (e.g. ``local:DIR``).
+    filters : tuple of str
+        Keyword filters :meth:`enumerate` accepts (``--filter``, ``--author`` … of the CLI).
+    """
+
+    name: str
+    spec: str
+    filters: tuple
+
+    def enumerate(self, arg: str | None, *, client: HubClient, limit: int | None = None,
+                  **filters) -> Iterator[tuple[ModelRef, dict]]:
+        """The models of ``NAME[:ARG]``: ``(ModelRef, metadata)``, pinned when the listing pins them."""
+
+    def parse(self, body: str) -> ModelRef:
+        """A reference ``NAME:BODY`` (raises ValueError when malformed)."""
+
+    def resolve(self, ref: ModelRef, client: HubClient) -> tuple[ModelRef, dict]:
+        """Pin ``ref`` (revision and files) and return its metadata (``family`` among it, when known)."""
+
+    def open(self, ref: ModelRef, client: HubClient):
+        """The pinned ref's weights as a :class:`~hubscan.weights.base.WeightSet`."""
+
+
+_SOURCES: dict[str, Source] = {}
+
+
+def register_source(cls):
+    """Class decorator: register one instance of a :class:`Source` under its ``name``.
+
+    A name registered again is taken over by the newer source (a user's own ``hf`` replaces the built-in
+    one). Its ``NAME:`` prefix becomes a reference scheme of :func:`hubscan.refs.parse_ref`.
+    """
+    source = cls() if isinstance(cls, type) else cls
+    _SOURCES[source.name] = source
+    if source.name != "local":
+        register_scheme(source.name, source.parse)
+    return cls
+
+
+def plugin_modules() -> list[str]:
+    """Modules of registered sources defined outside hubscan: a survey imports them in its actors
+    (processes that did not run the code that registered them)."""
+    return sorted({type(s).__module__ for s in _SOURCES.values()} - {__name__} - set(_BUILTIN))
+
+
+def load_plugins(modules) -> None:
+    """Import source modules by name (each registers its sources on import); see :func:`plugin_modules`."""
+    import importlib
+    for name in modules:
+        importlib.import_module(name)
+
+
+def sources() -> dict[str, Source]:
+    """The registry: name -> source (a copy)."""
+    return dict(_SOURCES)
+
+
+def get_source(name: str) -> Source:
+    """The source registered as ``name``.
+
+    Raises
+    ------
+    SourceError
+        None is.
+    """
+    if name not in _SOURCES:
+        raise SourceError(name, f"unknown source (use {', '.join(source_specs())})")
+    return _SOURCES[name]
+
+
+def source_specs() -> list[str]:
+    """The ``--source`` forms the registry accepts, e.g. ``['hf', 'timm', 'local:DIR', 'list:FILE']``."""
+    return [s.spec for s in _SOURCES.values()]
+
+
+def parse_spec(spec: str) -> tuple[Source, str | None]:
+    """Split a ``--source`` value into its source and argument.
+
+    Raises
+    ------
+    SourceError
+        Unknown source, or an argument missing (``local`` without ``:DIR``) or given to a source that
+        takes none.
+    """
+    name, colon, arg = spec.partition(":")
+    source = get_source(name)
+    takes_arg = ":" in source.spec
+    if takes_arg and not arg:
+        raise SourceError(spec, f"expected {source.spec}")
+    if not takes_arg and colon:
+        raise SourceError(spec, f"the {name} source takes no argument (expected {source.spec})")
+    return source, (arg or None)
+
+
+def enumerate_models(spec: str, *, client: HubClient | None = None, limit: int | None = None,
+                     **filters) -> Iterator[tuple[ModelRef, dict]]:
+    """Enumerate a source.
+
+    Parameters
+    ----------
+    spec : str
+        ``hf``, ``timm``, ``local:DIR``, ``list:FILE`` or another registered source's spec.
+    client : HubClient, optional
+    limit : int, optional
+        Models at most.
+    **filters
+        Passed to the source; each source names those it accepts (``Source.filters``), others are ignored.
+
+    Yields
+    ------
+    (ModelRef, dict)
+
+    Raises
+    ------
+    SourceError
+        Unknown source or malformed spec (raised at the first ``next``).
+    """
+    source, arg = parse_spec(spec)
+    wanted = {k: v for k, v in filters.items() if k in source.filters and v is not None}
+    yield from source.enumerate(arg, client=client or HubClient(), limit=limit, **wanted)
+
+
+def _as_ref(ref: ModelRef | str | os.PathLike) -> ModelRef:
+    return ref if isinstance(ref, ModelRef) else parse_ref(ref)
 
 
 def resolve(ref: ModelRef | str, client: HubClient | None = None) -> tuple[ModelRef, dict]:
@@ -32,53 +184,42 @@ def resolve(ref: ModelRef | str, client: HubClient | None = None) -> tuple[Model
     hubscan.errors.HubscanError
         GatedModelError (skip), SourceError / NoWeightsError / UnsafeFileError (fail).
     """
-    if isinstance(ref, str):
-        ref = parse_ref(ref)
-    if ref.source == "hf":
-        from hubscan.sources.hf import resolve_hf
-        return resolve_hf(ref, client)
-    if ref.source == "timm":
-        from hubscan.sources.timm import resolve_timm
-        return resolve_timm(ref, client)
-    from hubscan.sources.local import resolve_local
-    return resolve_local(ref)
+    ref = _as_ref(ref)
+    return get_source(ref.source).resolve(ref, client or HubClient())
 
 
-def enumerate_models(source: str, *, client: HubClient | None = None, limit: int | None = None,
-                     **filters) -> Iterator[tuple[ModelRef, dict]]:
-    """Enumerate a source.
+def open_ref(ref: ModelRef, client: HubClient | None = None):
+    """Open a pinned reference's weights (:class:`~hubscan.weights.base.WeightSet`).
 
-    Parameters
-    ----------
-    source : str
-        ``hf``, ``timm``, ``local:DIR`` or ``list:FILE`` (one reference per line, ``#`` comments).
-    client : HubClient, optional
-    limit : int, optional
-    **filters
-        ``hf``: filter, author, search, pipeline_tag, sort. ``timm``: filter, exclude.
-
-    Yields
+    Raises
     ------
-    (ModelRef, dict)
+    hubscan.errors.HubscanError
     """
-    if source == "hf":
-        from hubscan.sources.hf import list_hf
-        yield from list_hf(client, limit=limit, **filters)
-    elif source == "timm":
-        from hubscan.sources.timm import list_timm
-        yield from list_timm(filters.get("filter") or "*", exclude=filters.get("exclude"), limit=limit)
-    elif source.startswith("local:"):
-        from hubscan.sources.local import list_local
-        for i, item in enumerate(list_local(source[6:])):
-            if limit is not None and i >= limit:
-                break
-            yield item
-    elif source.startswith("list:"):
-        with open(source[5:]) as f:
-            lines = [ln.split("#", 1)[0].strip() for ln in f]
-        for i, line in enumerate(ln for ln in lines if ln):
-            if limit is not None and i >= limit:
-                break
-            yield parse_ref(line), {}
-    else:
-        raise ValueError(f"unknown source {source!r} (use hf, timm, local:DIR or list:FILE)")
+    return get_source(ref.source).open(ref, client or HubClient())
+
+
+def open_model(model: ModelRef | str | os.PathLike, client: HubClient | None = None):
+    """Resolve a reference and open its weights: ``(WeightSet, pinned ModelRef, metadata)``.
+
+    A reference that is already pinned (revision and files, as a hub listing gives them) is opened
+    without another resolve.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+    """
+    ref = _as_ref(model)
+    source = get_source(ref.source)
+    client = client or HubClient()
+    if hasattr(source, "open_model"):
+        return source.open_model(ref, client)
+    pinned, meta = (ref, {}) if ref.revision and ref.files else source.resolve(ref, client)
+    return source.open(pinned, client), pinned, meta
+
+
+# Sources register themselves on import; a new source is one more module and one more line here.
+_BUILTIN = ("hubscan.sources.hf", "hubscan.sources.timm", "hubscan.sources.local", "hubscan.sources.listfile")
+from hubscan.sources import hf as _hf  # noqa: E402,F401
+from hubscan.sources import timm as _timm  # noqa: E402,F401
+from hubscan.sources import local as _local  # noqa: E402,F401
+from hubscan.sources import listfile as _listfile  # noqa: E402,F401

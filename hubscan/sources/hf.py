@@ -1,37 +1,27 @@
-"""Hugging Face Hub source: enumerate models, pin them to a commit, choose their weight files.
+"""Hugging Face Hub source (``hf``): enumerate models, pin them to a commit, choose their weight files.
 
-Enumeration is ``HfApi.list_models`` with ``expand=`` (one request per page, no per-model calls);
-resolution is ``HfApi.model_info`` at the requested revision, which pins the commit sha.
+Enumeration is ``HfApi.list_models`` with ``expand=`` (one request per page, no per-model calls: the
+listing's ``sha`` and ``siblings`` pin each model); resolution of a single reference is
+``HfApi.model_info`` at the requested revision, which pins the commit sha. Weights are read by
+:func:`hubscan.weights.remote.open_hub_files` (coalesced range reads, or downloads for whole-file formats).
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
+import re
 from typing import Iterator
 
 from hubscan.errors import NoWeightsError, UnsafeFileError
 from hubscan.hub import HubClient
-from hubscan.refs import ModelRef
+from hubscan.refs import ModelRef, check_repo_path
+from hubscan.sources import register_source
 
 log = logging.getLogger(__name__)
 
 #: Properties fetched with each listed model (``list_models(expand=...)``).
 EXPAND = ["sha", "siblings", "safetensors", "cardData", "downloads", "likes", "library_name",
           "pipeline_tag", "tags", "config", "lastModified", "createdAt", "gated", "private"]
-
-def check_repo_path(path: str, repo: str) -> str:
-    """Refuse a repo file path that could leave the download folder (absolute, ``..``, backslashes).
-
-    Raises
-    ------
-    UnsafeFileError
-    """
-    norm = posixpath.normpath(path)
-    if (not path or path.startswith(("/", "\\")) or "\\" in path or norm.startswith("..")
-            or any(part == ".." for part in path.split("/")) or ":" in path.split("/")[0]):
-        raise UnsafeFileError(f"{repo}/{path}", "repository file path leaves the repository")
-    return path
 
 
 def choose_files(filenames: list[str], repo: str = "", adapter: bool = False) -> tuple[tuple[str, ...], str]:
@@ -132,9 +122,13 @@ def list_hf(client: HubClient | None = None, *, filter: str | list | None = None
         the reason when resolving), and :func:`metadata_from_info`.
     """
     client = client or HubClient()
-    models = client.call(client.api.list_models, what="list_models", filter=filter, author=author,
+    models = client.call(client.api.list_models, what="list_models", retry=False, filter=filter, author=author,
                          search=search, pipeline_tag=pipeline_tag, sort=sort, limit=limit, expand=EXPAND)
-    for info in models:
+    pages = iter(models)
+    while True:  # each page is fetched inside call(): its requests counted, its errors one line
+        info = client.call(next, pages, None, what="list_models", retry=False)
+        if info is None:
+            return
         yield ref_from_info(info, ModelRef("hf", info.id, repo_id=info.id)), metadata_from_info(info)
 
 
@@ -210,3 +204,31 @@ def _resolve_from_cache(ref: ModelRef, repo: str, client: HubClient) -> tuple[Mo
         except (OSError, ValueError):
             pass
     return ModelRef(ref.source, ref.id, sha, files, repo), meta
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
+@register_source
+class HubSource:
+    """The Hugging Face Hub: ``hf:ORG/NAME[@REV]``; ``--source hf`` lists the Hub (``list_models``)."""
+
+    name = "hf"
+    spec = "hf"
+    filters = ("filter", "author", "search", "pipeline_tag", "sort")
+
+    def parse(self, body: str) -> ModelRef:
+        repo, _, rev = body.partition("@")
+        if not _REPO_ID.match(repo) or ".." in repo:
+            raise ValueError(f"hf:{body}: not a Hugging Face repo id (expected hf:ORG/NAME[@REVISION])")
+        return ModelRef("hf", repo, rev or None, repo_id=repo)
+
+    def enumerate(self, arg, *, client, limit=None, **filters):
+        return list_hf(client, limit=limit, **filters)
+
+    def resolve(self, ref, client):
+        return resolve_hf(ref, client)
+
+    def open(self, ref, client):
+        from hubscan.weights.remote import open_hub_files
+        return open_hub_files(ref, client)

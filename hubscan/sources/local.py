@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import NoWeightsError, PathNotFoundError
+from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError
 from hubscan.refs import ModelRef, local_fingerprint
+from hubscan.sources import register_source
 
 def _is_weight_file(p: Path) -> bool:
     from hubscan.weights import weight_suffixes  # the readers' registry: one list of what is a weight file
@@ -33,7 +36,8 @@ def _is_model_dir(p: Path) -> bool:
 
 
 def local_metadata(path: Path) -> dict:
-    """model_type / architectures from a folder's ``config.json`` when present."""
+    """model_type / architectures from a folder's ``config.json`` when present; ``family``: the model_type,
+    else :func:`local_family` of the name."""
     cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
     meta: dict = {"library_name": None, "model_type": None, "architectures": []}
     if cfg.is_file():
@@ -43,25 +47,72 @@ def local_metadata(path: Path) -> dict:
             meta["architectures"] = list(data.get("architectures") or [])
         except (ValueError, OSError):
             pass
+    meta["family"] = meta["model_type"] or local_family(os.fspath(path))
     return meta
 
 
+def anchor(path: str | os.PathLike) -> tuple[str, str | None]:
+    """The id and root of a single local path (``hubscan analyze PATH``, a ``list:`` line).
+
+    A path inside the current directory gets an id relative to it (``out/hub/x.pt``, whatever way it
+    was typed: ``./out/hub/x.pt``, its absolute path …) — the path a researcher sees and writes in an
+    accuracy CSV. A path outside it keeps the path as given (normalised), since a relative id would start
+    with ``..``.
+
+    Returns
+    -------
+    (id, root)
+        ``root`` is the current directory, or None when ``id`` is the path as given.
+    """
+    text = os.fspath(path)
+    cwd = os.getcwd()
+    rel = os.path.relpath(os.path.abspath(text), cwd)
+    if rel != os.curdir and not rel.startswith(os.pardir + os.sep) and rel != os.pardir:
+        return rel.replace(os.sep, "/"), cwd
+    return os.path.normpath(text), None
+
+
+def local_family(path: str) -> str:
+    """A local model's family from its name: the file name without its version / size / fold tokens,
+    else its folder's name (``proteinmpnn_v_48_020.pt`` → ``proteinmpnn``, ``silero_vad_16k.safetensors``
+    → ``silero_vad``, ``v3_fold0.pt`` → its folder)."""
+    path = path.rstrip("/")
+    stem = os.path.splitext(os.path.basename(path))[0]
+    tokens = []
+    for tok in stem.split("_"):
+        if re.fullmatch(r"(v\d*|\d.*|fold\d*|v\d+_fold\d+)", tok.lower()):
+            break
+        tokens.append(tok)
+    return "_".join(tokens) or os.path.basename(os.path.dirname(path)) or stem
+
+
+def _pinned_root(ref: ModelRef) -> ModelRef:
+    if ref.root is not None:
+        return ref
+    rid, root = anchor(ref.id)
+    return ModelRef("local", rid, ref.revision, ref.files, root=root)
+
+
 def resolve_local(ref: ModelRef) -> tuple[ModelRef, dict]:
-    """Pin a local ref: the files it would read and their fingerprint (size + mtime).
+    """Pin a local ref: the files it would read (relative to ``root``) and their fingerprint (name, size,
+    mtime).
 
     Raises
     ------
     NoWeightsError
         No such file or folder, or no weight files in it.
     """
-    path = Path(ref.id)
+    ref = _pinned_root(ref)
+    path = Path(ref.path)
     if not path.exists():
-        raise PathNotFoundError(ref.id, "no such file or folder")
+        raise PathNotFoundError(ref.path, "no such file or folder")
     files = [path] if path.is_file() else sorted(c for c in path.rglob("*") if _is_weight_file(c)
                                                  or c.name.endswith(".index.json"))
     if not files:
-        raise NoWeightsError(ref.id, "no weight files found")
-    return ModelRef("local", str(path), local_fingerprint(files), tuple(str(f) for f in files)), local_metadata(path)
+        raise NoWeightsError(ref.path, "no weight files found")
+    base = ref.root or os.curdir
+    rel = tuple(os.path.relpath(f, base).replace(os.sep, "/") if ref.root else os.fspath(f) for f in files)
+    return ModelRef("local", ref.id, local_fingerprint(files), rel, root=ref.root), local_metadata(path)
 
 
 def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
@@ -71,26 +122,69 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     Yields
     ------
     (ModelRef, dict)
-        Unresolved refs (``id`` = path) and metadata from ``config.json``.
+        Unresolved refs: ``id`` is the path relative to ``root`` (the file or folder name when ``root``
+        is itself one model), ``ModelRef.root`` the absolute root; metadata from ``config.json``.
 
     Raises
     ------
     NoWeightsError
         ``root`` does not exist.
     """
-    root = Path(os.path.abspath(root))  # ids are absolute paths: the same files, the same key from any cwd
-    if not root.exists():
-        raise PathNotFoundError(str(root), "no such folder")
-    if _is_weight_file(root) or (_is_model_dir(root) and len([c for c in root.iterdir() if c.is_dir()]) == 0) \
-            or (root / "config.json").is_file() or (root / "model_index.json").is_file():
-        yield ModelRef("local", str(root)), local_metadata(root)
+    top = Path(os.path.abspath(root))
+    if not top.exists():
+        raise PathNotFoundError(os.fspath(root), "no such folder")
+    if _is_weight_file(top) or (_is_model_dir(top) and not any(c.is_dir() for c in top.iterdir())) \
+            or (top / "config.json").is_file() or (top / "model_index.json").is_file():
+        yield ModelRef("local", top.name, root=str(top.parent)), local_metadata(top)
         return
-    for child in sorted(root.iterdir()):
+    yield from _walk(top, top)
+
+
+def _walk(folder: Path, top: Path) -> Iterator[tuple[ModelRef, dict]]:
+    for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
             continue
-        if _is_weight_file(child):
-            yield ModelRef("local", str(child)), local_metadata(child)
-        elif _is_model_dir(child):
-            yield ModelRef("local", str(child)), local_metadata(child)
+        if _is_weight_file(child) or _is_model_dir(child):
+            rid = os.path.relpath(child, top).replace(os.sep, "/")
+            yield ModelRef("local", rid, root=str(top)), local_metadata(child)
         elif child.is_dir():
-            yield from list_local(child)
+            yield from _walk(child, top)
+
+
+@register_source
+class LocalSource:
+    """Files and folders: ``local:PATH`` or a plain path; ``--source local:DIR`` surveys a folder of models.
+
+    Ids are paths relative to the surveyed folder (``pocketnet/v3_fold0.pt``), so a dataset moves with
+    its files and reads the same on every machine; the revision is the files' fingerprint. A single path
+    (``hubscan analyze PATH``) gets an id relative to the current directory (see :func:`anchor`).
+    """
+
+    name = "local"
+    spec = "local:DIR"
+    filters = ()
+
+    def parse(self, body: str) -> ModelRef:
+        if not body:
+            raise ValueError("empty model reference")
+        return ModelRef("local", body)
+
+    def enumerate(self, arg, *, client, limit=None):
+        return itertools.islice(list_local(arg), limit)
+
+    def resolve(self, ref, client):
+        return resolve_local(ref)
+
+    def open(self, ref, client):
+        from hubscan.weights import open_weights
+        return open_weights(_pinned_root(ref).path)
+
+    def open_model(self, ref, client):
+        """Open first (a reader's error names the file), then pin."""
+        ref = _pinned_root(ref)
+        ws = self.open(ref, client)
+        try:
+            pinned, meta = resolve_local(ref)
+        except HubscanError:
+            pinned, meta = ref, {}
+        return ws, pinned, meta

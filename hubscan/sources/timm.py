@@ -14,6 +14,7 @@ from typing import Iterator
 from hubscan.errors import SourceError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
+from hubscan.sources import register_source
 
 _FAMILY = re.compile(r"^[a-z]+")
 #: Base families: an architecture whose name starts with one of these belongs to it (longest wins),
@@ -110,3 +111,27 @@ def resolve_timm(ref: ModelRef, client: HubClient | None = None) -> tuple[ModelR
     meta = timm_metadata(ref.id)
     meta.update({k: v for k, v in hub_meta.items() if v not in (None, [], "") and k not in ("model_type", "architectures")})
     return pinned, meta
+
+
+@register_source
+class TimmSource:
+    """timm's pretrained names: ``timm:ARCH.TAG``; ``--source timm`` lists them (``--filter`` a name glob)."""
+
+    name = "timm"
+    spec = "timm"
+    filters = ("filter", "exclude")
+
+    def parse(self, body: str) -> ModelRef:
+        if not body or "/" in body:
+            raise ValueError(f"timm:{body}: not a timm model name (expected timm:ARCH.TAG)")
+        return ModelRef("timm", body)
+
+    def enumerate(self, arg, *, client, limit=None, filter=None, exclude=None):
+        return list_timm(filter or "*", exclude=exclude, limit=limit)
+
+    def resolve(self, ref, client):
+        return resolve_timm(ref, client)
+
+    def open(self, ref, client):
+        from hubscan.weights.remote import open_hub_files
+        return open_hub_files(ref, client)

@@ -1,20 +1,32 @@
-"""Weights on the Hugging Face Hub, read through ``huggingface_hub``.
+"""Weights on the Hugging Face Hub, read through ``huggingface_hub``'s HTTP session.
 
-* safetensors (single or sharded): **HTTP range reads** through ``HfFileSystem`` with no read-ahead
-  cache: the 8-byte length and the header first (validated like a local file, so a 1 TiB header
-  length or a shape larger than its data is refused before anything else is fetched), then only the
-  tensors the analysis loads — 1-D tensors (biases, norms) are never fetched. Bytes fetched are
-  counted in ``WeightSet.stats["bytes_read"]``.
-* whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF): ``hf_hub_download`` into a
-  temporary cache (or ``HubClient.cache_dir``), read with the local readers, and removed when the
-  set is closed unless ``HubClient.keep_cache``.
-* offline (``HF_HUB_OFFLINE=1``): everything from the local cache with ``hf_hub_download``.
+safetensors (single or sharded): coalesced, streamed HTTP range reads
+    Per shard: one range GET for the 8-byte header length and one for the header (validated like a
+    local file, so a 1 TiB header length or a shape larger than its data is refused before anything
+    else is fetched). Then the tensors the analysis may load — every tensor with ≥ 2 dimensions; biases
+    and norms are never fetched — are grouped into as few byte ranges as possible by
+    :func:`coalesce`: two neighbours are merged when the gap between them is at most
+    :data:`MERGE_GAP` (1 MiB) **or** at most :data:`MERGE_FRACTION` (2 %) of the merged span. Each range
+    is **one streamed GET** read forward: a tensor's bytes are copied out of the stream as they arrive
+    and the rest of the range stays on the wire, so memory holds about two tensors (the one analyzed
+    and the one being prefetched by :func:`hubscan.analysis.analyze_entries`), never the span.
+    A tensor the analysis skips (e.g. a vocabulary matrix over ``max_N``) is jumped over: a gap larger
+    than the merge rule allows closes the stream and opens a new one after it. A tensor asked for
+    behind the stream's position (out of file order) is fetched by its own range, leaving the stream
+    where it is. A stream cut mid-body resumes from the byte it stopped at (:meth:`HubClient.call`).
+    ``WeightSet.stats``: ``bytes_read`` (body bytes consumed) and ``requests`` (HTTP requests, retries
+    included).
+whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF)
+    ``hf_hub_download`` into a temporary cache (or ``HubClient.cache_dir``), read with the local readers,
+    and removed when the set is closed unless ``HubClient.keep_cache``.
+offline (``HF_HUB_OFFLINE=1``)
+    Everything from the local cache with ``hf_hub_download(local_files_only=True)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -24,23 +36,59 @@ from pathlib import Path
 
 import torch
 
-from hubscan.errors import CorruptFileError, RemoteFileNotFoundError
+from hubscan.errors import CorruptFileError, NoWeightsError, RemoteFileNotFoundError
 from hubscan.hub import HubClient
-from hubscan.refs import ModelRef
-from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import parse_shard_index
+from hubscan.refs import ModelRef, check_repo_path
+from hubscan.weights.base import WeightSet
+from hubscan.weights.files import component_prefix, parse_shard_index
 from hubscan.weights.safetensors import header_length, parse_header, tensor_entries
 
 log = logging.getLogger(__name__)
 
+#: Merge rule of :func:`coalesce`: neighbours whose gap is at most this many bytes are read in one range …
+MERGE_GAP = 1 << 20
+#: … or whose gap is at most this fraction of the merged span.
+MERGE_FRACTION = 0.02
+#: Bytes taken from a stream per read (the only buffer besides the tensor being filled).
+CHUNK = 1 << 20
 
-def open_ref(ref: ModelRef, client: HubClient | None = None) -> WeightSet:
-    """Open a pinned reference (see :func:`hubscan.sources.resolve`) as a WeightSet.
+
+def coalesce(spans, max_gap: int = MERGE_GAP, fraction: float = MERGE_FRACTION) -> list[tuple[int, int]]:
+    """Merge byte spans into as few ranges as the gap rule allows.
+
+    Parameters
+    ----------
+    spans : iterable of (int, int)
+        ``(begin, end)`` byte offsets, ``end`` exclusive; any order, may touch.
+    max_gap : int
+        Merge two neighbours when the gap between them is at most this many bytes …
+    fraction : float
+        … or at most this fraction of the merged range's length.
+
+    Returns
+    -------
+    list of (int, int)
+        Disjoint ranges, sorted, each covering one or more spans (gaps ≤ the rule inside).
+    """
+    out: list[tuple[int, int]] = []
+    for begin, end in sorted(spans):
+        if out:
+            gb, ge = out[-1]
+            gap = begin - ge
+            if gap <= max_gap or gap <= fraction * (max(end, ge) - gb):
+                out[-1] = (gb, max(ge, end))
+                continue
+        out.append((begin, end))
+    return out
+
+
+def open_hub_files(ref: ModelRef, client: HubClient | None = None) -> WeightSet:
+    """Open a pinned hub reference (see :meth:`hubscan.sources.HubSource.resolve`) as a WeightSet.
 
     Parameters
     ----------
     ref : ModelRef
-        Resolved: ``files`` chosen, ``revision`` pinned (hub) — local refs need only ``id``.
+        ``files`` chosen and ``revision`` pinned; ``repo_id`` the hub repository.
     client : HubClient, optional
 
     Returns
@@ -51,13 +99,8 @@ def open_ref(ref: ModelRef, client: HubClient | None = None) -> WeightSet:
     ------
     hubscan.errors.HubscanError
     """
-    from hubscan.weights import open_weights
-
-    if ref.source == "local":
-        return open_weights(ref.id)
     client = client or HubClient()
     if not ref.files:
-        from hubscan.errors import NoWeightsError
         raise NoWeightsError(str(ref), "no weight files chosen (resolve the reference first)")
     safetensors = all(f.endswith((".safetensors", "model.safetensors.index.json")) for f in ref.files)
     if safetensors and not client.offline:
@@ -65,62 +108,167 @@ def open_ref(ref: ModelRef, client: HubClient | None = None) -> WeightSet:
     return _open_downloaded(ref, client)
 
 
+def _file_url(client: HubClient, ref: ModelRef, filename: str) -> str:
+    from huggingface_hub import hf_hub_url
+    return hf_hub_url(ref.repo_id, check_repo_path(filename, ref.repo_id), revision=ref.revision,
+                      endpoint=client.endpoint)
+
+
+def _get(client: HubClient, url: str, stats: dict, start: int | None = None, length: int | None = None
+         ) -> tuple[bytes, int]:
+    """One GET (a byte range when ``start`` is given): ``(body, total file size)``. No retries here."""
+    from huggingface_hub import get_session
+    from huggingface_hub.utils import hf_raise_for_status
+
+    headers = client.headers()
+    if start is not None:
+        if not length:
+            return b"", -1
+        headers["Range"] = f"bytes={start}-{start + length - 1}"
+    r = get_session().get(url, headers=headers, timeout=client.timeout)
+    if r.status_code == 416:  # range past the end: an empty or short file
+        return b"", _total_size(r, 0)
+    hf_raise_for_status(r)
+    body = r.content
+    stats["bytes_read"] = stats.get("bytes_read", 0) + len(body)
+    if start is not None and r.status_code == 200:  # the server ignored Range: the body is the whole file
+        return body[start:start + length], len(body)
+    return body, _total_size(r, len(body))
+
+
+def _total_size(response, default: int) -> int:
+    rng = response.headers.get("content-range", "")
+    tail = rng.rpartition("/")[2].strip()
+    return int(tail) if tail.isdigit() else default
+
+
+class _Stream:
+    """One streamed GET over ``[start, end)`` of a file, read forward."""
+
+    def __init__(self, client: HubClient, url: str, start: int, end: int, stats: dict):
+        from huggingface_hub import get_session
+        from huggingface_hub.utils import hf_raise_for_status
+
+        self.url, self.start, self.pos, self.end, self.stats = url, start, start, end, stats
+        self._stack = contextlib.ExitStack()
+        headers = {**client.headers(), "Range": f"bytes={start}-{end - 1}"}
+        try:
+            response = self._stack.enter_context(get_session().stream("GET", url, headers=headers,
+                                                                      timeout=client.timeout))
+            hf_raise_for_status(response)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._chunks = response.iter_bytes(CHUNK)
+        self._left = memoryview(b"")
+        self.broken = False
+        if response.status_code == 200:  # Range ignored: the body starts at byte 0
+            self.pos = 0
+            self.discard(start)
+
+    def discard(self, n: int) -> None:
+        """Skip ``n`` bytes of the stream."""
+        while n > 0:
+            piece = self._take(n)
+            n -= len(piece)
+
+    def readinto(self, out: memoryview, done: list) -> None:
+        """Fill ``out[done[0]:]`` from the stream; ``done[0]`` advances as bytes arrive (kept on failure)."""
+        while done[0] < len(out):
+            piece = self._take(len(out) - done[0])
+            out[done[0]:done[0] + len(piece)] = piece
+            done[0] += len(piece)
+
+    def _take(self, n: int) -> memoryview:
+        if not self._left:
+            try:
+                chunk = next(self._chunks, None)
+            except BaseException:
+                self.broken = True
+                raise
+            if not chunk:
+                self.broken = True
+                raise CorruptFileError(self.url, f"the server ended the range early at byte {self.pos}")
+            self.stats["bytes_read"] = self.stats.get("bytes_read", 0) + len(chunk)
+            self._left = memoryview(chunk)
+        piece, self._left = self._left[:n], self._left[n:]
+        self.pos += len(piece)
+        return piece
+
+    def close(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            self._stack.close()
+
+
 class _RangedFile:
-    """One remote safetensors file: header parsed up front, tensors fetched by range on demand."""
+    """One remote safetensors file: header parsed up front, tensors streamed by coalesced ranges."""
 
     def __init__(self, client: HubClient, ref: ModelRef, filename: str, stats: dict, lock: threading.Lock):
-        self.where = f"{client.endpoint}/{ref.repo_id}/resolve/{ref.revision}/{filename}"
+        self.url = self.where = _file_url(client, ref, filename)
         self.client, self.stats, self.lock = client, stats, lock
-        path = f"{ref.repo_id}@{ref.revision}/{filename}"
-        self.f = client.call(client.fs.open, path, "rb", cache_type="none", block_size=1 << 20,
-                             what=f"hf:{ref.repo_id}@{ref.revision}/{filename}")
-        self.size = self.f.size
-        n = header_length(self._read(0, min(8, self.size)), self.size, self.where)
+        prefix, self.size = client.call(_get, client, self.url, stats, 0, 8, what=self.where, stats=stats)
+        n = header_length(prefix, max(self.size, len(prefix)), self.where)
+        header, _ = client.call(_get, client, self.url, stats, 8, n, what=self.where, stats=stats)
         self.data_start = 8 + n
         self.unknown: list = []  # tensors of a dtype hubscan cannot decode: skipped rows, the file still read
-        self.tensors, _ = parse_header(self._read(8, n), self.size, self.where, self.unknown)
-
-    def _read(self, start: int, length: int) -> bytes:
-        def fetch():
-            with self.lock:
-                self.f.seek(start)
-                return self.f.read(length)
-        data = self.client.call(fetch, what=self.where)
-        if len(data) != length:
-            raise CorruptFileError(self.where, f"short read: {len(data)} of {length} bytes at offset {start}")
-        self.stats["bytes_read"] = self.stats.get("bytes_read", 0) + len(data)
-        return data
+        self.tensors, _ = parse_header(header, self.size, self.where, self.unknown)
+        self.ranges = coalesce((self.data_start + t.begin, self.data_start + t.end) for t in self.tensors
+                               if len(t.shape) >= 2 and t.end > t.begin)
+        self.stream: _Stream | None = None
 
     def load(self, info) -> torch.Tensor:
-        raw = self._read(self.data_start + info.begin, info.end - info.begin)
-        if info.end == info.begin:
-            return torch.empty(info.shape, dtype=info.dtype)
-        return torch.frombuffer(bytearray(raw), dtype=info.dtype).reshape(info.shape)
+        start, end = self.data_start + info.begin, self.data_start + info.end
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        if end > start:
+            out, done = memoryview(buf.numpy()), [0]
+            self.client.call(self._fill, out, start, end, done, what=f"{self.where}: tensor {info.name!r}",
+                             stats=self.stats)
+        return buf.view(info.dtype).reshape(info.shape)
 
-    def close(self):
-        try:
-            self.f.close()
-        except Exception:  # noqa: BLE001 - closing a half-failed stream
-            pass
+    def _fill(self, out: memoryview, start: int, end: int, done: list) -> None:
+        with self.lock:
+            pos = start + done[0]
+            s = self.stream
+            usable = s is not None and not s.broken and s.pos <= pos and end <= s.end
+            if usable and (pos - s.pos <= MERGE_GAP or pos - s.pos <= MERGE_FRACTION * (end - s.start)):
+                s.discard(pos - s.pos)
+            elif s is not None and not s.broken and pos < s.pos < s.end:
+                # behind the stream (read out of file order): its own range; the stream stays for what follows
+                one = _Stream(self.client, self.url, pos, end, self.stats)
+                try:
+                    one.readinto(out, done)
+                finally:
+                    one.close()
+                return
+            else:
+                if s is not None:
+                    s.close()
+                stop = next((e for b, e in self.ranges if b <= start < e), end)
+                s = self.stream = _Stream(self.client, self.url, pos, max(stop, end), self.stats)
+            s.readinto(out, done)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
 
 
 def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
-    stats: dict = {"bytes_read": 0}
+    stats: dict = {"bytes_read": 0, "requests": 0}
     lock = threading.Lock()
     missing: list = []
     if ref.files[0].endswith(".index.json"):
         index_name = ref.files[0]
-        raw = client.call(lambda: client.fs.cat_file(f"{ref.repo_id}@{ref.revision}/{index_name}"),
-                          what=f"hf:{ref.repo_id}/{index_name}")
-        stats["bytes_read"] += len(raw)
+        raw, _ = client.call(_get, client, _file_url(client, ref, index_name), stats,
+                             what=f"hf:{ref.repo_id}/{index_name}", stats=stats)
         index = parse_shard_index(raw, f"hf:{ref.repo_id}/{index_name}")
         folder = os.path.dirname(index_name)
         files = {}
         for shard in index.shards():
-            name = f"{folder}/{shard}" if folder else shard
             try:
-                files[shard] = _RangedFile(client, ref, name, stats, lock)
-            except RemoteFileNotFoundError:  # the shard is absent: its tensors are reported missing
+                files[shard] = _RangedFile(client, ref, f"{folder}/{shard}" if folder else shard, stats, lock)
+            except RemoteFileNotFoundError:
                 missing += index.missing(shard, None)
         order = [(files[s], info) for s in index.shards() if s in files
                  for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
@@ -131,10 +279,9 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
         opened = [_RangedFile(client, ref, f, stats, lock) for f in ref.files]
         order = [(rf, info) for rf in opened for info in rf.tensors + rf.unknown]
 
-    entries = [e for rf, info in order for e in tensor_entries(*(([info], []) if info.dtype is not None else ([], [info])),
-                                                                rf.where, rf.load)]
+    entries = [e for rf, info in order
+               for e in tensor_entries(*(([info], []) if info.dtype is not None else ([], [info])), rf.where, rf.load)]
     if not ref.files[0].endswith(".index.json"):  # components (diffusers sub-folders): named <folder>/<tensor>
-        from hubscan.weights.files import component_prefix
         prefix = {rf.where: component_prefix(f, ref.files) for rf, f in zip(opened, ref.files)}
         entries = [dataclasses.replace(e, name=prefix[e.file] + e.name) if prefix[e.file] else e for e in entries]
 
@@ -142,27 +289,24 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
         for rf in opened:
             rf.close()
 
-    ws = WeightSet(files=[rf.where for rf in opened], format="safetensors", entries=lambda: iter(entries),
-                   missing=missing, close=close)
-    ws.stats = stats
-    return ws
+    return WeightSet(files=[rf.where for rf in opened], format="safetensors", entries=lambda: iter(entries),
+                     missing=missing, close=close, stats=stats)
 
 
 def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     from huggingface_hub import hf_hub_download
-    from hubscan.sources.hf import check_repo_path
     from hubscan.weights import open_chosen
 
     tmp = None if client.cache_dir else tempfile.mkdtemp(prefix="hubscan-cache-")
     cache_dir = client.cache_dir or tmp
-    stats: dict = {"bytes_read": 0}
+    stats: dict = {"bytes_read": 0, "requests": 0}
     what = f"hf:{ref.repo_id}@{ref.revision}"
 
     def download(name: str) -> str:
         check_repo_path(name, ref.repo_id)
         local = client.call(hf_hub_download, ref.repo_id, name, revision=ref.revision, cache_dir=cache_dir,
                             endpoint=client.endpoint, token=client.token, local_files_only=bool(client.offline),
-                            etag_timeout=client.timeout, what=f"{what}/{name}")
+                            etag_timeout=client.timeout, what=f"{what}/{name}", stats=stats)
         stats["bytes_read"] += os.path.getsize(local)
         return local
 
@@ -172,10 +316,8 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
             index = parse_shard_index(Path(paths[0]).read_text(), paths[0])
             folder = os.path.dirname(ref.files[0])
             for shard in index.shards():
-                try:
+                with contextlib.suppress(RemoteFileNotFoundError):  # the reader reports it as missing
                     download(f"{folder}/{shard}" if folder else shard)
-                except RemoteFileNotFoundError:
-                    pass  # the shard is absent: the reader reports its tensors missing
         # the snapshot folder holds the repository's layout: the same rule as a local folder opens it
         ws = open_chosen(paths[0][: len(paths[0]) - len(ref.files[0])], ref.files)
     except BaseException:
@@ -191,5 +333,5 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
             shutil.rmtree(tmp, ignore_errors=True)
 
     ws.close = close
-    ws.stats = stats
+    ws.stats = {**ws.stats, **stats}
     return ws
