@@ -52,3 +52,15 @@ def read(path) -> dict[str, tuple]:
             assert e.name not in out
             out[e.name] = (e.shape, e.dtype, t)
     return out
+
+
+def safetensors_needed_bytes(path) -> int:
+    """Bytes a remote analysis of a safetensors file needs: the 8-byte length, the header and every
+    tensor of 2 or more dimensions (biases and norms are never fetched)."""
+    import json
+    import struct
+    blob = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    return 8 + n + sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
+                       if k != "__metadata__" and len(v["shape"]) >= 2)

@@ -4,16 +4,14 @@ injected clock, and no per-model ``model_info`` when a listing pinned the models
 
 from __future__ import annotations
 
-import json
 import math
 import socket
-import struct
 import time
 
 import pytest
 
 from hub_server import FakeHub, isolated_hf_client, status
-from conftest import package_dir
+from conftest import package_dir, safetensors_needed_bytes
 
 import hubscan
 from hubscan.errors import HubUnreachableError
@@ -111,11 +109,7 @@ def test_minilm_through_the_hub_coalesced(hub, minilm_dir):
     reqs = hub.requests(repo_id=MINILM, path="model.safetensors")
     assert 1 <= len(reqs) <= 4, [(r.method, r.range) for r in reqs]
     assert remote.summary["requests"] == len(reqs)  # counted by hubscan as the server saw them
-    blob = (minilm_dir / "model.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n])
-    needed = 8 + n + sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-                         if k != "__metadata__" and len(v["shape"]) >= 2)
+    needed = safetensors_needed_bytes(minilm_dir / "model.safetensors")
     sent = hub.bytes_sent(repo_id=MINILM, path="model.safetensors")
     assert remote.summary["bytes_read"] <= sent <= 1.05 * needed, (sent, needed)
     assert [(r["layer_id"], r["name"], r["part"]) for r in remote.rows] == \

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 from pathlib import Path
 
 import pytest
 import torch
 
 from hub_server import FakeHub, cut, isolated_hf_client, status
-from conftest import package_dir
+from conftest import package_dir, safetensors_needed_bytes
 
 import hubscan
 from hubscan.errors import GatedModelError, NoWeightsError, SourceError, UnsafeFileError
@@ -62,11 +61,7 @@ def test_hf_analysis_equals_local_and_reads_only_what_it_needs(hub, client, mini
             assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), (key, col, a, b)
     # bytes: header + the ≥ 2-D tensors (the analysis never fetches biases / norms)
     blob = (minilm_dir / "model.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", blob[:8])
-    import json
-    header = json.loads(blob[8:8 + n])
-    needed = 8 + n + sum(v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items()
-                         if k != "__metadata__" and len(v["shape"]) >= 2)
+    needed = safetensors_needed_bytes(minilm_dir / "model.safetensors")
     sent = hub.bytes_sent(repo_id=MINILM, path="model.safetensors")
     assert remote.summary["bytes_read"] == sent or remote.summary["bytes_read"] <= sent
     assert sent <= 1.05 * needed, (sent, needed, sent / needed)
