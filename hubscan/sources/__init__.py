@@ -18,6 +18,7 @@ line, each owned by the source its scheme names).
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -62,6 +63,7 @@ class Source(Protocol):
 
 
 _SOURCES: dict[str, Source] = {}
+log = logging.getLogger(__name__)
 
 
 def register_source(cls):
@@ -84,10 +86,17 @@ def plugin_modules() -> list[str]:
 
 
 def load_plugins(modules) -> None:
-    """Import source modules by name (each registers its sources on import); see :func:`plugin_modules`."""
+    """Import source modules by name (each registers its sources on import); see :func:`plugin_modules`.
+
+    A module this process cannot import is logged and left out: the models of its sources then fail
+    with "unknown source", one line each, and the rest of the survey goes on.
+    """
     import importlib
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            log.warning("source module %s cannot be imported here: %s", name, exc)
 
 
 def sources() -> dict[str, Source]:
