@@ -560,8 +560,10 @@ def test_diffusers_folder_is_one_local_model(tmp_path):
     from hubscan.sources.local import list_local
     _diffusers_repo(tmp_path / "pipe")
     _diffusers_repo(tmp_path / "models" / "pipe2")
-    assert [r.id for r, _ in list_local(tmp_path / "pipe")] == [str(tmp_path / "pipe")]
-    assert [r.id for r, _ in list_local(tmp_path / "models")] == [str(tmp_path / "models" / "pipe2")]
+    # ids relative to the surveyed folder (a folder that is itself one model: its name)
+    assert [r.path for r, _ in list_local(tmp_path / "pipe")] == [str(tmp_path / "pipe")]
+    assert [r.id for r, _ in list_local(tmp_path / "pipe")] == ["pipe"]
+    assert [r.id for r, _ in list_local(tmp_path / "models")] == ["pipe2"]
 
 
 def test_gguf_stacked_experts_per_expert(tmp_path):
