@@ -157,3 +157,10 @@ def test_hub_survey_makes_no_model_info_call_when_the_listing_pinned_it(hub, tmp
     assert len(hub.requests(kind="list")) == 1
     assert hub.requests(kind="info") == []  # sha and siblings came with the listing
     assert len(hub.requests(repo_id=MINILM, path="model.safetensors")) <= 4
+    # the models table records each model's requests as the server saw them; the surveys row sums them
+    from hubscan.query import connect
+    con = connect(str(tmp_path / "ds"))
+    per_model = dict(con.execute("SELECT model_id, requests FROM models").fetchall())
+    for repo in (MINILM, SILERO):
+        assert per_model[repo] == len(hub.requests(repo_id=repo)), repo
+    assert s["requests"] == sum(per_model.values())

@@ -125,14 +125,12 @@ def ray_with_tests_on_path():
 
 
 def test_survey_through_a_registered_source(tmp_path, ray_with_tests_on_path):
-    import duckdb
+    from hubscan.query import connect
     from hubscan.survey import SurveyConfig, survey
     out = tmp_path / "ds"
     s = survey(SurveyConfig(source="memory", out=str(out), actors=1, progress=False, keep_esd=False))
     assert (s["num_models"], s["num_success"], s["num_failed"]) == (2, 2, 0)
-    rows = duckdb.connect().execute(
-        f"SELECT model_id, source, family, alpha FROM read_parquet('{out}/table=models/**/*.parquet', "
-        "hive_partitioning=true, union_by_name=true) ORDER BY model_id").fetchall()
+    rows = connect(str(out)).execute("SELECT model_id, source, family, alpha FROM models ORDER BY model_id").fetchall()
     assert [(m, src, fam) for m, src, fam, _ in rows] == [("tiny-a", "memory", "toy"), ("tiny-b", "memory", "toy")]
     for m, _, _, alpha in rows:
         assert alpha == pytest.approx(hubscan.analyze(f"memory:{m}").summary["alpha"], rel=1e-12)
