@@ -126,7 +126,7 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
         this pair) and ``parent_bytes_read`` (the parent's files read during this pair: the tensors no
         earlier child of the batch needed; summed over a batch, the parent's tensors once).
     """
-    from hubscan.analysis import open_model
+    from hubscan.sources import open_model
     from hubscan.errors import HubscanError
 
     client = client or HubClient()
