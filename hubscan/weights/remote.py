@@ -13,7 +13,8 @@ safetensors (single or sharded): coalesced, streamed HTTP range reads
     A tensor the analysis skips (e.g. a vocabulary matrix over ``max_N``) is jumped over: a gap larger
     than the merge rule allows closes the stream and opens a new one after it. A tensor asked for
     behind the stream's position (out of file order) is fetched by its own range, leaving the stream
-    where it is. A stream cut mid-body resumes from the byte it stopped at (:meth:`HubClient.call`).
+    where it is (also once that stream is spent: bytes already read are never fetched twice). A stream
+    cut mid-body resumes from the byte it stopped at (:meth:`HubClient.call`).
     ``WeightSet.stats``: ``bytes_read`` (body bytes consumed) and ``requests`` (HTTP requests, retries
     included).
 whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF)
@@ -233,8 +234,9 @@ class _RangedFile:
             usable = s is not None and not s.broken and s.pos <= pos and end <= s.end
             if usable and (pos - s.pos <= MERGE_GAP or pos - s.pos <= MERGE_FRACTION * (end - s.start)):
                 s.discard(pos - s.pos)
-            elif s is not None and not s.broken and pos < s.pos < s.end:
-                # behind the stream (read out of file order): its own range; the stream stays for what follows
+            elif s is not None and pos < s.pos:
+                # behind the stream (out of file order, e.g. a scale stored before its weight): its own
+                # range, never the rest of the span again; the stream stays for what follows
                 one = _Stream(self.client, self.url, pos, end, self.stats)
                 try:
                     one.readinto(out, done)
