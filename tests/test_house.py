@@ -1,0 +1,90 @@
+"""The house (README "Architecture"): imports point one way through the pipeline's rooms, and the
+math room ``esd`` imports no I/O, Ray, hub or dataset code.
+
+The allowed graph below is the architecture section in code: a room may import only the rooms named
+for it. A new import across rooms either follows the flow (add it here, with the README) or is a
+design error this test catches.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "hubscan"
+
+_BASE = {"errors", "refs", "hub"}
+_READ = _BASE | {"weights", "sources"}
+_MODEL = {"errors", "esd", "records", "schema"}
+_PIPELINE = _READ | _MODEL | {"analysis"}
+_DATA = _PIPELINE | {"store", "query"}
+ALLOWED = {
+    "errors": set(),
+    "refs": {"errors"},
+    "hub": {"errors"},
+    "weights": _BASE,                          # readers never ask where a model comes from
+    "sources": _BASE | {"weights"},            # a source opens its files through the readers
+    "esd": {"errors"},                         # pure math
+    "records": {"errors", "esd"},              # the metric registry defines the layer columns
+    "schema": {"errors", "esd", "records"},
+    "analysis": _PIPELINE,
+    "store": _MODEL | {"analysis"},
+    "query": _MODEL | {"store"},
+    "accuracy": _MODEL | {"store", "query", "weights"},
+    "correlate": _MODEL | {"store", "query"},
+    "survey": _DATA,
+    "census": _DATA | {"survey"},
+    "report": _MODEL | {"store", "query", "correlate"},
+    "experiments": _DATA | {"survey", "correlate", "report"},
+    "demo": _DATA | {"survey"},
+}
+#: Packages the math room must never import (I/O, cluster, hub, dataset).
+NOT_IN_ESD = {"ray", "huggingface_hub", "pyarrow", "duckdb", "deltalake", "httpx", "requests", "fsspec",
+              "safetensors", "onnx", "gguf", "timm"}
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from ((a.name, node.lineno) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module, node.lineno
+
+
+def _room(path: Path) -> str:
+    return path.relative_to(PKG).parts[0].removesuffix(".py")
+
+
+def test_rooms_import_only_upstream():
+    wrong, rooms = [], set()
+    for path in sorted(PKG.rglob("*.py")):
+        room = _room(path)
+        if room in ("__init__", "cli"):
+            continue  # the package's lazy front door and the CLI may call every room
+        rooms.add(room)
+        assert room in ALLOWED, f"new room {room}: add it to ALLOWED and to README's architecture"
+        for module, line in _imports(path):
+            parts = module.split(".")
+            if parts[0] == "hubscan" and len(parts) > 1 and parts[1] != room and parts[1] not in ALLOWED[room]:
+                wrong.append(f"{path.relative_to(PKG.parent)}:{line}: {room} imports {module}")
+    assert not wrong, "imports against the flow:\n" + "\n".join(wrong)
+    assert {"weights", "sources", "esd", "analysis", "store", "survey"} <= rooms
+
+
+def test_esd_imports_no_io_ray_hub_or_dataset_code():
+    wrong = [f"{p.relative_to(PKG.parent)}:{line}: {m}" for p in sorted((PKG / "esd").rglob("*.py"))
+             for m, line in _imports(p) if m.split(".")[0] in NOT_IN_ESD]
+    assert not wrong, "esd must stay pure math:\n" + "\n".join(wrong)
+
+
+def test_esd_loads_without_io_packages():
+    """At run time too: importing every esd module pulls none of the I/O packages in."""
+    mods = sorted(f"hubscan.esd.{p.stem}" for p in (PKG / "esd").glob("*.py") if p.stem != "__init__")
+    code = ("import sys, importlib\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            f"print(sorted(set(k.split('.')[0] for k in sys.modules) & set({sorted(NOT_IN_ESD)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PKG.parent).stdout.strip()
+    assert out == "[]", f"esd modules loaded {out}"
