@@ -4,6 +4,7 @@ non-zero exit. (``tests/test_weights.py`` checks the readers below this level.)"
 
 from __future__ import annotations
 
+import re
 import math
 import os
 import subprocess
@@ -37,6 +38,7 @@ def assert_one_line_error(capsys, path, *fragments):
     assert len(lines) == 1, err
     assert lines[0].startswith("hubscan: error: ") and os.path.basename(str(path)) in lines[0], lines[0]
     assert "Traceback" not in err
+    assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", lines[0]), f"exception class name in: {lines[0]}"
     for frag in fragments:
         assert frag.lower() in lines[0].lower(), lines[0]
     return lines[0]

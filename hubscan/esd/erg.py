@@ -60,6 +60,7 @@ def detx_condition(evals: np.ndarray) -> DetX:
     ----------
     evals : ndarray of float64, shape (n,)
         Eigenvalues sorted ascending (the pooled ESD, zeros included, as WW's ``ww_layer.evals``).
+        An empty or all-zero ESD gives 0 spikes and NaN values.
 
     Returns
     -------
@@ -68,10 +69,10 @@ def detx_condition(evals: np.ndarray) -> DetX:
     """
     lam = np.asarray(evals, dtype=np.float64)
     n = len(lam)
-    if n == 0:
-        return DetX(0, 0, math.nan, math.nan)
     total = float(np.sum(lam))
-    scale2 = (math.sqrt(n) / math.sqrt(total)) ** 2 if total > 0 else math.inf
+    if n == 0 or not total > 0:  # empty or all-zero ESD: no mean-1 rescaling, no tail
+        return DetX(0, 0, math.nan, math.nan)
+    scale2 = (math.sqrt(n) / math.sqrt(total)) ** 2
     rescaled = scale2 * lam
     if n < 2 or not rescaled[0] < rescaled[-1]:
         num, idx = 0, 0

@@ -179,7 +179,7 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
             joined = _correlate.joined(dataset, metric=metric, benchmark=benchmark)
         except Exception as exc:  # noqa: BLE001 - the report degrades to its survey-only parts
             log.warning("no accuracy data joined: %s", exc)
-            return None, None, f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            return None, None, ' '.join(str(exc).split())[:300] or "unexpected error"
     if joined is None or not hasattr(joined, "columns"):
         return None, None, "no joined table"
     try:
@@ -197,7 +197,7 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
             corr = _correlate.correlate(joined, metric=metric, group_by=group_by)
         except Exception as exc:  # noqa: BLE001
             log.warning("correlation failed: %s", exc)
-            note = f"correlations could not be computed ({type(exc).__name__}: {exc})"
+            note = f"correlations could not be computed ({' '.join(str(exc).split())})"
             corr = None
     return joined, corr, note
 

@@ -131,7 +131,7 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
                                                 f"{_version()} (a newer ggml quantization?)") from e
         raise CorruptFileError(where, f"not a readable GGUF file ({_one_line(e)})") from e
     except Exception as e:  # struct/index/key errors from a malformed header, I/O errors
-        raise CorruptFileError(where, f"not a readable GGUF file ({type(e).__name__}: {_one_line(e)})") from e
+        raise CorruptFileError(where, f"not a readable GGUF file ({_one_line(e)})") from e
     if reader.byte_order != "I":
         raise UnsupportedFormatError(where, "big-endian GGUF file")
     Q = gguf.GGMLQuantizationType
@@ -210,7 +210,7 @@ def _load(data: np.ndarray, qtype, shape: tuple, dtype: str, name: str, where: s
             return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(shape)
         return torch.from_numpy(np.array(data, dtype=np.uint8))  # raw blocks of an undequantizable type
     except Exception as e:
-        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {type(e).__name__}: {_one_line(e)}") from e
+        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {_one_line(e)}") from e
 
 
 def _version() -> str:
@@ -222,4 +222,4 @@ def _version() -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
+    return " ".join(str(e).split()) or "no details given"

@@ -260,7 +260,9 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
     try:
         model = onnx.load(where, load_external_data=False)
     except Exception as e:  # protobuf DecodeError, onnx's own checks, I/O errors
-        raise CorruptFileError(where, f"not a valid ONNX model ({type(e).__name__}: {e})") from e
+        detail = " ".join(str(e).split())
+        raise CorruptFileError(where, "not a valid ONNX model (its protobuf cannot be parsed: truncated or not "
+                                      "an ONNX file" + (f"; {detail}" if detail else "") + ")") from e
     if not model.HasField("graph"):
         raise CorruptFileError(where, "not a valid ONNX model (no graph)")
     found: list[_Found] = []
@@ -335,4 +337,4 @@ def _load(tensor, folder: str, where: str, name: str) -> torch.Tensor:
     except UnsupportedFormatError as e:
         raise UnsupportedFormatError(where, f"tensor {name!r}: {e.reason}") from e
     except Exception as e:  # wrong data size, unreadable or refused external file
-        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {type(e).__name__}: {e}") from e
+        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {' '.join(str(e).split()) or 'undecodable data'}") from e
