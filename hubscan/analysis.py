@@ -381,14 +381,21 @@ def as_adapter(ws: WeightSet, ref: ModelRef, client: HubClient | None = None, ba
     Raises
     ------
     hubscan.errors.HubscanError
-        The config cannot be fetched (SourceError) or read (CorruptFileError).
+        The config cannot be fetched (SourceError other than its absence, which leaves the factors
+        as stored, as for a local adapter file without a config) or read (CorruptFileError).
     """
     from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, open_adapter
 
+    from hubscan.errors import RemoteFileNotFoundError
+
     client = client or HubClient()
     repo = ref.repo_id or ref.id
-    path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
-                       cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
+    try:
+        path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
+                           cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
+    except RemoteFileNotFoundError:  # as a local adapter file without its config: the factors as stored
+        log.warning("hf:%s: no %s: LoRA factors analyzed as stored, not as ΔW = s·B·A", repo, ADAPTER_CONFIG)
+        return ws
     return open_adapter(ws, LoraConfig.read(path), base)
 
 
