@@ -3,8 +3,8 @@ fake Hub (``tests/hub_server.py``) with an injected latency on every request. Me
 
     python benchmarks/bench_hub_reads.py [--models 200] [--latency 0.02] [--actors 2] [--json OUT]
 
-The models are small transformer-shaped safetensors files (``--layers`` blocks of q/k/v/o 128×128 and an
-MLP 128×512 / 512×128, each with its bias, plus two norms per block: 6 matrices and 8 vectors per block),
+The models are small transformer-shaped safetensors files (``--layers`` blocks of q/k/v/o ``--width``² and
+an MLP width×4·width / 4·width×width, each with its bias, plus two norms: 6 matrices and 8 vectors a block),
 one file served under ``--models`` repo ids. The survey (``--source hf``, embedded Ray) runs twice into
 fresh datasets:
 
@@ -37,20 +37,21 @@ def per_tensor_reads() -> None:
     remote.MERGE_FRACTION = -1.0
 
 
-def make_model(path: Path, layers: int) -> int:
+def make_model(path: Path, layers: int, width: int = 64) -> int:
     """Write the model; returns the bytes the analysis needs (header + every ≥ 2-D tensor)."""
     import torch
     from safetensors.torch import save_file
     g = torch.Generator().manual_seed(0)
     t = {}
+    w = width
     for i in range(layers):
         p = f"layers.{i}."
         for name in ("q", "k", "v", "o"):
-            t[p + f"attn.{name}.weight"] = torch.randn(128, 128, generator=g) / 11
-            t[p + f"attn.{name}.bias"] = torch.zeros(128)
-        t[p + "mlp.up.weight"], t[p + "mlp.up.bias"] = torch.randn(512, 128, generator=g) / 11, torch.zeros(512)
-        t[p + "mlp.down.weight"], t[p + "mlp.down.bias"] = torch.randn(128, 512, generator=g) / 22, torch.zeros(128)
-        t[p + "norm1.weight"], t[p + "norm2.weight"] = torch.ones(128), torch.ones(128)
+            t[p + f"attn.{name}.weight"] = torch.randn(w, w, generator=g) / w ** 0.5
+            t[p + f"attn.{name}.bias"] = torch.zeros(w)
+        t[p + "mlp.up.weight"], t[p + "mlp.up.bias"] = torch.randn(4 * w, w, generator=g) / w ** 0.5, torch.zeros(4 * w)
+        t[p + "mlp.down.weight"], t[p + "mlp.down.bias"] = torch.randn(w, 4 * w, generator=g) / w, torch.zeros(w)
+        t[p + "norm1.weight"], t[p + "norm2.weight"] = torch.ones(w), torch.ones(w)
     save_file(t, str(path))
     header = 8 + int.from_bytes(path.read_bytes()[:8], "little")
     return header + sum(v.numel() * 4 for v in t.values() if v.dim() >= 2)
@@ -79,6 +80,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=200)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=64, help="hidden size (MLP 4×)")
     ap.add_argument("--latency", type=float, default=0.02, help="seconds added to every request (default 0.02)")
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--json", default=None)
@@ -89,8 +91,9 @@ def main(argv=None) -> dict:
 
     work = Path(tempfile.mkdtemp(prefix="bench-hub-reads-"))
     model = work / "model.safetensors"
-    needed = make_model(model, args.layers)
+    needed = make_model(model, args.layers, args.width)
     results = {"models": args.models, "latency_s": args.latency, "actors": args.actors, "needed_bytes": needed,
+               "layers": args.layers, "width": args.width,
                "cpus": os.cpu_count()}
     with isolated_hf_client(work / "cache"), FakeHub() as hub:
         for i in range(args.models):

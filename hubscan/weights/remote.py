@@ -54,23 +54,26 @@ MERGE_FRACTION = 0.02
 CHUNK = 1 << 20
 
 
-def coalesce(spans, max_gap: int = MERGE_GAP, fraction: float = MERGE_FRACTION) -> list[tuple[int, int]]:
+def coalesce(spans, max_gap: int | None = None, fraction: float | None = None) -> list[tuple[int, int]]:
     """Merge byte spans into as few ranges as the gap rule allows.
 
     Parameters
     ----------
     spans : iterable of (int, int)
         ``(begin, end)`` byte offsets, ``end`` exclusive; any order, may touch.
-    max_gap : int
-        Merge two neighbours when the gap between them is at most this many bytes …
-    fraction : float
-        … or at most this fraction of the merged range's length.
+    max_gap : int, optional
+        Merge two neighbours when the gap between them is at most this many bytes … (default
+        :data:`MERGE_GAP`)
+    fraction : float, optional
+        … or at most this fraction of the merged range's length (default :data:`MERGE_FRACTION`).
 
     Returns
     -------
     list of (int, int)
         Disjoint ranges, sorted, each covering one or more spans (gaps ≤ the rule inside).
     """
+    max_gap = MERGE_GAP if max_gap is None else max_gap
+    fraction = MERGE_FRACTION if fraction is None else fraction
     out: list[tuple[int, int]] = []
     for begin, end in sorted(spans):
         if out:
