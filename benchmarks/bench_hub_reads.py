@@ -61,7 +61,7 @@ def run(hub, out: Path, n_models: int, actors: int, per_tensor: bool) -> dict:
     import ray
     from hubscan.survey import SurveyConfig, survey
     env = {"worker_process_setup_hook": per_tensor_reads} if per_tensor else {}
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=env)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, runtime_env=env)
     try:
         hub.reset_stats()
         s = survey(SurveyConfig(source="hf", out=str(out), actors=actors, progress=False, keep_esd=False,
