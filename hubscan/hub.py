@@ -47,7 +47,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlsplit
 
 from hubscan import errors
@@ -268,6 +268,20 @@ class HubClient:
                 delay = wait if wait is not None else min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
                 log.info("%s: %s; retry %d/%d in %.1fs", what, reason, attempt, self.max_retries, delay)
                 (self.sleep or time.sleep)(delay)
+
+    def iterate(self, fn: Callable[..., Iterator[T]], *args, what: str, **kwargs) -> Iterator[T]:
+        """Iterate a paginated ``huggingface_hub`` listing (``list_models`` …), fetching every page inside
+        :meth:`call` (requests counted, errors in one line) without retrying what the library's own
+        pagination already retries.
+
+        Yields
+        ------
+        The listing's items.
+        """
+        items = iter(self.call(fn, *args, what=what, retry=False, **kwargs))
+        end = object()
+        while (item := self.call(next, items, end, what=what, retry=False)) is not end:
+            yield item
 
     def _classify(self, exc: BaseException) -> tuple[bool, float | None, str]:
         """(retry?, seconds to wait or None for the backoff, reason) for an exception of a hub call."""

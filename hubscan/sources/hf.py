@@ -122,13 +122,8 @@ def list_hf(client: HubClient | None = None, *, filter: str | list | None = None
         the reason when resolving), and :func:`metadata_from_info`.
     """
     client = client or HubClient()
-    models = client.call(client.api.list_models, what="list_models", retry=False, filter=filter, author=author,
-                         search=search, pipeline_tag=pipeline_tag, sort=sort, limit=limit, expand=EXPAND)
-    pages = iter(models)
-    while True:  # each page is fetched inside call(): its requests counted, its errors one line
-        info = client.call(next, pages, None, what="list_models", retry=False)
-        if info is None:
-            return
+    for info in client.iterate(client.api.list_models, what="list_models", filter=filter, author=author,
+                               search=search, pipeline_tag=pipeline_tag, sort=sort, limit=limit, expand=EXPAND):
         yield ref_from_info(info, ModelRef("hf", info.id, repo_id=info.id)), metadata_from_info(info)
 
 

@@ -152,8 +152,8 @@ def enumerate_lineage(root: str, client: HubClient | None = None, *, depth: int 
     queue = deque([root])
 
     def listing(tag: str):
-        return client.call(client.api.list_models, what=f"list_models(filter={tag})", filter=tag,
-                           expand=LINEAGE_EXPAND)
+        return client.iterate(client.api.list_models, what=f"list_models(filter={tag})", filter=tag,
+                              expand=LINEAGE_EXPAND)
 
     def add(info, parent: str, relation: str, found_by: str) -> bool:
         child, d = info.id, depth_of[parent] + 1
