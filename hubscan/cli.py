@@ -816,6 +816,15 @@ def cmd_correlate(args) -> int:
     return 0
 
 
+def _add_accuracy_selection(p, used_by: str) -> None:
+    """--metric / --benchmark / --group-by: which reported accuracy, and how models are grouped."""
+    p.add_argument("--metric", default="top1", help=f"accuracy metric{used_by} (default top1)")
+    p.add_argument("--benchmark", default=None,
+                   help="benchmark of that metric, e.g. imagenet, imagenet-real (default: per source)")
+    p.add_argument("--group-by", default="family",
+                   help="how models are grouped: family | model_type | a regex on model_id (group 1)")
+
+
 def _add_correlate(sub) -> None:
     p = _command(sub, "correlate", cmd_correlate, help="HTSR metrics against reported accuracy, per family and overall",
                  description="Rank correlations (Kendall tau, Spearman rho) and a least-squares fit of each "
@@ -825,10 +834,8 @@ def _add_correlate(sub) -> None:
                         "  hubscan correlate --dataset out/timm --group-by '^([a-z]+)' --bootstrap 1000\n"
                         "  hubscan correlate --dataset out/dataset --out correlations.csv")
     _add_dataset(p, what="with HTSR metrics and an accuracy table")
-    p.add_argument("--metric", default="top1", help="accuracy metric (default top1)")
-    p.add_argument("--benchmark", default=None, help="e.g. imagenet, imagenet-real (default: per source)")
+    _add_accuracy_selection(p, "")
     p.add_argument("--source", default=None, help="only models of this source (hf, timm, local)")
-    p.add_argument("--group-by", default="family", help="family | model_type | a regex on model_id (group 1)")
     p.add_argument("--bootstrap", type=_int_range(0), default=0, help="bootstrap resamples for tau / rho CIs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the table to .parquet or .csv")
@@ -861,11 +868,7 @@ def _add_report(sub) -> None:
                         "imagenet-real --group-by '^([a-z]+)'")
     _add_dataset(p, what="to report on")
     p.add_argument("--out", required=True, help="the HTML file to write (its folder must exist)")
-    p.add_argument("--metric", default="top1", help="accuracy metric the correlation section uses (default top1)")
-    p.add_argument("--benchmark", default=None,
-                   help="benchmark of that metric, e.g. imagenet, imagenet-real (default: per source)")
-    p.add_argument("--group-by", default="family",
-                   help="how models are grouped: family | model_type | a regex on model_id (group 1)")
+    _add_accuracy_selection(p, " the correlation section uses")
 
 
 # -- entry point --------------------------------------------------------------------------------------
