@@ -47,7 +47,8 @@ def test_dataset_holds_every_model_with_success(small_run):
     from hubscan.query import connect
     con = connect(str(out / "dataset"))
     rows = con.execute("SELECT model_id, status FROM models").fetchall()
-    expected = {str(out / "hub" / f"mlp_bs{B}_seed0.safetensors") for B in SMALL_BATCH_SIZES}
+    # local ids are relative to the surveyed root (OUT/hub), so the dataset is portable
+    expected = {f"mlp_bs{B}_seed0.safetensors" for B in SMALL_BATCH_SIZES}
     assert {m for m, _ in rows} == expected
     assert all(s == "success" for _, s in rows), rows
     n = con.execute("SELECT count(*) FROM layers WHERE name = 'fc2.weight' AND status = 'success' "

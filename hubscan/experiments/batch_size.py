@@ -13,7 +13,7 @@ This job reproduces that at toy scale on data that ships offline (scikit-learn's
    schedule), one fixed learning rate for every batch size, the same number of *epochs* for every run (so a
    batch of 2 takes 256× more steps than a batch of 512, the regime of the MM experiment);
 2. saves every ``state_dict`` as ``OUT/hub/<model>_bs<B>_seed<S>.safetensors`` and the test accuracy in
-   ``OUT/accuracy.csv`` (``model_id`` = the checkpoint path, as the survey records it);
+   ``OUT/accuracy.csv`` (``model_id`` = the checkpoint's name in ``OUT/hub``, the id the survey records);
 3. surveys ``OUT/hub`` with the normal Ray pipeline (:func:`hubscan.survey.survey`) into ``OUT/dataset``;
 4. reads the dataset with DuckDB (:func:`hubscan.query.connect`) and correlates the mean layer alpha (and
    num_spikes, mp_softrank, test accuracy) with log2(batch size) through :func:`hubscan.correlate.fit_stats`
@@ -175,7 +175,8 @@ def train_run(spec: dict) -> dict:
         test_acc = float((out_te.argmax(1) == yte).float().mean())
         finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, spec["path"])
-    return {"model": spec["model"], "batch_size": B, "seed": spec["seed"], "model_id": spec["path"],
+    # the id the survey of the checkpoint folder records: the path relative to the surveyed root
+    return {"model": spec["model"], "batch_size": B, "seed": spec["seed"], "model_id": Path(spec["path"]).name,
             "test_accuracy": round(test_acc, 6), "train_accuracy": round(train_acc, 6), "train_loss": train_loss, "steps": steps,
             "epochs": steps * B / n, "finite": finite, "seconds": time.perf_counter() - t0}
 
