@@ -147,7 +147,10 @@ def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.n
     k = np.floor(t[None, :] * (n[:, None] - 1)).astype(np.int64)
     with np.errstate(over="ignore", invalid="ignore"):
         dev = np.abs(1 - np.exp((1 - alphas[:, None]) * (logx[i[:, None] + k] - logx[:-1, None])) - k / n[:, None])
-    lb = np.nanmax(dev, axis=1) - 1e-12
+    # np.nanmax's result (NaN for an all-NaN row, e.g. tied data), without its warning on such rows
+    some = ~np.isnan(dev).all(axis=1)
+    lb = np.full(len(dev), np.nan)
+    lb[some] = np.nanmax(dev[some], axis=1) - 1e-12
     lb[~(alphas > 1)] = 1.0
     return lb
 
