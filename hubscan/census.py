@@ -20,7 +20,9 @@ Memory: the batch runs its children one after another, so up to the parent's mat
 until the batch's last child (for models larger than memory, use ``batch_size=1``: one parent read per
 child).
 
-The census runs in the calling process (no Ray); ``hubscan survey --source hf --lineage ROOT`` calls it.
+``hubscan survey --source hf --lineage ROOT`` analyzes the nodes with the survey machinery (:class:`TreeSurvey`:
+Ray actors, a ``surveys`` row whose table versions include ``lineage`` and ``deltas``); the edges' deltas are
+computed in the driver. A plain :func:`census` call without ``survey=`` does everything in the calling process.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from hubscan.analysis import AnalysisResult, AnalyzeOptions, analyze, open_with_
 from hubscan.hub import HubClient
 from hubscan.sources.lineage import RELATIONS, Edge, Tree, enumerate_lineage
 from hubscan.store import Dataset, config_hash, model_key, rows_to_table
+from hubscan.survey import Survey
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 
@@ -159,63 +162,19 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
                 shared.close()
 
 
-def census(root: str, out: str, *, client: HubClient | None = None, options: AnalyzeOptions | None = None,
-           depth: int | None = None, relations=RELATIONS, limit: int | None = None, batch_size: int = 8,
-           force: bool = False, storage_options: dict | None = None, survey_id: str | None = None) -> dict:
-    """Survey a base model's tree into a dataset: nodes into ``models``/``layers``/``esd``, edges into
-    ``lineage``, per-edge deltas into ``deltas`` (module docstring).
-
-    Parameters
-    ----------
-    root : str
-        Hub repo id of the base model.
-    out : str
-        Dataset path or URL.
-    client : HubClient, optional
-    options : AnalyzeOptions, optional
-    depth, relations, limit
-        As :func:`~hubscan.sources.lineage.enumerate_lineage`.
-    batch_size : int
-        Children per read of their parent.
-    force : bool
-        Re-analyze nodes the dataset already holds.
-    storage_options : dict, optional
-    survey_id : str, optional
+def write_edges(ds: Dataset, tree: Tree, *, client: HubClient, options: AnalyzeOptions, survey_id: str,
+                batch_size: int = 8) -> dict:
+    """Write a tree's ``lineage`` rows and its edges' ``deltas`` rows (:func:`analyze_edges`) into a dataset.
 
     Returns
     -------
     dict
-        ``survey_id``, ``nodes``, ``edges``, ``analyzed`` (nodes analyzed now), ``deltas`` (rows written),
-        ``failed_edges`` (list of (child, parent, reason)), ``bytes_per_child`` (child → bytes read by its
-        delta analysis), ``parent_reads`` (parent → bytes read for its children's deltas), ``seconds``.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-        The root cannot be resolved or the Hub cannot be listed.
+        ``deltas`` (rows written), ``failed_edges`` (list of (child, parent, reason)), ``bytes_per_child``
+        (child → bytes its delta analyses read), ``parent_reads`` (parent → bytes read for its children).
     """
-    from hubscan.survey import analyze_model
-
-    t0 = time.perf_counter()
-    client = client or HubClient()
-    options = options or AnalyzeOptions()
-    survey_id = survey_id or time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:6]
-    tree = enumerate_lineage(root, client, depth=depth, relations=relations, limit=limit)
-    ds = Dataset(out, **(storage_options or {}))
     cfg = config_hash(options)
-    done = ds.done()
-    keys, analyzed = {}, 0
-    for mid, (ref, meta) in tree.nodes.items():
-        keys[mid] = key = model_key(ref.source, ref.id, ref.revision, cfg)
-        if key in done and not force:
-            continue
-        res = analyze_model(ref, meta, key, options=options, cfg_hash=cfg, survey_id=survey_id, client=client,
-                            keep_esd=True)
-        for table in ("esd", "layers", "models"):
-            if res[table] is not None:
-                ds.write(table, res[table], replace=("model_key", [key]), survey_id=survey_id)
-        analyzed += 1
     rev = {mid: ref.revision for mid, (ref, _) in tree.nodes.items()}
+    keys = {mid: model_key(ref.source, ref.id, ref.revision, cfg) for mid, (ref, _) in tree.nodes.items()}
     lineage = [{"edge_key": edge_key(tree.root, e.child, e.parent), "root": tree.root, "child": e.child,
                 "parent": e.parent, "relation": e.relation, "depth": e.depth, "found_by": e.found_by,
                 "child_revision": rev[e.child], "parent_revision": rev[e.parent], "survey_id": survey_id}
@@ -228,6 +187,7 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
         parent_reads[e.parent] += info["parent_bytes_read"]
         if result is None:
             failed.append((e.child, e.parent, info["error"]))
+            log.warning("%s <- %s: delta not analyzed: %s", e.child, e.parent, info["error"])
             continue
         per_child[e.child] = per_child.get(e.child, 0) + info["bytes_read"]
         ref = tree.nodes[e.child][0]
@@ -239,8 +199,107 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
         rows.extend({**ident, **r} for r in result.rows)
     if pairs:
         ds.write("deltas", rows_to_table(rows, "deltas"), replace=("pair_key", pairs), survey_id=survey_id)
-    for child, parent, reason in failed:
-        log.warning("%s <- %s: delta not analyzed: %s", child, parent, reason)
+    return {"deltas": len(rows), "failed_edges": failed, "bytes_per_child": per_child,
+            "parent_reads": dict(parent_reads)}
+
+
+class TreeSurvey(Survey):
+    """A :class:`~hubscan.survey.Survey` of a model tree's nodes (Ray actors, the driver the only committer,
+    resumable) that writes the tree's ``lineage`` and ``deltas`` in the driver before its ``surveys`` row,
+    so the row's table versions include them.
+
+    Parameters
+    ----------
+    config : SurveyConfig
+        Its ``source`` / ``filters`` are recorded in the ``surveys`` row (the CLI: ``hf`` and
+        ``{"lineage": ROOT, …}``); the models surveyed are ``tree``'s nodes.
+    tree : Tree
+    batch_size : int
+    """
+
+    def __init__(self, config, tree: Tree, batch_size: int = 8):
+        super().__init__(config)
+        self.tree, self.batch_size, self.edges = tree, batch_size, {}
+
+    def enumerate(self) -> list:
+        return list(self.tree.nodes.values())
+
+    def summary(self) -> dict:
+        if self.dataset is not None and not self.interrupted:
+            self.edges = write_edges(self.dataset, self.tree, client=self.client, options=self.options,
+                                     survey_id=self.survey_id, batch_size=self.batch_size)
+        return super().summary()
+
+
+def census(root: str, out: str, *, client: HubClient | None = None, options: AnalyzeOptions | None = None,
+           depth: int | None = None, relations=RELATIONS, limit: int | None = None, batch_size: int = 8,
+           force: bool = False, storage_options: dict | None = None, survey=None) -> dict:
+    """Survey a base model's tree into a dataset: nodes into ``models``/``layers``/``esd``, edges into
+    ``lineage``, per-edge deltas into ``deltas`` (module docstring).
+
+    Parameters
+    ----------
+    root : str
+        Hub repo id of the base model.
+    out : str
+        Dataset path or URL.
+    client : HubClient, optional
+        For the enumeration and (without ``survey``) the analyses.
+    options : AnalyzeOptions, optional
+        Without ``survey``; with it, ``survey.options``.
+    depth, relations, limit
+        As :func:`~hubscan.sources.lineage.enumerate_lineage`.
+    batch_size : int
+        Children per read of their parent.
+    force : bool
+        Re-analyze nodes the dataset already holds (without ``survey``; with it, ``survey.force``).
+    storage_options : dict, optional
+    survey : SurveyConfig, optional
+        Analyze the nodes with the survey machinery (:class:`TreeSurvey`: Ray actors, progress, a ``surveys``
+        row, compaction); ``out``, ``storage_options``, ``force`` and the hub settings come from it. Without
+        it the nodes are analyzed one after another in this process (no Ray) and no ``surveys`` row is written.
+
+    Returns
+    -------
+    dict
+        ``survey_id``, ``nodes``, ``edges``, ``analyzed`` (nodes analyzed now), ``deltas`` (rows written),
+        ``failed_edges``, ``bytes_per_child``, ``parent_reads`` (:func:`write_edges`), ``seconds``, ``tree``,
+        and with ``survey`` its ``surveys`` row as ``survey``.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The root cannot be resolved or the Hub cannot be listed.
+    """
+    from hubscan.survey import analyze_model
+
+    t0 = time.perf_counter()
+    if survey is not None:
+        client = HubClient(**survey.hub)
+    client = client or HubClient()
+    tree = enumerate_lineage(root, client, depth=depth, relations=relations, limit=limit)
+    if survey is not None:
+        run = TreeSurvey(survey, tree, batch_size)
+        row = run.run()
+        n = sum(row.get(k) or 0 for k in ("num_success", "num_incomplete", "num_failed", "num_skipped"))
+        return {"survey_id": run.survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": n,
+                **run.edges, "seconds": time.perf_counter() - t0, "tree": tree, "survey": row}
+    options = options or AnalyzeOptions()
+    survey_id = time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:6]
+    ds = Dataset(out, **(storage_options or {}))
+    cfg = config_hash(options)
+    done = ds.done()
+    analyzed = 0
+    for mid, (ref, meta) in tree.nodes.items():
+        key = model_key(ref.source, ref.id, ref.revision, cfg)
+        if key in done and not force:
+            continue
+        res = analyze_model(ref, meta, key, options=options, cfg_hash=cfg, survey_id=survey_id, client=client,
+                            keep_esd=True)
+        for table in ("esd", "layers", "models"):
+            if res[table] is not None:
+                ds.write(table, res[table], replace=("model_key", [key]), survey_id=survey_id)
+        analyzed += 1
+    edges = write_edges(ds, tree, client=client, options=options, survey_id=survey_id, batch_size=batch_size)
     return {"survey_id": survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": analyzed,
-            "deltas": len(rows), "failed_edges": failed, "bytes_per_child": per_child,
-            "parent_reads": dict(parent_reads), "seconds": time.perf_counter() - t0, "tree": tree}
+            **edges, "seconds": time.perf_counter() - t0, "tree": tree}

@@ -487,8 +487,6 @@ def _print_survey(summary, console) -> None:
 def cmd_survey(args) -> int:
     from hubscan.survey import survey
 
-    if args.lineage:
-        return cmd_lineage(args)
     config = _survey_config(args)
     if config.progress and not sys.stderr.isatty():  # progress lines instead of a bar
         handler = logging.StreamHandler(sys.stderr)
@@ -497,6 +495,8 @@ def cmd_survey(args) -> int:
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
         progress.propagate = False
+    if args.lineage:
+        return cmd_lineage(args, config)
     summary = survey(config)
     console = _console(args)
     _print_survey(summary, console)
@@ -601,14 +601,18 @@ def _check_lineage(parser, args) -> None:
         parser.error("--lineage enumerates by base_model tags: no --filter/--author/--search/--pipeline-tag/--sort")
 
 
-def cmd_lineage(args) -> int:
+def cmd_lineage(args, config) -> int:
+    import dataclasses
+
     from hubscan.census import census
     from hubscan.sources.lineage import RELATIONS
 
-    s = census(args.lineage, args.out, client=_client(args), options=_options(args), depth=args.depth,
-               relations=args.relations or RELATIONS, limit=args.limit, batch_size=args.batch_size,
-               force=args.force, storage_options=args.storage_options)
+    config = dataclasses.replace(config, filters={
+        "lineage": args.lineage, "depth": args.depth, "relations": list(args.relations or RELATIONS)})
+    s = census(args.lineage, args.out, depth=args.depth, relations=args.relations or RELATIONS, limit=args.limit,
+               batch_size=args.batch_size, survey=config)
     console = _console(args)
+    _print_survey(s["survey"], console)
     console.print(f"model tree of {args.lineage}: {s['nodes']} models ({s['analyzed']} analyzed now), "
                   f"{s['edges']} edges, {s['deltas']} delta rows in {s['seconds']:.1f} s → {args.out}")
     for e in s["tree"].edges:

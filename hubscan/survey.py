@@ -372,6 +372,13 @@ class Survey:
         self.progress = None
 
     # -- 1. plan: before Ray -------------------------------------------------------------------
+    def enumerate(self) -> list:
+        """The (ModelRef, metadata) pairs to survey: the configured source, enumerated with its filters
+        (a subclass may give them otherwise, e.g. :class:`hubscan.census.TreeSurvey` a model tree's nodes)."""
+        from hubscan.sources import enumerate_models
+        config = self.config
+        return list(enumerate_models(config.source, client=self.client, limit=config.limit, **config.filters))
+
     def plan(self) -> None:
         """Enumerate, pin and drop what the dataset holds; rows for models that cannot be pinned.
 
@@ -380,9 +387,9 @@ class Survey:
         hubscan.errors.HubscanError
             The source cannot be enumerated, or holds no model.
         """
-        from hubscan.sources import enumerate_models, resolve
+        from hubscan.sources import resolve
         config = self.config
-        items = list(enumerate_models(config.source, client=self.client, limit=config.limit, **config.filters))
+        items = self.enumerate()
         if not items:
             raise NoWeightsError(config.source, "no models found")
         self.dataset = Dataset(config.out, **config.storage_options)

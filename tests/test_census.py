@@ -201,6 +201,10 @@ def test_cli_survey_lineage_and_analyze_base_agree(hub, tmp_path, capsys):
     assert sorted((r["child"], r["relation"]) for r in lineage) == [
         ("tree/ft-lr0.01", "finetune"), ("tree/ft-lr0.1", "finetune"), ("tree/ft-shift", "finetune"),
         ("tree/int8", "quantized")]
+    # the nodes went through the survey machinery: one surveys row naming the tree, versions of every table
+    (srow,) = Dataset(out, create=False).read("surveys").to_pylist()
+    assert json.loads(srow["filters"])["lineage"] == "tree/base" and srow["num_success"] == 5
+    assert {"lineage", "deltas", "models", "layers"} <= set(json.loads(srow["table_versions"]))
     deltas = [r for r in Dataset(out, create=False).read("deltas").to_pylist() if r["model_id"] == "tree/ft-lr0.1"]
     assert main(["analyze", "hf:tree/ft-lr0.1", "--base", "hf:tree/base", "--endpoint", hub.endpoint,
                  "--out", str(tmp_path / "pair.parquet")]) == 0
