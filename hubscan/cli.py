@@ -267,7 +267,22 @@ _GAP = 2  # characters between two columns (the table's padding + divider)
 
 
 def _short_left(text: str, width: int) -> str:
-    """``text`` shortened from the left to ``width`` characters: ``…self.query.weight``."""
+    """``text`` shortened to ``width`` characters keeping what tells layers apart: dotted parameter
+    names first lose letters of their leading words but never a number (``encoder.layer.3.attention.
+    self.value.weight`` → ``e.l.3.a.s.value.weight``, then ``…3.a.s.v.weight``), and only then
+    lose their left end."""
+    if len(text) <= width:
+        return text
+    parts = text.split(".")
+    for i in range(max(0, len(parts) - 1)):  # leading words first; the last word stays whole
+        if len(".".join(parts)) <= width:
+            break
+        if not parts[i].isdigit():
+            parts[i] = parts[i][:1]
+    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
+    if len(".".join(parts)) > width and numbers and numbers[-1] > 0:  # keep the last layer index
+        parts = ["…" + parts[numbers[-1]]] + parts[numbers[-1] + 1:]
+    text = ".".join(parts)
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 
@@ -341,8 +356,8 @@ def _layer_table(result, columns, width: int):
 def _print_result(result, console, columns, explicit: bool = False) -> None:
     columns = _fit_columns(result, columns, explicit)
     console.print(_layer_table(result, columns, console.width), crop=True)
-    for r in result.rows:
-        if r.get("status") != "success":
+    for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
+        if r.get("status") != "success" or r.get("reason"):
             console.print(f"  layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}",
                           highlight=False)
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
@@ -403,6 +418,10 @@ def cmd_analyze(args) -> int:
         _check_out(args.out, (".parquet", ".csv", ".json", ".jsonl"), "analyze")
     options = _options(args)
     if args.plot:
+        parent = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(parent):
+            raise HubscanError(args.plot, f"folder {parent} does not exist (create it first; analyze creates only "
+                                          "the plot folder itself)")
         options = dataclasses.replace(options, keep_evals=True)
     result = analyze(args.path, options, client=_client(args), base=args.base)
     if args.plot:

@@ -63,8 +63,15 @@ def test_analyze_table_fits_and_shows_numbers(width):
         shown = line.split()[1]
         if width == 200:
             assert shown == full
-        else:  # shortened from the left: the end of the name (the part that differs) stays
-            assert full.endswith(shown.lstrip("…")) and len(shown) >= 16
+        else:
+            # shortened by abbreviating leading words: each shown word begins the full name's word at the
+            # same place from the right, the last word is whole, and the layer index is never lost
+            sp, fp = shown.lstrip("…").split("."), full.split(".")
+            assert len(sp) <= len(fp) and len(shown) >= 16
+            assert all(fp[len(fp) - len(sp) + i].startswith(w) for i, w in enumerate(sp) if w), (shown, full)
+            assert sp[-1] == fp[-1]
+            numbers = [w for w in fp if w.isdigit()]
+            assert not numbers or numbers[-1] in sp, (shown, full)
 
 
 def test_analyze_table_status_and_reasons_at_80():
@@ -263,3 +270,21 @@ def test_plot_says_what_it_does(tmp_path):
     assert f"wrote {n + 1} plots to" in out
     files = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert len(files) == n + 1 and "alpha_depth.png" in files and "esd_002_c.good.weight.png" in files
+
+
+def test_fit_on_few_eigenvalues_is_shown_on_the_terminal():
+    """A LoRA factor (rank 8) is fitted on 8 eigenvalues: the terminal says so, not only --out."""
+    rc, out, err = run_cli("analyze", CASES / "llm" / "adapter_model.safetensors", columns=80)
+    assert rc == 0, err
+    caveats = [ln for ln in out.splitlines() if "few eigenvalues: fit on 8 (< 20)" in ln]
+    assert len(caveats) == 2, out  # lora_A and lora_B
+
+
+def test_plot_folder_parent_must_exist(tmp_path):
+    target = tmp_path / "typo" / "plots"
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", target, columns=80)
+    assert rc != 0 and not (tmp_path / "typo").exists()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "does not exist" in lines[0] and "Error" not in lines[0], err
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", tmp_path / "plots", columns=80)
+    assert rc == 0 and any((tmp_path / "plots").iterdir()), err  # the plot folder itself is created
