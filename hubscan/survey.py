@@ -369,6 +369,8 @@ class Survey:
         self.driver_rows = None  # RowBuffer of rows the driver writes itself (unresolvable models …)
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
+        #: models analyzed so far by status, and their bytes (progress: committed counts lag a flush)
+        self.seen = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0, "bytes_read": 0}
         self.progress = None
 
     # -- 1. plan: before Ray -------------------------------------------------------------------
@@ -427,6 +429,7 @@ class Survey:
                         attempts=task.attempts)
         self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
         self.analyzed += 1
+        self.seen[status if status in self.seen else "failed"] += 1
 
     # -- 2. Ray and the pool -------------------------------------------------------------------
     def init_ray(self) -> None:
@@ -544,6 +547,9 @@ class Survey:
         if task is not None:
             self.pending.setdefault(actor, []).append((task, time.monotonic()))
             self.analyzed += 1
+            row = out["row"] or {}
+            self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += 1
+            self.seen["bytes_read"] += int(row.get("bytes_read") or 0)
             self._update_progress(out["row"])
         committed = set()
         if out["batch"] is not None:
@@ -657,7 +663,7 @@ class Survey:
 
     def _update_progress(self, row: dict | None) -> None:
         if self.progress is not None:
-            self.progress.update(self.analyzed, self.counts, self.stats, row)
+            self.progress.update(self.analyzed, self.counts, self.seen, row)
 
 
 def survey(config: SurveyConfig) -> dict:
@@ -703,22 +709,23 @@ class _Progress:
             self.task = self.bar.add_task("", total=total)
             self.bar.start()
 
-    def _text(self, n: int, counts: dict, stats: dict) -> str:
+    def _text(self, n: int, counts: dict, seen: dict) -> str:
         rate = n / max(1e-9, (time.perf_counter() - self.t0) / 60)
-        return f"{counts['success'] + counts['incomplete']} ok {counts['failed']} failed {rate:.0f}/min"
+        return f"{seen['success'] + seen['incomplete']} ok {seen['failed']} failed {rate:.0f}/min"
 
-    def update(self, n: int, counts: dict, stats: dict, row: dict | None) -> None:
+    def update(self, n: int, counts: dict, seen: dict, row: dict | None) -> None:
+        """``counts``: committed models per status; ``seen``: analyzed models per status and bytes read."""
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(self.task, completed=n, description=self._text(n, counts, stats))
+            self.bar.update(self.task, completed=n, description=self._text(n, counts, seen))
             return
         now = time.perf_counter()
         if n - self.last_n >= self.every_models or now - self.last_t >= self.every_seconds:
             self.last_n, self.last_t = n, now
-            progress_log.info("survey: %d/%d analyzed, committed %d ok, %d failed, %d skipped | %.1f MB read | "
-                              "%.1f models/min", n, self.total, counts["success"] + counts["incomplete"],
-                              counts["failed"], counts["skipped"], stats["bytes_read"] / 1e6,
+            progress_log.info("survey: %d/%d analyzed (%d ok, %d failed, %d skipped, %.1f MB read), %d committed | "
+                              "%.1f models/min", n, self.total, seen["success"] + seen["incomplete"], seen["failed"],
+                              seen["skipped"], seen["bytes_read"] / 1e6, sum(counts.values()),
                               n / max(1e-9, (now - self.t0) / 60))
 
     def close(self, counts: dict) -> None:

@@ -245,8 +245,8 @@ def test_progress_lines_without_a_terminal_and_bar_at_80_columns(monkeypatch, ca
     import io
     import logging
     from hubscan.survey import _Progress
-    counts = {"success": 9, "incomplete": 1, "failed": 2, "skipped": 0}
-    stats = {"num_already_done": 0, "bytes_read": 5e6, "requests": 0}
+    counts = {"success": 3, "incomplete": 0, "failed": 1, "skipped": 0}  # committed so far (lags a flush)
+    stats = {"success": 9, "incomplete": 1, "failed": 2, "skipped": 0, "bytes_read": 5e6}  # analyzed so far
     cfg = SurveyConfig(source="local:x", out="x", progress_models=5, progress_seconds=3600)
     with caplog.at_level(logging.INFO, logger="hubscan.progress"):
         p = _Progress(cfg, 12)
@@ -254,7 +254,8 @@ def test_progress_lines_without_a_terminal_and_bar_at_80_columns(monkeypatch, ca
             p.update(n, counts, stats, None)
         p.close(counts)
     lines = [r.getMessage() for r in caplog.records if r.name == "hubscan.progress"]
-    assert len(lines) == 2 and lines[0].startswith("survey: 5/12 analyzed") and "10 ok, 2 failed" in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("survey: 5/12 analyzed") and "(10 ok, 2 failed" in lines[0]
+    assert "5.0 MB read" in lines[0] and "4 committed" in lines[0], lines[0]
 
     class Tty(io.StringIO):
         def isatty(self):
