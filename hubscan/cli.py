@@ -492,15 +492,14 @@ def _survey_config(args):
 
 
 def _print_survey(summary, console) -> None:
-    from rich.table import Table
-    t = Table(title=f"survey {summary['survey_id']} ({summary['source']})")
-    for col in ("models", "already done", "success", "incomplete", "failed", "skipped", "MB read", "seconds",
-                "actors"):
-        t.add_column(col, justify="right")
-    t.add_row(str(summary["num_models"]), str(summary["num_already_done"]), str(summary["num_success"]),
+    """This run's counts as a table that fits the terminal (80 columns included)."""
+    titles = ["models", "done", "success", "incompl.", "failed", "skipped", "MB read", "seconds", "actors"]
+    cells = [[str(summary["num_models"]), str(summary["num_already_done"]), str(summary["num_success"]),
               str(summary["num_incomplete"]), str(summary["num_failed"]), str(summary["num_skipped"]),
-              f"{summary['bytes_read'] / 1e6:.1f}", f"{summary['seconds']:.1f}", str(summary["actors"]))
-    console.print(t)
+              f"{summary['bytes_read'] / 1e6:.1f}", f"{summary['seconds']:.1f}", str(summary["actors"])]]
+    console.print(_fitted_table(f"this survey: {summary['survey_id']} ({summary['source']}; done = already in "
+                                "the dataset)", titles, cells, left=(), flexible=None, width=console.width),
+                  crop=True)
 
 
 def cmd_survey(args) -> int:

@@ -115,12 +115,14 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
         return []
     out = []
     rows = con.execute("SELECT status, count(*) FROM models GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    out.append(("models by status", [f"{s}: {n}" for s, n in rows]))
+    out.append(("the whole dataset, models by status", [", ".join(f"{s}: {n}" for s, n in rows)]))
     rows = con.execute("""SELECT coalesce(family, '?') AS family, count(*), avg(alpha), avg(alpha_weighted),
                           sum(num_under_trained), sum(num_over_trained)
                           FROM models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
                        ).fetchall()
-    out.append(("mean layer alpha per family (models, alpha, alpha_weighted, under-/over-trained layers)",
-                [f"{f:<32} {n:>4}  alpha={a:.3f}  alpha_w={aw:.3f}  under={u} over={o}" for f, n, a, aw, u, o in rows
-                 if a is not None]))
+    rows = [r for r in rows if r[2] is not None]
+    w = min(20, max([len(r[0]) for r in rows] + [6]))
+    out.append(("per family: models, mean alpha, alpha_weighted, under-/over-trained layers",
+                [f"{(f if len(f) <= w else f[:w - 1] + '…'):<{w}} {n:>4}  alpha {a:.2f}  alpha_w {aw:.2f}  "
+                 f"under {u} over {o}" for f, n, a, aw, u, o in rows]))
     return out

@@ -288,3 +288,21 @@ def test_plot_folder_parent_must_exist(tmp_path):
     assert len(lines) == 1 and "does not exist" in lines[0] and "Error" not in lines[0], err
     rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", tmp_path / "plots", columns=80)
     assert rc == 0 and any((tmp_path / "plots").iterdir()), err  # the plot folder itself is created
+
+
+def test_survey_summary_fits_80_columns(tmp_path):
+    """The end-of-survey summary (this run's table, the dataset's totals, per-family lines) fits 80 columns."""
+    import shutil
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for name in ("ok_small.safetensors", "degenerate_and_good.safetensors"):
+        shutil.copy(CASES / name, hub / name)
+    rc, out, err = run_cli("survey", "--source", f"local:{hub}", "--out", tmp_path / "ds", "--actors", "1",
+                           "--no-progress", columns=80, timeout=600)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert all(len(ln) <= 80 for ln in lines), "\n".join(ln for ln in lines if len(ln) > 80)
+    body = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("models"))
+    assert lines[body].split()[:4] == ["models", "done", "success", "incompl."]
+    assert lines[body + 2].split()[:3] == ["2", "0", "2"], out  # 2 models, none already done, 2 succeeded
+    assert any("the whole dataset, models by status" in ln for ln in lines) and "success: 2" in out
