@@ -309,10 +309,12 @@ def _fit_columns(result, columns, explicit: bool):
 
 
 def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left, flexible: str | None,
-                  width: int, caption: str | None = None, min_flexible: int = _MIN_NAME, optional=()):
+                  width: int, caption: str | None = None, min_flexible: int = _MIN_NAME, optional=(),
+                  want_flexible: int | None = None):
     """A rich Table in which no cell wraps: every column as wide as its widest cell, except
     ``flexible``, which takes the width the others leave (at least ``min_flexible``) and is shortened
-    from the left; ``optional`` columns are left out, last first, while the table would not fit."""
+    from the left; ``optional`` columns are left out, last first, while the table would not fit with
+    ``flexible`` at ``want_flexible`` characters (default ``min_flexible``)."""
     from rich import box
     from rich.table import Table
 
@@ -323,8 +325,9 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
         i = titles.index(flexible) if flexible in titles else -1
         return sum(w for j, w in enumerate(widths) if j != i) + _GAP * (len(titles) - 1)
 
+    want = max(min_flexible, want_flexible or 0)
     for t in reversed(optional):
-        if t in titles and others() + min_flexible > width:
+        if t in titles and others() + want > width:
             i = titles.index(t)
             del titles[i], widths[i]
             for row in cells:
@@ -826,6 +829,7 @@ def cmd_correlate(args) -> int:
     console = _console(args)
     table = _fitted_table(f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})", titles,
                           cells, left=("group", "metric"), flexible="metric", min_flexible=10,
+                          want_flexible=max([0] + [len(r[titles.index("metric")]) for r in cells]),
                           optional=("p(rho)", "r", "rmse", "r2"), width=console.width,
                           caption="rho: Spearman, tau: Kendall (two-sided p); r: Pearson, rmse, r2: least-squares "
                                   "line" + (f"; CI: percentile bootstrap, {args.bootstrap} resamples"

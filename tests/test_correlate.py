@@ -405,6 +405,12 @@ def test_correlate_cli_terminal_table(synth):
     assert header.rstrip().endswith("p(tau)") and len(header) <= 80
     shown = [line.split() for line in lines if line.split()[:2] == ["all", "alpha"]][0]
     assert shown[3:5] == [f"{row['spearman_rho']:.3f}", ci("spearman_rho")]
+    # without CIs the metric names fit whole at 80 columns: the optional columns go, no name is cut
+    p = subprocess.run([sys.executable, "-m", "hubscan.cli", "correlate", "--dataset", ds.url],
+                       capture_output=True, text=True, env={**env, "COLUMNS": "80"}, timeout=300)
+    metrics = [line.split()[1] for line in p.stdout.splitlines() if line.split()[:1] == ["all"]]
+    assert metrics and "log_spectral_norm" in metrics and not any("…" in m for m in metrics), p.stdout
+    assert all(len(line) <= 80 for line in p.stdout.splitlines())
 
 
 def test_rand_distance_from_layers(tmp_path):
