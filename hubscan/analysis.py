@@ -431,36 +431,171 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
         message names the file and the reason. Problems of single layers do not raise.
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
-    t0 = time.perf_counter()
     if isinstance(model, WeightSet) and base is None:
         ws, ref, meta = model, None, {}
     else:
         ws, ref, meta = open_with_base(model, base, client)
     source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
-    rows, evals = [], {}
-    with ws:
-        entries = resolve_layouts(ws.entries())
-        shapes = {e.name: e.shape for e in entries} if options.split_fused else None
-        unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
-        for row, ev in analyze_entries(entries, options, shapes, unread=unread):
-            rows.append(row)
-            if options.keep_evals and ev is not None:
-                evals[row.key] = ev
-        missing = list(ws.missing)
-    if not rows and not missing:
-        raise NoWeightsError(source, "no weight tensors (no tensor with 2 or more dimensions)")
-    summary = summarize(rows)
-    if summary["num_success"] == 0:
-        status, reason = "failed", "no layer could be analyzed"
-    elif missing or unread:
-        parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
-                 + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
-                                                                     (unread, "in a layout hubscan does not read"))
-                 if lost]
-        status, reason = "incomplete", " | ".join(parts)
-    else:
-        status, reason = "success", ""
-    summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - t0,
-                   bytes_read=int(ws.stats.get("bytes_read", 0)), requests=int(ws.stats.get("requests", 0)))
-    return AnalysisResult(source=source, rows=rows, summary=summary, missing=missing, evals=evals,
-                          files=list(ws.files), format=ws.format, ref=ref, metadata=meta)
+    run = ModelAnalysis(ws, options, source, ref, meta)
+    for _ in run.rows():
+        pass
+    return run.result()
+
+
+class ModelAnalysis:
+    """One model's analysis in two steps, so that several analyses can read one model together
+    (:func:`analyze_in_step`): iterate :meth:`rows` (each matrix read, analyzed and released in turn),
+    then :meth:`result`. :func:`analyze` is this for one model.
+
+    Parameters
+    ----------
+    ws : WeightSet
+        Opened; closed when :meth:`rows` ends.
+    options : AnalyzeOptions
+    source : str
+        What the result names as analyzed.
+    ref, meta
+        The pinned reference and the source's metadata, carried into the result.
+    """
+
+    def __init__(self, ws: WeightSet, options: AnalyzeOptions, source: str, ref: ModelRef | None = None,
+                 meta: dict | None = None):
+        self.ws, self.options, self.source, self.ref, self.meta = ws, options, source, ref, meta or {}
+        self._rows: list = []
+        self._evals: dict = {}
+        self._unread: list = []
+        self._missing: list = []
+        self._t0 = time.perf_counter()
+
+    def rows(self) -> Iterator[LayerRecord]:
+        """Analyze the tensors one at a time, yielding each matrix's record as it is done."""
+        options = self.options
+        with self.ws:
+            entries = resolve_layouts(self.ws.entries())
+            shapes = {e.name: e.shape for e in entries} if options.split_fused else None
+            self._unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
+            for row, ev in analyze_entries(entries, options, shapes, unread=self._unread):
+                self._rows.append(row)
+                if options.keep_evals and ev is not None:
+                    self._evals[row.key] = ev
+                yield row
+            self._missing = list(self.ws.missing)
+
+    def result(self) -> AnalysisResult:
+        """The model's result once :meth:`rows` is exhausted.
+
+        Raises
+        ------
+        hubscan.errors.NoWeightsError
+            The model holds no tensor with 2 or more dimensions.
+        """
+        rows, missing, unread = self._rows, self._missing, self._unread
+        if not rows and not missing:
+            raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
+        summary = summarize(rows)
+        if summary["num_success"] == 0:
+            status, reason = "failed", "no layer could be analyzed"
+        elif missing or unread:
+            parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
+                     + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
+                                                                         (unread, "in a layout hubscan does not read"))
+                     if lost]
+            status, reason = "incomplete", " | ".join(parts)
+        else:
+            status, reason = "success", ""
+        summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - self._t0,
+                       bytes_read=int(self.ws.stats.get("bytes_read", 0)),
+                       requests=int(self.ws.stats.get("requests", 0)))
+        return AnalysisResult(source=self.source, rows=rows, summary=summary, missing=missing, evals=self._evals,
+                              files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta)
+
+
+def analyze_in_step(*runs: ModelAnalysis) -> list:
+    """Run several analyses of one model's tensors in step: the analysis furthest behind (by
+    ``layer_id``) goes next, so a tensor two of them read (:class:`hubscan.weights.shared.SharedReads`)
+    is taken by both while it is still held.
+
+    Returns
+    -------
+    list of AnalysisResult or HubscanError
+        One per run, in order: its result, or the error that stopped it (the others go on).
+    """
+    gens = [r.rows() for r in runs]
+    last = [-1] * len(runs)
+    errors: dict = {}
+    live = list(range(len(runs)))
+    while live:
+        i = min(live, key=lambda k: last[k])
+        try:
+            row = next(gens[i], None)
+        except HubscanError as exc:
+            errors[i], row = exc, None
+        if row is None:
+            live.remove(i)
+        else:
+            last[i] = row.layer_id
+    out = []
+    for i, run in enumerate(runs):
+        if i in errors:
+            out.append(errors[i])
+            continue
+        try:
+            out.append(run.result())
+        except HubscanError as exc:
+            out.append(exc)
+    return out
+
+
+#: Tensors a child's own analysis and its delta analysis may be apart (:func:`analyze_with_base`): a tensor
+#: read for one is kept this many further reads for the other (the window of
+#: :class:`hubscan.weights.shared.SharedReads`).
+PAIR_WINDOW = 8
+
+
+def analyze_with_base(ws: WeightSet, base: WeightSet, options: AnalyzeOptions, *, ref: ModelRef | None = None,
+                      client: HubClient | None = None, source: str | None = None) -> tuple:
+    """A model's own analysis and its delta against a base in one pass over the model's files: each of
+    its stored tensors is read once for both (:class:`~hubscan.weights.shared.SharedReads`, the two
+    analyses run in step by :func:`analyze_in_step`).
+
+    Parameters
+    ----------
+    ws : WeightSet
+        The model, opened; closed on return.
+    base : WeightSet
+        The base, opened (e.g. a :class:`~hubscan.weights.shared.SharedReads` view of a parent shared by
+        several children); closed on return (a view's close leaves the parent open).
+    options : AnalyzeOptions
+        Both analyses; the delta's eigenvalues are never kept.
+    ref : ModelRef, optional
+        The model's pinned reference: a hub adapter repository (:func:`is_hub_adapter`) is read as
+        ΔW = s·B·A for its own analysis and as ``analyze(ref, base=…)`` reads it for the delta.
+    client : HubClient, optional
+    source : str, optional
+        What the results name as analyzed (default: the files).
+
+    Returns
+    -------
+    (AnalysisResult or HubscanError, AnalysisResult or HubscanError)
+        The model's own result (equal to ``analyze(model)``) and its delta result (equal to
+        ``analyze(model, base=base)``), each replaced by the error that stopped it.
+    """
+    from hubscan.weights.delta import open_delta
+    from hubscan.weights.shared import SharedReads
+
+    source = source or ",".join(ws.files)
+    shared = SharedReads(ws, readers=2, window=PAIR_WINDOW)
+    try:
+        own, paired = shared.view(), shared.view()
+        try:
+            if ref is not None and is_hub_adapter(ref):
+                own, delta = as_adapter(own, ref, client), as_adapter(paired, ref, client, base)
+            else:
+                delta = open_delta(paired, base)
+        except HubscanError as exc:
+            return exc, exc
+        return tuple(analyze_in_step(ModelAnalysis(own, options, source, ref),
+                                     ModelAnalysis(delta, dataclasses.replace(options, keep_evals=False), source, ref)))
+    finally:
+        shared.close()
+        base.close()

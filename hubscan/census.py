@@ -4,30 +4,32 @@ analyzed as per-layer deltas.
 Steps (:func:`census`):
 
 1. **Lineage** — :func:`hubscan.sources.lineage.enumerate_lineage` walks the tree breadth-first from the
-   root through the Hub's ``base_model:<relation>:<id>`` tags and pins every node.
-2. **Nodes** — every node analyzed as a survey analyzes a model (:func:`hubscan.survey.analyze_model`:
-   ``models`` / ``layers`` / ``esd`` rows); nodes the dataset already holds (same revision and options)
-   are not analyzed again.
-3. **Edges** — one ``lineage`` row per edge; and per edge the rows of
-   ``hubscan.analyze(CHILD, base=PARENT)`` (ESD of ΔW = W_child − W_parent per matched tensor, quantized
-   children dequantized first, adapters as ΔW = s·B·A plus W + ΔW; distance columns) into ``deltas``.
+   root through the Hub's ``base_model:<relation>:<id>`` tags and pins every node; one ``lineage`` row
+   per edge.
+2. **Nodes with their edge** — every node is analyzed as a survey analyzes a model (``models`` /
+   ``layers`` / ``esd`` rows) and, for its first edge, the rows of ``hubscan.analyze(CHILD, base=PARENT)``
+   (ESD of ΔW = W_child − W_parent per matched tensor, quantized children dequantized first, adapters as
+   ΔW = s·B·A plus W + ΔW; distance columns) into ``deltas`` — **in one pass over the child's files**
+   (:func:`hubscan.analysis.analyze_with_base`): each of the child's tensors is read once for both.
+3. **The parent once per batch** — the children of one parent are taken in batches of ``batch_size``
+   (:func:`family_tasks`); a batch is one call of :func:`hubscan.survey.analyze_models`, which opens the
+   parent once and holds each of its tensors until every child of the batch has taken it
+   (:class:`~hubscan.weights.shared.SharedReads`). So a batch reads the parent's tensors once and each
+   child's tensors once. Memory: up to the parent's matched tensors until the batch's last child (for
+   models larger than memory, ``batch_size=1``: one parent read per child).
+4. **Other edges** — an edge whose child is not analyzed now (the dataset holds it) but whose delta is
+   missing, and a merge's second parent, are analyzed after the nodes (:func:`analyze_edges`; the child is
+   read once more for each such edge).
 
-**The parent is read once per batch of children.** The children of one parent are taken in batches of
-``batch_size``; the parent is opened once per batch and each of its tensors is read the first time a
-child of the batch pairs with it and kept until every child of the batch has taken it
-(:class:`SharedParent`), so a batch reads the parent's tensors once and each child's own tensors once.
-Memory: the batch runs its children one after another, so up to the parent's matched tensors are held
-until the batch's last child (for models larger than memory, use ``batch_size=1``: one parent read per
-child).
-
-``hubscan survey --source hf --lineage ROOT`` analyzes the nodes with the survey machinery (:class:`TreeSurvey`:
-Ray actors, a ``surveys`` row whose table versions include ``lineage`` and ``deltas``); the edges' deltas are
-computed in the driver. A plain :func:`census` call without ``survey=`` does everything in the calling process.
+Nodes the dataset already holds (same revision and options) are not analyzed again (unless ``force``).
+``hubscan survey --source hf --lineage ROOT`` runs steps 2–3 on the survey's Ray actors
+(:class:`TreeSurvey`; ``deltas`` committed with the nodes, before their ``models`` rows) and writes a
+``surveys`` row whose table versions include ``lineage`` and ``deltas``. A plain :func:`census` call
+without ``survey=`` does everything in the calling process.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -35,70 +37,17 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Iterable
 
-from hubscan.analysis import AnalysisResult, AnalyzeOptions, analyze, open_with_base
+from hubscan.analysis import AnalyzeOptions, analyze, open_with_base
 from hubscan.hub import HubClient
 from hubscan.sources.lineage import RELATIONS, Edge, Tree, enumerate_lineage
-from hubscan.store import Dataset, config_hash, model_key, rows_to_table
-from hubscan.survey import Survey
-from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.layouts import resolve_layouts
+from hubscan.store import Dataset, config_hash, delta_table, model_key, pair_key, rows_to_table
+from hubscan.survey import Survey, _Task
+from hubscan.weights.shared import SharedReads
 
 log = logging.getLogger(__name__)
 
-
-class SharedParent:
-    """A parent's tensors read once for ``uses`` children (module docstring).
-
-    Parameters
-    ----------
-    ws : WeightSet
-        The parent, opened.
-    uses : int
-        Children that will pair with it; a tensor is dropped from memory after the ``uses``-th read.
-
-    Attributes
-    ----------
-    reads : Counter
-        Tensor name → times read from the parent's files (1 each when shared as intended).
-    """
-
-    def __init__(self, ws: WeightSet, uses: int):
-        self.ws, self.uses = ws, max(1, int(uses))
-        self.entries = resolve_layouts(ws.entries())
-        self._cache: dict = {}
-        self._taken: Counter = Counter()
-        self.reads: Counter = Counter()
-
-    def _load(self, e: TensorEntry):
-        if e.name not in self._cache:
-            self._cache[e.name] = e.load()
-            self.reads[e.name] += 1
-        self._taken[e.name] += 1
-        t = self._cache[e.name]
-        if self._taken[e.name] % self.uses == 0:
-            del self._cache[e.name]
-        return t
-
-    def weightset(self) -> WeightSet:
-        """A view for one child: entries whose ``load`` goes through the shared cache; closing it does
-        not close the parent (:meth:`close` does)."""
-        entries = [dataclasses.replace(e, load=lambda e=e: self._load(e)) for e in self.entries]
-        return WeightSet(files=list(self.ws.files), format=self.ws.format, entries=lambda: iter(entries),
-                         missing=list(self.ws.missing), close=lambda: None, stats={})
-
-    def close(self) -> None:
-        self._cache.clear()
-        self.ws.close()
-
-    @property
-    def bytes_read(self) -> int:
-        """Bytes of the parent's files read so far."""
-        return int(self.ws.stats.get("bytes_read", 0))
-
-
-def pair_key(child_key: str, parent: str, parent_revision: str | None) -> str:
-    """The ``deltas`` key of one (child analysis, parent revision) pair: sha256 of the three, 16 hex digits."""
-    return hashlib.sha256(f"{child_key}\0{parent}\0{parent_revision or ''}".encode()).hexdigest()[:16]
+__all__ = ["census", "TreeSurvey", "family_tasks", "analyze_edges", "write_lineage", "write_deltas", "edge_key",
+           "pair_key"]
 
 
 def edge_key(root: str, child: str, parent: str) -> str:
@@ -108,7 +57,8 @@ def edge_key(root: str, child: str, parent: str) -> str:
 
 def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: HubClient | None = None,
                   options: AnalyzeOptions | None = None, batch_size: int = 8):
-    """Delta analyses of a tree's edges, the parent read once per batch of its children.
+    """Delta analyses of a tree's edges alone (the children's own analyses not redone), the parent read
+    once per batch of its children.
 
     Parameters
     ----------
@@ -129,8 +79,8 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
         this pair) and ``parent_bytes_read`` (the parent's files read during this pair: the tensors no
         earlier child of the batch needed; summed over a batch, the parent's tensors once).
     """
-    from hubscan.sources import open_model
     from hubscan.errors import HubscanError
+    from hubscan.sources import open_model
 
     client = client or HubClient()
     options = options or AnalyzeOptions()
@@ -142,7 +92,7 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
         for i in range(0, len(children), batch_size):
             batch = children[i:i + batch_size]
             try:
-                shared = SharedParent(open_model(pref, client)[0], len(batch))
+                shared = SharedReads(open_model(pref, client)[0], len(batch))
             except HubscanError as exc:
                 for e in batch:
                     yield e, None, {"error": f"parent {parent}: {exc}", "bytes_read": 0, "parent_bytes_read": 0}
@@ -151,7 +101,7 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
                 for e in batch:
                     before = shared.bytes_read
                     try:
-                        ws, _, _ = open_with_base(tree.nodes[e.child][0], shared.weightset(), client)
+                        ws, _, _ = open_with_base(tree.nodes[e.child][0], shared.view(), client)
                         result = analyze(ws, options)
                     except HubscanError as exc:
                         yield e, None, {"error": str(exc), "bytes_read": 0, "parent_bytes_read": 0}
@@ -162,9 +112,77 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
                 shared.close()
 
 
-def write_edges(ds: Dataset, tree: Tree, *, client: HubClient, options: AnalyzeOptions, survey_id: str,
-                batch_size: int = 8) -> dict:
-    """Write a tree's ``lineage`` rows and its edges' ``deltas`` rows (:func:`analyze_edges`) into a dataset.
+def family_tasks(tree: Tree, nodes: list, batch_size: int) -> list:
+    """Group the nodes to analyze by parent: each node with an edge in the tree goes with its first edge's
+    parent, up to ``batch_size`` children per task (one actor call, the parent read once); the root (and
+    any node without an edge) is a task of its own.
+
+    Parameters
+    ----------
+    tree : Tree
+    nodes : list of hubscan.survey._Task
+        One model each (the survey's plan).
+    batch_size : int
+
+    Returns
+    -------
+    list of hubscan.survey._Task
+        Tasks whose ``parent`` / ``more`` / ``relations`` carry the batches; every node in exactly one.
+    """
+    first: dict[str, Edge] = {}
+    for e in tree.edges:
+        first.setdefault(e.child, e)
+    alone, by_parent = [], defaultdict(list)
+    for t in nodes:
+        e = first.get(t.ref.id)
+        if e is None:
+            alone.append(t)
+        else:
+            by_parent[e.parent].append((t, e.relation))
+    tasks = list(alone)
+    for parent, children in by_parent.items():
+        pref = tree.nodes[parent][0]
+        for i in range(0, len(children), max(1, batch_size)):
+            batch = children[i:i + batch_size]
+            head = batch[0][0]
+            tasks.append(_Task(head.ref, head.meta, head.key, head.attempts, parent=pref,
+                               more=tuple((t.ref, t.meta, t.key) for t, _ in batch[1:]),
+                               relations={t.key: rel for t, rel in batch}))
+    return tasks
+
+
+def _keys(tree: Tree, options: AnalyzeOptions) -> dict:
+    cfg = config_hash(options)
+    return {mid: model_key(ref.source, ref.id, ref.revision, cfg) for mid, (ref, _) in tree.nodes.items()}
+
+
+def other_edges(tree: Tree, tasks: list, ds: Dataset, options: AnalyzeOptions, force: bool) -> list:
+    """The edges :func:`family_tasks`' tasks do not analyze and whose delta is still needed: the child's
+    pair with this parent is missing from ``deltas`` (or ``force``, or the child is analyzed now, which
+    replaces its older delta rows)."""
+    covered = {(ref.id, t.parent.id) for t in tasks if t.parent is not None for ref, _, _ in t.models}
+    now = {ref.id for t in tasks for ref, _, _ in t.models}
+    keys = _keys(tree, options)
+    have = ds.keys("deltas", "pair_key") if ds.table("deltas") is not None else set()
+    return [e for e in tree.edges if (e.child, e.parent) not in covered
+            and (force or e.child in now or pair_key(keys[e.child], e.parent, tree.nodes[e.parent][0].revision) not in have)]
+
+
+def write_lineage(ds: Dataset, tree: Tree, survey_id: str) -> int:
+    """Write a tree's ``lineage`` rows (one per edge, replacing the same edges' older rows); returns their number."""
+    rev = {mid: ref.revision for mid, (ref, _) in tree.nodes.items()}
+    lineage = [{"edge_key": edge_key(tree.root, e.child, e.parent), "root": tree.root, "child": e.child,
+                "parent": e.parent, "relation": e.relation, "depth": e.depth, "found_by": e.found_by,
+                "child_revision": rev[e.child], "parent_revision": rev[e.parent], "survey_id": survey_id}
+               for e in tree.edges]
+    ds.write("lineage", rows_to_table(lineage, "lineage"), replace=("edge_key", [r["edge_key"] for r in lineage]),
+             survey_id=survey_id)
+    return len(lineage)
+
+
+def write_deltas(ds: Dataset, tree: Tree, edges: Iterable[Edge], *, client: HubClient, options: AnalyzeOptions,
+                 survey_id: str, batch_size: int = 8) -> dict:
+    """Analyze edges alone (:func:`analyze_edges`) into ``deltas`` (replacing the same pairs' older rows).
 
     Returns
     -------
@@ -172,41 +190,35 @@ def write_edges(ds: Dataset, tree: Tree, *, client: HubClient, options: AnalyzeO
         ``deltas`` (rows written), ``failed_edges`` (list of (child, parent, reason)), ``bytes_per_child``
         (child → bytes its delta analyses read), ``parent_reads`` (parent → bytes read for its children).
     """
-    cfg = config_hash(options)
-    rev = {mid: ref.revision for mid, (ref, _) in tree.nodes.items()}
-    keys = {mid: model_key(ref.source, ref.id, ref.revision, cfg) for mid, (ref, _) in tree.nodes.items()}
-    lineage = [{"edge_key": edge_key(tree.root, e.child, e.parent), "root": tree.root, "child": e.child,
-                "parent": e.parent, "relation": e.relation, "depth": e.depth, "found_by": e.found_by,
-                "child_revision": rev[e.child], "parent_revision": rev[e.parent], "survey_id": survey_id}
-               for e in tree.edges]
-    ds.write("lineage", rows_to_table(lineage, "lineage"), replace=("edge_key", [r["edge_key"] for r in lineage]),
-             survey_id=survey_id)
-    rows, pairs, failed = [], [], []
+    keys = _keys(tree, options)
+    tables, pairs, failed = [], [], []
     per_child, parent_reads = {}, Counter()
-    for e, result, info in analyze_edges(tree, client=client, options=options, batch_size=batch_size):
+    for e, result, info in analyze_edges(tree, list(edges), client=client, options=options, batch_size=batch_size):
         parent_reads[e.parent] += info["parent_bytes_read"]
         if result is None:
             failed.append((e.child, e.parent, info["error"]))
             log.warning("%s <- %s: delta not analyzed: %s", e.child, e.parent, info["error"])
             continue
         per_child[e.child] = per_child.get(e.child, 0) + info["bytes_read"]
-        ref = tree.nodes[e.child][0]
-        pk = pair_key(keys[e.child], e.parent, rev[e.parent])
-        pairs.append(pk)
-        ident = {"pair_key": pk, "model_key": keys[e.child], "source": ref.source, "model_id": ref.id,
-                 "revision": ref.revision, "parent_id": e.parent, "parent_revision": rev[e.parent],
-                 "relation": e.relation, "survey_id": survey_id}
-        rows.extend({**ident, **r} for r in result.rows)
+        ref, pref = tree.nodes[e.child][0], tree.nodes[e.parent][0]
+        child = {"model_key": keys[e.child], "source": ref.source, "model_id": ref.id, "revision": ref.revision}
+        tables.append(delta_table(child, e.parent, pref.revision, e.relation, survey_id, result.rows))
+        pairs.append(pair_key(keys[e.child], e.parent, pref.revision))
+    rows = 0
     if pairs:
-        ds.write("deltas", rows_to_table(rows, "deltas"), replace=("pair_key", pairs), survey_id=survey_id)
-    return {"deltas": len(rows), "failed_edges": failed, "bytes_per_child": per_child,
-            "parent_reads": dict(parent_reads)}
+        import pyarrow as pa
+        table = pa.concat_tables(tables)
+        rows = table.num_rows
+        ds.write("deltas", table, replace=("pair_key", pairs), survey_id=survey_id)
+    return {"deltas": rows, "failed_edges": failed, "bytes_per_child": per_child, "parent_reads": dict(parent_reads)}
 
 
 class TreeSurvey(Survey):
-    """A :class:`~hubscan.survey.Survey` of a model tree's nodes (Ray actors, the driver the only committer,
-    resumable) that writes the tree's ``lineage`` and ``deltas`` in the driver before its ``surveys`` row,
-    so the row's table versions include them.
+    """A :class:`~hubscan.survey.Survey` of a model tree (Ray actors, the driver the only committer,
+    resumable): its nodes, each with its first edge's delta in the same pass over the child's files and
+    the children of one parent batched (:func:`family_tasks`); the ``lineage`` rows and the other edges'
+    deltas (:func:`other_edges`) are written in the driver before the ``surveys`` row, so the row's table
+    versions include them.
 
     Parameters
     ----------
@@ -219,16 +231,30 @@ class TreeSurvey(Survey):
 
     def __init__(self, config, tree: Tree, batch_size: int = 8):
         super().__init__(config)
-        self.tree, self.batch_size, self.edges = tree, batch_size, {}
+        self.tree, self.batch_size, self.edges, self.others = tree, batch_size, {}, []
 
     def enumerate(self) -> list:
         return list(self.tree.nodes.values())
 
+    def plan(self) -> None:
+        super().plan()
+        self.work = type(self.work)(family_tasks(self.tree, list(self.work), self.batch_size))
+        self.others = other_edges(self.tree, list(self.work), self.dataset, self.config.options, self.config.force)
+
     def summary(self) -> dict:
         if self.dataset is not None and not self.interrupted:
-            self.edges = write_edges(self.dataset, self.tree, client=self.client, options=self.options,
-                                     survey_id=self.survey_id, batch_size=self.batch_size)
+            write_lineage(self.dataset, self.tree, self.survey_id)
+            self.edges = write_deltas(self.dataset, self.tree, self.others, client=self.client, options=self.options,
+                                      survey_id=self.survey_id, batch_size=self.batch_size)
+            self.edges["failed_edges"] = _dedupe(self.failed_edges + self.edges["failed_edges"])
+            t = self.dataset.read("deltas", columns=["survey_id"]) if self.dataset.table("deltas") is not None else None
+            self.edges["deltas"] = 0 if t is None else t.column("survey_id").to_pylist().count(self.survey_id)
         return super().summary()
+
+
+def _dedupe(failed: list) -> list:
+    """One (child, parent, reason) per edge, the last reason kept (a retried task reports again)."""
+    return list({(c, p): (c, p, r) for c, p, r in failed}.values())
 
 
 def census(root: str, out: str, *, client: HubClient | None = None, options: AnalyzeOptions | None = None,
@@ -255,23 +281,24 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
         Re-analyze nodes the dataset already holds (without ``survey``; with it, ``survey.force``).
     storage_options : dict, optional
     survey : SurveyConfig, optional
-        Analyze the nodes with the survey machinery (:class:`TreeSurvey`: Ray actors, progress, a ``surveys``
+        Analyze with the survey machinery (:class:`TreeSurvey`: Ray actors, progress, a ``surveys``
         row, compaction); ``out``, ``storage_options``, ``force`` and the hub settings come from it. Without
-        it the nodes are analyzed one after another in this process (no Ray) and no ``surveys`` row is written.
+        it everything runs one task after another in this process (no Ray) and no ``surveys`` row is written.
 
     Returns
     -------
     dict
         ``survey_id``, ``nodes``, ``edges``, ``analyzed`` (nodes analyzed now), ``deltas`` (rows written),
-        ``failed_edges``, ``bytes_per_child``, ``parent_reads`` (:func:`write_edges`), ``seconds``, ``tree``,
-        and with ``survey`` its ``surveys`` row as ``survey``.
+        ``failed_edges`` (list of (child, parent, reason)), ``bytes_per_child`` (child → bytes read from its
+        files now, its own analysis and deltas together), ``seconds``, ``tree``, and with ``survey`` its
+        ``surveys`` row as ``survey``.
 
     Raises
     ------
     hubscan.errors.HubscanError
         The root cannot be resolved or the Hub cannot be listed.
     """
-    from hubscan.survey import analyze_model
+    from hubscan.survey import WRITE_ORDER, analyze_models
 
     t0 = time.perf_counter()
     if survey is not None:
@@ -283,23 +310,34 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
         row = run.run()
         n = sum(row.get(k) or 0 for k in ("num_success", "num_incomplete", "num_failed", "num_skipped"))
         return {"survey_id": run.survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": n,
-                **run.edges, "seconds": time.perf_counter() - t0, "tree": tree, "survey": row}
+                "failed_edges": [], "deltas": 0, **run.edges, "seconds": time.perf_counter() - t0, "tree": tree,
+                "survey": row}
     options = options or AnalyzeOptions()
     survey_id = time.strftime("%Y%m%dT%H%M%SZ-", time.gmtime()) + uuid.uuid4().hex[:6]
     ds = Dataset(out, **(storage_options or {}))
     cfg = config_hash(options)
     done = ds.done()
-    analyzed = 0
-    for mid, (ref, meta) in tree.nodes.items():
-        key = model_key(ref.source, ref.id, ref.revision, cfg)
-        if key in done and not force:
-            continue
-        res = analyze_model(ref, meta, key, options=options, cfg_hash=cfg, survey_id=survey_id, client=client,
-                            keep_esd=True)
-        for table in ("esd", "layers", "models"):
-            if res[table] is not None:
-                ds.write(table, res[table], replace=("model_key", [key]), survey_id=survey_id)
-        analyzed += 1
-    edges = write_edges(ds, tree, client=client, options=options, survey_id=survey_id, batch_size=batch_size)
-    return {"survey_id": survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": analyzed,
-            **edges, "seconds": time.perf_counter() - t0, "tree": tree}
+    keys = _keys(tree, options)
+    nodes = [_Task(ref, meta, keys[mid]) for mid, (ref, meta) in tree.nodes.items() if force or keys[mid] not in done]
+    tasks = family_tasks(tree, nodes, batch_size)
+    others = other_edges(tree, tasks, ds, options, force)
+    rows, failed, per_child = 0, [], Counter()
+    for task in tasks:
+        for out_ in analyze_models(task.models, parent=task.parent, relations=task.relations, client=client,
+                                   options=options, cfg_hash=cfg, survey_id=survey_id, keep_esd=True):
+            r = out_["row"]
+            per_child[r["model_id"]] += int(r.get("bytes_read") or 0)
+            if out_["delta_error"]:
+                failed.append((r["model_id"], task.parent.id, out_["delta_error"]))
+            for table in WRITE_ORDER:
+                if out_.get(table) is not None and out_[table].num_rows:
+                    rows += out_[table].num_rows if table == "deltas" else 0
+                    ds.write(table, out_[table], replace=("model_key", [r["model_key"]]), survey_id=survey_id)
+    write_lineage(ds, tree, survey_id)
+    edges = write_deltas(ds, tree, others, client=client, options=options, survey_id=survey_id, batch_size=batch_size)
+    for child, n in edges["bytes_per_child"].items():
+        per_child[child] += n
+    return {"survey_id": survey_id, "nodes": len(tree.nodes), "edges": len(tree.edges), "analyzed": len(nodes),
+            "deltas": rows + edges["deltas"], "failed_edges": _dedupe(failed + edges["failed_edges"]),
+            "bytes_per_child": dict(per_child), "parent_reads": edges["parent_reads"],
+            "seconds": time.perf_counter() - t0, "tree": tree}

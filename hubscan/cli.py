@@ -348,23 +348,40 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
 
 
 def _layer_table(result, columns, width: int):
-    """The per-layer table of one result, fitted to ``width`` terminal columns (the name shortened)."""
+    """The per-layer table of one result, fitted to ``width`` terminal columns (the name shortened),
+    and the chosen columns that do not fit (kept left to right; they are all in ``--out``)."""
     keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
     titles = ["N×M" if c == "NxM" else c for c in columns]
     cells = [[_layer_cell(r, k) for k in keys] for r in result.rows]
+    used, keep = 0, []
+    for i, t in enumerate(titles):
+        w = max([len(t)] + [len(row[i]) for row in cells])
+        w = min(w, _MIN_NAME) if t == "name" else w
+        if keep and used + _GAP + w > width:
+            continue
+        keep.append(i)
+        used += w + (_GAP if len(keep) > 1 else 0)
+    dropped = [titles[i] for i in range(len(titles)) if i not in keep]
+    titles, keys = [titles[i] for i in keep], [keys[i] for i in keep]
+    cells = [[row[i] for i in keep] for row in cells]
     return _fitted_table(f"{result.source} ({result.format})", titles, cells,
-                         left=[t for t, k in zip(titles, keys) if k in _LEFT], flexible="name", width=width)
+                         left=[t for t, k in zip(titles, keys) if k in _LEFT], flexible="name", width=width), dropped
 
 
 def _print_result(result, console, columns, explicit: bool = False) -> None:
     columns = _fit_columns(result, columns, explicit)
-    console.print(_layer_table(result, columns, console.width), crop=True)
+    table, dropped = _layer_table(result, columns, console.width)
+    console.print(table, crop=True)
+    if dropped:
+        console.print(f"  {len(dropped)} chosen column(s) do not fit {console.width} columns: "
+                      f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)", highlight=False)
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
         if r.get("status") != "success" or r.get("reason"):
             console.print(f"  layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}",
                           highlight=False)
+    delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
-              if r.get("status") == "success" and r.get("warning")]
+              if r.get("status") == "success" and r.get("warning") and not delta]
     if warned:
         console.print(f"  warnings (layer ids): {', '.join(warned)}", highlight=False)
     s = result.summary
@@ -377,6 +394,10 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     for group in (("alpha", "alpha_weighted", "log_alpha_norm"), ("log_norm", "log_spectral_norm"),
                   ("stable_rank", "mp_softrank")):
         console.print("  " + "  ".join(f"{m}={_fmt(s[m], 4)}" for m in group), highlight=False)
+    if delta:
+        console.print(f"  layers with alpha<2: {s['num_over_trained']}, alpha>6: {s['num_under_trained']} "
+                      f"(of ΔW: the 2 / 6 training guides are for W), time {s['seconds']:.2f}s", highlight=False)
+        return
     console.print(f"  over-trained layers (alpha<2): {s['num_over_trained']}, "
                   f"under-trained (alpha>6): {s['num_under_trained']}, time {s['seconds']:.2f}s")
     phases = {}
@@ -648,8 +669,17 @@ def cmd_lineage(args, config) -> int:
 def cmd_sql(args) -> int:
     from hubscan.query import connect
 
+    import duckdb
+
     con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
-    cur = con.execute(args.query)
+    try:
+        cur = con.execute(args.query)
+    except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
+        views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                                           "AND view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
+        text = re.sub(r"^[A-Za-z ]+ Error: ", "", " ".join(str(exc).split()))
+        text = re.sub(r' Did you mean "_\w+_arrow"\?', "", text)  # hubscan's own scans are not for queries
+        raise HubscanError(args.dataset, f"{text} (views: {', '.join(views)})") from None
     cols = [d[0] for d in cur.description] if cur.description else []
     rows = cur.fetchall()
     if args.format == "csv":
@@ -661,17 +691,34 @@ def cmd_sql(args) -> int:
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     else:
         from rich.table import Table
-        t = Table(*cols)
-        for r in rows:
-            t.add_row(*[_fmt(v, 4) for v in r])
-        _console(args).print(t)
+        console = _console(args)
+        cells = [[_fmt(v, 4) for v in r] for r in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+        whole = [c in ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent") or c.endswith("_id")
+                 for c in cols]
+        # ids and names stay whole (they are copied into the next query) while the other columns keep 6
+        # characters each; else every column gives way alike
+        room = console.width - 3 * len(cols) - 1 - sum(w for w, k in zip(widths, whole) if k)
+        others = sorted((w, i) for i, (w, k) in enumerate(zip(widths, whole)) if not k)
+        fixed = None
+        if room >= 6 * len(others):  # water-filling: narrow columns whole, the wide ones share the rest
+            fixed = list(widths)
+            for n, (w, i) in enumerate(others):
+                fixed[i] = min(w, room // (len(others) - n))
+                room -= fixed[i]
+        t = Table()
+        for j, c in enumerate(cols):
+            t.add_column(c, width=fixed[j] if fixed else None, no_wrap=bool(fixed), overflow="ellipsis")
+        for r in cells:
+            t.add_row(*r)
+        console.print(t)
     return 0
 
 
 def _add_sql(sub) -> None:
-    p = _command(sub, "sql", cmd_sql, help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy)",
+    p = _command(sub, "sql", cmd_sql, help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy, lineage, deltas)",
                  description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
-                             "surveys and accuracy.",
+                             "surveys, accuracy, lineage and deltas (those the dataset holds).",
                  epilog="examples:\n"
                         "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
                         "GROUP BY 1\"\n"

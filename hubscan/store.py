@@ -532,6 +532,28 @@ def model_tables(model: ModelRecord | Mapping, layers: Sequence[LayerRecord | Ma
             "models": rows_to_table([model], table_schema("models"))}
 
 
+def pair_key(child_key: str, parent: str, parent_revision: str | None) -> str:
+    """The ``deltas`` key of one (child analysis, parent revision) pair: sha256 of the three, 16 hex digits."""
+    return hashlib.sha256(f"{child_key}\0{parent}\0{parent_revision or ''}".encode()).hexdigest()[:16]
+
+
+def delta_table(child: Mapping, parent_id: str, parent_revision: str | None, relation: str | None,
+                survey_id: str | None, rows: Sequence[LayerRecord | Mapping]) -> pa.Table:
+    """One (child, parent) pair's delta rows as the ``deltas`` table: each :class:`LayerRecord` of
+    ``hubscan analyze CHILD --base PARENT`` preceded by the pair's identity
+    (:data:`hubscan.records.DELTA_PAIR_COLUMNS`; ``child`` gives ``model_key, source, model_id, revision``).
+
+    Raises
+    ------
+    hubscan.errors.SchemaMismatchError
+        A row holds a column the table lacks.
+    """
+    ident = {"pair_key": pair_key(child["model_key"], parent_id, parent_revision),
+             **{k: child.get(k) for k in ("model_key", "source", "model_id", "revision")},
+             "parent_id": parent_id, "parent_revision": parent_revision, "relation": relation, "survey_id": survey_id}
+    return rows_to_table(rows, table_schema("deltas"), ident)
+
+
 #: File types :func:`write_file` writes, by suffix.
 FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl")
 

@@ -48,8 +48,9 @@ from hubscan.store import DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash,
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("hubscan.progress")
 
-#: The tables a survey writes, in commit order (``models`` last: it is the done-set).
-WRITE_ORDER = ("esd", "layers", "models")
+#: The tables a survey writes, in commit order (``models`` last: it is the done-set; ``deltas`` only a
+#: model-tree survey, :class:`hubscan.census.TreeSurvey`).
+WRITE_ORDER = ("esd", "layers", "deltas", "models")
 
 
 @dataclasses.dataclass
@@ -186,25 +187,49 @@ def _requests(client: HubClient) -> int:
 
 
 def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
-                  client: HubClient, keep_esd: bool, attempts: int = 1) -> dict:
+                  client: HubClient, keep_esd: bool, attempts: int = 1, parent: tuple | None = None) -> dict:
     """Analyze one pinned model into its dataset rows; never raises for a model's own problems.
+
+    Parameters
+    ----------
+    parent : (ModelRef, WeightSet, str), optional
+        A tree edge: the parent's pinned reference, its opened weights (e.g. a
+        :class:`~hubscan.weights.shared.SharedReads` view shared by its children) and the relation. The
+        model's delta against it is analyzed in the same pass over the model's files
+        (:func:`hubscan.analysis.analyze_with_base`: each tensor read once for both).
 
     Returns
     -------
     dict
         ``models``: the model row (status success / incomplete / failed / skipped), ``layers``
-        and ``esd``: Arrow tables of its rows (empty unless analyzed).
+        and ``esd``: Arrow tables of its rows (empty unless analyzed); with ``parent``, ``deltas``: the
+        pair's ``deltas`` table (None when the delta could not be analyzed) and ``delta_error`` (the
+        one-line reason then, else None).
     """
-    from hubscan.analysis import analyze, as_adapter, is_hub_adapter
+    from hubscan.analysis import analyze, analyze_with_base, as_adapter, is_hub_adapter
     from hubscan.sources import open_ref
+    from hubscan.store import delta_table
 
     t0 = time.perf_counter()
     retries0, requests0 = client.total_retries(), _requests(client)
     opts = dataclasses.replace(options, keep_evals=keep_esd)
     layers = esd = None
+    deltas, delta_error = None, ("not analyzed: the child could not be read" if parent is not None else None)
     try:
         ws = open_ref(ref, client)
-        result = analyze(as_adapter(ws, ref, client) if is_hub_adapter(ref) else ws, opts)
+        if parent is None:
+            result = analyze(as_adapter(ws, ref, client) if is_hub_adapter(ref) else ws, opts)
+        else:
+            result, delta = analyze_with_base(ws, parent[1], opts, ref=ref, client=client, source=str(ref))
+            if isinstance(delta, HubscanError):
+                delta_error = str(delta)
+            else:
+                delta_error = None
+                deltas = delta_table({"model_key": key, "source": ref.source, "model_id": ref.id,
+                                      "revision": ref.revision}, parent[0].id, parent[0].revision, parent[2],
+                                     survey_id, delta.rows)
+            if isinstance(result, HubscanError):
+                raise result
     except GatedModelError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
     except HubscanError as exc:
@@ -221,7 +246,53 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
         row["requests"] = _requests(client) - requests0
     row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
                options=json.dumps(dataclasses.asdict(opts), default=str))
-    return {**model_tables(row, layers or (), esd), "row": row}
+    return {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
+
+
+def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
+                   **kwargs):
+    """Analyze models one after another (:func:`analyze_model`), with ``parent`` each one's delta against
+    it too, the parent's files read once for all of them.
+
+    Parameters
+    ----------
+    models : sequence of (ModelRef, dict, str)
+        Pinned reference, metadata and model key of each model.
+    parent : ModelRef, optional
+        The models' common parent (pinned), opened once and shared
+        (:class:`~hubscan.weights.shared.SharedReads`: its tensors are held until every model took them,
+        so memory is up to the parent's matched tensors).
+    relations : dict, optional
+        Model key → relation to the parent (``deltas.relation``).
+    client : HubClient
+    **kwargs
+        :func:`analyze_model`'s keywords (options, cfg_hash, survey_id, keep_esd, attempts).
+
+    Yields
+    ------
+    dict
+        :func:`analyze_model`'s output per model; with ``parent``, ``delta_error`` names why a delta is
+        missing (the parent could not be opened, or the pair not analyzed).
+    """
+    from hubscan.sources import open_ref
+    from hubscan.weights.shared import SharedReads
+
+    shared, parent_error = None, None
+    if parent is not None:
+        try:
+            shared = SharedReads(open_ref(parent, client), readers=len(models))
+        except HubscanError as exc:
+            parent_error = f"parent {parent.id}: {exc}"
+    try:
+        for ref, meta, key in models:
+            edge = (parent, shared.view(), (relations or {}).get(key)) if shared is not None else None
+            out = analyze_model(ref, meta, key, client=client, parent=edge, **kwargs)
+            if parent_error:
+                out["delta_error"] = parent_error
+            yield out
+    finally:
+        if shared is not None:
+            shared.close()
 
 
 def _warm_up(options: AnalyzeOptions) -> None:
@@ -310,16 +381,20 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, ref: ModelRef, meta: dict, key: str, attempts: int) -> dict:
-        """Analyze one model; returns its summary and, when the buffer is due, the flushed batch."""
-        out = analyze_model(ref, meta, key, options=self.options, cfg_hash=self.cfg_hash, survey_id=self.survey_id,
-                            client=self.client, keep_esd=self.keep_esd, attempts=attempts)
-        self.buffer.add(out, out["row"])
-        return {"row": {k: out["row"].get(k) for k in SUMMARY_KEYS},
-                "batch": self.buffer.flush() if self.buffer.due() else None}
+    def run(self, ref: ModelRef, meta: dict, key: str, attempts: int, parent: ModelRef | None = None,
+            more: tuple = (), relations: dict | None = None) -> dict:
+        """Analyze one model (and ``more``, with ``parent`` their deltas: :func:`analyze_models`); returns
+        their summaries and, when the buffer is due, the flushed batch."""
+        rows = []
+        for out in analyze_models([(ref, meta, key), *more], parent=parent, relations=relations, client=self.client,
+                                  options=self.options, cfg_hash=self.cfg_hash, survey_id=self.survey_id,
+                                  keep_esd=self.keep_esd, attempts=attempts):
+            self.buffer.add(out, out["row"])
+            rows.append({**{k: out["row"].get(k) for k in SUMMARY_KEYS}, "delta_error": out["delta_error"]})
+        return {"rows": rows, "batch": self.buffer.flush() if self.buffer.due() else None}
 
     def flush(self) -> dict:
-        return {"row": None, "batch": self.buffer.flush()}
+        return {"rows": [], "batch": self.buffer.flush()}
 
 
 def _cluster_resources(config: SurveyConfig):
@@ -335,13 +410,26 @@ def _cluster_resources(config: SurveyConfig):
 
 @dataclasses.dataclass
 class _Task:
+    """One actor call: a model, or (a model-tree survey) several children of one ``parent`` whose deltas
+    are analyzed with them, the parent read once."""
     ref: ModelRef
     meta: dict
     key: str
     attempts: int = 1
+    parent: ModelRef | None = None
+    more: tuple = ()  # further (ref, meta, key) of the same parent
+    relations: dict | None = None  # model key -> relation to the parent
 
     def args(self):
-        return self.ref, self.meta, self.key, self.attempts
+        return self.ref, self.meta, self.key, self.attempts, self.parent, self.more, self.relations
+
+    @property
+    def models(self) -> list:
+        return [(self.ref, self.meta, self.key), *self.more]
+
+    @property
+    def keys(self) -> set:
+        return {k for _, _, k in self.models}
 
 
 class Survey:
@@ -372,6 +460,8 @@ class Survey:
         #: models analyzed so far by status, and their bytes (progress: committed counts lag a flush)
         self.seen = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0, "bytes_read": 0}
         self.progress = None
+        #: (child, parent, reason) of tree edges whose delta was not analyzed (model-tree surveys)
+        self.failed_edges: list = []
 
     # -- 1. plan: before Ray -------------------------------------------------------------------
     def enumerate(self) -> list:
@@ -421,15 +511,17 @@ class Survey:
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
         if keys:
             self.replace["models"] = keys & set(done)
-            for table in ("layers", "esd"):
+            for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
 
     def _driver_row(self, task: _Task, status: str, reason: str) -> None:
-        row = model_row(task.ref, task.meta, task.key, self.cfg_hash, self.survey_id, status, reason,
-                        attempts=task.attempts)
-        self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
-        self.analyzed += 1
-        self.seen[status if status in self.seen else "failed"] += 1
+        for ref, meta, key in task.models:
+            row = model_row(ref, meta, key, self.cfg_hash, self.survey_id, status, reason, attempts=task.attempts)
+            self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
+            self.analyzed += 1
+            self.seen[status if status in self.seen else "failed"] += 1
+            if task.parent is not None:
+                self.failed_edges.append((ref.id, task.parent.id, f"not analyzed: {reason}"))
 
     # -- 2. Ray and the pool -------------------------------------------------------------------
     def init_ray(self) -> None:
@@ -546,19 +638,21 @@ class Survey:
             self.actors[actor] -= 1
         if task is not None:
             self.pending.setdefault(actor, []).append((task, time.monotonic()))
-            self.analyzed += 1
-            row = out["row"] or {}
-            self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += 1
-            self.seen["bytes_read"] += int(row.get("bytes_read") or 0)
-            self._update_progress(out["row"])
+            for row in out["rows"]:
+                self.analyzed += 1
+                self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += 1
+                self.seen["bytes_read"] += int(row.get("bytes_read") or 0)
+                if task.parent is not None and row.get("delta_error"):
+                    self.failed_edges.append((row["model_id"], task.parent.id, row["delta_error"]))
+                self._update_progress(row)
         committed = set()
         if out["batch"] is not None:
             committed = {r["model_key"] for r in out["batch"]["rows"]}
             self.commit(out["batch"], self.driver_rows.flush())
-        left = [(t, at) for t, at in self.pending.get(actor, []) if t.key not in committed]
+        left = [(t, at) for t, at in self.pending.get(actor, []) if not t.keys <= committed]
         if task is None and left:  # a flush that did not return every buffered model: redo them
             self.retry.extend(t for t, _ in left)
-            self.analyzed -= len(left)
+            self.analyzed -= sum(len(t.models) for t, _ in left)
             left = []
         self.pending[actor] = left
 
@@ -570,7 +664,7 @@ class Survey:
         lost = self.pending.pop(actor, [])
         for t, _ in lost:  # analyzed but never written: not the model's fault, same attempt count
             self.retry.append(t)
-            self.analyzed -= 1
+            self.analyzed -= len(t.models)
         if task is None:
             return
         log.warning("%s: analysis actor died (attempt %d/%d): %s", task.ref, task.attempts, config.max_attempts,

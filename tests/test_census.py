@@ -187,14 +187,60 @@ def test_parent_read_once_per_batch(hub, client, tree):
     assert hub.bytes_sent(repo_id="tree/base", path="model.safetensors") >= 4.5 * base_needed
 
 
-def test_cli_survey_lineage_and_analyze_base_agree(hub, tmp_path, capsys):
+def _files(tree):
+    return {n.repo_id: "adapter_model.safetensors" if n.relation == "adapter" else "model.safetensors" for n in tree}
+
+
+def test_census_reads_each_child_once(hub, client, tree, tmp_path):
+    """A child's own analysis and its delta share one read of its files; the parent is read once as a node
+    and once for its batch of children. The merge (two parents) is read once more for its second edge."""
+    files = _files(tree)
+    needed = {n.repo_id: needed_bytes((n.folder / files[n.repo_id]).read_bytes()) for n in tree}
+    hub.reset_stats()
+    s = census("tree/base", str(tmp_path / "ds"), client=client)
+    assert s["failed_edges"] == [] and s["analyzed"] == 8
+    sent = {m: hub.bytes_sent(repo_id=m, path=files[m]) for m in needed}
+    parents = {"tree/base": 1, "tree/ft-lr0.01": 1, "tree/ft-shift": 1}  # batches read as a parent
+    for m, n in needed.items():
+        reads = 1 + parents.get(m, 0) + (m == "tree/merge")
+        assert 0.99 * reads * n <= sent[m] <= 1.05 * reads * n, (m, sent[m] / n)
+        if m not in parents:  # what the census reports as read for a child is what the Hub sent
+            assert s["bytes_per_child"][m] == sent[m], m
+    # read once, yet each child's own rows equal its analysis alone, and its deltas the pair analyzed alone
+    layers = Dataset(str(tmp_path / "ds"), create=False).read("layers").to_pylist()
+    for m in needed:
+        alone = {(r["name"], r["part"]): r for r in hubscan.analyze(f"hf:{m}", client=client).rows}
+        mine = {(r["name"], r["part"]): r for r in layers if r["model_id"] == m}
+        assert set(mine) == set(alone), m
+        for k, r in alone.items():
+            assert mine[k]["status"] == r["status"], (m, k)
+            for col in ("alpha", "D", "lambda_max", "stable_rank"):
+                assert mine[k][col] == pytest.approx(r[col], rel=1e-12, nan_ok=True), (m, k, col)
+    deltas = Dataset(str(tmp_path / "ds"), create=False).read("deltas").to_pylist()
+    ref = hubscan.analyze("hf:tree/int8", base="hf:tree/base", client=client)
+    got = {r["name"]: r for r in deltas if r["model_id"] == "tree/int8"}
+    assert {r["name"] for r in ref.rows} == set(got)
+    for r in ref.rows:
+        assert got[r["name"]]["alpha"] == pytest.approx(r["alpha"], rel=1e-12, nan_ok=True)
+
+
+def test_cli_survey_lineage_and_analyze_base_agree(hub, tree, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from hubscan.cli import main
 
     out = str(tmp_path / "ds")
+    hub.reset_stats()
     assert main(["survey", "--source", "hf", "--lineage", "tree/base", "--depth", "1", "--relations",
                  "finetune,quantized", "--out", out, "--endpoint", hub.endpoint]) == 0
+    # on the actors: each child read once (its analysis and its delta together), the base once as a node
+    # and once for its batch of 4 children (--batch-size 8: one actor call)
+    files = _files(tree)
+    needed = {n.repo_id: needed_bytes((n.folder / files[n.repo_id]).read_bytes()) for n in tree}
+    for m in ("tree/ft-lr0.01", "tree/ft-lr0.1", "tree/ft-shift", "tree/int8"):
+        assert 0.99 * needed[m] <= hub.bytes_sent(repo_id=m, path=files[m]) <= 1.05 * needed[m], m
+    assert 2 * 0.99 * needed["tree/base"] <= hub.bytes_sent(repo_id="tree/base", path=files["tree/base"]) \
+        <= 2 * 1.05 * needed["tree/base"]
     text = capsys.readouterr().out
     assert "tree/int8 ← tree/base  (quantized, found by config)" in text and "tree/lora" not in text
     lineage = Dataset(out, create=False).read("lineage").to_pylist()
@@ -231,3 +277,42 @@ def test_larger_finetune_lr_changes_alpha_more(tmp_path):
     lo, hi = r["summary"][0.01], r["summary"][0.1]
     assert hi["delta_alpha"][0] < lo["delta_alpha"][0] < 0
     assert hi["delta_W_rel"][0] > 3 * lo["delta_W_rel"][0]
+
+
+def test_shared_reads_once_per_tensor_and_window():
+    """SharedReads: a tensor taken by both readers is read once; one the second reader never takes leaves
+    memory after `window` further reads (read again if asked late); a failed read is not kept."""
+    from collections import Counter
+
+    import torch
+
+    from hubscan.weights.base import TensorEntry, WeightSet
+    from hubscan.weights.shared import SharedReads
+
+    loads = Counter()
+
+    def entry(name):
+        def load():
+            loads[name] += 1
+            if name == "bad":
+                raise OSError("unreadable")
+            return torch.full((2, 2), float(len(loads)))
+        return TensorEntry(name, (2, 2), "float32", "f", load)
+
+    names = ["a", "b", "c", "d", "bad"]
+    shared = SharedReads(WeightSet(files=["f"], format="x", entries=lambda: iter([entry(n) for n in names])),
+                         readers=2, window=1)
+    one, two = ({e.name: e for e in v.entries()} for v in (shared.view(), shared.view()))
+    assert torch.equal(one["a"].load(), two["a"].load()) and loads["a"] == 1 and not shared._cache
+    one["b"].load(), one["c"].load()
+    assert set(shared._cache) == {"b", "c"}  # b is 1 read old: within the window
+    one["d"].load()
+    assert set(shared._cache) == {"c", "d"}  # b dropped (2 reads old)
+    two["b"].load()
+    assert loads["b"] == 2 and shared.reads["b"] == 2
+    for view in (one, two):
+        with pytest.raises(OSError):
+            view["bad"].load()
+    assert loads["bad"] == 2 and "bad" not in shared._cache
+    shared.close()
+    assert not shared._cache

@@ -91,6 +91,16 @@ def test_analyze_columns_option():
     assert header.split() == ["name", "alpha", "log_norm", "num_spikes"]
     rc, _, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,bogus")
     assert rc == 2 and "bogus" in err and len(err.strip().splitlines()) == 1
+    # more chosen columns than 80 columns hold: those that fit, left to right, and one line naming the rest
+    many = "name,alpha,alpha_weighted,log_alpha_norm,stable_rank,lambda_max,lambda_plus,num_spikes,xmin,xmax,D"
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", many, columns=80)
+    assert rc == 0, err
+    assert all(len(line) <= 80 for line in out.splitlines())
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["name", "alpha"]).split()
+    chosen = many.split(",")
+    assert header == chosen[:len(header)] and 3 <= len(header) < len(chosen)
+    text, dropped = " ".join(out.split()), chosen[len(header):]  # the note may wrap at 80 columns
+    assert f"{len(dropped)} chosen column(s) do not fit 80 columns: {', '.join(dropped)} (all are in --out)" in text
 
 
 # -- --out by suffix, provenance, no folders created ---------------------------------------------
@@ -234,6 +244,24 @@ def test_accuracy_reports_matches_and_stores_local(local_dataset):
     (root / "none.csv").write_text("model_id,metric,value\nnot/a/model.pt,top1,3\n")
     rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "none.csv", cwd=root, columns=200)
     assert rc == 0 and "0 of them match" in out and "warning" in err and "no row names a model" in err
+
+
+def test_sql_table_and_errors_at_80_columns(local_dataset):
+    """The table keeps ids whole at 80 columns (the other columns give way); a bad query is one line with
+    DuckDB's reason and the views the dataset has, no DuckDB error class, no internal scan names."""
+    root, ids = local_dataset
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT model_key, model_id, revision, alpha, alpha_weighted "
+                           "FROM models ORDER BY model_id", cwd=root, columns=80)
+    assert rc == 0, err
+    assert all(len(line) <= 80 for line in out.splitlines())
+    rc2, js, _ = run_cli("sql", "--dataset", "ds", "--format", "json", "SELECT model_key, model_id FROM models "
+                         "ORDER BY model_id", cwd=root)
+    for r in json.loads(js):
+        assert r["model_key"] in out and r["model_id"] in out, out
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT * FROM modles", cwd=root, columns=80)
+    assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert 'modles does not exist! Did you mean "models"?' in err and "(views: accuracy, esd, layers, models, surveys)" in err
+    assert "Catalog Error" not in err and "_arrow" not in err
 
 
 def test_quiet_prints_nothing(local_dataset, tmp_path):

@@ -252,6 +252,15 @@ def test_cli_base_option(trained, tmp_path):
     for r in t:
         assert r["alpha"] == pytest.approx(api[r["name"]]["alpha"], rel=1e-12)
         assert r["delta_W_rel"] == pytest.approx(api[r["name"]]["delta_W_rel"], rel=1e-12)
+    # the terminal summary counts ΔW's alphas without calling them over- / under-trained (guides for W)
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["ft_dir"]), "--base",
+                           str(trained["base_dir"])], capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    n_low = sum(1 for r in api.values() if r["status"] == "success" and r["alpha"] < 2)
+    assert f"layers with alpha<2: {n_low}," in text and "(of ΔW: the 2 / 6 training guides are for W)" in text
+    assert "over-trained" not in text and "under-trained" not in text
     proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["ft_dir"]), "--base",
                            str(tmp_path / "nope")], capture_output=True, text=True)
     assert proc.returncode != 0 and "nope" in proc.stderr and "Error" not in proc.stderr

@@ -80,6 +80,10 @@ def test_timm_name_analyzed_through_the_hub(timm_hub):
     assert [(r["name"], r["alpha"]) for r in res.rows] == [(r["name"], r["alpha"]) for r in local.rows]
     conv = next(r for r in res.rows if r["name"] == "layer1.0.conv1.weight")
     assert (conv["layer_type"], conv["N"], conv["M"], conv["rf"]) == ("conv2d", 64, 64, 9)
+    # a timm name whose hub repo is absent: the error names it as typed, the repo beside it
+    with pytest.raises(hubscan.errors.HubscanError) as info:
+        hubscan.analyze("timm:resnet50.a1_in1k", client=client)
+    assert str(info.value).startswith("timm:resnet50.a1_in1k (hf:timm/resnet50.a1_in1k): ")
 
 
 def test_survey_over_the_hub_with_faults(timm_hub, tmp_path):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Iterator
 
-from hubscan.errors import SourceError
+from hubscan.errors import HubscanError, SourceError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef
 from hubscan.sources import register_source
@@ -107,7 +107,12 @@ def resolve_timm(ref: ModelRef, client: HubClient | None = None) -> tuple[ModelR
     base = ref if ref.repo_id else timm_ref(ref.id)
     if ref.revision:
         base = ModelRef(base.source, base.id, ref.revision, (), base.repo_id)
-    pinned, hub_meta = resolve_hf(base, client)
+    try:
+        pinned, hub_meta = resolve_hf(base, client)
+    except HubscanError as exc:  # named as the user typed it, the hub repo beside it
+        exc.where = f"timm:{ref.id} ({exc.where})"
+        exc.args = (f"{exc.where}: {exc.reason}",)
+        raise
     meta = timm_metadata(ref.id)
     meta.update({k: v for k, v in hub_meta.items() if v not in (None, [], "") and k not in ("model_type", "architectures")})
     return pinned, meta
