@@ -222,10 +222,20 @@ def _options(args):
 
 
 def _console(args=None, *, stderr: bool = False):
-    """A rich Console: the terminal's width (``$COLUMNS`` when set); 200 columns into a pipe or file."""
+    """A rich Console: the terminal's width (``$COLUMNS`` when set); piped (``| less``, ``| head``) from a
+    terminal, that terminal's width; 200 columns with no terminal at all (a file, a job log)."""
     from rich.console import Console
     stream = sys.stderr if stderr else sys.stdout
-    width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 200
+    width = None
+    if not (stream.isatty() or os.environ.get("COLUMNS")):
+        width = 200
+        for other in (sys.stderr, sys.stdout, sys.stdin):
+            try:
+                if other.isatty():
+                    width = os.get_terminal_size(other.fileno()).columns
+                    break
+            except (OSError, ValueError, AttributeError):
+                continue
     return Console(width=width, file=stream, quiet=bool(args is not None and args.quiet))
 
 

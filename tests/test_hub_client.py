@@ -148,7 +148,7 @@ def test_hub_survey_makes_no_model_info_call_when_the_listing_pinned_it(hub, tmp
     hub.reset_stats()
     cfg = SurveyConfig(source="hf", out=str(tmp_path / "ds"), actors=1, progress=False, keep_esd=False,
                        hub={"endpoint": hub.endpoint})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = survey(cfg)
     finally:

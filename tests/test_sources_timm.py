@@ -102,7 +102,7 @@ def test_survey_over_the_hub_with_faults(timm_hub, tmp_path):
     out = tmp_path / "ds"
     cfg = SurveyConfig(source="hf", out=str(out), actors=1, progress=False, limit=10,
                        hub={"endpoint": hub.endpoint, "max_retries": 1, "backoff": 0.05})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = survey(cfg)
         assert (s["num_models"], s["num_success"], s["num_failed"], s["num_skipped"]) == (4, 2, 1, 1)
@@ -134,7 +134,7 @@ def test_timm_survey_joins_timm_results(timm_hub, tmp_path):
     listing = tmp_path / "models.txt"
     listing.write_text("".join(f"timm:{n}\n" for n in names))
     out = tmp_path / "ds"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = survey(SurveyConfig(source=f"list:{listing}", out=str(out), actors=1, progress=False,
                                 hub={"endpoint": hub.endpoint}))

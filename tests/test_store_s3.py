@@ -192,7 +192,7 @@ def test_s3_concurrent_actors_killed_actor_and_killed_driver(s3, tmp_path):
     committed_after_kill = ds.done()
     assert set(committed) <= set(committed_after_kill)  # no commit lost; nothing commits after the driver died
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = survey(SurveyConfig(source=f"local:{hub}", out=url, actors=2, progress=False, storage_options=s3))
     finally:

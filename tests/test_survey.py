@@ -54,7 +54,7 @@ def plain(series) -> list:
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

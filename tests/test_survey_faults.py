@@ -121,7 +121,7 @@ def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
     import psutil
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         out = tmp_path / "ds"
         th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
@@ -157,7 +157,7 @@ def test_killed_driver_then_rerun_completes_without_duplicates(slow_hub, tmp_pat
         done_before = n_models(out)
         assert 2 <= done_before < N_SLOW
         import ray
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             summary = survey(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, progress=False))
         finally:
@@ -247,7 +247,7 @@ def test_ctrl_c_stops_cleanly(slow_hub, tmp_path):
     # the survey row counts exactly what landed
     assert q(out, "SELECT num_success FROM surveys") == [(done,)]
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         s = survey(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, progress=False))
     finally:

@@ -40,7 +40,8 @@ body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; mar
        color: #222; padding: 0 24px; line-height: 1.4; }
 nav.toc { background: #f6f8fa; border: 1px solid #e1e4e8; padding: 6px 14px; display: inline-block; }
 nav.toc ol { margin: 4px 0; padding-left: 20px; columns: 2; column-gap: 40px; }
-nav.toc li.sub { margin-left: 1em; font-size: 0.92em; }
+nav.toc ol ol { columns: 1; padding-left: 18px; font-size: 0.92em; }
+nav.toc li { break-inside: avoid; }
 table.sortable th { cursor: pointer; user-select: none; }
 table.sortable th.asc::after { content: " ▲"; } table.sortable th.desc::after { content: " ▼"; }
 .scroll { max-height: 560px; overflow: auto; }
@@ -52,6 +53,8 @@ h3 { font-size: 1.05em; margin-bottom: 0.3em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.88em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+td { max-width: 36em; overflow-wrap: anywhere; }
+#model-table td:first-child { max-width: 24em; }
 th { background: #f3f5f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr:nth-child(even) td { background: #fafafa; }
@@ -425,13 +428,17 @@ def _esd_plots(con, keys: list[str], count: int) -> list[str]:
 def _toc(sections: list[str]) -> str:
     """A table of contents of the ``<h2 id=…>`` / ``<h3 id=…>`` headings among ``sections``."""
     import re
-    items = []
+    items: list[list] = []  # [h2 item, [its h3 items]]: sections numbered 1, 2 …, their parts a, b …
     for part in sections:
         for level, anchor, text in re.findall(r"<h([23]) id='([^']+)'>(.*?)</h\1>", part):
-            text = re.sub(r"<[^>]+>", "", text)
-            indent = " class='sub'" if level == "3" else ""
-            items.append(f"<li{indent}><a href='#{anchor}'>{text}</a></li>")
-    return "<nav class='toc' id='contents'><strong>Contents</strong><ol>" + "".join(items) + "</ol></nav>"
+            item = f"<a href='#{anchor}'>{re.sub(r'<[^>]+>', '', text)}</a>"
+            if level == "3" and items:
+                items[-1][1].append(item)
+            else:
+                items.append([item, []])
+    body = "".join(f"<li>{top}" + (f"<ol type='a'>{''.join(f'<li>{s}</li>' for s in subs)}</ol>" if subs else "")
+                   + "</li>" for top, subs in items)
+    return "<nav class='toc' id='contents'><strong>Contents</strong><ol>" + body + "</ol></nav>"
 
 
 def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "top1", benchmark: str | None = None,

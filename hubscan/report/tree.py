@@ -147,7 +147,7 @@ def delta_alpha_vs_depth(deltas, *, title: str | None = None):
     ax.set_xticklabels([plots._short(n, 24) for n in names], rotation=30, ha="right", fontsize=7.5)
     ax.set_ylabel("Δα = α(child) − α(parent)")
     ax.set_title(title or "per-layer Δα vs depth (median, 10–90 % band)")
-    plots._legend_outside(ax, small=True)
+    plots._legend_outside(ax, small=True, below=True)  # under the plot: the layers keep the full width
     return fig
 
 
