@@ -12,6 +12,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+# CI (``.ci/run`` sets CI=1) draws the same Hypothesis examples every run, so a red CI is reproducible;
+# a local run explores new ones (a failure prints the example to pin with ``@example``).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
+
 
 #: Test data kept in the repository (each folder's SOURCE.md says where it came from and its licence).
 DATA = REPO / "tests" / "data"

@@ -164,6 +164,7 @@ def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int,
     allowed[lo:hi] = True
     lb = _ks_lower_bound(x, logx, alphas)
     lb[~allowed] = np.inf
+    lb[np.isposinf(alphas)] = np.inf  # a tail of one repeated value (alpha = ∞): no power law, no candidate
     order = np.argsort(lb, kind="stable")
     seed = np.sort(order[:8])
     seed = seed[np.isfinite(lb[seed])]
