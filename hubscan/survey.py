@@ -450,6 +450,7 @@ class Survey:
         self.options = config.options
         self.dataset: Dataset | None = None
         self.work: deque[_Task] = deque()
+        self.retry: deque[_Task] = deque()  # tasks to run again (actor deaths, unreturned flushes)
         self.counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
         self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
         self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
@@ -549,8 +550,7 @@ class Survey:
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, _Task or None for a flush)
-        self.pending: dict = {}    # actor -> [(_Task, analyzed at)] analyzed, buffered, not committed
-        self.retry: deque[_Task] = deque()
+        self.pending: dict = {}    # actor -> [(_Task, analyzed at, summary rows)] analyzed, buffered, not committed
         for _ in range(self.n_actors):
             self._start_actor()
 
@@ -637,7 +637,7 @@ class Survey:
         if actor in self.actors:
             self.actors[actor] -= 1
         if task is not None:
-            self.pending.setdefault(actor, []).append((task, time.monotonic()))
+            self.pending.setdefault(actor, []).append((task, time.monotonic(), out["rows"]))
             for row in out["rows"]:
                 self.analyzed += 1
                 self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += 1
@@ -649,22 +649,27 @@ class Survey:
         if out["batch"] is not None:
             committed = {r["model_key"] for r in out["batch"]["rows"]}
             self.commit(out["batch"], self.driver_rows.flush())
-        left = [(t, at) for t, at in self.pending.get(actor, []) if not t.keys <= committed]
+        left = [item for item in self.pending.get(actor, []) if not item[0].keys <= committed]
         if task is None and left:  # a flush that did not return every buffered model: redo them
-            self.retry.extend(t for t, _ in left)
-            self.analyzed -= sum(len(t.models) for t, _ in left)
+            self._redo(left)
             left = []
         self.pending[actor] = left
 
     # -- 4. retries ----------------------------------------------------------------------------
+    def _redo(self, items: list) -> None:
+        """Queue analyzed but uncommitted tasks again, their models no longer counted as analyzed."""
+        for t, _, rows in items:
+            self.retry.append(t)
+            self.analyzed -= len(t.models)
+            for row in rows:
+                self.seen[row.get("status") if row.get("status") in self.seen else "failed"] -= 1
+                self.seen["bytes_read"] -= int(row.get("bytes_read") or 0)
+
     def _on_actor_death(self, actor, task: _Task | None, exc) -> None:
         config = self.config
         if self.actors.pop(actor, None) is not None:
             self._start_actor()  # replace it once, however many of its tasks fail
-        lost = self.pending.pop(actor, [])
-        for t, _ in lost:  # analyzed but never written: not the model's fault, same attempt count
-            self.retry.append(t)
-            self.analyzed -= len(t.models)
+        self._redo(self.pending.pop(actor, []))  # analyzed but never written: same attempt count
         if task is None:
             return
         log.warning("%s: analysis actor died (attempt %d/%d): %s", task.ref, task.attempts, config.max_attempts,

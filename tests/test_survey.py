@@ -352,3 +352,19 @@ def test_survey_where_every_model_failed_exits_nonzero(tmp_path, cases_dir, loca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "every model failed (2" in err[0], err
     assert q(out, "SELECT num_failed, num_success FROM surveys") == [(2, 0)]  # the survey is still recorded
+
+
+def test_redone_models_leave_the_analyzed_counts(tmp_path):
+    """Models analyzed but lost before their commit (an actor died with them buffered) are queued again
+    and no longer counted as analyzed: the progress counts never exceed the models surveyed."""
+    from hubscan.refs import ModelRef
+    from hubscan.survey import Survey, SurveyConfig, _Task
+
+    s = Survey(SurveyConfig(source="local:x", out=str(tmp_path / "ds"), progress=False))
+    a, b = (_Task(ModelRef("local", m, "r"), {}, f"k{m}") for m in "ab")
+    rows = {"a": [{"status": "success", "bytes_read": 100}], "b": [{"status": "failed", "bytes_read": 7}]}
+    s.analyzed = 2
+    s.seen.update(success=1, failed=1, bytes_read=107)
+    s._redo([(a, 0.0, rows["a"])])
+    assert s.analyzed == 1 and s.seen["success"] == 0 and s.seen["failed"] == 1 and s.seen["bytes_read"] == 7
+    assert list(s.retry) == [a]
