@@ -308,8 +308,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         row.status, row.reason = "failed", fit.reason
     else:
         _add_uncertainty(esd.evals, fit, options, row)
-        if len(esd.evals) < FEW_EVALS:
-            caution = f"few eigenvalues: fit on {len(esd.evals)} (< {FEW_EVALS}), alpha unreliable"
+        n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
+        if n_fit < FEW_EVALS:
+            caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable"
             row.reason = "; ".join(r for r in (row.reason, caution) if r)
             log.warning("%s: %s", plan.name, caution)
     if options.vectors and fit.status == "success":

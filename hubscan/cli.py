@@ -249,6 +249,11 @@ def _fmt(v, digits=3) -> str:
     return str(v)
 
 
+#: Commands whose ``--out`` is one file: its suffixes, checked with the options (exit 2).
+_OUT_FILES = {"analyze": ((".parquet", ".csv", ".json", ".jsonl"), "analyze"),
+              "correlate": ((".parquet", ".csv"), "correlate"), "report": ((".html", ".htm"), "report")}
+
+
 def _check_out(path: str, suffixes: tuple[str, ...], what: str) -> None:
     """Refuse an output path whose folder does not exist or whose suffix is not one of ``suffixes``."""
     if "://" in path:
@@ -276,11 +281,11 @@ _MIN_NAME = 16
 _GAP = 2  # characters between two columns (the table's padding + divider)
 
 
-def _short_left(text: str, width: int) -> str:
+def _short_left(text: str, width: int, letters: int = 1) -> str:
     """``text`` shortened to ``width`` characters keeping what tells layers apart: dotted parameter
-    names first lose letters of their leading words but never a number (``encoder.layer.3.attention.
-    self.value.weight`` → ``e.l.3.a.s.value.weight``, then ``…3.a.s.v.weight``), and only then
-    lose their left end."""
+    names first lose letters of their leading words (down to ``letters``) but never a number
+    (``encoder.layer.3.attention.self.value.weight`` → ``e.l.3.a.s.value.weight``, then
+    ``…3.a.s.v.weight``), and only then lose their left end."""
     if len(text) <= width:
         return text
     parts = text.split(".")
@@ -288,12 +293,27 @@ def _short_left(text: str, width: int) -> str:
         if len(".".join(parts)) <= width:
             break
         if not parts[i].isdigit():
-            parts[i] = parts[i][:1]
+            parts[i] = parts[i][:letters]
     numbers = [i for i, part in enumerate(parts) if part.isdigit()]
     if len(".".join(parts)) > width and numbers and numbers[-1] > 0:  # keep the last layer index
         parts = ["…" + parts[numbers[-1]]] + parts[numbers[-1] + 1:]
     text = ".".join(parts)
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
+
+
+def _short_names(names: list[str], width: int) -> list[str]:
+    """:func:`_short_left` of every name, distinct names kept distinct where the width allows: names
+    whose shortenings collide keep more letters of their words (``s.q.weight`` / ``s.qk.weight``)."""
+    from collections import Counter
+
+    short = [_short_left(n, width) for n in names]
+    for letters in range(2, 16):
+        seen = Counter(short)
+        clash = {s for s, c in seen.items() if c > 1 and len({n for n, t in zip(names, short) if t == s}) > 1}
+        if not clash:
+            break
+        short = [_short_left(n, width, letters) if s in clash else s for n, s in zip(names, short)]
+    return short
 
 
 def _layer_cell(row: dict, key: str) -> str:
@@ -345,8 +365,9 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
     if flexible in titles:
         i = titles.index(flexible)
         w = max(min_flexible, min(widths[i], width - others()))
-        for row in cells:
-            row[i] = _short_left(row[i], w)
+        names = [row[i] for row in cells]
+        for row, short in zip(cells, _short_names(names, w)):
+            row[i] = short
         widths[i] = max(len(titles[i]), w)
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False,
                   header_style="bold", title_justify="left", caption=caption, caption_justify="left")
@@ -448,8 +469,6 @@ def cmd_analyze(args) -> int:
     from hubscan.analysis import analyze
 
     console = _console(args)
-    if args.out:
-        _check_out(args.out, (".parquet", ".csv", ".json", ".jsonl"), "analyze")
     options = _options(args)
     if args.plot:
         parent = os.path.dirname(os.path.abspath(args.plot))
@@ -676,21 +695,77 @@ def cmd_lineage(args, config) -> int:
 
 # -- sql ----------------------------------------------------------------------------------------------
 
-def cmd_sql(args) -> int:
-    from hubscan.query import connect
+def _sql_cell(v) -> str:
+    """A query result cell: floats to 6 significant digits (a 1.6e-05 stays visible), lists likewise."""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_sql_cell(x) for x in v) + "]"
+    return "" if v is None else str(v)
 
+
+#: Result columns ``hubscan sql`` keeps whole at any width (ids and names are copied into the next query).
+_WHOLE = ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent")
+
+
+def _sql_table(cols: list[str], rows: list, width: int):
+    """The result as a table of ``width`` columns: ids and names whole, other columns at least 8
+    characters (sharing what is left); the columns that do not fit, left out from the right.
+
+    Returns
+    -------
+    (rich.table.Table, list of str)
+        The table and the columns left out.
+    """
+    from rich.table import Table
+
+    cells = [[_sql_cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    whole = [c in _WHOLE or c.endswith("_id") for c in cols]
+    least = [w if k else min(w, 8) for w, k in zip(widths, whole)]
+    keep, used = [], 1
+    for i in range(len(cols)):
+        if keep and used + least[i] + 3 > width:
+            continue
+        keep.append(i)
+        used += least[i] + 3
+    room = width - used + sum(least[i] for i in keep)
+    fixed = {i: least[i] for i in keep if whole[i]}
+    room -= sum(fixed.values())
+    others = sorted((widths[i], i) for i in keep if not whole[i])
+    for n, (w, i) in enumerate(others):  # water-filling: narrow columns whole, the wide ones share the rest
+        fixed[i] = max(least[i], min(w, room // (len(others) - n)))
+        room -= fixed[i]
+    t = Table()
+    for i in keep:
+        t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
+                     justify="right" if all(isinstance(r[i], (int, float)) for r in rows if r[i] is not None)
+                     and rows else "left")
+    for r in cells:
+        t.add_row(*[r[i] for i in keep])
+    return t, [cols[i] for i in range(len(cols)) if i not in keep]
+
+
+def cmd_sql(args) -> int:
     import duckdb
 
+    from hubscan.query import connect
+
+    if not args.query.strip():
+        raise HubscanError(args.dataset, "empty query")
     con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
+    views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                                       "AND view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
     try:
         cur = con.execute(args.query)
     except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
-        views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
-                                           "AND view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
         text = re.sub(r"^[A-Za-z ]+ Error: ", "", " ".join(str(exc).split()))
-        text = re.sub(r' Did you mean "_\w+_arrow"\?', "", text)  # hubscan's own scans are not for queries
+        text = re.sub(r" LINE \d+: .*$", "", text)  # the caret drawing needs its line breaks
+        text = re.sub(r' Did you mean "([^"]+)"\?', lambda m: m.group(0) if m.group(1) in views else "", text)
         raise HubscanError(args.dataset, f"{text} (views: {', '.join(views)})") from None
-    cols = [d[0] for d in cur.description] if cur.description else []
+    if cur is None or not cur.description:
+        raise HubscanError(args.dataset, "the query holds no statement that returns rows")
+    cols = [d[0] for d in cur.description]
     rows = cur.fetchall()
     if args.format == "csv":
         import csv
@@ -700,28 +775,13 @@ def cmd_sql(args) -> int:
     elif args.format == "json":
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     else:
-        from rich.table import Table
         console = _console(args)
-        cells = [[_fmt(v, 4) for v in r] for r in rows]
-        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-        whole = [c in ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent") or c.endswith("_id")
-                 for c in cols]
-        # ids and names stay whole (they are copied into the next query) while the other columns keep 6
-        # characters each; else every column gives way alike
-        room = console.width - 3 * len(cols) - 1 - sum(w for w, k in zip(widths, whole) if k)
-        others = sorted((w, i) for i, (w, k) in enumerate(zip(widths, whole)) if not k)
-        fixed = None
-        if room >= 6 * len(others):  # water-filling: narrow columns whole, the wide ones share the rest
-            fixed = list(widths)
-            for n, (w, i) in enumerate(others):
-                fixed[i] = min(w, room // (len(others) - n))
-                room -= fixed[i]
-        t = Table()
-        for j, c in enumerate(cols):
-            t.add_column(c, width=fixed[j] if fixed else None, no_wrap=bool(fixed), overflow="ellipsis")
-        for r in cells:
-            t.add_row(*r)
-        console.print(t)
+        table, dropped = _sql_table(cols, rows, console.width)
+        console.print(table)
+        if dropped:
+            console.print(f"{len(dropped)} column(s) do not fit {console.width} columns: "
+                          f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json shows "
+                          "every column)", highlight=False)
     return 0
 
 
@@ -865,8 +925,6 @@ def cmd_correlate(args) -> int:
     from hubscan.store import Dataset
 
     data = Dataset(args.dataset, create=False, **(args.storage_options or {})).require()
-    if args.out:
-        _check_out(args.out, (".parquet", ".csv"), "correlate")
     df = joined(data, metric=args.metric, benchmark=args.benchmark, source=args.source)
     if df.empty:
         raise HubscanError(args.dataset, f"no model has both HTSR metrics and a '{args.metric}' accuracy "
@@ -932,7 +990,6 @@ def cmd_report(args) -> int:
 
     so = args.storage_options or {}
     Dataset(args.dataset, create=False, **so).require()
-    _check_out(args.out, (".html", ".htm"), "report")
     console = _console(args)
     path = build_report(args.dataset, args.out, metric=args.metric, benchmark=args.benchmark, group_by=args.group_by,
                         storage_options=so or None,
@@ -992,6 +1049,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "check", None):
         args.check(args.parser, args)
+    if getattr(args, "out", None) and args.command in _OUT_FILES:  # an output refused before anything runs
+        try:
+            _check_out(args.out, *_OUT_FILES[args.command])
+        except HubscanError as exc:
+            args.parser.error(str(exc))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.quiet:

@@ -57,6 +57,7 @@ import os
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -1362,3 +1363,29 @@ def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry point (README's walkthrough)
+    """Build hubscan's demo model tree under ``folder`` and serve it on a loopback port until Ctrl-C."""
+    import time
+    from pathlib import Path
+
+    from hubscan.demo.tree import build_tree
+
+    tree = build_tree(Path(folder))
+    with FakeHub() as hub:
+        for node in tree:
+            hub.add_model_from_dir(node.repo_id, node.folder, info={"downloads": 10})
+        print(f"serving {len(tree)} models of the demo tree (root tree/base) at {hub.endpoint}", flush=True)
+        print(f"  hubscan survey --source hf --lineage tree/base --out DATASET --endpoint {hub.endpoint}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    if len(sys.argv) != 3 or sys.argv[1] != "--demo-tree":
+        sys.exit("usage: python tests/hub_server.py --demo-tree DIR")
+    _serve_demo_tree(sys.argv[2])

@@ -217,6 +217,11 @@ def test_census_reads_each_child_once(hub, client, tree, tmp_path):
             for col in ("alpha", "D", "lambda_max", "stable_rank"):
                 assert mine[k][col] == pytest.approx(r[col], rel=1e-12, nan_ok=True), (m, k, col)
     deltas = Dataset(str(tmp_path / "ds"), create=False).read("deltas").to_pylist()
+    # the small-fit caution counts the eigenvalues the fit used (ΔW: most are under the 1e-5 threshold)
+    fits = [r for r in deltas if r["status"] == "success"]
+    assert any(r["num_fit_evals"] < 20 <= r["num_evals"] for r in fits)
+    for r in fits:
+        assert (f"few eigenvalues: fit on {r['num_fit_evals']} (< 20)" in (r["reason"] or "")) == (r["num_fit_evals"] < 20)
     ref = hubscan.analyze("hf:tree/int8", base="hf:tree/base", client=client)
     got = {r["name"]: r for r in deltas if r["model_id"] == "tree/int8"}
     assert {r["name"] for r in ref.rows} == set(got)

@@ -136,8 +136,8 @@ def test_analyze_out_by_suffix(tmp_path):
 ])
 def test_analyze_out_refused(tmp_path, args):
     args = [str(a).replace("{tmp}", str(tmp_path)) for a in args]
-    rc, out, err = run_cli(*args)
-    assert rc == 1 and len(err.strip().splitlines()) == 1 and "Error" not in err
+    rc, out, err = run_cli(*args)  # an option value refused before anything runs: exit 2, as every refusal
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Error" not in err
     assert not (tmp_path / "no").exists() and not (tmp_path / "x.txt").exists()
 
 
@@ -261,7 +261,18 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT * FROM modles", cwd=root, columns=80)
     assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
     assert 'modles does not exist! Did you mean "models"?' in err and "(views: accuracy, esd, layers, models, surveys)" in err
-    assert "Catalog Error" not in err and "_arrow" not in err
+    assert "Catalog Error" not in err and "_arrow" not in err and "LINE 1" not in err
+    # every column of models: those that fit, whole ids first, and one note naming the rest
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT * FROM models", cwd=root, columns=80)
+    assert rc == 0, err
+    assert all(len(line) <= 80 for line in out.splitlines()) and all(i in out for i in ids)
+    assert "column(s) do not fit 80 columns: " in " ".join(out.split())
+    # small floats keep their digits (not 0.0000)
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT 1.63e-05 AS x, 2.625 AS y", cwd=root, columns=80)
+    assert "1.63e-05" in out and "2.625" in out and "2.6250" not in out
+    for q, why in (("", "empty query"), ("-- nothing", "no statement that returns rows")):
+        rc, out, err = run_cli("sql", "--dataset", "ds", q, cwd=root)
+        assert rc == 1 and why in err and len(err.strip().splitlines()) == 1 and "NoneType" not in err
 
 
 def test_quiet_prints_nothing(local_dataset, tmp_path):
@@ -286,7 +297,9 @@ def test_missing_input_file_one_line_without_class_name(local_dataset):
 def test_report_out_folder_not_created(local_dataset, tmp_path):
     root, _ = local_dataset
     rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "no" / "r.html", cwd=root)
-    assert rc == 1 and len(err.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
+    rc, out, err = run_cli("report", "--dataset", "ds", "--out", tmp_path / "r.pdf", cwd=root)
+    assert rc == 2 and "unknown file type (use .html / .htm)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_plot_says_what_it_does(tmp_path):
@@ -334,3 +347,17 @@ def test_survey_summary_fits_80_columns(tmp_path):
     assert lines[body].split()[:4] == ["models", "done", "success", "incompl."]
     assert lines[body + 2].split()[:3] == ["2", "0", "2"], out  # 2 models, none already done, 2 succeeded
     assert any("the whole dataset, models by status" in ln for ln in lines) and "success: 2" in out
+
+
+def test_shortened_names_stay_distinct():
+    """Names whose one-letter abbreviations collide (query_projection / qk_norm_projection) keep more
+    letters; every shortened name fits the width and keeps the layer index."""
+    from hubscan.cli import _short_names
+
+    stem = "transformer.encoder.layers.10.self_attn."
+    names = [stem + w + ".weight" for w in ("query_projection", "qk_norm_projection", "key_projection")]
+    names.append("transformer.encoder.layers.10.mlp.fc1.weight")
+    for width in (20, 24, 30):
+        short = _short_names(names, width)
+        assert len(set(short)) == len(names) and all(len(s) <= width and "10" in s for s in short), short
+    assert _short_names(["a.b", "a.b"], 2) == ["…b", "…b"]  # equal names may stay equal
