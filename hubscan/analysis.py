@@ -312,7 +312,7 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         if n_fit < FEW_EVALS:
             caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable"
             row.reason = "; ".join(r for r in (row.reason, caution) if r)
-            log.warning("%s: %s", plan.name, caution)
+            log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
     if options.vectors and fit.status == "success":
         from hubscan.esd.vectors import vector_metrics
         row.update(vector_metrics(slices, fit.num_pl_spikes))
