@@ -555,6 +555,22 @@ def _print_survey(summary, console) -> None:
                   crop=True)
 
 
+def _print_not_analyzed(config, summary, console, show: int = 5) -> None:
+    """This survey's models that are not a success, with their reasons (the first ``show``)."""
+    n = sum(summary.get(k) or 0 for k in ("num_failed", "num_incomplete", "num_skipped"))
+    if not n:
+        return
+    from hubscan.query import connect
+    where = f"survey_id = '{summary['survey_id']}' AND status <> 'success'"
+    rows = connect(config.out, **config.storage_options).execute(
+        f"SELECT status, model_id, reason FROM models WHERE {where} ORDER BY status, model_id LIMIT {show}").fetchall()
+    for status, model_id, reason in rows:
+        console.print(f"  {status} {model_id}: {reason}", highlight=False)
+    if n > len(rows):
+        console.print(f"  … {n - len(rows)} more: hubscan sql --dataset {config.out} \"SELECT model_id, status, "
+                      f"reason FROM models WHERE {where}\"", highlight=False)
+
+
 def cmd_survey(args) -> int:
     from hubscan.survey import survey
 
@@ -571,6 +587,7 @@ def cmd_survey(args) -> int:
     summary = survey(config)
     console = _console(args)
     _print_survey(summary, console)
+    _print_not_analyzed(config, summary, console)
     from hubscan.query import summary_tables
     for title, lines in summary_tables(config.out, config.storage_options):
         console.print(title)

@@ -349,8 +349,12 @@ def test_survey_where_every_model_failed_exits_nonzero(tmp_path, cases_dir, loca
     listing.write_text(f"{cases_dir / 'truncated.safetensors'}\n{cases_dir / 'malicious_pickle.pt'}\n")
     out = tmp_path / "ds"
     assert main(["survey", "--source", f"list:{listing}", "--out", str(out), "--actors", "1", "--no-progress"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
     assert len(err) == 1 and "every model failed (2" in err[0], err
+    # the terminal names this survey's failed models with their reasons (first 5)
+    failed = [line for line in cap.out.splitlines() if line.startswith("  failed ")]
+    assert len(failed) == 2 and "truncated.safetensors: " in failed[1] and "malicious_pickle.pt: " in failed[0], failed
     assert q(out, "SELECT num_failed, num_success FROM surveys") == [(2, 0)]  # the survey is still recorded
 
 

@@ -53,7 +53,7 @@ h3 { font-size: 1.05em; margin-bottom: 0.3em; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.88em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
-td { max-width: 36em; overflow-wrap: anywhere; }
+td { max-width: 36em; overflow-wrap: break-word; }
 #model-table td:first-child { max-width: 24em; }
 th { background: #f3f5f8; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
