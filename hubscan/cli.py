@@ -9,6 +9,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import logging
 import math
@@ -715,19 +716,19 @@ def cmd_lineage(args, config) -> int:
 def _sql_cell(v) -> str:
     """A query result cell: floats to 6 significant digits (a 1.6e-05 stays visible), lists likewise."""
     if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
+        return f"{v:.6g}"  # NaN shows as nan (NULL as a blank cell)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_sql_cell(x) for x in v) + "]"
     return "" if v is None else str(v)
 
 
 #: Result columns ``hubscan sql`` keeps whole at any width (ids and names are copied into the next query).
-_WHOLE = ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent")
+_WHOLE = ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent", "root")
 
 
 def _sql_table(cols: list[str], rows: list, width: int):
     """The result as a table of ``width`` columns: ids and names whole, other columns at least 8
-    characters (sharing what is left); the columns that do not fit, left out from the right.
+    characters (sharing what is left); the leading columns that fit, the rest left out.
 
     Returns
     -------
@@ -743,7 +744,7 @@ def _sql_table(cols: list[str], rows: list, width: int):
     keep, used = [], 1
     for i in range(len(cols)):
         if keep and used + least[i] + 3 > width:
-            continue
+            break
         keep.append(i)
         used += least[i] + 3
     room = width - used + sum(least[i] for i in keep)
@@ -756,7 +757,8 @@ def _sql_table(cols: list[str], rows: list, width: int):
     t = Table()
     for i in keep:
         t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
-                     justify="right" if all(isinstance(r[i], (int, float)) for r in rows if r[i] is not None)
+                     justify="right" if all(isinstance(r[i], (int, float, decimal.Decimal)) for r in rows
+                                            if r[i] is not None)
                      and rows else "left")
     for r in cells:
         t.add_row(*[r[i] for i in keep])

@@ -491,6 +491,16 @@ def test_report_without_accuracy(report_dataset, tmp_path):
     assert "No accuracy data for metric" in page
     assert len(pngs) == 1 + 1 + 4                                       # histogram, depth, ESDs
     assert "Correlations per group" not in page
+    # the extreme-layer tables say how many layers lie beyond the 2 / 6 guides (counted here with pyarrow)
+    import pyarrow.compute as pc
+    from hubscan.store import Dataset
+    layers = Dataset(str(report_dataset), create=False).read("layers", columns=["status", "alpha"])
+    ok = layers.filter(pc.equal(layers["status"], "success"))
+    low = pc.sum(pc.less(ok["alpha"], 2.0)).as_py() or 0
+    high = pc.sum(pc.greater(ok["alpha"], 6.0)).as_py() or 0
+    assert f"{low} layer(s) of the dataset have α below 2 (over-trained)." in page
+    assert f"{high} layer(s) of the dataset have α above 6 (under-trained)." in page
+    assert low + high > 0
     # accuracy read from the dataset, when there is none (or no correlate module yet): still a page
     path = build_report(str(report_dataset), tmp_path / "r2.html", benchmark="imagenet")
     page = path.read_text(encoding="utf-8")

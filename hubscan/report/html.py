@@ -385,13 +385,17 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
     if "esd" in have and esd_layers > 0:
         out += _esd_plots(con, keys, esd_layers)
 
-    for order, what, anchor in (("ASC", "lowest α (heaviest tails: over-trained below 2)", "lowest"),
-                                ("DESC", "highest α (under-trained above 6)", "highest")):
+    for order, what, anchor in (("ASC", "lowest α (heaviest tails)", "lowest"), ("DESC", "highest α", "highest")):
         ext = con.execute(f"""SELECT model_id, layer_id, name, part, layer_type, alpha, D, num_pl_spikes, num_evals,
                                      xmin, xmax, phase, warning FROM layers
                               WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)
                               ORDER BY alpha {order}, model_id, layer_id LIMIT ?""", [worst_layers]).df()
+        beyond, guide = ("alpha < ?", f"below {plots.OVER_TRAINED:g} (over-trained)") if order == "ASC" else \
+            ("alpha > ?", f"above {plots.UNDER_TRAINED:g} (under-trained)")
+        n = con.execute(f"SELECT count(*) FROM layers WHERE status = 'success' AND {beyond}",
+                        [plots.OVER_TRAINED if order == "ASC" else plots.UNDER_TRAINED]).fetchone()[0]
         out.append(f"<h3 id='{anchor}'>Layers with the {what}: first {worst_layers}</h3>"
+                   + f"<p class='meta'>{n} layer(s) of the dataset have α {guide}.</p>"
                    + _table(ext, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}, sortable=True))
     return out
 
