@@ -423,6 +423,18 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
                   + (f" ({s['reason']})" if s.get("reason") else "")
                   + f"  layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
                   + (f", {s['num_missing']} missing" if s.get("num_missing") else ""))
+    adapted = [r for r in result.rows if not r["name"].endswith(".lora_BA")]
+    if result.format.startswith("lora+") and adapted and len(adapted) < len(result.rows):
+        # an adapter with its base: the ΔW = s·B·A rows and the adapted W + ΔW rows, never averaged together
+        from hubscan.esd.metrics import summarize
+        for what, rows in (("ΔW = s·B·A", [r for r in result.rows if r["name"].endswith(".lora_BA")]),
+                           ("W + ΔW", adapted)):
+            g = summarize(rows)
+            console.print(f"  {what} ({g['num_success']} layers): "
+                          + "  ".join(f"{m}={_fmt(g[m], 4)}" for m in ("alpha", "alpha_weighted", "log_norm")),
+                          highlight=False)
+        console.print(f"  time {s['seconds']:.2f}s", highlight=False)
+        return
     for group in (("alpha", "alpha_weighted", "log_alpha_norm"), ("log_norm", "log_spectral_norm"),
                   ("stable_rank", "mp_softrank")):
         console.print("  " + "  ".join(f"{m}={_fmt(s[m], 4)}" for m in group), highlight=False)

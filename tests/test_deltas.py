@@ -189,6 +189,17 @@ def test_peft_adapter_with_base(trained):
     h = rows["0.weight"]
     assert h["num_evals"] == 64 and h["lambda_max"] == pytest.approx(lam[-1], rel=1e-12)
     assert h["norm"] == pytest.approx(lam.sum(), rel=1e-12)
+    # the terminal keeps the two kinds of rows apart: the mean alpha of the ΔW rows and of the W + ΔW rows
+    import os
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(trained["adapter"]), "--base",
+                           str(trained["base_dir"])], capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    for what, names in (("ΔW = s·B·A (2 layers)", ("0.lora_BA", "2.lora_BA")), ("W + ΔW (2 layers)", ("0.weight", "2.weight"))):
+        line = next(ln for ln in proc.stdout.splitlines() if what in ln)
+        mean = np.mean([rows[n]["alpha"] for n in names])
+        assert f"alpha={mean:.4f}" in line, (line, mean)
 
 
 def test_base_model_deltas_match_ww(trained):
