@@ -40,8 +40,8 @@ from typing import Iterable
 from hubscan.analysis import AnalyzeOptions, analyze, open_with_base
 from hubscan.hub import HubClient
 from hubscan.sources.lineage import RELATIONS, Edge, Tree, enumerate_lineage
-from hubscan.store import Dataset, config_hash, delta_table, model_key, pair_key, rows_to_table
-from hubscan.survey import Survey, _Task
+from hubscan.store import Dataset, config_hash, model_key, pair_key, rows_to_table
+from hubscan.survey import Survey, _Task, pair_table
 from hubscan.weights.shared import SharedReads
 
 log = logging.getLogger(__name__)
@@ -200,10 +200,9 @@ def write_deltas(ds: Dataset, tree: Tree, edges: Iterable[Edge], *, client: HubC
             log.warning("%s <- %s: delta not analyzed: %s", e.child, e.parent, info["error"])
             continue
         per_child[e.child] = per_child.get(e.child, 0) + info["bytes_read"]
-        ref, pref = tree.nodes[e.child][0], tree.nodes[e.parent][0]
-        child = {"model_key": keys[e.child], "source": ref.source, "model_id": ref.id, "revision": ref.revision}
-        tables.append(delta_table(child, e.parent, pref.revision, e.relation, survey_id, result.rows))
-        pairs.append(pair_key(keys[e.child], e.parent, pref.revision))
+        pref = tree.nodes[e.parent][0]
+        tables.append(pair_table(keys[e.child], tree.nodes[e.child][0], pref, e.relation, survey_id, result.rows))
+        pairs.append(pair_key(keys[e.child], pref.id, pref.revision))
     rows = 0
     if pairs:
         import pyarrow as pa
@@ -247,8 +246,9 @@ class TreeSurvey(Survey):
             self.edges = write_deltas(self.dataset, self.tree, self.others, client=self.client, options=self.options,
                                       survey_id=self.survey_id, batch_size=self.batch_size)
             self.edges["failed_edges"] = _dedupe(self.failed_edges + self.edges["failed_edges"])
-            t = self.dataset.read("deltas", columns=["survey_id"]) if self.dataset.table("deltas") is not None else None
-            self.edges["deltas"] = 0 if t is None else t.column("survey_id").to_pylist().count(self.survey_id)
+            import pyarrow.dataset as pds
+            self.edges["deltas"] = 0 if self.dataset.table("deltas") is None else self.dataset.read(
+                "deltas", columns=["survey_id"], filter=pds.field("survey_id") == self.survey_id).num_rows
         return super().summary()
 
 
@@ -331,8 +331,8 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
                 failed.append((r["model_id"], task.parent.id, out_["delta_error"]))
             for table in WRITE_ORDER:
                 if out_.get(table) is not None and out_[table].num_rows:
-                    rows += out_[table].num_rows if table == "deltas" else 0
                     ds.write(table, out_[table], replace=("model_key", [r["model_key"]]), survey_id=survey_id)
+            rows += out_["deltas"].num_rows if out_["deltas"] is not None else 0
     write_lineage(ds, tree, survey_id)
     edges = write_deltas(ds, tree, others, client=client, options=options, survey_id=survey_id, batch_size=batch_size)
     for child, n in edges["bytes_per_child"].items():

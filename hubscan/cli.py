@@ -785,11 +785,11 @@ def cmd_sql(args) -> int:
     if not args.query.strip():
         raise HubscanError(args.dataset, "empty query")
     con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
-    views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal "
-                                       "AND view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
     try:
         cur = con.execute(args.query)
     except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
+        views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND "
+                                           "view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
         text = re.sub(r"^[A-Za-z ]+ Error: ", "", " ".join(str(exc).split()))
         text = re.sub(r" LINE \d+: .*$", "", text)  # the caret drawing needs its line breaks
         text = re.sub(r' Did you mean "([^"]+)"\?', lambda m: m.group(0) if m.group(1) in views else "", text)

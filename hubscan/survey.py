@@ -43,7 +43,8 @@ from hubscan.errors import GatedModelError, HubscanError, NoWeightsError, PathNo
 from hubscan.hub import HubClient
 from hubscan.records import ModelRecord
 from hubscan.refs import ModelRef
-from hubscan.store import DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, model_key, model_tables, rows_to_table
+from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, delta_table, model_key,
+                           model_tables, rows_to_table)
 
 log = logging.getLogger(__name__)
 progress_log = logging.getLogger("hubscan.progress")
@@ -208,7 +209,6 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     """
     from hubscan.analysis import analyze, analyze_with_base, as_adapter, is_hub_adapter
     from hubscan.sources import open_ref
-    from hubscan.store import delta_table
 
     t0 = time.perf_counter()
     retries0, requests0 = client.total_retries(), _requests(client)
@@ -225,9 +225,7 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
                 delta_error = str(delta)
             else:
                 delta_error = None
-                deltas = delta_table({"model_key": key, "source": ref.source, "model_id": ref.id,
-                                      "revision": ref.revision}, parent[0].id, parent[0].revision, parent[2],
-                                     survey_id, delta.rows)
+                deltas = pair_table(key, ref, parent[0], parent[2], survey_id, delta.rows)
             if isinstance(result, HubscanError):
                 raise result
     except GatedModelError as exc:
@@ -247,6 +245,19 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
                options=json.dumps(dataclasses.asdict(opts), default=str))
     return {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
+
+
+def pair_table(child_key: str, child: ModelRef, parent: ModelRef, relation: str | None, survey_id: str, rows):
+    """The ``deltas`` table (pyarrow.Table) of one (child, parent) pair: :func:`hubscan.store.delta_table`
+    with the identity of the two pinned refs; ``child_key`` is the child's ``model_key``.
+
+    Raises
+    ------
+    hubscan.errors.SchemaMismatchError
+        A row holds a column the table lacks.
+    """
+    return delta_table({"model_key": child_key, "source": child.source, "model_id": child.id,
+                        "revision": child.revision}, parent.id, parent.revision, relation, survey_id, rows)
 
 
 def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
@@ -519,8 +530,7 @@ class Survey:
         for ref, meta, key in task.models:
             row = model_row(ref, meta, key, self.cfg_hash, self.survey_id, status, reason, attempts=task.attempts)
             self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
-            self.analyzed += 1
-            self.seen[status if status in self.seen else "failed"] += 1
+            self._see({"status": status})
             if task.parent is not None:
                 self.failed_edges.append((ref.id, task.parent.id, f"not analyzed: {reason}"))
 
@@ -639,9 +649,7 @@ class Survey:
         if task is not None:
             self.pending.setdefault(actor, []).append((task, time.monotonic(), out["rows"]))
             for row in out["rows"]:
-                self.analyzed += 1
-                self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += 1
-                self.seen["bytes_read"] += int(row.get("bytes_read") or 0)
+                self._see(row)
                 if task.parent is not None and row.get("delta_error"):
                     self.failed_edges.append((row["model_id"], task.parent.id, row["delta_error"]))
                 self._update_progress(row)
@@ -660,10 +668,14 @@ class Survey:
         """Queue analyzed but uncommitted tasks again, their models no longer counted as analyzed."""
         for t, _, rows in items:
             self.retry.append(t)
-            self.analyzed -= len(t.models)
             for row in rows:
-                self.seen[row.get("status") if row.get("status") in self.seen else "failed"] -= 1
-                self.seen["bytes_read"] -= int(row.get("bytes_read") or 0)
+                self._see(row, -1)
+
+    def _see(self, row: dict, sign: int = 1) -> None:
+        """Count (``sign`` 1) or uncount (−1) one model as analyzed, by status and bytes (progress)."""
+        self.analyzed += sign
+        self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += sign
+        self.seen["bytes_read"] += sign * int(row.get("bytes_read") or 0)
 
     def _on_actor_death(self, actor, task: _Task | None, exc) -> None:
         config = self.config
