@@ -105,7 +105,9 @@ def trained(tmp_path_factory):
                 x = layer(x)
         return x
 
-    _fit([p for ab in lora.values() for p in ab], lora_forward, X, y2, epochs=15, lr=0.02, seed=1)
+    # lr 0.01: at 0.02 (momentum 0.9, s = 2) the fit sits at the edge of divergence, and float rounding that
+    # differs with the BLAS thread count decides whether it learns (measured: 0.70 / 0.83 / chance)
+    _fit([p for ab in lora.values() for p in ab], lora_forward, X, y2, epochs=15, lr=0.01, seed=1)
     with torch.no_grad():
         for A, B in lora.values():
             A.copy_(_fixed_point(A))
