@@ -240,6 +240,15 @@ def _console(args=None, *, stderr: bool = False):
     return Console(width=width, file=stream, quiet=bool(args is not None and args.quiet))
 
 
+def _say(console, text: str, indent: int = 2) -> None:
+    """Print a note wrapped to the console's width, continuation lines indented under its first word."""
+    import textwrap
+    lines = textwrap.wrap(text, width=max(console.width, 40), initial_indent=" " * indent,
+                          subsequent_indent=" " * (indent + 2), break_on_hyphens=False) or [""]
+    for line in lines:
+        console.print(line, highlight=False, markup=False, crop=False, soft_wrap=True)
+
+
 def _fmt(v, digits=3) -> str:
     if v is None:
         return ""
@@ -405,23 +414,21 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     table, dropped = _layer_table(result, columns, console.width)
     console.print(table, crop=True)
     if dropped:
-        console.print(f"  {len(dropped)} chosen column(s) do not fit {console.width} columns: "
-                      f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)", highlight=False)
+        _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
+                      f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
         if r.get("status") != "success" or r.get("reason"):
-            console.print(f"  layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}",
-                          highlight=False)
+            _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
     delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
               if r.get("status") == "success" and r.get("warning") and not delta]
     if warned:
-        console.print(f"  warnings (layer ids): {', '.join(warned)}", highlight=False)
+        _say(console, f"warnings (layer ids): {', '.join(warned)}")
     s = result.summary
     if result.ref is not None and result.ref.source != "local":
         console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")
-    console.print(f"[bold]summary[/bold] status={s['status']}"
-                  + (f" ({s['reason']})" if s.get("reason") else "")
-                  + f"  layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
+    _say(console, f"summary status={s['status']}" + (f" ({s['reason']})" if s.get("reason") else ""), indent=0)
+    _say(console, f"layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
                   + (f", {s['num_missing']} missing" if s.get("num_missing") else ""))
     adapted = [r for r in result.rows if not r["name"].endswith(".lora_BA")]
     if result.format.startswith("lora+") and adapted and len(adapted) < len(result.rows):
@@ -430,26 +437,25 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         for what, rows in (("ΔW = s·B·A", [r for r in result.rows if r["name"].endswith(".lora_BA")]),
                            ("W + ΔW", adapted)):
             g = summarize(rows)
-            console.print(f"  {what} ({g['num_success']} layers): "
-                          + "  ".join(f"{m}={_fmt(g[m], 4)}" for m in ("alpha", "alpha_weighted", "log_norm")),
-                          highlight=False)
-        console.print(f"  time {s['seconds']:.2f}s", highlight=False)
+            _say(console, f"{what} ({g['num_success']} layers): "
+                          + "  ".join(f"{m}={_fmt(g[m], 4) or '–'}" for m in ("alpha", "alpha_weighted", "log_norm")))
+        _say(console, f"time {s['seconds']:.2f}s")
         return
     for group in (("alpha", "alpha_weighted", "log_alpha_norm"), ("log_norm", "log_spectral_norm"),
                   ("stable_rank", "mp_softrank")):
-        console.print("  " + "  ".join(f"{m}={_fmt(s[m], 4)}" for m in group), highlight=False)
+        _say(console, "  ".join(f"{m}={_fmt(s[m], 4) or '–'}" for m in group))
     if delta:
-        console.print(f"  layers with alpha<2: {s['num_over_trained']}, alpha>6: {s['num_under_trained']} "
-                      f"(of ΔW: the 2 / 6 training guides are for W), time {s['seconds']:.2f}s", highlight=False)
+        _say(console, f"layers with alpha<2: {s['num_over_trained']}, alpha>6: {s['num_under_trained']} "
+                      f"(of ΔW: the 2 / 6 training guides are for W), time {s['seconds']:.2f}s")
         return
-    console.print(f"  over-trained layers (alpha<2): {s['num_over_trained']}, "
+    _say(console, f"over-trained layers (alpha<2): {s['num_over_trained']}, "
                   f"under-trained (alpha>6): {s['num_under_trained']}, time {s['seconds']:.2f}s")
     phases = {}
     for r in result.rows:
         if r.get("status") == "success" and r.get("phase"):
             phases[r["phase"]] = phases.get(r["phase"], 0) + 1
     if phases:
-        console.print("  phases: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
+        _say(console, "phases: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
 
 
 def _columns(text: str) -> tuple[str, ...]:
@@ -578,10 +584,10 @@ def _print_not_analyzed(config, summary, console, show: int = 5) -> None:
     rows = connect(config.out, **config.storage_options).execute(
         f"SELECT status, model_id, reason FROM models WHERE {where} ORDER BY status, model_id LIMIT {show}").fetchall()
     for status, model_id, reason in rows:
-        console.print(f"  {status} {model_id}: {reason}", highlight=False)
+        _say(console, f"{status} {model_id}: {reason}")
     if n > len(rows):
-        console.print(f"  … {n - len(rows)} more: hubscan sql --dataset {config.out} \"SELECT model_id, status, "
-                      f"reason FROM models WHERE {where}\"", highlight=False)
+        _say(console, f"… {n - len(rows)} more: hubscan sql --dataset {config.out} \"SELECT model_id, status, "
+                      f"reason FROM models WHERE {where}\"")
 
 
 def cmd_survey(args) -> int:
@@ -719,7 +725,7 @@ def cmd_lineage(args, config) -> int:
     for e in s["tree"].edges:
         console.print(f"  {'  ' * (e.depth - 1)}{e.child} ← {e.parent}  ({e.relation}, found by {e.found_by})")
     for child, parent, reason in s["failed_edges"]:
-        console.print(f"  delta {child} ← {parent} not analyzed: {reason}")
+        _say(console, f"delta {child} ← {parent} not analyzed: {reason}")
     return 1 if s["failed_edges"] and len(s["failed_edges"]) == s["edges"] else 0
 
 

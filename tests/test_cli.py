@@ -83,6 +83,19 @@ def test_analyze_table_status_and_reasons_at_80():
     assert "a.zero.weight: failed: too few nonzero eigenvalues" in out
 
 
+def test_analyze_notes_wrap_indented_at_50():
+    """Below the table every note and summary line fits the width; a wrapped note continues indented
+    (never back at column 0, where it would read as a new line of output)."""
+    rc, out, err = run_cli("analyze", CASES / "degenerate_and_good.safetensors", columns=50)
+    assert rc == 0, err
+    after = out.splitlines()[out.splitlines().index(_table_lines(out)[-1]) + 1:]
+    assert after and all(len(line) <= 50 for line in after), after
+    assert [line for line in after if not line.startswith("  ")] == ["summary status=success"], after
+    text = " ".join(line.strip() for line in after)
+    assert "a.zero.weight: failed: too few nonzero eigenvalues (0 above 1e-05)" in text
+    assert "layers: 1 analyzed, 2 failed, 0 skipped" in text
+
+
 def test_analyze_columns_option():
     rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,alpha,log_norm,num_spikes",
                            columns=80)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,6 +134,21 @@ def test_failed_model_recorded_and_survey_goes_on(tmp_path, cases_dir, local_ray
     assert "unsafe" in reasons["malicious_pickle.pt"] and "shorter" in reasons["truncated.safetensors"]
     assert (s["num_success"], s["num_failed"], s["num_skipped"], s["num_incomplete"]) == (1, 3, 1, 1)
     assert not (tmp_path / "hubscan_pickle_was_executed").exists()
+
+
+def test_local_failure_reason_names_paths_relative_to_the_root(tmp_path, cases_dir, local_ray):
+    """A dataset of a local folder is portable: the reason of a failed model names its file as the model
+    id does, relative to the surveyed folder, never by the machine's absolute path."""
+    hub = tmp_path / "hub"
+    for name, case in (("a", "truncated.safetensors"), ("b", "ok_small.safetensors")):
+        (hub / name).mkdir(parents=True)
+        shutil.copy(cases_dir / case, hub / name / "model.safetensors")
+    out = tmp_path / "ds"
+    survey(SurveyConfig(source=f"local:{hub}", out=str(out), actors=1, progress=False))
+    rows = dict(q(out, "SELECT model_id, reason FROM models WHERE status = 'failed'"))
+    assert list(rows) == ["a"]
+    assert rows["a"].startswith("a/model.safetensors: file shorter than its header says"), rows
+    assert str(tmp_path) not in rows["a"]
 
 
 def test_end_to_end_survey_accuracy_correlate_report(small_hub, tmp_path, local_ray, capsys):
