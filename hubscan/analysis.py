@@ -494,7 +494,10 @@ class ModelAnalysis:
         if not rows and not missing:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
         summary = summarize(rows)
-        if summary["num_success"] == 0:
+        excluded = [r for r in rows if (r.get("reason") or "").startswith("excluded by --layers ")]
+        if excluded and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
+            status, reason = "skipped", f"no layer selected by {excluded[0]['reason'].removeprefix('excluded by ')}"
+        elif summary["num_success"] == 0:
             status, reason = "failed", "no layer could be analyzed"
         elif missing or unread:
             parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])

@@ -430,6 +430,9 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     _say(console, f"summary status={s['status']}" + (f" ({s['reason']})" if s.get("reason") else ""), indent=0)
     _say(console, f"layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
                   + (f", {s['num_missing']} missing" if s.get("num_missing") else ""))
+    if not s["num_success"]:  # nothing analyzed: no metric to show
+        _say(console, f"time {s['seconds']:.2f}s")
+        return
     adapted = [r for r in result.rows if not r["name"].endswith(".lora_BA")]
     if result.format.startswith("lora+") and adapted and len(adapted) < len(result.rows):
         # an adapter with its base: the ΔW = s·B·A rows and the adapted W + ΔW rows, never averaged together

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,6 +46,20 @@ def test_filter_on_minilm(minilm_dir):
     ids = hubscan.analyze(minilm_dir, mp_fit=False, layers="5-9").rows
     assert all((5 <= r["layer_id"] <= 9) == (r["status"] == "success") for r in ids
                if not r["reason"] or r["reason"].startswith("excluded"))
+
+
+def test_filter_that_selects_nothing_skips_the_model(minilm_dir):
+    """A --layers spec that matches no layer of a model: the model is skipped, saying so (not a failed
+    model, not a success); every tensor still has its row."""
+    res = hubscan.analyze(minilm_dir, mp_fit=False, layers="*no_such_layer*")
+    assert res.summary["status"] == "skipped", res.summary
+    assert res.summary["reason"] == "no layer selected by --layers *no_such_layer*"
+    assert res.summary["num_success"] == 0 and len(res.rows) == len(hubscan.analyze(minilm_dir, mp_fit=False).rows)
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(minilm_dir), "--layers", "nomatch"],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 1, proc.stderr
+    assert "summary status=skipped (no layer selected by --layers nomatch)" in proc.stdout
+    assert "alpha=" not in proc.stdout  # no empty metric lines
 
 
 def test_cli_rejects_bad_spec(minilm_dir):
