@@ -120,8 +120,12 @@ def test_survey_to_s3(s3, cases_dir, tmp_path):
     listing = tmp_path / "models.txt"
     listing.write_text(f"{cases_dir / 'ok_small.safetensors'}\n{cases_dir / 'nested_checkpoint.pt'}\n")
     opts = json.dumps(s3)
-    assert main(["survey", "--source", f"list:{listing}", "--out", "s3://hubscan/run2", "--actors", "1",
-                 "--no-progress", "--storage-options", opts]) == 0
+    # the real entry point in its own process: it exits 0 (native S3 / Ray / Delta teardown included;
+    # `ray job submit` reports a job by this status)
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"list:{listing}", "--out",
+                           "s3://hubscan/run2", "--actors", "1", "--no-progress", "--storage-options", opts],
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     from hubscan.query import connect
     con = connect("s3://hubscan/run2", **s3)
     assert con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'success') FROM models").fetchall() == [(2, 2)]
