@@ -556,6 +556,30 @@ def test_reader_messages_say_what_is_wrong(tmp_path, capsys):
         assert code != 0 and err.count("\n") == 0 and frag in err
 
 
+def test_renamed_weight_files_say_what_they_are(tmp_path, hub):
+    """A weight file under another format's suffix: the message says what its bytes are (zip / pickle /
+    safetensors / GGUF magic), not a header length or an opcode error — locally and through the Hub."""
+    import shutil
+    st, legacy = OLD / "ok_small.safetensors", OLD / "legacy_format.pt"
+    zipped = tmp_path / "zipped.pt"
+    torch.save({"w": torch.randn(64, 32)}, zipped)
+    for src, name, frag in ((st, "a.pt", "not a readable torch checkpoint: its first bytes are those of a safetensors"),
+                            (legacy, "b.safetensors", "not a safetensors file: its first bytes are those of a pickle"),
+                            (zipped, "c.safetensors", "not a safetensors file: its first bytes are those of a zip"),
+                            (st, "d.gguf", "not a GGUF file: its first bytes are those of a safetensors file")):
+        shutil.copy(src, tmp_path / name)
+        with pytest.raises(HubscanError) as info:
+            hubscan.analyze(tmp_path / name)
+        assert str(info.value).startswith(f"{tmp_path / name}: ") and frag in str(info.value), str(info.value)
+    # the same bytes served by the Hub as model.safetensors (read by ranges: 8 bytes sniffed)
+    repo = "org/renamed"
+    hub.add_model(repo, {"model.safetensors": legacy.read_bytes()})
+    with pytest.raises(HubscanError) as info:
+        hubscan.analyze(f"hf:{repo}", client=HubClient(endpoint=hub.endpoint, max_retries=1, backoff=0.05,
+                                                       cache_dir=None))
+    assert "not a safetensors file: its first bytes are those of a pickle" in str(info.value), str(info.value)
+
+
 def test_diffusers_folder_is_one_local_model(tmp_path):
     from hubscan.sources.local import list_local
     _diffusers_repo(tmp_path / "pipe")

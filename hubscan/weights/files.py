@@ -37,7 +37,7 @@ from typing import Iterable
 from hubscan.errors import CorruptFileError, NoWeightsError
 
 __all__ = ["FILE_RULES", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
-           "ShardIndex", "parse_shard_index"]
+           "ShardIndex", "parse_shard_index", "sniff_format"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,3 +248,40 @@ def parse_shard_index(raw: bytes | str, where: str) -> ShardIndex:
                 or ":" in shard.split("/")[0]):
             raise CorruptFileError(where, f"shard {shard!r} is not a file name in the model folder (or below it)")
     return ShardIndex(weight_map, where)
+
+
+#: Bytes :func:`sniff_format` looks at.
+SNIFF_BYTES = 16
+
+
+def sniff_format(head: bytes) -> str | None:
+    """What a file's first bytes say it is, for the message when its suffix and its content disagree
+    (a checkpoint renamed, a page saved under a weight file's name).
+
+    Parameters
+    ----------
+    head : bytes
+        The file's first :data:`SNIFF_BYTES` bytes (fewer for a shorter file).
+
+    Returns
+    -------
+    str or None
+        ``"a safetensors file"``, ``"a zip archive (a torch checkpoint?)"``, ``"a pickle (a legacy torch
+        checkpoint?)"``, ``"a GGUF file"``, ``"an HDF5 file (Keras?)"``, ``"text"``; None when the bytes
+        match none of these. Magic numbers: zip ``PK\\x03\\x04`` (APPNOTE 4.3.7), pickle PROTO opcode
+        ``\\x80`` + protocol 2–5 (PEP 3154), ``GGUF`` (ggml's gguf.md), HDF5's 8-byte signature; a safetensors
+        file starts with a little-endian u64 header length followed by ``{`` (the format's README).
+    """
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "a safetensors file"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (a torch checkpoint?)"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle (a legacy torch checkpoint?)"
+    if head[:4] == b"GGUF":
+        return "a GGUF file"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "an HDF5 file (Keras?)"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "text"
+    return None

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.files import sniff_format
 
 __all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "tensor_entries", "open_safetensors"]
 
@@ -88,18 +89,17 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
         raise CorruptFileError(where, f"file is {file_size} bytes, too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER_BYTES or 8 + n > file_size:
-        if _looks_like_text(prefix[:8]):  # e.g. a text or HTML page saved under a .safetensors name
+        kind = sniff_format(prefix[:8])  # e.g. an HTML page or a torch checkpoint under a .safetensors name
+        if kind == "text":
             raise CorruptFileError(where, f"not a safetensors file: it starts with text ({prefix[:8]!r}), "
                                           "not an 8-byte header length")
+        if kind is not None:
+            raise CorruptFileError(where, f"not a safetensors file: its first bytes are those of {kind}")
         if n > MAX_HEADER_BYTES:
             limit = f"{MAX_HEADER_BYTES // 1_000_000} MB"
             raise CorruptFileError(where, f"header length {n} bytes exceeds the {limit} limit")
         raise CorruptFileError(where, f"header length {n} bytes is larger than the file ({file_size} bytes)")
     return n
-
-
-def _looks_like_text(prefix: bytes) -> bool:
-    return all(32 <= b < 127 or b in (9, 10, 13) for b in prefix)
 
 
 def parse_header(header: bytes, file_size: int, where: str,
