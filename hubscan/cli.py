@@ -240,6 +240,19 @@ def _console(args=None, *, stderr: bool = False):
     return Console(width=width, file=stream, quiet=bool(args is not None and args.quiet))
 
 
+def _id_ranges(rows) -> str:
+    """Layer ids as compact ranges: ``0-3, 7, 9-12``."""
+    ids = sorted({int(r["layer_id"]) for r in rows if r.get("layer_id") is not None})
+    out, start = [], None
+    for i, v in enumerate(ids):
+        if start is None:
+            start = v
+        if i + 1 == len(ids) or ids[i + 1] != v + 1:
+            out.append(f"{start}-{v}" if v > start else f"{v}")
+            start = None
+    return ", ".join(out)
+
+
 def _say(console, text: str, indent: int = 2) -> None:
     """Print a note wrapped to the console's width, continuation lines indented under its first word."""
     import textwrap
@@ -416,8 +429,14 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     if dropped:
         _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
                       f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
+    excluded = [r for r in result.rows if (r.get("reason") or "").startswith("excluded by --layers ")]
+    if excluded:  # the user's own filter: one line, not one per layer
+        ranges = _id_ranges(excluded)
+        _say(console, f"{len(excluded)} layer(s) {excluded[0]['reason']}"
+                      + (f" (ids {ranges})" if ranges.count(",") < 8 else ""))
+    skip_ids = {id(r) for r in excluded}
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
-        if r.get("status") != "success" or r.get("reason"):
+        if (r.get("status") != "success" or r.get("reason")) and id(r) not in skip_ids:
             _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
     delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
@@ -586,8 +605,9 @@ def _print_not_analyzed(config, summary, console, show: int = 5) -> None:
     where = f"survey_id = '{summary['survey_id']}' AND status <> 'success'"
     rows = connect(config.out, **config.storage_options).execute(
         f"SELECT status, model_id, reason FROM models WHERE {where} ORDER BY status, model_id LIMIT {show}").fetchall()
-    for status, model_id, reason in rows:
-        _say(console, f"{status} {model_id}: {reason}")
+    for status, model_id, reason in rows:  # a reason that starts with the model's own path says it once
+        reason = reason or ""
+        _say(console, f"{status} {reason}" if reason.startswith(f"{model_id}") else f"{status} {model_id}: {reason}")
     if n > len(rows):
         _say(console, f"… {n - len(rows)} more: hubscan sql --dataset {config.out} \"SELECT model_id, status, "
                       f"reason FROM models WHERE {where}\"")
@@ -1103,7 +1123,8 @@ def main(argv: list[str] | None = None) -> int:
     except HubscanError as exc:
         if args.debug:
             raise
-        print(f"hubscan: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        here = os.path.join(os.getcwd(), "")  # paths under the current folder as the ids show them
+        print(f"hubscan: error: {' '.join(str(exc).split()).replace(here, '')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hubscan: interrupted", file=sys.stderr)

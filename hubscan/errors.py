@@ -52,6 +52,11 @@ class PathNotFoundError(NoWeightsError):
     """A local model path (file or folder) does not exist (a survey records the model as failed)."""
 
 
+class SeveralModelsError(HubscanError, ValueError):
+    """A local path given as one model is a folder of several (as a survey of it would enumerate them):
+    analyzing them as one would mix their layers into one summary."""
+
+
 class SkippedTensor(HubscanError):
     """Raised by a tensor's loader when, once read, the tensor is not to be analyzed (e.g. it is a tied copy
     of another): its row is ``skipped`` with this reason, not ``failed``."""

@@ -155,8 +155,8 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     KeyError
         ``summary`` or ``extra`` name a column the models table lacks.
     """
-    if reason and ref.source == "local" and ref.root:  # paths in the reason relative to the surveyed root,
-        reason = reason.replace(os.path.join(ref.root, ""), "")  # as the model id is (portable datasets)
+    if reason and ref.source == "local":  # the model's path in the reason as its id (relative to the surveyed
+        reason = reason.replace(os.path.abspath(ref.path), ref.id)  # root or the current folder): portable
     row = ModelRecord(model_key=key, source=ref.source, model_id=ref.id, revision=ref.revision,
                       config_hash=cfg_hash, repo_id=ref.repo_id, files=list(ref.files), status=status, reason=reason,
                       family=_family(meta), hubscan_version=__version__, survey_id=survey_id,

@@ -96,6 +96,24 @@ def test_analyze_notes_wrap_indented_at_50():
     assert "layers: 1 analyzed, 2 failed, 0 skipped" in text
 
 
+def test_analyze_folder_of_several_models_is_refused(tmp_path):
+    """A folder that a survey would enumerate as several models is not analyzed as one (their layers would
+    share one summary): one line naming the models and the survey command; paths as typed (relative)."""
+    folder = tmp_path / "folds"
+    folder.mkdir()
+    for name in ("fold0.safetensors", "fold1.safetensors", "fold2.safetensors"):
+        shutil.copy(CASES / "ok_small.safetensors", folder / name)
+    rc, out, err = run_cli("analyze", "folds", cwd=tmp_path)
+    assert rc == 1 and out == "" and err.count("\n") == 1, (out, err)
+    assert err.strip() == ("hubscan: error: folds: a folder of 3 models (fold0.safetensors, fold1.safetensors, "
+                           "fold2.safetensors): analyze one of them, or survey the folder "
+                           "(hubscan survey --source local:folds --out DATASET)")
+    rc, out, err = run_cli("analyze", "folds/fold1.safetensors", cwd=tmp_path)
+    assert rc == 0, err
+    rc, out, err = run_cli("analyze", "nope", cwd=tmp_path)
+    assert rc == 1 and err.strip() == "hubscan: error: nope: no such file or folder"  # not /abs/path/nope
+
+
 def test_analyze_columns_option():
     rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,alpha,log_norm,num_spikes",
                            columns=80)

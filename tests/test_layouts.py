@@ -566,11 +566,15 @@ def test_renamed_weight_files_say_what_they_are(tmp_path, hub):
     for src, name, frag in ((st, "a.pt", "not a readable torch checkpoint: its first bytes are those of a safetensors"),
                             (legacy, "b.safetensors", "not a safetensors file: its first bytes are those of a pickle"),
                             (zipped, "c.safetensors", "not a safetensors file: its first bytes are those of a zip"),
-                            (st, "d.gguf", "not a GGUF file: its first bytes are those of a safetensors file")):
+                            (st, "d.gguf", "not a GGUF file: its first bytes are those of a safetensors file"),
+                            (legacy, "e.onnx", "not an ONNX model: its first bytes are those of a pickle")):
         shutil.copy(src, tmp_path / name)
         with pytest.raises(HubscanError) as info:
             hubscan.analyze(tmp_path / name)
         assert str(info.value).startswith(f"{tmp_path / name}: ") and frag in str(info.value), str(info.value)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(HubscanError, match="file is 0 bytes"):
+        hubscan.analyze(tmp_path / "empty.pt")
     # the same bytes served by the Hub as model.safetensors (read by ranges: 8 bytes sniffed)
     repo = "org/renamed"
     hub.add_model(repo, {"model.safetensors": legacy.read_bytes()})

@@ -60,6 +60,10 @@ def test_filter_that_selects_nothing_skips_the_model(minilm_dir):
     assert proc.returncode == 1, proc.stderr
     assert "summary status=skipped (no layer selected by --layers nomatch)" in proc.stdout
     assert "alpha=" not in proc.stdout  # no empty metric lines
+    # the filter's exclusions in one note (with the ids), not one line per layer
+    notes = [line for line in proc.stdout.splitlines() if "excluded by --layers" in line]
+    n = sum(1 for r in res.rows if (r["reason"] or "").startswith("excluded by --layers"))
+    assert len(notes) == 1 and notes[0].strip().startswith(f"{n} layer(s) excluded by --layers nomatch"), notes
 
 
 def test_cli_rejects_bad_spec(minilm_dir):

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError
+from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError
 from hubscan.refs import ModelRef, local_fingerprint
 from hubscan.sources import register_source
 
@@ -115,6 +115,26 @@ def resolve_local(ref: ModelRef) -> tuple[ModelRef, dict]:
     return ModelRef("local", ref.id, local_fingerprint(files), rel, root=ref.root), local_metadata(path)
 
 
+def _one_model(ref: ModelRef) -> None:
+    """Refuse a folder that :func:`list_local` would enumerate as several models (pocketnet's five folds,
+    a folder of unrelated checkpoints): read as one, their layers would share one summary.
+
+    Raises
+    ------
+    SeveralModelsError
+        ``ref`` names such a folder; the message names the first models and the survey command.
+    """
+    path = Path(ref.path)
+    if not path.is_dir() or _is_model_dir(path) or (path / "config.json").is_file() \
+            or (path / "model_index.json").is_file():
+        return
+    models = [r.id for r, _ in _walk(path, path)]
+    if len(models) > 1:
+        raise SeveralModelsError(ref.id, f"a folder of {len(models)} models ({', '.join(models[:3])}"
+                                         f"{', …' if len(models) > 3 else ''}): analyze one of them, or survey the "
+                                         f"folder (hubscan survey --source local:{ref.id} --out DATASET)")
+
+
 def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     """Enumerate a folder of models: the folder itself if it is one model (HF layout), else each
     weight file and each model sub-folder below it (recursively, a model folder is not entered).
@@ -177,7 +197,9 @@ class LocalSource:
 
     def open(self, ref, client):
         from hubscan.weights import open_weights
-        return open_weights(_pinned_root(ref).path)
+        ref = _pinned_root(ref)
+        _one_model(ref)
+        return open_weights(ref.path)
 
     def open_model(self, ref, client):
         """Open first (a reader's error names the file), then pin."""

@@ -275,6 +275,8 @@ def _sniff(where: str) -> None:
     with open(where, "rb") as f:
         head = f.read(SNIFF_BYTES)
     size = os.path.getsize(where)
+    if not head:
+        raise CorruptFileError(where, "file is 0 bytes (empty)")
     if head[:4] == b"PK\x03\x04":
         if not zipfile.is_zipfile(where):
             raise CorruptFileError(where, f"not a readable torch checkpoint: truncated ({size} bytes: a zip archive "
