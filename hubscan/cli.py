@@ -981,14 +981,17 @@ def _isnan(v) -> bool:
 
 
 def cmd_correlate(args) -> int:
-    from hubscan.correlate import correlate, joined, write_correlations
+    from hubscan.correlate import accuracy_metrics, correlate, joined, write_correlations
     from hubscan.store import Dataset
 
     data = Dataset(args.dataset, create=False, **(args.storage_options or {})).require()
     df = joined(data, metric=args.metric, benchmark=args.benchmark, source=args.source)
     if df.empty:
-        raise HubscanError(args.dataset, f"no model has both HTSR metrics and a '{args.metric}' accuracy "
-                           "(ingest accuracy first: hubscan accuracy --dataset … --timm/--csv/--leaderboard/--cards)")
+        have = accuracy_metrics(data)
+        hint = (f"the accuracy table holds: {', '.join(have[:6])}{' …' if len(have) > 6 else ''}; choose with "
+                "--metric/--benchmark" if have else
+                "ingest accuracy first: hubscan accuracy --dataset … --timm/--csv/--leaderboard/--cards")
+        raise HubscanError(args.dataset, f"no model has both HTSR metrics and a '{args.metric}' accuracy ({hint})")
     corr = correlate(df, metric=args.metric, group_by=args.group_by, bootstrap=args.bootstrap, seed=args.seed)
     if args.out:
         write_correlations(corr, args.out)

@@ -63,6 +63,31 @@ def _read(data: Dataset, table: str, columns: Iterable[str]):
     return d.to_table(columns=have).to_pandas()
 
 
+def accuracy_metrics(dataset) -> list[str]:
+    """The accuracy metrics a dataset holds, as ``metric`` or ``metric (benchmark)``, most rows first:
+    what ``--metric`` / ``--benchmark`` can name.
+
+    Parameters
+    ----------
+    dataset : Dataset or str
+
+    Returns
+    -------
+    list of str
+        Empty when the accuracy table is absent or empty.
+    """
+    acc = _read(_as_dataset(dataset), "accuracy", ("metric", "benchmark"))
+    if acc.empty or "metric" not in acc:
+        return []
+    bench = acc["benchmark"] if "benchmark" in acc else None
+    labels = [f"{m} ({b})" if isinstance(b, str) and b else str(m)
+              for m, b in zip(acc["metric"], bench if bench is not None else [None] * len(acc))]
+    counts: dict = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    return sorted(counts, key=lambda k: (-counts[k], k))
+
+
 def _layer_means(data: Dataset, metric: str):
     """model_key → mean of a layer metric over successful layers (None when the layers lack it)."""
     import pyarrow.compute as pc

@@ -275,6 +275,10 @@ def test_accuracy_reports_matches_and_stores_local(local_dataset):
     (root / "none.csv").write_text("model_id,metric,value\nnot/a/model.pt,top1,3\n")
     rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "none.csv", cwd=root, columns=200)
     assert rc == 0 and "0 of them match" in out and "warning" in err and "no row names a model" in err
+    # correlate on a metric the dataset lacks: one line naming the metrics it has
+    rc, out, err = run_cli("correlate", "--dataset", "ds", "--metric", "accuracy", cwd=root, columns=80)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert "no model has both HTSR metrics and a 'accuracy' accuracy (the accuracy table holds: top1 (custom); choose with --metric/--benchmark)" in err
 
 
 def test_sql_table_and_errors_at_80_columns(local_dataset):
