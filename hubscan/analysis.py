@@ -22,7 +22,7 @@ from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
-from hubscan.esd.select import LayerFilter
+from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
 from hubscan.records import EsdRecord, LayerRecord
@@ -216,7 +216,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                                   max_evals=options.max_evals, sibling_shapes=shapes)
             if selected.include or selected.exclude:
                 plans = [p if p.skip_reason is not None or selected.keeps(layer_id, entry.name, p.layer_type)
-                         else dataclasses.replace(p, skip_reason=f"excluded by --layers {selected.spec}")
+                         else dataclasses.replace(p, skip_reason=EXCLUDED + selected.spec)
                          for p in plans]
             yield layer_id, entry, plans
 
@@ -494,9 +494,9 @@ class ModelAnalysis:
         if not rows and not missing:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
         summary = summarize(rows)
-        excluded = [r for r in rows if (r.get("reason") or "").startswith("excluded by --layers ")]
-        if excluded and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
-            status, reason = "skipped", f"no layer selected by {excluded[0]['reason'].removeprefix('excluded by ')}"
+        left_out = [r for r in rows if excluded(r)]
+        if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
+            status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
         elif summary["num_success"] == 0:
             status, reason = "failed", "no layer could be analyzed"
         elif missing or unread:

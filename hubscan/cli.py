@@ -429,14 +429,14 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     if dropped:
         _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
                       f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
-    excluded = [r for r in result.rows if (r.get("reason") or "").startswith("excluded by --layers ")]
-    if excluded:  # the user's own filter: one line, not one per layer
-        ranges = _id_ranges(excluded)
-        _say(console, f"{len(excluded)} layer(s) {excluded[0]['reason']}"
+    from hubscan.esd.select import excluded
+    left_out = [r for r in result.rows if excluded(r)]
+    if left_out:  # the user's own filter: one line, not one per layer
+        ranges = _id_ranges(left_out)
+        _say(console, f"{len(left_out)} layer(s) {left_out[0]['reason']}"
                       + (f" (ids {ranges})" if ranges.count(",") < 8 else ""))
-    skip_ids = {id(r) for r in excluded}
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
-        if (r.get("status") != "success" or r.get("reason")) and id(r) not in skip_ids:
+        if (r.get("status") != "success" or r.get("reason")) and not excluded(r):
             _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
     delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows

@@ -79,12 +79,9 @@ def accuracy_metrics(dataset) -> list[str]:
     acc = _read(_as_dataset(dataset), "accuracy", ("metric", "benchmark"))
     if acc.empty or "metric" not in acc:
         return []
-    bench = acc["benchmark"] if "benchmark" in acc else None
-    labels = [f"{m} ({b})" if isinstance(b, str) and b else str(m)
-              for m, b in zip(acc["metric"], bench if bench is not None else [None] * len(acc))]
-    counts: dict = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
+    from collections import Counter
+    bench = acc["benchmark"] if "benchmark" in acc else [None] * len(acc)
+    counts = Counter(f"{m} ({b})" if isinstance(b, str) and b else str(m) for m, b in zip(acc["metric"], bench))
     return sorted(counts, key=lambda k: (-counts[k], k))
 
 

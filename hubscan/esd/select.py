@@ -23,7 +23,14 @@ import fnmatch
 import re
 
 LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d")
+#: The reason of a matrix the filter leaves out, before its spec.
+EXCLUDED = "excluded by --layers "
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def excluded(row) -> bool:
+    """Whether a layer row (mapping with ``reason``) was left out by a ``--layers`` filter."""
+    return (row.get("reason") or "").startswith(EXCLUDED)
 
 
 @dataclasses.dataclass(frozen=True)

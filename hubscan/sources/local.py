@@ -125,10 +125,9 @@ def _one_model(ref: ModelRef) -> None:
         ``ref`` names such a folder; the message names the first models and the survey command.
     """
     path = Path(ref.path)
-    if not path.is_dir() or _is_model_dir(path) or (path / "config.json").is_file() \
-            or (path / "model_index.json").is_file():
+    if not path.is_dir() or _is_model_dir(path):
         return
-    models = [r.id for r, _ in _walk(path, path)]
+    models = [r.id for r, _ in list_local(path)]
     if len(models) > 1:
         raise SeveralModelsError(ref.id, f"a folder of {len(models)} models ({', '.join(models[:3])}"
                                          f"{', …' if len(models) > 3 else ''}): analyze one of them, or survey the "

@@ -37,7 +37,7 @@ from typing import Iterable
 from hubscan.errors import CorruptFileError, NoWeightsError
 
 __all__ = ["FILE_RULES", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
-           "ShardIndex", "parse_shard_index", "sniff_format"]
+           "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,3 +285,26 @@ def sniff_format(head: bytes) -> str | None:
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return "text"
     return None
+
+
+def refuse_other_format(head: bytes, where: str, not_this: str) -> None:
+    """Raise when a file's first bytes are those of another binary format (:func:`sniff_format`).
+
+    Parameters
+    ----------
+    head : bytes
+        The file's first :data:`SNIFF_BYTES` bytes (or fewer).
+    where : str
+        The file, for the message.
+    not_this : str
+        The message's start, e.g. ``"not a GGUF file"``.
+
+    Raises
+    ------
+    CorruptFileError
+        ``"<not_this>: its first bytes are those of <kind>"``; nothing for text or unknown bytes (the
+        reader says what it expected).
+    """
+    kind = sniff_format(head)
+    if kind is not None and kind != "text":
+        raise CorruptFileError(where, f"{not_this}: its first bytes are those of {kind}")

@@ -50,7 +50,7 @@ import torch
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import SNIFF_BYTES, sniff_format
+from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
 __all__ = ["open_gguf", "can_dequantize"]
 
@@ -120,9 +120,7 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
     with open(where, "rb") as f:
         head = f.read(_MIN_HEADER)
     if head[:4] != b"GGUF":
-        kind = sniff_format(head[:SNIFF_BYTES])
-        if kind and kind != "text":
-            raise CorruptFileError(where, f"not a GGUF file: its first bytes are those of {kind}")
+        refuse_other_format(head[:SNIFF_BYTES], where, "not a GGUF file")
         raise CorruptFileError(where, f"not a GGUF file (starts with {head[:4]!r}, not b'GGUF')")
     if size < _MIN_HEADER:
         raise CorruptFileError(where, f"file is {size} bytes, too short for a GGUF header ({_MIN_HEADER} bytes)")

@@ -60,7 +60,7 @@ import torch
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import SNIFF_BYTES, sniff_format
+from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
 __all__ = ["open_onnx", "onnx_tensor_to_torch"]
 
@@ -257,10 +257,8 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
         the end of its file.
     """
     where = os.fspath(path)
-    with open(where, "rb") as f:
-        kind = sniff_format(f.read(SNIFF_BYTES))
-    if kind is not None and kind != "text":  # another format's file under an .onnx name
-        raise CorruptFileError(where, f"not an ONNX model: its first bytes are those of {kind}")
+    with open(where, "rb") as f:  # another format's file under an .onnx name
+        refuse_other_format(f.read(SNIFF_BYTES), where, "not an ONNX model")
     onnx = _onnx()
     try:
         model = onnx.load(where, load_external_data=False)

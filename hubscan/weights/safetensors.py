@@ -24,7 +24,7 @@ from safetensors import safe_open
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import sniff_format
+from hubscan.weights.files import refuse_other_format, sniff_format
 
 __all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "tensor_entries", "open_safetensors"]
 
@@ -89,12 +89,10 @@ def header_length(prefix: bytes, file_size: int, where: str) -> int:
         raise CorruptFileError(where, f"file is {file_size} bytes, too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix[:8])
     if n > MAX_HEADER_BYTES or 8 + n > file_size:
-        kind = sniff_format(prefix[:8])  # e.g. an HTML page or a torch checkpoint under a .safetensors name
-        if kind == "text":
+        if sniff_format(prefix[:8]) == "text":  # e.g. an HTML page saved under a .safetensors name
             raise CorruptFileError(where, f"not a safetensors file: it starts with text ({prefix[:8]!r}), "
                                           "not an 8-byte header length")
-        if kind is not None:
-            raise CorruptFileError(where, f"not a safetensors file: its first bytes are those of {kind}")
+        refuse_other_format(prefix[:8], where, "not a safetensors file")  # e.g. a torch checkpoint
         if n > MAX_HEADER_BYTES:
             limit = f"{MAX_HEADER_BYTES // 1_000_000} MB"
             raise CorruptFileError(where, f"header length {n} bytes exceeds the {limit} limit")

@@ -65,7 +65,7 @@ import torch.jit._pickle
 from hubscan.errors import CorruptFileError, HubscanError, UnsafeFileError, UnsupportedFormatError
 from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import SNIFF_BYTES, sniff_format
+from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
 __all__ = ["SAFE_GLOBALS", "STATE_DICT_KEYS", "RestrictedUnpickler", "ScriptObject", "load_checkpoint",
            "find_tensors", "open_torch"]
@@ -282,9 +282,7 @@ def _sniff(where: str) -> None:
             raise CorruptFileError(where, f"not a readable torch checkpoint: truncated ({size} bytes: a zip archive "
                                           "whose end, with the zip central directory, is missing)")
     elif head[:1] != b"\x80":  # every torch file is a zip archive or starts with a pickle PROTO opcode
-        kind = sniff_format(head)
-        if kind and kind != "text":
-            raise CorruptFileError(where, f"not a readable torch checkpoint: its first bytes are those of {kind}")
+        refuse_other_format(head, where, "not a readable torch checkpoint")
         raise CorruptFileError(where, f"not a readable torch checkpoint: neither a zip archive nor a pickle "
                                       f"(it starts with {head[:8]!r})")
 
