@@ -26,13 +26,50 @@ from hubscan.errors import HubscanError
 MAX_EVALS_BOUND = 1_000_000
 
 
+# -- terminal output ---------------------------------------------------------------------------------
+
+def _printable(text: object) -> str:
+    """``text`` safe to write to a terminal: every character that is not printable written as its Python
+    escape (``\\x1b``, ``\\n``, ``\\x00``, ``\\u202e``; ``\\udcff`` for a byte of a file name that is not
+    UTF-8), so that a tensor name, path or reason read from a file can neither drive the terminal (ANSI
+    escape sequences, a right-to-left override), break a line, nor stop the output. Printable text
+    (letters of any script, emoji) is unchanged. Every printing path goes through it: tables, notes,
+    errors, survey and log lines (the dataset keeps the real text)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _console_class():
+    """A rich Console whose ``print`` escapes strings (:func:`_printable`); markup off, so that a ``[`` in a
+    name is text, never a style or a link."""
+    from rich.console import Console
+
+    class SafeConsole(Console):
+        def __init__(self, **kwargs):
+            super().__init__(markup=False, **kwargs)
+
+        def print(self, *objects, **kwargs):  # noqa: A003 - rich's API
+            super().print(*(_printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+    return SafeConsole
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with their message escaped (:func:`_printable`); a traceback (``--debug``) keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        return _printable(super().formatMessage(record))
+
+
 # -- argument types: each refuses a bad value in one line -----------------------------------------
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``hubscan analyze: error: <reason> (see --help)``."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
 
 
 def _int_range(lo: int | None = None, hi: int | None = None):
@@ -225,7 +262,6 @@ def _options(args):
 def _console(args=None, *, stderr: bool = False):
     """A rich Console: the terminal's width (``$COLUMNS`` when set); piped (``| less``, ``| head``) from a
     terminal, that terminal's width; 200 columns with no terminal at all (a file, a job log)."""
-    from rich.console import Console
     stream = sys.stderr if stderr else sys.stdout
     width = None
     if not (stream.isatty() or os.environ.get("COLUMNS")):
@@ -237,7 +273,7 @@ def _console(args=None, *, stderr: bool = False):
                     break
             except (OSError, ValueError, AttributeError):
                 continue
-    return Console(width=width, file=stream, quiet=bool(args is not None and args.quiet))
+    return _console_class()(width=width, file=stream, quiet=bool(args is not None and args.quiet))
 
 
 def _id_ranges(rows) -> str:
@@ -256,7 +292,7 @@ def _id_ranges(rows) -> str:
 def _say(console, text: str, indent: int = 2) -> None:
     """Print a note wrapped to the console's width, continuation lines indented under its first word."""
     import textwrap
-    lines = textwrap.wrap(text, width=max(console.width, 40), initial_indent=" " * indent,
+    lines = textwrap.wrap(_printable(text), width=max(console.width, 40), initial_indent=" " * indent,
                           subsequent_indent=" " * (indent + 2), break_on_hyphens=False) or [""]
     for line in lines:
         console.print(line, highlight=False, markup=False, crop=False, soft_wrap=True)
@@ -371,7 +407,7 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
     from rich import box
     from rich.table import Table
 
-    titles, cells = list(titles), [list(r) for r in cells]
+    titles, cells = list(titles), [[_printable(c) for c in r] for r in cells]
     widths = [max([len(t)] + [len(row[i]) for row in cells]) for i, t in enumerate(titles)]
 
     def others():
@@ -392,7 +428,7 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
         for row, short in zip(cells, _short_names(names, w)):
             row[i] = short
         widths[i] = max(len(titles[i]), w)
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False,
+    table = Table(title=_printable(title), box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0, 0, 1), pad_edge=False,
                   header_style="bold", title_justify="left", caption=caption, caption_justify="left")
     for t, w in zip(titles, widths):
         table.add_column(t, justify="left" if t in left else "right", no_wrap=True, overflow="ellipsis", min_width=w)
@@ -406,7 +442,7 @@ def _layer_table(result, columns, width: int):
     and the chosen columns that do not fit (kept left to right; they are all in ``--out``)."""
     keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
     titles = ["N×M" if c == "NxM" else c for c in columns]
-    cells = [[_layer_cell(r, k) for k in keys] for r in result.rows]
+    cells = [[_printable(_layer_cell(r, k)) for k in keys] for r in result.rows]
     used, keep = 0, []
     for i, t in enumerate(titles):
         w = max([len(t)] + [len(row[i]) for row in cells])
@@ -619,7 +655,7 @@ def cmd_survey(args) -> int:
     config = _survey_config(args)
     if config.progress and not sys.stderr.isatty():  # progress lines instead of a bar
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(_PrintableFormatter("%(asctime)s %(message)s", "%H:%M:%S"))
         progress = logging.getLogger("hubscan.progress")
         progress.addHandler(handler)
         progress.setLevel(logging.INFO)
@@ -778,7 +814,8 @@ def _sql_table(cols: list[str], rows: list, width: int):
     """
     from rich.table import Table
 
-    cells = [[_sql_cell(v) for v in r] for r in rows]
+    cols = [_printable(c) for c in cols]
+    cells = [[_printable(_sql_cell(v)) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
     whole = [c in _WHOLE or c.endswith("_id") for c in cols]
     least = [w if k else min(w, 8) for w, k in zip(widths, whole)]
@@ -831,6 +868,8 @@ def cmd_sql(args) -> int:
         import csv
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(cols)
+        if sys.stdout.isatty():  # to a terminal: escaped; to a file or pipe: the data as stored
+            rows = [[_printable(v) if isinstance(v, str) else v for v in r] for r in rows]
         w.writerows(rows)
     elif args.format == "json":
         print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
@@ -1117,8 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_out(args.out, *_OUT_FILES[args.command])
         except HubscanError as exc:
             args.parser.error(str(exc))
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR,
-                        format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, handlers=[handler])
     if args.quiet:
         warnings.simplefilter("ignore")
     try:
@@ -1127,7 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         here = os.path.join(os.getcwd(), "")  # paths under the current folder as the ids show them
-        print(f"hubscan: error: {' '.join(str(exc).split()).replace(here, '')}", file=sys.stderr)
+        print(f"hubscan: error: {_printable(' '.join(str(exc).split()).replace(here, ''))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("hubscan: interrupted", file=sys.stderr)
@@ -1136,7 +1176,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = getattr(args, "path", "") or getattr(args, "source", "") or getattr(args, "dataset", "") or args.command
-        print(f"hubscan: error: {_error_line(exc, where)}", file=sys.stderr)
+        print(f"hubscan: error: {_printable(_error_line(exc, where))}", file=sys.stderr)
         return 1
 
 

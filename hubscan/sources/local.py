@@ -1,9 +1,20 @@
-"""Local source: a weight file, a Hugging Face layout folder, or a folder of such models."""
+"""Local source: a weight file, a Hugging Face layout folder, or a folder of such models.
+
+Odd folders
+    A folder is walked once per real directory: symbolic links are followed after the real tree, and a
+    link to a directory already walked (``self_loop -> .``, ``loop_up -> ..``) adds nothing; a link to a
+    model already listed (an alias) is that model, listed once under its real path. A dangling link is
+    listed, and fails to resolve with the reason (``a symbolic link to X, which does not exist``). A file or
+    folder whose name is not UTF-8 is listed with its bytes escaped (``bad\\xffutf8_model``: an id that can
+    be printed and stored) and fails to resolve with the reason; the other models are unaffected. An
+    ONNX model's external data files (``model.onnx`` + ``weights.bin``) are part of it, not models of their own.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,20 +24,56 @@ from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, Seve
 from hubscan.refs import ModelRef, local_fingerprint
 from hubscan.sources import register_source
 
+log = logging.getLogger(__name__)
+
+
+def storable(text: str) -> str:
+    """``text`` as valid UTF-8, for ids and metadata: bytes a file name could not decode (Python's
+    surrogate escapes) written ``\\xff``, other lone surrogates ``\\ud800``; valid text unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _is_weight_file(p: Path) -> bool:
     from hubscan.weights import weight_suffixes  # the readers' registry: one list of what is a weight file
 
     return p.is_file() and p.suffix.lower() in weight_suffixes()
 
 
+def _external_data(children: list[Path]) -> set[Path]:
+    """The files among ``children`` (one folder's entries) that an ONNX model there names as its external
+    data: part of that model, not weights of their own. The graphs are read only when the folder holds
+    other weight files beside its ``.onnx`` files (a ``.bin`` may be either)."""
+    models = [c for c in children if c.suffix.lower() == ".onnx" and c.is_file()]
+    if not models or sum(_is_weight_file(c) for c in children) <= len(models):
+        return set()
+    from hubscan.weights.onnx import external_data_files
+
+    named = set()
+    for m in models:
+        try:
+            named |= {Path(f) for f in external_data_files(m)}
+        except HubscanError:  # an unreadable graph: reading the model will say why
+            continue
+    return named & set(children)
+
+
+def _weights(children: list[Path]) -> list[Path]:
+    """The weight files among one folder's entries (ONNX external data left out)."""
+    weights = [c for c in children if _is_weight_file(c)]
+    return [w for w in weights if w not in _external_data(children)] if len(weights) > 1 else weights
+
+
 def _is_model_dir(p: Path) -> bool:
     """One model in a folder: Hugging Face layout (config.json, a sharded index, model.safetensors /
-    pytorch_model.bin) or a single weight file. A folder of several unrelated weight files is not
-    one model: each file is."""
+    pytorch_model.bin) or a single weight file (an ONNX model's external data files are part of it). A
+    folder of several unrelated weight files is not one model: each file is."""
     if not p.is_dir():
         return False
     children = list(p.iterdir())
-    weights = [c for c in children if _is_weight_file(c)]
+    weights = _weights(children)
     if any(c.name.endswith(".index.json") or c.name == "model_index.json" for c in children):
         return True  # sharded, or a diffusers pipeline (its components in sub-folders are one model)
     if weights and ((p / "config.json").is_file() or any(c.name in ("model.safetensors", "pytorch_model.bin")
@@ -43,11 +90,11 @@ def local_metadata(path: Path) -> dict:
     if cfg.is_file():
         try:
             data = json.loads(cfg.read_text())
-            meta["model_type"] = data.get("model_type")
-            meta["architectures"] = list(data.get("architectures") or [])
-        except (ValueError, OSError):
+            meta["model_type"] = storable(data["model_type"]) if isinstance(data.get("model_type"), str) else None
+            meta["architectures"] = [storable(str(a)) for a in data.get("architectures") or []]
+        except (ValueError, OSError, TypeError, AttributeError):
             pass
-    meta["family"] = meta["model_type"] or local_family(os.fspath(path))
+    meta["family"] = meta["model_type"] or local_family(storable(os.fspath(path)))
     return meta
 
 
@@ -105,14 +152,29 @@ def resolve_local(ref: ModelRef) -> tuple[ModelRef, dict]:
     ref = _pinned_root(ref)
     path = Path(ref.path)
     if not path.exists():
-        raise PathNotFoundError(ref.path, "no such file or folder")
+        raise _not_found(path)
     files = [path] if path.is_file() else sorted(c for c in path.rglob("*") if _is_weight_file(c)
                                                  or c.name.endswith(".index.json"))
     if not files:
         raise NoWeightsError(ref.path, "no weight files found")
+    undecodable = [storable(os.path.relpath(f, path)) for f in files if storable(f.name) != f.name]
+    if undecodable:
+        raise PathNotFoundError(storable(ref.path), f"the name of {undecodable[0]} is not valid UTF-8 (shown with its "
+                                                    "bytes escaped): rename it to analyze the model")
     base = ref.root or os.curdir
     rel = tuple(os.path.relpath(f, base).replace(os.sep, "/") if ref.root else os.fspath(f) for f in files)
     return ModelRef("local", ref.id, local_fingerprint(files), rel, root=ref.root), local_metadata(path)
+
+
+def _not_found(path: Path) -> PathNotFoundError:
+    """Why a listed path cannot be opened: a dangling link, a name listed escaped, or no such path."""
+    if path.is_symlink():
+        return PathNotFoundError(storable(os.fspath(path)), f"a symbolic link to {storable(os.readlink(path))}, "
+                                                            "which does not exist (a dangling link)")
+    if path.parent.is_dir() and any(storable(n) == path.name != n for n in os.listdir(path.parent)):
+        return PathNotFoundError(storable(os.fspath(path)), "its name is not valid UTF-8 (shown with its bytes escaped): "
+                                                  "rename it to analyze it")
+    return PathNotFoundError(storable(os.fspath(path)), "no such file or folder")
 
 
 def _one_model(ref: ModelRef) -> None:
@@ -136,13 +198,15 @@ def _one_model(ref: ModelRef) -> None:
 
 def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
     """Enumerate a folder of models: the folder itself if it is one model (HF layout), else each
-    weight file and each model sub-folder below it (recursively, a model folder is not entered).
+    weight file and each model sub-folder below it (recursively, a model folder is not entered; symbolic
+    links, dangling links and names that are not UTF-8 as the module docstring says).
 
     Yields
     ------
     (ModelRef, dict)
         Unresolved refs: ``id`` is the path relative to ``root`` (the file or folder name when ``root``
-        is itself one model), ``ModelRef.root`` the absolute root; metadata from ``config.json``.
+        is itself one model; bytes that are not UTF-8 escaped), ``ModelRef.root`` the absolute root;
+        metadata from ``config.json``.
 
     Raises
     ------
@@ -154,20 +218,56 @@ def list_local(root: str | os.PathLike) -> Iterator[tuple[ModelRef, dict]]:
         raise PathNotFoundError(os.fspath(root), "no such folder")
     if _is_weight_file(top) or (_is_model_dir(top) and not any(c.is_dir() for c in top.iterdir())) \
             or (top / "config.json").is_file() or (top / "model_index.json").is_file():
-        yield ModelRef("local", top.name, root=str(top.parent)), local_metadata(top)
+        yield ModelRef("local", storable(top.name), root=str(top.parent)), local_metadata(top)
         return
-    yield from _walk(top, top)
+    yield from _walk(top)
 
 
-def _walk(folder: Path, top: Path) -> Iterator[tuple[ModelRef, dict]]:
-    for child in sorted(folder.iterdir()):
-        if child.name.startswith("."):
-            continue
-        if _is_weight_file(child) or _is_model_dir(child):
-            rid = os.path.relpath(child, top).replace(os.sep, "/")
-            yield ModelRef("local", rid, root=str(top)), local_metadata(child)
-        elif child.is_dir():
-            yield from _walk(child, top)
+def _walk(top: Path) -> list[tuple[ModelRef, dict]]:
+    """The models below ``top`` (module docstring, "Odd folders"): the real tree depth-first in name order,
+    then what its symbolic links add."""
+    found, models, folders, links = [], set(), set(), []
+
+    def ref(path: Path) -> ModelRef:
+        return ModelRef("local", storable(os.path.relpath(path, top).replace(os.sep, "/")), root=str(top))
+
+    def add(path: Path) -> None:
+        real = os.path.realpath(path)
+        if real in models:
+            log.info("%s: a link to a model already listed: counted once", path)
+            return
+        models.add(real)
+        found.append((ref(path), local_metadata(path)))
+
+    def visit(folder: Path) -> None:
+        real = os.path.realpath(folder)
+        if real in folders:  # a loop, or a second way into a folder already walked
+            return
+        folders.add(real)
+        children = sorted(c for c in folder.iterdir() if not c.name.startswith("."))
+        external = _external_data(children)
+        for child in children:
+            if child in external:
+                continue
+            if child.is_symlink():
+                links.append(child)
+            elif storable(child.name) != child.name:  # listed, escaped; resolving it says why it cannot be read
+                if _is_weight_file(child) or child.is_dir():
+                    found.append((ref(child), local_metadata(child)))
+            elif _is_weight_file(child) or _is_model_dir(child):
+                add(child)
+            elif child.is_dir():
+                visit(child)
+
+    visit(top)
+    for link in links:  # grows while linked folders are walked
+        if not link.exists():
+            found.append((ref(link), local_metadata(link)))  # dangling: resolving it says so
+        elif _is_weight_file(link) or _is_model_dir(link):
+            add(link)
+        elif link.is_dir():
+            visit(link)
+    return found
 
 
 @register_source

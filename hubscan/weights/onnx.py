@@ -62,7 +62,7 @@ from hubscan.weights import register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
-__all__ = ["open_onnx", "onnx_tensor_to_torch"]
+__all__ = ["open_onnx", "onnx_tensor_to_torch", "external_data_files"]
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +209,22 @@ def _unique_names(found: list[_Found]) -> list[str]:
     return out
 
 
-def _external_file(tensor, name: str, folder: str, where: str, sizes: dict) -> tuple[str, str | None]:
-    """Validate an external-data tensor's location and span: (data file path, None or why it is missing)."""
-    info = {e.key: e.value for e in tensor.external_data}
-    location = info.get("location", "")
+def _location(tensor) -> tuple[str, str | None]:
+    """An external-data tensor's ``location`` as stored, and normalised (``/``-separated, relative) when it
+    names a file inside the model folder, else None (absolute, or leaving the folder)."""
+    location = next((e.value for e in tensor.external_data if e.key == "location"), "")
     norm = posixpath.normpath(location.replace("\\", "/"))
     if not location or os.path.isabs(location) or norm.startswith("/") or norm == ".." or norm.startswith("../") \
             or (len(norm) > 1 and norm[1] == ":"):
+        return location, None
+    return location, norm
+
+
+def _external_file(tensor, name: str, folder: str, where: str, sizes: dict) -> tuple[str, str | None]:
+    """Validate an external-data tensor's location and span: (data file path, None or why it is missing)."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location, norm = _location(tensor)
+    if norm is None:
         raise CorruptFileError(where, f"tensor {name!r}: external data location {location!r} is not a file "
                                       "inside the model folder")
     path = os.path.join(folder, norm)
@@ -233,6 +242,61 @@ def _external_file(tensor, name: str, folder: str, where: str, sizes: dict) -> t
         raise CorruptFileError(path, f"tensor {name!r} needs bytes [{offset}, {end}) but the file holds {size} "
                                      "(truncated?)")
     return path, None
+
+
+def _read_graph(where: str) -> tuple[list[_Found], collections.Counter]:
+    """Parse an ONNX file (external data not loaded) and find its tensors (module docstring).
+
+    Raises
+    ------
+    CorruptFileError
+        Another format's file, a protobuf that cannot be parsed, no graph.
+    """
+    with open(where, "rb") as f:  # another format's file under an .onnx name
+        refuse_other_format(f.read(SNIFF_BYTES), where, "not an ONNX model")
+    try:
+        model = _onnx().load(where, load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, onnx's own checks, I/O errors
+        detail = " ".join(str(e).split())
+        raise CorruptFileError(where, "not a valid ONNX model (its protobuf cannot be parsed: truncated or not "
+                                      "an ONNX file" + (f"; {detail}" if detail else "") + ")") from e
+    if not model.HasField("graph"):
+        raise CorruptFileError(where, "not a valid ONNX model (no graph)")
+    found: list[_Found] = []
+    skipped: collections.Counter = collections.Counter()
+    _walk_graph(model.graph, (), found, skipped)
+    for fn in model.functions:
+        for node in fn.node:
+            _walk_node(node, (f"{fn.domain}.{fn.name}" if fn.domain else fn.name,), found, skipped)
+    return found, skipped
+
+
+def external_data_files(path: str | os.PathLike) -> list[str]:
+    """The external data files an ONNX model names, inside its folder (present or not), none of them read.
+
+    They are part of that model, not weights of their own: ``model.onnx`` + ``weights.bin`` is one model,
+    although ``.bin`` is also a torch checkpoint's suffix (:mod:`hubscan.sources.local` asks this).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.onnx`` file.
+
+    Returns
+    -------
+    list of str
+        Paths (the model's folder joined with each location), sorted, each once.
+
+    Raises
+    ------
+    CorruptFileError
+        The file is not a parsable ONNX model.
+    """
+    where = os.fspath(path)
+    folder = os.path.dirname(where)
+    tensors = [t for f in _read_graph(where)[0] for t in (f.tensor, *((f.sparse.indices,) if f.sparse else ()))]
+    external = (_location(t)[1] for t in tensors if t.data_location == _onnx().TensorProto.EXTERNAL)
+    return sorted({os.path.join(folder, norm) for norm in external if norm is not None})
 
 
 @register_reader("onnx", [".onnx"])
@@ -257,24 +321,8 @@ def open_onnx(path: str | os.PathLike) -> WeightSet:
         the end of its file.
     """
     where = os.fspath(path)
-    with open(where, "rb") as f:  # another format's file under an .onnx name
-        refuse_other_format(f.read(SNIFF_BYTES), where, "not an ONNX model")
     onnx = _onnx()
-    try:
-        model = onnx.load(where, load_external_data=False)
-    except Exception as e:  # protobuf DecodeError, onnx's own checks, I/O errors
-        detail = " ".join(str(e).split())
-        raise CorruptFileError(where, "not a valid ONNX model (its protobuf cannot be parsed: truncated or not "
-                                      "an ONNX file" + (f"; {detail}" if detail else "") + ")") from e
-    if not model.HasField("graph"):
-        raise CorruptFileError(where, "not a valid ONNX model (no graph)")
-    found: list[_Found] = []
-    skipped: collections.Counter = collections.Counter()
-    _walk_graph(model.graph, (), found, skipped)
-    for fn in model.functions:
-        for node in fn.node:
-            _walk_node(node, (f"{fn.domain}.{fn.name}" if fn.domain else fn.name,), found, skipped)
-
+    found, skipped = _read_graph(where)
     folder = os.path.dirname(os.path.abspath(where))
     T = onnx.TensorProto
     entries, missing, files, dequantized, sizes = [], [], [where], {}, {}

@@ -20,7 +20,7 @@ Memory
     What a checkpoint makes the loader allocate is charged to the file's
     :func:`~hubscan.weights.base.memory_budget` (twice its size plus 128 MiB); a file that would go over it
     is refused (:class:`~hubscan.errors.CorruptFileError`) before the allocation. Charged: the pickle's own
-    bytes (read into memory, decoded strings), each opcode run (:data:`OPCODE_BYTES`; more than the object
+    bytes (read into memory, decoded strings), each opcode run (:data:`OPCODE_BYTES`: more than the object
     it builds), a compressed zip entry's expanded size, each legacy storage, and each call of an allowed
     callable in proportion to what it allocates from its arguments (:func:`call_bytes`: ``bytearray(n)``,
     ``torch.FloatStorage(n)``, ``torch.FloatTensor(*sizes)``, numpy ``_reconstruct``/``ndarray`` shapes
@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import builtins
+import codecs
 import collections
 import functools
 import io
@@ -87,9 +88,14 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler", re.IGNORECASE)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-zip serialization starts with this pickled int
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
-#: Bytes charged per pickle opcode run: each builds at most one object (an empty set, 216 bytes + its GC
-#: header, is charged twice this), plus a memo or stack slot.
-OPCODE_BYTES = 128
+#: Bytes charged per pickle opcode run, at least what it creates (CPython sizes with their GC header: an
+#: empty list 72 bytes, a dict 80, a set 232, a memo entry about 100): 256 for an opcode that makes a
+#: container or calls, 128 for one that adds a memo entry, 64 for any other (a scalar, a stack slot).
+OPCODE_BYTES = {**{op[0]: 256 for op in (pickle.EMPTY_LIST, pickle.EMPTY_DICT, pickle.EMPTY_SET, pickle.LIST,
+                                          pickle.DICT, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3,
+                                          pickle.FROZENSET, pickle.OBJ, pickle.INST, pickle.NEWOBJ,
+                                          pickle.NEWOBJ_EX, pickle.REDUCE, pickle.BUILD)},
+                **{op[0]: 128 for op in (pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE)}}
 #: Bytes charged per item a call may build from an iterable argument, or per element of a tensor whose
 #: element size is not known before the call (complex128, the largest).
 ITEM_BYTES = 16
@@ -245,28 +251,38 @@ def call_bytes(func: object, args: tuple, kwargs: dict | None = None) -> int:
         a buffer: elements × item size; a torch class called with sizes (``torch.FloatStorage(n)``,
         ``torch.FloatTensor(a, b)``): elements × 16; ``_rebuild_qtensor``: its size's elements × 4;
         ``_rebuild_device_tensor_from_numpy/cpu_tensor``: elements × 16; ``_rebuild_from_type_v2(f, t, a, s)``:
-        that of ``f(*a)``; plus, for every call, 16 bytes per item of each list, tuple, dict, set, str or
-        bytes argument (``list(b"...")`` builds one object per byte).
+        that of ``f(*a)``; ``_codecs.encode(s, enc)`` (protocol 2's bytes): ``len(s)`` for latin-1, 4 ×
+        ``len(s)`` otherwise; a container built from iterables (``list``, ``dict``, ``set`` …,
+        ``collections.*``): 16 bytes per item of each list, tuple, dict, set, str or bytes argument
+        (``list(b"...")`` makes one slot per byte); any other call: the lengths of those arguments (a copy).
     """
     kwargs = kwargs or {}
-    items = sum(len(a) for a in (*args, *kwargs.values())
-                if isinstance(a, (list, tuple, dict, set, frozenset, str, bytes, bytearray))) * ITEM_BYTES
+    sized = [len(a) for a in (*args, *kwargs.values()) if isinstance(a, _SIZED)]
     if func is torch._tensor._rebuild_from_type_v2 and len(args) >= 3 and isinstance(args[2], tuple):
-        return items + call_bytes(args[0], args[2])
+        return call_bytes(args[0], args[2])
     if func is _RECONSTRUCT and len(args) >= 3:
-        return items + _elements(args[1]) * _itemsize(args[2])
+        return _elements(args[1]) * _itemsize(args[2])
     if func is np.ndarray and args and (len(args) < 3 or args[2] is None) and "buffer" not in kwargs:
-        return items + _elements(args[0]) * _itemsize(args[1] if len(args) > 1 else kwargs.get("dtype", float))
+        return _elements(args[0]) * _itemsize(args[1] if len(args) > 1 else kwargs.get("dtype", float))
     if func is torch._utils._rebuild_qtensor and len(args) >= 3:
-        return items + _elements(args[2]) * 4
+        return _elements(args[2]) * 4
     if func in (torch._utils._rebuild_device_tensor_from_numpy, torch._utils._rebuild_device_tensor_from_cpu_tensor) \
             and args and hasattr(args[0], "shape"):
-        return items + _elements(tuple(args[0].shape)) * ITEM_BYTES
+        return _elements(tuple(args[0].shape)) * ITEM_BYTES
+    if func is codecs.encode and args and isinstance(args[0], str):
+        encoding = str(args[1] if len(args) > 1 else "utf-8").lower().replace("-", "").replace("_", "")
+        return len(args[0]) * (1 if encoding in ("latin1", "iso88591", "l1") else 4)
     if func is bytearray and args and isinstance(args[0], int):
-        return items + max(args[0], 0)
+        return max(args[0], 0)
     if _is_torch_class(func) and args and all(isinstance(a, int) for a in args):
-        return items + _elements(args) * ITEM_BYTES
-    return items
+        return _elements(args) * ITEM_BYTES
+    if isinstance(func, type) and issubclass(func, _CONTAINERS):
+        return sum(sized) * ITEM_BYTES
+    return sum(sized)
+
+
+_SIZED = (list, tuple, dict, set, frozenset, str, bytes, bytearray)
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.deque)  # Counter, OrderedDict, defaultdict: dicts
 
 
 def _describe(func: object, args: tuple) -> str:
@@ -274,9 +290,14 @@ def _describe(func: object, args: tuple) -> str:
     def short(a: object) -> str:
         if isinstance(a, (list, tuple, dict, set, frozenset, str, bytes, bytearray)):
             return f"<{type(a).__name__} of {len(a)}>" if len(a) > 4 else repr(a)[:40]
-        return repr(a)[:40] if isinstance(a, (int, float, torch.Size)) else f"<{type(a).__name__}>"
-    name = f"{getattr(func, '__module__', '') or ''}.{getattr(func, '__qualname__', type(func).__name__)}"
-    return f"{name.lstrip('.')}({', '.join(map(short, args))})"
+        if isinstance(a, (int, float, torch.Size)):
+            return repr(a)[:40]
+        return _name(a) if callable(a) and hasattr(a, "__qualname__") else f"<{type(a).__name__}>"
+    return f"{_name(func)}({', '.join(map(short, args))})"
+
+
+def _name(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '') or ''}.{getattr(obj, '__qualname__', type(obj).__name__)}".lstrip(".")
 
 
 _RECONSTRUCT = (np._core.multiarray if hasattr(np, "_core") else np.core.multiarray)._reconstruct
@@ -315,6 +336,9 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def find_class(self, module: str, name: str) -> object:
         key = f"{module}.{name}"
+        if module.startswith("torch.distributed.") and key not in _allowed():  # DTensor & co.: registered by
+            _register_torch_safe_types()  # torch on import (2-3 s), so imported only when a pickle names them
+            _allowed.cache_clear()
         allowed = _allowed().get(key) or (_SCRIPT_HELPERS.get(key) if self._script else None)
         if allowed is not None:
             return allowed
@@ -367,7 +391,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
 
 def _charge_opcodes(dispatch: dict) -> None:
-    """Wrap every opcode method to charge :data:`OPCODE_BYTES` (twice for EMPTY_SET) before it runs."""
+    """Wrap every opcode method to charge :data:`OPCODE_BYTES` (64 when not listed) before it runs."""
     def charged(method, cost):
         def run(self):
             budget = self._budget
@@ -378,7 +402,7 @@ def _charge_opcodes(dispatch: dict) -> None:
         return run
 
     for op, method in list(dispatch.items()):
-        dispatch[op] = charged(method, 2 * OPCODE_BYTES if op == pickle.EMPTY_SET[0] else OPCODE_BYTES)
+        dispatch[op] = charged(method, OPCODE_BYTES.get(op, 64))
 
 
 _charge_opcodes(RestrictedUnpickler.dispatch)
@@ -408,7 +432,6 @@ def load_checkpoint(path: str | os.PathLike) -> object:
         views of torch < 1.0.
     """
     where = os.fspath(path)
-    _register_torch_safe_types()
     _sniff(where)
     budget = _Budget(where, os.path.getsize(where))
     if not zipfile.is_zipfile(where):
