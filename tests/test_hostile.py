@@ -5,8 +5,8 @@ The rule, for every hostile file (``tests/data/cases/hub-r3/3_hostile/``, the ol
 ``hubscan: error: <file>: <reason>``, within 5 s, its resident set growing by at most 2 × the file's size
 + 256 MB. Time and memory are measured around the command, in a child process (``tests/bounded_cli.py``:
 peak RSS from the kernel, psutil for the start), not timed in this one; the 5 s are CPU seconds (on a
-machine running other work, wall time measures that work too), and a command with no end is killed at 60 s. Odd folders go through
-``hubscan survey --source local:DIR`` in a subprocess.
+machine running other work, wall time measures that work too), and a command with no end is killed at
+60 s. Odd folders go through ``hubscan survey --source local:DIR`` in a subprocess.
 """
 
 from __future__ import annotations
@@ -169,6 +169,8 @@ def hostile_files(tmp: Path) -> dict[str, tuple[Path, tuple[str, ...]]]:
     pt("numpy_reconstruct.pt", state_dict(w=call("numpy._core.multiarray._reconstruct", glob("numpy.ndarray"),
                                                  op((1 << 31,)), op(b"d"))), "_reconstruct")
     pt("numpy_ndarray.pt", state_dict(w=call("numpy.ndarray", op((50_000, 50_000)), op("f8"))), "ndarray")
+    pt("numpy_scalar.pt", state_dict(w=call("numpy._core.multiarray.scalar", call("numpy.dtype", op("V500000000")))),
+       "scalar(")
     pt("nested_bytearray.pt", state_dict(w=call("torch._tensor._rebuild_from_type_v2", glob("builtins.bytearray"),
                                                 glob("torch.Tensor"), op((1 << 31,)), op({}))), "bytearray")
     pt("qtensor.pt", state_dict(w=call("torch._utils._rebuild_qtensor", storage_ref(1), op(0), op((1 << 20, 1 << 20)),
@@ -327,7 +329,8 @@ def odd_folder(root: Path) -> dict[str, str]:
     shutil.copy(HOSTILE / "safetensors" / "names_control_chars.safetensors", root / "names_control_chars.safetensors")
     return {"good.safetensors": "success", "real_model": "success", "group/a.safetensors": "success",
             "group/b.safetensors": "success", "legit_external": "success", "names_control_chars.safetensors": "success",
-            "dangling.safetensors": "failed", "bad\\xffutf8_model": "failed", "bad\\xffutf8_model.safetensors": "failed"}
+            "dangling.safetensors": "failed", "bad\\xffutf8_model": "failed",
+            "bad\\xffutf8_model.safetensors": "failed"}
 
 
 def test_odd_folders_survey(tmp_path):

@@ -172,8 +172,8 @@ def _not_found(path: Path) -> PathNotFoundError:
         return PathNotFoundError(storable(os.fspath(path)), f"a symbolic link to {storable(os.readlink(path))}, "
                                                             "which does not exist (a dangling link)")
     if path.parent.is_dir() and any(storable(n) == path.name != n for n in os.listdir(path.parent)):
-        return PathNotFoundError(storable(os.fspath(path)), "its name is not valid UTF-8 (shown with its bytes escaped): "
-                                                  "rename it to analyze it")
+        return PathNotFoundError(storable(os.fspath(path)), "its name is not valid UTF-8 (shown with its bytes "
+                                                            "escaped): rename it to analyze it")
     return PathNotFoundError(storable(os.fspath(path)), "no such file or folder")
 
 

@@ -413,7 +413,8 @@ def _load(mapped: np.memmap, t: GGUFTensorInfo, qtype, shape: tuple, dtype: str,
         if dtype == "bfloat16":
             return torch.from_numpy(np.array(raw)).view(torch.bfloat16).reshape(shape)
         if qtype in _plain_types():
-            return torch.from_numpy(np.array(raw.view(str(_plain_types()[qtype]).removeprefix("torch.")))).reshape(shape)
+            dtype_name = str(_plain_types()[qtype]).removeprefix("torch.")
+            return torch.from_numpy(np.array(raw.view(dtype_name))).reshape(shape)
         blocks = raw.reshape(gguf.quants.quant_shape_to_byte_shape(shape, qtype))
         if dtype == "float32":
             out = gguf.quants.dequantize(np.asarray(blocks), qtype)

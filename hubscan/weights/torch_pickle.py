@@ -23,8 +23,8 @@ Memory
     bytes (read into memory, decoded strings), each opcode run (:data:`OPCODE_BYTES`: more than the object
     it builds), a compressed zip entry's expanded size, each legacy storage, and each call of an allowed
     callable in proportion to what it allocates from its arguments (:func:`call_bytes`: ``bytearray(n)``,
-    ``torch.FloatStorage(n)``, ``torch.FloatTensor(*sizes)``, numpy ``_reconstruct``/``ndarray`` shapes
-    and array states, ``_rebuild_qtensor`` sizes, ``_rebuild_device_tensor_from_*`` conversions, any
+    ``torch.UntypedStorage(n)``, ``torch.FloatTensor(*sizes)``, numpy ``_reconstruct``/``ndarray`` shapes,
+    ``scalar`` dtypes and array states, ``_rebuild_qtensor`` sizes, ``_rebuild_device_tensor_from_*`` conversions, any
     container built from an iterable). Sparse tensors' indices are validated after loading, as
     ``torch.load`` does, and a sparse tensor is densified only when its dense form fits the same budget.
 
@@ -248,8 +248,9 @@ def call_bytes(func: object, args: tuple, kwargs: dict | None = None) -> int:
     -------
     int
         ``bytearray(n)``: n; numpy ``_reconstruct(cls, shape, dtype)`` and ``ndarray(shape, dtype)`` without
-        a buffer: elements × item size; a torch class called with sizes (``torch.FloatStorage(n)``,
-        ``torch.FloatTensor(a, b)``): elements × 16; ``_rebuild_qtensor``: its size's elements × 4;
+        a buffer: elements × item size; numpy ``scalar(dtype, …)``: the dtype's item size; a torch class
+        called with sizes (``torch.UntypedStorage(n)``, ``torch.FloatTensor(a, b)``): elements × 16;
+        ``_rebuild_qtensor``: its size's elements × 4;
         ``_rebuild_device_tensor_from_numpy/cpu_tensor``: elements × 16; ``_rebuild_from_type_v2(f, t, a, s)``:
         that of ``f(*a)``; ``_codecs.encode(s, enc)`` (protocol 2's bytes): ``len(s)`` for latin-1, 4 ×
         ``len(s)`` otherwise; a container built from iterables (``list``, ``dict``, ``set`` …,
@@ -262,6 +263,8 @@ def call_bytes(func: object, args: tuple, kwargs: dict | None = None) -> int:
         return call_bytes(args[0], args[2])
     if func is _RECONSTRUCT and len(args) >= 3:
         return _elements(args[1]) * _itemsize(args[2])
+    if func is _SCALAR and args:  # a scalar of the dtype, zeroed when no bytes are given
+        return _itemsize(args[0])
     if func is np.ndarray and args and (len(args) < 3 or args[2] is None) and "buffer" not in kwargs:
         return _elements(args[0]) * _itemsize(args[1] if len(args) > 1 else kwargs.get("dtype", float))
     if func is torch._utils._rebuild_qtensor and len(args) >= 3:
@@ -300,7 +303,8 @@ def _name(obj: object) -> str:
     return f"{getattr(obj, '__module__', '') or ''}.{getattr(obj, '__qualname__', type(obj).__name__)}".lstrip(".")
 
 
-_RECONSTRUCT = (np._core.multiarray if hasattr(np, "_core") else np.core.multiarray)._reconstruct
+_MULTIARRAY = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+_RECONSTRUCT, _SCALAR = _MULTIARRAY._reconstruct, _MULTIARRAY.scalar
 
 
 class RestrictedUnpickler(pickle._Unpickler):
@@ -724,8 +728,8 @@ def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> 
         dense = t.numel() * t.element_size()
         if dense > budget:
             return TensorEntry(name, tuple(t.shape), dtype, where, lambda: torch.empty(0),
-                               skip_reason=f"{layout} tensor of {t.numel()} elements: its dense form ({_size(dense)}) is "
-                                           f"more than this file may use ({_size(budget)})")
+                               skip_reason=f"{layout} tensor of {t.numel()} elements: its dense form "
+                                           f"({_size(dense)}) is more than this file may use ({_size(budget)})")
         return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_densify, t))
     storage = (where, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
     return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(torch.Tensor.detach, t),
