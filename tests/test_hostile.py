@@ -371,3 +371,5 @@ def test_onnx_external_data_is_part_of_its_model(tmp_path):
     assert [r.id for r, _ in list_local(folder)] == ["legit_external"]
     result = hubscan.analyze(folder)
     assert result.format == "onnx" and result.summary["status"] == "success"
+    (cli,) = bounded([["analyze", folder]], tmp_path)  # was: "a folder of 2 models (model.onnx, weights.bin)"
+    assert cli["code"] == 0 and "(onnx)" in cli["stdout"] and "status=success" in cli["stdout"] and not cli["stderr"]
