@@ -384,7 +384,7 @@ def test_a_new_format_is_one_registration(tmp_path):
     finally:
         from hubscan import weights
 
-        weights._READERS.pop(".npz")
+        weights.READERS.unregister("npz")
 
 
 def test_folder_prefers_safetensors_and_skips_trainer_files(tmp_path, cases_dir):

@@ -170,7 +170,7 @@ def _walk(folder: Path, top: Path) -> Iterator[tuple[ModelRef, dict]]:
             yield from _walk(child, top)
 
 
-@register_source
+@register_source(plain=True)
 class LocalSource:
     """Files and folders: ``local:PATH`` or a plain path; ``--source local:DIR`` surveys a folder of models.
 

@@ -1,8 +1,11 @@
 """Weight readers: open a weight file, or a folder of them, as a lazy :class:`~hubscan.weights.base.WeightSet`.
 
-Readers register themselves by file suffix (as timm registers models): a reader module decorates its
-``open(path) -> WeightSet`` function with :func:`register_reader` and is imported at the bottom of this
-file, so a new format is one new module plus one import line.
+Readers register themselves (as timm registers models): a reader module decorates its
+``open(path) -> WeightSet`` function with :func:`register_reader`, declaring its suffixes, the rules by which
+its files are found among a model's files (with their priority among the formats) and its precision
+variants. :mod:`hubscan.weights.files` derives the choice of a model's weight files from these
+declarations, so a new format is one new module (imported by the list at the bottom of this file, or by
+the user's code: a survey imports it in its actors too).
 
 Folders follow the Hugging Face layout: which files are read is decided by
 :func:`hubscan.weights.files.choose_weight_files` (the same rule as for hub repositories: safetensors, then
@@ -31,58 +34,110 @@ import dataclasses
 import functools
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from hubscan.errors import CorruptFileError, NoWeightsError, PathNotFoundError, UnsupportedFormatError
+from hubscan.errors import NoWeightsError, PathNotFoundError, UnsupportedFormatError
+from hubscan.registry import Registry, RegistryWarning
 from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.files import FileRule
 
-__all__ = ["TensorEntry", "WeightSet", "open_weights", "register_reader", "reader_for", "readers", "weight_suffixes",
-           "folder_listing", "open_chosen"]
+__all__ = ["TensorEntry", "WeightSet", "Reader", "READERS", "FileRule", "open_weights", "register_reader", "reader_for",
+           "readers", "weight_suffixes", "folder_listing", "open_chosen"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Reader:
-    """A registered reader: its format name and its ``open(path) -> WeightSet`` function."""
+    """A registered reader.
+
+    Attributes
+    ----------
+    name : str
+        Format name (``WeightSet.format``: ``safetensors``, ``torch`` …).
+    open : callable (str) -> WeightSet
+        Opens one file.
+    suffixes : tuple of str
+        File suffixes it reads, lower case with their dot.
+    rules : tuple of FileRule
+        How its files are found among a model's files (:mod:`hubscan.weights.files`), each with its
+        priority among the formats' rules.
+    variants : tuple of str
+        Suffixes whose files also come as precision variants ``name.<variant><suffix>`` (``fp16``,
+        ``bf16`` …; one of them is chosen, :func:`hubscan.weights.files.choose_weight_files`).
+    """
 
     name: str
     open: Callable[[str], WeightSet]
+    suffixes: tuple = ()
+    rules: tuple = ()
+    variants: tuple = ()
 
 
-_READERS: dict[str, Reader] = {}  # lower-case suffix with its dot -> reader
+#: The reader registry: format name → :class:`Reader`, in registration order.
+READERS: Registry[Reader] = Registry("reader")
 
 
-
-def register_reader(name: str, suffixes: Iterable[str]) -> Callable:
-    """Decorator registering ``open(path: str) -> WeightSet`` as the reader of files with these suffixes.
+def register_reader(name: str, suffixes: Iterable[str], *, rules: Iterable[FileRule] | None = None,
+                    variants: Iterable[str] = ()) -> Callable:
+    """Decorator registering ``open(path: str) -> WeightSet`` as the reader of a format.
 
     Parameters
     ----------
     name : str
         Format name reported in ``WeightSet.format`` (``safetensors``, ``torch`` …).
     suffixes : iterable of str
-        File suffixes with their dot (``.safetensors``); matched case-insensitively. A suffix registered
-        again is taken over by the newer reader.
+        File suffixes with their dot (``.safetensors``); matched case-insensitively.
+    rules : iterable of FileRule, optional
+        Which of a model's files are this format's weights, each with its priority among the other
+        formats' rules (:class:`~hubscan.weights.files.FileRule`). Default: any file with one of
+        ``suffixes`` at the model's root, after every built-in format
+        (:data:`~hubscan.weights.files.DEFAULT_PRIORITY`).
+    variants : iterable of str
+        Suffixes whose files come as precision variants (``model.fp16.safetensors``).
+
+    Warns
+    -----
+    hubscan.registry.RegistryWarning
+        ``name`` was registered before, or a suffix is another reader's: the new reader takes it over.
     """
+    suffixes = tuple(s.lower() for s in suffixes)
+    rules = tuple(rules) if rules is not None else (FileRule(tuple("*" + s for s in suffixes)),)
+    for rule in rules:
+        rule.check()
 
     def decorate(open_fn: Callable[[str], WeightSet]) -> Callable[[str], WeightSet]:
-        for suffix in suffixes:
-            _READERS[suffix.lower()] = Reader(name, open_fn)
+        for suffix, other in _by_suffix().items():
+            if suffix in suffixes and other.name != name:
+                warnings.warn(f"suffix {suffix} of reader {other.name!r} ({READERS.module_of(other.name)}) taken "
+                              f"over by reader {name!r} ({open_fn.__module__})", RegistryWarning, stacklevel=2)
+        READERS.register(name, Reader(name, open_fn, suffixes, tuple(dataclasses.replace(r, format=name) for r in rules),
+                                      tuple(v.lower() for v in variants)), module=open_fn.__module__)
         return open_fn
 
     return decorate
 
 
+def _by_suffix() -> dict[str, Reader]:
+    key = READERS.generation
+    if _SUFFIXES.get("key") != key:
+        _SUFFIXES.update(key=key, map={s: r for r in READERS.values() for s in r.suffixes})  # later readers win
+    return _SUFFIXES["map"]
+
+
+_SUFFIXES: dict = {}
+
+
 def readers() -> dict[str, Reader]:
-    """The registry: suffix -> :class:`Reader` (a copy)."""
-    return dict(_READERS)
+    """Suffix → the :class:`Reader` registered for it (a copy; :data:`READERS` is the registry by name)."""
+    return dict(_by_suffix())
 
 
 def weight_suffixes() -> tuple[str, ...]:
     """Every suffix a reader is registered for (``.safetensors``, ``.bin``, ``.pt`` …, ``.jit``), sorted."""
-    return tuple(sorted(_READERS))
+    return tuple(sorted(_by_suffix()))
 
 
 def reader_for(path: str | os.PathLike) -> Reader:
@@ -94,11 +149,12 @@ def reader_for(path: str | os.PathLike) -> Reader:
         No reader is registered for the suffix.
     """
     suffix = Path(path).suffix.lower()
-    if suffix not in _READERS:
-        known = ", ".join(sorted(_READERS))
+    by_suffix = _by_suffix()
+    if suffix not in by_suffix:
+        known = ", ".join(sorted(by_suffix))
         raise UnsupportedFormatError(os.fspath(path),
                                      f"unsupported file type {suffix or '(none)'!r} (hubscan reads {known})")
-    return _READERS[suffix]
+    return by_suffix[suffix]
 
 
 def open_weights(path: str | os.PathLike) -> WeightSet:

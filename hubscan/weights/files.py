@@ -4,25 +4,28 @@ Local folders, hub listings and hub caches all go through :func:`choose_weight_f
 paths relative to the model's root) and :func:`parse_shard_index`, so a model gives the same files, and so
 the same rows, wherever it is read from.
 
-The rule (:data:`FILE_RULES`, first match wins; each reader declares its suffixes with
-:func:`hubscan.weights.register_reader`)
+The rule: the readers' :class:`FileRule` s (each reader declares its own with
+:func:`hubscan.weights.register_reader`), by priority — lowest first, first match wins:
 
-1. ``model.safetensors.index.json`` (sharded), ``model.safetensors``; 2. ``model-*-of-*.safetensors``,
-   ``*.safetensors``; 3. ``pytorch_model.bin.index.json``, ``pytorch_model.bin``; 4. ``pytorch_model*.bin``;
-   — all at the root.
-5. **Components**: no weight file at the root, but sub-folders that hold safetensors / ``.bin`` weights
-   (diffusers' ``unet/``, ``transformer/``, ``text_encoder/``, ``vae/``): each sub-folder chosen by rules
-   1–4 on its own files; tensor names get the folder as prefix (``unet/conv_in.weight``).
-6. ONNX (``model.onnx``, ``onnx/model.onnx``, any ``*.onnx``; one graph), 7. GGUF (one file), anywhere.
-8. Any ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.jit`` at the root.
+* below :data:`COMPONENTS` (50), rules for the files of one folder, tried at the model's root:
+  10 ``model.safetensors.index.json`` (sharded), ``model.safetensors``; 20 ``model-*-of-*.safetensors``,
+  ``*.safetensors``; 30 ``pytorch_model.bin.index.json``, ``pytorch_model.bin``; 40 ``pytorch_model*.bin``;
+* 50 **components**: no weight file at the root, but sub-folders that hold such files (diffusers'
+  ``unet/``, ``transformer/``, ``text_encoder/``, ``vae/``): each sub-folder chosen by the rules below 50
+  on its own files; tensor names get the folder as prefix (``unet/conv_in.weight``);
+* above 50, rules tried after components, at the root or (``anywhere``) in any folder, where an
+  ``anywhere`` rule keeps one file: 60 ONNX (``model.onnx``, ``onnx/model.onnx``, any ``*.onnx``;
+  one graph), 70 GGUF (one file), 80 any ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.jit`` at the root,
+  and, by default, 90 (:data:`DEFAULT_PRIORITY`) any file of a reader that declared no rule of its own.
 
 Trainer side files (``training_args.bin``, ``optimizer.pt`` …) are never weights, and PEFT adapter files
 (``adapter_model.*``) are chosen only when nothing else is (an adapter repository).
 
-**Variants**: ``name.<variant>.safetensors`` / ``.bin`` (``fp16``, ``bf16``, ``fp32``, ``ema``, ``non_ema`` …,
-diffusers' ``variant=``) are copies of ``name.safetensors`` in another precision: when the plain file
-exists the variants are dropped; else one variant is kept, full precision first (``fp32``, then ``bf16``,
-``fp16``, then the others in name order) — a model is never counted twice.
+**Variants**: ``name.<variant><suffix>`` for the suffixes a reader declares ``variants`` for (``.safetensors``,
+``.bin``: ``fp16``, ``bf16``, ``fp32``, ``ema``, ``non_ema`` …, diffusers' ``variant=``) are copies of
+``name<suffix>`` in another precision: when the plain file exists the variants are dropped; else one
+variant is kept, full precision first (``fp32``, then ``bf16``, ``fp16``, then the others in name order) —
+a model is never counted twice.
 """
 
 from __future__ import annotations
@@ -36,36 +39,69 @@ from typing import Iterable
 
 from hubscan.errors import CorruptFileError, NoWeightsError
 
-__all__ = ["FILE_RULES", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
+__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
            "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
+
+
+#: Priority of the components step (diffusers sub-folders): rules below it choose within one folder.
+COMPONENTS = 50
+#: Priority of the rule a reader gets when it declares none: any of its files at the root, after the built-ins.
+DEFAULT_PRIORITY = 90
 
 
 @dataclasses.dataclass(frozen=True)
 class FileRule:
-    """One step of the choice: a reader format, glob patterns of files and the index that shards them."""
+    """One step of the choice of a model's weight files, declared by a reader.
 
-    format: str
+    Attributes
+    ----------
+    patterns : tuple of str
+        Glob patterns of file paths (relative to the folder the rule looks in), tried in order.
+    index : str or None
+        The shard index that, when present, stands for the files (``model.safetensors.index.json``).
+    anywhere : bool
+        Match files in sub-folders too, and keep one (ONNX, GGUF). Only above :data:`COMPONENTS`.
+    priority : int
+        Place among every reader's rules, lowest first (module docstring); not :data:`COMPONENTS`.
+    format : str
+        The reader's format name (filled in when the reader registers).
+    """
+
     patterns: tuple
     index: str | None = None
-    anywhere: bool = False  # patterns match files in sub-folders too (ONNX, GGUF)
+    anywhere: bool = False
+    priority: int = DEFAULT_PRIORITY
+    format: str = ""
+
+    def check(self) -> None:
+        """Raises ValueError for a rule the choice cannot place (priority at or, with ``anywhere``, below
+        :data:`COMPONENTS`)."""
+        if self.priority == COMPONENTS or (self.anywhere and self.priority < COMPONENTS):
+            raise ValueError(f"file rule {self.patterns}: priority {self.priority} (components are {COMPONENTS}; "
+                             "an anywhere rule comes after them)")
 
 
-FILE_RULES = (
-    FileRule("safetensors", ("model.safetensors",), "model.safetensors.index.json"),
-    FileRule("safetensors", ("model-*-of-*.safetensors", "*.safetensors")),
-    FileRule("torch", ("pytorch_model.bin",), "pytorch_model.bin.index.json"),
-    FileRule("torch", ("pytorch_model-*-of-*.bin", "pytorch_model*.bin")),
-    FileRule("components", ()),
-    FileRule("onnx", ("model.onnx", "onnx/model.onnx", "*.onnx"), anywhere=True),
-    FileRule("gguf", ("*.gguf",), anywhere=True),
-    FileRule("torch", ("*.pth", "*.pt", "*.ckpt", "*.bin", "*.jit")),
-)
+def file_rules() -> tuple[FileRule, ...]:
+    """Every registered reader's rules, by priority (readers in registration order within one priority)."""
+    from hubscan.weights import READERS
+
+    return tuple(sorted((r for reader in READERS.values() for r in reader.rules), key=lambda r: r.priority))
+
+
 NOT_WEIGHT_FILES = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
                     "rng_state*.pth")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_VARIANT = re.compile(r"^(?P<stem>.+)\.(?P<variant>[A-Za-z0-9_]+)\.(?P<ext>safetensors|bin)(?P<index>\.index\.json)?$")
 _VARIANT_ORDER = ("fp32", "bf16", "fp16")
 _DIFFUSERS_STEMS = ("diffusion_pytorch_model",)  # diffusers' weight file name, treated like model.safetensors
+
+
+def _variant_pattern() -> re.Pattern:
+    """``stem.<variant>.<ext>[.index.json]`` for the suffixes the readers declare variants for."""
+    from hubscan.weights import READERS
+
+    exts = sorted({v.lstrip(".") for r in READERS.values() for v in r.variants})
+    alt = "|".join(map(re.escape, exts)) or "(?!)"
+    return re.compile(rf"^(?P<stem>.+)\.(?P<variant>[A-Za-z0-9_]+)\.(?P<ext>{alt})(?P<index>\.index\.json)?$")
 
 
 def _is_side_file(path: str) -> bool:
@@ -76,8 +112,9 @@ def _is_side_file(path: str) -> bool:
 def _drop_variants(names: list[str]) -> list[str]:
     """Keep one file (or index) per stem: the plain one if present, else the preferred variant."""
     groups: dict[tuple, dict[str, list[str]]] = {}
+    variant = _variant_pattern()
     for n in names:
-        if (m := _VARIANT.match(n)) is not None:
+        if (m := variant.match(n)) is not None:
             groups.setdefault((m["stem"], m["ext"]), {}).setdefault(m["variant"], []).append(n)
     drop = set()
     for (stem, ext), variants in groups.items():
@@ -104,10 +141,12 @@ def _normalise_diffusers(names: list[str]) -> dict[str, str]:
     return alias
 
 
-def _choose_root(names: list[str]) -> tuple[tuple[str, ...], str] | None:
-    """Rules 1–4 on the files of one folder (no sub-folders): (files, format) or None."""
+def _choose_root(names: list[str], rules: tuple[FileRule, ...]) -> tuple[tuple[str, ...], str] | None:
+    """The rules below :data:`COMPONENTS` on the files of one folder (no sub-folders): (files, format) or None."""
     alias = _normalise_diffusers(_drop_variants(names))
-    for rule in FILE_RULES[:4]:
+    for rule in rules:
+        if rule.priority > COMPONENTS:
+            break
         if rule.index and rule.index in alias:
             return (alias[rule.index],), rule.format
         for pattern in rule.patterns:
@@ -140,27 +179,31 @@ def choose_weight_files(paths: Iterable[str], where: str = "", adapter: bool = F
     NoWeightsError
         No weight file of a known format.
     """
+    from hubscan.weights import READERS, reader_for
+
     names = [p for p in paths if not _is_side_file(p) or posixpath.basename(p).startswith("adapter_model.")]
     top = [n for n in names if "/" not in n]
     if adapter:
         for a in ADAPTER_FILES:
             if a in top:
-                return (a,), ("safetensors" if a.endswith(".safetensors") else "torch")
+                return (a,), reader_for(a).name
         raise NoWeightsError(where, "no adapter_model.* file")
+    rules = file_rules()
     weights = [n for n in names if not posixpath.basename(n).startswith("adapter_model.")]
-    root = _choose_root([n for n in weights if "/" not in n])
+    root = _choose_root([n for n in weights if "/" not in n], rules)
     if root is not None:
         return root
     components, formats = [], set()
     folders = sorted({n.split("/", 1)[0] for n in weights if n.count("/") == 1})
     for folder in folders:
-        got = _choose_root([n.split("/", 1)[1] for n in weights if n.startswith(folder + "/") and n.count("/") == 1])
+        got = _choose_root([n.split("/", 1)[1] for n in weights if n.startswith(folder + "/") and n.count("/") == 1],
+                           rules)
         if got is not None:
             components += [f"{folder}/{f}" for f in got[0]]
             formats.add(got[1])
     if components:
         return tuple(components), "+".join(sorted(formats))
-    for rule in FILE_RULES[5:]:
+    for rule in (r for r in rules if r.priority > COMPONENTS):
         pool = weights if rule.anywhere else [n for n in weights if "/" not in n]
         for pattern in rule.patterns:
             hits = sorted(f for f in pool if fnmatch.fnmatch(f, pattern))
@@ -168,14 +211,17 @@ def choose_weight_files(paths: Iterable[str], where: str = "", adapter: bool = F
                 return (tuple(hits[:1]) if rule.anywhere else tuple(hits)), rule.format
     if any(posixpath.basename(n).startswith("adapter_model.") for n in names):
         return choose_weight_files(names, where, adapter=True)
-    raise NoWeightsError(where, "no weight files found (safetensors, pytorch_model*.bin, ONNX, GGUF, .pt …)")
+    raise NoWeightsError(where, f"no weight files found ({', '.join(READERS)})")
 
 
 def component_prefix(path: str, chosen: Iterable[str]) -> str:
-    """The tensor-name prefix of a chosen file: ``"<folder>/"`` when the choice is components (rule 5),
-    else ``""`` (an index's shards, ONNX in ``onnx/`` and GGUF files keep their names)."""
+    """The tensor-name prefix of a chosen file: ``"<folder>/"`` when the choice is components, else ``""``
+    (an index's shards, and the file an ``anywhere`` rule found, e.g. ONNX in ``onnx/``, keep their names)."""
+    from hubscan.weights import READERS
+
     chosen = list(chosen)
-    if any(c.endswith((".onnx", ".gguf")) for c in chosen) or "/" not in path:
+    anywhere = tuple(s for r in READERS.values() if any(rule.anywhere for rule in r.rules) for s in r.suffixes)
+    if any(c.lower().endswith(anywhere) for c in chosen) or "/" not in path:
         return ""
     return path.rsplit("/", 1)[0] + "/" if all("/" in c for c in chosen) else ""
 

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
-from hubscan.weights import register_reader
+from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
@@ -93,7 +93,7 @@ def can_dequantize(qtype) -> bool:
     return out.shape[-1] == block_size
 
 
-@register_reader("gguf", [".gguf"])
+@register_reader("gguf", [".gguf"], rules=[FileRule(("*.gguf",), anywhere=True, priority=70)])
 def open_gguf(path: str | os.PathLike) -> WeightSet:
     """Open a ``.gguf`` file memory-mapped; tensors are read (and dequantized) one at a time.
 

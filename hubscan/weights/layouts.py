@@ -30,16 +30,18 @@ from typing import Callable, Iterable
 import torch
 
 from hubscan.errors import SkippedTensor
+from hubscan.registry import Registry
 from hubscan.weights.base import TensorEntry
 
-__all__ = ["register_scheme", "schemes", "resolve_layouts", "mark_ties", "folded", "not_understood"]
+__all__ = ["SCHEMES", "register_scheme", "schemes", "resolve_layouts", "mark_ties", "folded", "not_understood"]
 
 log = logging.getLogger(__name__)
 
 #: A scheme: ``fold(entries by name) -> replacement entries`` (each naming the companions it consumed).
 Scheme = Callable[[dict], list]
 
-_SCHEMES: dict[str, Scheme] = {}
+#: The quantization-scheme registry: name → fold function, in the order they run.
+SCHEMES: Registry[Scheme] = Registry("quantization scheme")
 
 _INTEGER_BUFFERS = {"int64", "uint64", "bool"}
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
@@ -51,19 +53,19 @@ def register_scheme(name: str) -> Callable[[Scheme], Scheme]:
 
     ``fold(by_name)`` receives the entries not yet claimed by an earlier scheme (name → TensorEntry) and
     returns new entries for the weights it recognises, each with ``companions`` set to the names it
-    folded in (those are then removed from the set). Schemes run in registration order.
+    folded in (those are then removed from the set). Schemes run in registration order; a name
+    registered again is replaced (with a :class:`~hubscan.registry.RegistryWarning`).
     """
 
     def decorate(fold: Scheme) -> Scheme:
-        _SCHEMES[name] = fold
-        return fold
+        return SCHEMES.register(name, fold, module=fold.__module__)
 
     return decorate
 
 
 def schemes() -> list[str]:
     """Names of the registered schemes, in the order they run."""
-    return list(_SCHEMES)
+    return list(SCHEMES)
 
 
 def folded(entry: TensorEntry, companions: Iterable[str], shape: tuple, layout: str,
@@ -109,7 +111,7 @@ def resolve_layouts(entries: Iterable[TensorEntry]) -> list[TensorEntry]:
     entries = list(entries)
     replaced: dict[str, TensorEntry] = {}
     consumed: set[str] = set()
-    for name, fold in _SCHEMES.items():
+    for name, fold in SCHEMES.items():
         free = {e.name: e for e in entries if e.name not in consumed and e.name not in replaced}
         for new in fold(free):
             replaced[new.name] = new
