@@ -14,7 +14,7 @@ from hubscan.refs import ModelRef, local_fingerprint
 from hubscan.sources import register_source
 
 def _is_weight_file(p: Path) -> bool:
-    from hubscan.weights import weight_suffixes  # the readers' registry: one list of what is a weight file
+    from hubscan.weights import weight_suffixes  # the readers' registry: what they read is what is listed
 
     return p.is_file() and p.suffix.lower() in weight_suffixes()
 
@@ -23,14 +23,15 @@ def _is_model_dir(p: Path) -> bool:
     """One model in a folder: Hugging Face layout (config.json, a sharded index, model.safetensors /
     pytorch_model.bin) or a single weight file. A folder of several unrelated weight files is not
     one model: each file is."""
+    from hubscan.weights.files import main_weight_files  # the rules choose_weight_files applies
+
     if not p.is_dir():
         return False
     children = list(p.iterdir())
     weights = [c for c in children if _is_weight_file(c)]
     if any(c.name.endswith(".index.json") or c.name == "model_index.json" for c in children):
         return True  # sharded, or a diffusers pipeline (its components in sub-folders are one model)
-    if weights and ((p / "config.json").is_file() or any(c.name in ("model.safetensors", "pytorch_model.bin")
-                                                         for c in weights)):
+    if weights and ((p / "config.json").is_file() or any(c.name in main_weight_files() for c in weights)):
         return True
     return len(weights) == 1
 

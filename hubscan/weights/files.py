@@ -39,7 +39,7 @@ from typing import Iterable
 
 from hubscan.errors import CorruptFileError, NoWeightsError
 
-__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
+__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
            "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
 
 
@@ -93,6 +93,12 @@ NOT_WEIGHT_FILES = ("training_args.bin", "optimizer.pt", "optimizer.bin", "sched
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 _VARIANT_ORDER = ("fp32", "bf16", "fp16")
 _DIFFUSERS_STEMS = ("diffusion_pytorch_model",)  # diffusers' weight file name, treated like model.safetensors
+
+
+def main_weight_files() -> tuple[str, ...]:
+    """The file names a sharded rule stands for when unsharded (``model.safetensors``, ``pytorch_model.bin``):
+    one of them in a folder makes the folder a model (:mod:`hubscan.sources.local`)."""
+    return tuple(p for r in file_rules() if r.index for p in r.patterns if not any(c in p for c in "*?["))
 
 
 def _variant_pattern() -> re.Pattern:
