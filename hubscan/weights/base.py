@@ -11,6 +11,32 @@ from typing import Callable, Iterator
 
 import torch
 
+#: Bytes a reader may spend beyond twice a file's size (see :func:`memory_budget`).
+MEMORY_SLACK = 128 << 20
+
+
+def memory_budget(file_size: int) -> int:
+    """The most memory a reader may spend on what a file *claims* rather than on tensors it maps: its
+    parsed structure (headers, metadata, pickled objects) and the allocations it asks for (a pickled
+    ``bytearray(n)``, a sparse tensor's dense form, a compressed entry's expansion).
+
+    ``2 * file_size + MEMORY_SLACK`` bytes: a file can justify holding its own bytes (twice: the raw bytes
+    and their decoded form) and a fixed amount more, never a size it merely states. Readers refuse a file
+    that would need more (:class:`~hubscan.errors.CorruptFileError`), which keeps reading any file, hostile
+    or not, within the README's bound (RSS growth at most twice the file's size plus 256 MB).
+
+    Parameters
+    ----------
+    file_size : int
+        The file's size in bytes.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
+    return 2 * max(int(file_size), 0) + MEMORY_SLACK
+
 
 @dataclasses.dataclass(frozen=True)
 class TensorEntry:

@@ -1,20 +1,33 @@
-"""GGUF reader (llama.cpp's format): tensors read memory-mapped through the ``gguf`` package's ``GGUFReader``.
+"""GGUF reader (llama.cpp's format): the header parsed here with bounds, tensors read memory-mapped.
 
-Layout
-    A header (magic ``GGUF``, version, key/value metadata), then one info record per tensor (name, dims, ggml
-    type, offset) and the aligned data area. ``GGUFReader`` parses the header and maps the file
-    (``numpy.memmap``); nothing is read until a tensor's ``load()``, which reads (and dequantizes) that tensor
-    alone.
+Layout (ggml ``docs/gguf.md``, versions 2 and 3, little-endian)
+    ``GGUF`` magic, u32 version, u64 tensor count, u64 key/value count; the key/value metadata (key: u64
+    length + UTF-8 bytes; u32 value type; the value: a scalar, a string, or an array of u32 item type, u64
+    count and the items, arrays nesting); one info record per tensor (name, u32 n_dims, n_dims × u64 dims,
+    u32 ggml type, u64 offset into the data area); padding to ``general.alignment`` (32 by default); the
+    data area.
+
+Parsing (:func:`read_header`)
+    The header is walked once over a memory map of the file, and every count or length is checked
+    against the bytes left in the file *before* anything is read or allocated for it: an array of ``n``
+    items needs at least ``n ×`` (its item's smallest encoding) bytes, a tensor count ``n`` at least
+    ``24 n`` bytes, and so on; a claim that cannot fit is a :class:`~hubscan.errors.CorruptFileError` at
+    once. Metadata arrays (tokenizer vocabularies and merges: most of a GGUF header) are skipped, not
+    built: a fixed-size array in one step, an array of strings by walking its length prefixes. Memory is
+    thus O(number of keys + tensors) and time O(header bytes). (``gguf.GGUFReader`` builds a numpy view
+    per array item, ~190 bytes of memory per byte of string array, and follows a count of 2**62 past
+    the file's end without limit; the ``gguf`` package is used for the ggml type table, the byte shapes
+    of quantized rows and ``gguf.quants.dequantize``.) Every tensor's bytes must lie inside the file,
+    and no two tensors may share bytes (refused as corrupt, as for safetensors).
 
 Orientation
     GGUF stores dims in ggml order, fastest-varying first (``ne[0]`` is the row length), i.e. **reversed**
-    from numpy/torch order. In gguf 0.19 ``ReaderTensor.shape`` is that raw ggml order, while
-    ``ReaderTensor.data`` is a numpy array in numpy order (for quantized types its last axis counts bytes, not
-    elements). hubscan reports ``tuple(reversed(tensor.shape))``: the numpy/torch order, which is the original
-    PyTorch orientation, e.g. ``(out, in)`` for a Linear weight, ``(vocab, dim)`` for ``token_embd.weight``.
-    (llama.cpp's converters write the torch array as is; their permutation of q/k rows for rotary embeddings
-    reorders rows and leaves the eigenvalues of WᵀW unchanged.) Names are GGUF names (``blk.0.attn_q.weight``),
-    not the Hugging Face ones.
+    from numpy/torch order. hubscan reports ``tuple(reversed(dims))``: the numpy/torch order, which is the
+    original PyTorch orientation, e.g. ``(out, in)`` for a Linear weight, ``(vocab, dim)`` for
+    ``token_embd.weight`` (``gguf.GGUFReader``'s ``ReaderTensor.shape`` is the raw ggml order, its
+    ``.data`` the numpy order). (llama.cpp's converters write the torch array as is; their permutation of
+    q/k rows for rotary embeddings reorders rows and leaves the eigenvalues of WᵀW unchanged.) Names are
+    GGUF names (``blk.0.attn_q.weight``), not the Hugging Face ones.
 
 Dtypes
     ``F32``, ``F16``, ``BF16``, ``F64`` load as float32/float16/bfloat16/float64; ``I8``/``I16``/``I32``/
@@ -28,21 +41,26 @@ Dtypes
     as a uint8 tensor of shape ``(..., bytes per row)``.
 
 Refused
-    A file ``GGUFReader`` cannot parse (bad magic, unsupported version, truncated, duplicate names, a tensor
-    past the end of the file) is a :class:`~hubscan.errors.CorruptFileError`; big-endian files are an
-    :class:`~hubscan.errors.UnsupportedFormatError`. A tensor of a ggml type newer than the installed ``gguf``
-    package is set aside before ``GGUFReader`` builds its tensors (the library refuses the whole file
-    otherwise): that tensor's entry is skipped ``unknown GGUF tensor type <id>`` (the model ``incomplete``),
-    the other tensors are read as usual.
+    A malformed header (bad magic, a version other than 2 or 3, a count or length past the end of the
+    file, a key or tensor name that is not UTF-8, a duplicate key or tensor name, more than 4 dims, a bad
+    ``general.alignment``), a tensor outside the file, and overlapping tensors are a
+    :class:`~hubscan.errors.CorruptFileError`; big-endian files are an
+    :class:`~hubscan.errors.UnsupportedFormatError`. A tensor of a ggml type the installed ``gguf`` package
+    does not know (a newer quantization) cannot be sized: its entry is skipped ``unknown GGUF tensor type
+    <id>`` (the model ``incomplete``), the other tensors are read as usual.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
+import math
+import mmap
 import os
-import re
+import struct
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -52,11 +70,243 @@ from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
-__all__ = ["open_gguf", "can_dequantize"]
+__all__ = ["open_gguf", "read_header", "GGUFHeader", "GGUFTensorInfo", "GGUFArray", "can_dequantize"]
 
 log = logging.getLogger(__name__)
 
 _MIN_HEADER = 24  # magic, version (4 bytes each), tensor count, key/value count (8 bytes each)
+_VERSIONS = (2, 3)
+_MAX_DIMS = 4  # GGML_MAX_DIMS: llama.cpp refuses more
+_MAX_NESTING = 8  # arrays of arrays (the format allows them; no writer nests)
+_DEFAULT_ALIGNMENT = 32
+#: Metadata value types (gguf.md ``gguf_metadata_value_type``) with a fixed size: type id -> struct format.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY, _UINT32 = 8, 9, 4
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+_TENSOR_INFO_MIN = 8 + 4 + 4 + 8  # empty name, n_dims = 0, type, offset
+_KV_MIN = 8 + 4 + 1  # empty key, type, a one-byte value
+
+
+class GGUFArray(NamedTuple):
+    """A metadata array, not read: its item type id, item count and the file offset of its first item."""
+
+    item_type: int
+    count: int
+    offset: int
+
+
+class GGUFTensorInfo(NamedTuple):
+    """One tensor-info record, checked against the file.
+
+    ``dims`` in ggml order (fastest-varying first); ``start``/``nbytes`` its bytes in the file (absolute
+    offset; ``nbytes`` None for a ggml type the installed ``gguf`` does not know, whose size is unknown)."""
+
+    name: str
+    dims: tuple
+    type_id: int
+    start: int
+    nbytes: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFHeader:
+    """A parsed GGUF header (:func:`read_header`).
+
+    Attributes
+    ----------
+    version : int
+    metadata : dict
+        Key -> value: scalars as Python numbers/bools, strings decoded (invalid UTF-8 replaced), arrays
+        as :class:`GGUFArray` (not read).
+    tensors : list of GGUFTensorInfo
+        In file order.
+    alignment : int
+        ``general.alignment`` (default 32).
+    data_offset : int
+        Start of the data area (end of the header, padded to ``alignment``).
+    """
+
+    version: int
+    metadata: dict
+    tensors: list
+    alignment: int
+    data_offset: int
+
+
+class _Cursor:
+    """Reads little-endian fields from ``buf``, every length checked against the bytes left."""
+
+    def __init__(self, buf, where: str):
+        self.buf, self.pos, self.end, self.where = buf, 0, len(buf), where
+
+    def bad(self, why: str) -> CorruptFileError:
+        return CorruptFileError(self.where, f"not a readable GGUF file: {why}")
+
+    def need(self, n: int, what: str) -> int:
+        """Claim ``n`` bytes for ``what``; returns where they start."""
+        if n > self.end - self.pos:
+            raise self.bad(f"{what} needs {n:,} bytes at byte {self.pos:,} but the file ends "
+                           f"{self.end - self.pos:,} bytes later (corrupt or truncated)")
+        start = self.pos
+        self.pos += n
+        return start
+
+    def u32(self, what: str) -> int:
+        return _U32.unpack_from(self.buf, self.need(4, what))[0]
+
+    def u64(self, what: str) -> int:
+        return _U64.unpack_from(self.buf, self.need(8, what))[0]
+
+    def raw_string(self, what: str) -> bytes:
+        n = self.u64(f"the length of {what}")
+        start = self.need(n, what)
+        return bytes(self.buf[start:start + n])
+
+    def text(self, what: str) -> str:
+        raw = self.raw_string(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.bad(f"{what} {raw[:60]!r} is not UTF-8") from None
+
+    def value(self, vtype: int, what: str, depth: int = 0):
+        """Read (scalars, strings) or skip (arrays: a :class:`GGUFArray`) one metadata value."""
+        if vtype in _SCALARS:
+            fmt = _SCALARS[vtype]
+            return struct.unpack_from(fmt, self.buf, self.need(struct.calcsize(fmt), what))[0]
+        if vtype == _STRING:
+            return self.raw_string(what).decode("utf-8", "replace")
+        if vtype != _ARRAY:
+            raise self.bad(f"{what} has value type {vtype}, which GGUF does not define")
+        if depth >= _MAX_NESTING:
+            raise self.bad(f"{what}: arrays nested more than {_MAX_NESTING} deep")
+        item = self.u32(f"the item type of {what}")
+        count = self.u64(f"the length of {what}")
+        smallest = struct.calcsize(_SCALARS[item]) if item in _SCALARS else {_STRING: 8, _ARRAY: 12}.get(item)
+        if smallest is None:
+            raise self.bad(f"{what} is an array of value type {item}, which GGUF does not define")
+        if count * smallest > self.end - self.pos:  # cannot fit: refused before any item is looked at
+            raise self.bad(f"{what} claims {count:,} items of at least {smallest} bytes each, but the file "
+                           f"ends {self.end - self.pos:,} bytes later (corrupt or truncated)")
+        start = self.pos
+        if item in _SCALARS:
+            self.pos += count * smallest
+        elif item == _STRING:  # walk the length prefixes (the hot loop of a tokenizer vocabulary)
+            buf, pos, end, unpack = self.buf, self.pos, self.end, _U64.unpack_from
+            for _ in range(count):
+                if pos + 8 > end:
+                    break
+                pos += 8 + unpack(buf, pos)[0]
+            else:
+                if pos <= end:
+                    self.pos = pos
+                    return GGUFArray(item, count, start)
+            raise self.bad(f"{what}: its strings run past the end of the file (corrupt or truncated)")
+        else:
+            for i in range(count):
+                self.value(_ARRAY, f"{what}[{i}]", depth + 1)
+        return GGUFArray(item, count, start)
+
+
+def read_header(path: str | os.PathLike) -> GGUFHeader:
+    """Parse and check a GGUF file's header against the file (module docstring, "Parsing").
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    GGUFHeader
+
+    Raises
+    ------
+    CorruptFileError
+        Not GGUF, a version other than 2 or 3, a count or length that does not fit in the file, a key or
+        tensor name not UTF-8, duplicate keys or names, a tensor with more than 4 dims, a quantized row
+        that is not whole blocks, a bad ``general.alignment``, a tensor outside the file, two tensors
+        sharing bytes.
+    UnsupportedFormatError
+        A big-endian file.
+    """
+    where = os.fspath(path)
+    size = os.path.getsize(where)
+    with open(where, "rb") as f:
+        head = f.read(_MIN_HEADER)
+        if head[:4] != b"GGUF":
+            refuse_other_format(head[:SNIFF_BYTES], where, "not a GGUF file")
+            raise CorruptFileError(where, f"not a GGUF file (starts with {head[:4]!r}, not b'GGUF')")
+        if size < _MIN_HEADER:
+            raise CorruptFileError(where, f"file is {size} bytes, too short for a GGUF header ({_MIN_HEADER} bytes)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _parse(buf, size, where)
+
+
+def _parse(buf, size: int, where: str) -> GGUFHeader:
+    cur = _Cursor(buf, where)
+    cur.need(4, "the magic")
+    version = cur.u32("the version")
+    if version & 0xFFFF == 0 and version:  # the version's bytes swapped: written on a big-endian machine
+        raise UnsupportedFormatError(where, "big-endian GGUF file")
+    if version not in _VERSIONS:
+        raise cur.bad(f"version {version} (hubscan reads GGUF versions {' and '.join(map(str, _VERSIONS))})")
+    n_tensors, n_kv = cur.u64("the tensor count"), cur.u64("the metadata count")
+    if n_kv * _KV_MIN + n_tensors * _TENSOR_INFO_MIN > size - cur.pos:
+        raise cur.bad(f"{n_kv:,} metadata entries and {n_tensors:,} tensors cannot fit in a {size:,}-byte file")
+    metadata, types = {}, {}
+    for i in range(n_kv):
+        key = cur.text(f"metadata key {i}")
+        if key in metadata:
+            raise cur.bad(f"duplicate metadata key {key!r}")
+        types[key] = cur.u32(f"the value type of {key!r}")
+        metadata[key] = cur.value(types[key], f"metadata {key!r}")
+    infos = []
+    for i in range(n_tensors):
+        name = cur.text(f"tensor name {i}")
+        n_dims = cur.u32(f"the dims count of tensor {name!r}")
+        if n_dims > _MAX_DIMS:
+            raise cur.bad(f"tensor {name!r} has {n_dims} dims (GGUF tensors have at most {_MAX_DIMS})")
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, cur.need(8 * n_dims, f"the dims of tensor {name!r}"))
+        infos.append((name, dims, cur.u32(f"the type of tensor {name!r}"), cur.u64(f"the offset of tensor {name!r}")))
+    alignment = metadata.get("general.alignment", _DEFAULT_ALIGNMENT)
+    if "general.alignment" in metadata and (types["general.alignment"] != _UINT32 or alignment == 0
+                                            or alignment & (alignment - 1)):
+        raise cur.bad(f"general.alignment {alignment!r} is not a power of two stored as uint32")
+    data_offset = -(-cur.pos // alignment) * alignment
+    return GGUFHeader(version, metadata, _check_tensors(infos, data_offset, size, cur), alignment, data_offset)
+
+
+def _check_tensors(infos: list, data_offset: int, size: int, cur: _Cursor) -> list[GGUFTensorInfo]:
+    """Size each tensor from its dims and ggml type and check it lies in the file, apart from the others."""
+    gguf = _gguf()
+    names, tensors = set(), []
+    for name, dims, type_id, offset in infos:
+        if name in names:
+            raise cur.bad(f"duplicate tensor name {name!r}")
+        names.add(name)
+        start = data_offset + offset
+        try:
+            qtype = gguf.GGMLQuantizationType(type_id)
+        except ValueError:  # a newer ggml type: its size is unknown, only its start is checked
+            if start > size:
+                raise cur.bad(f"tensor {name!r} starts at byte {start:,}, past the end of the file ({size:,} bytes)")
+            tensors.append(GGUFTensorInfo(name, dims, type_id, start, None))
+            continue
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        if block > 1 and (not dims or dims[0] % block):
+            raise cur.bad(f"tensor {name!r}: rows of {dims[0] if dims else 0} elements are not whole {qtype.name} "
+                          f"blocks of {block}")
+        nbytes = math.prod(dims) // block * type_size
+        if start + nbytes > size:
+            raise cur.bad(f"tensor {name!r} needs bytes [{start:,}, {start + nbytes:,}) but the file holds {size:,} "
+                          "(truncated?)")
+        tensors.append(GGUFTensorInfo(name, tuple(dims), type_id, start, nbytes))
+    stored = sorted((t for t in tensors if t.nbytes), key=lambda t: (t.start, t.nbytes))
+    for a, b in zip(stored, stored[1:]):
+        if b.start < a.start + a.nbytes:
+            raise CorruptFileError(cur.where, f"tensors {a.name!r} [{a.start}, {a.start + a.nbytes}) and {b.name!r} "
+                                              f"[{b.start}, {b.start + b.nbytes}) overlap")
+    return tensors
 
 
 def _gguf():
@@ -72,7 +322,7 @@ def _gguf():
 
 @functools.cache
 def _plain_types() -> dict:
-    """ggml types stored as plain arrays -> torch dtype (BF16 comes from GGUFReader as bytes, viewed here)."""
+    """ggml types stored as plain arrays -> torch dtype (BF16 is viewed from its bytes)."""
     Q = _gguf().GGMLQuantizationType
     return {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16, Q.F64: torch.float64,
             Q.I8: torch.int8, Q.I16: torch.int16, Q.I32: torch.int32, Q.I64: torch.int64}
@@ -95,7 +345,8 @@ def can_dequantize(qtype) -> bool:
 
 @register_reader("gguf", [".gguf"], rules=[FileRule(("*.gguf",), anywhere=True, priority=70)])
 def open_gguf(path: str | os.PathLike) -> WeightSet:
-    """Open a ``.gguf`` file memory-mapped; tensors are read (and dequantized) one at a time.
+    """Open a ``.gguf`` file: header parsed and checked (:func:`read_header`), tensors read (and dequantized)
+    one at a time from a memory map.
 
     Parameters
     ----------
@@ -109,42 +360,23 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
 
     Raises
     ------
-    CorruptFileError
-        ``GGUFReader`` refused the file (bad magic or version, truncated, malformed header).
-    UnsupportedFormatError
-        Big-endian file, or a tensor type unknown to the installed ``gguf`` package.
+    CorruptFileError, UnsupportedFormatError
+        See :func:`read_header`.
     """
     where = os.fspath(path)
     gguf = _gguf()
-    size = os.path.getsize(where)
-    with open(where, "rb") as f:
-        head = f.read(_MIN_HEADER)
-    if head[:4] != b"GGUF":
-        refuse_other_format(head[:SNIFF_BYTES], where, "not a GGUF file")
-        raise CorruptFileError(where, f"not a GGUF file (starts with {head[:4]!r}, not b'GGUF')")
-    if size < _MIN_HEADER:
-        raise CorruptFileError(where, f"file is {size} bytes, too short for a GGUF header ({_MIN_HEADER} bytes)")
-    try:
-        reader = _tolerant_reader()(where, "r")
-    except ValueError as e:
-        match = re.search(r"(\d+) is not a valid GGMLQuantizationType", str(e))
-        if match:
-            raise UnsupportedFormatError(where, f"tensor type {match.group(1)} is unknown to gguf "
-                                                f"{_version()} (a newer ggml quantization?)") from e
-        raise CorruptFileError(where, f"not a readable GGUF file ({_one_line(e)})") from e
-    except Exception as e:  # struct/index/key errors from a malformed header, I/O errors
-        raise CorruptFileError(where, f"not a readable GGUF file ({_one_line(e)})") from e
-    if reader.byte_order != "I":
-        raise UnsupportedFormatError(where, "big-endian GGUF file")
+    header = read_header(where)
     Q = gguf.GGMLQuantizationType
+    mapped = np.memmap(where, mode="r") if header.tensors else None
     entries, dequantized, undequantizable = [], {}, collections.Counter()
-    for name, shape, type_id in getattr(reader, "unknown_tensors", []):
-        entries.append(TensorEntry(name, shape, f"ggml type {type_id}", where, lambda: torch.empty(0),
-                                   skip_reason=f"unknown GGUF tensor type {type_id} (gguf {_version()} cannot "
-                                               "decode it)", understood=False))
-    for t in reader.tensors:
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        qtype = Q(t.tensor_type)
+    for t in header.tensors:
+        shape = tuple(int(d) for d in reversed(t.dims))
+        if t.nbytes is None:
+            entries.append(TensorEntry(t.name, shape, f"ggml type {t.type_id}", where, lambda: torch.empty(0),
+                                       skip_reason=f"unknown GGUF tensor type {t.type_id} (gguf {_version()} cannot "
+                                                   "decode it)", understood=False))
+            continue
+        qtype = Q(t.type_id)
         if qtype in _plain_types():
             dtype = str(_plain_types()[qtype]).removeprefix("torch.")
         elif can_dequantize(qtype):
@@ -154,7 +386,7 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
             dtype = qtype.name.lower()
             undequantizable[qtype.name] += 1
         entries.append(TensorEntry(t.name, shape, dtype, where,
-                                   functools.partial(_load, t.data, qtype, shape, dtype, t.name, where)))
+                                   functools.partial(_load, mapped, t, qtype, shape, dtype, where)))
     if dequantized:
         counts = collections.Counter(dequantized.values())
         log.info("%s: dequantizing %d quantized tensor(s) to float32 (%s)", where, len(dequantized),
@@ -172,47 +404,23 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
                      stats={"dequantized": dequantized} if dequantized else {})
 
 
-@functools.cache
-def _tolerant_reader() -> type:
-    """``GGUFReader`` that sets aside tensors of a ggml type the installed ``gguf`` does not know (in
-    ``unknown_tensors``: name, numpy-order shape, type id) instead of refusing the file. It filters the
-    parsed tensor-info fields before the library's own ``_build_tensors`` (name, n_dims, dims, type,
-    offset: the GGUF tensor-info layout); if that hook ever changes, it defers to the library unchanged."""
+def _load(mapped: np.memmap, t: GGUFTensorInfo, qtype, shape: tuple, dtype: str, where: str) -> torch.Tensor:
+    """One tensor's bytes from the map: plain types as their numpy dtype, BF16 viewed from bytes, quantized
+    types dequantized (or their raw blocks, shape ``(..., bytes per row)``)."""
     gguf = _gguf()
-
-    class TolerantReader(gguf.GGUFReader):
-        def _build_tensors(self, start_offs, fields):
-            self.unknown_tensors, known = [], []
-            try:
-                for field in fields:
-                    _name_len, name, _n_dims, dims, raw_dtype, _offset = field.parts
-                    try:
-                        gguf.GGMLQuantizationType(int(raw_dtype[0]))
-                        known.append(field)
-                    except ValueError:
-                        self.unknown_tensors.append((bytes(name).decode("utf-8", "replace"),
-                                                     tuple(int(d) for d in reversed(dims.tolist())),
-                                                     int(raw_dtype[0])))
-            except (ValueError, TypeError, AttributeError):  # another field layout: the library decides
-                self.unknown_tensors, known = [], fields
-            return super()._build_tensors(start_offs, known)
-
-    return TolerantReader
-
-
-def _load(data: np.ndarray, qtype, shape: tuple, dtype: str, name: str, where: str) -> torch.Tensor:
-    gguf = _gguf()
+    raw = mapped[t.start:t.start + t.nbytes]
     try:
-        if dtype == "bfloat16":  # bytes (..., 2 * n) -> bfloat16 (..., n)
-            return torch.from_numpy(np.array(data, dtype=np.uint8)).view(torch.bfloat16).reshape(shape)
+        if dtype == "bfloat16":
+            return torch.from_numpy(np.array(raw)).view(torch.bfloat16).reshape(shape)
         if qtype in _plain_types():
-            return torch.from_numpy(np.array(data)).reshape(shape)
+            return torch.from_numpy(np.array(raw.view(str(_plain_types()[qtype]).removeprefix("torch.")))).reshape(shape)
+        blocks = raw.reshape(gguf.quants.quant_shape_to_byte_shape(shape, qtype))
         if dtype == "float32":
-            out = gguf.quants.dequantize(np.asarray(data), qtype)
+            out = gguf.quants.dequantize(np.asarray(blocks), qtype)
             return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).reshape(shape)
-        return torch.from_numpy(np.array(data, dtype=np.uint8))  # raw blocks of an undequantizable type
+        return torch.from_numpy(np.array(blocks, dtype=np.uint8))  # raw blocks of an undequantizable type
     except Exception as e:
-        raise CorruptFileError(where, f"tensor {name!r} is unreadable: {_one_line(e)}") from e
+        raise CorruptFileError(where, f"tensor {t.name!r} is unreadable: {_one_line(e)}") from e
 
 
 def _version() -> str:

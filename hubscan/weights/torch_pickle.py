@@ -1,22 +1,32 @@
 """Torch checkpoints (``.pt``, ``.pth``, ``.bin``, ``.ckpt``, ``.jit``), loaded without executing code.
 
 Loading
-    1. ``torch.load(weights_only=True, map_location="cpu")`` inside ``torch.serialization.safe_globals``
-       with :data:`SAFE_GLOBALS`, an explicit allow-list of known-safe types (``argparse.Namespace``,
-       ``pathlib`` paths, numpy arrays/scalars/dtypes, ``collections`` containers, ``builtins`` containers).
-       Zip archives are memory-mapped (``mmap=True``); legacy pre-zip files cannot be, and are read whole.
-    2. If torch's weights-only unpickler refuses the pickle (a global outside the allow-list, or an opcode it
-       does not implement, such as protocol 4's ``FRAME``), the file is read again by
-       :class:`RestrictedUnpickler`: a ``pickle.Unpickler`` whose ``find_class`` resolves only allow-listed
-       globals (:data:`SAFE_GLOBALS` plus torch's own weights-only list), with storages served from the zip
-       (memory-mapped) or from the legacy file body. It handles every pickle protocol. A global outside the
-       allow-list raises :class:`~hubscan.errors.UnsafeFileError` naming it. ``weights_only=False`` and
-       plain ``pickle.load`` are never used.
+    Every checkpoint is read by :class:`RestrictedUnpickler`, a pure-Python unpickler (CPython's
+    ``pickle._Unpickler``) whose ``find_class`` resolves only allow-listed globals: :data:`SAFE_GLOBALS`
+    (``argparse.Namespace``, ``pathlib`` paths, numpy arrays/scalars/dtypes, ``collections`` containers,
+    ``builtins`` containers) plus torch's own weights-only list. Storages are served from the zip archive
+    (memory-mapped, ``<root>/data/<key>``) or from a legacy (pre-zip) file's body, read whole. It handles
+    every pickle protocol. A global outside the allow-list raises :class:`~hubscan.errors.UnsafeFileError`
+    naming it. ``torch.load``, ``weights_only=False`` and plain ``pickle.load`` are never used: torch's
+    weights-only loader allows ``builtins.bytearray``, storage and legacy tensor constructors without
+    bounding their arguments (a 33 KB file asking for ``bytearray(1_500_000_000)`` costs 1.5 GB there).
     TorchScript archives (a zip with ``constants.pkl``/``code/``; any suffix) hold code. Their ``data.pkl``
     is read by the same restricted unpickler, with every ``__torch__.*`` class replaced by an inert
     :class:`ScriptObject` that only stores its attributes: the tensors come out, no TorchScript runs. An
     archive this cannot read is refused with ``UnsupportedFormatError("TorchScript archives hold code; not
     loaded (<why>)")``.
+
+Memory
+    What a checkpoint makes the loader allocate is charged to the file's
+    :func:`~hubscan.weights.base.memory_budget` (twice its size plus 128 MiB); a file that would go over it
+    is refused (:class:`~hubscan.errors.CorruptFileError`) before the allocation. Charged: the pickle's own
+    bytes (read into memory, decoded strings), each opcode run (:data:`OPCODE_BYTES`; more than the object
+    it builds), a compressed zip entry's expanded size, each legacy storage, and each call of an allowed
+    callable in proportion to what it allocates from its arguments (:func:`call_bytes`: ``bytearray(n)``,
+    ``torch.FloatStorage(n)``, ``torch.FloatTensor(*sizes)``, numpy ``_reconstruct``/``ndarray`` shapes
+    and array states, ``_rebuild_qtensor`` sizes, ``_rebuild_device_tensor_from_*`` conversions, any
+    container built from an iterable). Sparse tensors' indices are validated after loading, as
+    ``torch.load`` does, and a sparse tensor is densified only when its dense form fits the same budget.
 
 Finding the tensors (the naming rule)
     The object is walked through dicts, lists/tuples, ``argparse.Namespace`` and ``ScriptObject`` s.
@@ -34,7 +44,7 @@ Finding the tensors (the naming rule)
 Tensor kinds
     Dense (strided) tensors as stored; two names on one storage (same bytes, offset, shape, strides) are
     one tensor stored once (``TensorEntry.storage``: the twin is skipped ``tied to …``). Sparse COO / CSR /
-    CSC / BSR / BSC tensors are densified when read (skipped above :data:`MAX_DENSIFY` elements).
+    CSC / BSR / BSC tensors are densified when read (skipped when the dense form exceeds the memory budget).
     ``DTensor`` s (allowed by torch itself under ``weights_only`` once ``torch.distributed.tensor`` is
     imported, which registers them) give their local tensor when it is the whole tensor (one-device mesh or
     replicated), else they are skipped. Nested tensors (strided or jagged) have no matrix: skipped with
@@ -50,12 +60,12 @@ import collections
 import functools
 import io
 import logging
+import math
 import os
 import pathlib
 import pickle
 import re
 import struct
-import warnings
 import zipfile
 
 import numpy as np
@@ -64,11 +74,11 @@ import torch.jit._pickle
 
 from hubscan.errors import CorruptFileError, HubscanError, UnsafeFileError, UnsupportedFormatError
 from hubscan.weights import FileRule, register_reader
-from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.base import TensorEntry, WeightSet, memory_budget
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
 __all__ = ["SAFE_GLOBALS", "STATE_DICT_KEYS", "RestrictedUnpickler", "ScriptObject", "load_checkpoint",
-           "find_tensors", "open_torch"]
+           "find_tensors", "open_torch", "call_bytes", "OPCODE_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +87,12 @@ STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "
 _NOT_WEIGHTS = re.compile(r"optim|sched|scaler", re.IGNORECASE)
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch's pre-zip serialization starts with this pickled int
 _NUMPY_FLOATS = (np.float16, np.float32, np.float64)
-#: Sparse tensors with more elements than this are skipped rather than densified (2 GiB of float64).
-MAX_DENSIFY = 1 << 28
+#: Bytes charged per pickle opcode run: each builds at most one object (an empty set, 216 bytes + its GC
+#: header, is charged twice this), plus a memo or stack slot.
+OPCODE_BYTES = 128
+#: Bytes charged per item a call may build from an iterable argument, or per element of a tensor whose
+#: element size is not known before the call (complex128, the largest).
+ITEM_BYTES = 16
 
 
 class Unreadable:
@@ -168,8 +182,109 @@ class ScriptObject:
         self.__dict__.update(state if isinstance(state, dict) else {"state": state})
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """A ``pickle.Unpickler`` that resolves only allow-listed globals.
+class _Budget:
+    """The bytes a checkpoint may still make the loader allocate (module docstring, "Memory")."""
+
+    def __init__(self, where: str, file_size: int):
+        self.where, self.size = where, file_size
+        self.limit = self.left = memory_budget(file_size)
+
+    def charge(self, nbytes: int, what: str) -> None:
+        """Take ``nbytes`` from the budget, or raise CorruptFileError naming ``what`` when it has not got them."""
+        if nbytes > self.left:
+            raise CorruptFileError(self.where, f"{what} would allocate {_size(self.limit - self.left + nbytes)}; a "
+                                               f"{_size(self.size)} checkpoint may use {_size(self.limit)} (twice its "
+                                               "size plus 128 MiB): refused")
+        self.left -= nbytes
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _elements(shape: object) -> int:
+    """The number of elements of a shape given as a pickle passes it (an int or a sequence of ints); 0 for
+    anything else (the callee then refuses it itself)."""
+    dims = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else (shape,)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims):
+        return 0
+    return math.prod(dims)
+
+
+def _itemsize(dtype: object) -> int:
+    try:
+        return np.dtype(dtype).itemsize or ITEM_BYTES
+    except Exception:  # noqa: BLE001 - not a numpy dtype: the largest element
+        return ITEM_BYTES
+
+
+def _is_torch_class(func: object) -> bool:
+    """A torch class a pickle may call to allocate: storages, legacy tensor types (``torch.FloatTensor``),
+    ``torch.Tensor`` and its subclasses."""
+    return isinstance(func, type) and (func.__module__ or "").startswith("torch")
+
+
+def call_bytes(func: object, args: tuple, kwargs: dict | None = None) -> int:
+    """An upper bound of the bytes calling ``func(*args, **kwargs)`` allocates beyond its arguments, for
+    the allowed callables a pickle may call (module docstring, "Memory").
+
+    Parameters
+    ----------
+    func : callable
+        An allow-listed global (or a class whose ``__new__`` a NEWOBJ opcode calls).
+    args : tuple
+    kwargs : dict, optional
+
+    Returns
+    -------
+    int
+        ``bytearray(n)``: n; numpy ``_reconstruct(cls, shape, dtype)`` and ``ndarray(shape, dtype)`` without
+        a buffer: elements × item size; a torch class called with sizes (``torch.FloatStorage(n)``,
+        ``torch.FloatTensor(a, b)``): elements × 16; ``_rebuild_qtensor``: its size's elements × 4;
+        ``_rebuild_device_tensor_from_numpy/cpu_tensor``: elements × 16; ``_rebuild_from_type_v2(f, t, a, s)``:
+        that of ``f(*a)``; plus, for every call, 16 bytes per item of each list, tuple, dict, set, str or
+        bytes argument (``list(b"...")`` builds one object per byte).
+    """
+    kwargs = kwargs or {}
+    items = sum(len(a) for a in (*args, *kwargs.values())
+                if isinstance(a, (list, tuple, dict, set, frozenset, str, bytes, bytearray))) * ITEM_BYTES
+    if func is torch._tensor._rebuild_from_type_v2 and len(args) >= 3 and isinstance(args[2], tuple):
+        return items + call_bytes(args[0], args[2])
+    if func is _RECONSTRUCT and len(args) >= 3:
+        return items + _elements(args[1]) * _itemsize(args[2])
+    if func is np.ndarray and args and (len(args) < 3 or args[2] is None) and "buffer" not in kwargs:
+        return items + _elements(args[0]) * _itemsize(args[1] if len(args) > 1 else kwargs.get("dtype", float))
+    if func is torch._utils._rebuild_qtensor and len(args) >= 3:
+        return items + _elements(args[2]) * 4
+    if func in (torch._utils._rebuild_device_tensor_from_numpy, torch._utils._rebuild_device_tensor_from_cpu_tensor) \
+            and args and hasattr(args[0], "shape"):
+        return items + _elements(tuple(args[0].shape)) * ITEM_BYTES
+    if func is bytearray and args and isinstance(args[0], int):
+        return items + max(args[0], 0)
+    if _is_torch_class(func) and args and all(isinstance(a, int) for a in args):
+        return items + _elements(args) * ITEM_BYTES
+    return items
+
+
+def _describe(func: object, args: tuple) -> str:
+    """``module.name(arg, …)`` for messages, each argument short."""
+    def short(a: object) -> str:
+        if isinstance(a, (list, tuple, dict, set, frozenset, str, bytes, bytearray)):
+            return f"<{type(a).__name__} of {len(a)}>" if len(a) > 4 else repr(a)[:40]
+        return repr(a)[:40] if isinstance(a, (int, float, torch.Size)) else f"<{type(a).__name__}>"
+    name = f"{getattr(func, '__module__', '') or ''}.{getattr(func, '__qualname__', type(func).__name__)}"
+    return f"{name.lstrip('.')}({', '.join(map(short, args))})"
+
+
+_RECONSTRUCT = (np._core.multiarray if hasattr(np, "_core") else np.core.multiarray)._reconstruct
+
+
+class RestrictedUnpickler(pickle._Unpickler):
+    """A pure-Python unpickler that resolves only allow-listed globals and charges what it allocates to a
+    memory budget (module docstring).
 
     Parameters
     ----------
@@ -180,16 +295,23 @@ class RestrictedUnpickler(pickle.Unpickler):
         Resolves torch storage references; without it a storage reference is a corrupt file.
     script : bool
         Resolve ``__torch__.*`` classes to a fresh :class:`ScriptObject` subclass (TorchScript archives).
+    budget : _Budget, optional
+        Shared by the pickles of one file; by default that of an empty file (128 MiB).
 
     Raises
     ------
     UnsafeFileError
         From ``load()``, when the pickle names a global outside the allow-list.
+    CorruptFileError
+        From ``load()``, when it would allocate more than the budget.
     """
 
-    def __init__(self, file, where: str, persistent_load=None, script: bool = False):
+    dispatch = dict(pickle._Unpickler.dispatch)  # opcode -> method, the calling ones checked (below)
+
+    def __init__(self, file, where: str, persistent_load=None, script: bool = False, budget: _Budget | None = None):
         super().__init__(file, encoding="utf-8")
         self._where, self._script, self._storage = where, script, persistent_load
+        self._budget = budget if budget is not None else _Budget(where, 0)
 
     def find_class(self, module: str, name: str) -> object:
         key = f"{module}.{name}"
@@ -207,9 +329,63 @@ class RestrictedUnpickler(pickle.Unpickler):
             raise CorruptFileError(self._where, "pickle refers to a tensor storage outside it")
         return self._storage(pid)
 
+    def _call(self, func: object, args: tuple, kwargs: dict | None = None) -> None:
+        """Charge a call the pickle is about to make (REDUCE, NEWOBJ, NEWOBJ_EX, INST, OBJ)."""
+        try:
+            nbytes = call_bytes(func, args, kwargs)
+        except TypeError:  # arguments of the wrong kind: the callee refuses them itself
+            nbytes = 0
+        if nbytes:
+            self._budget.charge(nbytes, _describe(func, args))
+
+    def load_reduce(self):
+        self._call(self.stack[-2], tuple(self.stack[-1]))
+        super().load_reduce()
+
+    def load_newobj(self):
+        self._call(self.stack[-2], tuple(self.stack[-1]))
+        super().load_newobj()
+
+    def load_newobj_ex(self):
+        self._call(self.stack[-3], tuple(self.stack[-2]), dict(self.stack[-1]))
+        super().load_newobj_ex()
+
+    def _instantiate(self, klass, args):
+        self._call(klass, tuple(args))
+        super()._instantiate(klass, args)
+
+    def load_build(self):
+        inst, state = self.stack[-2], self.stack[-1]
+        if isinstance(inst, np.ndarray) and isinstance(state, tuple) and len(state) >= 3:
+            self._budget.charge(_elements(state[1]) * _itemsize(state[2]), f"numpy array state of shape {state[1]}")
+        super().load_build()
+
+    for _op, _method in ((pickle.REDUCE, load_reduce), (pickle.NEWOBJ, load_newobj), (pickle.NEWOBJ_EX, load_newobj_ex),
+                         (pickle.BUILD, load_build)):
+        dispatch[_op[0]] = _method
+    del _op, _method
+
+
+def _charge_opcodes(dispatch: dict) -> None:
+    """Wrap every opcode method to charge :data:`OPCODE_BYTES` (twice for EMPTY_SET) before it runs."""
+    def charged(method, cost):
+        def run(self):
+            budget = self._budget
+            if cost > budget.left:
+                budget.charge(cost, "the pickle's objects")
+            budget.left -= cost
+            method(self)
+        return run
+
+    for op, method in list(dispatch.items()):
+        dispatch[op] = charged(method, 2 * OPCODE_BYTES if op == pickle.EMPTY_SET[0] else OPCODE_BYTES)
+
+
+_charge_opcodes(RestrictedUnpickler.dispatch)
+
 
 def load_checkpoint(path: str | os.PathLike) -> object:
-    """Unpickle a torch checkpoint safely (see module docstring for the two loaders).
+    """Unpickle a torch checkpoint safely, within its memory budget (see module docstring).
 
     Parameters
     ----------
@@ -225,32 +401,25 @@ def load_checkpoint(path: str | os.PathLike) -> object:
     UnsafeFileError
         A global outside the allow-list.
     CorruptFileError
-        Not a readable torch checkpoint (truncated zip, bad magic number, missing storage …).
+        Not a readable torch checkpoint (truncated zip, bad magic number, missing storage …), or one that
+        would make the loader allocate more than its memory budget.
     UnsupportedFormatError
         A TorchScript archive whose data.pkl the restricted unpickler cannot read; big-endian data; storage
-        views of torch < 1.0 that torch's own loader also failed to read.
+        views of torch < 1.0.
     """
     where = os.fspath(path)
     _register_torch_safe_types()
     _sniff(where)
-    is_zip = zipfile.is_zipfile(where)
-    if is_zip and _is_torchscript(where):
-        try:
-            return _guarded(_load_zip, where, script=True)
-        except HubscanError as e:
-            raise UnsupportedFormatError(where, f"TorchScript archives hold code; not loaded ({e.reason})") from e
-    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: the restricted unpickler reads it all
-        return _guarded(_load_zip if is_zip else _load_legacy, where)
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # handled below
-            return torch.load(where, map_location="cpu", weights_only=True, mmap=is_zip)
-    except pickle.UnpicklingError as e:
-        log.info("%s: torch's weights-only loader refused it (%s); reading it with the restricted unpickler",
-                 where, _reason(e))
-    except Exception as e:
-        raise CorruptFileError(where, f"not a readable torch checkpoint: {_reason(e)}") from e
-    return _guarded(_load_zip if is_zip else _load_legacy, where)
+    budget = _Budget(where, os.path.getsize(where))
+    if not zipfile.is_zipfile(where):
+        return _guarded(_load_legacy, where, budget)
+    with zipfile.ZipFile(where) as z:
+        if _is_torchscript(z):
+            try:
+                return _guarded(_load_zip, where, z, budget, script=True)
+            except HubscanError as e:
+                raise UnsupportedFormatError(where, f"TorchScript archives hold code; not loaded ({e.reason})") from e
+        return _guarded(_load_zip, where, z, budget)
 
 
 @functools.cache
@@ -287,63 +456,75 @@ def _sniff(where: str) -> None:
                                       f"(it starts with {head[:8]!r})")
 
 
-def _guarded(loader, where: str, **kw) -> object:
+def _guarded(loader, where: str, *args, **kw) -> object:
+    """Run a loader: hubscan's own errors as they are, anything else as an unreadable checkpoint; the sparse
+    tensors it built are validated as ``torch.load`` does (indices inside their size: ``to_dense`` would
+    otherwise read out of bounds)."""
     try:
-        return loader(where, **kw)
+        obj = loader(where, *args, **kw)
+        with torch.sparse.check_sparse_tensor_invariants():  # turns the check on
+            torch._utils._validate_loaded_sparse_tensors()
+        return obj
     except HubscanError:
         raise
     except Exception as e:
         raise CorruptFileError(where, f"not a readable torch checkpoint: {_reason(e)}") from e
+    finally:
+        torch._utils._sparse_tensors_to_validate.clear()
 
 
 def _reason(e: BaseException) -> str:
     """The informative line of an exception message (torch's messages carry paragraphs of advice)."""
-    text = str(e)
-    match = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    if isinstance(e, OSError) and not match:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if isinstance(e, OSError):
         return f"unreadable ({e.strerror or 'I/O error'}; truncated or damaged?)"
-    if isinstance(e, (EOFError, pickle.UnpicklingError)) and not match:
+    if isinstance(e, (EOFError, pickle.UnpicklingError)):
         return f"the pickle ends early or is damaged (truncated?): {lines[-1] if lines else 'no data'}"
-    return match.group(1).strip() if match else (lines[-1] if lines else "unreadable")
+    return lines[-1] if lines else type(e).__name__
 
 
-def _is_torchscript(where: str) -> bool:
-    with zipfile.ZipFile(where) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+def _is_torchscript(z: zipfile.ZipFile) -> bool:
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
-def _load_zip(where: str, script: bool = False) -> object:
+def _read_entry(z: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, what: str) -> bytes:
+    """An archive entry's bytes, its expanded size charged first (a compressed entry may expand 1000-fold)."""
+    budget.charge(info.file_size, f"{what} ({info.file_size} bytes once expanded)")
+    return z.read(info)
+
+
+def _load_zip(where: str, z: zipfile.ZipFile, budget: _Budget, script: bool = False) -> object:
     """A torch zip archive (``<root>/data.pkl`` + ``<root>/data/<key>``) by the restricted unpickler."""
-    with zipfile.ZipFile(where) as z:
-        pkl = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")), None)
-        if pkl is None:
-            raise CorruptFileError(where, "zip archive without <root>/data.pkl: not a torch checkpoint")
-        root = pkl[: -len("data.pkl")]
-        if root + "byteorder" in z.namelist() and z.read(root + "byteorder").strip() != b"little":
-            raise UnsupportedFormatError(where, "big-endian torch archive")
-        mapped = torch.UntypedStorage.from_file(where, shared=False, nbytes=os.path.getsize(where))
-        storages: dict[str, torch.storage.TypedStorage] = {}
+    pkl = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")), None)
+    if pkl is None:
+        raise CorruptFileError(where, "zip archive without <root>/data.pkl: not a torch checkpoint")
+    root = pkl[: -len("data.pkl")]
+    if root + "byteorder" in z.namelist() and z.read(root + "byteorder").strip() != b"little":
+        raise UnsupportedFormatError(where, "big-endian torch archive")
+    mapped = torch.UntypedStorage.from_file(where, shared=False, nbytes=os.path.getsize(where))
+    storages: dict[str, torch.storage.TypedStorage] = {}
 
-        def storage(pid: tuple) -> torch.storage.TypedStorage:
-            kind, storage_type, key, _location, numel = pid
-            if kind != "storage":
-                raise CorruptFileError(where, f"unknown persistent id {kind!r} in data.pkl")
-            dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
-            if key not in storages:
-                nbytes = numel * dtype.itemsize
-                info = z.getinfo(f"{root}data/{key}")
-                if info.file_size < nbytes:
-                    raise CorruptFileError(where, f"storage {key} holds {info.file_size} bytes, {nbytes} needed")
-                if info.compress_type == zipfile.ZIP_STORED:  # torch writes stored entries: map them
-                    start = _zip_data_offset(where, info)
-                    untyped = mapped[start:start + nbytes]
-                else:
-                    untyped = torch.frombuffer(bytearray(z.read(info)[:nbytes]), dtype=torch.uint8).untyped_storage()
-                storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
-            return storages[key]
+    def storage(pid: tuple) -> torch.storage.TypedStorage:
+        kind, storage_type, key, _location, numel = pid
+        if kind != "storage":
+            raise CorruptFileError(where, f"unknown persistent id {kind!r} in data.pkl")
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        if key not in storages:
+            nbytes = numel * dtype.itemsize
+            info = z.getinfo(f"{root}data/{key}")
+            if info.file_size < nbytes:
+                raise CorruptFileError(where, f"storage {key} holds {info.file_size} bytes, {nbytes} needed")
+            if info.compress_type == zipfile.ZIP_STORED:  # torch writes stored entries: map them
+                start = _zip_data_offset(where, info)
+                untyped = mapped[start:start + nbytes]
+            else:
+                raw = bytearray(_read_entry(z, info, budget, f"storage {key}")[:nbytes])
+                untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+            storages[key] = torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+        return storages[key]
 
-        return RestrictedUnpickler(io.BytesIO(z.read(pkl)), where, storage, script=script).load()
+    data = _read_entry(z, z.getinfo(pkl), budget, "data.pkl")
+    return RestrictedUnpickler(io.BytesIO(data), where, storage, script=script, budget=budget).load()
 
 
 def _zip_data_offset(where: str, info: zipfile.ZipInfo) -> int:
@@ -356,13 +537,15 @@ def _zip_data_offset(where: str, info: zipfile.ZipInfo) -> int:
     return info.header_offset + 30 + name_len + extra_len
 
 
-def _load_legacy(where: str) -> object:
+def _load_legacy(where: str, budget: _Budget) -> object:
     """Pre-zip torch serialization (or a bare pickle) by the restricted unpickler; read whole, not mapped.
 
     Layout: pickles of the magic number, protocol version, sys info, the object (storages as persistent
     ids), the list of storage keys; then each storage as an 8-byte little-endian element count + raw bytes.
+    The pickles' bytes are charged to the budget, and each storage before it is allocated.
     """
     storages: dict[str, torch.Tensor] = {}
+    budget.charge(budget.size, "the pickles")  # what their strings and bytes can decode to
 
     def storage(pid: tuple) -> torch.storage.TypedStorage:
         kind, storage_type, key, _location, numel, view = pid
@@ -371,20 +554,27 @@ def _load_legacy(where: str) -> object:
         if view is not None:
             raise UnsupportedFormatError(where, "legacy storage views (torch < 1.0) are not supported")
         if key not in storages:
+            nbytes = numel * storage_type.dtype.itemsize
+            if nbytes > budget.size:
+                raise CorruptFileError(where, f"storage {key} claims {nbytes} bytes; the file holds {budget.size}")
+            budget.charge(nbytes, f"storage {key}")
             storages[key] = torch.empty(numel, dtype=storage_type.dtype)
         return torch.storage.TypedStorage(wrap_storage=storages[key].untyped_storage(), dtype=storage_type.dtype,
                                           _internal=True)
 
     with open(where, "rb") as f:
-        first = RestrictedUnpickler(f, where).load()
+        def load(persistent_load=None) -> object:
+            return RestrictedUnpickler(f, where, persistent_load, budget=budget).load()
+
+        first = load()
         if not (isinstance(first, int) and first == _LEGACY_MAGIC):
             return first  # a bare pickle: the object itself
-        RestrictedUnpickler(f, where).load()  # protocol version
-        sys_info = RestrictedUnpickler(f, where).load()
+        load()  # protocol version
+        sys_info = load()
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise UnsupportedFormatError(where, "big-endian legacy torch file")
-        obj = RestrictedUnpickler(f, where, storage).load()
-        for key in RestrictedUnpickler(f, where).load():
+        obj = load(storage)
+        for key in load():
             buf = storages[key].view(torch.uint8).numpy()
             count = f.read(8)
             if len(count) < 8 or struct.unpack("<q", count)[0] != storages[key].numel() or f.readinto(buf) != buf.size:
@@ -498,21 +688,24 @@ def open_torch(path: str | os.PathLike) -> WeightSet:
     """
     where = os.fspath(path)
     tensors = find_tensors(load_checkpoint(where), where)
-    entries = [_entry(name, t, where) for name, t in tensors]
+    budget = memory_budget(os.path.getsize(where))
+    entries = [_entry(name, t, where, budget) for name, t in tensors]
     log.debug("%s: %d tensors", where, len(entries))
     return WeightSet(files=[where], format="torch", entries=lambda: iter(entries), close=entries.clear)
 
 
-def _entry(name: str, t: torch.Tensor | Unreadable, where: str) -> TensorEntry:
+def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> TensorEntry:
     if isinstance(t, Unreadable):
         why = f"{t.kind}: not a weight matrix" if t.understood else t.kind
         return TensorEntry(name, (), "", where, lambda: torch.empty(0), skip_reason=why, understood=t.understood)
     dtype = str(t.dtype).removeprefix("torch.")
     if t.layout != torch.strided:
         layout = str(t.layout).removeprefix("torch.")
-        if t.numel() > MAX_DENSIFY:
+        dense = t.numel() * t.element_size()
+        if dense > budget:
             return TensorEntry(name, tuple(t.shape), dtype, where, lambda: torch.empty(0),
-                               skip_reason=f"{layout} tensor of {t.numel()} elements: too large to densify")
+                               skip_reason=f"{layout} tensor of {t.numel()} elements: its dense form ({_size(dense)}) is "
+                                           f"more than this file may use ({_size(budget)})")
         return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_densify, t))
     storage = (where, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
     return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(torch.Tensor.detach, t),
