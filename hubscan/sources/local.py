@@ -15,15 +15,17 @@ from hubscan.sources import register_source
 
 def _is_weight_file(p: Path) -> bool:
     from hubscan.weights import weight_suffixes  # the readers' registry: what they read is what is listed
+    from hubscan.weights.files import unread_formats  # and what they recognise but do not read (then skipped)
 
-    return p.is_file() and p.suffix.lower() in weight_suffixes()
+    return p.is_file() and (p.suffix.lower() in weight_suffixes() or bool(unread_formats([p.name])))
 
 
 def _is_model_dir(p: Path) -> bool:
     """One model in a folder: Hugging Face layout (config.json, a sharded index, model.safetensors /
-    pytorch_model.bin) or a single weight file. A folder of several unrelated weight files is not
+    pytorch_model.bin), a single weight file, or the parts / quantizations of one file (GGUF,
+    :func:`~hubscan.weights.files.one_model`). A folder of several unrelated weight files is not
     one model: each file is."""
-    from hubscan.weights.files import main_weight_files  # the rules choose_weight_files applies
+    from hubscan.weights.files import main_weight_files, one_model  # the rules choose_weight_files applies
 
     if not p.is_dir():
         return False
@@ -33,7 +35,7 @@ def _is_model_dir(p: Path) -> bool:
         return True  # sharded, or a diffusers pipeline (its components in sub-folders are one model)
     if weights and ((p / "config.json").is_file() or any(c.name in main_weight_files() for c in weights)):
         return True
-    return len(weights) == 1
+    return len(weights) == 1 or one_model([c.name for c in weights])
 
 
 def local_metadata(path: Path) -> dict:
