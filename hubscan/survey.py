@@ -162,7 +162,7 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
                       family=_family(meta), hubscan_version=__version__, survey_id=survey_id,
                       analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
-              "num_parameters", "eval_results", "gated", "created_at", "last_modified"):
+              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read"):
         if k in meta:
             row[k] = meta[k]
     if summary:

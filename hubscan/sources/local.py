@@ -40,7 +40,11 @@ def _is_model_dir(p: Path) -> bool:
 
 def local_metadata(path: Path) -> dict:
     """model_type / architectures from a folder's ``config.json`` when present; ``family``: the model_type,
-    else :func:`local_family` of the name."""
+    else :func:`local_family` of the name; ``files_not_read``: a folder's weight files its choice leaves
+    unread (:func:`hubscan.weights.files.unread_files`)."""
+    from hubscan.weights import folder_listing
+    from hubscan.weights.files import unread_files
+
     cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
     meta: dict = {"library_name": None, "model_type": None, "architectures": []}
     if cfg.is_file():
@@ -51,6 +55,7 @@ def local_metadata(path: Path) -> dict:
         except (ValueError, OSError):
             pass
     meta["family"] = meta["model_type"] or local_family(os.fspath(path))
+    meta["files_not_read"] = unread_files(folder_listing(path), os.fspath(path)) if path.is_dir() else []
     return meta
 
 

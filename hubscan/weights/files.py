@@ -59,7 +59,7 @@ from typing import Callable, Iterable
 from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError
 
 __all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
-           "SPLIT", "UNREAD_FORMATS", "unread_formats", "files_not_read", "one_model",
+           "SPLIT", "UNREAD_FORMATS", "unread_formats", "files_not_read", "unread_files", "one_model",
            "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
 
 
@@ -375,6 +375,17 @@ def files_not_read(paths: Iterable[str], chosen: Iterable[str]) -> tuple[str, ..
     unread = {f for files in unread_formats(paths).values() for f in files}
     return tuple(sorted(p for p in paths if (_is_weight_like(p) or p in unread) and p not in covered
                         and _set_key(p) not in covered and not any(fnmatch.fnmatch(p, g) for g in shard_globs)))
+
+
+def unread_files(paths: Iterable[str], where: str = "") -> list[str]:
+    """:func:`files_not_read` of a listing under its own choice (all its weight-like files when nothing is
+    chosen, e.g. only an OpenVINO IR): what a model's ``files_not_read`` column holds."""
+    paths = list(paths)
+    try:
+        chosen, _ = choose_weight_files(paths, where)
+    except NoWeightsError:
+        chosen = ()
+    return list(files_not_read(paths, chosen))
 
 
 def one_model(names: Iterable[str]) -> bool:

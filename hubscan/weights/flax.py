@@ -191,7 +191,8 @@ def read_tree(buf, where: str) -> dict:
     Returns
     -------
     dict
-        Nested maps; leaves are :class:`FlaxArray` (chunked arrays joined) or scalars.
+        Nested maps; leaves are :class:`FlaxArray` (chunked arrays joined), scalars, or located bin values
+        (offset and length, not read); other extension values are None.
 
     Raises
     ------
@@ -206,8 +207,8 @@ def read_tree(buf, where: str) -> dict:
         raise walker.bad(f"the top level is a {type(tree).__name__}, not a map of parameters")
 
     def resolve(node, path: str):
-        if isinstance(node, _Bin):
-            return _array(buf, node, where, path) if node.code is not None else None
+        if isinstance(node, _Bin):  # an array (extension 1 / 3) located; a plain bin left as located bytes
+            return _array(buf, node, where, path) if node.code is not None else node
         if isinstance(node, dict) and node.get(_CHUNKED) is True:
             return _chunked(node, path)
         if isinstance(node, dict):
