@@ -15,22 +15,15 @@ from hubscan.hub import HubClient
 from hubscan.weights.files import choose_weight_files, files_not_read, one_model
 from hubscan.weights.gguf import gguf_copy
 
+from test_formats import _write_gguf
+
 Q = gguf.GGMLQuantizationType
 RNG = np.random.default_rng(11)
 MATRICES = {f"blk.{i}.attn_q.weight": RNG.standard_t(4, (48 + 8 * i, 64)).astype(np.float32) for i in range(5)}
 
 
 def write(path, qtype=None, split: int = 0) -> None:
-    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split)
-    for name, a in MATRICES.items():
-        if qtype is None:
-            writer.add_tensor(name, a)
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(a, qtype), raw_dtype=qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_gguf(path, {name: (a, qtype) for name, a in MATRICES.items()}, split)
 
 
 def alphas(res) -> dict:

@@ -196,11 +196,13 @@ def _resolve_from_cache(ref: ModelRef, repo: str, client: HubClient) -> tuple[Mo
     names = sorted(os.path.relpath(os.path.join(d, n), snap).replace(os.sep, "/")
                    for d, _, files in os.walk(snap) for n in files)
     files, _ = choose_files(names, repo)
-    meta: dict = {}
+    from hubscan.weights.files import files_not_read
+
+    meta: dict = {"files_not_read": list(files_not_read(names, files))}
     if "config.json" in names:
         try:
             cfg = json.loads(open(os.path.join(snap, "config.json")).read())
-            meta = {"model_type": cfg.get("model_type"), "architectures": list(cfg.get("architectures") or [])}
+            meta.update(model_type=cfg.get("model_type"), architectures=list(cfg.get("architectures") or []))
         except (OSError, ValueError):
             pass
     return ModelRef(ref.source, ref.id, sha, files, repo), meta
