@@ -218,3 +218,28 @@ def test_files_not_read_reaches_the_models_row():
     row = model_row(ModelRef("hf", "o/m", "a" * 40, ("model.safetensors",), "o/m"),
                     {"files_not_read": ["pytorch_model.bin"]}, "k", "h", "s", "success", "")
     assert row["files_not_read"] == ["pytorch_model.bin"] and row["files"] == ["model.safetensors"]
+
+
+STATUS = {"bin_and_safetensors": "success", "diffusers_sharded": "success", "exl2_like": "incomplete",
+          "flax_only": "success", "gguf_quants": "incomplete", "gguf_split_3_shards": "success",
+          "hqq_like": "incomplete", "keras_only": "success", "mlx_4bit": "success", "openvino_only": "skipped",
+          "tf_only": "success"}
+
+
+@pytest.mark.slow
+def test_surveys_of_the_cases_record_every_model(hub, ray_with_tests_on_path, tmp_path):
+    """A survey of the cases folder and of the Hub: every case one models row, with its status, the unread
+    format named in the reason, and the files its choice left unread."""
+    from hubscan.query import connect
+    from hubscan.survey import SurveyConfig, survey
+
+    assert sorted(STATUS) == NAMES
+    for source, prefix, settings in ((f"local:{CASES}", "", {}), ("hf", "r3/", {"endpoint": hub.endpoint})):
+        out = tmp_path / ("ds-" + source.partition(":")[0])
+        survey(SurveyConfig(source=source, out=str(out), actors=1, progress=False, keep_esd=False, hub=settings))
+        got = {m.removeprefix(prefix): (s, r, f) for m, s, r, f in connect(str(out)).execute(
+            "SELECT model_id, status, reason, files_not_read FROM models").fetchall()}
+        assert {m: s for m, (s, _, _) in got.items()} == STATUS, source
+        assert "OpenVINO IR" in got["openvino_only"][1], source
+        assert list(got["bin_and_safetensors"][2]) == ["pytorch_model.bin"], source
+        assert list(got["openvino_only"][2]) == ["openvino_model.bin", "openvino_model.xml"], source
