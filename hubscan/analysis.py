@@ -472,7 +472,7 @@ class ModelAnalysis:
         """Analyze the tensors one at a time, yielding each matrix's record as it is done."""
         options = self.options
         with self.ws:
-            entries = resolve_layouts(self.ws.entries())
+            entries = resolve_layouts(self.ws.entries(), self.ws.config)
             shapes = {e.name: e.shape for e in entries} if options.split_fused else None
             self._unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
             for row, ev in analyze_entries(entries, options, shapes, unread=self._unread):

@@ -48,6 +48,12 @@ class NoWeightsError(HubscanError, LookupError):
     the model as skipped)."""
 
 
+class UnreadFormatError(NoWeightsError):
+    """A model's only weights are in a format hubscan recognises but does not read (OpenVINO IR, TensorFlow
+    Lite, Core ML …; :data:`hubscan.weights.files.UNREAD_FORMATS`): the model is skipped, the reason naming
+    the format."""
+
+
 class PathNotFoundError(NoWeightsError):
     """A local model path (file or folder) does not exist (a survey records the model as failed)."""
 

@@ -222,6 +222,10 @@ class ModelRecord(Record):
     config_hash: str | None = column("string", "hash of the analysis settings")
     repo_id: str | None = column("string", "hub repo holding the weights (timm models: timm/arch.tag)")
     files: list | None = column("list<string>", "weight files read")
+    files_not_read: list | None = column("list<string>", "weight files of the model not read: copies of what is "
+                                         "read (other formats, precision variants, other GGUF quantizations, "
+                                         "single-file checkpoints beside diffusers components) and formats "
+                                         "hubscan does not read")
     format: str | None = column("string", "safetensors | torch | onnx | gguf")
     status: str | None = column("string", "success | incomplete | failed | skipped")
     reason: str | None = column("string", "why failed / skipped / incomplete")

@@ -10,7 +10,8 @@ Strings accepted (:func:`parse_ref`):
 * ``NAME:BODY`` for any other registered source (:func:`hubscan.sources.register_source`).
 
 Each source parses its own part after the colon (``Source.parse``, registered here with
-:func:`register_scheme`); a string with no registered scheme is a local path. Only the standard library here: every other module may import this one.
+:func:`register_scheme`); a string with no registered scheme is a local path. Only the standard library
+(and the registry type) here: every other module may import this one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import posixpath
 
+from hubscan.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +58,14 @@ class ModelRef:
     root: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
-        if self.source == "local":
+        if self.is_path:
             return self.id
         return f"{self.source}:{self.id}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def is_path(self) -> bool:
+        """Whether the reference is written as a plain path (its source owns references without a scheme)."""
+        return self.source == plain_scheme()
 
     @property
     def path(self) -> str:
@@ -66,14 +73,23 @@ class ModelRef:
         return os.path.join(self.root, self.id) if self.root else self.id
 
 
-#: Reference schemes beyond the built-in ``hf:``, ``timm:`` and ``local:``: name -> parser of the part
-#: after the colon (filled by :func:`hubscan.sources.register_source`).
-_SCHEMES: dict = {}
+#: Reference schemes: name -> parser of the part after the colon (filled by
+#: :func:`hubscan.sources.register_source`).
+SCHEMES: Registry = Registry("reference scheme")
+_PLAIN: list = []  # the scheme of references written without one (paths), when a source registered it
 
 
-def register_scheme(name: str, parse) -> None:
-    """Make ``NAME:BODY`` parse as ``parse(BODY) -> ModelRef`` in :func:`parse_ref`."""
-    _SCHEMES[name] = parse
+def register_scheme(name: str, parse, module: str | None = None, *, plain: bool = False) -> None:
+    """Make ``NAME:BODY`` parse as ``parse(BODY) -> ModelRef`` in :func:`parse_ref` (``module``: who
+    registers it); with ``plain``, also a reference with no registered scheme (a path)."""
+    SCHEMES.register(name, parse, module=module)
+    if plain:
+        _PLAIN[:] = [name]
+
+
+def plain_scheme() -> str | None:
+    """The scheme of references written without one (the source of paths), or None before it registered."""
+    return _PLAIN[0] if _PLAIN else None
 
 
 def parse_ref(text: str | os.PathLike) -> ModelRef:
@@ -94,17 +110,17 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
     ------
     ValueError
         Malformed reference (the source's parser says why: e.g. a repo id with characters the hub
-        does not allow, ``..``), or empty.
+        does not allow, ``..``), or empty; a path before :mod:`hubscan.sources` registered its source.
     """
     text = os.fspath(text)
     scheme, colon, body = text.partition(":")
-    if colon and scheme in _SCHEMES:
-        return _SCHEMES[scheme](body)
-    if text.startswith("local:"):
-        text = text[6:]
+    if colon and scheme in SCHEMES:
+        return SCHEMES[scheme](body)
     if not text:
         raise ValueError("empty model reference")
-    return ModelRef("local", text)
+    if plain_scheme() is None:
+        raise ValueError(f"{text}: no source reads plain paths (import hubscan.sources)")
+    return SCHEMES[plain_scheme()](text)
 
 
 def check_repo_path(path: str, repo: str) -> str:

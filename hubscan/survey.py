@@ -162,7 +162,7 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
                       family=_family(meta), hubscan_version=__version__, survey_id=survey_id,
                       analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
-              "num_parameters", "eval_results", "gated", "created_at", "last_modified"):
+              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read"):
         if k in meta:
             row[k] = meta[k]
     if summary:
@@ -380,10 +380,10 @@ class _Worker:
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
-                 source_modules: tuple = ()):
+                 plugins: tuple = ()):
         import torch
-        from hubscan.sources import load_plugins
-        load_plugins(source_modules)  # sources registered outside hubscan, in this actor's process too
+        from hubscan.registry import load_plugins
+        load_plugins(plugins)  # sources, readers, metrics … registered outside hubscan, here too
         if threads:
             torch.set_num_threads(max(1, int(threads)))
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
@@ -551,7 +551,7 @@ class Survey:
 
     def start_pool(self) -> None:
         import ray
-        from hubscan.sources import plugin_modules
+        from hubscan.registry import plugin_modules
         config = self.config
         self.n_actors, gpa, cpa = _cluster_resources(config)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")

@@ -74,6 +74,26 @@ def safetensors_needed_bytes(path) -> int:
                        if k != "__metadata__" and len(v["shape"]) >= 2)
 
 
+@pytest.fixture(scope="module")
+def ray_with_tests_on_path():
+    """Ray whose workers can import the test modules (so the actors know what a test registered — a toy
+    source, reader or metric — as a plugin's would be known: :func:`hubscan.registry.load_plugins`)."""
+    import ray
+    if ray.is_initialized():
+        ray.shutdown()
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "tests"), old) if p)
+    try:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+    finally:
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
     """End the test process without interpreter finalization, keeping pytest's exit status.

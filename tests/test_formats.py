@@ -390,9 +390,10 @@ def test_onnx_tensor_with_wrong_data_size_fails_that_layer_only(tmp_path):
 # GGUF, written here with gguf.GGUFWriter
 
 
-def _write_gguf(path, tensors: dict[str, tuple[np.ndarray, object]]) -> None:
-    """tensors: name -> (array as numpy/torch order, ggml type or None for the array's own dtype)."""
-    writer = gguf.GGUFWriter(str(path), "llama")
+def _write_gguf(path, tensors: dict[str, tuple[np.ndarray, object]], split: int = 0) -> None:
+    """tensors: name -> (array as numpy/torch order, ggml type or None for the array's own dtype); ``split``:
+    at most that many tensors per file (gguf-split's ``-0000k-of-0000n.gguf`` parts)."""
+    writer = gguf.GGUFWriter(str(path), "llama", split_max_tensors=split)
     for name, (a, qtype) in tensors.items():
         if qtype is None:
             writer.add_tensor(name, a)

@@ -15,20 +15,22 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "hubscan"
 
-_BASE = {"errors", "refs", "hub"}
+_ROOT = {"errors", "registry"}  # every room may import these two (stdlib only)
+_BASE = _ROOT | {"refs", "hub"}
 _READ = _BASE | {"weights", "sources"}
-_MODEL = {"errors", "esd", "records", "schema"}
+_MODEL = _ROOT | {"esd", "records", "schema"}
 _PIPELINE = _READ | _MODEL | {"analysis"}
 _DATA = _PIPELINE | {"store", "query"}
 ALLOWED = {
     "errors": set(),
-    "refs": {"errors"},
-    "hub": {"errors"},
+    "registry": set(),
+    "refs": _ROOT,
+    "hub": _ROOT,
     "weights": _BASE,                          # readers never ask where a model comes from
     "sources": _BASE | {"weights"},            # a source opens its files through the readers
-    "esd": {"errors"},                         # pure math
-    "records": {"errors", "esd"},              # the metric registry defines the layer columns
-    "schema": {"errors", "esd", "records"},
+    "esd": _ROOT,                              # pure math
+    "records": _ROOT | {"esd"},                # the metric registry defines the layer columns
+    "schema": _ROOT | {"esd", "records"},
     "analysis": _PIPELINE,
     "store": _MODEL | {"analysis"},
     "query": _MODEL | {"store"},
@@ -88,3 +90,32 @@ def test_esd_loads_without_io_packages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PKG.parent).stdout.strip()
     assert out == "[]", f"esd modules loaded {out}"
+
+
+def test_the_registries_are_one_type():
+    """Metrics (and their options), readers, quantization schemes, sources and reference schemes: one
+    Registry type, each entry with the module that registered it."""
+    from hubscan.esd.registry import METRICS, metrics
+    from hubscan.refs import SCHEMES as REF_SCHEMES
+    from hubscan.registry import Registry, registries
+    from hubscan.sources import SOURCES
+    from hubscan.weights import READERS
+    from hubscan.weights.layouts import SCHEMES
+
+    metrics()  # the built-in metrics are loaded on first use
+    mine = [METRICS, READERS, SCHEMES, SOURCES, REF_SCHEMES]
+    assert all(isinstance(r, Registry) for r in mine) and all(r in registries() for r in mine)
+    assert READERS.module_of("safetensors") == "hubscan.weights.safetensors"
+    assert SOURCES.module_of("hf") == "hubscan.sources.hf" and REF_SCHEMES.module_of("timm") == "hubscan.sources.timm"
+    assert SCHEMES.module_of("mxfp4") == "hubscan.weights.quantized" and METRICS.module_of("alpha") == "hubscan.esd.metrics"
+    # every ``register_*`` function writes into a module-level Registry (or through another register_*)
+    for path in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        made = {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, ast.Call)
+                and getattr(n.value.func, "id", None) == "Registry"
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+        for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("register_")):
+            calls = [c.func for c in ast.walk(fn) if isinstance(c, ast.Call)]
+            assert any((isinstance(f, ast.Attribute) and f.attr == "register" and getattr(f.value, "id", None) in made)
+                       or (isinstance(f, ast.Name) and f.id.startswith("register_")) for f in calls), \
+                f"{path.relative_to(PKG.parent)}: {fn.name} does not register into a Registry"

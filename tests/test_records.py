@@ -191,8 +191,13 @@ def test_toy_metric_unregistered_is_gone(toy_metric):
         registry.register_metric(TOY, "float64", "re-added for the fixture's cleanup")(lambda s: None)
 
 
-def test_register_twice_is_an_error(toy_metric):
-    with pytest.raises(ValueError, match="already registered"):
-        registry.register_metric(TOY, "float64", "again")(lambda s: 0.0)
+def test_register_twice_warns_naming_the_module_that_wins(toy_metric):
+    from hubscan.registry import RegistryWarning
+    again = lambda s: 0.0  # noqa: E731
+    again.__module__ = "my_plugin"
+    with pytest.warns(RegistryWarning, match=rf"metric '{TOY}' registered again: my_plugin's entry replaces "
+                                             rf"{__name__}'s"):
+        registry.register_metric(TOY, "float64", "again")(again)
+    assert registry.METRICS.module_of(TOY) == "my_plugin" and registry.get_metric(TOY).compute is again
     with pytest.raises(ValueError, match="dtype"):
         registry.register_metric("bad_dtype_metric", "complex128", "no")(lambda s: 0.0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from hubscan.refs import ModelRef, parse_ref
 from hubscan.sources import enumerate_models, parse_spec, register_source, resolve, source_specs
 from hubscan.weights.base import TensorEntry, WeightSet
 
-TESTS = Path(__file__).resolve().parent
 
 
 def _models() -> dict:
@@ -103,25 +101,6 @@ def test_cli_derives_source_choices_from_the_registry(capsys, tmp_path):
     with pytest.raises(SystemExit):
         parser.parse_args(["survey", "--help"])
     assert "memory" in capsys.readouterr().out
-
-
-@pytest.fixture(scope="module")
-def ray_with_tests_on_path():
-    """Ray whose workers can import this module (so the actors know the toy source, as a plugin's would)."""
-    import ray
-    if ray.is_initialized():
-        ray.shutdown()
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), old) if p)
-    try:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-    finally:
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
 
 
 def test_survey_through_a_registered_source(tmp_path, ray_with_tests_on_path):

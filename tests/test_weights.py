@@ -26,7 +26,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
-from hubscan.errors import CorruptFileError, NoWeightsError, UnsafeFileError, UnsupportedFormatError
+from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError, UnsafeFileError, UnsupportedFormatError
 from hubscan.weights import open_weights, reader_for, readers, register_reader
 from hubscan.weights import safetensors as st_reader
 from hubscan.weights.base import WeightSet
@@ -178,7 +178,7 @@ def test_corpus_input_is_refused(cases_dir, case, no_unsafe_loading):
 
 def test_every_corpus_input_has_a_test(cases_dir):
     inputs = {p.name for p in cases_dir.iterdir()} - {"EXPECTED.md", "SOURCE.md", "llm", "hub-r3"}  # llm/:
-    # test_layouts.py; hub-r3/: test_hostile.py and others, as its SOURCE.md files say
+    # test_layouts.py; hub-r3/: test_hostile.py, test_format_cases_r3.py and others, as its SOURCE.md files say
     assert inputs == set(LOADS) | set(ERRORS)
     assert inputs <= set(re.findall(r"[\w.]+", (cases_dir / "EXPECTED.md").read_text()))  # each is documented
 
@@ -358,11 +358,14 @@ def test_registry_and_unknown_suffix(tmp_path):
     assert {s: readers()[s].name for s in (".bin", ".pt", ".pth", ".ckpt", ".jit")} == dict.fromkeys(
         (".bin", ".pt", ".pth", ".ckpt", ".jit"), "torch")
     assert {s: readers()[s].name for s in (".onnx", ".gguf")} == {".onnx": "onnx", ".gguf": "gguf"}
-    path = tmp_path / "model.tflite"
-    path.write_bytes(b"TFL3")
+    path = tmp_path / "model.xyz"
+    path.write_bytes(b"XYZ1")
     with pytest.raises(UnsupportedFormatError) as excinfo:
         open_weights(path)
-    assert_error(excinfo, path, "unsupported file type '.tflite'")
+    assert_error(excinfo, path, "unsupported file type '.xyz'")
+    (tmp_path / "model.tflite").write_bytes(b"TFL3")  # a format hubscan knows and does not read: named
+    with pytest.raises(UnreadFormatError, match="model.tflite: TensorFlow Lite is a format hubscan recognises"):
+        open_weights(tmp_path / "model.tflite")
     with pytest.raises(NoWeightsError, match="no such file or folder"):
         open_weights(tmp_path / "absent.safetensors")
 
@@ -385,7 +388,7 @@ def test_a_new_format_is_one_registration(tmp_path):
     finally:
         from hubscan import weights
 
-        weights._READERS.pop(".npz")
+        weights.READERS.unregister("npz")
 
 
 def test_folder_prefers_safetensors_and_skips_trainer_files(tmp_path, cases_dir):

@@ -9,8 +9,8 @@ alpha guides are all derived from this registry, never listed again by hand.
 
 Adding a metric is one :func:`register_metric` entry with its function, in a module of
 ``hubscan/esd/`` named ``metric_<name>.py`` (found and imported by :func:`metrics`) — see
-CONTRIBUTING.md. Like timm's model registry, registering a name twice is an error unless
-``overwrite=True`` (then a warning).
+CONTRIBUTING.md. The registry is a :class:`hubscan.registry.Registry`: each entry records its
+module, and registering a name twice warns and says which module's entry wins.
 
 This module is pure: no I/O, no pyarrow. Dtypes are strings (``float64``, ``int64``, ``string``,
 ``bool``) that :mod:`hubscan.schema` maps to Arrow types.
@@ -23,6 +23,8 @@ import importlib
 import logging
 import pkgutil
 from typing import Any, Callable
+
+from hubscan.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +118,14 @@ class Metric:
             raise ValueError(f"metric {self.name!r}: only numeric metrics can be averaged into the summary")
 
 
-_REGISTRY: dict[str, Metric] = {}
+#: The metric registry: name → :class:`Metric`, in column order.
+METRICS: Registry[Metric] = Registry("metric")
 _loaded = False
-_generation = 0  # bumped on every change, so derived schemas can be cached
 
 
 def register_metric(name: str, dtype: str, description: str, *, summary: bool = False, correlate: bool = False,
                     label: str = "", higher_is_better: bool | None = None, warn_below: float | None = None,
-                    warn_above: float | None = None, overwrite: bool = False):
+                    warn_above: float | None = None):
     """Decorator registering ``fn(spectrum) -> value`` as the metric ``name`` (see :class:`Metric`).
 
     Columns appear in registration order.
@@ -131,27 +133,25 @@ def register_metric(name: str, dtype: str, description: str, *, summary: bool = 
     Raises
     ------
     ValueError
-        ``name`` is already registered and ``overwrite`` is False, or the dtype is unknown.
+        The dtype is unknown, or a summary metric is not numeric.
+
+    Warns
+    -----
+    hubscan.registry.RegistryWarning
+        ``name`` is already registered: the new entry wins (the warning names both modules).
     """
     def deco(fn: Callable[[Spectrum], Any]) -> Callable[[Spectrum], Any]:
-        global _generation
-        if name in _REGISTRY:
-            if not overwrite:
-                raise ValueError(f"metric {name!r} is already registered")
-            log.warning("metric %r re-registered (overwrite=True)", name)
-        _REGISTRY[name] = Metric(name, dtype, description, fn, summary=summary, correlate=correlate,
-                                 label=label or name, higher_is_better=higher_is_better, warn_below=warn_below,
-                                 warn_above=warn_above)
-        _generation += 1
+        _load()  # the built-in columns first, whoever registers (a plugin imported early, in an actor)
+        METRICS.register(name, Metric(name, dtype, description, fn, summary=summary, correlate=correlate,
+                                      label=label or name, higher_is_better=higher_is_better,
+                                      warn_below=warn_below, warn_above=warn_above), module=fn.__module__)
         return fn
     return deco
 
 
 def unregister_metric(name: str) -> None:
     """Remove a metric (tests that register a toy metric clean up with this)."""
-    global _generation
-    del _REGISTRY[name]
-    _generation += 1
+    METRICS.unregister(name)
 
 
 def _load() -> None:
@@ -169,7 +169,7 @@ def _load() -> None:
 def metrics() -> dict[str, Metric]:
     """Every registered metric, name → :class:`Metric`, in registration order."""
     _load()
-    return dict(_REGISTRY)
+    return dict(METRICS)
 
 
 def get_metric(name: str) -> Metric:
@@ -181,13 +181,13 @@ def get_metric(name: str) -> Metric:
         No such metric.
     """
     _load()
-    return _REGISTRY[name]
+    return METRICS[name]
 
 
 def generation() -> int:
     """A number that changes whenever the registry changes (cache key of derived schemas)."""
     _load()
-    return _generation
+    return METRICS.generation
 
 
 def summary_metrics() -> tuple[str, ...]:

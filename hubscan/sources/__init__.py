@@ -25,8 +25,9 @@ from typing import Iterator, Protocol, runtime_checkable
 from hubscan.errors import SourceError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, parse_ref, register_scheme
+from hubscan.registry import Registry, load_plugins, plugin_modules
 
-__all__ = ["plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources", "source_specs", "parse_spec",
+__all__ = ["SOURCES", "plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources", "source_specs", "parse_spec",
            "enumerate_models", "resolve", "open_ref", "open_model"]
 
 
@@ -62,46 +63,31 @@ class Source(Protocol):
         """The pinned ref's weights as a :class:`~hubscan.weights.base.WeightSet`."""
 
 
-_SOURCES: dict[str, Source] = {}
+#: The source registry: name (its scheme) → source instance.
+SOURCES: Registry[Source] = Registry("source")
 log = logging.getLogger(__name__)
 
 
-def register_source(cls):
+def register_source(cls=None, *, plain: bool = False):
     """Class decorator: register one instance of a :class:`Source` under its ``name``.
 
     A name registered again is taken over by the newer source (a user's own ``hf`` replaces the built-in
-    one). Its ``NAME:`` prefix becomes a reference scheme of :func:`hubscan.refs.parse_ref`.
+    one), with a :class:`~hubscan.registry.RegistryWarning` naming both modules. Its ``NAME:`` prefix becomes
+    a reference scheme of :func:`hubscan.refs.parse_ref`; with ``plain=True`` the source also owns
+    references with no scheme (paths: the local source).
     """
-    source = cls() if isinstance(cls, type) else cls
-    _SOURCES[source.name] = source
-    if source.name != "local":
-        register_scheme(source.name, source.parse)
-    return cls
-
-
-def plugin_modules() -> list[str]:
-    """Modules of registered sources defined outside hubscan: a survey imports them in its actors
-    (processes that did not run the code that registered them)."""
-    return sorted({type(s).__module__ for s in _SOURCES.values()} - {__name__} - set(_BUILTIN))
-
-
-def load_plugins(modules) -> None:
-    """Import source modules by name (each registers its sources on import); see :func:`plugin_modules`.
-
-    A module this process cannot import is logged and left out: the models of its sources then fail
-    with "unknown source", one line each, and the rest of the survey goes on.
-    """
-    import importlib
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            log.warning("source module %s cannot be imported here: %s", name, exc)
+    def deco(cls):
+        source = cls() if isinstance(cls, type) else cls
+        module = cls.__module__ if isinstance(cls, type) else type(cls).__module__
+        SOURCES.register(source.name, source, module=module)
+        register_scheme(source.name, source.parse, module=module, plain=plain)
+        return cls
+    return deco(cls) if cls is not None else deco
 
 
 def sources() -> dict[str, Source]:
     """The registry: name -> source (a copy)."""
-    return dict(_SOURCES)
+    return dict(SOURCES)
 
 
 def get_source(name: str) -> Source:
@@ -112,14 +98,14 @@ def get_source(name: str) -> Source:
     SourceError
         None is.
     """
-    if name not in _SOURCES:
+    if name not in SOURCES:
         raise SourceError(name, f"unknown source (use {', '.join(source_specs())})")
-    return _SOURCES[name]
+    return SOURCES[name]
 
 
 def source_specs() -> list[str]:
     """The ``--source`` forms the registry accepts, e.g. ``['hf', 'timm', 'local:DIR', 'list:FILE']``."""
-    return [s.spec for s in _SOURCES.values()]
+    return [s.spec for s in SOURCES.values()]
 
 
 def parse_spec(spec: str) -> tuple[Source, str | None]:
@@ -227,7 +213,6 @@ def open_model(model: ModelRef | str | os.PathLike, client: HubClient | None = N
 
 
 # Sources register themselves on import; a new source is one more module and one more line here.
-_BUILTIN = ("hubscan.sources.hf", "hubscan.sources.timm", "hubscan.sources.local", "hubscan.sources.listfile")
 from hubscan.sources import hf as _hf  # noqa: E402,F401
 from hubscan.sources import timm as _timm  # noqa: E402,F401
 from hubscan.sources import local as _local  # noqa: E402,F401

@@ -68,8 +68,11 @@ def metadata_from_info(info) -> dict:
     dict
         downloads, likes, library_name, pipeline_tag, tags, num_parameters (safetensors total),
         model_type and architectures (config), eval_results (model-index: list of dicts with task,
-        dataset, split, metric, value), gated, private, created_at, last_modified.
+        dataset, split, metric, value), gated, private, created_at, last_modified, files_not_read (from the
+        siblings: :func:`hubscan.weights.files.unread_files`).
     """
+    from hubscan.weights.files import unread_files
+
     config = getattr(info, "config", None) or {}
     st = getattr(info, "safetensors", None)
     card = getattr(info, "card_data", None)
@@ -89,6 +92,8 @@ def metadata_from_info(info) -> dict:
         "gated": bool(getattr(info, "gated", False)), "private": bool(getattr(info, "private", False)),
         "created_at": str(getattr(info, "created_at", "") or "") or None,
         "last_modified": str(getattr(info, "last_modified", "") or "") or None,
+        "files_not_read": unread_files([s.rfilename for s in (getattr(info, "siblings", None) or [])],
+                                       getattr(info, "id", "")),
     }
 
 
@@ -191,11 +196,13 @@ def _resolve_from_cache(ref: ModelRef, repo: str, client: HubClient) -> tuple[Mo
     names = sorted(os.path.relpath(os.path.join(d, n), snap).replace(os.sep, "/")
                    for d, _, files in os.walk(snap) for n in files)
     files, _ = choose_files(names, repo)
-    meta: dict = {}
+    from hubscan.weights.files import files_not_read
+
+    meta: dict = {"files_not_read": list(files_not_read(names, files))}
     if "config.json" in names:
         try:
             cfg = json.loads(open(os.path.join(snap, "config.json")).read())
-            meta = {"model_type": cfg.get("model_type"), "architectures": list(cfg.get("architectures") or [])}
+            meta.update(model_type=cfg.get("model_type"), architectures=list(cfg.get("architectures") or []))
         except (OSError, ValueError):
             pass
     return ModelRef(ref.source, ref.id, sha, files, repo), meta

@@ -37,9 +37,10 @@ def storable(text: str) -> str:
 
 
 def _is_weight_file(p: Path) -> bool:
-    from hubscan.weights import weight_suffixes  # the readers' registry: one list of what is a weight file
+    from hubscan.weights import weight_suffixes  # the readers' registry: what they read is what is listed
+    from hubscan.weights.files import unread_formats  # and what they recognise but do not read (then skipped)
 
-    return p.is_file() and p.suffix.lower() in weight_suffixes()
+    return p.is_file() and (p.suffix.lower() in weight_suffixes() or bool(unread_formats([p.name])))
 
 
 def _external_data(children: list[Path]) -> set[Path]:
@@ -68,23 +69,29 @@ def _weights(children: list[Path]) -> list[Path]:
 
 def _is_model_dir(p: Path) -> bool:
     """One model in a folder: Hugging Face layout (config.json, a sharded index, model.safetensors /
-    pytorch_model.bin) or a single weight file (an ONNX model's external data files are part of it). A
-    folder of several unrelated weight files is not one model: each file is."""
+    pytorch_model.bin), a single weight file (an ONNX model's external data files are part of it), or the
+    parts / quantizations of one file (GGUF, :func:`~hubscan.weights.files.one_model`). A folder of several
+    unrelated weight files is not one model: each file is."""
+    from hubscan.weights.files import main_weight_files, one_model  # the rules choose_weight_files applies
+
     if not p.is_dir():
         return False
     children = list(p.iterdir())
     weights = _weights(children)
     if any(c.name.endswith(".index.json") or c.name == "model_index.json" for c in children):
         return True  # sharded, or a diffusers pipeline (its components in sub-folders are one model)
-    if weights and ((p / "config.json").is_file() or any(c.name in ("model.safetensors", "pytorch_model.bin")
-                                                         for c in weights)):
+    if weights and ((p / "config.json").is_file() or any(c.name in main_weight_files() for c in weights)):
         return True
-    return len(weights) == 1
+    return len(weights) == 1 or one_model([c.name for c in weights])
 
 
 def local_metadata(path: Path) -> dict:
     """model_type / architectures from a folder's ``config.json`` when present; ``family``: the model_type,
-    else :func:`local_family` of the name."""
+    else :func:`local_family` of the name; ``files_not_read``: a folder's weight files its choice leaves
+    unread (:func:`hubscan.weights.files.unread_files`)."""
+    from hubscan.weights import folder_listing
+    from hubscan.weights.files import unread_files
+
     cfg = path / "config.json" if path.is_dir() else path.parent / "config.json"
     meta: dict = {"library_name": None, "model_type": None, "architectures": []}
     if cfg.is_file():
@@ -95,6 +102,7 @@ def local_metadata(path: Path) -> dict:
         except (ValueError, OSError, TypeError, AttributeError):
             pass
     meta["family"] = meta["model_type"] or local_family(storable(os.fspath(path)))
+    meta["files_not_read"] = unread_files(folder_listing(path), os.fspath(path)) if path.is_dir() else []
     return meta
 
 
@@ -270,7 +278,7 @@ def _walk(top: Path) -> list[tuple[ModelRef, dict]]:
     return found
 
 
-@register_source
+@register_source(plain=True)
 class LocalSource:
     """Files and folders: ``local:PATH`` or a plain path; ``--source local:DIR`` surveys a folder of models.
 

@@ -82,7 +82,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
     from hubscan.weights.layouts import resolve_layouts
 
     # decoded before pairing: a quantized model's ΔW is dequantized W − W_base, its scales no rows
-    base_entries = {e.name: e for e in resolve_layouts(base.entries())}
+    base_entries = {e.name: e for e in resolve_layouts(base.entries(), base.config)}
     seen = set()
 
     def pair(e: TensorEntry) -> TensorEntry:
@@ -110,7 +110,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
         return DeltaEntry(**dict(fields, load=load), extras=extras)
 
     def entries() -> Iterator[TensorEntry]:
-        for e in resolve_layouts(model.entries()):
+        for e in resolve_layouts(model.entries(), model.config):
             seen.add(e.name)
             yield pair(e)
         for name, b in base_entries.items():

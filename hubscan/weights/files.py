@@ -4,25 +4,47 @@ Local folders, hub listings and hub caches all go through :func:`choose_weight_f
 paths relative to the model's root) and :func:`parse_shard_index`, so a model gives the same files, and so
 the same rows, wherever it is read from.
 
-The rule (:data:`FILE_RULES`, first match wins; each reader declares its suffixes with
-:func:`hubscan.weights.register_reader`)
+The rule: the readers' :class:`FileRule` s (each reader declares its own with
+:func:`hubscan.weights.register_reader`), by priority — lowest first, first match wins:
 
-1. ``model.safetensors.index.json`` (sharded), ``model.safetensors``; 2. ``model-*-of-*.safetensors``,
-   ``*.safetensors``; 3. ``pytorch_model.bin.index.json``, ``pytorch_model.bin``; 4. ``pytorch_model*.bin``;
-   — all at the root.
-5. **Components**: no weight file at the root, but sub-folders that hold safetensors / ``.bin`` weights
-   (diffusers' ``unet/``, ``transformer/``, ``text_encoder/``, ``vae/``): each sub-folder chosen by rules
-   1–4 on its own files; tensor names get the folder as prefix (``unet/conv_in.weight``).
-6. ONNX (``model.onnx``, ``onnx/model.onnx``, any ``*.onnx``; one graph), 7. GGUF (one file), anywhere.
-8. Any ``*.pt``, ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.jit`` at the root.
+* below :data:`COMPONENTS` (50), rules for the files of one folder, tried at the model's root:
+  10 ``model.safetensors.index.json`` (sharded), ``model.safetensors``; 20 ``model-*-of-*.safetensors``,
+  ``*.safetensors``; 30 ``pytorch_model.bin.index.json``, ``pytorch_model.bin``; 40 ``pytorch_model*.bin``;
+* 50 **components**: no weight file at the root, but sub-folders that hold such files (diffusers'
+  ``unet/``, ``transformer/``, ``text_encoder/``, ``vae/``): each sub-folder chosen by the rules below 50
+  on its own files; tensor names get the folder as prefix (``unet/conv_in.weight``);
+* above 50, rules tried after components, at the root or (``anywhere``) in any folder, where an
+  ``anywhere`` rule keeps one file set: 60 ONNX (``model.onnx``, ``onnx/model.onnx``, any ``*.onnx``;
+  one graph), 70 GGUF (one model: its highest-precision file, all parts of a split file), 80 any ``*.pt``,
+  ``*.pth``, ``*.ckpt``, ``*.bin``, ``*.jit`` at the root, 85 Keras / TensorFlow HDF5 and Flax msgpack
+  at the root, and, by default, 90 (:data:`DEFAULT_PRIORITY`) any file of a reader that declared no rule
+  of its own.
+
+A diffusers pipeline (``model_index.json`` at the root) is read through its components even when single-file
+checkpoints lie at its root too (``v1-5-pruned.safetensors``, ``sd_xl_base_1.0.safetensors``: copies of the
+components, often several): each matrix is counted once, from the components; the root copies are among the
+files not read (:func:`files_not_read`).
+
+**Split files** (``<stem>-00001-of-00003.<ext>``, as ``gguf-split`` and shard writers name them) are one file
+set: an ``anywhere`` rule keeps all parts of the set it chooses. **Copies** (FileRule ``copies``): files an
+``anywhere`` rule finds that its reader says are one model (a GGUF repository's quantizations,
+``model-Q4_K_M.gguf``, ``model-Q8_0.gguf``, ``model-F16.gguf``) are copies of it: the best-ranked set is read,
+the others are listed as not read.
+
+**Formats hubscan recognises but does not read** (:data:`UNREAD_FORMATS`: OpenVINO IR, TensorFlow Lite,
+SavedModel and TF.js, Core ML, CTranslate2, rust-bert, TensorRT, PaddlePaddle, NeMo archives) are never
+taken for weights (an OpenVINO ``.bin`` is not a torch file); a model with nothing else is skipped with a
+reason naming the format (:class:`~hubscan.errors.UnreadFormatError`).
 
 Trainer side files (``training_args.bin``, ``optimizer.pt`` …) are never weights, and PEFT adapter files
 (``adapter_model.*``) are chosen only when nothing else is (an adapter repository).
 
-**Variants**: ``name.<variant>.safetensors`` / ``.bin`` (``fp16``, ``bf16``, ``fp32``, ``ema``, ``non_ema`` …,
-diffusers' ``variant=``) are copies of ``name.safetensors`` in another precision: when the plain file
-exists the variants are dropped; else one variant is kept, full precision first (``fp32``, then ``bf16``,
-``fp16``, then the others in name order) — a model is never counted twice.
+**Variants**: ``name.<variant><suffix>`` for the suffixes a reader declares ``variants`` for (``.safetensors``,
+``.bin``: ``fp16``, ``bf16``, ``fp32``, ``ema``, ``non_ema`` …, diffusers' ``variant=``) are copies of
+``name<suffix>`` in another precision — diffusers also names sharded ones ``name.<variant>-00001-of-00002<suffix>``
+with the index ``name<suffix>.index.<variant>.json``: when the plain file (or index, or shards) exists the
+variants are dropped; else one variant is kept, full precision first (``fp32``, then ``bf16``, ``fp16``, then
+the others in name order) — a model is never counted twice.
 """
 
 from __future__ import annotations
@@ -32,40 +54,91 @@ import fnmatch
 import json
 import posixpath
 import re
-from typing import Iterable
+from typing import Callable, Iterable
 
-from hubscan.errors import CorruptFileError, NoWeightsError
+from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError
 
-__all__ = ["FILE_RULES", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
+__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
+           "SPLIT", "UNREAD_FORMATS", "unread_formats", "files_not_read", "unread_files", "one_model",
            "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
+
+
+#: Priority of the components step (diffusers sub-folders): rules below it choose within one folder.
+COMPONENTS = 50
+#: Priority of the rule a reader gets when it declares none: any of its files at the root, after the built-ins.
+DEFAULT_PRIORITY = 90
 
 
 @dataclasses.dataclass(frozen=True)
 class FileRule:
-    """One step of the choice: a reader format, glob patterns of files and the index that shards them."""
+    """One step of the choice of a model's weight files, declared by a reader.
 
-    format: str
+    Attributes
+    ----------
+    patterns : tuple of str
+        Glob patterns of file paths (relative to the folder the rule looks in), tried in order.
+    index : str or None
+        The shard index that, when present, stands for the files (``model.safetensors.index.json``).
+    anywhere : bool
+        Match files in sub-folders too, and keep one file set (ONNX, GGUF): the first match, with all parts
+        when it is a split file (:data:`SPLIT`). Only above :data:`COMPONENTS`.
+    priority : int
+        Place among every reader's rules, lowest first (module docstring); not :data:`COMPONENTS`.
+    format : str
+        The reader's format name (filled in when the reader registers).
+    copies : callable (str) -> (str or None, tuple), optional
+        With ``anywhere``: a matched file's model (None for a file that is not the model itself, e.g. a
+        GGUF vision projector) and its rank (lowest read first, e.g. by precision). Files of one model are
+        copies: the best-ranked file set of the model with the most file sets is read.
+    """
+
     patterns: tuple
     index: str | None = None
-    anywhere: bool = False  # patterns match files in sub-folders too (ONNX, GGUF)
+    anywhere: bool = False
+    priority: int = DEFAULT_PRIORITY
+    format: str = ""
+    copies: Callable[[str], tuple] | None = None
+
+    def check(self) -> None:
+        """Raises ValueError for a rule the choice cannot place (priority at or, with ``anywhere``, below
+        :data:`COMPONENTS`)."""
+        if self.priority == COMPONENTS or (self.anywhere and self.priority < COMPONENTS):
+            raise ValueError(f"file rule {self.patterns}: priority {self.priority} (components are {COMPONENTS}; "
+                             "an anywhere rule comes after them)")
+        if self.copies is not None and not self.anywhere:
+            raise ValueError(f"file rule {self.patterns}: copies are chosen among the files of an anywhere rule")
 
 
-FILE_RULES = (
-    FileRule("safetensors", ("model.safetensors",), "model.safetensors.index.json"),
-    FileRule("safetensors", ("model-*-of-*.safetensors", "*.safetensors")),
-    FileRule("torch", ("pytorch_model.bin",), "pytorch_model.bin.index.json"),
-    FileRule("torch", ("pytorch_model-*-of-*.bin", "pytorch_model*.bin")),
-    FileRule("components", ()),
-    FileRule("onnx", ("model.onnx", "onnx/model.onnx", "*.onnx"), anywhere=True),
-    FileRule("gguf", ("*.gguf",), anywhere=True),
-    FileRule("torch", ("*.pth", "*.pt", "*.ckpt", "*.bin", "*.jit")),
-)
+def file_rules() -> tuple[FileRule, ...]:
+    """Every registered reader's rules, by priority (readers in registration order within one priority)."""
+    from hubscan.weights import READERS
+
+    return tuple(sorted((r for reader in READERS.values() for r in reader.rules), key=lambda r: r.priority))
+
+
 NOT_WEIGHT_FILES = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
                     "rng_state*.pth")
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-_VARIANT = re.compile(r"^(?P<stem>.+)\.(?P<variant>[A-Za-z0-9_]+)\.(?P<ext>safetensors|bin)(?P<index>\.index\.json)?$")
 _VARIANT_ORDER = ("fp32", "bf16", "fp16")
 _DIFFUSERS_STEMS = ("diffusion_pytorch_model",)  # diffusers' weight file name, treated like model.safetensors
+
+
+def main_weight_files() -> tuple[str, ...]:
+    """The file names a sharded rule stands for when unsharded (``model.safetensors``, ``pytorch_model.bin``):
+    one of them in a folder makes the folder a model (:mod:`hubscan.sources.local`)."""
+    return tuple(p for r in file_rules() if r.index for p in r.patterns if not any(c in p for c in "*?["))
+
+
+def _variant_patterns() -> tuple[re.Pattern, ...]:
+    """``stem.<variant>[-0000k-of-0000n].<ext>[.index.json]`` and diffusers' ``stem.<ext>.index.<variant>.json``,
+    for the suffixes the readers declare variants for."""
+    from hubscan.weights import READERS
+
+    exts = sorted({v.lstrip(".") for r in READERS.values() for v in r.variants})
+    alt = "|".join(map(re.escape, exts)) or "(?!)"
+    return (re.compile(rf"^(?P<stem>.+)\.(?P<variant>[A-Za-z0-9_]+)(?:-\d{{5}}-of-\d{{5}})?\.(?P<ext>{alt})"
+                       rf"(?:\.index\.json)?$"),
+            re.compile(rf"^(?P<stem>.+)\.(?P<ext>{alt})\.index\.(?P<variant>[A-Za-z0-9_]+)\.json$"))
 
 
 def _is_side_file(path: str) -> bool:
@@ -76,8 +149,9 @@ def _is_side_file(path: str) -> bool:
 def _drop_variants(names: list[str]) -> list[str]:
     """Keep one file (or index) per stem: the plain one if present, else the preferred variant."""
     groups: dict[tuple, dict[str, list[str]]] = {}
+    patterns = _variant_patterns()
     for n in names:
-        if (m := _VARIANT.match(n)) is not None:
+        if (m := next((m for p in patterns if (m := p.match(n)) is not None), None)) is not None:
             groups.setdefault((m["stem"], m["ext"]), {}).setdefault(m["variant"], []).append(n)
     drop = set()
     for (stem, ext), variants in groups.items():
@@ -91,23 +165,27 @@ def _drop_variants(names: list[str]) -> list[str]:
 
 def _normalise_diffusers(names: list[str]) -> dict[str, str]:
     """diffusers names (``diffusion_pytorch_model[.variant].safetensors``) → the transformers names the rules
-    know (``model[.variant].safetensors``); returns alias → real name."""
+    know (``model[.variant].safetensors``), and a kept variant's index ``X.index.<variant>.json`` → ``X.index.json``
+    (when no plain index is there); returns alias → real name."""
     alias = {}
     for n in names:
-        a = n
+        a = re.sub(r"\.index\.[A-Za-z0-9_]+\.json$", ".index.json", n)
+        a = n if a in names else a
         for stem in _DIFFUSERS_STEMS:
-            if n.startswith(stem + "."):
-                a = "model" + n[len(stem):]
-            if n.startswith(stem) and n.endswith(".bin") and "." not in n[len(stem):-4]:
-                a = "pytorch_model" + n[len(stem):]
+            if a.startswith(stem + "."):
+                a = "model" + a[len(stem):]
+            if a.startswith(stem) and a.endswith(".bin") and "." not in a[len(stem):-4]:
+                a = "pytorch_model" + a[len(stem):]
         alias[a] = n
     return alias
 
 
-def _choose_root(names: list[str]) -> tuple[tuple[str, ...], str] | None:
-    """Rules 1–4 on the files of one folder (no sub-folders): (files, format) or None."""
+def _choose_root(names: list[str], rules: tuple[FileRule, ...]) -> tuple[tuple[str, ...], str] | None:
+    """The rules below :data:`COMPONENTS` on the files of one folder (no sub-folders): (files, format) or None."""
     alias = _normalise_diffusers(_drop_variants(names))
-    for rule in FILE_RULES[:4]:
+    for rule in rules:
+        if rule.priority > COMPONENTS:
+            break
         if rule.index and rule.index in alias:
             return (alias[rule.index],), rule.format
         for pattern in rule.patterns:
@@ -137,45 +215,202 @@ def choose_weight_files(paths: Iterable[str], where: str = "", adapter: bool = F
 
     Raises
     ------
+    UnreadFormatError
+        No weight file hubscan reads, but files of a format it recognises and does not read
+        (:data:`UNREAD_FORMATS`; the message names the format).
     NoWeightsError
         No weight file of a known format.
     """
+    from hubscan.weights import READERS, reader_for
+
     names = [p for p in paths if not _is_side_file(p) or posixpath.basename(p).startswith("adapter_model.")]
     top = [n for n in names if "/" not in n]
     if adapter:
         for a in ADAPTER_FILES:
             if a in top:
-                return (a,), ("safetensors" if a.endswith(".safetensors") else "torch")
+                return (a,), reader_for(a).name
         raise NoWeightsError(where, "no adapter_model.* file")
-    weights = [n for n in names if not posixpath.basename(n).startswith("adapter_model.")]
-    root = _choose_root([n for n in weights if "/" not in n])
-    if root is not None:
-        return root
+    rules = file_rules()
+    unread = unread_formats(names)
+    taken = {f for files in unread.values() for f in files}
+    weights = [n for n in names if not posixpath.basename(n).startswith("adapter_model.") and n not in taken]
+    root = _choose_root([n for n in weights if "/" not in n], rules)
     components, formats = [], set()
-    folders = sorted({n.split("/", 1)[0] for n in weights if n.count("/") == 1})
-    for folder in folders:
-        got = _choose_root([n.split("/", 1)[1] for n in weights if n.startswith(folder + "/") and n.count("/") == 1])
-        if got is not None:
-            components += [f"{folder}/{f}" for f in got[0]]
-            formats.add(got[1])
+    if root is None or "model_index.json" in top:  # a diffusers pipeline: its components, not root copies
+        for folder in sorted({n.split("/", 1)[0] for n in weights if n.count("/") == 1}):
+            got = _choose_root([n.split("/", 1)[1] for n in weights if n.startswith(folder + "/") and n.count("/") == 1],
+                               rules)
+            if got is not None:
+                components += [f"{folder}/{f}" for f in got[0]]
+                formats.add(got[1])
     if components:
         return tuple(components), "+".join(sorted(formats))
-    for rule in FILE_RULES[5:]:
+    if root is not None:
+        return root
+    for rule in (r for r in rules if r.priority > COMPONENTS):
         pool = weights if rule.anywhere else [n for n in weights if "/" not in n]
         for pattern in rule.patterns:
             hits = sorted(f for f in pool if fnmatch.fnmatch(f, pattern))
             if hits:
-                return (tuple(hits[:1]) if rule.anywhere else tuple(hits)), rule.format
+                return (_one_set(hits, rule) if rule.anywhere else tuple(hits)), rule.format
     if any(posixpath.basename(n).startswith("adapter_model.") for n in names):
         return choose_weight_files(names, where, adapter=True)
-    raise NoWeightsError(where, "no weight files found (safetensors, pytorch_model*.bin, ONNX, GGUF, .pt …)")
+    if unread:
+        raise UnreadFormatError(where, "; ".join(f"{fmt} ({', '.join(files[:3])}{' …' if len(files) > 3 else ''})"
+                                                 for fmt, files in unread.items())
+                                + " — a format hubscan recognises but does not read")
+    raise NoWeightsError(where, f"no weight files found ({', '.join(READERS)})")
+
+
+#: Parts of one split file: ``<stem>-00001-of-00003.<ext>`` (``gguf-split``, and shard writers generally).
+SPLIT = re.compile(r"^(?P<stem>.+)-(?P<part>\d{5})-of-(?P<count>\d{5})(?P<ext>\.[A-Za-z0-9_]+)$")
+
+
+def _set_key(path: str) -> str:
+    """The file set a path belongs to: a split part's set (``stem-*-of-N.ext`` in its folder), else the path."""
+    folder, base = posixpath.split(path)
+    m = SPLIT.match(base)
+    return posixpath.join(folder, f"{m['stem']}-*-of-{m['count']}{m['ext']}") if m else path
+
+
+def _one_set(hits: list[str], rule: FileRule) -> tuple[str, ...]:
+    """The file set an ``anywhere`` rule keeps among its (sorted) hits: the first set, or, with ``copies``, the
+    best-ranked set of the model with the most sets (a model of None, e.g. a projector, only when alone)."""
+    if rule.copies is None:
+        key = _set_key(hits[0])
+        return tuple(h for h in hits if _set_key(h) == key)
+    models: dict = {}
+    for h in hits:
+        model, rank = rule.copies(h)
+        models.setdefault(model, []).append((rank, _set_key(h), h))
+    model = min(models, key=lambda m: (m is None, -len({k for _, k, _ in models[m]}), m or ""))
+    _, key, _ = min(models[model])
+    return tuple(h for _, k, h in sorted(models[model]) if k == key)
+
+
+#: Formats hubscan recognises but does not read: name → how their files are known (a glob on the file name,
+#: or ``(glob, sibling glob)``: the file counts only with a sibling matching the second glob in its folder).
+UNREAD_FORMATS = {
+    "OpenVINO IR": (("*.xml", "{stem}.bin"),),
+    "TensorFlow Lite": ("*.tflite",),
+    "TensorFlow SavedModel": ("saved_model.pb", "variables.data-*-of-*", "variables.index"),
+    "TensorFlow.js": (("model.json", "group*-shard*of*.bin"), ("group*-shard*of*.bin", "model.json")),
+    "Core ML": ("*.mlmodel", "*.mlpackage"),
+    "CTranslate2": (("model.bin", "*vocabulary.*"),),
+    "rust-bert": ("*.ot",),
+    "TensorRT": ("*.engine", "*.plan", "*.trt"),
+    "PaddlePaddle": ("*.pdparams", "*.pdmodel", "*.pdiparams"),
+    "NeMo": ("*.nemo",),
+}
+
+
+def unread_formats(paths: Iterable[str]) -> dict[str, list[str]]:
+    """The files of formats hubscan recognises but does not read (:data:`UNREAD_FORMATS`).
+
+    Parameters
+    ----------
+    paths : iterable of str
+        ``/``-separated paths (a listing); a ``.mlpackage`` folder's files count as Core ML.
+
+    Returns
+    -------
+    dict of str to list of str
+        Format name → its files (both files of an OpenVINO ``.xml`` / ``.bin`` pair), in listing order.
+    """
+    paths = list(paths)
+    by_folder: dict[str, list[str]] = {}
+    for p in paths:
+        folder, base = posixpath.split(p)
+        by_folder.setdefault(folder, []).append(base)
+    found: dict[str, list[str]] = {}
+    for p in paths:
+        folder, base = posixpath.split(p)
+        for fmt, signs in UNREAD_FORMATS.items():
+            for sign in signs:
+                glob, sibling = sign if isinstance(sign, tuple) else (sign, None)
+                in_package = glob == "*.mlpackage" and ".mlpackage/" in p
+                if not (fnmatch.fnmatch(base.lower(), glob) or in_package):
+                    continue
+                if sibling is not None:
+                    want = sibling.format(stem=posixpath.splitext(base)[0])
+                    pair = [posixpath.join(folder, b) for b in by_folder[folder] if b != base and fnmatch.fnmatch(b, want)]
+                    if not pair:
+                        continue
+                    found.setdefault(fmt, []).extend(f for f in [p, *pair] if f not in found.get(fmt, []))
+                elif p not in found.get(fmt, []):
+                    found.setdefault(fmt, []).append(p)
+    return found
+
+
+def _is_weight_like(path: str) -> bool:
+    from hubscan.weights import weight_suffixes
+
+    base = posixpath.basename(path).lower()
+    return base.endswith(weight_suffixes()) and not _is_side_file(path) and not base.startswith("adapter_model.")
+
+
+def files_not_read(paths: Iterable[str], chosen: Iterable[str]) -> tuple[str, ...]:
+    """The weight files of a model that its choice leaves unread: copies of what is read (other formats,
+    precision variants, other GGUF quantizations, single-file checkpoints beside diffusers components) and
+    files of formats hubscan does not read.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        The model's listing (``/``-separated paths relative to its root).
+    chosen : iterable of str
+        What :func:`choose_weight_files` chose from it.
+
+    Returns
+    -------
+    tuple of str
+        Sorted. Not listed: the chosen files, the shards of a chosen index (``S-*-of-*.E`` beside
+        ``S.E.index.json``), the other parts of a chosen split file, Trainer side files and adapters.
+    """
+    paths = list(paths)
+    chosen = set(chosen)
+    covered = set(chosen) | {_set_key(c) for c in chosen}
+    shard_globs = [posixpath.join(posixpath.dirname(c), f"{m[1]}-*-of-*.{m[2]}")
+                   for c in chosen if (m := re.match(r"^(.+)\.([A-Za-z0-9_]+)\.index\.json$", posixpath.basename(c)))]
+    unread = {f for files in unread_formats(paths).values() for f in files}
+    return tuple(sorted(p for p in paths if (_is_weight_like(p) or p in unread) and p not in covered
+                        and _set_key(p) not in covered and not any(fnmatch.fnmatch(p, g) for g in shard_globs)))
+
+
+def unread_files(paths: Iterable[str], where: str = "") -> list[str]:
+    """:func:`files_not_read` of a listing under its own choice (all its weight-like files when nothing is
+    chosen, e.g. only an OpenVINO IR): what a model's ``files_not_read`` column holds."""
+    paths = list(paths)
+    try:
+        chosen, _ = choose_weight_files(paths, where)
+    except NoWeightsError:
+        chosen = ()
+    return list(files_not_read(paths, chosen))
+
+
+def one_model(names: Iterable[str]) -> bool:
+    """Whether files found side by side (one folder, no ``config.json``) are one model's: all parts of one
+    split file, or copies of one model by an ``anywhere`` rule's ``copies`` (GGUF quantizations). The local
+    source lists such a folder as one model (else each file is its own model)."""
+    names = list(names)
+    if not names:
+        return False
+    if len({_set_key(n) for n in names}) == 1:
+        return True
+    for rule in file_rules():
+        if rule.copies is not None and all(any(fnmatch.fnmatch(n, p) for p in rule.patterns) for n in names):
+            return len({rule.copies(n)[0] for n in names}) == 1
+    return False
 
 
 def component_prefix(path: str, chosen: Iterable[str]) -> str:
-    """The tensor-name prefix of a chosen file: ``"<folder>/"`` when the choice is components (rule 5),
-    else ``""`` (an index's shards, ONNX in ``onnx/`` and GGUF files keep their names)."""
+    """The tensor-name prefix of a chosen file: ``"<folder>/"`` when the choice is components, else ``""``
+    (an index's shards, and the file an ``anywhere`` rule found, e.g. ONNX in ``onnx/``, keep their names)."""
+    from hubscan.weights import READERS
+
     chosen = list(chosen)
-    if any(c.endswith((".onnx", ".gguf")) for c in chosen) or "/" not in path:
+    anywhere = tuple(s for r in READERS.values() if any(rule.anywhere for rule in r.rules) for s in r.suffixes)
+    if any(c.lower().endswith(anywhere) for c in chosen) or "/" not in path:
         return ""
     return path.rsplit("/", 1)[0] + "/" if all("/" in c for c in chosen) else ""
 

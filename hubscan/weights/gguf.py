@@ -40,6 +40,22 @@ Dtypes
     dtype (``q8_1``), which the planner skips as ``quantized (q8_1)``; its ``load()`` returns the raw blocks
     as a uint8 tensor of shape ``(..., bytes per row)``.
 
+Split files (``gguf-split``)
+    ``<stem>-00001-of-00003.gguf`` … are one model: opening any part reads every part found beside it, in
+    order (:func:`open_gguf`); each part is a GGUF file of its own whose ``split.no`` / ``split.count`` /
+    ``split.tensors.count`` must agree with its name and with the others (else
+    :class:`~hubscan.errors.CorruptFileError`); an absent part is listed in ``WeightSet.missing`` (the model
+    is ``incomplete``).
+
+Several quantizations of one model (:func:`gguf_copy`)
+    A repository or folder holding ``model-Q4_K_M.gguf``, ``model-Q8_0.gguf``, ``model-F16.gguf`` … holds one
+    model: the file choice (:mod:`hubscan.weights.files`) reads its highest-precision file — F32, BF16, F16,
+    then 8-bit (``Q8_0``), then the other k-quants and legacy quants by bits (``Q6_K``, ``Q5_K_M``, ``Q5_0`` …,
+    k-quants before legacy at equal bits, larger variants first), then the i-quants (``IQ4_XS`` … ``IQ1_S``),
+    then ternary — and lists the others as not read. The model is the file name before its quantization tag
+    (``Llama-3.2-1B-Instruct`` for ``Llama-3.2-1B-Instruct-Q4_K_M.gguf``); ``mmproj-*`` files (a vision
+    projector) are not the model.
+
 Refused
     A malformed header (bad magic, a version other than 2 or 3, a count or length past the end of the
     file, a key or tensor name that is not UTF-8, a duplicate key or tensor name, more than 4 dims, a bad
@@ -59,6 +75,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import struct
 from typing import NamedTuple
 
@@ -66,11 +83,11 @@ import numpy as np
 import torch
 
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
-from hubscan.weights import register_reader
+from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
+from hubscan.weights.files import SNIFF_BYTES, SPLIT, refuse_other_format
 
-__all__ = ["open_gguf", "read_header", "GGUFHeader", "GGUFTensorInfo", "GGUFArray", "can_dequantize"]
+__all__ = ["open_gguf", "read_header", "GGUFHeader", "GGUFTensorInfo", "GGUFArray", "can_dequantize", "gguf_copy"]
 
 log = logging.getLogger(__name__)
 
@@ -343,10 +360,60 @@ def can_dequantize(qtype) -> bool:
     return out.shape[-1] == block_size
 
 
-@register_reader("gguf", [".gguf"])
+#: A quantization tag in a GGUF file name (llama.cpp's ``ftype`` names, unsloth's ``UD-`` prefix), the last one.
+_QUANT_TAG = re.compile(r"(?i)(?:^|[-._])(?P<tag>(?:UD-)?(?:I?Q[1-8](?:_[A-Z0-9]+)*|TQ[12]_0|MXFP4(?:_MOE)?|BF16"
+                        r"|F(?:P)?(?:16|32)))(?=$|[-._])")
+_SIZE_ORDER = ("NL", "XL", "L", "M", "S", "XS", "XXS")
+
+
+def gguf_copy(path: str) -> tuple[str | None, tuple]:
+    """A GGUF file's model and precision rank (lower is read first), from its name (module docstring).
+
+    Parameters
+    ----------
+    path : str
+        ``/``-separated path of a ``.gguf`` file.
+
+    Returns
+    -------
+    (str or None, tuple)
+        The model (the name before the quantization tag, whatever its folder; None for an ``mmproj`` projector)
+        and the rank: (0, ·) F32 / BF16 / F16, (1,) 8-bit, (2, −bits, ·) other k- and legacy quants, (3, −bits, ·)
+        i-quants, (4,) ternary, (9,) no tag.
+    """
+    base = path.rsplit("/", 1)[-1]
+    stem = base[: -len(".gguf")] if base.lower().endswith(".gguf") else base
+    if (m := SPLIT.match(base)) is not None:
+        stem = m["stem"]
+    if "mmproj" in stem.lower():
+        return None, (9,)
+    tags = list(_QUANT_TAG.finditer(stem))
+    if not tags:
+        return stem, (9,)
+    tag = tags[-1]["tag"].upper().removeprefix("UD-")
+    model = stem[: tags[-1].start()]
+    floats = {"F32": 0, "FP32": 0, "BF16": 1, "F16": 2, "FP16": 2}
+    if tag in floats:
+        return model, (0, floats[tag])
+    if tag.startswith("Q8"):
+        return model, (1,)
+    parts = tag.split("_")
+    if tag.startswith("TQ"):
+        return model, (4,)
+    if tag.startswith("MXFP4"):
+        return model, (2, -4, 2)
+    bits = int(parts[0].lstrip("IQ")[:1] or 0)
+    size = next((_SIZE_ORDER.index(p) for p in parts[1:] if p in _SIZE_ORDER), len(_SIZE_ORDER))
+    if tag.startswith("IQ"):
+        return model, (3, -bits, size)
+    kquant = "K" in parts[1:]
+    return model, (2, -bits, 0 if kquant else 1, size, -int(parts[1]) if not kquant and parts[1:2] and parts[1].isdigit() else 0)
+
+
+@register_reader("gguf", [".gguf"], rules=[FileRule(("*.gguf",), anywhere=True, priority=70, copies=gguf_copy)])
 def open_gguf(path: str | os.PathLike) -> WeightSet:
     """Open a ``.gguf`` file: header parsed and checked (:func:`read_header`), tensors read (and dequantized)
-    one at a time from a memory map.
+    one at a time from a memory map; a part of a split file (``m-00001-of-00003.gguf``) opens every part.
 
     Parameters
     ----------
@@ -355,15 +422,60 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
     Returns
     -------
     WeightSet
-        Entries in file order, shapes in numpy/torch order (see module docstring); ``stats["dequantized"]``
-        maps each dequantized tensor to its stored ggml type name.
+        Entries in file order (parts in order), shapes in numpy/torch order (see module docstring);
+        ``stats["dequantized"]`` maps each dequantized tensor to its stored ggml type name; ``missing``
+        names an absent split part.
 
     Raises
     ------
     CorruptFileError, UnsupportedFormatError
-        See :func:`read_header`.
+        See :func:`read_header`; also split parts whose ``split.*`` metadata disagree with their names or
+        with each other, or that repeat a tensor name.
     """
     where = os.fspath(path)
+    m = SPLIT.match(os.path.basename(where))
+    if m is None or int(m["count"]) < 2:
+        return _open_one(where)[0]
+    return _open_split(os.path.dirname(where), m)
+
+
+def _open_split(folder: str, m: re.Match) -> WeightSet:
+    """Every part of a split GGUF file as one set (module docstring, "Split files")."""
+    count = int(m["count"])
+    sets, missing, names, expected = [], [], set(), None
+    for k in range(1, count + 1):
+        part = os.path.join(folder, f"{m['stem']}-{k:05d}-of-{count:05d}{m['ext']}")
+        if not os.path.isfile(part):
+            missing.append((os.path.basename(part), f"split part {k} of {count} is absent: its tensors are not read"))
+            continue
+        ws, header = _open_one(part)
+        meta = header.metadata
+        if meta.get("split.count", count) != count or meta.get("split.no", k - 1) != k - 1:
+            raise CorruptFileError(part, f"its split metadata (part {meta.get('split.no', '?')} of "
+                                         f"{meta.get('split.count', '?')}, counted from 0) disagrees with its name "
+                                         f"(part {k} of {count})")
+        expected = meta.get("split.tensors.count", expected)
+        for t in header.tensors:
+            if t.name in names:
+                raise CorruptFileError(part, f"tensor {t.name!r} is in an earlier split part too")
+            names.add(t.name)
+        sets.append(ws)
+    if not missing and expected is not None and expected != len(names):
+        raise CorruptFileError(os.path.join(folder, m.string), f"the split parts hold {len(names)} tensors but "
+                                                              f"split.tensors.count says {expected}")
+    dequantized = {k: v for ws in sets for k, v in ws.stats.get("dequantized", {}).items()}
+
+    def close() -> None:
+        for ws in sets:
+            ws.close()
+
+    return WeightSet(files=[f for ws in sets for f in ws.files], format="gguf",
+                     entries=lambda: (e for ws in sets for e in ws.entries()), missing=missing, close=close,
+                     stats={"dequantized": dequantized} if dequantized else {})
+
+
+def _open_one(where: str) -> tuple[WeightSet, GGUFHeader]:
+    """One GGUF file (a whole model, or one split part) and its header."""
     gguf = _gguf()
     header = read_header(where)
     Q = gguf.GGMLQuantizationType
@@ -401,7 +513,7 @@ def open_gguf(path: str | os.PathLike) -> WeightSet:
         entries.clear()  # the memmap is released with the last view of it
 
     return WeightSet(files=[where], format="gguf", entries=lambda: iter(entries), close=close,
-                     stats={"dequantized": dequantized} if dequantized else {})
+                     stats={"dequantized": dequantized} if dequantized else {}), header
 
 
 def _load(mapped: np.memmap, t: GGUFTensorInfo, qtype, shape: tuple, dtype: str, where: str) -> torch.Tensor:

@@ -30,40 +30,48 @@ from typing import Callable, Iterable
 import torch
 
 from hubscan.errors import SkippedTensor
+from hubscan.registry import Registry
 from hubscan.weights.base import TensorEntry
 
-__all__ = ["register_scheme", "schemes", "resolve_layouts", "mark_ties", "folded", "not_understood"]
+__all__ = ["SCHEMES", "register_scheme", "schemes", "resolve_layouts", "mark_ties", "folded", "not_understood"]
 
 log = logging.getLogger(__name__)
 
-#: A scheme: ``fold(entries by name) -> replacement entries`` (each naming the companions it consumed).
-Scheme = Callable[[dict], list]
+#: A scheme: ``fold(entries by name) -> replacement entries`` (each naming the companions it consumed);
+#: a scheme registered with ``config=True`` is called ``fold(entries by name, config)``.
+Scheme = Callable[..., list]
 
-_SCHEMES: dict[str, Scheme] = {}
+#: The quantization-scheme registry: name → fold function, in the order they run.
+SCHEMES: Registry[Scheme] = Registry("quantization scheme")
 
 _INTEGER_BUFFERS = {"int64", "uint64", "bool"}
 _HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
 _INPUT_EMBEDDING = re.compile(r"(embed_tokens|wte|word_embeddings|tok_embeddings|token_embd|shared)\.weight$")
 
 
-def register_scheme(name: str) -> Callable[[Scheme], Scheme]:
+def register_scheme(name: str, *, config: bool = False) -> Callable[[Scheme], Scheme]:
     """Decorator registering a quantization layout's ``fold`` function under ``name``.
 
     ``fold(by_name)`` receives the entries not yet claimed by an earlier scheme (name → TensorEntry) and
     returns new entries for the weights it recognises, each with ``companions`` set to the names it
-    folded in (those are then removed from the set). Schemes run in registration order.
+    folded in (those are then removed from the set). Schemes run in registration order; a name
+    registered again is replaced (with a :class:`~hubscan.registry.RegistryWarning`).
+
+    With ``config=True`` the scheme is called ``fold(by_name, config)``: ``config`` is the model's
+    ``config.json`` (``WeightSet.config``, a dict) or None, for layouts whose parameters only the config
+    states (MLX's bits and group size).
     """
 
     def decorate(fold: Scheme) -> Scheme:
-        _SCHEMES[name] = fold
-        return fold
+        fold.needs_config = config
+        return SCHEMES.register(name, fold, module=fold.__module__)
 
     return decorate
 
 
 def schemes() -> list[str]:
     """Names of the registered schemes, in the order they run."""
-    return list(_SCHEMES)
+    return list(SCHEMES)
 
 
 def folded(entry: TensorEntry, companions: Iterable[str], shape: tuple, layout: str,
@@ -92,13 +100,15 @@ def not_understood(entry: TensorEntry, companions: Iterable[str], reason: str) -
     return dataclasses.replace(entry, companions=tuple(companions), skip_reason=reason, understood=False)
 
 
-def resolve_layouts(entries: Iterable[TensorEntry]) -> list[TensorEntry]:
+def resolve_layouts(entries: Iterable[TensorEntry], config: dict | None = None) -> list[TensorEntry]:
     """The entries to plan rows for: companions folded into their weights, ties marked (module docstring).
 
     Parameters
     ----------
     entries : iterable of TensorEntry
         A reader's entries, in file order (only names, shapes and dtypes are looked at).
+    config : dict, optional
+        The model's ``config.json`` (``WeightSet.config``), for the schemes that need it.
 
     Returns
     -------
@@ -109,9 +119,9 @@ def resolve_layouts(entries: Iterable[TensorEntry]) -> list[TensorEntry]:
     entries = list(entries)
     replaced: dict[str, TensorEntry] = {}
     consumed: set[str] = set()
-    for name, fold in _SCHEMES.items():
+    for name, fold in SCHEMES.items():
         free = {e.name: e for e in entries if e.name not in consumed and e.name not in replaced}
-        for new in fold(free):
+        for new in (fold(free, config) if getattr(fold, "needs_config", False) else fold(free)):
             replaced[new.name] = new
             consumed.update(new.companions)
     out = []

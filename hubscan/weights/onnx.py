@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
-from hubscan.weights import register_reader
+from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
@@ -299,7 +299,8 @@ def external_data_files(path: str | os.PathLike) -> list[str]:
     return sorted({os.path.join(folder, norm) for norm in external if norm is not None})
 
 
-@register_reader("onnx", [".onnx"])
+@register_reader("onnx", [".onnx"], rules=[FileRule(("model.onnx", "onnx/model.onnx", "*.onnx"), anywhere=True,
+                                                    priority=60)])
 def open_onnx(path: str | os.PathLike) -> WeightSet:
     """Open an ``.onnx`` model (graph parsed, never run) as a lazy set of its weight tensors.
 

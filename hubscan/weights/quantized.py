@@ -31,16 +31,28 @@ Read (dequantized; the decoded ``W`` is what the row's ESD is of)
     * **MXFP4** (gpt-oss): ``*_blocks`` uint8 (…, G, 16) hold 32 FP4 E2M1 codes per block (low nibble
       first) and ``*_scales`` uint8 (…, G) an E8M0 exponent: ``W = fp4(code) · 2^(scale − 127)``, shape
       (…, G·32).
+    * **MLX affine** (mlx-community; ``mlx.core.quantize``): ``weight`` uint32 (…, out, in·bits/32), ``scales``
+      and ``biases`` (…, out, in/group_size), bits 2, 3, 4, 5, 6, 8 and group size 32, 64, 128 from
+      ``config.json`` ``quantization`` ({"group_size", "bits"}, per-layer overrides under the module's path,
+      e.g. ``quantization["model.layers.0.mlp.gate_proj"] = {"group_size": 64, "bits": 8}``): each row's
+      bytes are a little-endian bit stream, value k in bits [k·bits, (k+1)·bits) (mlx ``extract_bits`` /
+      ``_qmm`` in ``backend/cpu/quantized.cpp``: for 3, 5, 6 bits a value may straddle two bytes):
+      ``W[…, i] = scales[…, i // group_size] · q[…, i] + biases[…, i // group_size]``. Without the config's
+      bits and group size (they cannot be told apart from the shapes: 4-bit/64 and 8-bit/128 pack alike) the
+      weight is skipped ``quantized (mlx …)``.
 
-Recognised, not decoded (skipped ``quantized (<scheme>)``, the model ``incomplete``)
+Recognised, not decoded (skipped ``quantized (<scheme>)``, the model ``incomplete``; companions never rows)
     compressed-tensors NVFP4 (``weight_packed`` uint8 + ``weight_global_scale``), bitsandbytes 4-bit without a
-    readable quant_state, GPTQ with 3-bit or unrecognised shapes.
+    readable quant_state, GPTQ with 3-bit or unrecognised shapes, MLX modes other than affine (``mxfp4`` …),
+    **HQQ** (``W_q`` with ``scale``, ``zero``, ``shape``, ``nbits``, ``group_size`` … of its module),
+    **EXL2** (ExLlamaV2: ``q_weight`` with ``q_scale``, ``q_scale_max``, ``q_groups``, ``q_invperm`` …).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 
 import torch
 
@@ -378,4 +390,126 @@ def _fold_mxfp4(by_name: dict) -> list:
         shape = (*blocks.shape[:-2], blocks.shape[-2] * 32)
         out.append(folded(blocks, [scales.name], shape, "mxfp4",
                           lambda b=blocks, s=scales: dequantize_mxfp4(*_load_all(b, s))))
+    return out
+
+
+MLX_BITS = (2, 3, 4, 5, 6, 8)
+MLX_GROUP_SIZES = (32, 64, 128)
+_MLX_CHUNK = 1 << 22  # values decoded at a time (bounds the integer temporaries to ~32 MB)
+
+
+def dequantize_mlx(w: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor, bits: int,
+                   group_size: int) -> torch.Tensor:
+    """MLX affine quantization to float: ``W[…, i] = scales[…, g] · q[…, i] + biases[…, g]``, g = i // group_size.
+
+    Each row of ``w`` is read as a little-endian bit stream with value k in bits [k·bits, (k+1)·bits)
+    (``mlx.core.quantize``; mlx ``backend/cpu/quantized.cpp``): packs of lcm(bits, 8) bits, i.e. one byte for
+    2, 4, 8 bits, three bytes for 3 and 6, five for 5.
+
+    Parameters
+    ----------
+    w : torch.Tensor, shape (…, out, in·bits/32), uint32
+    scales, biases : torch.Tensor, shape (…, out, in/group_size), float16 / bfloat16 / float32
+    bits : int
+        2, 3, 4, 5, 6 or 8.
+    group_size : int
+        32, 64 or 128.
+
+    Returns
+    -------
+    torch.Tensor, shape (…, out, in), float32
+    """
+    if sys.byteorder != "little":  # pragma: no cover - the stored words are little-endian
+        raise CorruptFileError("mlx", "MLX words are read as little-endian bytes")
+    n_in = w.shape[-1] * 32 // bits
+    pack = math.lcm(bits, 8)
+    nbytes, per_pack = pack // 8, pack // bits
+    raw = w.contiguous().view(torch.uint8).reshape(-1, n_in // per_pack, nbytes)
+    s = scales.float().reshape(-1, n_in // group_size)
+    b = biases.float().reshape(-1, n_in // group_size)
+    shifts = torch.arange(0, pack, bits, dtype=torch.int64)
+    out = torch.empty(raw.shape[0], n_in, dtype=torch.float32)
+    step = max(1, _MLX_CHUNK // max(n_in, 1))
+    for r in range(0, raw.shape[0], step):
+        chunk = raw[r:r + step].to(torch.int64)
+        word = sum(chunk[..., j] << (8 * j) for j in range(nbytes))
+        q = ((word.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(chunk.shape[0], n_in)
+        out[r:r + step] = (q.float().view(-1, n_in // group_size, group_size) * s[r:r + step, :, None]
+                           + b[r:r + step, :, None]).view(-1, n_in)
+    return out.reshape(*w.shape[:-1], n_in)
+
+
+def _mlx_params(config: dict | None, module: str) -> dict | str:
+    """The quantization of an MLX module from ``config.json``: {bits, group_size, mode}, or why not known."""
+    config = config or {}
+    quant = config.get("quantization")
+    if not isinstance(quant, dict):
+        alt = config.get("quantization_config")
+        quant = alt if isinstance(alt, dict) and "quant_method" not in alt else None
+    if quant is None:
+        return "config.json gives no quantization bits / group_size"
+    layer = quant.get(module, quant)
+    if layer is False:
+        return f"config.json says {module} is not quantized"
+    if not isinstance(layer, dict):
+        return f"config.json quantization[{module!r}] is {layer!r}"
+    params = {k: layer.get(k, quant.get(k)) for k in ("bits", "group_size")}
+    params["mode"] = layer.get("mode", quant.get("mode", "affine"))
+    if not all(isinstance(params[k], int) for k in ("bits", "group_size")):
+        return "config.json gives no quantization bits / group_size"
+    return params
+
+
+@register_scheme("mlx", config=True)
+def _fold_mlx(by_name: dict, config: dict | None) -> list:
+    out = []
+    for name, w in by_name.items():
+        if not name.endswith(".weight") or w.dtype != "uint32" or len(w.shape) < 2:
+            continue
+        module = name[: -len(".weight")]
+        scales, biases = by_name.get(module + ".scales"), by_name.get(module + ".biases")
+        if scales is None:
+            continue
+        companions = [e.name for e in (scales, biases) if e is not None]
+        params = _mlx_params(config, module)
+        if isinstance(params, str):
+            out.append(not_understood(w, companions, f"quantized (mlx: {params})"))
+            continue
+        bits, group, mode = params["bits"], params["group_size"], params["mode"]
+        if mode != "affine" or biases is None:
+            out.append(not_understood(w, companions, f"quantized (mlx {mode if mode != 'affine' else 'without biases'})"))
+            continue
+        n_in = w.shape[-1] * 32 // bits if bits in MLX_BITS else 0
+        groups = n_in // group if group in MLX_GROUP_SIZES and n_in % group == 0 else 0
+        if (not groups or (w.shape[-1] * 32) % bits or tuple(scales.shape) != (*w.shape[:-1], groups)
+                or tuple(biases.shape) != tuple(scales.shape)):
+            out.append(not_understood(w, companions, f"quantized (mlx {bits}-bit group {group}: the shapes of "
+                                                     f"weight {list(w.shape)} and scales {list(scales.shape)} do not fit)"))
+            continue
+        out.append(folded(w, companions, (*w.shape[:-1], n_in), f"mlx {bits}-bit group {group}",
+                          lambda w=w, s=scales, b=biases, bits=bits, g=group:
+                          dequantize_mlx(*_load_all(w, s, b), bits, g)))
+    return out
+
+
+#: Per-module tensors of layouts recognised but not decoded: (scheme, the quantized weight, its companions).
+_NOT_DECODED = (("hqq", "W_q", ("scale", "zero", "shape", "nbits", "group_size", "axis", "channel_wise", "optimize",
+                                "round_zero", "packing", "view_as_float", "unpack_view_dtype", "compute_dtype",
+                                "encoded_state_dict", "quant_scale", "quant_zero", "stores_quant_config",
+                                "offload_meta", "meta_scale", "meta_zero")),
+                ("exl2", "q_weight", ("q_scale", "q_scale_max", "q_groups", "q_invperm", "q_perm", "q_group_map")))
+
+
+@register_scheme("hqq / exl2")
+def _fold_not_decoded(by_name: dict) -> list:
+    """HQQ and EXL2 weights: skipped ``quantized (<scheme>)`` (not understood), their per-module tensors
+    folded in as companions (so a ``scale`` (G, 1) is no row of its own)."""
+    out = []
+    for scheme, weight, parts in _NOT_DECODED:
+        for name, w in by_name.items():
+            if name == weight or name.endswith("." + weight):
+                module = name[: -len(weight)]
+                companions = [module + p for p in parts if module + p in by_name]
+                if companions:
+                    out.append(not_understood(w, companions, f"quantized ({scheme})"))
     return out

@@ -17,9 +17,13 @@ safetensors (single or sharded): coalesced, streamed HTTP range reads
     cut mid-body resumes from the byte it stopped at (:meth:`HubClient.call`).
     ``WeightSet.stats``: ``bytes_read`` (body bytes consumed) and ``requests`` (HTTP requests, retries
     included).
-whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF)
+whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF, Keras / TF HDF5, Flax msgpack)
     ``hf_hub_download`` into a temporary cache (or ``HubClient.cache_dir``), read with the local readers,
     and removed when the set is closed unless ``HubClient.keep_cache``.
+config.json
+    Read beside the weights (``WeightSet.config``; a component's own when the model is components): one small
+    request more (two when absent at the root and the model is components), counted in ``requests``, its bytes
+    not in ``bytes_read`` (weight files only).
 offline (``HF_HUB_OFFLINE=1``)
     Everything from the local cache with ``hf_hub_download(local_files_only=True)``.
 """
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from hubscan.errors import CorruptFileError, NoWeightsError, RemoteFileNotFoundError
+from hubscan.errors import CorruptFileError, HubscanError, NoWeightsError, RemoteFileNotFoundError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, check_repo_path
 from hubscan.weights.base import WeightSet
@@ -263,39 +268,59 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
     stats: dict = {"bytes_read": 0, "requests": 0}
     lock = threading.Lock()
     missing: list = []
-    if ref.files[0].endswith(".index.json"):
-        index_name = ref.files[0]
-        raw, _ = client.call(_get, client, _file_url(client, ref, index_name), stats,
-                             what=f"hf:{ref.repo_id}/{index_name}", stats=stats)
-        index = parse_shard_index(raw, f"hf:{ref.repo_id}/{index_name}")
-        folder = os.path.dirname(index_name)
+    opened: list[_RangedFile] = []
+    order: list = []  # (file, tensor info, name prefix), in the files' order
+    for chosen in ref.files:
+        prefix = component_prefix(chosen, ref.files)  # components (diffusers sub-folders): <folder>/<tensor>
+        if not chosen.endswith(".index.json"):
+            rf = _RangedFile(client, ref, chosen, stats, lock)
+            opened.append(rf)
+            order += [(rf, info, prefix) for info in rf.tensors + rf.unknown]
+            continue
+        raw, _ = client.call(_get, client, _file_url(client, ref, chosen), stats, what=f"hf:{ref.repo_id}/{chosen}",
+                             stats=stats)
+        index = parse_shard_index(raw, f"hf:{ref.repo_id}/{chosen}")
+        folder = os.path.dirname(chosen)
         files = {}
         for shard in index.shards():
             try:
                 files[shard] = _RangedFile(client, ref, f"{folder}/{shard}" if folder else shard, stats, lock)
             except RemoteFileNotFoundError:
-                missing += index.missing(shard, None)
-        order = [(files[s], info) for s in index.shards() if s in files
-                 for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
+                missing += [(prefix + n, r) for n, r in index.missing(shard, None)]
+        order += [(files[s], info, prefix) for s in index.shards() if s in files
+                  for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
         for s in files:
-            missing += index.missing(s, {info.name for info in files[s].tensors + files[s].unknown})
-        opened = list(files.values())
-    else:
-        opened = [_RangedFile(client, ref, f, stats, lock) for f in ref.files]
-        order = [(rf, info) for rf in opened for info in rf.tensors + rf.unknown]
+            missing += [(prefix + n, r) for n, r in
+                        index.missing(s, {info.name for info in files[s].tensors + files[s].unknown})]
+        opened += files.values()
 
-    entries = [e for rf, info in order
+    entries = [dataclasses.replace(e, name=prefix + e.name) if prefix else e for rf, info, prefix in order
                for e in tensor_entries(*(([info], []) if info.dtype is not None else ([], [info])), rf.where, rf.load)]
-    if not ref.files[0].endswith(".index.json"):  # components (diffusers sub-folders): named <folder>/<tensor>
-        prefix = {rf.where: component_prefix(f, ref.files) for rf, f in zip(opened, ref.files)}
-        entries = [dataclasses.replace(e, name=prefix[e.file] + e.name) if prefix[e.file] else e for e in entries]
 
     def close():
         for rf in opened:
             rf.close()
 
     return WeightSet(files=[rf.where for rf in opened], format="safetensors", entries=lambda: iter(entries),
-                     missing=missing, close=close, stats=stats)
+                     missing=missing, close=close, stats=stats, config=_hub_config(ref, client, stats))
+
+
+def _hub_config(ref: ModelRef, client: HubClient, stats: dict) -> dict | None:
+    """The model's ``config.json`` read from the Hub (:func:`hubscan.weights.model_config`): absent → None. Its
+    requests count in ``stats``, its bytes not (``bytes_read`` counts weight files)."""
+    from hubscan.weights import model_config
+
+    def read_json(rel: str):
+        own: dict = {"bytes_read": 0, "requests": 0}
+        try:
+            raw, _ = client.call(_get, client, _file_url(client, ref, rel), own, what=f"hf:{ref.repo_id}/{rel}", stats=own)
+            return json.loads(raw)
+        except (HubscanError, ValueError):  # optional: absent or unreadable
+            return None
+        finally:
+            stats["requests"] = stats.get("requests", 0) + own["requests"]
+
+    return model_config(read_json, ref.files)
 
 
 def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
@@ -317,14 +342,16 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
 
     try:
         paths = [download(f) for f in ref.files]
-        if ref.files[0].endswith(".index.json"):
-            index = parse_shard_index(Path(paths[0]).read_text(), paths[0])
-            folder = os.path.dirname(ref.files[0])
-            for shard in index.shards():
-                with contextlib.suppress(RemoteFileNotFoundError):  # the reader reports it as missing
-                    download(f"{folder}/{shard}" if folder else shard)
+        for f, local in zip(ref.files, paths):  # an index (a component's too) names shards beside it
+            if f.endswith(".index.json"):
+                folder = os.path.dirname(f)
+                for shard in parse_shard_index(Path(local).read_text(), local).shards():
+                    with contextlib.suppress(RemoteFileNotFoundError):  # the reader reports it as missing
+                        download(f"{folder}/{shard}" if folder else shard)
         # the snapshot folder holds the repository's layout: the same rule as a local folder opens it
-        ws = open_chosen(paths[0][: len(paths[0]) - len(ref.files[0])], ref.files)
+        root = paths[0][: len(paths[0]) - len(ref.files[0])]
+        ws = open_chosen(root, ref.files)
+        ws.config = _downloaded_config(ref, client, cache_dir, stats, root)
     except BaseException:
         if tmp and not client.keep_cache:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -340,3 +367,19 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     ws.close = close
     ws.stats = {**ws.stats, **stats}
     return ws
+
+
+def _downloaded_config(ref: ModelRef, client: HubClient, cache_dir: str, stats: dict, root: str) -> dict | None:
+    """The ``config.json`` of a downloaded model (:func:`hubscan.weights.model_config`), fetched into the same
+    cache; absent → None; its bytes are not counted in ``bytes_read``."""
+    from huggingface_hub import hf_hub_download
+    from hubscan.weights import folder_config
+
+    for rel in ["config.json", *sorted({f"{f.split('/', 1)[0]}/config.json" for f in ref.files if "/" in f})]:
+        with contextlib.suppress(HubscanError):  # optional: absent, or not in an offline cache
+            client.call(hf_hub_download, ref.repo_id, rel, revision=ref.revision, cache_dir=cache_dir,
+                        endpoint=client.endpoint, token=client.token, local_files_only=bool(client.offline),
+                        etag_timeout=client.timeout, what=f"hf:{ref.repo_id}@{ref.revision}/{rel}", stats=stats)
+        if rel == "config.json" and os.path.isfile(os.path.join(root, rel)):
+            break
+    return folder_config(root, ref.files)

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
-from hubscan.weights import register_reader
+from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import refuse_other_format, sniff_format
 
@@ -226,7 +226,9 @@ def tensor_entries(tensors: list[TensorInfo], unknown: list[TensorInfo], where: 
     return [e for _, e in sorted(entries, key=lambda p: p[0])]
 
 
-@register_reader("safetensors", [".safetensors"])
+@register_reader("safetensors", [".safetensors"], variants=[".safetensors"], rules=[
+    FileRule(("model.safetensors",), index="model.safetensors.index.json", priority=10),
+    FileRule(("model-*-of-*.safetensors", "*.safetensors"), priority=20)])
 def open_safetensors(path: str | os.PathLike) -> WeightSet:
     """Open a ``.safetensors`` file: validate its header, then read tensors one at a time.
 

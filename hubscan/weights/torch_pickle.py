@@ -74,7 +74,7 @@ import torch
 import torch.jit._pickle
 
 from hubscan.errors import CorruptFileError, HubscanError, UnsafeFileError, UnsupportedFormatError
-from hubscan.weights import register_reader
+from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet, memory_budget
 from hubscan.weights.files import SNIFF_BYTES, refuse_other_format
 
@@ -691,7 +691,10 @@ def _from_numpy(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-@register_reader("torch", [".bin", ".pt", ".pth", ".ckpt", ".jit"])
+@register_reader("torch", [".bin", ".pt", ".pth", ".ckpt", ".jit"], variants=[".bin"], rules=[
+    FileRule(("pytorch_model.bin",), index="pytorch_model.bin.index.json", priority=30),
+    FileRule(("pytorch_model-*-of-*.bin", "pytorch_model*.bin"), priority=40),
+    FileRule(("*.pth", "*.pt", "*.ckpt", "*.bin", "*.jit"), priority=80)])
 def open_torch(path: str | os.PathLike) -> WeightSet:
     """Open a torch checkpoint (or TorchScript archive) safely and list its weight tensors.
 
