@@ -828,8 +828,8 @@ class Survey:
                 ray.shutdown()
         if self.source_lost is not None:
             exc, left = self.source_lost
-            raise HubUnreachableError(self.config.source, f"{exc.reason}: the survey stopped; "
-                                      f"{sum(self.counts.values())} models committed, {left} left for the next run")
+            raise HubUnreachableError(self.config.source, f"{exc.reason}: the survey stopped (models committed: "
+                                      f"{sum(self.counts.values())}; left for the next run: {left})")
         if self.interrupted:
             raise KeyboardInterrupt
         return summary
