@@ -3,8 +3,9 @@ analysis actors that stream weights, compute the ESDs and write data files (:mod
 
 Flow (the steps of :class:`Survey`):
 
-1. **plan** — enumerate the source, pin each model (commit sha / fingerprint), drop what the
-   dataset already holds for the same (source, id, revision, analysis config) unless ``force``.
+1. **plan** — enumerate the source, hold the dataset (writable? its lease), pin each model (commit
+   sha / fingerprint), drop what the dataset already holds for the same (source, id, revision,
+   analysis config) unless ``force``.
    Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
 2. **init Ray** and start the **pool** of actors.
 3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
@@ -24,9 +25,10 @@ uncommitted models it had buffered re-dispatched; a killed driver commits nothin
 rerun redoes what was not committed (uncommitted files are invisible and vacuumed); Ctrl-C stops
 at once and records the survey as interrupted with the counts of what was committed.
 
-The dataset: before planning, the survey checks that the dataset can be written and takes its
-lease (:class:`hubscan.store.Lease`: one survey at a time per dataset; a second is refused in one
-line naming the holder). A write that fails during the survey (or a lease lost to another writer)
+The dataset: once the source is enumerated (a source that cannot be listed fails first, touching
+nothing), the survey checks that the dataset can be written and takes its lease
+(:class:`hubscan.store.Lease`: one survey at a time per dataset; a second is refused in one line
+naming the holder), before anything is pinned, Ray started or a row written. A write that fails during the survey (or a lease lost to another writer)
 stops it at once, nothing more written. A source whose endpoint cannot be reached
 (:class:`~hubscan.errors.HubUnreachableError`) is not a property of each model: while planning it
 stops the survey before any model row is written; during the analyses the survey stops
@@ -496,6 +498,8 @@ class Survey:
         self.source_lost: tuple[HubUnreachableError, int] | None = None
         #: the dataset took a write error (or the lease was lost): nothing more is written
         self.write_error: HubscanError | None = None
+        #: what the survey holds until it ends: the dataset's lease (:meth:`hold`)
+        self.holds = contextlib.ExitStack()
 
     # -- 1. plan: before Ray -------------------------------------------------------------------
     def enumerate(self) -> list:
@@ -511,14 +515,15 @@ class Survey:
         Raises
         ------
         hubscan.errors.HubscanError
-            The source cannot be enumerated, or holds no model.
+            The source cannot be enumerated, or holds no model (nothing is written then); or the
+            dataset cannot be held (:meth:`hold`).
         """
         from hubscan.sources import resolve
         config = self.config
         items = self.enumerate()
         if not items:
             raise NoWeightsError(config.source, "no models found")
-        self.dataset = self.dataset or Dataset(config.out, **config.storage_options)
+        self.hold()
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
         seen = set()
@@ -779,14 +784,13 @@ class Survey:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict:
-        """hold the dataset → plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
-        with self.hold():
+        """plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
+        with contextlib.ExitStack() as self.holds:  # the dataset's lease (:meth:`hold`), released at the end
             return self._run()
 
-    @contextlib.contextmanager
-    def hold(self):
-        """The survey's hold on its dataset: check that it can be written and take its lease (one survey
-        at a time per dataset), before anything is planned; released when the survey ends.
+    def hold(self) -> None:
+        """Once the source is enumerated, before anything is pinned or written: check that the dataset
+        can be written and take its lease (one survey at a time per dataset) until the survey ends.
 
         Raises
         ------
@@ -797,8 +801,7 @@ class Survey:
         """
         self.dataset = Dataset(self.config.out, **self.config.storage_options)
         self.dataset.check_writable()
-        with Lease(self.dataset, self.survey_id):
-            yield
+        self.holds.enter_context(Lease(self.dataset, self.survey_id))
 
     def _run(self) -> dict:
         self.plan()

@@ -150,7 +150,7 @@ def _hold_elsewhere(out, so: dict, seconds: float) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("backend", ["local", "s3"])
-def test_lease_is_atomic_and_a_dead_holder_elsewhere_is_taken_over_after_its_time(backend, request, tmp_path):
+def test_lease_is_atomic_and_a_dead_holder_elsewhere_is_taken_over_after_its_time(backend, request, tmp_path, hub20):
     so = request.getfixturevalue("s3") if backend == "s3" else {}
     out = f"s3://hubscan/lease-{tmp_path.name}" if backend == "s3" else str(tmp_path / "ds")
     # 6 writers race for a free lease: exactly one gets it (a Delta commit that cannot be retried onto
@@ -178,7 +178,7 @@ def test_lease_is_atomic_and_a_dead_holder_elsewhere_is_taken_over_after_its_tim
     # a holder on another host: a second survey is refused in one line (before planning or Ray)
     holder = _hold_elsewhere(out, so, seconds=20)
     try:
-        rc, _, err, _ = cli("survey", "--source", "local:/nonexistent", "--out", out,
+        rc, _, err, _ = cli("survey", "--source", f"local:{hub20}", "--out", out,
                             *(["--storage-options", json.dumps(so)] if so else []))
         line = error_line(err)
         assert rc == 1 and "survey cron-week-1 (host other-host, pid " in line and "taken over after 20 s" in line
