@@ -181,6 +181,7 @@ def open_filesystem(url: str, **storage_options) -> tuple[pafs.FileSystem, str]:
         return pafs.GcsFileSystem(**pa_opts), rest.rstrip("/")
     raise ValueError(f"{url}: unsupported dataset location (a local path, s3:// or gs://)")
 
+
 #: Names of a table's ``_delta_log`` files: commits and (single- or multi-part) checkpoints.
 _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
 _CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint(?:\.\d+\.\d+)?\.parquet$")
@@ -236,7 +237,6 @@ def _os_reason(exc: OSError) -> str:
     if getattr(exc, "errno", None):
         return os.strerror(exc.errno).lower()
     return error_reason(exc)
-
 
 
 class Dataset:
