@@ -72,6 +72,11 @@ class TableReport:
     def sound(self) -> bool:
         return not (self.damage or self.missing or self.error)
 
+    @property
+    def readable(self) -> bool:
+        """Its latest version can be queried (damage only time travel meets is allowed)."""
+        return not (self.error or self.missing or any(d.needed for d in self.damage))
+
 
 @dataclass
 class Diagnosis:
@@ -83,7 +88,9 @@ class Diagnosis:
 
     @property
     def sound(self) -> bool:
-        return all(t.sound for t in self.tables) and not self.orphans
+        """Every table's latest version reads whole and no model lost its rows (damage that only time
+        travel meets is reported, not counted)."""
+        return all(t.readable for t in self.tables) and not self.orphans
 
     def lines(self) -> list[str]:
         """The report, one line per finding: each table's state, each damaged file, what the repair does."""
@@ -92,7 +99,8 @@ class Diagnosis:
             if t.sound:
                 out.append(f"{t.table}: sound (version {t.version}, {t.files} data files)")
                 continue
-            out.append(f"{t.table}: DAMAGED")
+            out.append(f"{t.table}: readable (version {t.version}, {t.files} data files), older commits damaged"
+                       if t.readable else f"{t.table}: DAMAGED")
             for d in t.damage:
                 use = "the latest version needs it" if d.needed else "only time travel to older versions needs it"
                 out.append(f"  {d.path}: {d.problem} ({use})")
@@ -136,7 +144,7 @@ def diagnose(dataset: str, **storage_options) -> Diagnosis:
     data = Dataset(dataset, create=False, **storage_options).require()
     reports = [_examine(data, t) for t in EXAMINED
                if data.fs.get_file_info(posixpath.join(data.root, t, "_delta_log")).type == pafs.FileType.Directory]
-    readable = all(r.error is None and r.rollback_to is None for r in reports if r.table in ("models", "layers", "esd"))
+    readable = all(r.readable for r in reports if r.table in ("models", "layers", "esd"))
     return Diagnosis(dataset, reports, _orphans(data) if readable else [])
 
 
@@ -172,9 +180,7 @@ def _orphans(data: Dataset) -> list[str]:
     from hubscan.query import connect
     con = connect(data.url, **data.storage_options)
     views = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
-    if "models" not in views:
-        return []
-    if "layers" not in views:
+    if not {"models", "layers"} <= views:
         return []  # no model was ever analyzed
     layers = "SELECT 1 FROM layers l WHERE l.model_key = m.model_key"
     lost_esd = "false"
@@ -233,28 +239,31 @@ def _repair_table(data: Dataset, report: TableReport, stamp: str) -> list[str]:
     from hubscan.errors import HubscanError
     table, done = report.table, []
     log_dir = posixpath.join(data.root, table, "_delta_log")
-    if report.error and report.rollback_to is None:
-        raise HubscanError(f"{data.url}/{table}", report.error)
-    for d in report.damage:  # damaged checkpoints and pointer: moved aside, readers replay the commits
-        if d.needed and not d.path.endswith(".json"):
-            _backup(data, d.path, stamp, table)
-            data.fs.delete_file(d.path)
-            done.append(f"{table}: {posixpath.basename(d.path)} ({d.problem}) moved to _doctor/{stamp}/{table}/")
-    if any(d.path.endswith(".parquet") and d.needed for d in report.damage):
-        pointer = posixpath.join(log_dir, "_last_checkpoint")  # it names the checkpoint moved aside
-        if data.fs.get_file_info(pointer).type == pafs.FileType.File:
-            _backup(data, pointer, stamp, table)
-            data.fs.delete_file(pointer)
-        report = _examine(data, table)  # the commits now needed, from the previous checkpoint on
-        if report.error and report.rollback_to is None:
-            raise HubscanError(f"{data.url}/{table}", report.error)
+    moved = [d for d in report.damage if d.needed and not d.path.endswith(".json")]
+    if any(d.path.endswith(".parquet") for d in moved):  # the pointer names the checkpoint moved aside
+        pointer = posixpath.join(log_dir, "_last_checkpoint")
+        if data.fs.get_file_info(pointer).type == pafs.FileType.File and all(d.path != pointer for d in moved):
+            moved.append(LogDamage(table, pointer, None, "names the damaged checkpoint", True))
+    for d in moved:  # readers replay the commits since the previous checkpoint instead
+        _backup(data, d.path, stamp, table)
+        data.fs.delete_file(d.path)
+        done.append(f"{table}: {posixpath.basename(d.path)} ({d.problem}) moved to _doctor/{stamp}/{table}/")
+    if moved:
+        report = _examine(data, table)
     if report.rollback_to is not None:
         done.append(_roll_back(data, table, report.rollback_to, stamp))
+        report = _examine(data, table)
+    if report.error:
+        raise HubscanError(f"{data.url}/{table}", report.error)
     if report.missing:
-        dt = data.table(table)
-        dt.repair(dry_run=False)
+        data.table(table).repair(dry_run=False)
         done.append(f"{table}: {len(report.missing)} data files the store lost removed from the table "
                     f"(their rows are lost; first: {report.missing[0]})")
+    old = [d for d in report.damage if not d.needed]
+    if old:
+        done.append(f"{table}: {len(old)} damaged commits before its newest checkpoint left as they are (the latest "
+                    f"version does not read them; only --as-of a survey that recorded versions {old[0].version}… "
+                    "up to that checkpoint fails)")
     return done
 
 
@@ -278,8 +287,10 @@ def _roll_back(data: Dataset, table: str, version: int, stamp: str) -> str:
             out.write(json.dumps(noop).encode())
     data.refresh()
     data.table(table)  # raises when the rolled-back table still cannot be read
-    return (f"{table}: rolled back to version {version} (commits {version + 1}…{latest} replaced by empty commits, "
-            f"originals in _doctor/{stamp}/{table}/){f'; survey {first_survey} wrote the first of them' if first_survey else ''}")
+    commits = f"commit {latest}" if latest == version + 1 else f"commits {version + 1}…{latest}"
+    by = f"; survey {first_survey} wrote the first" if first_survey else ""
+    return (f"{table}: rolled back to version {version} ({commits} replaced by empty commits, originals in "
+            f"_doctor/{stamp}/{table}/){by}")
 
 
 def _survey_of(data: Dataset, path: str) -> str | None:

@@ -197,11 +197,11 @@ def test_lease_is_atomic_and_a_dead_holder_elsewhere_is_taken_over_after_its_tim
         lease.release()
 
 
-def _small_dataset(out: Path, hub: Path) -> None:
-    """A dataset of two of the case's models written in this process (no Ray)."""
+def _small_dataset(out: Path, hub: Path, models=slice(0, 2)) -> None:
+    """A dataset of some of the case's models written in this process (no Ray), one ``models`` commit each."""
     import hubscan
     ds = Dataset(str(out))
-    for path in sorted(hub.iterdir())[:2]:
+    for path in sorted(hub.iterdir())[models]:
         res = hubscan.analyze(path)
         ident = {"model_key": path.stem, "source": "local", "model_id": path.name, "revision": "r"}
         ds.write_model({**ident, "status": "success"}, [{**ident, **r} for r in res.rows])
@@ -323,6 +323,41 @@ def test_truncated_log_mid_table_repaired_then_redone(two_surveys, hub20, tmp_pa
     assert q(out, "SELECT count(*), count(DISTINCT model_key) FROM models") == [(N_MODELS, N_MODELS)]
     assert q(out, "SELECT count(*), count(DISTINCT (model_key, layer_id, part)) FROM layers") == [(4 * N_MODELS,) * 2]
     assert q(out, "SELECT count(*), count(DISTINCT (model_key, layer_id, part)) FROM esd") == [(4 * N_MODELS,) * 2]
+
+
+def test_damaged_checkpoint_moved_aside_and_older_damage_reported(hub20, tmp_path):
+    """``models`` read from a checkpoint (version 2) and one commit after it. A damaged commit older than the
+    checkpoint stops only time travel: reported, the dataset still sound (exit 0). A truncated checkpoint: one
+    line naming it; the repair moves it aside, readers replay the commits, every model is back."""
+    from deltalake import DeltaTable
+    base = tmp_path / "base"
+    _small_dataset(base, hub20)
+    DeltaTable(str(base / "models")).create_checkpoint()
+    _small_dataset(base, hub20, slice(2, 3))
+    commits, checkpoints, pointer = Dataset(str(base)).log_files("models")
+    assert sorted(commits) == [0, 1, 2, 3] and list(checkpoints) == [2] and pointer
+
+    old, cp = tmp_path / "old", tmp_path / "cp"
+    shutil.copytree(base, old)
+    shutil.copytree(base, cp)
+    _truncate(old / "models" / "_delta_log" / Path(commits[1]).name)
+    rc, report, err, _ = cli("doctor", "--dataset", old)
+    assert rc == 0, report + err
+    assert "models: readable (version 3, 3 data files), older commits damaged" in report
+    assert "00000000000000000001.json: truncated commit file" in report and "only time travel" in report
+    assert q(old, "SELECT count(*) FROM models") == [(3,)]
+
+    damaged = cp / "models" / "_delta_log" / Path(checkpoints[2][0]).name
+    _truncate(damaged)
+    rc, _, err, _ = cli("sql", "--dataset", cp, "SELECT count(*) FROM models")
+    assert rc == 1 and f"{damaged}: table models: checkpoint Parquet file cannot be read" in error_line(err)
+    rc, done, err, _ = cli("doctor", "--dataset", cp, "--repair")
+    assert rc == 0 and f"models: {damaged.name} (checkpoint Parquet file cannot be read) moved to _doctor/" in done, \
+        done + err
+    assert "models: _last_checkpoint (names the damaged checkpoint) moved" in done
+    assert q(cp, "SELECT count(*), count(DISTINCT model_key) FROM models") == [(3, 3)]
+    rc, report, err, _ = cli("doctor", "--dataset", cp)
+    assert rc == 0 and "models: sound (version 3, 3 data files)" in report, report + err
 
 
 # -- an unreachable Hub ---------------------------------------------------------------------------------
