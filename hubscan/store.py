@@ -343,7 +343,8 @@ class Dataset:
         log_dir = posixpath.join(self.root, table, "_delta_log")
         for v in range(base + 1, latest + 1):
             if v not in commits:
-                damage.append(LogDamage(table, posixpath.join(log_dir, f"{v:020d}.json"), v, "commit file missing", True))
+                damage.append(LogDamage(table, posixpath.join(log_dir, f"{v:020d}.json"), v, "commit file missing",
+                                        True))
         for v, path in sorted(commits.items()):
             if v > base or every:
                 problem = _commit_problem(self.read_bytes(path))

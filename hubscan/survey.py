@@ -28,8 +28,9 @@ at once and records the survey as interrupted with the counts of what was commit
 The dataset: once the source is enumerated (a source that cannot be listed fails first, touching
 nothing), the survey checks that the dataset can be written and takes its lease
 (:class:`hubscan.store.Lease`: one survey at a time per dataset; a second is refused in one line
-naming the holder), before anything is pinned, Ray started or a row written. A write that fails during the survey (or a lease lost to another writer)
-stops it at once, nothing more written. A source whose endpoint cannot be reached
+naming the holder), before anything is pinned, Ray started or a row written. A write that fails
+during the survey (or a lease lost to another writer) stops it at once, nothing more written. A
+source whose endpoint cannot be reached
 (:class:`~hubscan.errors.HubUnreachableError`) is not a property of each model: while planning it
 stops the survey before any model row is written; during the analyses the survey stops
 dispatching, commits what was analyzed and leaves the models not yet analyzed (the one that met the

@@ -140,7 +140,8 @@ def _hold_elsewhere(out, so: dict, seconds: float) -> subprocess.Popen:
     code = ("import json, socket, sys, time\n"
             "socket.gethostname = lambda: 'other-host'\n"
             "from hubscan.store import Dataset, Lease\n"
-            "Lease(Dataset(sys.argv[1], **json.loads(sys.argv[2])), 'cron-week-1', seconds=float(sys.argv[3])).acquire()\n"
+            "data = Dataset(sys.argv[1], **json.loads(sys.argv[2]))\n"
+            "Lease(data, 'cron-week-1', seconds=float(sys.argv[3])).acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(3600)\n")
     p = subprocess.Popen([sys.executable, "-c", code, str(out), json.dumps(so), str(seconds)], env=ENV,
