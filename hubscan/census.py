@@ -241,7 +241,7 @@ class TreeSurvey(Survey):
         self.others = other_edges(self.tree, list(self.work), self.dataset, self.config.options, self.config.force)
 
     def summary(self) -> dict:
-        if self.dataset is not None and not self.interrupted:
+        if self.dataset is not None and not self.interrupted and self.write_error is None:
             write_lineage(self.dataset, self.tree, self.survey_id)
             self.edges = write_deltas(self.dataset, self.tree, self.others, client=self.client, options=self.options,
                                       survey_id=self.survey_id, batch_size=self.batch_size)

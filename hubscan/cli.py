@@ -903,10 +903,14 @@ def _add_sql(sub) -> None:
 # -- compact / migrate --------------------------------------------------------------------------------
 
 def cmd_compact(args) -> int:
-    from hubscan.store import Dataset
+    import uuid
+
+    from hubscan.store import Dataset, Lease
 
     data = Dataset(args.dataset, create=False, **(args.storage_options or {})).require()
-    for table, r in data.compact(retention_hours=args.retention_hours).items():
+    with Lease(data, f"compact-{uuid.uuid4().hex[:6]}", operation="compact"):  # vacuum would delete a survey's
+        compacted = data.compact(retention_hours=args.retention_hours)        # files not yet committed
+    for table, r in compacted.items():
         print(f"{table}: {r['files_before']} → {r['files_after']} data files, {r['vacuumed']} unreferenced files deleted")
     return 0
 
@@ -920,6 +924,40 @@ def _add_compact(sub) -> None:
     _add_dataset(p, what="to compact")
     p.add_argument("--retention-hours", type=_float_range(0.0), default=168.0,
                    help="keep removed files younger than this (default 168; 0: delete now)")
+
+
+def cmd_doctor(args) -> int:
+    from hubscan import doctor
+
+    so = args.storage_options or {}
+    if args.repair:
+        done = doctor.repair(args.dataset, **so)
+        for line in done:
+            print(line)
+        print("repaired" if done else "nothing to repair: the dataset is sound")
+        return 0
+    found = doctor.diagnose(args.dataset, **so)
+    for line in found.lines():
+        print(line)
+    if found.sound:
+        return 0
+    print(f"hubscan doctor --dataset {args.dataset} --repair restores what can be restored safely (as said above; "
+          "every file it changes is first copied to DATASET/_doctor/)")
+    return 1
+
+
+def _add_doctor(sub) -> None:
+    p = _command(sub, "doctor", cmd_doctor, help="say what is damaged in a dataset and how to recover; --repair does it",
+                 description="Examine every table's Delta log (commits, checkpoints) and data files. Exit status 1 when "
+                             "something is damaged. --repair (while no survey runs) rolls a table with a damaged "
+                             "or missing commit back to its last version readable whole, moves damaged checkpoints "
+                             "aside, drops lost data files from the table, and removes from `models` the models "
+                             "whose rows were lost, so that the next survey redoes them.",
+                 epilog="examples:\n  hubscan doctor --dataset out/dataset\n"
+                        "  hubscan doctor --dataset out/dataset --repair")
+    _add_dataset(p, what="to examine")
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired safely (files changed are "
+                                                          "copied to DATASET/_doctor/ first)")
 
 
 def cmd_migrate(args) -> int:
@@ -1128,8 +1166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_migrate, _add_accuracy, _add_correlate,
-                _add_report):
+    for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_doctor, _add_migrate, _add_accuracy,
+                _add_correlate, _add_report):
         add(sub)
     return parser
 

@@ -28,6 +28,9 @@ class HubscanError(Exception):
         self.reason = " ".join(str(reason).split())  # one line, always
         super().__init__(f"{self.where}: {self.reason}")
 
+    def __reduce__(self):  # picklable with its type (raised in a Ray actor, caught by type in the driver)
+        return type(self), (self.where, self.reason)
+
 
 # -- weight files ----------------------------------------------------------------------------------
 
@@ -113,3 +116,18 @@ class SurveyNotFoundError(HubscanError, LookupError):
 class SchemaMismatchError(HubscanError, ValueError):
     """A producer emitted a column that its table's schema lacks (a typo, or a metric that was never
     registered): raised by :func:`hubscan.schema.rows_to_table` instead of dropping the value."""
+
+
+class DatasetBusyError(HubscanError):
+    """Another process holds the dataset's lease (one writing survey at a time per dataset,
+    :class:`hubscan.store.Lease`), or a holder lost its lease to another."""
+
+
+class DatasetWriteError(HubscanError):
+    """The dataset cannot be written (read-only, permission denied, a storage error): checked before a
+    survey starts; raised during one, it stops the survey."""
+
+
+class DatasetCorruptError(HubscanError):
+    """A table of the dataset cannot be read because a file of its ``_delta_log`` is damaged (``where``
+    names the file; ``hubscan doctor`` says how to recover)."""

@@ -4,7 +4,9 @@ Each Delta table's live files (from the Delta snapshot, never a glob: removed an
 files are left out) become a DuckDB view: on local disk through DuckDB's built-in Parquet reader,
 on object stores as a registered ``pyarrow.dataset`` (lazy scans with projection and filter
 pushdown) — no DuckDB extension to download either way. ``as_of`` gives the tables as a survey left them
-(the table versions its ``surveys`` row recorded).
+(the table versions its ``surveys`` row recorded). A table whose ``_delta_log`` is damaged becomes a
+view that fails, when a query reads it, with the one line naming the damaged file: the other tables
+stay queryable.
 """
 
 from __future__ import annotations
@@ -64,16 +66,21 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
     """
     import duckdb
 
+    from hubscan.errors import DatasetCorruptError
     data = Dataset(dataset, create=False, **storage_options)
     if require or as_of:
         data.require()
     versions, started = survey_versions(data, as_of) if as_of else ({}, None)
     con = duckdb.connect()
     for table in VIEWS:
-        if as_of and table not in versions and table != "surveys":
-            source = None  # the table did not exist when the survey finished
-        else:
-            source = data.arrow_dataset(table, versions.get(table))
+        try:
+            if as_of and table not in versions and table != "surveys":
+                source = None  # the table did not exist when the survey finished
+            else:
+                source = data.arrow_dataset(table, versions.get(table))
+        except DatasetCorruptError as exc:
+            con.execute(_failing_view(con, table, str(exc)))
+            continue
         if source is None and table != "accuracy":
             continue  # no such table (yet): no view
         where = f" WHERE started_at <= TIMESTAMPTZ '{started.isoformat()}'" if table == "surveys" and as_of else ""
@@ -84,6 +91,15 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
             body = f"SELECT * FROM _{table}_arrow"
         con.execute(f"CREATE VIEW {table} AS {body}{where}")
     return con
+
+
+def _failing_view(con, table: str, message: str) -> str:
+    """A view with the table's columns that raises ``message`` when a query reads a row of it (a
+    damaged table): queries of the other views still run."""
+    con.register(f"_{table}_columns", TABLES[table].empty_table())
+    text = message.replace("'", "''")
+    return (f"CREATE VIEW {table} AS SELECT c.* FROM range(1) LEFT JOIN _{table}_columns c ON true "
+            f"WHERE error('{text}')")
 
 
 def _native_scan(con, table: str, source) -> str:

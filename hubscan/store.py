@@ -11,17 +11,24 @@ Layout::
 Each folder is a Delta table: Parquet data files plus a ``_delta_log`` of JSON commits. Its schema
 (with every column's description and ``hubscan.schema_version``) comes from :mod:`hubscan.schema`;
 columns added to hubscan later are added to an existing table before the next commit.
+``DATASET/_lease/`` (not a view) holds the writer's lease (:class:`Lease`).
+
+Faults: a write that fails raises :class:`~hubscan.errors.DatasetWriteError`; a table whose
+``_delta_log`` holds a damaged file raises :class:`~hubscan.errors.DatasetCorruptError` naming the
+file (:meth:`Dataset.log_damage`; :mod:`hubscan.doctor` repairs what it safely can).
 
 ``model_key`` = sha256 of (source, model id, revision, analysis-config hash), 16 hex digits: a
 new revision or new analysis settings give a new key.
 
-Writers and the committer (how concurrent writers on S3 need no lock service):
+Writers and the committer:
 
 - :meth:`Dataset.write_files` writes data files (many models per file) and returns Delta
   ``AddAction`` s; the files are invisible to every reader until committed. Survey actors call it.
-- :meth:`Dataset.commit` commits actions in one Delta transaction. Only one process commits to a
-  dataset at a time (the survey driver, or the CLI command that writes), so commits never race and
-  S3 needs no locking (``AWS_S3_ALLOW_UNSAFE_RENAME`` is safe with a single committer).
+- :meth:`Dataset.commit` commits actions in one Delta transaction. One process writes a dataset at
+  a time: the survey driver (or ``hubscan compact`` / ``doctor --repair``) holds the dataset's
+  :class:`Lease`, and a second writer is refused in one line naming the holder. Every commit is
+  atomic on every store (put-if-absent of the next ``_delta_log`` file: a rename without replace on a
+  local disk, a conditional ``If-None-Match`` put on S3, ``AWS_CONDITIONAL_PUT=etag``).
 - ``replace=(column, keys)`` makes a commit a replace: files holding rows of those keys are
   removed and their other rows rewritten into a new file, in the same transaction as the adds, so
   no reader ever sees a key twice or not at all.
@@ -43,9 +50,13 @@ import json
 import logging
 import os
 import posixpath
+import re
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -122,8 +133,22 @@ def _split_options(url: str, storage_options: dict) -> tuple[dict, dict]:
             pa_opts.update(endpoint_override=host, scheme=scheme)
         if delta.get("AWS_ENDPOINT_URL", "").startswith("http://"):
             delta.setdefault("AWS_ALLOW_HTTP", "true")
-        delta.setdefault("AWS_S3_ALLOW_UNSAFE_RENAME", "true")  # one committer: no lock service needed
+        if "AWS_S3_ALLOW_UNSAFE_RENAME" not in delta and "AWS_S3_LOCKING_PROVIDER" not in delta:
+            delta.setdefault("AWS_CONDITIONAL_PUT", "etag")  # atomic commits (If-None-Match), no lock service
     return pa_opts, delta
+
+
+def error_reason(exc: BaseException) -> str:
+    """One line from a storage error (delta-rs messages span lines, carry ANSI colours and a Rust
+    backtrace: the text before the backtrace, its lines joined)."""
+    parts = []
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines():
+        line = line.strip().lstrip("↳").strip()
+        if re.match(r"^(\d+: |Stack backtrace)", line):
+            break
+        if line:
+            parts.append(line)
+    return ": ".join(parts) or type(exc).__name__
 
 
 def open_filesystem(url: str, **storage_options) -> tuple[pafs.FileSystem, str]:
@@ -157,6 +182,63 @@ def open_filesystem(url: str, **storage_options) -> tuple[pafs.FileSystem, str]:
     raise ValueError(f"{url}: unsupported dataset location (a local path, s3:// or gs://)")
 
 
+#: Names of a table's ``_delta_log`` files: commits and (single- or multi-part) checkpoints.
+_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint(?:\.\d+\.\d+)?\.parquet$")
+
+
+@dataclass(frozen=True)
+class LogDamage:
+    """A damaged file of a table's ``_delta_log`` (:meth:`Dataset.log_damage`).
+
+    Attributes
+    ----------
+    table : str
+    path : str
+        The file, on the dataset's filesystem.
+    version : int or None
+        The table version whose commit or checkpoint the file is (None: ``_last_checkpoint``).
+    problem : str
+        One line: what is wrong with it.
+    needed : bool
+        The latest version cannot be read without it (else only time travel to older versions fails).
+    """
+    table: str
+    path: str
+    version: int | None
+    problem: str
+    needed: bool
+
+
+def _commit_problem(data: bytes) -> str | None:
+    """What is wrong with a commit file's bytes (None when it is JSON lines of one Delta action each)."""
+    if not data.strip():
+        return "empty commit file"
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 text (byte {exc.start})"
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError as exc:
+            where = f"line {n} of {len(lines)}"
+            return (f"truncated commit file ({where} ends mid-record)" if n == len(lines)
+                    else f"damaged commit file ({where} is not JSON: {exc.msg})")
+        if not (isinstance(action, dict) and len(action) == 1):
+            return f"damaged commit file (line {n} of {len(lines)} is not a Delta action)"
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """One line for a filesystem error: the system's words for its errno when it has one."""
+    if getattr(exc, "errno", None):
+        return os.strerror(exc.errno).lower()
+    return error_reason(exc)
+
+
 class Dataset:
     """A hubscan survey dataset: one Delta table per entry of :data:`TABLES` (see the module
     docstring for layout and guarantees).
@@ -179,6 +261,8 @@ class Dataset:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self._create = create
         self._tables: dict = {}
+        #: The :class:`Lease` this process holds on the dataset (checked before every commit), or None.
+        self.lease: Lease | None = None
 
     # -- tables ----------------------------------------------------------------------------------
     def uri(self, table: str) -> str:
@@ -188,18 +272,150 @@ class Dataset:
         return f"{self.url.split('://', 1)[0]}://{posixpath.join(self.root, table)}"
 
     def table(self, table: str, version: int | None = None):
-        """The table as a ``deltalake.DeltaTable`` (latest, or at ``version``); None when absent."""
+        """The table as a ``deltalake.DeltaTable`` (latest, or at ``version``); None when absent.
+
+        Raises
+        ------
+        hubscan.errors.DatasetCorruptError
+            A file of the table's ``_delta_log`` that the version needs is damaged (named).
+        hubscan.errors.HubscanError
+            The table cannot be read otherwise (the storage's reason).
+        """
         from deltalake import DeltaTable
-        if version is None and table in self._tables:
-            dt = self._tables[table]
-            dt.update_incremental()
-            return dt
-        if not DeltaTable.is_deltatable(self.uri(table), storage_options=self.delta_options):
-            return None
-        dt = DeltaTable(self.uri(table), version=version, storage_options=self.delta_options)
+        from deltalake.exceptions import DeltaError
+        try:
+            if version is None and table in self._tables:
+                dt = self._tables[table]
+                dt.update_incremental()
+                return dt
+            if not DeltaTable.is_deltatable(self.uri(table), storage_options=self.delta_options):
+                return None
+            dt = DeltaTable(self.uri(table), version=version, storage_options=self.delta_options)
+        except (DeltaError, OSError) as exc:
+            raise self._unreadable(table, exc) from None
         if version is None:
             self._tables[table] = dt
         return dt
+
+    def _unreadable(self, table: str, exc: BaseException):
+        """The one-line error for a table delta-rs cannot load: the damaged log file it needs when there
+        is one, else the storage's reason."""
+        from hubscan.errors import DatasetCorruptError, HubscanError
+        for d in self.log_damage(table):
+            if d.needed:
+                return DatasetCorruptError(d.path, f"table {table}: {d.problem}; the table cannot be read "
+                                                   f"(hubscan doctor --dataset {self.url} says how to recover)")
+        return HubscanError(self.uri(table), f"table {table} cannot be read: {error_reason(exc)}")
+
+    def log_damage(self, table: str, *, every: bool = False) -> list[LogDamage]:
+        """The damaged files of a table's ``_delta_log``: commits that are not JSON lines of Delta actions
+        (truncated, overwritten), checkpoints Parquet cannot read, a ``_last_checkpoint`` that is not
+        JSON, and commits missing between the newest readable checkpoint and the latest version.
+
+        Parameters
+        ----------
+        table : str
+        every : bool
+            Also parse the commits the latest version does not need (those before its checkpoint:
+            time travel reads them); default: only what the latest version needs.
+
+        Returns
+        -------
+        list of LogDamage
+            In version order; empty for a sound (or absent) table.
+        """
+        commits, checkpoints, pointer = self.log_files(table)
+        damage = []
+        if pointer:
+            try:
+                int(json.loads(self.read_bytes(pointer))["version"])
+            except (ValueError, KeyError, TypeError):
+                damage.append(LogDamage(table, pointer, None, "not a valid checkpoint pointer (JSON with a version)",
+                                        True))
+        base = -1  # the newest readable checkpoint: the latest version is read from it on
+        for v in sorted(checkpoints, reverse=True):
+            bad = next((p for p in checkpoints[v] if not self._parquet_readable(p)), None)
+            if bad is None:
+                base = v
+                break
+            damage.append(LogDamage(table, bad, v, "checkpoint Parquet file cannot be read", True))
+        latest = max([*commits, *checkpoints], default=-1)
+        log_dir = posixpath.join(self.root, table, "_delta_log")
+        for v in range(base + 1, latest + 1):
+            if v not in commits:
+                damage.append(LogDamage(table, posixpath.join(log_dir, f"{v:020d}.json"), v, "commit file missing",
+                                        True))
+        for v, path in sorted(commits.items()):
+            if v > base or every:
+                problem = _commit_problem(self.read_bytes(path))
+                if problem:
+                    damage.append(LogDamage(table, path, v, problem, v > base))
+        return sorted(damage, key=lambda d: (-1 if d.version is None else d.version))
+
+    def log_files(self, table: str) -> tuple[dict[int, str], dict[int, list[str]], str | None]:
+        """The files of a table's ``_delta_log``: commit version → path, checkpoint version → its
+        part paths, and the ``_last_checkpoint`` pointer's path (None when absent)."""
+        log_dir = posixpath.join(self.root, table, "_delta_log")
+        commits, checkpoints, pointer = {}, {}, None
+        for i in self.fs.get_file_info(pafs.FileSelector(log_dir, allow_not_found=True)):
+            if m := _COMMIT_FILE.match(i.base_name):
+                commits[int(m[1])] = i.path
+            elif m := _CHECKPOINT_FILE.match(i.base_name):
+                checkpoints.setdefault(int(m[1]), []).append(i.path)
+            elif i.base_name == "_last_checkpoint":
+                pointer = i.path
+        return commits, checkpoints, pointer
+
+    def read_bytes(self, path: str) -> bytes:
+        """A file of the dataset (a path on :attr:`fs`), whole."""
+        with self.fs.open_input_stream(path) as f:
+            return f.read()
+
+    def refresh(self) -> None:
+        """Forget the tables opened so far (they are read again from their logs, e.g. after a repair)."""
+        self._tables.clear()
+
+    def _parquet_readable(self, path: str) -> bool:
+        try:
+            with self.fs.open_input_file(path) as f:
+                pq.read_metadata(f)
+            return True
+        except (OSError, pa.ArrowException):
+            return False
+
+    def check_writable(self) -> None:
+        """Write and delete a probe file in every folder a writer of this dataset writes to: the
+        dataset's root and, for each table present, its folder and ``_delta_log`` (on a local disk also
+        its partition folders). Creates the (local) root when absent.
+
+        Raises
+        ------
+        hubscan.errors.DatasetWriteError
+            A folder cannot be written (read-only, permission denied, a storage error), named.
+        """
+        from hubscan.errors import DatasetWriteError
+        folders = [self.root]
+        try:
+            if self.local:
+                os.makedirs(self.root, exist_ok=True)
+            for table in (*TABLES, LEASE_TABLE):
+                base = posixpath.join(self.root, table)
+                if self.fs.get_file_info(base).type != pafs.FileType.Directory:
+                    continue
+                folders += [base, posixpath.join(base, "_delta_log")]
+                if self.local:
+                    folders += [i.path for i in self.fs.get_file_info(pafs.FileSelector(base))
+                                if i.type == pafs.FileType.Directory and "=" in i.base_name]
+        except OSError as exc:
+            raise DatasetWriteError(self.url, f"cannot write to the dataset: {_os_reason(exc)}") from None
+        for folder in folders:
+            probe = posixpath.join(folder, f".hubscan-write-check-{uuid.uuid4().hex[:8]}")
+            try:
+                with self.fs.open_output_stream(probe) as out:
+                    out.write(b"")
+                self.fs.delete_file(probe)
+            except OSError as exc:
+                raise DatasetWriteError(folder, f"cannot write to the dataset: {_os_reason(exc)}") from None
 
     def require(self) -> "Dataset":
         """Raise a one-line error when there is no hubscan dataset here (no table exists).
@@ -208,12 +424,20 @@ class Dataset:
         ------
         hubscan.errors.DatasetNotFoundError
         """
-        if not any(self.table(t) is not None for t in ("models", "layers", "accuracy", "surveys")):
+        if not any(self._present(t) for t in ("models", "layers", "accuracy", "surveys")):
             from hubscan.errors import DatasetNotFoundError
             hint = " (a schema-v1 dataset: convert it with `hubscan migrate`)" if self._is_v1() else \
                 " (run `hubscan survey` first)"
             raise DatasetNotFoundError(self.url, "no hubscan dataset here" + hint)
         return self
+
+    def _present(self, table: str) -> bool:
+        """The table exists (a damaged one too)."""
+        from hubscan.errors import DatasetCorruptError
+        try:
+            return self.table(table) is not None
+        except DatasetCorruptError:
+            return True
 
     def _is_v1(self) -> bool:
         info = self.fs.get_file_info(posixpath.join(self.root, "table=models"))
@@ -321,9 +545,13 @@ class Dataset:
             pq.write_table(rows, buf, compression="zstd")
             payload = buf.getvalue()
             path = posixpath.join(self.root, table, rel)
-            self.fs.create_dir(posixpath.dirname(path), recursive=True)
-            with self.fs.open_output_stream(path) as out:
-                out.write(payload)
+            try:
+                self.fs.create_dir(posixpath.dirname(path), recursive=True)
+                with self.fs.open_output_stream(path) as out:
+                    out.write(payload)
+            except OSError as exc:
+                from hubscan.errors import DatasetWriteError
+                raise DatasetWriteError(path, f"cannot write a data file: {_os_reason(exc)}") from None
             actions.append(AddAction(path=rel, size=len(payload), partition_values=dict(zip(parts, values)),
                                      modification_time=int(time.time() * 1000), data_change=True,
                                      stats=json.dumps({"numRecords": rows.num_rows})))
@@ -354,32 +582,57 @@ class Dataset:
         -------
         int or None
             The table's new version (None when there was nothing to commit).
+
+        Raises
+        ------
+        hubscan.errors.DatasetWriteError
+            The commit could not be written.
+        hubscan.errors.DatasetBusyError
+            This process's :attr:`lease` was lost to another writer.
         """
         from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
         from deltalake.transaction import CommitProperties
+
+        from hubscan.errors import DatasetWriteError
         schema = TABLES[table]
         keys = set(replace[1]) if replace else set()
         dt = self.table(table)
         if not adds and (dt is None or not keys):
             return None
-        if dt is None:
-            if self.local:
-                os.makedirs(self.root, exist_ok=True)
-            DeltaTable.create(self.uri(table), schema, mode="ignore", partition_by=PARTITION_BY[table] or None,
-                              name=table, description=(schema.metadata or {}).get(b"hubscan.table", b"").decode(),
-                              configuration={"delta.checkpointInterval": "50"}, storage_options=self.delta_options)
-            dt = self.table(table)
-        self._evolve(dt, schema)
-        actions = list(adds)
-        if keys:
-            actions += self._replace_actions(table, dt, replace[0], keys, fresh or set())
-        if not actions:
-            return None
-        meta = {k: v for k, v in {"hubscan.survey_id": survey_id, "hubscan.operation": operation}.items() if v}
-        dt.create_write_transaction(actions, mode="append", schema=schema, partition_by=PARTITION_BY[table] or None,
-                                    commit_properties=CommitProperties(custom_metadata=meta or None))
-        dt.update_incremental()
+        self.check_lease()
+        try:
+            if dt is None:
+                if self.local:
+                    os.makedirs(self.root, exist_ok=True)
+                DeltaTable.create(self.uri(table), schema, mode="ignore", partition_by=PARTITION_BY[table] or None,
+                                  name=table, description=(schema.metadata or {}).get(b"hubscan.table", b"").decode(),
+                                  configuration={"delta.checkpointInterval": "50"}, storage_options=self.delta_options)
+                dt = self.table(table)
+            self._evolve(dt, schema)
+            actions = list(adds)
+            if keys:
+                actions += self._replace_actions(table, dt, replace[0], keys, fresh or set())
+            if not actions:
+                return None
+            meta = {k: v for k, v in {"hubscan.survey_id": survey_id, "hubscan.operation": operation}.items() if v}
+            dt.create_write_transaction(actions, mode="append", schema=schema, partition_by=PARTITION_BY[table] or None,
+                                        commit_properties=CommitProperties(custom_metadata=meta or None))
+            dt.update_incremental()
+        except (DeltaError, OSError) as exc:
+            raise DatasetWriteError(self.uri(table), f"cannot commit to table {table}: {error_reason(exc)}") from None
         return dt.version()
+
+    def check_lease(self) -> None:
+        """Before a commit: this process's lease, when it holds one, is still its own (:meth:`Lease.check`).
+
+        Raises
+        ------
+        hubscan.errors.DatasetBusyError
+            The lease was lost to another writer.
+        """
+        if self.lease is not None:
+            self.lease.check()
 
     def write(self, table: str, data: pa.Table, *, replace: tuple[str, Iterable] | None = None,
               survey_id: str | None = None) -> int | None:
@@ -493,24 +746,296 @@ class Dataset:
         dict
             table → {"files_before", "files_after", "removed", "vacuumed"}.
         """
+        from deltalake.exceptions import DeltaError
         from deltalake.transaction import CommitProperties
+
+        from hubscan.errors import DatasetWriteError
         keep = self.survey_versions() if keep_versions is None else keep_versions
         out = {}
         for table in tables or TABLES:
             dt = self.table(table)
             if dt is None:
                 continue
+            self.check_lease()
             before = len(dt.file_uris())
             meta = {"hubscan.operation": "compact", **({"hubscan.survey_id": survey_id} if survey_id else {})}
-            metrics = dt.optimize.compact(target_size=512 * 1024 * 1024,
-                                          commit_properties=CommitProperties(custom_metadata=meta))
-            dt.update_incremental()
-            vacuumed = dt.vacuum(retention_hours=int(retention_hours), dry_run=False, enforce_retention_duration=False,
-                                 full=True, keep_versions=sorted(keep.get(table, ())) or None)
-            dt.update_incremental()
+            try:
+                metrics = dt.optimize.compact(target_size=512 * 1024 * 1024,
+                                              commit_properties=CommitProperties(custom_metadata=meta))
+                dt.update_incremental()
+                vacuumed = dt.vacuum(retention_hours=int(retention_hours), dry_run=False,
+                                     enforce_retention_duration=False, full=True,
+                                     keep_versions=sorted(keep.get(table, ())) or None)
+                dt.update_incremental()
+            except (DeltaError, OSError) as exc:
+                raise DatasetWriteError(self.uri(table), f"cannot compact table {table}: {error_reason(exc)}") from None
             out[table] = {"files_before": before, "files_after": len(dt.file_uris()),
                           "removed": int(metrics.get("numFilesRemoved", 0)), "vacuumed": len(vacuumed)}
         return out
+
+
+#: The dataset's lease table (not a query view): one writer at a time per dataset.
+LEASE_TABLE = "_lease"
+#: Seconds a lease lasts without renewal; its holder renews it every quarter of that. A holder that
+#: stops renewing (killed, its host lost, frozen) is taken over after this long; on the holder's own
+#: host a holder process that is no longer running is taken over at once.
+LEASE_SECONDS = 600.0
+
+
+def _process_identity(pid: int) -> str | None:
+    """``boot id:pid namespace:start time`` of a process on this Linux machine (None when it is not
+    running, or without ``/proc``): the same identity is the same process, whatever reused its pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{int(pid)}/stat") as f:
+            start = f.read().rsplit(")", 1)[1].split()[19]  # field 22: start time, clock ticks since boot
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}:{start}"
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+class Lease:
+    """One writer at a time per dataset: a lease held in the dataset's ``_lease`` Delta table.
+
+    Each change of the lease (acquire, renew, release, take-over) is one Delta commit whose commit
+    metadata (``hubscan.lease``) holds the lease's state: holder (survey id), operation, host, pid,
+    since, renewed, seconds. It is committed with ``max_commit_retries=0``: the commit of version v+1
+    succeeds only if no other process committed v+1 since this one read v (Delta's put-if-absent of
+    ``_delta_log/<v+1>.json``: a rename without replace on a local disk, an ``If-None-Match`` put on
+    S3), so of two processes that read a free lease at once exactly one acquires it — a
+    compare-and-swap, never check-then-write.
+
+    A held lease is refused to others (:class:`~hubscan.errors.DatasetBusyError` naming the holder)
+    until its holder releases it, stops renewing it for ``seconds`` (renewals run every quarter of
+    that in a background thread), or — on the holder's own host — its process is no longer running;
+    then it is taken over (:attr:`took_over` says from whom and why). Before each commit the holder
+    checks the lease (:meth:`check`, called by :meth:`Dataset.commit`): a lease lost to another, or
+    not renewed for half its time, stops the writer. Hosts' clocks are assumed to agree within a
+    small part of ``seconds``.
+
+    Parameters
+    ----------
+    dataset : Dataset
+    holder : str
+        Who holds it (a survey id).
+    seconds : float
+        How long the lease lasts without renewal.
+    operation : str
+        What holds it (``survey``, ``compact``, ``doctor``), shown to those refused.
+
+    Examples
+    --------
+    >>> with Lease(Dataset("out/dataset"), "my-survey"):   # doctest: +SKIP
+    ...     ...  # commits of this process are fenced by the lease
+    """
+
+    def __init__(self, dataset: Dataset, holder: str, *, seconds: float = LEASE_SECONDS, operation: str = "survey"):
+        self.dataset, self.holder, self.seconds, self.operation = dataset, holder, float(seconds), operation
+        self.uri = dataset.uri(LEASE_TABLE)
+        self.record: dict | None = None   # the state this process committed last
+        self.version: int | None = None   # the lease table version of that commit
+        self.renewed_at = 0.0             # time.monotonic() of that commit
+        self.lost = None                  # the DatasetBusyError that ended it
+        self.took_over: tuple[dict, str] | None = None  # (stale record, why it was stale)
+        self._dt = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- reading ---------------------------------------------------------------------------------
+    def current(self) -> dict | None:
+        """The lease's last committed state (None when never held); ``state`` is ``held`` or ``free``."""
+        dt = self.dataset.table(LEASE_TABLE)
+        return None if dt is None else _lease_state(dt)
+
+    def stale(self, record: dict, now: float | None = None) -> str | None:
+        """Why a held lease may be taken over (None while its holder keeps it)."""
+        now = time.time() if now is None else now
+        age = now - float(record["renewed"])
+        if age > float(record["seconds"]):
+            return f"not renewed for {age:.0f} s (lease {float(record['seconds']):.0f} s)"
+        mine, theirs = _process_identity(os.getpid()), record.get("process")
+        if record.get("host") == socket.gethostname() and mine and theirs \
+                and theirs.rsplit(":", 1)[0] == mine.rsplit(":", 1)[0] and _process_identity(record["pid"]) != theirs:
+            return f"its process {record['pid']} is not running"
+        return None
+
+    # -- acquire / renew / release ---------------------------------------------------------------
+    def acquire(self) -> "Lease":
+        """Take the lease (atomically), start renewing it, and fence the dataset's commits with it.
+
+        Raises
+        ------
+        hubscan.errors.DatasetBusyError
+            Another process holds it (one line: holder, host, pid, since).
+        hubscan.errors.DatasetWriteError
+            The dataset cannot be written.
+        """
+        from hubscan.errors import DatasetBusyError
+        for _ in range(8):  # a lost race: read the winner's state and decide again
+            dt = self._open()
+            held, now = _lease_state(dt), time.time()
+            why = None
+            if held is not None and held.get("state") == "held":
+                why = self.stale(held, now)
+                if why is None:
+                    raise DatasetBusyError(self.dataset.url, _busy_line(held, now))
+            record = {"state": "held", "holder": self.holder, "operation": self.operation,
+                      "host": socket.gethostname(), "pid": os.getpid(), "process": _process_identity(os.getpid()),
+                      "since": now, "renewed": now, "seconds": self.seconds}
+            if self._commit(dt, dt.version(), record):
+                if why is not None:
+                    self.took_over = (held, why)
+                    log.warning("%s: took over the lease of %s %s (host %s, pid %s): %s", self.dataset.url,
+                                held.get("operation"), held.get("holder"), held.get("host"), held.get("pid"), why)
+                self.dataset.lease = self
+                self._thread = threading.Thread(target=self._beat, name="hubscan-lease", daemon=True)
+                self._thread.start()
+                return self
+        raise DatasetBusyError(self.dataset.url, "the lease is contended by several writers: try again")
+
+    def renew(self) -> None:
+        """Commit a renewal on top of this process's last lease commit.
+
+        Raises
+        ------
+        hubscan.errors.DatasetBusyError
+            Another process committed to the lease since (it took the lease over).
+        hubscan.errors.DatasetWriteError
+            The renewal could not be written (retried by the next heartbeat).
+        """
+        with self._lock:
+            if self.lost is not None:
+                raise self.lost
+            if not self._commit(self._dt, self.version, {**self.record, "renewed": time.time()}):
+                self._lose()
+
+    def check(self) -> None:
+        """Before a commit: raise when the lease was lost, renew it now when it was not renewed for
+        half its time (the holder was stalled or its store unreachable)."""
+        if self.lost is not None:
+            raise self.lost
+        if time.monotonic() - self.renewed_at > self.seconds / 2:
+            self.renew()
+
+    def release(self) -> None:
+        """Stop renewing and free the lease (a lost lease is left to its new holder)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        if self.dataset.lease is self:
+            self.dataset.lease = None
+        with self._lock:
+            if self.lost is not None or self.record is None:
+                return
+            from hubscan.errors import HubscanError
+            try:
+                now = time.time()
+                self._commit(self._dt, self.version, {**self.record, "state": "free", "renewed": now, "released": now})
+            except HubscanError as exc:
+                log.warning("%s: lease not released (%s): it expires in %.0f s", self.dataset.url, exc.reason,
+                            self.seconds)
+            self.record = None
+
+    def __enter__(self) -> "Lease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _open(self):
+        """The lease table at its latest version, created when absent."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        from hubscan.errors import DatasetWriteError
+        opts = self.dataset.delta_options
+        if not DeltaTable.is_deltatable(self.uri, storage_options=opts):
+            try:
+                if self.dataset.local:
+                    os.makedirs(self.dataset.root, exist_ok=True)
+                DeltaTable.create(self.uri, _LEASE_SCHEMA, mode="ignore", name=LEASE_TABLE,
+                                  description="hubscan: the dataset's writer lease (state in each commit's metadata)",
+                                  configuration={"delta.logRetentionDuration": "interval 1 days"}, storage_options=opts)
+            except (DeltaError, OSError) as exc:  # unless another process created it at the same time
+                if not DeltaTable.is_deltatable(self.uri, storage_options=opts):
+                    raise DatasetWriteError(self.dataset.url, f"cannot write to the dataset: {error_reason(exc)}") \
+                        from None
+        try:  # this lease's own table object (the heartbeat thread moves it between versions)
+            return DeltaTable(self.uri, storage_options=opts)
+        except (DeltaError, OSError) as exc:
+            raise self.dataset._unreadable(LEASE_TABLE, exc) from None
+
+    def _commit(self, dt, version: int, record: dict) -> bool:
+        """Commit ``record`` as lease table version ``version + 1``; False when that version exists."""
+        from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.transaction import CommitProperties
+
+        from hubscan.errors import DatasetWriteError
+        try:
+            if dt.version() != version:
+                dt.load_as_version(version)
+            dt.create_write_transaction([], mode="append", schema=_LEASE_SCHEMA, commit_properties=CommitProperties(
+                custom_metadata={"hubscan.lease": json.dumps(record), "hubscan.operation": f"lease {record['state']}"},
+                max_commit_retries=0))
+        except CommitFailedError:
+            return False
+        except (DeltaError, OSError) as exc:
+            raise DatasetWriteError(self.uri, f"cannot write the dataset's lease: {error_reason(exc)}") from None
+        self._dt, self.version, self.record, self.renewed_at = dt, version + 1, record, time.monotonic()
+        return True
+
+    def _lose(self) -> None:
+        """Another process committed to the lease table: unless that commit is this holder's own
+        (an answer lost on the way), the lease is lost."""
+        from hubscan.errors import DatasetBusyError
+        dt = self._open()
+        now_held = _lease_state(dt)
+        if now_held and now_held.get("holder") == self.holder and now_held.get("pid") == os.getpid():
+            self._dt, self.version, self.renewed_at = dt, dt.version(), time.monotonic()
+            return
+        self.lost = DatasetBusyError(self.dataset.url, "this writer lost its lease: "
+                                     + (_busy_line(now_held, time.time()) if now_held else "the lease changed"))
+        raise self.lost
+
+    def _beat(self) -> None:
+        """Renew every quarter of the lease until released or lost; a renewal that cannot be written is
+        tried again at the next beat (:meth:`check` stops the writer when the lease is half expired)."""
+        from hubscan.errors import DatasetBusyError, HubscanError
+        while not self._stop.wait(self.seconds / 4):
+            try:
+                self.renew()
+            except DatasetBusyError:
+                return
+            except HubscanError as exc:
+                log.warning("%s: lease not renewed: %s", self.dataset.url, exc.reason)
+
+
+#: The lease table's schema: it holds no rows, only commits.
+_LEASE_SCHEMA = pa.schema([pa.field("holder", pa.string())])
+
+
+def _lease_state(dt) -> dict | None:
+    """The lease state recorded by the table's latest commit (None when it records none)."""
+    for entry in dt.history(1):
+        raw = entry.get("hubscan.lease")
+        if raw:
+            return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    return None
+
+
+def _busy_line(held: dict, now: float) -> str:
+    """The refusal: who holds the lease, since when, and when it would be taken over."""
+    return (f"in use by hubscan {held.get('operation', 'survey')} {held.get('holder')} (host {held.get('host')}, "
+            f"pid {held.get('pid')}, since {_utc(float(held['since']))}, renewed {now - float(held['renewed']):.0f} s "
+            f"ago): one writer at a time per dataset; wait for it to end (a holder that stops renewing is taken "
+            f"over after {float(held['seconds']):.0f} s)")
 
 
 def model_tables(model: ModelRecord | Mapping, layers: Sequence[LayerRecord | Mapping] = (),

@@ -3,8 +3,9 @@ analysis actors that stream weights, compute the ESDs and write data files (:mod
 
 Flow (the steps of :class:`Survey`):
 
-1. **plan** — enumerate the source, pin each model (commit sha / fingerprint), drop what the
-   dataset already holds for the same (source, id, revision, analysis config) unless ``force``.
+1. **plan** — enumerate the source, hold the dataset (writable? its lease), pin each model (commit
+   sha / fingerprint), drop what the dataset already holds for the same (source, id, revision,
+   analysis config) unless ``force``.
    Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
 2. **init Ray** and start the **pool** of actors.
 3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
@@ -23,10 +24,23 @@ that dies (OOM, killed, node lost) is replaced, its model retried up to ``max_at
 uncommitted models it had buffered re-dispatched; a killed driver commits nothing more, and the
 rerun redoes what was not committed (uncommitted files are invisible and vacuumed); Ctrl-C stops
 at once and records the survey as interrupted with the counts of what was committed.
+
+The dataset: once the source is enumerated (a source that cannot be listed fails first, touching
+nothing), the survey checks that the dataset can be written and takes its lease
+(:class:`hubscan.store.Lease`: one survey at a time per dataset; a second is refused in one line
+naming the holder), before anything is pinned, Ray started or a row written. A write that fails
+during the survey (or a lease lost to another writer) stops it at once, nothing more written. A
+source whose endpoint cannot be reached
+(:class:`~hubscan.errors.HubUnreachableError`) is not a property of each model: while planning it
+stops the survey before any model row is written; during the analyses the survey stops
+dispatching, commits what was analyzed and leaves the models not yet analyzed (the one that met the
+outage included) for the next run, which is unaffected — no ``failed`` row says "cannot reach the
+Hub". The surveys row then says ``interrupted`` and the command exits 1 in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -39,11 +53,12 @@ from collections import deque
 
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
-from hubscan.errors import GatedModelError, HubscanError, NoWeightsError, PathNotFoundError
+from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
+                            NoWeightsError, PathNotFoundError)
 from hubscan.hub import HubClient
 from hubscan.records import ModelRecord
 from hubscan.refs import ModelRef
-from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, config_hash, delta_table, model_key,
+from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
                            model_tables, rows_to_table)
 
 log = logging.getLogger(__name__)
@@ -230,6 +245,8 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
                 deltas = pair_table(key, ref, parent[0], parent[2], survey_id, delta.rows)
             if isinstance(result, HubscanError):
                 raise result
+    except HubUnreachableError:
+        raise  # the source is gone, not this model: the survey stops (Survey._source_lost)
     except GatedModelError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
     except HubscanError as exc:
@@ -294,6 +311,8 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
     if parent is not None:
         try:
             shared = SharedReads(open_ref(parent, client), readers=len(models))
+        except HubUnreachableError:
+            raise
         except HubscanError as exc:
             parent_error = f"parent {parent.id}: {exc}"
     try:
@@ -476,6 +495,12 @@ class Survey:
         self.progress = None
         #: (child, parent, reason) of tree edges whose delta was not analyzed (model-tree surveys)
         self.failed_edges: list = []
+        #: the source's endpoint became unreachable mid-survey: (error, models left for the next run)
+        self.source_lost: tuple[HubUnreachableError, int] | None = None
+        #: the dataset took a write error (or the lease was lost): nothing more is written
+        self.write_error: HubscanError | None = None
+        #: what the survey holds until it ends: the dataset's lease (:meth:`hold`)
+        self.holds = contextlib.ExitStack()
 
     # -- 1. plan: before Ray -------------------------------------------------------------------
     def enumerate(self) -> list:
@@ -491,14 +516,15 @@ class Survey:
         Raises
         ------
         hubscan.errors.HubscanError
-            The source cannot be enumerated, or holds no model.
+            The source cannot be enumerated, or holds no model (nothing is written then); or the
+            dataset cannot be held (:meth:`hold`).
         """
         from hubscan.sources import resolve
         config = self.config
         items = self.enumerate()
         if not items:
             raise NoWeightsError(config.source, "no models found")
-        self.dataset = Dataset(config.out, **config.storage_options)
+        self.hold()
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
         seen = set()
@@ -508,6 +534,9 @@ class Survey:
                 try:
                     pinned, more = resolve(ref, self.client)
                     ref, meta = pinned, {**meta, **more}
+                except HubUnreachableError as exc:  # not the model's problem: stop before any row is written
+                    raise HubUnreachableError(config.source, f"{exc.reason}: the survey stopped before writing "
+                                                             "any model (a later run is unaffected)") from None
                 except HubscanError as exc:
                     err = exc
             key = model_key(ref.source, ref.id, ref.revision, self.cfg_hash)
@@ -643,6 +672,12 @@ class Survey:
         except ray.exceptions.RayTaskError as exc:  # a bug, not the model's problem: record and go on
             if actor in self.actors:
                 self.actors[actor] -= 1
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, DatasetWriteError):  # an actor cannot write data files: stop now
+                raise cause from None
+            if isinstance(cause, HubUnreachableError):
+                self._source_lost(task, cause)
+                return
             if task is not None:
                 self._driver_row(task, "failed", " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
             return
@@ -672,6 +707,18 @@ class Survey:
             self.retry.append(t)
             for row in rows:
                 self._see(row, -1)
+
+    def _source_lost(self, task: _Task | None, exc: HubUnreachableError) -> None:
+        """The source's endpoint cannot be reached any more: dispatch nothing more; the models not yet
+        analyzed (``task``'s included) are left for the next run, not written as failed; the models
+        analyzed so far are still flushed and committed."""
+        left = len(task.models) if task is not None else 0
+        left += sum(len(t.models) for t in (*self.retry, *self.work))
+        if self.source_lost is None:
+            log.warning("%s: stopping the survey: %s", self.config.source, exc.reason)
+        self.source_lost = (exc, left + (self.source_lost[1] if self.source_lost else 0))
+        self.retry.clear()
+        self.work.clear()
 
     def _see(self, row: dict, sign: int = 1) -> None:
         """Count (``sign`` 1) or uncount (−1) one model as analyzed, by status and bytes (progress)."""
@@ -720,7 +767,7 @@ class Survey:
     def summary(self) -> dict:
         """Compact / vacuum (unless interrupted), then write and return the ``surveys`` row."""
         config = self.config
-        if self.dataset is None:
+        if self.dataset is None or self.write_error is not None:
             return {}
         if config.compact and not self.interrupted and sum(self.counts.values()):
             self.dataset.compact(WRITE_ORDER, retention_hours=config.retention_hours, survey_id=self.survey_id)
@@ -739,6 +786,25 @@ class Survey:
     # -- the run -------------------------------------------------------------------------------
     def run(self) -> dict:
         """plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
+        with contextlib.ExitStack() as self.holds:  # the dataset's lease (:meth:`hold`), released at the end
+            return self._run()
+
+    def hold(self) -> None:
+        """Once the source is enumerated, before anything is pinned or written: check that the dataset
+        can be written and take its lease (one survey at a time per dataset) until the survey ends.
+
+        Raises
+        ------
+        hubscan.errors.DatasetWriteError
+            The dataset cannot be written (read-only, permission denied).
+        hubscan.errors.DatasetBusyError
+            Another survey holds the dataset (the line names it).
+        """
+        self.dataset = Dataset(self.config.out, **self.config.storage_options)
+        self.dataset.check_writable()
+        self.holds.enter_context(Lease(self.dataset, self.survey_id))
+
+    def _run(self) -> dict:
         self.plan()
         total = len(self.work) + len(self.driver_rows.rows)
         self.progress = _Progress(self.config, total)
@@ -753,13 +819,21 @@ class Survey:
             self.interrupted = True
             n = len(getattr(self, "inflight", ())) + sum(len(v) for v in getattr(self, "pending", {}).values())
             log.warning("interrupted: %d analyzed or in-flight models not committed (a rerun does them)", n)
+        except (DatasetWriteError, DatasetBusyError) as exc:  # the dataset takes no more writes
+            self.write_error = exc
+            raise
         finally:
+            self.interrupted = self.interrupted or self.source_lost is not None
             self._stop_pool()
             self.progress.close(self.counts)
             summary = self.summary()
             if self.we_started_ray:
                 import ray
                 ray.shutdown()
+        if self.source_lost is not None:
+            exc, left = self.source_lost
+            raise HubUnreachableError(self.config.source, f"{exc.reason}: the survey stopped (models committed: "
+                                      f"{sum(self.counts.values())}; left for the next run: {left})")
         if self.interrupted:
             raise KeyboardInterrupt
         return summary

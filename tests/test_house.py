@@ -36,6 +36,7 @@ ALLOWED = {
     "query": _MODEL | {"store"},
     "accuracy": _MODEL | {"store", "query", "weights"},
     "correlate": _MODEL | {"store", "query"},
+    "doctor": _MODEL | {"store", "query"},     # a dataset's repairs: store level
     "survey": _DATA,
     "census": _DATA | {"survey"},
     "report": _MODEL | {"store", "query", "correlate"},

@@ -117,6 +117,14 @@ def _actor_pids(root: int | None = None):
     return out
 
 
+def _runs(proc, method: str) -> bool:
+    import psutil
+    try:
+        return any(method in part for part in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
     import psutil
     import ray
@@ -127,9 +135,10 @@ def test_killed_actor_is_replaced_and_its_model_retried(slow_hub, tmp_path):
         th, box = run_in_thread(SurveyConfig(source=f"local:{slow_hub}", out=str(out), actors=2, cpus_per_actor=1,
                                              progress=False, max_in_flight=2,
                                              flush_models=1))
-        # kill an actor while it is busy (it has used CPU time beyond its start-up)
+        # kill an actor while it analyzes a model: Ray titles the process by the method it runs (CPU time
+        # is no sign: on a loaded machine an actor still starting up has used seconds of it)
         def busy():
-            return [p for p in _actor_pids() if p.cpu_times().user > 3.0]
+            return [p for p in _actor_pids() if _runs(p, "_Worker.run")]
         wait_for(lambda: busy(), timeout=180)
         victim = busy()[0]
         victim.send_signal(signal.SIGKILL)
@@ -189,30 +198,30 @@ def test_ray_job_submit(tmp_path):
     out = tmp_path / "ds"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     bindir = Path(sys.executable).parent
-    gcs, dash = _free_port(), _free_port()
+    gcs, dash, agent = _free_port(), _free_port(), _free_port()
     import tempfile
     ray_tmp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     head = subprocess.Popen([str(bindir / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
                              "--include-dashboard=true", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                             f"--temp-dir={ray_tmp}"],
+                             f"--dashboard-agent-listen-port={agent}", f"--temp-dir={ray_tmp}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         import urllib.request
 
-        def dashboard_up():
+        def answers(url):
             try:
-                return urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2).status == 200
+                return urllib.request.urlopen(url, timeout=2).status == 200
             except OSError:
                 return False
-        wait_for(dashboard_up, timeout=180, step=1)
-        for _ in range(12):  # the head's job agent may come up after the dashboard on a loaded machine
-            job = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                                  "--", sys.executable, str(REPO / "jobs" / "survey.py"), "--source", f"local:{hub}",
-                                  "--out", str(out), "--no-progress"],
-                                 env=env, capture_output=True, text=True, timeout=600)
-            if "No available agent" not in job.stdout + job.stderr:
-                break
-            time.sleep(5)
+        # the dashboard takes jobs, the head's job agent runs them: on a loaded machine the agent comes up
+        # later (a submission meanwhile: "No available agent"); it announces itself once its HTTP server
+        # (which serves this health check) is up
+        wait_for(lambda: answers(f"http://127.0.0.1:{dash}/api/version"), timeout=180, step=1)
+        wait_for(lambda: answers(f"http://127.0.0.1:{agent}/api/local_raylet_healthz"), timeout=180, step=1)
+        job = subprocess.run([str(bindir / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                              "--", sys.executable, str(REPO / "jobs" / "survey.py"), "--source", f"local:{hub}",
+                              "--out", str(out), "--no-progress"],
+                             env=env, capture_output=True, text=True, timeout=600)
         assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
         assert_one_row_each(out, 2)
