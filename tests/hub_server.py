@@ -334,7 +334,7 @@ class _Repo:
     revisions: dict[str, _Revision] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     refs: dict[str, str] = field(default_factory=dict)  # branch -> sha
-    deleted: bool = False  # deleted after a listing (see FakeHub.delete_after_listing): 404 everywhere
+    deleted: int = 0  # > 0: deleted after a listing (FakeHub.delete_after_listing), the hub's n-th deletion; 404
 
     @property
     def head(self) -> _Revision:
@@ -634,6 +634,7 @@ class FakeHub:
         self._log: list[RequestRecord] = []
         self._injections: list[Injection] = []
         self._vanish: set[str] = set()  # delete_after_listing
+        self._deletions = 0
         self._window_used: dict[tuple[str, int], int] = {}
         self._t0 = time.monotonic()
         self._stop = threading.Event()
@@ -794,6 +795,33 @@ class FakeHub:
         attrs = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in DEFAULT_LFS_PATTERNS).encode()
         return self.add_model(repo_id, {".gitattributes": attrs}, info={"private": private} if private else None,
                               commit_title="initial commit", repo_type=repo_type)
+
+    def add_hubbox(self, root: str | os.PathLike, *, week: int = 1) -> dict:
+        """Serve a hub-in-a-box (``python -m hubscan.demo.hubbox ROOT``): every repository of its
+        ``manifest.json`` with the manifest's Hub metadata (``info``), gated ones gated, those marked
+        ``delete_after_listing`` armed (:meth:`delete_after_listing`). ``week=2`` then applies the box's week-2
+        mutation (``ROOT/week2/manifest.json``: new revisions as new commits, new repositories, deletions,
+        newly gated repositories). Returns the manifest (of the week served)."""
+        root = Path(root)
+        manifest = json.loads((root / "manifest.json").read_text())
+        for r in manifest["repos"]:
+            self.add_model_from_dir(r["repo_id"], root / r["folder"], info=r["info"])
+            if r.get("hub", {}).get("delete_after_listing"):
+                self.delete_after_listing(r["repo_id"])
+        if week == 1:
+            return manifest
+        week2 = json.loads((root / "week2" / "manifest.json").read_text())
+        for c in week2["changes"]:
+            if c["change"] in ("revision", "new"):
+                self.add_model_from_dir(c["repo_id"], root / c["folder"], info=c.get("info"),
+                                        commit_title=c.get("title"))
+            elif c["change"] == "deleted":
+                self.remove_model(c["repo_id"])
+            elif c["change"] == "gated":
+                self.set_info(c["repo_id"], gated=c.get("gated", "manual"))
+        with self._lock:
+            self._vanish.clear()  # week 1's deletions happened in week 1
+        return week2
 
     def remove_model(self, repo_id: str, repo_type: str = "model") -> None:
         with self._lock:
@@ -1188,6 +1216,8 @@ class FakeHub:
         expand = q.get("expand", []) + q.get("expand[]", [])
         search, author, pipeline = one("search"), one("author"), one("pipeline_tag")
         gated = one("gated")
+        cursor = one("cursor") or f"0.{self._deletions}"  # offset . deletions when the walk began
+        offset, walk = (int(x) for x in cursor.split(".")) if "." in cursor else (int(cursor), self._deletions)
         refused = [e for e in expand if e in self._INFO_ONLY_EXPAND]
         if refused:  # the Hub accepts these on model_info only (huggingface_hub PR #3182)
             return _error(400, None, f"expand {refused[0]} is not allowed when listing models")
@@ -1197,8 +1227,8 @@ class FakeHub:
         for repo in repos:
             if not repo.order or self._visible(repo, token) is not None:
                 continue
-            if repo.deleted and not one("cursor"):
-                continue  # a new listing does not show it; a walk through pages keeps its offsets
+            if repo.deleted and repo.deleted <= walk:
+                continue  # deleted before this walk through the pages began; later ones keep their offsets
             r = self._record(repo, repo.head)
             labels = set(r.get("tags") or []) | {r.get("library_name"), r.get("pipeline_tag")} - {None}
             if any(f not in labels for f in filters):
@@ -1237,18 +1267,19 @@ class FakeHub:
         except ValueError:
             return _error(400, None, "bad limit")
         page = min(limit, self.list_page_size) if limit else self.list_page_size
-        offset = int(one("cursor") or 0)
         chunk = rows[offset : offset + page]
         headers = {}
         if offset + len(chunk) < len(rows):
-            params = [(k, v) for k, vs in q.items() if k != "cursor" for v in vs] + [("cursor", str(offset + page))]
+            params = [(k, v) for k, vs in q.items() if k != "cursor" for v in vs]
+            params.append(("cursor", f"{offset + page}.{walk}"))
             headers["Link"] = f'<{self.endpoint}/api/models?{urlencode(params)}>; rel="next"'
-        with self._lock:  # deleted repos keep their place (the cursor is an offset) but are not shown
+        with self._lock:  # repos deleted during the walk keep their place (the cursor is an offset), unshown
             shown = [r for r in chunk if not self._repos[r["id"]].deleted]
             for r in shown:
-                if r["id"] in self._vanish:
+                if r["id"] in self._vanish:  # deleted between this listing and any reading
                     self._vanish.discard(r["id"])
-                    self._repos[r["id"]].deleted = True  # deleted between this listing and any reading
+                    self._deletions += 1
+                    self._repos[r["id"]].deleted = self._deletions
         return _json(200, shown, headers)
 
     # ---- /api/models/{repo}/...
@@ -1708,7 +1739,42 @@ def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry 
             pass
 
 
+def _serve_hubbox(folder: str, week: int, latency: float, rate_limits: dict) -> None:  # pragma: no cover
+    """Serve a generated hub-in-a-box on a loopback port until Ctrl-C."""
+    with FakeHub(latency=latency, rate_limits=rate_limits) as hub:
+        m = hub.add_hubbox(folder, week=week)
+        print(f"serving {len(m['repos'])} repositories of the hub-in-a-box {folder} (week {week}) at {hub.endpoint}",
+              flush=True)
+        print(f"  hubscan survey --source hf --out DATASET --endpoint {hub.endpoint}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+def _cli(argv: list[str] | None = None) -> None:  # pragma: no cover - manual entry points
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python tests/hub_server.py", description="Serve a fake Hugging Face Hub on 127.0.0.1.")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--demo-tree", metavar="DIR", help="build hubscan's demo model tree under DIR and serve it")
+    g.add_argument("--hubbox", metavar="DIR", help="serve a hub-in-a-box made by python -m hubscan.demo.hubbox DIR")
+    ap.add_argument("--week", type=int, choices=(1, 2), default=1, help="--hubbox: serve week 2's mutation")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--rate-limit", action="append", default=[], metavar="KIND=R/W",
+                    help='e.g. api=1000/300 resolvers=5000/300 (the Hub\'s free tier per 5 minutes)')
+    args = ap.parse_args(argv)
+    limits = {}
+    for spec in args.rate_limit:
+        kind, _, rw = spec.partition("=")
+        r, _, w = rw.partition("/")
+        limits[kind] = (int(r), float(w))
+    if args.demo_tree:
+        _serve_demo_tree(args.demo_tree)
+    else:
+        _serve_hubbox(args.hubbox, args.week, args.latency, limits)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    if len(sys.argv) != 3 or sys.argv[1] != "--demo-tree":
-        sys.exit("usage: python tests/hub_server.py --demo-tree DIR")
-    _serve_demo_tree(sys.argv[2])
+    _cli()
