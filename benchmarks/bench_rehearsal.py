@@ -104,13 +104,21 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def outcomes(manifest: dict, models: list[dict]) -> dict:
-    """Each repository's outcome against the manifest: counts, and failures grouped by reason, explained."""
+    """Each repository's outcome against the manifest's expectation (status, and the weight files a complete
+    analysis reads): counts, and the failures and surprises grouped by reason, each explained."""
     got = {m["model_id"]: m for m in models}
     verdicts, groups = Counter(), defaultdict(list)
     for r in manifest["repos"]:
         exp, m = r["expect"], got.get(r["repo_id"])
         status, reason = (m["status"], m.get("reason")) if m else ("absent", "no models row")
-        if status == exp["status"]:
+        problems = []
+        if m and exp.get("files") is not None and status in ("success", "incomplete"):
+            read, want = set(m.get("files") or []), set(exp["files"])
+            if want - read:
+                problems.append(f"weight files not read: {', '.join(sorted(want - read)[:3])}")
+            if read - want:
+                problems.append(f"files read beyond the model: {', '.join(sorted(read - want)[:3])}")
+        if status == exp["status"] and not problems:
             verdict = "as expected"
         elif exp.get("needs"):
             verdict = f"needs {exp['needs']} (not built yet)"
@@ -118,9 +126,9 @@ def outcomes(manifest: dict, models: list[dict]) -> dict:
             verdict = "UNEXPLAINED"
         verdicts[verdict] += 1
         if status != "success" or verdict != "as expected":
-            groups[(status, _norm(reason), verdict)].append(
-                {"repo_id": r["repo_id"], "kind": r["kind"], "expected": exp["status"], "why": exp["why"],
-                 "reason": reason})
+            label = status + (" but partial" if problems else "")
+            groups[(label, _norm("; ".join(problems) or reason), verdict)].append(
+                {"repo_id": r["repo_id"], "kind": r["kind"], "expected": exp["status"], "why": exp["why"]})
     failures = [{"status": s, "reason": rr, "verdict": v, "count": len(items),
                  "explanation": items[0]["why"] if v != "UNEXPLAINED" else
                  f"manifest expected {items[0]['expected']}: {items[0]['why']}",
@@ -244,10 +252,9 @@ def main(argv=None) -> dict:
         r = next((r for r in manifest["repos"] if r["repo_id"] == m["model_id"]), None)
         if r is None:
             continue
-        folder = box / r["folder"]
-        fs = list(m.get("files") or [])
-        path = folder / fs[0] if len(fs) == 1 and "/" not in fs[0] and not (folder / "config.json").exists() else folder
-        lines.append(str(path))
+        folder, fs = box / r["folder"], list(m.get("files") or [])
+        # the folder, as the repository; the one file read where the repository holds several whole models
+        lines.append(str(folder / fs[0] if r["expect"].get("files") is None and len(fs) == 1 else folder))
     files.write_text("\n".join(lines) + "\n")
     rc, sec = _run([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"list:{files}", "--out", str(local_ds),
                     "--actors", str(args.actors), "--no-progress", "--no-esd"], work / "survey-local.log", args.timeout)

@@ -147,11 +147,30 @@ def _repo(root: Path, repo_id: str) -> Path:
 
 def _record(repo_id: str, kind: str, library: str, made_by: str, *, pipeline_tag: str | None = None,
             tags=(), base_model=None, relation: str | None = None, status: str = "success", why: str = SUCCESS,
-            needs: str | None = None, evals: str | None = None, **extra) -> dict:
-    """One repository's entry (metadata the part knows; downloads, dates, gating are given by the main)."""
+            needs: str | None = None, evals: str | None = None, files: list | bool | None = None, **extra) -> dict:
+    """One repository's entry (metadata the part knows; downloads, dates, gating are given by the main).
+
+    ``expect``: the status a correct hubscan gives, why, the capability it ``needs`` when that is not built
+    yet, and the weight ``files`` a complete analysis reads (default :func:`weight_files`; False: unchecked)."""
     return {"repo_id": repo_id, "folder": f"repos/{repo_id}", "kind": kind, "library": library, "made_by": made_by,
             "pipeline_tag": pipeline_tag, "tags": list(tags), "base_model": base_model, "relation": relation,
-            "expect": {"status": status, "why": why, "needs": needs}, "evals": evals, **extra}
+            "expect": {"status": status, "why": why, "needs": needs, "files": files}, "evals": evals, **extra}
+
+
+#: Suffixes of weight files (what a complete analysis of a repository reads, see :func:`weight_files`).
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".onnx", ".msgpack", ".h5")
+
+
+def weight_files(folder: Path) -> list[str]:
+    """The weight files a complete analysis of one model folder reads: every weight file, less dtype variants
+    (``*.fp16.safetensors`` beside the full-precision files) and pickles beside safetensors in the same
+    folder (the same tensors twice). Paths relative to ``folder``, sorted."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    plain = [p for p in files if not any(f".{v}." in p.name for v in ("fp16", "bf16"))]
+    files = plain or files
+    safe_dirs = {p.parent for p in files if p.suffix == ".safetensors"}
+    files = [p for p in files if p.suffix == ".safetensors" or p.parent not in safe_dirs]
+    return sorted(p.relative_to(folder).as_posix() for p in files)
 
 
 def _perturb(state: dict, seed: int, step: float = FINETUNE_STEP) -> dict:
@@ -662,7 +681,7 @@ def part_derived(root: Path, quick: bool, done: set, emit) -> None:
         base_dir = root / "repos" / base_id
 
         def make(repo_id, fn, how, *, base_model=base_id, relation="finetune", kind="derived", library="transformers",
-                 why=SUCCESS, needs=None, status="success", pipeline=tag, extra_tags=(), evals=None):
+                 why=SUCCESS, needs=None, status="success", pipeline=tag, extra_tags=(), evals=None, files=None):
             if repo_id in done:
                 return
             emit({"in_progress": repo_id})
@@ -675,7 +694,7 @@ def part_derived(root: Path, quick: bool, done: set, emit) -> None:
                 return
             emit(_record(repo_id, kind, library, how, pipeline_tag=pipeline, tags=[fam, *extra_tags],
                          base_model=base_model, relation=relation if base_model else None, why=why, needs=needs,
-                         status=status, model_type=fam, evals=evals, family_tree=fam))
+                         status=status, model_type=fam, evals=evals, family_tree=fam, files=files))
 
         make(base_id, lambda f: base.save_pretrained(f), f"{tv} {cls.__name__}.save_pretrained", base_model=None,
              evals="lm" if tag == "text-generation" else "imagenet" if fam == "vit" else None)
@@ -743,8 +762,8 @@ def part_derived(root: Path, quick: bool, done: set, emit) -> None:
                 write_gguf(f, f"{fam}-base-Q8_0", state, cfg, "Q8_0")
                 write_gguf(f, f"{fam}-base-F16", state, cfg, "F16")
             make(f"{org}/{fam}-base-GGUF", gg, f"gguf {_version('gguf')} GGUFWriter: Q8_0 and F16 files in one repo",
-                 relation="quantized", library="gguf",
-                 why="two GGUF files of the same model (Q8_0, F16): two quantizations, each readable")
+                 relation="quantized", library="gguf", files=False,
+                 why="two GGUF files of the same model (Q8_0, F16): two quantizations, each a whole model")
             make(f"{org}/{fam}-base-GGUF-split",
                  lambda f: write_gguf(f, f"{fam}-base-Q8_0", state, cfg, "Q8_0", split_max_tensors=12),
                  f"gguf {_version('gguf')} GGUFWriter(split_max_tensors=12): one Q8_0 model in several files",
@@ -772,6 +791,9 @@ def _worker(root: Path, part: str, quick: bool) -> None:
     f = out.open("a")
 
     def emit(rec: dict) -> None:
+        if "repo_id" in rec:  # what a complete analysis reads (False: no single answer, left unchecked)
+            files = rec["expect"].get("files")
+            rec["expect"]["files"] = None if files is False else files or weight_files(root / rec["folder"])
         f.write(json.dumps(rec) + "\n")
         f.flush()
 
@@ -1064,7 +1086,8 @@ def mutate(root: str | os.PathLike, *, fraction: float = 0.10, new: int = 5, del
         rec = {**r, "repo_id": rid, "folder": f"week2/repos/{rid}", "info": info, "base_model": r["repo_id"],
                "relation": "finetune", "same_as": None, "week2": "new", "kind": "week2-new",
                "made_by": f"fine-tune of {r['repo_id']} (every tensor + noise), safetensors.torch.save_file",
-               "expect": {"status": "success", "why": SUCCESS + "; new in week 2: read", "read": True, "needs": None}}
+               "expect": {"status": "success", "why": SUCCESS + "; new in week 2: read", "read": True, "needs": None,
+                          "files": r["expect"].get("files")}}
         changes.append({"repo_id": rid, "change": "new", "folder": rec["folder"], "info": info, "title": "Upload"})
         by_id[rid] = rec
     del torch
