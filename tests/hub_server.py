@@ -37,6 +37,16 @@ Endpoints served (what huggingface_hub 2.4 calls):
   With ``FakeHub(lfs_redirect=True)`` LFS files answer 302 to a second listener (another origin, like the
   real CDN), so the client stops at the redirect for HEAD and follows it for GET.
 
+* Dataset repositories (``/api/datasets/{repo}…``, ``/datasets/{repo}/resolve/…``: info, tree, paths-info,
+  resolve) and the write API of ``create_repo`` / ``create_commit``: ``POST /api/repos/create``,
+  ``/api/validate-yaml``, ``/api/{models|datasets}/{repo}/preupload/{rev}``, the git-LFS batch API
+  (``/{repo}.git/info/lfs/objects/batch``, ``basic`` transfer: PUT to the second listener, then ``verify``)
+  and ``/api/{models|datasets}/{repo}/commit/{rev}`` (NDJSON). See :class:`FakeHub` for the load behaviours
+  (latency, rate-limit windows, 5xx bursts, deletion after listing).
+
+From the command line: ``python tests/hub_server.py --demo-tree DIR`` (hubscan's demo model tree) or
+``--hubbox DIR [--week 2] [--latency S] [--rate-limit api=R/W]`` (a hub-in-a-box, ``hubscan.demo.hubbox``).
+
 Errors carry the ``X-Error-Code`` that ``utils/_http.py::hf_raise_for_status`` maps: ``RepoNotFound`` →
 RepositoryNotFoundError, ``RevisionNotFound`` → RevisionNotFoundError, ``EntryNotFound`` →
 RemoteEntryNotFoundError (alias EntryNotFoundError), ``GatedRepo`` → GatedRepoError. Gated repos
