@@ -9,7 +9,8 @@ Steps:
 1. **box** — ``python -m hubscan.demo.hubbox DIR`` (generated unless ``--box`` names one already made;
    ``--quick``: the small box).
 2. **serve** — ``FakeHub.add_hubbox`` on loopback with ``--latency`` on every request (and ``--rate-limit``
-   windows when given); gated repositories gated, the ones marked deleted-after-listing armed.
+   windows when given), LFS files redirected (302) to a second origin as the Hub's CDN; gated repositories
+   gated, the ones marked deleted-after-listing armed.
 3. **survey** — ``hubscan survey --source hf --endpoint … --actors N`` (the CLI, in a subprocess, embedded Ray).
 4. **local** — ``hubscan survey --source list:…`` of the same files on disk (each repository's folder, or the
    one file the hub survey analyzed), the reference for "rows equal".
@@ -176,6 +177,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--latency", type=float, default=0.02, help="seconds added to every request (default 0.02)")
     ap.add_argument("--rate-limit", action="append", default=[], metavar="KIND=R/W")
+    ap.add_argument("--no-redirect", action="store_true",
+                    help="serve LFS files from the hub itself (default: a 302 to a second origin, as the Hub's CDN)")
     ap.add_argument("--work", default=None, help="folder for the datasets and logs (default: a temp folder)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds each survey may take")
     ap.add_argument("--json", default=None)
@@ -185,7 +188,8 @@ def main(argv=None) -> dict:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)
-    res: dict = {"actors": args.actors, "latency_s": args.latency, "cpus": os.cpu_count(), "steps": {}}
+    res: dict = {"actors": args.actors, "latency_s": args.latency, "redirect": not args.no_redirect,
+                 "rate_limits": args.rate_limit, "cpus": os.cpu_count(), "steps": {}}
     # 1. box
     box = Path(args.box) if args.box else work / "box"
     if not (box / "manifest.json").exists():
@@ -205,7 +209,8 @@ def main(argv=None) -> dict:
         r, _, w = rw.partition("/")
         limits[kind] = (int(r), float(w))
     hub_ds, local_ds = work / "hub-dataset", work / "local-dataset"
-    with isolated_hf_client(work / "hf-cache"), FakeHub(latency=args.latency, rate_limits=limits) as hub:
+    with isolated_hf_client(work / "hf-cache"), \
+            FakeHub(latency=args.latency, rate_limits=limits, lfs_redirect=not args.no_redirect) as hub:
         hub.add_hubbox(box)
         hub.reset_stats()
         # 3. survey through the fake Hub

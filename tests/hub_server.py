@@ -1729,11 +1729,16 @@ def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_
                 os.environ[k] = v
 
 
+def _until_interrupted() -> None:  # pragma: no cover
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry point (README's walkthrough)
     """Build hubscan's demo model tree under ``folder`` and serve it on a loopback port until Ctrl-C."""
-    import time
-    from pathlib import Path
-
     from hubscan.demo.tree import build_tree
 
     tree = build_tree(Path(folder))
@@ -1742,11 +1747,7 @@ def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry 
             hub.add_model_from_dir(node.repo_id, node.folder, info={"downloads": 10})
         print(f"serving {len(tree)} models of the demo tree (root tree/base) at {hub.endpoint}", flush=True)
         print(f"  hubscan survey --source hf --lineage tree/base --out DATASET --endpoint {hub.endpoint}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        _until_interrupted()
 
 
 def _serve_hubbox(folder: str, week: int, latency: float, rate_limits: dict) -> None:  # pragma: no cover
@@ -1756,11 +1757,7 @@ def _serve_hubbox(folder: str, week: int, latency: float, rate_limits: dict) -> 
         print(f"serving {len(m['repos'])} repositories of the hub-in-a-box {folder} (week {week}) at {hub.endpoint}",
               flush=True)
         print(f"  hubscan survey --source hf --out DATASET --endpoint {hub.endpoint}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        _until_interrupted()
 
 
 def _cli(argv: list[str] | None = None) -> None:  # pragma: no cover - manual entry points

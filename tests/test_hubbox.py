@@ -83,6 +83,20 @@ def test_tiny_config_builds_small_models_of_the_real_class(model_type):
     assert 0 < sum(p.numel() for p in model.parameters()) <= hubbox.MAX_TF_PARAMS
 
 
+def test_weight_files_a_complete_analysis_reads(tmp_path):
+    for name in ("model.safetensors", "model.fp16.safetensors", "pytorch_model.bin", "config.json",
+                 "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                 "old/pytorch_model.bin", "m-00001-of-00002.gguf", "m-00002-of-00002.gguf"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert hubbox.weight_files(tmp_path) == ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf", "model.safetensors",
+                                             "old/pytorch_model.bin", "unet/diffusion_pytorch_model.safetensors"]
+    only_variant = tmp_path / "v"
+    (only_variant / "unet").mkdir(parents=True)
+    (only_variant / "unet" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"x")
+    assert hubbox.weight_files(only_variant) == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+
+
 # ------------------------------------------------------------------------------------ the quick box (slow)
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):

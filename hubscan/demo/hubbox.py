@@ -169,7 +169,7 @@ def weight_files(folder: Path) -> list[str]:
     plain = [p for p in files if not any(f".{v}." in p.name for v in ("fp16", "bf16"))]
     files = plain or files
     safe_dirs = {p.parent for p in files if p.suffix == ".safetensors"}
-    files = [p for p in files if p.suffix == ".safetensors" or p.parent not in safe_dirs]
+    files = [p for p in files if p.suffix not in (".bin", ".pt", ".pth", ".ckpt") or p.parent not in safe_dirs]
     return sorted(p.relative_to(folder).as_posix() for p in files)
 
 
@@ -1028,7 +1028,6 @@ def mutate(root: str | os.PathLike, *, fraction: float = 0.10, new: int = 5, del
     ``ROOT/week2/manifest.json``: ``changes`` (what ``FakeHub.add_hubbox(ROOT, week=2)`` applies) and
     ``repos``, every repository of week 2 with ``week2`` saying what happened to it and ``expect`` what a
     second survey should do (read it again or not)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     root = Path(root)
@@ -1090,7 +1089,6 @@ def mutate(root: str | os.PathLike, *, fraction: float = 0.10, new: int = 5, del
                           "files": r["expect"].get("files")}}
         changes.append({"repo_id": rid, "change": "new", "folder": rec["folder"], "info": info, "title": "Upload"})
         by_id[rid] = rec
-    del torch
     counts: dict[str, int] = {}
     for c in changes:
         counts[c["change"]] = counts.get(c["change"], 0) + 1
