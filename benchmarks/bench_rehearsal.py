@@ -17,7 +17,8 @@ Steps:
 5. **report** — models/min (survey time after Ray start-up), HTTP requests per repository (median, p99, from
    the fake Hub's own log), bytes sent ÷ bytes needed (needed: each analyzed safetensors file's header and
    its tensors of rank ≥ 2; whole other files), outcomes against the manifest's expectations (failures grouped
-   by reason, each explained: as expected, a capability the manifest says is not built yet, or UNEXPLAINED),
+   by reason, each explained: as expected, a capability the manifest says is not built yet, or UNEXPECTED
+   with what the manifest says the repository holds),
    and the layer rows of every model compared with the local analysis (status, N, M, alpha).
 
 Nothing stops the report: a step that fails is reported with its reason and the next steps run on what there
@@ -69,11 +70,25 @@ def _read(dataset: Path, table: str):
         return []
 
 
+def expand(folder: Path, files: list[str]) -> list[str]:
+    """The weight files behind a models row's ``files``: a shard index (``*.index.json``, how hubscan names a
+    sharded model) stands for the shards of its ``weight_map``."""
+    out = []
+    for name in files:
+        p = folder / name
+        if name.endswith(".index.json") and p.is_file():
+            base = name.rsplit("/", 1)[0] + "/" if "/" in name else ""
+            out += sorted({base + v for v in json.loads(p.read_text()).get("weight_map", {}).values()})
+        else:
+            out.append(name)
+    return out
+
+
 def needed_bytes(folder: Path, files: list[str]) -> int:
     """Bytes an analysis needs from the files it analyzed: a safetensors file's 8-byte length, header and
     tensors of rank ≥ 2; the whole of any other file."""
     total = 0
-    for name in files:
+    for name in expand(folder, files):
         p = folder / name
         if not p.is_file():
             continue
@@ -104,7 +119,7 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
 
-def outcomes(manifest: dict, models: list[dict]) -> dict:
+def outcomes(manifest: dict, models: list[dict], box: Path) -> dict:
     """Each repository's outcome against the manifest's expectation (status, and the weight files a complete
     analysis reads): counts, and the failures and surprises grouped by reason, each explained."""
     got = {m["model_id"]: m for m in models}
@@ -114,7 +129,7 @@ def outcomes(manifest: dict, models: list[dict]) -> dict:
         status, reason = (m["status"], m.get("reason")) if m else ("absent", "no models row")
         problems = []
         if m and exp.get("files") is not None and status in ("success", "incomplete"):
-            read, want = set(m.get("files") or []), set(exp["files"])
+            read, want = set(expand(box / r["folder"], list(m.get("files") or []))), set(exp["files"])
             if want - read:
                 problems.append(f"weight files not read: {', '.join(sorted(want - read)[:3])}")
             if read - want:
@@ -124,14 +139,14 @@ def outcomes(manifest: dict, models: list[dict]) -> dict:
         elif exp.get("needs"):
             verdict = f"needs {exp['needs']} (not built yet)"
         else:
-            verdict = "UNEXPLAINED"
+            verdict = "UNEXPECTED"
         verdicts[verdict] += 1
         if status != "success" or verdict != "as expected":
             label = status + (" but partial" if problems else "")
             groups[(label, _norm("; ".join(problems) or reason), verdict)].append(
                 {"repo_id": r["repo_id"], "kind": r["kind"], "expected": exp["status"], "why": exp["why"]})
     failures = [{"status": s, "reason": rr, "verdict": v, "count": len(items),
-                 "explanation": items[0]["why"] if v != "UNEXPLAINED" else
+                 "explanation": items[0]["why"] if v != "UNEXPECTED" else
                  f"manifest expected {items[0]['expected']}: {items[0]['why']}",
                  "repos": [i["repo_id"] for i in items[:6]]}
                 for (s, rr, v), items in sorted(groups.items(), key=lambda kv: -len(kv[1]))]
@@ -248,14 +263,14 @@ def main(argv=None) -> dict:
                        "statuses": dict(Counter(str(r.status) for r in log))}
     res["bytes"] = {"sent_for_analyzed": sent, "needed": sum(need.values()),
                     "ratio": round(sent / sum(need.values()), 3) if need and sum(need.values()) else None}
-    res["outcomes"] = outcomes(manifest, models)
+    res["outcomes"] = outcomes(manifest, models, box)
     # 4. the same files analyzed locally
     files = work / "local-list.txt"
     local_to_repo = {}
     lines = []
-    for m in analyzed:
+    for m in models:  # every model the hub survey read files of (failed ones too: the same failure locally)
         r = next((r for r in manifest["repos"] if r["repo_id"] == m["model_id"]), None)
-        if r is None:
+        if r is None or not m.get("files") or not (box / r["folder"]).is_dir():
             continue
         folder, fs = box / r["folder"], list(m.get("files") or [])
         # the folder, as the repository; the one file read where the repository holds several whole models

@@ -462,6 +462,11 @@ class _Server(http.server.ThreadingHTTPServer):
         self.role = role  # "hub" or "cdn"
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return  # a client that went away between requests (a survey's actors ending): not the fake's error
+        super().handle_error(request, client_address)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

@@ -288,6 +288,23 @@ def _tf_classes(model_type: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def _layout_notes(state: dict) -> tuple[str, str]:
+    """(expected status, why) from a saved state dict: ``failed`` when every matrix is all zeros (as some
+    libraries' inits leave them: no eigenvalue to fit); otherwise ``success``, with what is notable about the
+    layout (tensors of rank ≥ 3 that are not convolutions, weight-norm parametrizations)."""
+    mats = {k: v for k, v in state.items() if v.dim() >= 2 and v.is_floating_point()}
+    if mats and not any(bool(v.any()) for v in mats.values()):
+        return "failed", "every matrix is all zeros, as the library initialized it: nothing to fit"
+    notes = []
+    nd = [k for k, v in mats.items() if v.dim() >= 3 and not any(w in k for w in ("conv", "patch", "embed", "pos"))]
+    if nd:
+        notes.append(f"tensors of rank ≥ 3 that are not convolutions ({', '.join(nd[:2])}{' …' if len(nd) > 2 else ''}"
+                     f": e.g. fused experts (E, out, in))")
+    if any("parametrizations." in k for k in state):
+        notes.append("weight-norm parametrization (original0 = g, original1 = v: W = g·v/‖v‖)")
+    return "success", SUCCESS + ("; " + "; ".join(notes) if notes else "")
+
+
 def part_transformers(root: Path, index: int, of: int, quick: bool, done: set, emit) -> None:
     """Every model type (every ``of``-th from ``index``) that builds tiny, saved by ``save_pretrained``."""
     import torch
@@ -324,6 +341,7 @@ def part_transformers(root: Path, index: int, of: int, quick: bool, done: set, e
                     model.save_pretrained(folder, max_shard_size="64KB" if how == "sharded" else "50GB")
                     if how == "fp16-variant":
                         model.half().save_pretrained(folder, variant="fp16")
+                    status, why = _layout_notes(model.state_dict())
             except Exception as exc:  # noqa: BLE001 - a type that does not build is recorded, not fatal
                 shutil.rmtree(root / "repos" / repo_id, ignore_errors=True)
                 emit({"not_built": repo_id, "kind": "transformers", "reason": _why(exc)})
@@ -331,8 +349,8 @@ def part_transformers(root: Path, index: int, of: int, quick: bool, done: set, e
             made = f"transformers {transformers.__version__} {cname}.save_pretrained" + (f" ({how})" if how else "")
             emit(_record(repo_id, "transformers", "transformers", made, pipeline_tag=tag, tags=[mt],
                          model_type=mt, params=n, evals="lm" if variant == "lm" and h % 3 == 0 else None,
-                         why=SUCCESS + (" (the fp32 files; the fp16 variant is the same model)"
-                                        if how == "fp16-variant" else "")))
+                         status=status, why=why + (" (the fp32 files; the fp16 variant is the same model)"
+                                                   if how == "fp16-variant" else "")))
 
 
 # ------------------------------------------------------------------------------------------------- timm
@@ -992,8 +1010,11 @@ def generate(root: str | os.PathLike, *, quick: bool = False, jobs: int = 2) -> 
         counts[r["kind"]] = counts.get(r["kind"], 0) + 1
     versions = {pkg: _version(pkg) for pkg in ("transformers", "timm", "diffusers", "sentence-transformers", "peft",
                                                "bitsandbytes", "compressed-tensors", "gguf", "torch", "safetensors")}
+    import resource
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     manifest = {"format": FORMAT, "generator": "hubscan.demo.hubbox", "quick": quick, "jobs": jobs,
-                "seconds": round(time.monotonic() - t, 1), "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
+                "seconds": round(time.monotonic() - t, 1), "cpu_seconds": round(cpu.ru_utime + cpu.ru_stime, 1),
+                "part_seconds": {k: round(v, 1) for k, v in seconds.items()},
                 "counts": counts, "repos_total": len(repos), "versions": versions, "not_built": not_built,
                 "repos": repos}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=1))
