@@ -97,6 +97,22 @@ def test_weight_files_a_complete_analysis_reads(tmp_path):
     assert hubbox.weight_files(only_variant) == ["unet/diffusion_pytorch_model.fp16.safetensors"]
 
 
+def test_layout_notes_expect_failure_only_when_no_eigenvalue_can_pass_the_threshold(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    rng = torch.Generator().manual_seed(0)
+    tiny = {"a.weight": 1e-5 * torch.randn(64, 32, generator=rng), "b.weight": torch.zeros(16, 16)}
+    save_file(tiny, str(tmp_path / "model.safetensors"))
+    # Σ eigenvalues of WᵀW = ‖W‖²_F < 1e-5: none can exceed WeightWatcher's 1e-5 threshold
+    assert all(float(torch.linalg.eigvalsh(w.double().T @ w.double()).max()) < 1e-5 for w in tiny.values())
+    assert hubbox._layout_notes(tmp_path)[0] == "failed"
+    save_file({**tiny, "c.weight": torch.randn(8, 8, generator=rng), "moe.experts.w": torch.randn(4, 8, 8, generator=rng),
+               "conv.parametrizations.weight.original1": torch.randn(8, 4, 3, generator=rng)},
+              str(tmp_path / "model.safetensors"))
+    status, why = hubbox._layout_notes(tmp_path)
+    assert status == "success" and "moe.experts.w" in why and "weight-norm" in why
+
+
 # ------------------------------------------------------------------------------------ the quick box (slow)
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):

@@ -179,8 +179,9 @@ def _perturb(state: dict, seed: int, step: float = FINETUNE_STEP) -> dict:
     g = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in state.items():
-        if v.is_floating_point() and v.numel() > 1:
-            out[k] = v + step * v.float().std() * torch.randn(v.shape, generator=g).to(v.dtype)
+        if v.is_floating_point() and v.numel() > 1:  # in float32, stored back in the tensor's dtype (fp8 too)
+            f = v.float()
+            out[k] = (f + step * f.std() * torch.randn(v.shape, generator=g)).to(v.dtype)
         else:
             out[k] = v.clone()
     return out
@@ -288,13 +289,22 @@ def _tf_classes(model_type: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def _layout_notes(state: dict) -> tuple[str, str]:
-    """(expected status, why) from a saved state dict: ``failed`` when every matrix is all zeros (as some
-    libraries' inits leave them: no eigenvalue to fit); otherwise ``success``, with what is notable about the
-    layout (tensors of rank ≥ 3 that are not convolutions, weight-norm parametrizations)."""
+def _layout_notes(folder: Path) -> tuple[str, str]:
+    """(expected status, why) from the saved safetensors files of a folder (the names as saved, which may
+    differ from the module's: transformers v5 writes fused experts back under the checkpoint's names).
+
+    ``failed`` when every matrix has ‖W‖²_F < 1e-5: the eigenvalues of WᵀW sum to ‖W‖²_F, so none is above
+    WeightWatcher's 1e-5 threshold and there is nothing to fit (some libraries' inits are near zero);
+    otherwise ``success``, with what is notable about the layout (tensors of rank ≥ 3 that are not
+    convolutions, weight-norm parametrizations)."""
+    from safetensors.torch import load_file
+    state = {}
+    for f in weight_files(folder):
+        if f.endswith(".safetensors"):
+            state.update(load_file(str(folder / f)))
     mats = {k: v for k, v in state.items() if v.dim() >= 2 and v.is_floating_point()}
-    if mats and not any(bool(v.any()) for v in mats.values()):
-        return "failed", "every matrix is all zeros, as the library initialized it: nothing to fit"
+    if mats and all(float(v.float().pow(2).sum()) < 1e-5 for v in mats.values()):
+        return "failed", "every matrix has ‖W‖²_F < 1e-5 as the library initialized it: no eigenvalue to fit"
     notes = []
     nd = [k for k, v in mats.items() if v.dim() >= 3 and not any(w in k for w in ("conv", "patch", "embed", "pos"))]
     if nd:
@@ -341,7 +351,7 @@ def part_transformers(root: Path, index: int, of: int, quick: bool, done: set, e
                     model.save_pretrained(folder, max_shard_size="64KB" if how == "sharded" else "50GB")
                     if how == "fp16-variant":
                         model.half().save_pretrained(folder, variant="fp16")
-                    status, why = _layout_notes(model.state_dict())
+                    status, why = _layout_notes(folder)
             except Exception as exc:  # noqa: BLE001 - a type that does not build is recorded, not fatal
                 shutil.rmtree(root / "repos" / repo_id, ignore_errors=True)
                 emit({"not_built": repo_id, "kind": "transformers", "reason": _why(exc)})
@@ -1087,7 +1097,8 @@ def mutate(root: str | os.PathLike, *, fraction: float = 0.10, new: int = 5, del
         by_id[r["repo_id"]].update(week2="made gated", expect={"status": r["expect"]["status"], "read": False,
                                                                "why": "gated in week 2 (same revision): nothing to read",
                                                                "needs": None})
-    sources = [r for r in picked if r["kind"] in ("transformers", "derived") and r["library"] == "transformers"]
+    sources = [r for r in picked if r["kind"] in ("transformers", "derived") and r["library"] == "transformers"
+               and r["relation"] in (None, "finetune", "merge")]  # full-precision weights, not quantized layouts
     for i, r in enumerate(rng.sample(sources, min(new, len(sources)))):
         rid = f"tinyzoo-week2/{r['repo_id'].split('/', 1)[1]}-ft"
         folder = root / "week2" / "repos" / rid
