@@ -268,9 +268,11 @@ def main(argv=None) -> dict:
     files = work / "local-list.txt"
     local_to_repo = {}
     lines = []
-    for m in models:  # every model the hub survey read files of (failed ones too: the same failure locally)
+    hub_layers = _read(hub_ds, "layers")
+    with_rows = {x["model_id"] for x in hub_layers}
+    for m in models:  # every model the hub survey has layer rows of (failed ones too: the same failure locally)
         r = next((r for r in manifest["repos"] if r["repo_id"] == m["model_id"]), None)
-        if r is None or not m.get("files") or not (box / r["folder"]).is_dir():
+        if r is None or m["model_id"] not in with_rows or not (box / r["folder"]).is_dir():
             continue
         folder, fs = box / r["folder"], list(m.get("files") or [])
         # the folder, as the repository; the one file read where the repository holds several whole models
@@ -287,7 +289,7 @@ def main(argv=None) -> dict:
             local_to_repo[m["model_id"]] = "/".join(rel[:2])
         except ValueError:
             pass
-    res["rows"] = compare_rows(_read(hub_ds, "layers"), _read(local_ds, "layers"), local_to_repo)
+    res["rows"] = compare_rows(hub_layers, _read(local_ds, "layers"), local_to_repo)
     _print(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
