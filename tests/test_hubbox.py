@@ -158,7 +158,8 @@ def test_quick_box_every_kind_served_as_the_hub_serves_it(box, tmp_path):
         info = {x.id: x for x in listed}
         assert "base_model:merge:tinyfam/llama-ft-a" in info["tinyfam/llama-merge"].tags
         assert "base_model:adapter:tinyfam/llama-base" in info["tinyfam/llama-lora"].tags
-        assert info["timm/test_vit.hubbox_in1k"].card_data["model-index"][0]["results"][0]["metrics"][0]["type"] == "top1"
+        ev = info["timm/test_vit.hubbox_in1k"].card_data.eval_results  # the card's model-index, parsed by the client
+        assert ev and ev[0].metric_type == "top1" and ev[0].dataset_type == "imagenet-1k" and 45 <= ev[0].metric_value <= 85
         assert info["tinyfam/llama-lora"].library_name == "peft"
         with pytest.raises(GatedRepoError):
             hf_hub_download(gated[0], "config.json", endpoint=hub.endpoint, cache_dir=tmp_path / "c", token=False)
