@@ -13,20 +13,33 @@ import pytest
 from hubscan.demo import hubbox
 
 
-def test_mlx_quantize_is_mlx_affine_quantization_bit_for_bit():
+def test_mlx_quantize_reconstructs_within_half_a_step():
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((6, 128)).astype(np.float32)
+    w = (rng.standard_normal((6, 128)) + rng.uniform(-1, 1, (6, 1))).astype(np.float32)
     packed, scales, biases = hubbox.mlx_quantize(w, group_size=64, bits=4)
     assert packed.dtype == np.uint32 and packed.shape == (6, 16) and scales.shape == biases.shape == (6, 2)
     # unpack independently: value j of a word sits in bits 4j..4j+3 (first value in the lowest bits)
-    q = np.stack([(packed >> np.uint32(4 * j)) & np.uint32(0xF) for j in range(8)], axis=-1).reshape(6, 128)
+    q = np.stack([(packed >> np.uint32(4 * j)) & np.uint32(0xF) for j in range(8)], axis=-1).reshape(6, 2, 64)
     g = w.reshape(6, 2, 64)
-    np.testing.assert_allclose(scales, (g.max(-1) - g.min(-1)) / 15, rtol=1e-6)
-    np.testing.assert_allclose(biases, g.min(-1), rtol=0, atol=0)
-    qg = q.reshape(6, 2, 64)
-    assert (qg.min(-1) == 0).all() and (qg.max(-1) == 15).all()  # each group spans the 16 levels
-    w_hat = (scales[..., None] * qg + biases[..., None]).reshape(6, 128)
-    assert np.abs(w_hat - w).max() <= scales.max() / 2 + 1e-6  # round-to-nearest: within half a step
+    edge = np.where(np.abs(g.min(-1)) > np.abs(g.max(-1)), g.min(-1), g.max(-1))
+    np.testing.assert_array_equal(biases, edge)  # the larger-magnitude edge is exact (q = 0)
+    w_hat = scales[..., None] * q + biases[..., None]
+    step = np.abs(scales)[..., None]
+    far = biases[..., None] + 15 * scales[..., None]  # the other end of the representable range
+    inside = (g >= np.minimum(biases[..., None], far) - 1e-6) & (g <= np.maximum(biases[..., None], far) + 1e-6)
+    assert (np.abs(w_hat - g)[inside] <= (step / 2 + 1e-6).repeat(64, -1)[inside]).all()  # round to nearest
+    # outside it (the edge made exact moved the range by < 1 step: q0 ≥ 8) values clip to its end
+    assert (np.abs(w_hat - g) <= 1.5 * step).all()
+
+
+def test_mlx_quantize_equals_mlx_core_quantize_bit_for_bit():
+    mx = pytest.importorskip("mlx.core")
+    rng = np.random.default_rng(1)
+    for shape in ((8, 128), (3, 256)):
+        w = (rng.standard_normal(shape) + rng.uniform(-1, 1, (shape[0], 1))).astype(np.float32)
+        ref = [np.array(x) for x in mx.quantize(mx.array(w), group_size=64, bits=4)]
+        for got, want in zip(hubbox.mlx_quantize(w, 64, 4), ref):
+            np.testing.assert_array_equal(got, want)
 
 
 def _tiny_llama():

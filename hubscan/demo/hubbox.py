@@ -37,12 +37,11 @@ kind                   how
 ``reupload``           byte-identical copies of other repositories' weights under other organisations.
 =====================  ==================================================================================
 
-MLX: ``mlx`` does not install here, so the ``mlx-community`` layout is written with numpy per MLX's
-documented affine quantization (``mlx.core.quantize``: per group of ``group_size`` along the input axis,
-``scale = (max − min) / (2**bits − 1)``, ``bias = min``, ``q = round((w − bias) / scale)``; 32 // bits values
-packed little-end-first into each ``uint32``; ``W ≈ scales · q + biases``): ``<name>.weight`` U32
-(out, in·bits/32), ``<name>.scales`` / ``<name>.biases`` BF16 (out, in / group_size), config.json
-``quantization: {group_size: 64, bits: 4}``.
+MLX: the ``mlx-community`` 4-bit layout is quantized by ``mlx.core.quantize`` where mlx is installed, else by
+:func:`mlx_quantize`, the same arithmetic in numpy (equal bit for bit; MLX's affine scheme, ``W ≈ scales · q +
+biases`` per group of 64 along the input axis, 8 values packed little-end-first into each ``uint32``) and
+written with safetensors as mlx-lm saves it: ``<name>.weight`` U32 (out, in·bits/32), ``<name>.scales`` /
+``<name>.biases`` BF16 (out, in / group_size), config.json ``quantization: {group_size: 64, bits: 4}``.
 
 Generation runs the parts in parallel subprocesses (``--jobs``; a part that crashes is resumed after the
 model it died on). Nothing in the pipeline imports this module.
@@ -585,11 +584,17 @@ def write_gguf(folder: Path, stem: str, state: dict, cfg, qtype: str, *, split_m
 
 
 def mlx_quantize(w, group_size: int = 64, bits: int = 4):
-    """MLX's affine group quantization (``mlx.core.quantize``) in numpy.
+    """MLX's affine group quantization (``mlx.core.quantize``, its CPU kernel's arithmetic) in numpy.
+
+    Per group of ``group_size`` along the last axis, from its min and max: ``scale = (max − min) / (2**bits − 1)``,
+    negated when the max has the larger magnitude; the edge (min, or max) is made exactly representable
+    (``scale = edge / round(edge / scale)``) and is the bias; ``q = round((w − bias) / scale)`` clipped to
+    ``[0, 2**bits − 1]``; ``w ≈ scale · q + bias``. Equal to ``mlx.core.quantize`` bit for bit on float32
+    input (tests/test_hubbox.py compares them where mlx is installed).
 
     Parameters
     ----------
-    w : ndarray, shape (out, in), float
+    w : ndarray, shape (out, in), float32
         ``in`` a multiple of ``group_size``.
     group_size, bits : int
 
@@ -597,21 +602,38 @@ def mlx_quantize(w, group_size: int = 64, bits: int = 4):
     -------
     (packed, scales, biases)
         ``packed`` uint32 (out, in · bits / 32), ``32 // bits`` values per word, the first in the lowest bits;
-        ``scales``, ``biases`` float32 (out, in / group_size); ``w ≈ scales · q + biases`` per group.
+        ``scales``, ``biases`` float32 (out, in / group_size).
     """
     import numpy as np
     out, n = w.shape
     g = w.reshape(out, n // group_size, group_size).astype(np.float32)
     lo, hi = g.min(-1), g.max(-1)
     levels = 2 ** bits - 1
-    scales = np.where(hi > lo, (hi - lo) / levels, 1.0).astype(np.float32)
-    q = np.clip(np.rint((g - lo[..., None]) / scales[..., None]), 0, levels).astype(np.uint32).reshape(out, n)
+    scale = np.maximum((hi - lo) / levels, 1e-7).astype(np.float32)
+    side = np.abs(lo) > np.abs(hi)
+    scale = np.where(side, scale, -scale)
+    edge = np.where(side, lo, hi)
+    q0 = np.rint(edge / scale)
+    nz = q0 != 0
+    scale = np.where(nz, edge / np.where(nz, q0, 1), scale).astype(np.float32)
+    bias = np.where(nz, edge, 0).astype(np.float32)
+    q = np.clip(np.rint((g - bias[..., None]) / scale[..., None]), 0, levels).astype(np.uint32).reshape(out, n)
     per = 32 // bits
     q = q.reshape(out, n // per, per)
     packed = np.zeros((out, n // per), np.uint32)
     for j in range(per):
         packed |= q[..., j] << np.uint32(bits * j)
-    return packed, scales, lo.astype(np.float32)
+    return packed, scale, bias
+
+
+def _quantize_mlx(w, group_size: int, bits: int):
+    """``mlx.core.quantize`` where mlx is installed (the library's own code), else :func:`mlx_quantize`."""
+    import numpy as np
+    try:
+        import mlx.core as mx
+    except ImportError:
+        return mlx_quantize(w, group_size, bits)
+    return tuple(np.array(x) for x in mx.quantize(mx.array(w), group_size=group_size, bits=bits))
 
 
 def write_mlx(folder: Path, state: dict, config: dict, group_size: int = 64, bits: int = 4) -> None:
@@ -622,7 +644,7 @@ def write_mlx(folder: Path, state: dict, config: dict, group_size: int = 64, bit
     out = {}
     for k, t in state.items():
         if k.endswith(".weight") and t.dim() == 2 and t.shape[1] % group_size == 0 and "norm" not in k:
-            p, s, b = mlx_quantize(t.float().numpy(), group_size, bits)
+            p, s, b = _quantize_mlx(t.float().numpy(), group_size, bits)
             stem = k[: -len(".weight")]
             out[k] = torch.from_numpy(p.view("int32")).view(torch.uint32)
             out[stem + ".scales"] = torch.from_numpy(s).to(torch.bfloat16)
@@ -800,7 +822,8 @@ def part_derived(root: Path, quick: bool, done: set, emit) -> None:
             make(f"{ORG['mlx']}/{fam}-base-4bit",
                  lambda f: write_mlx(f, {k: v for k, v in state.items() if k != "lm_head.weight" or not cfg.tie_word_embeddings},
                                      cfg.to_dict()),
-                 "numpy, per MLX's documented affine quantization (group 64, 4 bits; mlx is not installable here)",
+                 "mlx.core.quantize (or the same arithmetic in numpy where mlx is absent), group 64, 4 bits; "
+                 "safetensors in mlx-lm's layout",
                  relation="quantized", library="mlx", kind="derived", needs="mlx-reader",
                  why="MLX 4-bit layout: U32 packed weights with BF16 scales/biases (W = scales·q + biases)")
 
