@@ -623,7 +623,7 @@ class FakeHub:
     Repositories: models, and datasets (``repo_type="dataset"``: listed, read and written through
     ``/api/datasets/…`` and ``/datasets/{repo}/resolve/…``). The write API the real client uses for
     ``HfApi.create_repo`` / ``create_commit`` / ``upload_file`` is served: ``POST /api/repos/create``,
-    ``/api/validate-yaml``, ``/api/{type}s/{repo}/preupload/{rev}`` (upload mode per file: ``lfs`` for the
+    ``/api/validate-yaml``, ``/api/{type}s/{repo}/preupload/{rev}`` (tokens granted ``write=True`` only; upload mode per file: ``lfs`` for the
     ``.gitattributes`` patterns and files ≥ 10 MiB, else ``regular``; ``oid`` of the file already there), the
     git-LFS batch API (``/{repo}.git/info/lfs/objects/batch``, ``basic`` transfer: a PUT to the second
     listener, then ``…/objects/verify``), and ``/api/{type}s/{repo}/commit/{rev}`` (NDJSON: header, file,
@@ -646,6 +646,7 @@ class FakeHub:
         self._blobs_by_sha256: dict[str, _Blob] = {}
         self._uploads: dict[str, bytes] = {}  # LFS objects PUT by clients (sha256 → content), before a commit
         self._grants: dict[str | None, set[str]] = {}
+        self._writers: dict[str | None, set[str]] = {}
         self._log: list[RequestRecord] = []
         self._injections: list[Injection] = []
         self._vanish: set[str] = set()  # delete_after_listing
@@ -866,10 +867,13 @@ class FakeHub:
         with self._lock:
             self._repos[repo_id].head.info.update(info)
 
-    def grant(self, token: str, repo_id: str | None = None) -> None:
-        """Let ``Authorization: Bearer <token>`` through gated/private ``repo_id`` (None: every repo)."""
+    def grant(self, token: str, repo_id: str | None = None, *, write: bool = False) -> None:
+        """Let ``Authorization: Bearer <token>`` through gated/private ``repo_id`` (None: every repo); with
+        ``write=True`` it may also create repositories and commit (no other token may)."""
         with self._lock:
             self._grants.setdefault(repo_id, set()).add(token)
+            if write:
+                self._writers.setdefault(repo_id, set()).add(token)
 
     def _derive(self, repo_id: str, blobs: dict[str, _Blob], merged: dict, given: Mapping) -> None:
         if "safetensors" not in merged:
@@ -1443,17 +1447,21 @@ class FakeHub:
         return _json(200, {"index": {k: v for k, v in index.items() if k != "weight_map"}, "headers": headers})
 
     # ---- the write API: create_repo, validate-yaml, preupload, LFS batch / upload / verify, commit
-    def _may_write(self, repo_id: str, token: str | None) -> bool:
-        """Any bearer token may write (the fake has no users); anonymous writes are refused."""
-        return token is not None
+    def _may_write(self, repo_id: str | None, token: str | None) -> bool:
+        """Only tokens granted with ``grant(token, write=True)`` (for this repo or all) may write."""
+        with self._lock:
+            return token is not None and (token in self._writers.get(None, set())
+                                          or token in self._writers.get(repo_id, set()))
 
     def _repo_url(self, repo_type: str, repo_id: str) -> str:
         return f"{self.endpoint}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
 
     def _create_repo(self, rec: RequestRecord, body: bytes, token: str | None) -> _Response:
-        if token is None:
-            return _error(401, None, "Invalid username or password.")
         data = json.loads(body or b"{}")
+        org = data.get("organization")
+        if not self._may_write(f"{org}/{data.get('name')}" if org else None, token):
+            return _error(401 if token is None else 403, None,
+                          "Invalid username or password." if token is None else "You don't have the rights to create this repository")
         rec.repo_type = data.get("type") or "model"
         if rec.repo_type not in self._stores:
             return _error(400, None, f"repo type {rec.repo_type} is not served by the fake hub")

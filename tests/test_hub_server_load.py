@@ -127,6 +127,10 @@ def test_request_log_fields(client, tmp_path):
 
 def test_dataset_repos_write_and_read_with_the_real_client(client, tmp_path):
     with serve() as hub:
+        hub.grant(TOKEN, write=True)
+        with pytest.raises(HfHubHTTPError) as e:  # a token without write access
+            HfApi(endpoint=hub.endpoint, token="hf_read_only").create_repo("org/data", repo_type="dataset")
+        assert e.value.response.status_code == 403
         api = HfApi(endpoint=hub.endpoint, token=TOKEN)
         url = api.create_repo("org/data", repo_type="dataset")
         assert url == f"{hub.endpoint}/datasets/org/data"
@@ -170,6 +174,7 @@ def test_dataset_repos_write_and_read_with_the_real_client(client, tmp_path):
 def test_preupload_modes_follow_gitattributes_and_size(client):
     with serve() as hub:
         hub.create_repo("org/d", "dataset")
+        hub.grant(TOKEN, write=True)
         r = hh.get_session().post(f"{hub.endpoint}/api/datasets/org/d/preupload/main",
                                   json={"files": [{"path": "a.parquet", "size": 10, "sample": ""},
                                                   {"path": "b.txt", "size": 10, "sample": ""},

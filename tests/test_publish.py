@@ -73,6 +73,7 @@ _KEYS = {"models": ["model_key"], "layers": ["model_key", "layer_id", "part"], "
 @pytest.fixture
 def hub(tmp_path):
     with isolated_hf_client(tmp_path / "hf-cache") as guard, serve() as h:
+        h.grant(TOKEN, write=True)
         yield h
         assert not guard.blocked, guard.blocked
 
@@ -182,17 +183,14 @@ def test_publish_then_read_back_with_sql_and_one_commit_per_publish(dataset, hub
     assert json.loads(capsys.readouterr().out) == [{"n": 6}]
 
 
-def test_publish_errors_in_one_line(dataset, hub, tmp_path, capsys):
+def test_publish_errors_in_one_line(dataset, hub, tmp_path, capsys, monkeypatch):
     from hubscan.cli import main
-    # no token: the hub refuses the write; one line, no token anywhere
-    env = os.environ.pop("HF_TOKEN", None)
-    try:
-        assert main(["publish", dataset.url, URL, "--endpoint", hub.endpoint]) == 1
-    finally:
-        if env is not None:
-            os.environ["HF_TOKEN"] = env
+    # a token without write access: the hub refuses; one line, the token nowhere
+    monkeypatch.setenv("HF_TOKEN", "hf_read_only_token_987654321")
+    assert main(["publish", dataset.url, URL, "--endpoint", hub.endpoint]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"hubscan: error: {URL}: no write access") and "\n" not in err, err
+    assert "hf_read_only_token_987654321" not in err
     assert main(["publish", dataset.url, "hf://models/x/y", "--endpoint", hub.endpoint]) == 1
     assert "not a Hub dataset URL" in capsys.readouterr().err
     assert main(["publish", str(tmp_path / "nothing"), URL, "--endpoint", hub.endpoint]) == 1
