@@ -198,3 +198,27 @@ def test_quick_box_every_kind_served_as_the_hub_serves_it(box, tmp_path):
                 assert hub.file_bytes(ch["repo_id"], ch["files"][0]) != old
             elif ch["change"] == "gated":
                 assert api.model_info(ch["repo_id"]).gated == "manual"
+
+
+@pytest.mark.slow
+def test_rehearsal_on_the_quick_box_accounts_for_every_repository(box, tmp_path):
+    """benchmarks/bench_rehearsal.py end to end (two Ray surveys): every repository of the box gets a verdict,
+    the gated and the deleted one as the manifest expects, and the models read through the fake Hub have the
+    layer rows of a local analysis of the same files."""
+    import importlib.util
+    from pathlib import Path
+    root, m = box
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_rehearsal.py"
+    spec = importlib.util.spec_from_file_location("bench_rehearsal", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--box", str(root), "--work", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
+    assert res["steps"]["survey_hub"]["rc"] == 0 and res["steps"]["survey_local"]["rc"] == 0
+    assert res["survey"]["models"] == m["repos_total"]
+    assert sum(res["outcomes"]["verdicts"].values()) == m["repos_total"]
+    expected = {(f["status"], f["verdict"]) for f in res["outcomes"]["failures"]}
+    assert ("skipped", "as expected") in expected and ("failed", "as expected") in expected  # gated, deleted
+    rows = res["rows"]
+    assert rows["models_compared"] >= res["survey"]["analyzed"] - 4 and rows["max_abs_dalpha"] == 0.0
+    assert res["requests"]["list"] == 1 and res["bytes"]["ratio"] >= 1.0
+    assert json.loads((tmp_path / "r.json").read_text())["box"]["repos"] == m["repos_total"]
