@@ -850,7 +850,14 @@ def cmd_sql(args) -> int:
 
     if not args.query.strip():
         raise HubscanError(args.dataset, "empty query")
-    con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
+    if args.dataset.startswith("hf://"):  # a published census (hubscan publish)
+        from hubscan.publish import connect as connect_published
+        if args.as_of:
+            raise HubscanError(args.dataset, "--as-of needs a Delta dataset; a published census is one version "
+                                             "(hf://datasets/ORG/NAME@REVISION for an older commit)")
+        con = connect_published(args.dataset, endpoint=args.endpoint)
+    else:
+        con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
     try:
         cur = con.execute(args.query)
     except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
@@ -892,12 +899,15 @@ def _add_sql(sub) -> None:
                         "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
                         "GROUP BY 1\"\n"
                         "  hubscan sql --dataset out/dataset --format csv \"SELECT model_id, name, alpha FROM "
-                        "layers WHERE alpha < 2\" > over_trained.csv")
+                        "layers WHERE alpha < 2\" > over_trained.csv\n"
+                        "  hubscan sql --dataset hf://datasets/my-org/hub-census \"SELECT count(*) FROM layers\"")
     p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
     _add_dataset(p, what="to query")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--as-of", metavar="SURVEY_ID", default=None,
                    help="the tables as they were when this survey finished (Delta time travel)")
+    p.add_argument("--endpoint", default=None,
+                   help="hub URL for an hf://datasets/ORG/NAME census (default: $HF_ENDPOINT or https://huggingface.co)")
 
 
 # -- compact / migrate --------------------------------------------------------------------------------
@@ -1151,6 +1161,41 @@ def _add_report(sub) -> None:
     _add_accuracy_selection(p, " the correlation section uses")
 
 
+# -- publish ------------------------------------------------------------------------------------------
+
+def cmd_publish(args) -> int:
+    from hubscan.publish import publish
+
+    r = publish(args.dataset, args.url, endpoint=args.endpoint, private=args.private, message=args.message,
+                storage_options=args.storage_options)
+    console = _console(args)
+    rows = ", ".join(f"{t} {n:,} rows in {r.shards[t]} shard(s)" for t, n in r.rows.items())
+    if r.commit is None:
+        console.print(f"{r.url} already holds this census ({rows}): no commit", highlight=False)
+    else:
+        console.print(f"published {rows} to {r.url}: commit {r.commit[:12]} ({len(r.added)} shard(s) added, "
+                      f"{len(r.deleted)} removed, {r.unchanged} unchanged)", highlight=False)
+    return 0
+
+
+def _add_publish(sub) -> None:
+    p = _command(sub, "publish", cmd_publish, help="publish a dataset to the Hub as a census (Parquet shards + card)",
+                 description="Write every table of a dataset as Parquet shards plus a dataset card whose YAML "
+                             "configs let the Hub's viewer and datasets.load_dataset read each table, in one "
+                             "commit; a later publish uploads only the shards that changed. Token: $HF_TOKEN "
+                             "or the saved login (never on the command line).",
+                 epilog="examples:\n"
+                        "  hubscan publish out/dataset hf://datasets/my-org/hub-census\n"
+                        "  hubscan sql --dataset hf://datasets/my-org/hub-census \"SELECT count(*) FROM models\"")
+    p.add_argument("dataset", help="the survey dataset (a directory or s3://…, gs://… URL)")
+    p.add_argument("url", help="hf://datasets/ORG/NAME (created when absent; @BRANCH to commit to a branch)")
+    p.add_argument("--endpoint", default=None, help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--message", default=None, help="commit message (default: the tables and their rows)")
+    p.add_argument("--storage-options", type=_json_object, default=None, metavar="JSON",
+                   help="filesystem options of the dataset as JSON")
+
+
 # -- entry point --------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1167,7 +1212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_doctor, _add_migrate, _add_accuracy,
-                _add_correlate, _add_report):
+                _add_correlate, _add_report, _add_publish):
         add(sub)
     return parser
 

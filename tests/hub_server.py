@@ -37,6 +37,16 @@ Endpoints served (what huggingface_hub 2.4 calls):
   With ``FakeHub(lfs_redirect=True)`` LFS files answer 302 to a second listener (another origin, like the
   real CDN), so the client stops at the redirect for HEAD and follows it for GET.
 
+* Dataset repositories (``/api/datasets/{repo}…``, ``/datasets/{repo}/resolve/…``: info, tree, paths-info,
+  resolve) and the write API of ``create_repo`` / ``create_commit``: ``POST /api/repos/create``,
+  ``/api/validate-yaml``, ``/api/{models|datasets}/{repo}/preupload/{rev}``, the git-LFS batch API
+  (``/{repo}.git/info/lfs/objects/batch``, ``basic`` transfer: PUT to the second listener, then ``verify``)
+  and ``/api/{models|datasets}/{repo}/commit/{rev}`` (NDJSON). See :class:`FakeHub` for the load behaviours
+  (latency, rate-limit windows, 5xx bursts, deletion after listing).
+
+From the command line: ``python tests/hub_server.py --demo-tree DIR`` (hubscan's demo model tree) or
+``--hubbox DIR [--week 2] [--latency S] [--rate-limit api=R/W]`` (a hub-in-a-box, ``hubscan.demo.hubbox``).
+
 Errors carry the ``X-Error-Code`` that ``utils/_http.py::hf_raise_for_status`` maps: ``RepoNotFound`` →
 RepositoryNotFoundError, ``RevisionNotFound`` → RevisionNotFoundError, ``EntryNotFound`` →
 RemoteEntryNotFoundError (alias EntryNotFoundError), ``GatedRepo`` → GatedRepoError. Gated repos
@@ -47,12 +57,14 @@ token, 404 with a wrong one). Authorization values are never stored or logged.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as _dt
 import fnmatch
 import hashlib
 import http.server
 import json
+import math
 import os
 import re
 import socket
@@ -185,6 +197,7 @@ class RequestRecord:
     headers: dict[str, str]  # request headers, Authorization redacted
     authorized: bool  # an Authorization header was present
     kind: str = "unknown"  # list | info | tree | paths-info | refs | commits | st-metadata | resolve | cdn
+    # | create | validate-yaml | preupload | commit | lfs-batch | lfs-verify | upload
     repo_id: str | None = None
     revision: str | None = None
     file: str | None = None  # path in repo for resolve/cdn requests
@@ -196,6 +209,12 @@ class RequestRecord:
     error: str | None = None
     started: float = 0.0
     finished: float | None = None
+    repo_type: str = "model"  # model | dataset
+    rate_kind: str | None = None  # the Hub's rate-limit bucket: "api" (/api/…, LFS batch), "resolvers" (…/resolve/…);
+    # None for the second listener (CDN redirects, LFS uploads), which the Hub does not count
+    time: float = 0.0  # seconds since the hub started (``started`` is time.monotonic())
+    window: int | None = None  # index of the rate-limit window it was counted in (when limits are set)
+    bytes_received: int = 0  # request body bytes (uploads, commits)
 
 
 # ------------------------------------------------------------------------------------------------ store
@@ -325,6 +344,7 @@ class _Repo:
     revisions: dict[str, _Revision] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)
     refs: dict[str, str] = field(default_factory=dict)  # branch -> sha
+    deleted: int = 0  # > 0: deleted after a listing (FakeHub.delete_after_listing), the hub's n-th deletion; 404
 
     @property
     def head(self) -> _Revision:
@@ -442,6 +462,11 @@ class _Server(http.server.ThreadingHTTPServer):
         self.role = role  # "hub" or "cdn"
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+            return  # a client that went away between requests (a survey's actors ending): not the fake's error
+        super().handle_error(request, client_address)
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -473,26 +498,49 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self._handle("POST")
 
+    def do_PUT(self):
+        self._handle("PUT")
+
+    def _body(self) -> bytes:
+        """The request body: by Content-Length, or chunked (httpx streams file uploads that way)."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
     def _handle(self, method: str) -> None:
         hub: FakeHub = self.server.hub
-        n = int(self.headers.get("Content-Length") or 0)
-        body_in = self.rfile.read(n) if n > 0 else b""
+        body_in = self._body()
         rec = hub._new_record(method, self.path, self.headers, self.server.role)
+        rec.bytes_received = len(body_in)
         try:
-            inj = hub._match(rec)
+            throttled, rate_headers = hub._admit(rec)  # rate-limit windows: counted on arrival
+            inj = hub._match(rec) if throttled is None else None
             fault = inj.fault if inj is not None else None
-            if isinstance(fault, Delay):
-                hub._stop.wait(fault.seconds)
+            wait = hub._latency_for(rec) + (fault.seconds if isinstance(fault, Delay) else 0.0)
+            if wait > 0:
+                hub._stop.wait(wait)
             if isinstance(fault, Drop):
                 rec.status = 0
                 self.close_connection = True
                 with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            if isinstance(fault, Status):
+            if throttled is not None:
+                resp = throttled
+            elif isinstance(fault, Status):
                 resp = self._status_fault(fault, rec)
             else:
                 resp = hub._route(rec, self.path, hub._token(self.headers), body_in, self.server.role)
+            resp.headers.update(rate_headers)
             self._send(resp, rec, fault.after_bytes if isinstance(fault, Cut) else None)
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout) as e:
             rec.error = f"client went away: {type(e).__name__}"
@@ -556,19 +604,55 @@ class FakeHub:
     listener (``cdn_endpoint``). ``list_page_size`` / ``tree_page_size`` (``tree_page_size_expand`` when
     ``expand=true``) are the page sizes behind the ``Link: rel="next"`` pagination; they can be changed live.
 
-    Content: ``add_model``, ``add_model_from_dir``, ``remove_model``, ``set_info``, ``grant``, ``sha``,
-    ``file_bytes``. Faults: ``inject``, ``clear_faults``, ``faults_fired``. Accounting: ``requests``,
-    ``bytes_sent``, ``reset_stats``.
+    The Hub under load (all off by default; attributes, so they can be changed live):
+
+    * ``latency`` — seconds added to every request, or a mapping by rate kind (``"api"``, ``"resolvers"``,
+      ``"cdn"``: the redirect target, so ``{"cdn": 0.5}`` is a slow CDN).
+    * ``rate_limits`` — ``{"api": (R, W), "resolvers": (R, W)}``: at most R requests of that kind per fixed
+      window of W seconds (windows counted from ``start()``, as the Hub's 5-minute windows). Every response of
+      a limited kind carries the IETF headers the Hub sends, ``RateLimit: "api";r=<left>;t=<seconds to reset>``
+      and ``RateLimit-Policy: "fixed window";"api";q=R;w=W``; a request over the budget gets 429 (not counted
+      against the budget). The Hub's published numbers (FIELD-NOTES "The real Hub at scale") per 5 minutes:
+      api 500 / 1,000 / 2,500, resolvers 3,000 / 5,000 / 12,000 (anonymous / free / PRO).
+    * ``burst(seconds, code=503, kind=None, after=0)`` — an outage: every request (of one rate kind) in that
+      time answers ``code``.
+    * ``delete_after_listing(repo_id)`` — the repo is deleted right after the first listing that shows it
+      (a survey then meets 404s on a repo it has listed).
+    * gated repos (``info["gated"]``): files answer 401 without a granted token (below).
+
+    Repositories: models, and datasets (``repo_type="dataset"``: listed, read and written through
+    ``/api/datasets/…`` and ``/datasets/{repo}/resolve/…``). The write API the real client uses for
+    ``HfApi.create_repo`` / ``create_commit`` / ``upload_file`` is served: ``POST /api/repos/create``,
+    ``/api/validate-yaml``, ``/api/{type}s/{repo}/preupload/{rev}`` (tokens granted ``write=True`` only; upload mode per file: ``lfs`` for the
+    ``.gitattributes`` patterns and files ≥ 10 MiB, else ``regular``; ``oid`` of the file already there), the
+    git-LFS batch API (``/{repo}.git/info/lfs/objects/batch``, ``basic`` transfer: a PUT to the second
+    listener, then ``…/objects/verify``), and ``/api/{type}s/{repo}/commit/{rev}`` (NDJSON: header, file,
+    lfsFile, deletedFile, deletedFolder; ``parentCommit`` checked, 412 when the branch moved). Xet upload is
+    not served: the client must run with ``HF_HUB_DISABLE_XET=1`` (:func:`isolated_hf_client` sets it).
+
+    Content: ``add_model``, ``add_model_from_dir``, ``add_hubbox``, ``create_repo``, ``remove_model``,
+    ``set_info``, ``grant``, ``sha``, ``file_bytes``, ``files``. Faults: ``inject``, ``burst``,
+    ``delete_after_listing``, ``clear_faults``, ``faults_fired``. Accounting: ``requests``, ``bytes_sent``,
+    ``window_counts``, ``reset_stats``.
     """
 
     def __init__(self, root_models: Mapping[str, Any] | None = None, *, lfs_redirect: bool = False,
-                 list_page_size: int = 1000, tree_page_size: int = 1000, tree_page_size_expand: int = 50):
+                 list_page_size: int = 1000, tree_page_size: int = 1000, tree_page_size_expand: int = 50,
+                 latency: float | Mapping[str, float] = 0.0,
+                 rate_limits: Mapping[str, tuple[int, float]] | None = None):
         self._lock = threading.RLock()
-        self._repos: dict[str, _Repo] = {}
+        self._stores: dict[str, dict[str, _Repo]] = {"model": {}, "dataset": {}}
+        self._repos = self._stores["model"]
         self._blobs_by_sha256: dict[str, _Blob] = {}
+        self._uploads: dict[str, bytes] = {}  # LFS objects PUT by clients (sha256 → content), before a commit
         self._grants: dict[str | None, set[str]] = {}
+        self._writers: dict[str | None, set[str]] = {}
         self._log: list[RequestRecord] = []
         self._injections: list[Injection] = []
+        self._vanish: set[str] = set()  # delete_after_listing
+        self._deletions = 0
+        self._window_used: dict[tuple[str, int], int] = {}
+        self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._servers: list[_Server] = []
         self._threads: list[threading.Thread] = []
@@ -577,6 +661,8 @@ class FakeHub:
         self.list_page_size = list_page_size
         self.tree_page_size = tree_page_size
         self.tree_page_size_expand = tree_page_size_expand
+        self.latency = latency
+        self.rate_limits = dict(rate_limits or {})
         self.endpoint: str | None = None
         self.cdn_endpoint: str | None = None
         for repo_id, spec in (root_models or {}).items():
@@ -595,6 +681,7 @@ class FakeHub:
         if self._servers:
             return self
         self._stop.clear()
+        self._t0 = time.monotonic()
         for role in ("hub", "cdn"):
             srv = _Server(self, role)
             t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
@@ -637,7 +724,7 @@ class FakeHub:
     # ------------------------------------------------------------------ content
     def add_model(self, repo_id: str, files: Mapping[str, bytes | str | os.PathLike], revision_sha: str | None = None,
                   info: Mapping[str, Any] | None = None, *, branch: str = "main", commit_title: str | None = None,
-                  lfs: bool | None = None) -> str:
+                  lfs: bool | None = None, repo_type: str = "model") -> str:
         """Add a revision of ``repo_id`` (files: path in repo → bytes or local file); moves ``branch`` to it.
 
         ``info`` (merged over the previous revision's) may hold downloads, likes, tags, pipeline_tag,
@@ -647,7 +734,8 @@ class FakeHub:
         (architectures, model_type), ``cardData`` from README.md front matter (if PyYAML is importable), and
         ``tags`` is cardData tags + library_name + pipeline_tag + "safetensors" when present. ``lfs`` forces every file to be
         (or not be) LFS; by default .gitattributes' ``filter=lfs`` patterns (or the Hub defaults) and size
-        ≥ 10 MiB decide. Returns the commit sha (40 hex; derived deterministically when not given).
+        ≥ 10 MiB decide. ``repo_type="dataset"`` adds to a dataset repository instead. Returns the commit sha
+        (40 hex; derived deterministically when not given).
         """
         if not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", repo_id):
             raise ValueError(f"bad repo id {repo_id!r}")
@@ -659,9 +747,13 @@ class FakeHub:
                 errors="replace")
             patterns = _lfs_patterns_from_gitattributes(text)
         blobs = {p: _Blob(src, lfs if p != ".gitattributes" else False, patterns, p) for p, src in sorted(files.items())}
+        return self._add_revision(repo_type, repo_id, blobs, revision_sha, info, branch=branch, commit_title=commit_title)
 
+    def _add_revision(self, repo_type: str, repo_id: str, blobs: dict[str, _Blob], revision_sha: str | None,
+                      info: Mapping[str, Any] | None, *, branch: str = "main", commit_title: str | None = None) -> str:
+        store = self._stores[repo_type]
         with self._lock:
-            repo = self._repos.get(repo_id)
+            repo = store.get(repo_id)
             prev_info = dict(repo.head.info) if repo is not None and repo.order else {}
             index = len(repo.order) if repo is not None else 0
             merged = {**prev_info, **(info or {})}
@@ -689,7 +781,7 @@ class FakeHub:
                 index=index,
             )
             if repo is None:
-                repo = self._repos[repo_id] = _Repo(repo_id)
+                repo = store[repo_id] = _Repo(repo_id)
             repo.revisions[revision_sha] = rev
             if revision_sha in repo.order:
                 repo.order.remove(revision_sha)
@@ -713,29 +805,75 @@ class FakeHub:
             raise ValueError(f"no files under {folder}")
         return self.add_model(repo_id, files, revision_sha, info, **kw)
 
-    def remove_model(self, repo_id: str) -> None:
-        with self._lock:
-            self._repos.pop(repo_id, None)
+    def create_repo(self, repo_id: str, repo_type: str = "model", *, private: bool = False) -> str:
+        """Create an empty repository as the Hub does: one initial commit holding the default ``.gitattributes``
+        (``filter=lfs`` for :data:`DEFAULT_LFS_PATTERNS`). Returns the commit sha."""
+        attrs = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in DEFAULT_LFS_PATTERNS).encode()
+        return self.add_model(repo_id, {".gitattributes": attrs}, info={"private": private} if private else None,
+                              commit_title="initial commit", repo_type=repo_type)
 
-    def sha(self, repo_id: str, revision: str = "main") -> str:
+    def add_hubbox(self, root: str | os.PathLike, *, week: int = 1) -> dict:
+        """Serve a hub-in-a-box (``python -m hubscan.demo.hubbox ROOT``): every repository of its
+        ``manifest.json`` with the manifest's Hub metadata (``info``), gated ones gated, those marked
+        ``delete_after_listing`` armed (:meth:`delete_after_listing`). ``week=2`` then applies the box's week-2
+        mutation (``ROOT/week2/manifest.json``: new revisions as new commits, new repositories, deletions,
+        newly gated repositories). Returns the manifest (of the week served)."""
+        root = Path(root)
+        manifest = json.loads((root / "manifest.json").read_text())
+        for r in manifest["repos"]:
+            self.add_model_from_dir(r["repo_id"], root / r["folder"], info=r["info"])
+            if r.get("hub", {}).get("delete_after_listing"):
+                self.delete_after_listing(r["repo_id"])
+        if week == 1:
+            return manifest
+        week2 = json.loads((root / "week2" / "manifest.json").read_text())
+        for c in week2["changes"]:
+            if c["change"] in ("revision", "new"):
+                self.add_model_from_dir(c["repo_id"], root / c["folder"], info=c.get("info"),
+                                        commit_title=c.get("title"))
+            elif c["change"] == "deleted":
+                self.remove_model(c["repo_id"])
+            elif c["change"] == "gated":
+                self.set_info(c["repo_id"], gated=c.get("gated", "manual"))
+        with self._lock:
+            self._vanish.clear()  # week 1's deletions happened in week 1
+        return week2
+
+    def remove_model(self, repo_id: str, repo_type: str = "model") -> None:
+        with self._lock:
+            self._stores[repo_type].pop(repo_id, None)
+
+    def sha(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> str:
         """The commit sha ``revision`` resolves to."""
-        rev = self._repos[repo_id].resolve(revision)
+        rev = self._stores[repo_type][repo_id].resolve(revision)
         if rev is None:
             raise KeyError(revision)
         return rev.sha
 
-    def file_bytes(self, repo_id: str, path: str, revision: str = "main") -> bytes:
-        return self._repos[repo_id].resolve(revision).files[path].read()
+    def file_bytes(self, repo_id: str, path: str, revision: str = "main", repo_type: str = "model") -> bytes:
+        return self._stores[repo_type][repo_id].resolve(revision).files[path].read()
+
+    def files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> list[str]:
+        """The paths in a revision of a repository, sorted."""
+        return sorted(self._stores[repo_type][repo_id].resolve(revision).files)
+
+    def commits(self, repo_id: str, repo_type: str = "model") -> list[str]:
+        """The commit shas of a repository, oldest first."""
+        with self._lock:
+            return list(self._stores[repo_type][repo_id].order)
 
     def set_info(self, repo_id: str, **info) -> None:
         """Update metadata (downloads, likes, ...) of the head revision in place."""
         with self._lock:
             self._repos[repo_id].head.info.update(info)
 
-    def grant(self, token: str, repo_id: str | None = None) -> None:
-        """Let ``Authorization: Bearer <token>`` through gated/private ``repo_id`` (None: every repo)."""
+    def grant(self, token: str, repo_id: str | None = None, *, write: bool = False) -> None:
+        """Let ``Authorization: Bearer <token>`` through gated/private ``repo_id`` (None: every repo); with
+        ``write=True`` it may also create repositories and commit (no other token may)."""
         with self._lock:
             self._grants.setdefault(repo_id, set()).add(token)
+            if write:
+                self._writers.setdefault(repo_id, set()).add(token)
 
     def _derive(self, repo_id: str, blobs: dict[str, _Blob], merged: dict, given: Mapping) -> None:
         if "safetensors" not in merged:
@@ -779,6 +917,25 @@ class FakeHub:
             self._injections.append(inj)
         return inj
 
+    def burst(self, seconds: float, code: int = 503, *, kind: str | None = None, after: float = 0.0) -> Injection:
+        """An outage: from ``after`` seconds from now, for ``seconds``, every request (of rate kind ``kind``:
+        ``"api"``, ``"resolvers"``; None: all but the CDN) answers ``code``. Returns the Injection (``fired``
+        counts the requests it hit)."""
+        begin = time.monotonic() + after
+        end = begin + seconds
+
+        def hit(rec: RequestRecord) -> bool:
+            return begin <= rec.started < end and rec.rate_kind is not None and kind in (None, rec.rate_kind)
+
+        return self.inject(hit, status(code, {"X-Error-Message": f"injected {code} burst"}), times=None)
+
+    def delete_after_listing(self, repo_id: str) -> None:
+        """Delete the model ``repo_id`` right after the first ``/api/models`` page that lists it is answered:
+        the lister saw it, every later request for it gets 404 RepoNotFound (deleted between listing and
+        reading)."""
+        with self._lock:
+            self._vanish.add(repo_id)
+
     def clear_faults(self) -> None:
         with self._lock:
             self._injections.clear()
@@ -807,41 +964,62 @@ class FakeHub:
             authorized=headers.get("Authorization") is not None, range=headers.get("Range"),
             started=time.monotonic(),
         )
+        rec.time = rec.started - self._t0
         self._classify(rec, raw_target, role)
         with self._lock:
             rec.seq = len(self._log)
             self._log.append(rec)
         return rec
 
+    _API_KEYWORDS = frozenset({"revision", "tree", "paths-info", "refs", "commits", "safetensors-metadata",
+                               "preupload", "commit"})
+
     def _classify(self, rec: RequestRecord, raw_target: str, role: str) -> None:
-        """Fill kind / repo_id / revision / file from the URL alone (before faults and routing)."""
+        """Fill kind / repo_type / repo_id / revision / file / rate_kind from the URL alone (before faults and
+        routing)."""
         segs = urlsplit(raw_target).path.split("/")[1:]
         if role == "cdn":
-            rec.kind = "cdn"
+            rec.kind = "upload" if segs[:1] == ["_upload"] else "cdn"
             rec.repo_id = (rec.query.get("repo") or [None])[0]
             rec.revision = (rec.query.get("rev") or [None])[0]
             rec.file = (rec.query.get("path") or [None])[0]
             return
-        if segs[:2] == ["api", "models"]:
-            if len(segs) == 2:
-                rec.kind = "list"
+        if segs and segs[0] == "api":
+            rec.rate_kind = "api"
+            if segs[1:2] == ["datasets"]:
+                rec.repo_type = "dataset"
+            if segs[1:] in (["repos", "create"], ["validate-yaml"]):
+                rec.kind = "create" if segs[1] == "repos" else "validate-yaml"
                 return
-            keywords = {"revision", "tree", "paths-info", "refs", "commits", "safetensors-metadata"}
-            rec.repo_id, rest = self._split_repo(segs[2:], keywords)
-            what = rest[0] if rest else ""
-            rec.kind = {"": "info", "revision": "info", "safetensors-metadata": "st-metadata"}.get(what, what)
-            if what in ("revision", "tree", "commits") and len(rest) > 1:
-                rec.revision = unquote(rest[1])
-            elif what == "paths-info" and len(rest) > 1:
-                rec.revision = unquote("/".join(rest[1:]))
-            elif what in ("", "tree", "paths-info", "commits", "safetensors-metadata"):
-                rec.revision = "main"
-            if what == "tree" and len(rest) > 2:
-                rec.file = unquote("/".join(rest[2:])).strip("/")
+            if segs[1:2] in (["models"], ["datasets"]):
+                if len(segs) == 2:
+                    rec.kind = "list"
+                    return
+                rec.repo_id, rest = self._split_repo(segs[2:], self._API_KEYWORDS, self._stores[rec.repo_type])
+                what = rest[0] if rest else ""
+                rec.kind = {"": "info", "revision": "info", "safetensors-metadata": "st-metadata"}.get(what, what)
+                if what in ("revision", "tree", "commits") and len(rest) > 1:
+                    rec.revision = unquote(rest[1])
+                elif what in ("paths-info", "preupload", "commit") and len(rest) > 1:
+                    rec.revision = unquote("/".join(rest[1:]))
+                elif what in ("", "tree", "paths-info", "commits", "safetensors-metadata"):
+                    rec.revision = "main"
+                if what == "tree" and len(rest) > 2:
+                    rec.file = unquote("/".join(rest[2:])).strip("/")
+            return
+        if segs and segs[0] == "datasets":
+            rec.repo_type = "dataset"
+            segs = segs[1:]
+        git = next((i for i, x in enumerate(segs[:2]) if x.endswith(".git")), None)
+        if git is not None and segs[git + 1:git + 4] in (["info", "lfs", "objects"],):
+            rec.rate_kind = "api"
+            rec.kind = "lfs-verify" if segs[git + 4:] == ["verify"] else "lfs-batch"
+            rec.repo_id = "/".join(unquote(x) for x in segs[:git + 1]).removesuffix(".git")
             return
         for i in (2, 1):
             if len(segs) > i + 1 and segs[i] == "resolve" and segs[0] not in ("api", "datasets", "spaces"):
                 rec.kind = "resolve"
+                rec.rate_kind = "resolvers"
                 rec.repo_id = "/".join(unquote(x) for x in segs[:i])
                 rec.revision = unquote(segs[i + 1])
                 rec.file = unquote("/".join(segs[i + 2:]))
@@ -870,10 +1048,52 @@ class FakeHub:
         with self._lock:
             return sum(r.bytes_sent for r in self.requests(repo_id=repo_id, path=path, kind=kind))
 
+    def window_counts(self, rate_kind: str, window_s: float | None = None, *, status: int | None = None) -> dict[int, int]:
+        """Requests of one rate kind (``"api"``, ``"resolvers"``) received per fixed window: window index → count.
+
+        Windows are those of ``rate_limits[rate_kind]`` (counted from ``start()``), or of ``window_s`` seconds.
+        Every request received counts (429s included) unless ``status`` selects one status."""
+        w = window_s if window_s is not None else self.rate_limits[rate_kind][1]
+        out: dict[int, int] = {}
+        for r in self.requests(status=status):
+            if r.rate_kind == rate_kind:
+                i = int(r.time // w)
+                out[i] = out.get(i, 0) + 1
+        return out
+
     def reset_stats(self) -> None:
-        """Forget the request log (injections keep their counters)."""
+        """Forget the request log (injections keep their counters; rate-limit windows keep theirs)."""
         with self._lock:
             self._log.clear()
+
+    # ------------------------------------------------------------------ load: rate limits, latency
+    def _admit(self, rec: RequestRecord) -> tuple[_Response | None, dict[str, str]]:
+        """Count ``rec`` in its rate-limit window: (a 429 response when the window's budget is spent, else
+        None; the ``RateLimit`` / ``RateLimit-Policy`` headers for the response)."""
+        limit = self.rate_limits.get(rec.rate_kind) if rec.rate_kind else None
+        if not limit:
+            return None, {}
+        quota, w = int(limit[0]), float(limit[1])
+        win = int(rec.time // w)
+        with self._lock:
+            used = self._window_used.get((rec.rate_kind, win), 0)
+            ok = used < quota
+            if ok:
+                used = self._window_used[(rec.rate_kind, win)] = used + 1
+        rec.window = win
+        reset = max(1, math.ceil((win + 1) * w - rec.time))
+        headers = {"RateLimit": f'"{rec.rate_kind}";r={quota - used};t={reset}',
+                   "RateLimit-Policy": f'"fixed window";"{rec.rate_kind}";q={quota};w={math.ceil(w)}'}
+        if ok:
+            return None, headers
+        return _error(429, None, f"You have been rate-limited; you can retry this action in {reset} seconds.",
+                      headers), headers
+
+    def _latency_for(self, rec: RequestRecord) -> float:
+        lat = self.latency
+        if isinstance(lat, Mapping):
+            return float(lat.get(rec.rate_kind or "cdn", 0.0))
+        return float(lat or 0.0)
 
     # ------------------------------------------------------------------ auth
     def _token(self, rec_headers) -> str | None:
@@ -893,20 +1113,25 @@ class FakeHub:
         raw_path = urlsplit(raw_target).path
         segs = raw_path.split("/")[1:]
         if role == "cdn":
-            return self._cdn(rec, segs)
+            return self._upload(rec, segs, body) if rec.kind == "upload" else self._cdn(rec, segs)
+        if rec.kind in ("create", "validate-yaml") and rec.method == "POST":
+            return self._create_repo(rec, body, token) if rec.kind == "create" else self._validate_yaml(body)
+        if rec.kind in ("lfs-batch", "lfs-verify") and rec.method == "POST":
+            return self._lfs(rec, body, token)
         if segs and segs[0] == "api":
-            if len(segs) >= 2 and segs[1] in ("datasets", "spaces", "kernels") and len(segs) > 2:
+            if len(segs) >= 2 and segs[1] in ("spaces", "kernels") and len(segs) > 2:
                 return _error(404, "RepoNotFound", "Repository not found")
             if len(segs) == 2 and segs[1] == "models" and rec.method == "GET":
                 return self._list_models(rec, token)
-            if len(segs) >= 3 and segs[1] == "models":
+            if len(segs) >= 3 and segs[1] in ("models", "datasets"):
                 return self._api_repo(rec, raw_path, segs[2:], body, token)
             return _error(404, None, "Not found")
         return self._resolve(rec, segs, token)
 
-    def _split_repo(self, segs: list[str], keywords: set[str]) -> tuple[str, list[str]]:
+    def _split_repo(self, segs: list[str], keywords, store: Mapping[str, _Repo] | None = None) -> tuple[str, list[str]]:
+        store = self._repos if store is None else store
         segs = [unquote(s) for s in segs[:2]] + segs[2:]
-        if len(segs) >= 2 and f"{segs[0]}/{segs[1]}" in self._repos:
+        if len(segs) >= 2 and f"{segs[0]}/{segs[1]}" in store:
             return f"{segs[0]}/{segs[1]}", segs[2:]
         if len(segs) >= 2 and segs[1] in keywords:
             return segs[0], segs[1:]
@@ -924,8 +1149,8 @@ class FakeHub:
 
     def _get_repo(self, rec: RequestRecord, repo_id: str, token: str | None) -> tuple[_Repo | None, _Response | None]:
         rec.repo_id = repo_id
-        repo = self._repos.get(repo_id)
-        if repo is None or not repo.order:
+        repo = self._stores[rec.repo_type].get(repo_id)
+        if repo is None or not repo.order or repo.deleted:
             return None, _error(404, "RepoNotFound", "Repository not found")
         return repo, self._visible(repo, token)
 
@@ -1010,6 +1235,8 @@ class FakeHub:
         expand = q.get("expand", []) + q.get("expand[]", [])
         search, author, pipeline = one("search"), one("author"), one("pipeline_tag")
         gated = one("gated")
+        cursor = one("cursor") or f"0.{self._deletions}"  # offset . deletions when the walk began
+        offset, walk = (int(x) for x in cursor.split(".")) if "." in cursor else (int(cursor), self._deletions)
         refused = [e for e in expand if e in self._INFO_ONLY_EXPAND]
         if refused:  # the Hub accepts these on model_info only (huggingface_hub PR #3182)
             return _error(400, None, f"expand {refused[0]} is not allowed when listing models")
@@ -1019,6 +1246,8 @@ class FakeHub:
         for repo in repos:
             if not repo.order or self._visible(repo, token) is not None:
                 continue
+            if repo.deleted and repo.deleted <= walk:
+                continue  # deleted before this walk through the pages began; later ones keep their offsets
             r = self._record(repo, repo.head)
             labels = set(r.get("tags") or []) | {r.get("library_name"), r.get("pipeline_tag")} - {None}
             if any(f not in labels for f in filters):
@@ -1057,24 +1286,38 @@ class FakeHub:
         except ValueError:
             return _error(400, None, "bad limit")
         page = min(limit, self.list_page_size) if limit else self.list_page_size
-        offset = int(one("cursor") or 0)
         chunk = rows[offset : offset + page]
         headers = {}
         if offset + len(chunk) < len(rows):
-            params = [(k, v) for k, vs in q.items() if k != "cursor" for v in vs] + [("cursor", str(offset + page))]
+            params = [(k, v) for k, vs in q.items() if k != "cursor" for v in vs]
+            params.append(("cursor", f"{offset + page}.{walk}"))
             headers["Link"] = f'<{self.endpoint}/api/models?{urlencode(params)}>; rel="next"'
-        return _json(200, chunk, headers)
+        with self._lock:  # repos deleted during the walk keep their place (the cursor is an offset), unshown
+            shown = [r for r in chunk if not self._repos[r["id"]].deleted]
+            for r in shown:
+                if r["id"] in self._vanish:  # deleted between this listing and any reading
+                    self._vanish.discard(r["id"])
+                    self._deletions += 1
+                    self._repos[r["id"]].deleted = self._deletions
+        return _json(200, shown, headers)
 
     # ---- /api/models/{repo}/...
     def _api_repo(self, rec: RequestRecord, raw_path: str, segs: list[str], body: bytes,
                   token: str | None) -> _Response:
-        keywords = {"revision", "tree", "paths-info", "refs", "commits", "safetensors-metadata"}
-        repo_id, rest = self._split_repo(segs, keywords)
+        repo_id, rest = self._split_repo(segs, self._API_KEYWORDS, self._stores[rec.repo_type])
         repo, err = self._get_repo(rec, repo_id, token)
-        if err is not None:
-            rec.kind = "info"
-            return err
         what = rest[0] if rest else ""
+        if err is not None:
+            rec.kind = what if what in ("preupload", "commit") else "info"
+            return err
+        if what in ("preupload", "commit") and rec.method == "POST" and len(rest) >= 2:
+            rec.kind = what
+            if not self._may_write(repo_id, token):
+                return _error(403 if token else 401, None, "You don't have the rights to write to this repository")
+            rev, err = self._get_rev(rec, repo, unquote("/".join(rest[1:])))
+            if err:
+                return err
+            return self._preupload(rev, body) if what == "preupload" else self._commit(rec, repo, rev, body)
         if what in ("", "revision") and rec.method == "GET":
             rec.kind = "info"
             rev, err = self._get_rev(rec, repo, unquote(rest[1]) if len(rest) > 1 else None)
@@ -1203,12 +1446,142 @@ class FakeHub:
             headers[shard] = h
         return _json(200, {"index": {k: v for k, v in index.items() if k != "weight_map"}, "headers": headers})
 
+    # ---- the write API: create_repo, validate-yaml, preupload, LFS batch / upload / verify, commit
+    def _may_write(self, repo_id: str | None, token: str | None) -> bool:
+        """Only tokens granted with ``grant(token, write=True)`` (for this repo or all) may write."""
+        with self._lock:
+            return token is not None and (token in self._writers.get(None, set())
+                                          or token in self._writers.get(repo_id, set()))
+
+    def _repo_url(self, repo_type: str, repo_id: str) -> str:
+        return f"{self.endpoint}/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+
+    def _create_repo(self, rec: RequestRecord, body: bytes, token: str | None) -> _Response:
+        data = json.loads(body or b"{}")
+        org = data.get("organization")
+        if not self._may_write(f"{org}/{data.get('name')}" if org else None, token):
+            return _error(401 if token is None else 403, None,
+                          "Invalid username or password." if token is None else "You don't have the rights to create this repository")
+        rec.repo_type = data.get("type") or "model"
+        if rec.repo_type not in self._stores:
+            return _error(400, None, f"repo type {rec.repo_type} is not served by the fake hub")
+        repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else f"user/{data.get('name')}"
+        rec.repo_id = repo_id
+        url = self._repo_url(rec.repo_type, repo_id)
+        with self._lock:
+            if repo_id in self._stores[rec.repo_type]:
+                return _json(409, {"error": "You already created this repo", "url": url},
+                             {"X-Error-Message": "You already created this repo"})
+            self.create_repo(repo_id, rec.repo_type, private=data.get("visibility") == "private" or bool(data.get("private")))
+        return _json(200, {"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
+
+    @staticmethod
+    def _validate_yaml(body: bytes) -> _Response:
+        content = json.loads(body or b"{}").get("content", "")
+        m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", content, flags=re.S)
+        if m:
+            try:
+                import yaml
+
+                data = yaml.safe_load(m.group(1))
+            except Exception as exc:  # noqa: BLE001 - any YAML error is the answer
+                return _json(400, {"errors": [{"message": f"Invalid YAML: {exc}"}], "warnings": []})
+            if data is not None and not isinstance(data, dict):
+                return _json(400, {"errors": [{"message": "metadata must be a YAML mapping"}], "warnings": []})
+        return _json(200, {"errors": [], "warnings": []})
+
+    @staticmethod
+    def _upload_mode(rev: _Revision, path: str, size: int) -> str:
+        ga = rev.files.get(".gitattributes")
+        patterns = _lfs_patterns_from_gitattributes(ga.read().decode(errors="replace")) if ga else DEFAULT_LFS_PATTERNS
+        return "lfs" if size >= LFS_SIZE_THRESHOLD or _matches_any(path, patterns) else "regular"
+
+    def _preupload(self, rev: _Revision, body: bytes) -> _Response:
+        files = json.loads(body or b"{}").get("files", [])
+        out = []
+        for f in files:
+            mode = self._upload_mode(rev, f["path"], int(f.get("size", 0)))
+            old = rev.files.get(f["path"])
+            oid = None if old is None else (old.sha256 if old.is_lfs else old.oid)
+            out.append({"path": f["path"], "uploadMode": mode, "shouldIgnore": False, "oid": oid})
+        return _json(200, {"files": out, "commitOid": rev.sha})
+
+    def _lfs(self, rec: RequestRecord, body: bytes, token: str | None) -> _Response:
+        repo, err = self._get_repo(rec, rec.repo_id or "", token)
+        if err is not None:
+            return err
+        if not self._may_write(rec.repo_id, token):
+            return _error(403 if token else 401, None, "You don't have the rights to write to this repository")
+        data = json.loads(body or b"{}")
+        if rec.kind == "lfs-verify":
+            with self._lock:
+                ok = data.get("oid") in self._uploads or data.get("oid") in self._blobs_by_sha256
+            return _json(200, {}) if ok else _error(404, None, f"object {data.get('oid')} was not uploaded")
+        prefix = f"{self.endpoint}/{'datasets/' if rec.repo_type == 'dataset' else ''}{rec.repo_id}.git/info/lfs/objects"
+        objects = []
+        for o in data.get("objects", []):
+            obj = {"oid": o["oid"], "size": int(o["size"]), "authenticated": True}
+            with self._lock:
+                have = o["oid"] in self._blobs_by_sha256 or o["oid"] in self._uploads
+            if not have:  # no "actions": the content is already stored (the client skips the upload)
+                obj["actions"] = {"upload": {"href": f"{self.cdn_endpoint}/_upload/{o['oid']}"},
+                                  "verify": {"href": f"{prefix}/verify"}}
+            objects.append(obj)
+        return _json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                     {"Content-Type": "application/vnd.git-lfs+json"})
+
+    def _upload(self, rec: RequestRecord, segs: list[str], body: bytes) -> _Response:
+        """PUT of an LFS object to the second listener (the Hub's S3): kept when its sha256 matches."""
+        if rec.method != "PUT" or len(segs) != 2:
+            return _Response(405, {"Content-Type": "text/plain"}, b"Method not allowed")
+        if hashlib.sha256(body).hexdigest() != segs[1]:
+            return _Response(400, {"Content-Type": "text/plain"}, b"sha256 mismatch")
+        with self._lock:
+            self._uploads[segs[1]] = body
+        return _Response(200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b"")
+
+    def _commit(self, rec: RequestRecord, repo: _Repo, rev: _Revision, body: bytes) -> _Response:
+        """An NDJSON commit: the head's files, plus added / minus deleted ones, as one new revision."""
+        lines = [json.loads(x) for x in body.splitlines() if x.strip()]
+        header = next((x["value"] for x in lines if x.get("key") == "header"), {})
+        parent = header.get("parentCommit")
+        if parent and not rev.sha.startswith(parent):
+            return _error(412, None, f"A commit has happened since. Please refresh and try again. ({parent} is not the head)")
+        files = dict(rev.files)
+        for item in lines:
+            key, v = item.get("key"), item.get("value") or {}
+            if key == "file":
+                data = base64.b64decode(v["content"]) if v.get("encoding") == "base64" else v["content"].encode()
+                files[v["path"]] = _Blob(data, False, (), v["path"])
+            elif key == "lfsFile":
+                with self._lock:
+                    data = self._uploads.get(v["oid"])
+                    known = self._blobs_by_sha256.get(v["oid"])
+                if data is None and known is None:
+                    return _error(400, None, f"LFS object {v['oid']} for {v['path']} was not uploaded")
+                files[v["path"]] = _Blob(data if data is not None else known.read(), True, (), v["path"])
+            elif key == "deletedFile":
+                if v["path"] not in files:
+                    return _error(404, "EntryNotFound", f"A file with this name doesn't exist: {v['path']}")
+                del files[v["path"]]
+            elif key == "deletedFolder":
+                prefix = v["path"].rstrip("/") + "/"
+                for p in [p for p in files if p.startswith(prefix)]:
+                    del files[p]
+        title = header.get("summary") or "Upload"
+        sha = self._add_revision(rec.repo_type, repo.repo_id, files, None, None, commit_title=title)
+        url = self._repo_url(rec.repo_type, repo.repo_id)
+        return _json(200, {"success": True, "commitOid": sha, "commitUrl": f"{url}/commit/{sha}",
+                           "commitMessage": title, "pullRequestUrl": None})
+
     # ---- /{repo}/resolve/{rev}/{path}
     def _resolve(self, rec: RequestRecord, segs: list[str], token: str | None) -> _Response:
         rec.kind = "resolve"
         if rec.method not in ("GET", "HEAD"):
             return _error(405, None, "Method not allowed")
-        if segs and segs[0] in ("datasets", "spaces", "kernels", "buckets"):
+        if segs and segs[0] == "datasets":
+            segs = segs[1:]
+        elif segs and segs[0] in ("spaces", "kernels", "buckets"):
             return _error(404, "RepoNotFound", "Repository not found")
         if len(segs) >= 4 and segs[2] == "resolve":
             repo_id, rev_s, path_segs = f"{unquote(segs[0])}/{unquote(segs[1])}", segs[3], segs[4:]
@@ -1227,7 +1600,7 @@ class FakeHub:
             return err
         gated = rev.info.get("gated") or repo.head.info.get("gated")
         if gated and not self._granted(repo_id, token):
-            msg = f"Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it."
+            msg = f"Access to {rec.repo_type} {repo_id} is restricted. You must have access to it and be authenticated to access it."
             return _error(401 if token is None else 403, "GatedRepo", msg)
         blob = rev.files.get(path)
         if blob is None:
@@ -1309,8 +1682,9 @@ class _Guard:
 def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_Guard]:
     """Make the real ``huggingface_hub`` client safe to test offline, and restore everything on exit.
 
-    * ``HF_HUB_OFFLINE`` off and ``HF_HUB_DISABLE_TELEMETRY`` on, in the environment *and* in
-      ``huggingface_hub.constants`` (both are read once at import). Telemetry off matters: otherwise every
+    * ``HF_HUB_OFFLINE`` off, ``HF_HUB_DISABLE_TELEMETRY`` and ``HF_HUB_DISABLE_XET`` on, in the environment
+      *and* in ``huggingface_hub.constants`` (read once at import); Xet off makes uploads take the git-LFS
+      path the fake serves. Telemetry off matters: otherwise every
       request's User-Agent is built with ``detect_agent()``, which fetches
       ``https://huggingface.co/api/agent-harnesses`` (``constants.ENDPOINT``, not the ``endpoint=`` given).
     * ``constants.HF_HUB_CACHE`` → ``cache_dir`` when given (calls that take no ``cache_dir=``, e.g. the index
@@ -1322,9 +1696,10 @@ def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_
     from huggingface_hub import constants
     from huggingface_hub.utils import close_session
 
-    names = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_CACHE")
+    names = ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_CACHE", "HF_HUB_DISABLE_XET")
     saved = {k: getattr(constants, k) for k in names}
-    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "NO_PROXY", "no_proxy")}
+    saved_env = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "HF_HUB_DISABLE_XET",
+                                                "NO_PROXY", "no_proxy")}
     guard = _Guard()
     orig_connect, orig_gai = socket.socket.connect, socket.getaddrinfo
 
@@ -1343,11 +1718,13 @@ def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_
 
     os.environ.pop("HF_HUB_OFFLINE", None)
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_XET"] = "1"
     for k in ("NO_PROXY", "no_proxy"):
         os.environ[k] = ",".join(x for x in (os.environ.get(k), "127.0.0.1,localhost,::1") if x)
     close_session()
     constants.HF_HUB_OFFLINE = False
     constants.HF_HUB_DISABLE_TELEMETRY = True
+    constants.HF_HUB_DISABLE_XET = True  # uploads take the LFS path the fake serves (no Xet CAS server here)
     if cache_dir is not None:
         constants.HF_HUB_CACHE = os.fspath(cache_dir)
     socket.getaddrinfo, socket.socket.connect = gai, connect
@@ -1365,11 +1742,16 @@ def isolated_hf_client(cache_dir: str | os.PathLike | None = None) -> Iterator[_
                 os.environ[k] = v
 
 
+def _until_interrupted() -> None:  # pragma: no cover
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry point (README's walkthrough)
     """Build hubscan's demo model tree under ``folder`` and serve it on a loopback port until Ctrl-C."""
-    import time
-    from pathlib import Path
-
     from hubscan.demo.tree import build_tree
 
     tree = build_tree(Path(folder))
@@ -1378,14 +1760,41 @@ def _serve_demo_tree(folder: str) -> None:  # pragma: no cover - a manual entry 
             hub.add_model_from_dir(node.repo_id, node.folder, info={"downloads": 10})
         print(f"serving {len(tree)} models of the demo tree (root tree/base) at {hub.endpoint}", flush=True)
         print(f"  hubscan survey --source hf --lineage tree/base --out DATASET --endpoint {hub.endpoint}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        _until_interrupted()
+
+
+def _serve_hubbox(folder: str, week: int, latency: float, rate_limits: dict) -> None:  # pragma: no cover
+    """Serve a generated hub-in-a-box on a loopback port until Ctrl-C."""
+    with FakeHub(latency=latency, rate_limits=rate_limits) as hub:
+        m = hub.add_hubbox(folder, week=week)
+        print(f"serving {len(m['repos'])} repositories of the hub-in-a-box {folder} (week {week}) at {hub.endpoint}",
+              flush=True)
+        print(f"  hubscan survey --source hf --out DATASET --endpoint {hub.endpoint}", flush=True)
+        _until_interrupted()
+
+
+def _cli(argv: list[str] | None = None) -> None:  # pragma: no cover - manual entry points
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python tests/hub_server.py", description="Serve a fake Hugging Face Hub on 127.0.0.1.")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--demo-tree", metavar="DIR", help="build hubscan's demo model tree under DIR and serve it")
+    g.add_argument("--hubbox", metavar="DIR", help="serve a hub-in-a-box made by python -m hubscan.demo.hubbox DIR")
+    ap.add_argument("--week", type=int, choices=(1, 2), default=1, help="--hubbox: serve week 2's mutation")
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--rate-limit", action="append", default=[], metavar="KIND=R/W",
+                    help='e.g. api=1000/300 resolvers=5000/300 (the Hub\'s free tier per 5 minutes)')
+    args = ap.parse_args(argv)
+    limits = {}
+    for spec in args.rate_limit:
+        kind, _, rw = spec.partition("=")
+        r, _, w = rw.partition("/")
+        limits[kind] = (int(r), float(w))
+    if args.demo_tree:
+        _serve_demo_tree(args.demo_tree)
+    else:
+        _serve_hubbox(args.hubbox, args.week, args.latency, limits)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    if len(sys.argv) != 3 or sys.argv[1] != "--demo-tree":
-        sys.exit("usage: python tests/hub_server.py --demo-tree DIR")
-    _serve_demo_tree(sys.argv[2])
+    _cli()

@@ -42,6 +42,7 @@ ALLOWED = {
     "report": _MODEL | {"store", "query", "correlate"},
     "experiments": _DATA | {"survey", "correlate", "report"},
     "demo": _DATA | {"survey"},
+    "publish": _MODEL | {"hub", "store"},          # a downstream room: the census on the Hub
 }
 #: Packages the math room must never import (I/O, cluster, hub, dataset).
 NOT_IN_ESD = {"ray", "huggingface_hub", "pyarrow", "duckdb", "deltalake", "httpx", "requests", "fsspec",
