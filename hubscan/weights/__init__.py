@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -214,7 +215,28 @@ def _open_folder(folder: Path) -> WeightSet:
     from hubscan.weights.files import choose_weight_files
 
     chosen, _ = choose_weight_files(folder_listing(folder), os.fspath(folder))
-    return open_chosen(folder, chosen)
+    weights = open_chosen(folder, chosen)
+    weights.config = folder_config(folder, chosen)
+    return weights
+
+
+def folder_config(folder: str | os.PathLike, chosen: Iterable[str]) -> dict | None:
+    """The ``config.json`` of a model folder (``WeightSet.config``): the folder's own, else, for weights in
+    sub-folders (diffusers components), ``{"components": {folder: its config.json}}``; None when there is
+    none or it is not a JSON object (the names then type the tensors; never an error)."""
+    def read(path: Path) -> dict | None:
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    folder = Path(folder)
+    if (folder / "config.json").is_file():
+        return read(folder / "config.json")
+    subs = sorted({c.split("/", 1)[0] for c in chosen if "/" in c})
+    components = {s: cfg for s in subs if (cfg := read(folder / s / "config.json")) is not None}
+    return {"components": components} if components else None
 
 
 def _open_files(files: list[str], open_file: Callable[[str], WeightSet]) -> WeightSet:

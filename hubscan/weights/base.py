@@ -78,6 +78,10 @@ class WeightSet:
     missing : list of (str, str)
         Tensors the model's index names but that could not be found, with the reason
         (e.g. a shard file that is absent). Filled before ``entries`` is iterated.
+    config : dict or None
+        The model's ``config.json`` when the opener found one (a local folder's; None otherwise); for a
+        model of components (diffusers sub-folders) ``{"components": {folder: that folder's config}}``.
+        The analysis types tensors by their owning modules from it (:mod:`hubscan.weights.modules`).
     """
 
     files: list
@@ -86,6 +90,7 @@ class WeightSet:
     missing: list = dataclasses.field(default_factory=list)
     close: Callable[[], None] = dataclasses.field(default=lambda: None, repr=False)
     stats: dict = dataclasses.field(default_factory=dict)
+    config: dict | None = None
 
     def __enter__(self) -> "WeightSet":
         return self
