@@ -2,28 +2,46 @@
 
 Works on a name, a shape and a dtype only (the tensor itself is read later), so it serves every file
 format. Layer types follow WeightWatcher 0.7.7's state-dict mode (2-D → dense, 4-D → conv2d) with
-hubscan's additions (3-D → conv1d, embeddings by name, fused attention and RNN gate splits).
+hubscan's additions (3-D → conv1d, 5-D → conv3d, embeddings by name, fused attention and RNN gate splits).
+
+The module decides, the names are the fallback
+----------------------------------------------
+When the module that owns the tensor is known (:mod:`hubscan.weights.modules` builds the model's module
+tree from its config), its kind is passed as ``kind`` (a plain string, :data:`KINDS`) and decides the
+reading when the stored rank fits it (plans ``typed_by="module"``): ``linear`` / ``parameter`` (2-D) →
+dense, ``embedding`` → embedding, ``conv1d`` / ``conv2d`` / ``conv3d`` → the kernel positions' slices,
+channels first (no channels-last guess), ``experts`` (3-D) → one matrix per expert, ``per_head``
+(D, H, d_head) → one D × H·d_head matrix, ``not_a_weight`` → skipped ``not a weight matrix (<role>)``.
+Otherwise the rules below decide by name and shape (``typed_by="name"``).
 
 Rules (each with its source)
 ----------------------------
 * 2-D (Linear, HF GPT-2 ``Conv1D`` stored (in, out), embeddings): one matrix, N = max(shape),
   M = min(shape), Q = N/M (WW ``set_weight_matrices``). No N > 50,000 cut (WW's ``max_N``):
-  vocabulary matrices are analyzed.
+  vocabulary matrices are analyzed. ``embedding`` when the module owning the ``weight`` is named as a
+  table (``embed_tokens``, ``wte``, ``word_embeddings``, ``*_embeddings`` …), ``dense`` otherwise
+  (``lm_head``, ``embed_out``, ``patch_embedding`` Linear layers included).
 * 4-D Conv2d (out, in, kh, kw): the kh·kw slices W[:, :, i, j], each oriented N ≥ M, pooled into
   one ESD of M·kh·kw eigenvalues; every eigenvalue × ``conv_norm`` = 0.5, i.e. W × sqrt(1/2)
   (WW ``conv2D_Wmats`` + ``apply_normalize_Wmats`` with ``conv2d_norm=True``). N and M are the
   slice's true sizes (WW swaps them for out < in with an even kh·kw). Channels-last tensors
   (kh, kw, in, out) are detected by WW's rule ``out + in < kh + kw``.
-* 3-D stacked experts (E, out, in): a tensor whose name has a component ``experts`` / ``expert`` or
-  ends ``_exps`` (transformers v5 fused MoE, llama.cpp/GGUF ``ffn_*_exps``, gpt-oss) is E matrices:
-  one row per expert (``part`` = expert index), each out × in, unscaled — the numbers of the same
-  experts stored as separate 2-D tensors. Checked before the two rules below, so E = 2 is never pooled.
+* 5-D Conv3d (out, in, kt, kh, kw) (video patch embeddings; WW skips them): WW's Conv2d rule extended,
+  the kt·kh·kw slices W[:, :, t, i, j] pooled with the same 0.5; channels last (kt, kh, kw, in, out)
+  by the same rule. Rank > 5: skipped, not understood.
+* 3-D stacked experts (E, out, in): a tensor whose name has a component ``experts`` / ``expert`` /
+  ``moe`` or ends ``_exps`` (transformers v5 fused MoE, llama.cpp/GGUF ``ffn_*_exps``, gpt-oss), granite /
+  jetmoe ``input_linear.weight`` / ``output_linear.weight``, a bare fused projection (``gate_up_proj``,
+  ``down_proj`` … with no ``.weight``) or a bare ``<x>_weight`` that is no convolution (RecurrentGemma's
+  per-head gates) is E matrices: one row per expert (``part`` = expert index), each out × in, unscaled —
+  the numbers of the same experts stored as separate 2-D tensors. Checked before the two rules below, so
+  E = 2 is never pooled.
 * 3-D Conv1d (out, in, k): every other 3-D tensor whose kernel is a kernel — k ≤ ``MAX_CONV1D_KERNEL``
-  (64) or k ≤ out, or in = 1 — : the k per-tap slices W[:, :, t], pooled the same way with the same 0.5
-  normalisation (WW feeds the 3-D array to a batched SVD instead). A 3-D tensor with more "taps" than
-  that and than output channels, not named as experts, is most likely a stack of matrices under another
-  name: it is skipped as a layout hubscan does not recognise (``understood=False``), never read as a
-  convolution with wrong numbers.
+  (64) or k ≤ out, or in = 1, or a weight-norm direction (``weight_v``, ``original1``) — : the k per-tap
+  slices W[:, :, t], pooled the same way with the same 0.5 normalisation (WW feeds the 3-D array to a
+  batched SVD instead). A 3-D tensor with more "taps" than that and than output channels, not named as
+  experts, is most likely a stack of matrices under another name: it is skipped as a layout hubscan does
+  not recognise (``understood=False``), never read as a convolution with wrong numbers.
 * 3-D tensors (1 or 2, gates·H, in) whose middle axis is a gate stack (divisible by 4 or 3) and
   whose name is not an embedding / position / token parameter are ONNX RNN weights (num_directions, gates·H, in): one matrix per direction, pooled, not
   scaled. Other (1, A, B) tensors (timm ``pos_embed``, ``cls_token``) stay Conv1d-like and are skipped
@@ -31,13 +49,15 @@ Rules (each with its source)
 * Slices that are vectors (M = 1, e.g. wav2vec2's Conv1d(1, 512, 10)) have no spectrum: skipped,
   reason "too few eigenvalues". So are layers with fewer than ``min_evals`` pooled eigenvalues
   (WW default 8).
-* Not weight matrices, skipped by the last component of their name (``NOT_A_WEIGHT``): learned tokens
-  (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``, ``register_tokens``), position tables
-  stored as a bare parameter (``pos_embed*``, ``positional_embedding``, ``absolute_pos_embed``,
-  ``relative_position_bias_table``), state-space parameters (Mamba ``A_log``, ``A``, ``D``, ``dt_bias``),
-  per-channel scales (layer-scale ``gamma``, ``scale_shift_table``). These are ``nn.Parameter`` s, not
-  module weights: WW never sees them. Position embeddings that are ``nn.Embedding`` weights
-  (``position_embeddings.weight``, ``wpe.weight``) are module weights and analyzed, as WW does.
+* Not weight matrices, skipped by the last component of their name (``NOT_A_WEIGHT``; a bare parameter,
+  no module's ``weight``): learned tokens (``cls_token``, ``reg_token``, ``dist_token``, ``mask_token``,
+  ``register_tokens``, ``*_tokens``, ``latents``), position tables stored as a bare parameter
+  (``pos_embed*``, ``positional_embedding``, ``position_embeddings``, ``absolute_pos_embed``, ``rel_pos_*``,
+  ``relative_position_bias_table``, a ParameterList of them), biases (``*_bias``), state-space parameters
+  (Mamba ``A_log``, ``A``, ``D``, ``dt_bias``), per-channel scales (layer-scale ``gamma``,
+  ``scale_shift_table``), weight-norm magnitudes (``weight_g``, ``original0``). These are
+  ``nn.Parameter`` s, not module weights: WW never sees them. Position embeddings that are ``nn.Embedding``
+  weights (``position_embeddings.weight``, ``wpe.weight``) are module weights and analyzed, as WW does.
 * Complex tensors (N, M): the ESD of WᴴW, computed as that of the real 2×2 block embedding
   [[Re W, −Im W], [Im W, Re W]] (2N × 2M), whose Gram eigenvalues are WᴴW's, each twice
   (N and M of the row are the embedding's).
@@ -65,6 +85,8 @@ CONV_NORM = 0.5
 MAX_CONV1D_KERNEL = 64
 #: WW's ``DEFAULT_MIN_EVALS``: layers with fewer pooled eigenvalues are skipped.
 DEFAULT_MIN_EVALS = 8
+#: The module kinds ``plan_matrices(kind=…)`` reads (``TensorKind.kind`` of :mod:`hubscan.weights.modules`).
+KINDS = ("linear", "embedding", "conv1d", "conv2d", "conv3d", "experts", "per_head", "not_a_weight", "parameter")
 
 _FUSED_QKV = re.compile(r"(^|\.)(in_proj_weight|qkv\.weight|c_attn\.weight|query_key_value\.weight)$")
 _RNN = re.compile(r"(^|\.)weight_(ih|hh)_l(\d+)(_reverse)?$")
@@ -200,7 +222,7 @@ def plan_matrices(name: str, shape: Sequence[int], dtype: str, *, split_fused: b
     sibling_shapes : mapping of str to shape, optional
         Shapes of the model's other tensors; used to tell LSTM from GRU gate stacks.
     kind : str, optional
-        What the module that owns the tensor says it is (:data:`KINDS`; ``TensorKind.kind`` of
+        What the module that owns the tensor says it is (one of :data:`KINDS`; ``TensorKind.kind`` of
         :mod:`hubscan.weights.modules`): it decides the reading when the tensor's rank fits it (plans
         ``typed_by="module"``); otherwise, or when None, the name/shape rules decide.
     role : str

@@ -9,7 +9,7 @@ names (:meth:`ModuleMap.match`): as stored, through transformers' own checkpoint
 fused/unfused experts, renamed blocks, the base-model prefix), then by the longest dotted suffix with the
 same shape. Names that match nothing are typed by the name/shape rules of :mod:`hubscan.esd.matrices`.
 
-Kinds (``TensorKind.kind``, the plain values :func:`hubscan.esd.matrices.plan_matrices` reads)
+Kinds (``TensorKind.kind``: the plain values :func:`hubscan.esd.matrices.plan_matrices` reads, its ``KINDS``)
     ``linear``
         One (out, in) matrix: ``nn.Linear``, ``nn.MultiheadAttention``'s projections, RNN gate stacks,
         one expert of a fused container stored unfused; transformers ``Conv1D`` (stored (in, out)).
@@ -18,14 +18,16 @@ Kinds (``TensorKind.kind``, the plain values :func:`hubscan.esd.matrices.plan_ma
     ``conv1d``, ``conv2d``, ``conv3d``
         ``nn.ConvNd`` and ``nn.ConvTransposeNd`` weights, channels first.
     ``experts``
-        A fused expert container's (E, out, in) stack (a bare 3-D parameter of a module whose class names
-        experts, e.g. ``MixtralExperts.gate_up_proj`` (E, 2I, H)).
+        A stack of (E, out, in) matrices: a fused expert container's (a bare 3-D parameter of a module
+        whose class names experts or MoE, e.g. ``MixtralExperts.gate_up_proj`` (E, 2I, H)), or a bare 3-D
+        ``<x>_weight`` (RecurrentGemma's block-diagonal per-head gates): one row per matrix.
     ``per_head``
         A bare (D, H, d_head) projection of an attention module (XLNet ``q``/``k``/``v``/``o``/``r``,
         Funnel ``r_kernel``): one D × H·d_head matrix.
     ``not_a_weight``
         No weight matrix; ``role`` says what it is: learned tokens, position table, bias, state-space
-        parameter, layer scale, segment table, weight-norm magnitude, normalisation, buffer.
+        parameter, token-shift mix, layer scale, segment table, decay mask, weight-norm magnitude,
+        normalisation, buffer.
     ``parameter``
         A bare 2-D parameter of another role (a projection stored as a parameter): one matrix.
 
@@ -45,12 +47,9 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["TensorKind", "ModuleMap", "types_from_module", "types_from_config", "module_map", "KINDS"]
+__all__ = ["TensorKind", "ModuleMap", "types_from_module", "types_from_config", "module_map", "build_meta"]
 
 log = logging.getLogger(__name__)
-
-KINDS = ("linear", "embedding", "conv1d", "conv2d", "conv3d", "experts", "per_head", "not_a_weight", "parameter")
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorKind:
@@ -59,7 +58,7 @@ class TensorKind:
     Attributes
     ----------
     kind : str
-        One of :data:`KINDS` (module docstring).
+        One of ``hubscan.esd.matrices.KINDS`` (module docstring).
     module : str
         Class name of the owning module (``Linear``, ``MixtralExperts``, ``ViTEmbeddings`` …); for a
         parametrized weight, the module the parametrization is on.
@@ -198,13 +197,15 @@ class ModuleMap:
         :func:`types_from_module` of the tree.
     prefixes : tuple of str
         Base-model prefixes (``model``, ``transformer`` …) a saved name may carry or lack.
-    rename : callable (str) -> str, optional
-        The library's own checkpoint-key conversion (transformers v5: legacy names, unfused experts).
+    rename : callable (str) -> (str, bool), optional
+        The library's own checkpoint-key conversion (transformers v5: legacy names, unfused experts):
+        the module's name for a saved name, and whether the tensor is converted on loading (fused, split,
+        transposed: its shape may differ from the module tensor's).
     """
 
     types: dict
     prefixes: tuple = ()
-    rename: Callable[[str], str] | None = None
+    rename: Callable[[str], tuple] | None = None
 
     @classmethod
     def from_module(cls, module: torch.nn.Module) -> "ModuleMap":
@@ -243,9 +244,14 @@ class ModuleMap:
         names = [saved]
         if self.rename is not None:
             try:
-                names.append(self.rename(saved))
+                renamed, converted = self.rename(saved)
             except Exception:  # noqa: BLE001 - the library's conversion is a hint; names remain
                 log.debug("%s: key conversion failed", saved, exc_info=True)
+            else:
+                kind = self.types.get(renamed)
+                if converted and kind is not None and len(kind.shape) == len(shape) and kind.kind in _MATRICES:
+                    return dataclasses.replace(kind, shape=shape)  # fused / split / transposed on loading
+                names.append(renamed)
         for p in self.prefixes:
             names += [saved.removeprefix(p + "."), f"{p}.{saved}"]
         for name in names:
@@ -267,6 +273,10 @@ class ModuleMap:
         if best and len({(k.kind, k.module, k.role) for k in best}) == 1:
             return best[0]
         return None
+
+
+#: Kinds whose tensor stays the same kind of matrix when transformers fuses, splits or transposes it.
+_MATRICES = ("linear", "embedding", "experts", "conv1d", "conv2d", "conv3d")
 
 
 def _tail(name: str) -> str:
@@ -311,8 +321,9 @@ def _transformers_rename(model: torch.nn.Module) -> Callable[[str], str] | None:
     keys = dict.fromkeys(model.state_dict(), True)
     prefix = model.base_model_prefix
 
-    def rename(key: str) -> str:
-        return rename_source_key(key, renamings, converters, prefix, keys)[0]
+    def rename(key: str) -> tuple[str, bool]:
+        renamed, pattern = rename_source_key(key, renamings, converters, prefix, keys)
+        return renamed, pattern is not None
 
     return rename
 
