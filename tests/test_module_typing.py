@@ -32,11 +32,18 @@ EXPECTED_TYPE = {"Linear": "dense", "Conv1D": "dense", "Embedding": "embedding",
                  "Conv2d": "conv2d", "Conv3d": "conv3d"}
 
 
-def saved(model, path, **config) -> dict:
-    """``model.save_pretrained(path)`` (safetensors + config.json); rows of ``hubscan.analyze(path)``."""
+def built(model_class, config, path):
+    """``model_class(config)`` (seed 0) saved with ``save_pretrained`` (safetensors + config.json) and read
+    back by ``hubscan.analyze``: (model, result, rows by key), every row checked typed by its module and
+    the model ``success``."""
+    torch.manual_seed(0)
+    model = model_class(config).eval()
     model.save_pretrained(path, safe_serialization=True)
-    result = hubscan.analyze(path, keep_evals=True, **config)
-    return result, {r.key: r for r in result.rows}
+    result = hubscan.analyze(path, keep_evals=True)
+    rows = {r.key: r for r in result.rows}
+    assert_typed_by_module(model, path, rows)
+    assert result.summary["status"] == "success", result.summary["reason"]
+    return model, result, rows
 
 
 def owners(model, path) -> dict:
@@ -106,25 +113,18 @@ def pooled_evals(slices: np.ndarray, scale: float = 1.0) -> np.ndarray:
 def test_vit_position_table_and_tokens_by_module(tmp_path):
     cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                  image_size=32, patch_size=8)
-    torch.manual_seed(0)
-    model = transformers.ViTModel(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.ViTModel, cfg, tmp_path)
     pos, cls = rows["embeddings.position_embeddings"], rows["embeddings.cls_token"]
     assert (pos.status, pos.reason, pos.module_type) == ("skipped", "not a weight matrix (position table)",
                                                          "ViTEmbeddings")
     assert cls.reason == "not a weight matrix (learned tokens)"
     assert rows["embeddings.patch_embeddings.projection.weight"].layer_type == "conv2d"
-    assert result.summary["status"] == "success"
     assert_ww_equal(model, tmp_path, rows, min_layers=7)
 
 
 def test_gpt2_conv1d_typed_by_module_equal_to_ww(tmp_path):
     cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=120, n_positions=64)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.GPT2LMHeadModel, cfg, tmp_path)
     c_attn = rows["transformer.h.0.attn.c_attn.weight"]
     assert (c_attn.module_type, c_attn.layer_type, c_attn.N, c_attn.M) == ("Conv1D", "dense", 96, 32)
     assert rows["transformer.wte.weight"].layer_type == "embedding"
@@ -134,9 +134,7 @@ def test_gpt2_conv1d_typed_by_module_equal_to_ww(tmp_path):
 def test_lm_head_is_dense_by_module_and_by_name(tmp_path):
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                    num_key_value_heads=1, vocab_size=96, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    _, rows = saved(model, tmp_path)
+    model, _, rows = built(transformers.LlamaForCausalLM, cfg, tmp_path)
     assert (rows["lm_head.weight"].layer_type, rows["lm_head.weight"].module_type) == ("dense", "Linear")
     assert rows["model.embed_tokens.weight"].layer_type == "embedding"
     (tmp_path / "config.json").unlink()  # the names alone
@@ -153,9 +151,7 @@ def test_mixtral_experts_saved_unfused_typed_by_the_fused_container(tmp_path):
     eigenvalues are those of the live fused slice."""
     cfg = transformers.MixtralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
                                      num_key_value_heads=1, vocab_size=64, num_local_experts=3, num_experts_per_tok=2)
-    torch.manual_seed(0)
-    model = transformers.MixtralForCausalLM(cfg).eval()
-    _, rows = saved(model, tmp_path)
+    model, _, rows = built(transformers.MixtralForCausalLM, cfg, tmp_path)
     experts = model.model.layers[0].mlp.experts
     assert type(experts).__name__ == "MixtralExperts" and experts.gate_up_proj.shape == (3, 96, 32)
     for e in range(3):
@@ -176,10 +172,7 @@ def test_gpt_oss_fused_experts_one_row_per_expert_biases_not_weights(tmp_path):
     cfg = transformers.GptOssConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=2,
                                     num_key_value_heads=1, head_dim=16, vocab_size=64, num_local_experts=3,
                                     num_experts_per_tok=2, layer_types=["full_attention"])
-    torch.manual_seed(0)
-    model = transformers.GptOssForCausalLM(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.GptOssForCausalLM, cfg, tmp_path)
     stack = model.model.layers[0].mlp.experts.gate_up_proj.detach().numpy()
     for e in range(3):
         r = rows[f"model.layers.0.mlp.experts.gate_up_proj:{e}"]
@@ -195,10 +188,7 @@ def test_wav2vec2_weight_norm_conv_is_the_effective_weight(tmp_path):
     cfg = transformers.Wav2Vec2Config(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                                       conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2),
                                       num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-    torch.manual_seed(0)
-    model = transformers.Wav2Vec2Model(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.Wav2Vec2Model, cfg, tmp_path)
     prefix = "encoder.pos_conv_embed.conv.parametrizations.weight."
     v, g = rows[prefix + "original1"], rows[prefix + "original0"]
     assert (v.layer_type, v.module_type, v.rf, v.status) == ("conv1d", "Conv1d", 16, "success")
@@ -206,31 +196,23 @@ def test_wav2vec2_weight_norm_conv_is_the_effective_weight(tmp_path):
     assert (g.status, g.reason) == ("skipped", "not a weight matrix (weight-norm magnitude)")
     W = model.encoder.pos_conv_embed.conv.weight.detach().numpy()  # the parametrization's output
     np.testing.assert_allclose(result.evals[v.key], pooled_evals(W.transpose(2, 0, 1), CONV_NORM), rtol=1e-5)
-    assert result.summary["status"] == "success"
 
 
 def test_videomae_conv3d_pooled_slices(tmp_path):
     cfg = transformers.VideoMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                                       image_size=16, patch_size=8, num_frames=4, tubelet_size=2)
-    torch.manual_seed(0)
-    model = transformers.VideoMAEModel(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.VideoMAEModel, cfg, tmp_path)
     r = rows["embeddings.patch_embeddings.projection.weight"]
     W = model.embeddings.patch_embeddings.projection.weight.detach().numpy()  # (32, 3, 2, 8, 8)
     assert (r.layer_type, r.module_type, r.N, r.M, r.rf) == ("conv3d", "Conv3d", 32, 3, 128)
     slices = W.transpose(2, 3, 4, 0, 1).reshape(128, 32, 3)  # W[:, :, t, i, j], t, i, j row-major
     np.testing.assert_allclose(result.evals[r.key], pooled_evals(slices, CONV_NORM), rtol=1e-9, atol=1e-14)
-    assert result.summary["status"] == "success"
     assert_ww_equal(model, tmp_path, rows, min_layers=6)
 
 
 def test_xlnet_per_head_projection_is_one_matrix(tmp_path):
     cfg = transformers.XLNetConfig(d_model=32, n_layer=1, n_head=2, d_inner=64, vocab_size=80)
-    torch.manual_seed(0)
-    model = transformers.XLNetModel(cfg).eval()
-    result, rows = saved(model, tmp_path)
-    assert_typed_by_module(model, tmp_path, rows)
+    model, result, rows = built(transformers.XLNetModel, cfg, tmp_path)
     q = rows["layer.0.rel_attn.q"]
     W = model.layer[0].rel_attn.q.detach().numpy()  # (D, H, d_head) = (32, 2, 16)
     assert (q.layer_type, q.N, q.M, q.rf) == ("dense", 32, 32, 1)
