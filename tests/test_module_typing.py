@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import hubscan
+from hubscan.analysis import AnalyzeOptions, analyze_with_base
 from hubscan.esd.matrices import CONV_NORM
+from hubscan.weights import open_weights
 from hubscan.weights.modules import ModuleMap, TensorKind, types_from_config, types_from_module
 
 transformers = pytest.importorskip("transformers")
@@ -134,9 +136,16 @@ def test_gpt2_conv1d_typed_by_module_equal_to_ww(tmp_path):
 def test_lm_head_is_dense_by_module_and_by_name(tmp_path):
     cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                                    num_key_value_heads=1, vocab_size=96, tie_word_embeddings=False)
-    model, _, rows = built(transformers.LlamaForCausalLM, cfg, tmp_path)
+    model, _, rows = built(transformers.LlamaForCausalLM, cfg, tmp_path / "m")
     assert (rows["lm_head.weight"].layer_type, rows["lm_head.weight"].module_type) == ("dense", "Linear")
     assert rows["model.embed_tokens.weight"].layer_type == "embedding"
+    # a model analyzed with its base in one pass (the survey's path) is typed as when analyzed alone
+    built(transformers.LlamaForCausalLM, cfg, tmp_path / "base")
+    own, delta = analyze_with_base(open_weights(tmp_path / "m"), open_weights(tmp_path / "base"), AnalyzeOptions())
+    assert [(r.key, r.typed_by, r.module_type) for r in own.rows] == [(k, r.typed_by, r.module_type)
+                                                                     for k, r in rows.items()]
+    assert {r.typed_by for r in delta.rows} == {"module"}
+    tmp_path = tmp_path / "m"
     (tmp_path / "config.json").unlink()  # the names alone
     by_name = {r.key: r for r in hubscan.analyze(tmp_path).rows}
     assert by_name["lm_head.weight"].layer_type == "dense" and by_name["lm_head.weight"].typed_by == "name"

@@ -77,7 +77,8 @@ class SharedReads:
         does not close the model (:meth:`close` does); ``stats`` are the model's (bytes read once)."""
         entries = [dataclasses.replace(e, load=lambda e=e: self._load(e)) for e in self._entries]
         return WeightSet(files=list(self.ws.files), format=self.ws.format, entries=lambda: iter(entries),
-                         missing=list(self.ws.missing), close=lambda: None, stats=self.ws.stats)
+                         missing=list(self.ws.missing), close=lambda: None, stats=self.ws.stats,
+                         config=self.ws.config)
 
     @property
     def bytes_read(self) -> int:
