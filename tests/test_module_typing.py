@@ -244,6 +244,10 @@ def test_timm_on_meta_typed_by_module():
     assert (t["patch_embed.proj.weight"].kind, t["patch_embed.proj.weight"].module) == ("conv2d", "Conv2d")
     assert (t["blocks.0.attn.qkv.weight"].kind, t["head.weight"].shape) == ("linear", (10, 192))
     assert types_from_config({"architecture": "no_such_model_xyz"}) is None
+    # model_args that would make timm read a file (or the network) are not passed on
+    shallow = types_from_config({"architecture": "vit_tiny_patch16_224", "model_args": {
+        "depth": 1, "checkpoint_path": "/no/such/file.pth", "pretrained_cfg_overlay": {"file": "/no/such"}}})
+    assert "blocks.0.attn.qkv.weight" in shallow.types and "blocks.1.attn.qkv.weight" not in shallow.types
     assert types_from_config({"model_type": "no_such_type", "auto_map": {"AutoModel": "x.Y"}}) is None
 
 

@@ -360,13 +360,17 @@ def _transformers_model(config: dict) -> torch.nn.Module | None:
         return transformers.AutoModel.from_config(cfg)
 
 
+_NOT_A_MODEL_ARG = re.compile(r"pretrained|checkpoint|path|dir|file|url|hub", re.IGNORECASE)
+
+
 def _timm_model(config: dict) -> torch.nn.Module | None:
     import timm
 
     arch = config["architecture"]
     if not timm.is_model(arch):
         return None
-    kwargs = dict(config.get("model_args") or {})
+    kwargs = {k: v for k, v in dict(config.get("model_args") or {}).items()
+              if not _NOT_A_MODEL_ARG.search(k)}  # nothing that makes timm read a file or the network
     if isinstance(config.get("num_classes"), int):
         kwargs.setdefault("num_classes", config["num_classes"])
     with torch.device("meta"):
