@@ -39,7 +39,7 @@ from hubscan.errors import CorruptFileError, NoWeightsError, PathNotFoundError, 
 from hubscan.weights.base import TensorEntry, WeightSet
 
 __all__ = ["TensorEntry", "WeightSet", "open_weights", "register_reader", "reader_for", "readers", "weight_suffixes",
-           "folder_listing", "open_chosen"]
+           "folder_listing", "open_chosen", "model_config"]
 
 log = logging.getLogger(__name__)
 
@@ -216,26 +216,38 @@ def _open_folder(folder: Path) -> WeightSet:
 
     chosen, _ = choose_weight_files(folder_listing(folder), os.fspath(folder))
     weights = open_chosen(folder, chosen)
-    weights.config = folder_config(folder, chosen)
+    weights.config = model_config(chosen, lambda rel: (folder / rel).read_text(encoding="utf-8"))
     return weights
 
 
-def folder_config(folder: str | os.PathLike, chosen: Iterable[str]) -> dict | None:
-    """The ``config.json`` of a model folder (``WeightSet.config``): the folder's own, else, for weights in
-    sub-folders (diffusers components), ``{"components": {folder: its config.json}}``; None when there is
-    none or it is not a JSON object (the names then type the tensors; never an error)."""
-    def read(path: Path) -> dict | None:
+def model_config(chosen: Iterable[str], read_text: Callable[[str], str]) -> dict | None:
+    """``WeightSet.config`` of a model whose chosen weight files are ``chosen``: its ``config.json`` when a
+    weight file is at the top, else (weights in sub-folders: diffusers components) ``{"components":
+    {folder: <folder>/config.json}}``. None when there is none or it is no JSON object (the names then type
+    the tensors; never an error).
+
+    Parameters
+    ----------
+    chosen : iterable of str
+        The chosen weight files, relative to the model's root.
+    read_text : callable (str) -> str
+        Reads a file relative to the root; raises ``OSError`` (a local file) or a
+        :class:`~hubscan.errors.HubscanError` (a hub file, e.g. absent) when it cannot.
+    """
+    from hubscan.errors import HubscanError
+
+    def read(rel: str) -> dict | None:
         try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            found = json.loads(read_text(rel))
+        except (OSError, ValueError, HubscanError):
             return None
         return found if isinstance(found, dict) else None
 
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return read(folder / "config.json")
-    subs = sorted({c.split("/", 1)[0] for c in chosen if "/" in c})
-    components = {s: cfg for s in subs if (cfg := read(folder / s / "config.json")) is not None}
+    chosen = list(chosen)
+    if any("/" not in c for c in chosen):
+        return read("config.json")
+    subs = sorted({c.split("/", 1)[0] for c in chosen})
+    components = {s: cfg for s in subs if (cfg := read(f"{s}/config.json")) is not None}
     return {"components": components} if components else None
 
 

@@ -108,8 +108,23 @@ def open_hub_files(ref: ModelRef, client: HubClient | None = None) -> WeightSet:
         raise NoWeightsError(str(ref), "no weight files chosen (resolve the reference first)")
     safetensors = all(f.endswith((".safetensors", "model.safetensors.index.json")) for f in ref.files)
     if safetensors and not client.offline:
-        return _open_ranged(ref, client)
+        ws = _open_ranged(ref, client)
+        ws.config = _hub_config(ref, client, ws.stats)
+        return ws
     return _open_downloaded(ref, client)
+
+
+def _hub_config(ref: ModelRef, client: HubClient, stats: dict) -> dict | None:
+    """``WeightSet.config`` from the repository at the pinned revision (each ``config.json`` one GET,
+    counted in ``stats``; an absent one is None), as a local folder's (:func:`hubscan.weights.model_config`)."""
+    from hubscan.weights import model_config
+
+    def read_text(rel: str) -> str:  # the request counted, its bytes not (``bytes_read`` is of weights)
+        body, _ = client.call(_get, client, _file_url(client, ref, rel), {}, what=f"hf:{ref.repo_id}/{rel}",
+                              stats=stats)
+        return body.decode("utf-8")
+
+    return model_config(ref.files, read_text)
 
 
 def _file_url(client: HubClient, ref: ModelRef, filename: str) -> str:
@@ -300,19 +315,19 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
 
 def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     from huggingface_hub import hf_hub_download
-    from hubscan.weights import open_chosen
+    from hubscan.weights import model_config, open_chosen
 
     tmp = None if client.cache_dir else tempfile.mkdtemp(prefix="hubscan-cache-")
     cache_dir = client.cache_dir or tmp
     stats: dict = {"bytes_read": 0, "requests": 0}
     what = f"hf:{ref.repo_id}@{ref.revision}"
 
-    def download(name: str) -> str:
+    def download(name: str, weights: bool = True) -> str:
         check_repo_path(name, ref.repo_id)
         local = client.call(hf_hub_download, ref.repo_id, name, revision=ref.revision, cache_dir=cache_dir,
                             endpoint=client.endpoint, token=client.token, local_files_only=bool(client.offline),
                             etag_timeout=client.timeout, what=f"{what}/{name}", stats=stats)
-        stats["bytes_read"] += os.path.getsize(local)
+        stats["bytes_read"] += os.path.getsize(local) if weights else 0
         return local
 
     try:
@@ -325,6 +340,7 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
                     download(f"{folder}/{shard}" if folder else shard)
         # the snapshot folder holds the repository's layout: the same rule as a local folder opens it
         ws = open_chosen(paths[0][: len(paths[0]) - len(ref.files[0])], ref.files)
+        ws.config = model_config(ref.files, lambda rel: Path(download(rel, weights=False)).read_text(encoding="utf-8"))
     except BaseException:
         if tmp and not client.keep_cache:
             shutil.rmtree(tmp, ignore_errors=True)
