@@ -140,6 +140,7 @@ def test_the_module_kind_decides(kind, role, shape, expect):
     ("embeddings.position_embeddings.weights.1", (1, 64, 192), "position table"),
     ("sam.layers.0.attn.rel_pos_h", (27, 64), "position table"),
     ("blip2.query_tokens", (1, 32, 768), "learned tokens"),
+    ("tvp.text_prompt", (1, 10, 768), "learned tokens"),
     ("layer.0.rel_attn.r_w_bias", (16, 64), "bias"),
     ("pos_conv_embed.conv.weight_g", (1, 1, 128), "weight-norm magnitude"),
     ("layers.0.self_attn.diagonal_decay", (1, 32, 256, 256), "decay mask"),

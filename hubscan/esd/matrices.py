@@ -124,7 +124,7 @@ _NOT_A_WEIGHT = re.compile(r"(^|\.)(" + "|".join(map(re.escape, NOT_A_WEIGHT)) +
 #: Bare parameters by name (a last component that is no module's ``weight``; a ParameterList entry): position
 #: tables and learned tokens. An ``nn.Embedding`` position table (``position_embeddings.weight``) is not one.
 _POSITION = r"\w*(pos(ition(al)?)?_?(emb|enc)|rel_pos|(time|temporal)_emb)\w*"
-_BARE = re.compile(rf"(^|\.)((?P<position>{_POSITION})|(?P<tokens>\w*tokens?|latents?|mask_emb)|(?P<bias>\w*bias(es)?))"
+_BARE = re.compile(rf"(^|\.)((?P<position>{_POSITION})|(?P<tokens>\w*tokens?|latents?|mask_emb|\w*prompts?)|(?P<bias>\w*bias(es)?))"
                    rf"(\.(embedding|weights?\.\d+|\d+))?$")
 _BARE_ROLE = {"position": "position table", "tokens": "learned tokens", "bias": "bias"}
 _BARE_3D = re.compile(rf"(^|\.){_POSITION}\.weight$")  # a 3-D+ "weight" of a position module: no nn.Embedding

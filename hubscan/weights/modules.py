@@ -83,7 +83,7 @@ _ROLES = (  # (role, regex on the attribute name, lower case), first match wins
     ("state-space parameter", re.compile(r"^(a_log|a|d|dt_bias|a_logs|ds|time_(decay|first|faaaa))$")),
     ("bias", re.compile(r"(^|_)bias(es)?(_|$)")),
     ("learned tokens", re.compile(r"token|(^|_)cls(_|$)|mask_emb|latent|(^|_)quer(y|ies)(_|$)|register|newline|"
-                                  r"(^|_)probe$")),
+                                  r"(^|_)probe$|(^|_)prompts?$")),
     ("position table", re.compile(r"pos(ition(al)?)?_?(emb|enc|bias|table|ids)|(^|_)pos(_|$)|(^|_)rel(ative)?(_|$)|"
                                   r"rel(ative)?_pos|position|(time|temporal)_emb|^ape$")),
     ("token-shift mix", re.compile(r"^time_(mix|maa)")),
@@ -352,12 +352,17 @@ def _transformers_model(config: dict) -> torch.nn.Module | None:
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         return None  # not built into the installed transformers: never remote code
     cfg = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in config.items() if k != "auto_map"})
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
     archs = config.get("architectures") or []
     cls = getattr(transformers, archs[0], None) if archs and isinstance(archs[0], str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):  # the base model class
+        base = MODEL_MAPPING_NAMES.get(model_type)
+        cls = getattr(transformers, base[0] if isinstance(base, (list, tuple)) else base, None) if base else None
+    if cls is None:
+        return None
     with torch.device("meta"):
-        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
-            return cls(cfg)
-        return transformers.AutoModel.from_config(cfg)
+        return cls(cfg)
 
 
 _NOT_A_MODEL_ARG = re.compile(r"pretrained|checkpoint|path|dir|file|url|hub", re.IGNORECASE)
@@ -394,7 +399,7 @@ def build_meta(config: dict) -> torch.nn.Module | None:
     builds it (or building fails: logged, the names decide).
 
     ``model_type`` → transformers (built-in architectures only; the class in ``architectures`` when
-    transformers has it, else ``AutoModel``); ``architecture`` → ``timm.create_model(pretrained=False)``;
+    transformers has it, else the model type's base model class); ``architecture`` → ``timm.create_model(pretrained=False)``;
     ``_class_name`` with ``_diffusers_version`` → that diffusers model class (when installed).
     """
     if not isinstance(config, dict):
