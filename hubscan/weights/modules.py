@@ -301,7 +301,7 @@ def _fits(kind: TensorKind, shape: tuple) -> TensorKind | None:
     return None
 
 
-def _transformers_rename(model: torch.nn.Module) -> Callable[[str], str] | None:
+def _transformers_rename(model: torch.nn.Module) -> Callable[[str], tuple] | None:
     """transformers' conversion of checkpoint keys to the model's names (what ``from_pretrained`` applies)."""
     try:
         from transformers import PreTrainedModel
