@@ -29,6 +29,8 @@ from hubscan.records import EsdRecord, LayerRecord
 from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.layouts import resolve_layouts
+from hubscan.weights.modules import module_map
+from hubscan.weights.weight_norm import LAYOUT as WEIGHT_NORM
 from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ def _one_line(exc: BaseException) -> str:
 
 def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),
                     shapes: dict | None = None, prefetch: bool = True,
-                    unread: list | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
+                    unread: list | None = None, kinds: dict | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
     """Analyze tensors one at a time.
 
     Parameters
@@ -190,6 +192,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     unread : list, optional
         Receives (name, reason) of each tensor skipped because its layout is not one hubscan recognises
         (a plan with ``understood=False``): the caller marks the model ``incomplete``.
+    kinds : dict of str to TensorKind, optional
+        Tensor name → what its owning module says it is (:func:`hubscan.weights.modules.module_map`);
+        passed to :func:`~hubscan.esd.matrices.plan_matrices` as the kind hint.
 
     Yields
     ------
@@ -206,19 +211,21 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         for layer_id, entry in enumerate(entries):
             if entry.skip_reason:  # known unreadable before reading (any rank: it is named)
                 yield layer_id, entry, [LayerPlan(entry.name, "", "skipped", tuple(entry.shape),
-                                                  skip_reason=entry.skip_reason)]
+                                                  skip_reason=entry.skip_reason)], None
                 continue
             if len(entry.shape) < 2:
                 continue
             dtype = "float32" if entry.layout else entry.dtype  # decoded layouts load as float32
+            kind = (kinds or {}).get(entry.name)
             plans = plan_matrices(entry.name, entry.shape, dtype, split_fused=options.split_fused,
                                   conv_slices=options.conv_slices, min_evals=options.min_evals,
-                                  max_evals=options.max_evals, sibling_shapes=shapes)
+                                  max_evals=options.max_evals, sibling_shapes=shapes,
+                                  kind=kind.kind if kind else None, role=kind.role if kind else "")
             if selected.include or selected.exclude:
                 plans = [p if p.skip_reason is not None or selected.keeps(layer_id, entry.name, p.layer_type)
                          else dataclasses.replace(p, skip_reason=EXCLUDED + selected.spec)
                          for p in plans]
-            yield layer_id, entry, plans
+            yield layer_id, entry, plans, kind.module if kind else None
 
     def loader(pool, entry, plans) -> Future | None:
         if not any(p.skip_reason is None for p in plans):
@@ -238,13 +245,13 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         nxt = next(items, None)
         pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
         while nxt is not None:
-            layer_id, entry, plans = nxt
+            layer_id, entry, plans, module_type = nxt
             fut = pending if pool else loader(None, entry, plans)
             nxt = next(items, None)
             pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
             tensor = None
             for plan in plans:
-                row = _base_row(layer_id, entry, plan, device)
+                row = _base_row(layer_id, entry, plan, device, module_type)
                 if plan.skip_reason is not None:
                     if not plan.understood and unread is not None:
                         unread.append((entry.name, plan.skip_reason))
@@ -274,14 +281,17 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device) -> LayerRecord:
+def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module_type: str | None = None
+              ) -> LayerRecord:
     common = dict(layer_id=layer_id, name=entry.name, part=plan.part, layer_type=plan.layer_type,
+                  typed_by=plan.typed_by, module_type=module_type if plan.typed_by == "module" else None,
                   shape=list(entry.shape), dtype=entry.dtype, companions=list(entry.companions),
                   metrics={"alpha": math.nan})
     if plan.skip_reason is not None:
         return LayerRecord(**common, status="skipped", reason=plan.skip_reason)
     return LayerRecord(**common, N=plan.N, M=plan.M, Q=plan.Q, rf=plan.rf, device=str(device),
-                       reason=f"dequantized ({entry.layout})" if entry.layout else "")
+                       reason=("" if not entry.layout else entry.layout if entry.layout == WEIGHT_NORM
+                               else f"dequantized ({entry.layout})"))
 
 
 def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device,
@@ -475,7 +485,8 @@ class ModelAnalysis:
             entries = resolve_layouts(self.ws.entries(), self.ws.config)
             shapes = {e.name: e.shape for e in entries} if options.split_fused else None
             self._unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
-            for row, ev in analyze_entries(entries, options, shapes, unread=self._unread):
+            kinds = module_map(getattr(self.ws, "config", None), {e.name: e.shape for e in entries})
+            for row, ev in analyze_entries(entries, options, shapes, unread=self._unread, kinds=kinds):
                 self._rows.append(row)
                 if options.keep_evals and ev is not None:
                     self._evals[row.key] = ev

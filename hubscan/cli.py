@@ -213,7 +213,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="eigenvector localization metrics of bulk and tail (WW vectors=True): 12 columns; "
                         "one more eigendecomposition per layer")
     g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
-                   help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d), "
+                   help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d, conv3d), "
                         "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
     g.add_argument("--evals-thresh", type=_float_range(0.0), default=1e-5,
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")

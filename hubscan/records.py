@@ -145,7 +145,11 @@ class LayerRecord(Record):
     name: str = column("string", "full parameter name as stored")
     part: str = column("string", "block of a split tensor: q/k/v, RNN gate letter, conv slice 'i,j'; '' when whole",
                        "")
-    layer_type: str = column("string", "dense | embedding | conv1d | conv2d | skipped")
+    layer_type: str = column("string", "dense | embedding | conv1d | conv2d | conv3d | skipped")
+    typed_by: str = column("string", "module: the class of the module that owns the tensor decided how it is read "
+                           "(the model's config.json built on the meta device); name: the name/shape rules", "name")
+    module_type: str | None = column("string", "class of the module that owns the tensor when typed by module "
+                                     "(Linear, Conv1D, Conv3d, MixtralExperts …)")
     shape: list = column("list<int64>", "stored tensor shape")
     dtype: str = column("string", "stored dtype (upcast to float64 for the analysis)")
     companions: list = column("list<string>", "tensors folded into this weight (quantization scales, zeros, "
@@ -153,7 +157,7 @@ class LayerRecord(Record):
     N: int | None = column("int64", "rows of each slice oriented N >= M")
     M: int | None = column("int64", "columns of each slice")
     Q: float | None = column("float64", "aspect ratio N/M")
-    rf: int | None = column("int64", "slices pooled into the ESD (kh*kw for conv2d, k for conv1d)")
+    rf: int | None = column("int64", "slices pooled into the ESD (kt*kh*kw for conv3d, kh*kw for conv2d, k for conv1d)")
     status: str = column("string", "success | failed | skipped", "success")
     reason: str = column("string", "why skipped or failed; on success how the weight was decoded or a caution, "
                          "else ''", "")

@@ -92,3 +92,69 @@ def test_skips(shape, dtype, reason):
 def test_max_evals_option():
     assert "too many" in one("w", (20000, 16000), max_evals=15000).skip_reason
     assert one("w", (20000, 16000)).skip_reason is None
+
+
+def test_conv3d_kernel_positions_pooled():
+    W = torch.randn(16, 3, 2, 4, 4)  # Conv3d (out, in, kt, kh, kw), a video patch embedding
+    p = one("patch_embed.proj.weight", W.shape)
+    assert (p.layer_type, p.N, p.M, p.rf, p.eig_scale) == ("conv3d", 16, 3, 32, CONV_NORM)
+    S = p.extract(W)
+    assert S.shape == (32, 16, 3) and torch.equal(S[1 * 16 + 2 * 4 + 3], W[:, :, 1, 2, 3])
+    parts = plan_matrices("patch_embed.proj.weight", W.shape, "float32", conv_slices=True)
+    assert parts[27].part == "1,2,3" and torch.equal(parts[27].extract(W)[0], W[:, :, 1, 2, 3])
+    six = one("x", (2, 2, 2, 2, 2, 2))
+    assert "unsupported 6-D" in six.skip_reason and not six.understood
+
+
+@pytest.mark.parametrize("kind,role,shape,expect", [
+    ("linear", "", (64, 256), ("dense", 256, 64, 1, None)),
+    ("embedding", "", (1000, 64), ("embedding", 1000, 64, 1, None)),
+    ("conv2d", "", (4, 2, 7, 7), ("conv2d", 4, 2, 49, None)),  # the name rule would read it channels-last
+    ("per_head", "", (64, 4, 16), ("dense", 64, 64, 1, None)),
+    ("experts", "", (3, 8, 16), ("dense", 16, 8, 1, None)),
+    ("not_a_weight", "position table", (1, 197, 768), ("skipped", 0, 0, 1, "not a weight matrix (position table)")),
+])
+def test_the_module_kind_decides(kind, role, shape, expect):
+    plans = plan_matrices("blk.t", shape, "float32", kind=kind, role=role)
+    p = plans[0]
+    assert (p.layer_type, p.N, p.M, p.rf, p.skip_reason) == expect and p.typed_by == "module"
+    assert len(plans) == (shape[0] if kind == "experts" else 1)
+    W = torch.randn(*shape)
+    if kind == "per_head":
+        assert torch.equal(p.extract(W)[0], W.reshape(64, 64))
+    if kind == "conv2d":
+        assert torch.equal(p.extract(W)[8], W[:, :, 1, 1])
+    # a rank the kind does not have: the name/shape rules decide
+    assert plan_matrices("blk.t", (8, 8, 3), "float32", kind="linear")[0].typed_by == "name"
+
+
+@pytest.mark.parametrize("name,shape,decision", [
+    ("lm_head.weight", (1000, 64), "dense"),
+    ("gpt_neox.embed_out.weight", (1000, 64), "dense"),
+    ("vision_model.embeddings.patch_embedding.weight", (64, 192), "dense"),
+    ("transformer.wte.weight", (1000, 64), "embedding"),
+    ("bert.embeddings.token_type_embeddings.weight", (16, 64), "embedding"),
+    ("embeddings.position_embeddings.weight", (512, 64), "embedding"),  # an nn.Embedding: analyzed
+    ("vit.embeddings.position_embeddings", (1, 197, 768), "position table"),
+    ("vision_model.gated_positional_embedding.embedding", (1025, 1280), "position table"),
+    ("embeddings.position_embeddings.weights.1", (1, 64, 192), "position table"),
+    ("sam.layers.0.attn.rel_pos_h", (27, 64), "position table"),
+    ("blip2.query_tokens", (1, 32, 768), "learned tokens"),
+    ("tvp.text_prompt", (1, 10, 768), "learned tokens"),
+    ("layer.0.rel_attn.r_w_bias", (16, 64), "bias"),
+    ("pos_conv_embed.conv.weight_g", (1, 1, 128), "weight-norm magnitude"),
+    ("layers.0.self_attn.diagonal_decay", (1, 32, 256, 256), "decay mask"),
+    ("model.layers.0.block_sparse_moe.input_linear.weight", (8, 22016, 4096), "experts"),
+    ("layers.1.feed_forward.down_proj", (256, 4096, 8192), "experts"),
+    ("layers.0.temporal_block.rg_lru.input_gate_weight", (10, 256, 256), "experts"),
+    ("encoder.pos_conv_embed.conv.parametrizations.weight.original1", (64, 4, 128), "conv1d"),
+])
+def test_name_rules(name, shape, decision):
+    plans = plan_matrices(name, shape, "float32")
+    p = plans[0]
+    if decision == "experts":
+        assert len(plans) == shape[0] and p.layer_type == "dense" and p.typed_by == "name"
+    elif decision in ("dense", "embedding", "conv1d"):
+        assert (p.layer_type, p.skip_reason) == (decision, None)
+    else:
+        assert p.skip_reason.startswith(f"not a weight matrix ({decision})") and p.understood

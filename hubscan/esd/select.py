@@ -4,7 +4,7 @@ Syntax: comma-separated terms; a term starting with ``!`` excludes, any other te
 
 * ``7`` or ``2-5`` — layer ids, ranges inclusive (hubscan's ``layer_id``: the tensor's position in
   the model's files, 1-D tensors counted; WW numbers its own layer objects, so ids differ from WW's);
-* ``dense``, ``embedding``, ``conv1d``, ``conv2d`` — layer types (the ``layer_type`` column);
+* ``dense``, ``embedding``, ``conv1d``, ``conv2d``, ``conv3d`` — layer types (the ``layer_type`` column);
 * anything else — a shell-style glob on the tensor name (``fnmatch``, case-sensitive):
   ``*attention*``, ``encoder.layer.0.*``.
 
@@ -22,7 +22,7 @@ import dataclasses
 import fnmatch
 import re
 
-LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d")
+LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "conv3d")
 #: The reason of a matrix the filter leaves out, before its spec.
 EXCLUDED = "excluded by --layers "
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")

@@ -188,3 +188,4 @@ def _tie_check(head: TensorEntry, embedding: TensorEntry) -> Callable[[], torch.
 
 # The schemes register themselves on import (a new quantization layout is one more function there).
 from hubscan.weights import quantized as _quantized  # noqa: E402,F401
+from hubscan.weights import weight_norm as _weight_norm  # noqa: E402,F401

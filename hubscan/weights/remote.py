@@ -332,12 +332,12 @@ def _open_downloaded(ref: ModelRef, client: HubClient) -> WeightSet:
     stats: dict = {"bytes_read": 0, "requests": 0}
     what = f"hf:{ref.repo_id}@{ref.revision}"
 
-    def download(name: str) -> str:
+    def download(name: str, weights: bool = True) -> str:
         check_repo_path(name, ref.repo_id)
         local = client.call(hf_hub_download, ref.repo_id, name, revision=ref.revision, cache_dir=cache_dir,
                             endpoint=client.endpoint, token=client.token, local_files_only=bool(client.offline),
                             etag_timeout=client.timeout, what=f"{what}/{name}", stats=stats)
-        stats["bytes_read"] += os.path.getsize(local)
+        stats["bytes_read"] += os.path.getsize(local) if weights else 0
         return local
 
     try:
