@@ -290,6 +290,10 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
     if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
         esd = top_eigenvalues(esd, rank, plan.N)
+    if esd.scale_exp:  # eigenvalues in units of 4^k (hubscan.esd.eigen, "Range"): the absolute threshold too
+        with np.errstate(over="ignore", under="ignore"):
+            options = dataclasses.replace(options, evals_thresh=float(np.ldexp(options.evals_thresh,
+                                                                               -2 * esd.scale_exp)))
     fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
                        tpl=options.tpl)
     mp = None
@@ -304,15 +308,21 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
                                  precision=options.precision).evals
     row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
     row.eig_method = esd.method
-    if fit.status != "success":
-        row.status, row.reason = "failed", fit.reason
-    else:
+    # the spectrum is measured (norms, rank, lambda_max): the row succeeds; without a fit its alpha is null
+    # with the reason (rank collapse, all eigenvalues equal …), and it enters no mean (metrics.summarize)
+    caution = fit.reason
+    if fit.status == "success":
         _add_uncertainty(esd.evals, fit, options, row)
         n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
         if n_fit < FEW_EVALS:
-            caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable"
-            row.reason = "; ".join(r for r in (row.reason, caution) if r)
-            log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
+            caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable" + (
+                f", not in the model's means (< {options.min_evals})" if n_fit < options.min_evals else "")
+    if esd.scale_exp:
+        caution = "; ".join(c for c in (f"X = WᵀW beyond {esd.precision}: decomposed as W·2^{-esd.scale_exp} (eigenvalues "
+                                        f"beyond {esd.precision} reported as inf or 0, their log10 exact)", caution) if c)
+    if caution:
+        row.reason = "; ".join(r for r in (row.reason, caution) if r)
+        log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
     if options.vectors and fit.status == "success":
         from hubscan.esd.vectors import vector_metrics
         row.update(vector_metrics(slices, fit.num_pl_spikes))
@@ -322,6 +332,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         fev, windows = farms_esd(W)
         ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
         row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
+    if esd.scale_exp:  # the eigenvalues in the units of W (±inf / 0 beyond float64)
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(esd.evals, 2 * esd.scale_exp)
     return esd.evals
 
 
@@ -490,20 +503,25 @@ class ModelAnalysis:
         hubscan.errors.NoWeightsError
             The model holds no tensor with 2 or more dimensions.
         """
+        from hubscan.weights.delta import UNCHANGED
+
         rows, missing, unread = self._rows, self._missing, self._unread
         if not rows and not missing:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
-        summary = summarize(rows)
+        summary = summarize(rows, min_fit_evals=self.options.min_evals)
         left_out = [r for r in rows if excluded(r)]
+        failed = [(r["name"] + (f":{r['part']}" if r.get("part") else ""), r["reason"])
+                  for r in rows if r.get("status") == "failed"]
+        parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3]) + (" …" if len(lost) > 3 else "")
+                 for lost, what in ((failed, "layer(s) failed"), (missing, "tensor(s) missing"),
+                                    (unread, "tensor(s) in a layout hubscan does not read")) if lost]
         if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
             status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
+        elif summary["num_success"] == 0 and not failed and any(r.get("reason") == UNCHANGED for r in rows):
+            status, reason = "skipped", f"no tensor differs from the base: {sum(r.get('reason') == UNCHANGED for r in rows)} {UNCHANGED}"
         elif summary["num_success"] == 0:
-            status, reason = "failed", "no layer could be analyzed"
-        elif missing or unread:
-            parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
-                     + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
-                                                                         (unread, "in a layout hubscan does not read"))
-                     if lost]
+            status, reason = "failed", " | ".join(["no layer could be analyzed"] + parts)
+        elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread
             status, reason = "incomplete", " | ".join(parts)
         else:
             status, reason = "success", ""

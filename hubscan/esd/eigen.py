@@ -16,11 +16,20 @@ from forming WᵀW — so eigenvalues below that are noise. Nothing hubscan repo
 is therefore defined per method (below). Eigenvalues are clipped at 0 (eigvalsh may return −1e-17).
 
 No 1/N normalisation (WW's default). Convolution slices are scaled by the plan's ``eig_scale``.
+
+Range: when X = WᵀW would overflow or underflow the working precision — the largest diagonal entry of X
+(the largest column sum of squares, ≤ λ_max ≤ M times it) non-finite, above ``finfo.max/(2M)`` or below
+``finfo.tiny/eps`` (float64: finite weights near 1e160 or 1e-150) — W is multiplied by 2^−k, k the binary
+exponent of max|w|, and decomposed again. A power of two changes no significand, so the scaled spectrum is
+the exact one in units of 4^k (``ESD.scale_exp`` = k); the caller puts the units back
+(:func:`hubscan.esd.metrics.layer_metrics`). Every other matrix is decomposed as it is, bit for bit as
+before: the check reads only the diagonal X already has.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -48,6 +57,10 @@ class ESD:
         Numerical rank of the pooled ESD (number of eigenvalues above the tolerance).
     method, device, precision : str
         How the eigenvalues were computed.
+    scale_exp : int
+        0, or k when W was multiplied by 2^−k because X = WᵀW would overflow or underflow (module
+        docstring): ``evals`` are then in units of 4^k (true eigenvalues = evals·4^k, true singular
+        values = sv·2^k; both may be beyond float64's range).
 
     Numerical rank tolerance: ``svd`` uses WW's / numpy's rule on singular values,
     σ > σ_max·N·eps; ``gram`` uses λ > λ_max·N·eps on the eigenvalues of X = WᵀW — forming X
@@ -64,6 +77,7 @@ class ESD:
     method: str = "gram"
     device: str = "cpu"
     precision: str = "float64"
+    scale_exp: int = 0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -113,6 +127,33 @@ def _check_gram_finite(G: torch.Tensor) -> None:
         raise NonFiniteError("non-finite values (NaN or inf) in the weights")
 
 
+def _out_of_range(top: float, M: int, dtype: torch.dtype) -> bool:
+    """Whether a spectrum whose largest column sum of squares (or λ_max) is ``top`` leaves the range of
+    ``dtype``: non-finite, above finfo.max/(2M) (λ_max ≤ M·top would overflow) or below finfo.tiny/eps
+    (the eigenvalues that count, ≥ λ_max·eps, would be subnormal; 0 also for a zero matrix, whose max|w|
+    then says so)."""
+    fi = torch.finfo(dtype)
+    return not (fi.tiny / fi.eps <= top <= fi.max / (2 * M))
+
+
+def _range_exponent(S: torch.Tensor) -> int:
+    """k with max|w| = m·2^k, m ∈ [0.5, 1) (0 for a zero matrix), after checking that S is finite.
+
+    Raises
+    ------
+    NonFiniteError
+        S holds NaN or inf.
+    """
+    _check_finite(S)
+    amax = float(S.abs().max()) if S.numel() else 0.0
+    return math.frexp(amax)[1] if amax > 0 else 0
+
+
+def _scaled(S: torch.Tensor, k: int) -> torch.Tensor:
+    """S·2^−k in float64 (exact: a power of two changes no significand)."""
+    return torch.ldexp(S.to(torch.float64), torch.tensor(-float(k), dtype=torch.float64))
+
+
 def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
                 method: str = "gram", precision: str = "float64") -> ESD:
     """Eigenvalues of X = WᵀW for each slice of a stack, pooled into one ESD.
@@ -154,27 +195,43 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
     N, M = max(rows, cols), min(rows, cols)
     eps = torch.finfo(dtype).eps
 
+    k = 0
     if method == "gram":
-        if rf == 1:
-            G = _gram(slices[0], dev, dtype).unsqueeze(0)
-        else:
-            S = slices.to(device=dev, dtype=dtype)
-            G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
-            del S
-        _check_gram_finite(G)
+        def gram(src):
+            if rf == 1:
+                return _gram(src[0], dev, dtype).unsqueeze(0)
+            S = src.to(device=dev, dtype=dtype)
+            return S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+
+        G = gram(slices)
+        if _out_of_range(float(torch.diagonal(G, dim1=-2, dim2=-1).max()), M, dtype):  # NaN too
+            k = _range_exponent(slices)
+            if k:
+                del G
+                G = gram(_scaled(slices, k))
         ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
         top = ev[:, -1:]
         rank_per_slice = (ev > top * (N * eps)).sum(dim=1)
     else:
         S = slices.to(device=dev, dtype=dtype)
-        _check_finite(S)
+        if not bool(torch.isfinite(S).all()):  # NaN / inf, or float64 weights beyond a float32 precision
+            k = _range_exponent(slices)
+            S = _scaled(slices, k).to(device=dev, dtype=dtype)
         sv = torch.linalg.svdvals(S)  # (rf, M), descending
+        top = float(sv[:, 0].max())
+        if not k and _out_of_range(top * top, M, dtype):
+            k = _range_exponent(slices)
+            if k:
+                sv = torch.linalg.svdvals(_scaled(slices, k).to(device=dev, dtype=dtype))
         del S
         rank_per_slice = (sv > sv[:, :1] * (N * eps)).sum(dim=1)
         ev = sv * sv
-    ev = ev * eig_scale
-    evals = np.sort(ev.reshape(-1).to("cpu", torch.float64).numpy())
+    if eig_scale != 1.0:
+        ev = ev * eig_scale
+    evals = ev.reshape(-1).to("cpu", torch.float64).numpy()
+    if rf > 1 or method != "gram":  # eigvalsh's are ascending already
+        evals = np.sort(evals)
     rank_loss = int(M * rf - int(rank_per_slice.sum()))
     lam_max = float(evals[-1])
     if method == "gram":
@@ -184,7 +241,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
         matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * float(eps)))
     return ESD(evals=evals, sv_max=float(np.sqrt(lam_max)), sv_min=float(np.sqrt(evals[0])),
                rank_loss=rank_loss, matrix_rank=matrix_rank, method=method, device=str(dev),
-               precision=precision)
+               precision=precision, scale_exp=k)
 
 
 def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:

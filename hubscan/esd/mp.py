@@ -74,27 +74,67 @@ def _kde_linear(data: np.ndarray, grid: np.ndarray, bw: float) -> np.ndarray:
     return np.clip(out, 0, None) / (len(x) * bw)
 
 
-def _resid(sigmas: np.ndarray, kx: np.ndarray, ky: np.ndarray, Q: float, peak_x: float) -> np.ndarray:
-    """WW's ``resid_mp`` (sum of squares) for a vector of σ values at once."""
-    sig = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))[:, None]
-    x = kx[None, :]
-    if Q == 1:
-        # quarter-circle law of the singular values; 0 outside [0, 2]
-        ymp = np.sqrt(np.clip(4 - x ** 2, 0, None)) / (np.pi * sig * sig)
-        return np.sum((ymp - ky) ** 2, axis=1)
-    r = 1 / math.sqrt(Q)
-    s1 = sig[:, 0]
-    lp1, lm1 = (s1 * (1 + r)) ** 2, (s1 * (1 - r)) ** 2
-    out = np.full(len(s1), len(ky) * 1000.0 ** 2)  # WW's penalty for an edge left of the peak / off the support
-    ok = ~((lp1 < peak_x) | (lp1 > kx[-1]) | (lm1 > peak_x))
-    if ok.any():
-        sg, lp, lm = sig[ok], lp1[ok][:, None], lm1[ok][:, None]
-        inside = (x > lm) & (x < lp)
-        safe_x = np.where(inside, x, 1.0)
-        ymp = np.where(inside, Q / (2 * np.pi * sg ** 2 * safe_x) * np.sqrt(np.where(inside, (lp - x) * (x - lm), 0.0)),
-                       0.0)
-        out[ok] = np.sum((ymp - ky) ** 2, axis=1)
-    return out
+class _Residual:
+    """WW's ``resid_mp`` (sum of squares between the MP density and the KDE) for a vector of σ values.
+
+    The MP density is zero outside (λ−, λ+), so only the KDE points inside the edges are evaluated; the
+    others add Σ ky² over them, read from prefix sums. The cost of a σ is the number of KDE points in
+    its bulk, not the whole grid (WW evaluates every point for every σ); the values are WW's up to the
+    order of the summation.
+    """
+
+    def __init__(self, kx: np.ndarray, ky: np.ndarray, Q: float, peak_x: float):
+        self.kx, self.ky, self.Q, self.peak_x = kx, ky, Q, peak_x
+        self.c2 = np.concatenate(([0.0], np.cumsum(ky * ky)))   # Σ ky² over kx[:i]
+        self.penalty = len(ky) * 1000.0 ** 2  # WW's penalty for an edge left of the peak / off the support
+        self.r = 1 / math.sqrt(Q)
+        if Q == 1:  # quarter-circle law of the singular values: nonzero on [0, 2)
+            self.q1 = int(np.searchsorted(kx, 2.0, side="left"))
+            self.q1_sqrt = np.sqrt(np.clip(4 - kx[:self.q1] ** 2, 0, None))
+
+    def scalar(self, sigma) -> float:
+        """The residual of one σ (Nelder–Mead's calls): the same arithmetic on slices, no batching."""
+        s = float(np.asarray(sigma).reshape(-1)[0])
+        kx, ky, c2 = self.kx, self.ky, self.c2
+        if self.Q == 1:
+            d = self.q1_sqrt / (np.pi * s * s) - ky[:self.q1]
+            return float(np.dot(d, d) + (c2[-1] - c2[self.q1]))
+        lp, lm = (s * (1 + self.r)) ** 2, (s * (1 - self.r)) ** 2
+        if lp < self.peak_x or lp > kx[-1] or lm > self.peak_x:
+            return self.penalty
+        i0 = int(np.searchsorted(kx, lm, side="right"))
+        i1 = max(i0, int(np.searchsorted(kx, lp, side="left")))
+        x = kx[i0:i1]
+        d = self.Q / (2 * np.pi * s ** 2 * x) * np.sqrt((lp - x) * (x - lm)) - ky[i0:i1]
+        return float(np.dot(d, d) + (c2[-1] - (c2[i1] - c2[i0])))
+
+    def __call__(self, sigmas) -> np.ndarray:
+        s = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
+        kx, ky, Q, c2 = self.kx, self.ky, self.Q, self.c2
+        if Q == 1:
+            d = self.q1_sqrt[None, :] / (np.pi * s[:, None] * s[:, None]) - ky[None, :self.q1]
+            return np.sum(d * d, axis=1) + (c2[-1] - c2[self.q1])
+        r = self.r
+        lp, lm = (s * (1 + r)) ** 2, (s * (1 - r)) ** 2
+        out = np.full(len(s), self.penalty)
+        ok = ~((lp < self.peak_x) | (lp > kx[-1]) | (lm > self.peak_x))
+        if not ok.any():
+            return out
+        s, lp, lm = s[ok], lp[ok], lm[ok]
+        i0 = np.searchsorted(kx, lm, side="right")   # first point > λ−
+        i1 = np.searchsorted(kx, lp, side="left")    # first point ≥ λ+
+        n = np.maximum(i1 - i0, 0)
+        first = np.cumsum(n) - n
+        idx = np.arange(int(n.sum())) - np.repeat(first - i0, n)   # the inside points of every σ, one run each
+        x, sg = kx[idx], np.repeat(s, n)
+        ymp = Q / (2 * np.pi * sg ** 2 * x) * np.sqrt((np.repeat(lp, n) - x) * (x - np.repeat(lm, n)))
+        d = ymp - ky[idx]
+        inside = np.zeros(len(s))
+        has = n > 0
+        if has.any():
+            inside[has] = np.add.reduceat(d * d, first[has])
+        out[ok] = inside + (c2[-1] - (c2[i1] - c2[np.minimum(i0, i1)]))
+        return out
 
 
 def fit_mp(evals: np.ndarray, N: int, M: int) -> MPFit:
@@ -133,10 +173,11 @@ def fit_mp(evals: np.ndarray, N: int, M: int) -> MPFit:
     peak_x = float(kx[np.argmax(ky)])
     good = ky > _KDE_THRESH
     kx, ky = kx[good], ky[good]
+    resid = _Residual(kx, ky, Q, peak_x)
     grid = np.arange(0.05 * s, 2.0 * s, 0.01 * s)  # scipy.optimize.brute's grid for this slice
-    start = grid[int(np.argmin(_resid(grid, kx, ky, Q, peak_x)))]
+    start = grid[int(np.argmin(resid(grid)))]
     # brute's default finish: Nelder–Mead from the best grid point
-    sigma = float(optimize.fmin(lambda v: float(_resid(v, kx, ky, Q, peak_x)[0]), [start], disp=False)[0])
+    sigma = float(optimize.fmin(resid.scalar, [start], disp=False)[0])
     lp = (sigma * (1 + 1 / math.sqrt(Q))) ** 2
     lm = (sigma * (1 - 1 / math.sqrt(Q))) ** 2
     tw = 1 / math.sqrt(Q) * lp ** (2 / 3) * M ** (-2 / 3)
