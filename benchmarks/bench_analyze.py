@@ -249,10 +249,11 @@ def phase_breakdown(path: str, **opts) -> dict:
     """One hubscan run of ``path`` with timing wrappers around its phases; seconds per phase.
 
     Wrapped (restored afterwards): the reader's ``TensorEntry.load`` (read), ``hubscan.esd.eigen._gram``
-    (dtype conversion + finite check + Gram; rf = 1 layers), ``_check_finite``, ``torch.Tensor.to``
-    (the dtype conversion), ``torch.linalg.eigvalsh``,
-    ``compute_esd`` (the whole eigen step), ``fit_powerlaw``, ``fit_mp``, ``layer_metrics`` /
-    ``classify_phase`` / ``summarize`` (metrics). "other" = total − the phases.
+    (dtype conversion + finite check + Gram; rf = 1 layers decomposed alone), ``torch.Tensor.__matmul__``
+    outside ``_gram`` (the Gram of batched layers and conv stacks), ``_check_finite``, ``torch.Tensor.to``
+    (the dtype conversion), ``torch.linalg.eigvalsh``, ``compute_esd`` / ``compute_esds`` (the whole
+    eigen step, alone / batched), ``fit_powerlaw``, ``fit_mp``, ``layer_metrics`` / ``classify_phase`` /
+    ``summarize`` (metrics). "other" = total − the phases.
     """
     import hubscan.analysis as A
     import hubscan.esd.eigen as E
@@ -268,6 +269,8 @@ def phase_breakdown(path: str, **opts) -> dict:
             return
 
         def wrapper(*a, **k):
+            if key == "matmul" and depth["gram"] > 0:  # inside _gram: counted there
+                return orig(*a, **k)
             sub = key in ("to", "finite") and depth["gram"] > 0
             depth["gram"] += key == "gram"
             t0 = CLOCK()
@@ -281,7 +284,9 @@ def phase_breakdown(path: str, **opts) -> dict:
         patches.append((mod, name, orig, own))
 
     wrap(A, "compute_esd", "esd")
+    wrap(E, "compute_esds", "esd")
     wrap(E, "_gram", "gram")
+    wrap(torch.Tensor, "__matmul__", "matmul")
     wrap(E, "_check_finite", "finite")
     wrap(torch.Tensor, "to", "to")  # the float32 → float64 conversion (other .to calls are no-ops)
     wrap(torch.linalg, "eigvalsh", "eigvalsh")
@@ -319,11 +324,11 @@ def phase_breakdown(path: str, **opts) -> dict:
         "open (header parse)": acc["open"],
         "read tensors": acc["read"],
         "dtype conversion (Tensor.to)": acc["to_in_gram"] + acc["to"],
-        "Gram matmul": acc["gram"] - acc["finite_in_gram"] - acc["to_in_gram"],
+        "Gram matmul": acc["gram"] - acc["finite_in_gram"] - acc["to_in_gram"] + acc["matmul"],
         "finite check": acc["finite_in_gram"] + acc["finite"],
         "eigvalsh": acc["eigvalsh"],
         "rest of eigen step (clip, rank, sort, copy)":
-            acc["esd"] - acc["gram"] - acc["eigvalsh"] - acc["to"] - acc["finite"],
+            acc["esd"] - acc["gram"] - acc["matmul"] - acc["eigvalsh"] - acc["to"] - acc["finite"],
         "power-law fit": acc["fit"],
         "MP fit": acc["mp"],
         "metrics + phase + summary": acc["metrics"],

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -101,6 +103,44 @@ def _check_finite(t: torch.Tensor) -> None:
         raise NonFiniteError("non-finite values (NaN or inf) in the weights")
 
 
+class _Scratch(threading.local):
+    """One reusable buffer per thread for the float64 copies of W: a fresh allocation per layer costs its
+    page faults (float32 → float64 of a 21845×384 chunk: 34 ms into new memory, 12 ms into reused)."""
+
+    buf: torch.Tensor | None = None
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's conversion buffer (:func:`hubscan.analysis.analyze_entries` calls it at the end)."""
+    _scratch.buf = None
+
+
+def _converted(S: torch.Tensor, device: torch.device, dtype: torch.dtype, out_shape=None) -> torch.Tensor:
+    """``S`` in ``dtype`` on ``device``, written into this thread's scratch buffer: valid until the next call.
+
+    As ``S.to(device, dtype)`` (the same values and, for a contiguous S or a slice, the same contiguous
+    layout); a transposed view keeps ``.to``'s strides, so the Gram product sums in the same order.
+    ``out_shape``: the shape of a larger buffer to return instead (filled by the caller).
+    """
+    if out_shape is None and S.dtype == dtype and S.device == device:
+        return S
+    if out_shape is None and S.dim() == 2 and not S.is_contiguous() and S.t().is_contiguous():
+        return S.to(device=device, dtype=dtype)
+    shape = tuple(out_shape or S.shape)
+    n = math.prod(shape)
+    buf = _scratch.buf
+    if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+        buf = _scratch.buf = None  # the old one freed first
+        buf = _scratch.buf = torch.empty(n, dtype=dtype, device=device)
+    out = buf[:n].view(shape)
+    if out_shape is None:
+        out.copy_(S)
+    return out
+
+
 def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks."""
     rows, cols = S.shape
@@ -108,11 +148,11 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     m, length = (cols, rows) if tall else (rows, cols)
     step = max(1, CHUNK_ELEMS // m)
     if step >= length:  # one chunk
-        C = S.to(device=device, dtype=dtype)
+        C = _converted(S, device, dtype)
         return C.T @ C if tall else C @ C.T
     G = torch.zeros(m, m, dtype=dtype, device=device)
     for start in range(0, length, step):
-        C = (S[start:start + step] if tall else S[:, start:start + step]).to(device=device, dtype=dtype)
+        C = _converted(S[start:start + step] if tall else S[:, start:start + step], device, dtype)
         if tall:
             G.addmm_(C.T, C)
         else:
@@ -211,8 +251,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
                 G = gram(_scaled(slices, k))
         ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
-        top = ev[:, -1:]
-        rank_per_slice = (ev > top * (N * eps)).sum(dim=1)
+        rank_per_slice = (ev > ev[:, -1:] * (N * eps)).sum(dim=1)
     else:
         S = slices.to(device=dev, dtype=dtype)
         if not bool(torch.isfinite(S).all()):  # NaN / inf, or float64 weights beyond a float32 precision
@@ -227,6 +266,14 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
         del S
         rank_per_slice = (sv > sv[:, :1] * (N * eps)).sum(dim=1)
         ev = sv * sv
+    return _pooled(ev, rank_per_slice, N, eig_scale, method, dev, precision, k)
+
+
+def _pooled(ev: torch.Tensor, rank_per_slice: torch.Tensor, N: int, eig_scale: float, method: str,
+            dev: torch.device, precision: str, k: int) -> ESD:
+    """The ESD of one layer from its slices' eigenvalues ``ev`` (rf, M) (ascending for ``gram``)."""
+    rf, M = ev.shape
+    eps = float(torch.finfo(ev.dtype).eps)
     if eig_scale != 1.0:
         ev = ev * eig_scale
     evals = ev.reshape(-1).to("cpu", torch.float64).numpy()
@@ -235,13 +282,77 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
     rank_loss = int(M * rf - int(rank_per_slice.sum()))
     lam_max = float(evals[-1])
     if method == "gram":
-        matrix_rank = int(np.count_nonzero(evals > lam_max * N * float(eps)))
+        matrix_rank = int(np.count_nonzero(evals > lam_max * N * eps))
     else:
         sv_all = np.sqrt(evals)
-        matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * float(eps)))
+        matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * eps))
     return ESD(evals=evals, sv_max=float(np.sqrt(lam_max)), sv_min=float(np.sqrt(evals[0])),
                rank_loss=rank_loss, matrix_rank=matrix_rank, method=method, device=str(dev),
                precision=precision, scale_exp=k)
+
+
+#: Layers decomposed together by :func:`compute_esds` at most, and the elements of their weights at most
+#: (the batch's float64 copy: 64 MB); a layer larger than :data:`BATCH_MAX_LAYER_ELEMS` goes alone.
+BATCH_MAX_LAYERS = 32
+BATCH_MAX_ELEMS = 8 * 1024 * 1024
+BATCH_MAX_LAYER_ELEMS = 1024 * 1024
+
+
+def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
+                 precision: str = "float64") -> list[ESD | None]:
+    """The ESDs of several same-shape layers (experts, heads, a model's repeated blocks) in one batched Gram
+    product and one batched ``torch.linalg.eigvalsh`` call (method ``gram``), on CPU as on CUDA.
+
+    Each layer's ESD equals :func:`compute_esd`'s up to the summation order of the batched product
+    (``tests/test_eigen.py``: 1e-12 relative; measured ≤ 1e-15). A layer whose Gram matrix is out of
+    range — NaN or inf weights, or a spectrum beyond the precision (module docstring, "Range") — gets
+    ``None``: decompose it alone with :func:`compute_esd`, which raises or rescales.
+
+    Parameters
+    ----------
+    stacks : sequence of torch.Tensor, each shape (rf, rows, cols), all the same shape, any float dtype
+        The layers' slices (``LayerPlan.extract``).
+    eig_scale, device, precision
+        As :func:`compute_esd`.
+
+    Returns
+    -------
+    list of ESD or None
+        In the order of ``stacks``.
+
+    Raises
+    ------
+    ValueError
+        The stacks differ in shape, unknown precision, or CUDA requested but absent.
+    """
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
+    if dtype is None:
+        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
+    stacks = [s.unsqueeze(0) if s.dim() == 2 else s for s in stacks]
+    if not stacks:
+        return []
+    if any(s.shape != stacks[0].shape for s in stacks):
+        raise ValueError("batched eigenvalues need layers of one shape")
+    dev = resolve_device(device)
+    B, (rf, rows, cols) = len(stacks), stacks[0].shape
+    N, M = max(rows, cols), min(rows, cols)
+    S = _converted(stacks[0], dev, dtype, out_shape=(B, rf, rows, cols))
+    for i, st in enumerate(stacks):
+        S[i].copy_(st)
+    S = S.reshape(B * rf, rows, cols)
+    G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+    del S
+    top = torch.diagonal(G, dim1=-2, dim2=-1).reshape(B, -1).amax(dim=1).tolist()  # NaN when any is
+    ok = [not _out_of_range(t, M, dtype) for t in top]
+    out: list[ESD | None] = [None] * B
+    if any(ok):
+        keep = torch.tensor(ok, device=dev).repeat_interleave(rf)
+        ev = torch.linalg.eigvalsh(G[keep] if not all(ok) else G).clamp_min_(0.0).reshape(-1, rf, M)
+        del G
+        eps = torch.finfo(dtype).eps
+        for i, e in zip((i for i, good in enumerate(ok) if good), ev):
+            out[i] = _pooled(e, (e > e[:, -1:] * (N * eps)).sum(dim=1), N, eig_scale, "gram", dev, precision, 0)
+    return out
 
 
 def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
@@ -281,8 +392,8 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     same-shape layers (q/k/v/o, the MLP projections, experts) into one (B, M, M) call amortises it.
     On CUDA, each matrix is copied from pinned host memory on a side stream while the previous one's
     Gram product runs on the compute stream (copy/compute overlap); on CPU the same code runs without
-    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` still decomposes one
-    layer at a time (its streaming keeps memory at two tensors).
+    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` batches small
+    same-shape layers with :func:`compute_esds` (without the streams).
 
     Parameters
     ----------

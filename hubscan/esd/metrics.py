@@ -188,7 +188,7 @@ def _logsumexp(x: np.ndarray) -> float:
     at_top = x == top
     m = float(np.count_nonzero(at_top))
     s = float(np.sum(np.exp(np.where(at_top, -np.inf, x) - top)))
-    return math.log1p(s / m if s else s) + math.log(m) + float(top)
+    return float(np.log1p(s / m if s else s) + np.log(m) + top)
 
 
 @register_metric("stable_rank", "float64", "norm / lambda_max", summary=True, correlate=True,

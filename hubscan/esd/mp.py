@@ -16,6 +16,14 @@ scikit-learn kernel density replaced by the same estimator written in numpy:
    margin). ``mp_softrank`` = λ+/λ'_max (Martin & Mahoney JMLR 2021 §4).
 
 ``lambda_plus`` and ``lambda_minus`` are reported in the units of the input eigenvalues.
+
+Cost: WW evaluates the residual on all ~1000 KDE points for each of the ~195 grid values of σ and each
+Nelder–Mead step. Here the penalised σ cost nothing, and a σ's residual reads only the KDE points
+inside its bulk (λ−, λ+) — the rest add Σ ky² from prefix sums — so the search costs the bulk's
+points per σ, not the grid's; the Nelder–Mead steps run on slices, without batching. The same start
+point and the same comparisons: σ equal bit for bit to the full evaluation on all-MiniLM-L6-v2's 39
+matrices and 60 random ones (the residuals differ only in the order of summation), 65 → 37 ms of CPU
+per MiniLM (one thread).
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def _ks_exact(x: np.ndarray, alphas: np.ndarray, cand: np.ndarray) -> np.ndarray
 def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """A lower bound of every D_i: the same maximum over at most 129 points of each tail.
 
-    The grid has min(128, max(16, n/8)) steps (fewer points for small spectra, where the bound
+    The grid has min(128, max(16, n/16)) steps (fewer points for small spectra, where the bound
     costs as much as the exact search); the power is evaluated as exp((1−α)(ln x_j − ln x_i)), which
     differs from the exact path's (x_j/x_i)^(1−α) by rounding: at most |1−α|·eps·(|ln x_j| + |ln x_i| + 1)
     plus a few eps (both powers are ≤ 1). The bound is lowered by that margin (times 4) plus 1e-12, so
@@ -156,7 +156,7 @@ def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.n
     pruned every candidate).
     """
     N = len(x)
-    grid = int(min(_GRID, max(16, N // 8)))
+    grid = int(min(_GRID, max(16, N // 16)))
     i = np.arange(N - 1)
     n = (N - i).astype(np.float64)
     t = np.arange(grid + 1) / grid
