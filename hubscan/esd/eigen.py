@@ -118,26 +118,32 @@ def release_scratch() -> None:
     _scratch.buf = None
 
 
-def _converted(S: torch.Tensor, device: torch.device, dtype: torch.dtype, out_shape=None) -> torch.Tensor:
-    """``S`` in ``dtype`` on ``device``, written into this thread's scratch buffer: valid until the next call.
-
-    As ``S.to(device, dtype)`` (the same values and, for a contiguous S or a slice, the same contiguous
-    layout); a transposed view keeps ``.to``'s strides, so the Gram product sums in the same order.
-    ``out_shape``: the shape of a larger buffer to return instead (filled by the caller).
-    """
-    if out_shape is None and S.dtype == dtype and S.device == device:
-        return S
-    if out_shape is None and S.dim() == 2 and not S.is_contiguous() and S.t().is_contiguous():
-        return S.to(device=device, dtype=dtype)
-    shape = tuple(out_shape or S.shape)
+def _buffer(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A view of this thread's scratch buffer with ``shape``: valid until the next call."""
     n = math.prod(shape)
     buf = _scratch.buf
     if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
         buf = _scratch.buf = None  # the old one freed first
         buf = _scratch.buf = torch.empty(n, dtype=dtype, device=device)
-    out = buf[:n].view(shape)
-    if out_shape is None:
-        out.copy_(S)
+    return buf[:n].view(shape)
+
+
+def _converted(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``S.to(device, dtype)`` written into the scratch buffer (valid until the next call): the same values
+    and, for a contiguous S or a slice, the same contiguous layout; a transposed view gets ``.to``'s own
+    result (its strides), so every Gram product sums in the same order as with ``.to``."""
+    if S.dtype == dtype and S.device == device:
+        return S
+    if S.dim() == 2 and not S.is_contiguous() and S.t().is_contiguous():
+        return S.to(device=device, dtype=dtype)
+    return _buffer(tuple(S.shape), device, dtype).copy_(S)
+
+
+def _stacked(stacks: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.stack(stacks)`` in ``dtype`` on ``device``, in the scratch buffer (valid until the next call)."""
+    out = _buffer((len(stacks), *stacks[0].shape), device, dtype)
+    for i, st in enumerate(stacks):
+        out[i].copy_(st)
     return out
 
 
@@ -336,10 +342,7 @@ def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *, devi
     dev = resolve_device(device)
     B, (rf, rows, cols) = len(stacks), stacks[0].shape
     N, M = max(rows, cols), min(rows, cols)
-    S = _converted(stacks[0], dev, dtype, out_shape=(B, rf, rows, cols))
-    for i, st in enumerate(stacks):
-        S[i].copy_(st)
-    S = S.reshape(B * rf, rows, cols)
+    S = _stacked(stacks, dev, dtype).reshape(B * rf, rows, cols)
     G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
     del S
     top = torch.diagonal(G, dim1=-2, dim2=-1).reshape(B, -1).amax(dim=1).tolist()  # NaN when any is
