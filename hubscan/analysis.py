@@ -263,6 +263,16 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             return fut
         return pool.submit(entry.load)
 
+    def once(fut):
+        """The tensor a future reads, read on first use (never for an entry whose plans are all skipped)."""
+        held: list = []
+
+        def get():
+            if not held:
+                held.append(fut.result())
+            return held[0]
+        return get
+
     def analyzed(layer_id, entry, plan, tensor, esd=None, shared=0.0):
         """(row, evals) of one plan; ``tensor()`` reads the tensor, ``esd`` is its batched ESD if any."""
         row = _base_row(layer_id, entry, plan, device)
@@ -320,17 +330,10 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                 for (layer_id, entry, plans), fut, esd in zip(group, futs, esds):
                     yield analyzed(layer_id, entry, plans[0], fut.result, esd, shared)
                 continue
-            (layer_id, entry, plans), fut = group[0], futs[0]
-            held: list = []
-
-            def tensor():
-                if not held:
-                    held.append(fut.result())
-                return held[0]
-
+            (layer_id, entry, plans), tensor = group[0], once(futs[0])
             for plan in plans:
                 yield analyzed(layer_id, entry, plan, tensor)
-            del held, fut, futs
+            del tensor, futs
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -382,8 +385,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
             caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable" + (
                 f", not in the model's means (< {options.min_evals})" if n_fit < options.min_evals else "")
     if esd.scale_exp:
-        caution = "; ".join(c for c in (f"X = WᵀW beyond {esd.precision}: decomposed as W·2^{-esd.scale_exp} (eigenvalues "
-                                        f"beyond {esd.precision} reported as inf or 0, their log10 exact)", caution) if c)
+        scaled = (f"X = WᵀW beyond {esd.precision}: decomposed as W·2^{-esd.scale_exp} (eigenvalues beyond "
+                  f"{esd.precision} reported as inf or 0, their log10 exact)")
+        caution = "; ".join(c for c in (scaled, caution) if c)
     if caution:
         row.reason = "; ".join(r for r in (row.reason, caution) if r)
         log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
@@ -574,15 +578,17 @@ class ModelAnalysis:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
         summary = summarize(rows, min_fit_evals=self.options.min_evals)
         left_out = [r for r in rows if excluded(r)]
-        failed = [(r["name"] + (f":{r['part']}" if r.get("part") else ""), r["reason"])
-                  for r in rows if r.get("status") == "failed"]
-        parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3]) + (" …" if len(lost) > 3 else "")
-                 for lost, what in ((failed, "layer(s) failed"), (missing, "tensor(s) missing"),
-                                    (unread, "tensor(s) in a layout hubscan does not read")) if lost]
+        failed = [(r.key, r.reason) for r in rows if r.status == "failed"]
+        unchanged = sum(r.reason == UNCHANGED for r in rows)
+        parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
+                 + (" …" if len(lost) > 3 else "") for lost, what in ((failed, "layer(s) failed"),
+                                                                     (missing, "tensor(s) missing"),
+                                                                     (unread, "tensor(s) in a layout hubscan does not read"))
+                 if lost]
         if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
             status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
-        elif summary["num_success"] == 0 and not failed and any(r.get("reason") == UNCHANGED for r in rows):
-            status, reason = "skipped", f"no tensor differs from the base: {sum(r.get('reason') == UNCHANGED for r in rows)} {UNCHANGED}"
+        elif summary["num_success"] == 0 and not failed and unchanged:  # a delta of a copy of its base
+            status, reason = "skipped", f"no tensor differs from the base: {unchanged} {UNCHANGED}"
         elif summary["num_success"] == 0:
             status, reason = "failed", " | ".join(["no layer could be analyzed"] + parts)
         elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread

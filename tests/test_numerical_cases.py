@@ -68,7 +68,8 @@ def test_non_finite_weights_fail_the_row_and_make_the_model_incomplete(case):
     assert bad["status"] == "failed" and bad["reason"] == "non-finite values (NaN or inf) in the weights"
     assert not np.isfinite(_W(case, NONFINITE[case])).all()
     assert res.summary["status"] == "incomplete" and res.summary["num_failed"] == 1
-    assert res.summary["reason"] == f"1 layer(s) failed: {NONFINITE[case]} (non-finite values (NaN or inf) in the weights)"
+    assert res.summary["reason"] == (f"1 layer(s) failed: {NONFINITE[case]} "
+                                     "(non-finite values (NaN or inf) in the weights)")
     _good_only(res, rows)
 
 

@@ -304,8 +304,8 @@ BATCH_MAX_ELEMS = 8 * 1024 * 1024
 BATCH_MAX_LAYER_ELEMS = 1024 * 1024
 
 
-def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
-                 precision: str = "float64") -> list[ESD | None]:
+def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
+                 device: str | torch.device | None = "cpu", precision: str = "float64") -> list[ESD | None]:
     """The ESDs of several same-shape layers (experts, heads, a model's repeated blocks) in one batched Gram
     product and one batched ``torch.linalg.eigvalsh`` call (method ``gram``), on CPU as on CUDA.
 

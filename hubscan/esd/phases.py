@@ -99,7 +99,7 @@ def element_tail_index(W, fraction: float = HILL_FRACTION) -> float:
         x = x.reshape(-1)[::step]
     a = np.abs(x, order="C").reshape(-1)
     n = int(np.count_nonzero(a))
-    k = int(math.ceil(fraction * n))
+    k = math.ceil(fraction * n)
     if n < 2 or k < 2:
         return math.nan
     cand = a
