@@ -98,7 +98,7 @@ def element_tail_index(W, fraction: float = HILL_FRACTION) -> float:
     if step > 1:
         x = x.reshape(-1)[::step]
     a = np.abs(x, order="C").reshape(-1)
-    n = int(np.count_nonzero(a))
+    n = len(a) - int(np.count_nonzero(a == 0))  # (faster than counting nonzero floats)
     k = math.ceil(fraction * n)
     if n < 2 or k < 2:
         return math.nan
