@@ -177,7 +177,10 @@ def _one_line(exc: BaseException) -> str:
 def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),
                     shapes: dict | None = None, prefetch: bool = True,
                     unread: list | None = None, kinds: dict | None = None) -> Iterator[tuple[dict, np.ndarray | None]]:
-    """Analyze tensors one at a time.
+    """Analyze tensors one at a time — or, for runs of consecutive small layers of one shape (q/k/v/o, the
+    blocks of a model, experts stored apart), a few at a time: their eigenvalues in one batched call
+    (:func:`hubscan.esd.eigen.compute_esds`, equal to the one-at-a-time path to rounding), their fits one
+    by one.
 
     Parameters
     ----------
@@ -187,8 +190,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     shapes : dict of str to shape, optional
         Every tensor's shape, for RNN gate detection when ``split_fused``.
     prefetch : bool
-        Read the next analyzable tensor in a background thread while the current one is
-        decomposed (overlaps network / disk reads with compute; at most two tensors are held).
+        Read the next analyzable tensor (or batch) in a background thread while the current one is
+        decomposed (overlaps network / disk reads with compute; at most two tensors, or two batches of
+        at most :data:`hubscan.esd.eigen.BATCH_MAX_ELEMS` elements, are held).
     unread : list, optional
         Receives (name, reason) of each tensor skipped because its layout is not one hubscan recognises
         (a plan with ``understood=False``): the caller marks the model ``incomplete``.
@@ -203,6 +207,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         (float64, ascending) or None when skipped / failed.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    from hubscan.esd import eigen
 
     device = resolve_device(options.device)
     selected = LayerFilter.parse(options.layers)
@@ -227,6 +233,31 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                          for p in plans]
             yield layer_id, entry, plans, kind.module if kind else None
 
+    def batch_key(item):
+        """Items with one key are decomposed together: one small plan each, same shapes, the gram method."""
+        _, entry, plans, _ = item
+        if (len(plans) != 1 or plans[0].skip_reason is not None or options.method != "gram"
+                or getattr(entry, "rank", 0) or math.prod(entry.shape) > eigen.BATCH_MAX_LAYER_ELEMS):
+            return None
+        p = plans[0]
+        return tuple(entry.shape), p.rf, p.N, p.M, p.eig_scale
+
+    def grouped(items):
+        """Consecutive items of one batch key (up to BATCH_MAX_LAYERS / BATCH_MAX_ELEMS), others alone."""
+        group, key, size = [], None, 0
+        for item in items:
+            k, n = batch_key(item), math.prod(item[1].shape)
+            if group and (k is None or k != key or len(group) >= eigen.BATCH_MAX_LAYERS
+                          or size + n > eigen.BATCH_MAX_ELEMS):
+                yield group
+                group, size = [], 0
+            if k is None:
+                yield [item]
+                continue
+            group, key, size = group + [item], k, size + n
+        if group:
+            yield group
+
     def loader(pool, entry, plans) -> Future | None:
         if not any(p.skip_reason is None for p in plans):
             return None
@@ -239,46 +270,81 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             return fut
         return pool.submit(entry.load)
 
+    def once(fut):
+        """The tensor a future reads, read on first use (never for an entry whose plans are all skipped)."""
+        held: list = []
+
+        def get():
+            if not held:
+                held.append(fut.result())
+            return held[0]
+        return get
+
+    def analyzed(layer_id, entry, plan, module_type, tensor, esd=None, shared=0.0):
+        """(row, evals) of one plan; ``tensor()`` reads the tensor, ``esd`` is its batched ESD if any."""
+        row = _base_row(layer_id, entry, plan, device, module_type)
+        if plan.skip_reason is not None:
+            if not plan.understood and unread is not None:
+                unread.append((entry.name, plan.skip_reason))
+            return row, None
+        t0 = time.perf_counter()
+        try:
+            evals = _analyze_plan(plan, tensor(), options, device, row, rank=getattr(entry, "rank", 0), esd=esd)
+            row.update(getattr(entry, "extras", {}))  # base-model distances
+        except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
+            row.update(status="skipped", reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
+                       rf=None, device=None, seconds=time.perf_counter() - t0)
+            return row, None
+        except Exception as exc:  # one bad layer never stops the others
+            log.warning("%s: %s", entry.name, _one_line(exc))
+            row.status, row.reason, row.seconds = "failed", _one_line(exc), time.perf_counter() - t0 + shared
+            return row, None
+        row.seconds = time.perf_counter() - t0 + shared
+        return row, evals
+
+    def batched_esds(group, futs):
+        """The group's ESDs in one call (None where a layer is decomposed alone: unreadable, out of range)."""
+        t0 = time.perf_counter()
+        stacks = []
+        for (_, _, plans, _), fut in zip(group, futs):
+            try:
+                stacks.append(plans[0].extract(fut.result()))
+            except Exception:  # noqa: BLE001 - raised again, on the layer's own row
+                stacks.append(None)
+        esds = [None] * len(group)
+        good = [i for i, st in enumerate(stacks) if st is not None]
+        if len(good) > 1:
+            try:
+                for i, esd in zip(good, eigen.compute_esds([stacks[i] for i in good], group[0][2][0].eig_scale,
+                                                            device=device, precision=options.precision)):
+                    esds[i] = esd
+            except Exception as exc:  # noqa: BLE001 - e.g. memory: each layer alone instead
+                log.warning("batched eigenvalues failed (%s): one layer at a time", _one_line(exc))
+        return esds, (time.perf_counter() - t0) / len(group)
+
     pool = ThreadPoolExecutor(1, thread_name_prefix="hubscan-prefetch") if prefetch else None
     try:
-        items = planned()
-        nxt = next(items, None)
-        pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
+        groups = grouped(planned())
+        nxt = next(groups, None)
+        pending = [loader(pool, e, p) for _, e, p, _ in nxt] if nxt and pool else None
         while nxt is not None:
-            layer_id, entry, plans, module_type = nxt
-            fut = pending if pool else loader(None, entry, plans)
-            nxt = next(items, None)
-            pending = loader(pool, nxt[1], nxt[2]) if nxt and pool else None
-            tensor = None
+            group = nxt
+            futs = pending if pool else [loader(None, e, p) for _, e, p, _ in group]
+            nxt = next(groups, None)
+            pending = [loader(pool, e, p) for _, e, p, _ in nxt] if nxt and pool else None
+            if len(group) > 1:
+                esds, shared = batched_esds(group, futs)
+                for (layer_id, entry, plans, module_type), fut, esd in zip(group, futs, esds):
+                    yield analyzed(layer_id, entry, plans[0], module_type, fut.result, esd, shared)
+                continue
+            (layer_id, entry, plans, module_type), tensor = group[0], once(futs[0])
             for plan in plans:
-                row = _base_row(layer_id, entry, plan, device, module_type)
-                if plan.skip_reason is not None:
-                    if not plan.understood and unread is not None:
-                        unread.append((entry.name, plan.skip_reason))
-                    yield row, None
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    if tensor is None:
-                        tensor = fut.result()
-                    evals = _analyze_plan(plan, tensor, options, device, row, rank=getattr(entry, "rank", 0))
-                    row.update(getattr(entry, "extras", {}))  # base-model distances
-                except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
-                    row.update(status="skipped", reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
-                               rf=None, device=None, seconds=time.perf_counter() - t0)
-                    yield row, None
-                    continue
-                except Exception as exc:  # one bad layer never stops the others
-                    log.warning("%s: %s", entry.name, _one_line(exc))
-                    row.status, row.reason, row.seconds = "failed", _one_line(exc), time.perf_counter() - t0
-                    yield row, None
-                    continue
-                row.seconds = time.perf_counter() - t0
-                yield row, evals
-            del tensor, fut
+                yield analyzed(layer_id, entry, plan, module_type, tensor)
+            del tensor, futs
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        eigen.release_scratch()
 
 
 def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module_type: str | None = None
@@ -295,11 +361,16 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module
 
 
 def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device,
-                  row: LayerRecord, rank: int = 0) -> np.ndarray:
+                  row: LayerRecord, rank: int = 0, esd=None) -> np.ndarray:
     slices = plan.extract(tensor)
-    esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
+    if esd is None:  # else decomposed in a batch (analyze_entries)
+        esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
     if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
         esd = top_eigenvalues(esd, rank, plan.N)
+    if esd.scale_exp:  # eigenvalues in units of 4^k (hubscan.esd.eigen, "Range"): the absolute threshold too
+        with np.errstate(over="ignore", under="ignore"):
+            options = dataclasses.replace(options, evals_thresh=float(np.ldexp(options.evals_thresh,
+                                                                               -2 * esd.scale_exp)))
     fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
                        tpl=options.tpl)
     mp = None
@@ -314,15 +385,22 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
                                  precision=options.precision).evals
     row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
     row.eig_method = esd.method
-    if fit.status != "success":
-        row.status, row.reason = "failed", fit.reason
-    else:
+    # the spectrum is measured (norms, rank, lambda_max): the row succeeds; without a fit its alpha is null
+    # with the reason (rank collapse, all eigenvalues equal …), and it enters no mean (metrics.summarize)
+    caution = fit.reason
+    if fit.status == "success":
         _add_uncertainty(esd.evals, fit, options, row)
         n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
         if n_fit < FEW_EVALS:
-            caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable"
-            row.reason = "; ".join(r for r in (row.reason, caution) if r)
-            log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
+            caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable" + (
+                f", not in the model's means (< {options.min_evals})" if n_fit < options.min_evals else "")
+    if esd.scale_exp:
+        scaled = (f"X = WᵀW beyond {esd.precision}: decomposed as W·2^{-esd.scale_exp} (eigenvalues beyond "
+                  f"{esd.precision} reported as inf or 0, their log10 exact)")
+        caution = "; ".join(c for c in (scaled, caution) if c)
+    if caution:
+        row.reason = "; ".join(r for r in (row.reason, caution) if r)
+        log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
     if options.vectors and fit.status == "success":
         from hubscan.esd.vectors import vector_metrics
         row.update(vector_metrics(slices, fit.num_pl_spikes))
@@ -332,6 +410,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         fev, windows = farms_esd(W)
         ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
         row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
+    if esd.scale_exp:  # the eigenvalues in the units of W (±inf / 0 beyond float64)
+        with np.errstate(over="ignore", under="ignore"):
+            return np.ldexp(esd.evals, 2 * esd.scale_exp)
     return esd.evals
 
 
@@ -501,20 +582,27 @@ class ModelAnalysis:
         hubscan.errors.NoWeightsError
             The model holds no tensor with 2 or more dimensions.
         """
+        from hubscan.weights.delta import UNCHANGED
+
         rows, missing, unread = self._rows, self._missing, self._unread
         if not rows and not missing:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
-        summary = summarize(rows)
+        summary = summarize(rows, min_fit_evals=self.options.min_evals)
         left_out = [r for r in rows if excluded(r)]
+        failed = [(r.key, r.reason) for r in rows if r.status == "failed"]
+        unchanged = sum(r.reason == UNCHANGED for r in rows)
+        parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
+                 + (" …" if len(lost) > 3 else "") for lost, what in ((failed, "layer(s) failed"),
+                                                                     (missing, "tensor(s) missing"),
+                                                                     (unread, "tensor(s) in a layout hubscan does not read"))
+                 if lost]
         if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
             status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
+        elif summary["num_success"] == 0 and not failed and unchanged:  # a delta of a copy of its base
+            status, reason = "skipped", f"no tensor differs from the base: {unchanged} {UNCHANGED}"
         elif summary["num_success"] == 0:
-            status, reason = "failed", "no layer could be analyzed"
-        elif missing or unread:
-            parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
-                     + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
-                                                                         (unread, "in a layout hubscan does not read"))
-                     if lost]
+            status, reason = "failed", " | ".join(["no layer could be analyzed"] + parts)
+        elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread
             status, reason = "incomplete", " | ".join(parts)
         else:
             status, reason = "success", ""

@@ -107,19 +107,23 @@ def test_ok_small(cases_dir, capsys):
 
 
 def test_nonfinite_and_good(cases_dir):
-    rows = rows_by_name(hubscan.analyze(cases_dir / "nonfinite_and_good.safetensors"))
+    res = hubscan.analyze(cases_dir / "nonfinite_and_good.safetensors")
+    rows = rows_by_name(res)
     assert rows["a.nan.weight"]["status"] == "failed"
     assert "non-finite" in rows["a.nan.weight"]["reason"]
     assert rows["b.good.weight"]["status"] == "success"
+    # a layer hubscan could not measure: the model is incomplete, never a quiet success
+    assert res.summary["status"] == "incomplete" and "a.nan.weight (non-finite" in res.summary["reason"]
 
 
 def test_degenerate_and_good(cases_dir):
     res = hubscan.analyze(cases_dir / "degenerate_and_good.safetensors")
     rows = rows_by_name(res)
-    for name in ("a.zero.weight", "b.rank1.weight"):
-        assert rows[name]["status"] == "failed"
-        assert "too few nonzero eigenvalues" in rows[name]["reason"]
+    for name, k in (("a.zero.weight", "0 nonzero eigenvalues"), ("b.rank1.weight", "1 nonzero eigenvalue ")):
+        assert rows[name]["status"] == "success"  # measured: a degenerate spectrum, not a failure
+        assert f"rank collapse: {k}" in rows[name]["reason"]
         assert rows[name]["alpha"] is None or math.isnan(rows[name]["alpha"])
+    assert res.summary["status"] == "success"
     good = rows["c.good.weight"]
     assert good["status"] == "success"
     # the summary averages the successful fit only: never a NaN or a -1 counted in

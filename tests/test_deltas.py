@@ -298,3 +298,44 @@ def test_base_deltas_through_the_hub(trained, tmp_path):
             for name, r in got.items():
                 for col in ("alpha", "lambda_max", "delta_W", "delta_W_rel", "delta_spectral_rel"):
                     assert r[col] == pytest.approx(local[name][col], rel=1e-12, nan_ok=True), (model, base, name, col)
+
+
+def test_low_rank_and_unchanged_deltas(tmp_path):
+    """Issue 21: a child whose one layer got a rank-1 update s·u·vᵀ (u, v unit) and whose other layer is
+    unchanged. ΔW = s·u·vᵀ is measured — lambda_max = norm = s², rank 1, alpha null ("rank collapse") —
+    and the unchanged layer is skipped "unchanged from base"; nothing failed, the command exits 0. A merged
+    LoRA of rank 4 (≪ M = 64) gives numpy's eigenvalues of ΔW. A child equal to its base is skipped."""
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(128, 64, generator=g, dtype=torch.float64) for _ in range(3))
+    u, v = torch.randn(128, generator=g, dtype=torch.float64), torch.randn(64, generator=g, dtype=torch.float64)
+    u, v, s = u / u.norm(), v / v.norm(), 3.0
+    B, A = torch.randn(128, 4, generator=g, dtype=torch.float64), torch.randn(4, 64, generator=g, dtype=torch.float64)
+    save_file({"a.weight": a, "b.weight": b, "c.weight": c}, str(tmp_path / "base.safetensors"))
+    save_file({"a.weight": a + s * torch.outer(u, v), "b.weight": b.clone(), "c.weight": c + B @ A},
+              str(tmp_path / "child.safetensors"))
+    res = hubscan.analyze(tmp_path / "child.safetensors", base=tmp_path / "base.safetensors")
+    rows = {r["name"]: r for r in res.rows}
+    ra = rows["a.weight"]
+    assert ra["status"] == "success" and "rank collapse: 1 nonzero eigenvalue" in ra["reason"]
+    assert ra["alpha"] is None or math.isnan(ra["alpha"])
+    assert ra["lambda_max"] == pytest.approx(s * s, rel=1e-12) and ra["norm"] == pytest.approx(s * s, rel=1e-12)
+    assert ra["matrix_rank"] == 1 and ra["phase"] == "rank-collapse"
+    assert (rows["b.weight"]["status"], rows["b.weight"]["reason"]) == ("skipped", "unchanged from base")
+    rc_ = rows["c.weight"]
+    dW = ((c + B @ A) - c).numpy()  # ΔW as stored and subtracted (B·A up to the rounding of c + B·A)
+    ref = np.sort(np.linalg.svd(dW, compute_uv=False) ** 2)
+    assert rc_["status"] == "success" and rc_["matrix_rank"] == np.linalg.matrix_rank(dW) == 4
+    assert rc_["lambda_max"] == pytest.approx(ref[-1], rel=1e-12) and rc_["norm"] == pytest.approx(ref.sum(), rel=1e-12)
+    assert "fit on 4 (< 20)" in rc_["reason"] and "not in the model's means" in rc_["reason"]
+    assert res.summary["status"] == "success" and res.summary["num_failed"] == 0
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(tmp_path / "child.safetensors"),
+                           "--base", str(tmp_path / "base.safetensors")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "summary status=success" in proc.stdout and "b.weight: skipped: unchanged from base" in proc.stdout
+    same = hubscan.analyze(tmp_path / "base.safetensors", base=tmp_path / "base.safetensors")
+    assert {r["status"] for r in same.rows} == {"skipped"}
+    assert (same.summary["status"], same.summary["reason"]) == ("skipped", "no tensor differs from the base: 3 "
+                                                                           "unchanged from base")

@@ -256,3 +256,64 @@ def test_rank_deficient(method):
     assert np.all(esd.evals[:130] <= 150 * EPS * esd.evals[-1])
     zero = compute_esd(torch.zeros(30, 10), method=method)
     assert np.all(zero.evals == 0) and zero.matrix_rank == 0 and zero.rank_loss == 10 and zero.sv_max == 0
+
+
+# -- batches of same-shape layers -------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape,rf", [((96, 40), 1), ((40, 96), 1), ((24, 16), 9)])
+def test_batched_equals_one_at_a_time(shape, rf):
+    """``compute_esds``: one batched Gram product and eigvalsh for many layers, each ESD equal to
+    ``compute_esd``'s to 1e-12 (of λmax); a layer with NaN / inf or beyond float64 is left to the
+    one-at-a-time path (None)."""
+    from hubscan.esd.eigen import compute_esds
+
+    g = torch.Generator().manual_seed(rf)
+    stacks = [torch.randn(rf, *shape, generator=g, dtype=torch.float64) * (i + 1) for i in range(6)]
+    stacks[1] = stacks[1].to(torch.bfloat16)  # dtypes may differ: the batch upcasts
+    stacks[2] = torch.distributions.StudentT(2.5).sample((rf, *shape)).double()
+    stacks[3][0, 0, 0] = float("nan")
+    stacks[4] = stacks[4] * 1e160
+    scale = 0.5 if rf > 1 else 1.0
+    got = compute_esds(stacks, scale)
+    assert got[3] is None and got[4] is None
+    for i in (0, 1, 2, 5):
+        one, many = compute_esd(stacks[i], scale), got[i]
+        assert np.abs(many.evals - one.evals).max() <= 1e-12 * one.evals[-1]
+        assert (many.matrix_rank, many.rank_loss, many.scale_exp) == (one.matrix_rank, one.rank_loss, 0)
+        assert many.sv_max == pytest.approx(one.sv_max, rel=1e-12)
+    with pytest.raises(ValueError, match="one shape"):
+        compute_esds([stacks[0], stacks[0][:, :-1]])
+
+
+def test_analyze_batches_same_shape_layers(tmp_path, monkeypatch):
+    """``analyze`` decomposes runs of consecutive small same-shape layers together: every row as one at a
+    time to 1e-12, a NaN layer in a run failed alone."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    t = torch.distributions.StudentT(3.0)
+    sd = {f"blocks.{i}.{p}.weight": t.sample((64, 64) if p != "up" else (128, 64)) for i in range(4)
+          for p in ("q", "k", "v", "up")}
+    sd["blocks.2.k.weight"][3, 3] = float("nan")
+    sd["conv.weight"] = torch.randn(16, 8, 3, 3, generator=g)
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    calls = []
+    real = eigen.compute_esds
+    monkeypatch.setattr(eigen, "compute_esds", lambda stacks, *a, **k: calls.append(len(stacks)) or real(stacks, *a, **k))
+    batched = hubscan.analyze(tmp_path / "m.safetensors")
+    # the file's order (safetensors sorts names): k q | up | v k q | up | v k q (NaN k: decomposed again
+    # alone) | up | v k q | up | v — runs of 64×64 layers, broken by each 128×64 up; a run of one goes alone
+    assert calls == [2, 3, 3, 3]
+    monkeypatch.setattr(eigen, "BATCH_MAX_LAYERS", 1)
+    alone = hubscan.analyze(tmp_path / "m.safetensors")
+    assert [r.key for r in batched.rows] == [r.key for r in alone.rows]
+    for a, b in zip(batched.rows, alone.rows):
+        assert (a.status, a.reason) == (b.status, b.reason), a.key
+        for col, v in b.metrics.items():
+            w = a.metrics[col]
+            if isinstance(v, float) and np.isfinite(v):
+                assert w == pytest.approx(v, rel=1e-12, abs=1e-300), (a.key, col)
+            else:
+                assert w == v or (isinstance(v, float) and np.isnan(w)), (a.key, col)
+    assert {r.name: r.status for r in batched.rows}["blocks.2.k.weight"] == "failed"
+    assert batched.summary["alpha"] == pytest.approx(alone.summary["alpha"], rel=1e-12)

@@ -16,11 +16,22 @@ from forming WᵀW — so eigenvalues below that are noise. Nothing hubscan repo
 is therefore defined per method (below). Eigenvalues are clipped at 0 (eigvalsh may return −1e-17).
 
 No 1/N normalisation (WW's default). Convolution slices are scaled by the plan's ``eig_scale``.
+
+Range: when X = WᵀW would overflow or underflow the working precision — the largest diagonal entry of X
+(the largest column sum of squares, ≤ λ_max ≤ M times it) non-finite, above ``finfo.max/(2M)`` or below
+``finfo.tiny/eps`` (float64: finite weights near 1e160 or 1e-150) — W is multiplied by 2^−k, k the binary
+exponent of max|w|, and decomposed again. A power of two changes no significand, so the scaled spectrum is
+the exact one in units of 4^k (``ESD.scale_exp`` = k); the caller puts the units back
+(:func:`hubscan.esd.metrics.layer_metrics`). Every other matrix is decomposed as it is, bit for bit as
+before: the check reads only the diagonal X already has.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import threading
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,6 +59,10 @@ class ESD:
         Numerical rank of the pooled ESD (number of eigenvalues above the tolerance).
     method, device, precision : str
         How the eigenvalues were computed.
+    scale_exp : int
+        0, or k when W was multiplied by 2^−k because X = WᵀW would overflow or underflow (module
+        docstring): ``evals`` are then in units of 4^k (true eigenvalues = evals·4^k, true singular
+        values = sv·2^k; both may be beyond float64's range).
 
     Numerical rank tolerance: ``svd`` uses WW's / numpy's rule on singular values,
     σ > σ_max·N·eps; ``gram`` uses λ > λ_max·N·eps on the eigenvalues of X = WᵀW — forming X
@@ -64,6 +79,7 @@ class ESD:
     method: str = "gram"
     device: str = "cpu"
     precision: str = "float64"
+    scale_exp: int = 0
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -87,6 +103,50 @@ def _check_finite(t: torch.Tensor) -> None:
         raise NonFiniteError("non-finite values (NaN or inf) in the weights")
 
 
+class _Scratch(threading.local):
+    """One reusable buffer per thread for the float64 copies of W: a fresh allocation per layer costs its
+    page faults (float32 → float64 of a 21845×384 chunk: 34 ms into new memory, 12 ms into reused)."""
+
+    buf: torch.Tensor | None = None
+
+
+_scratch = _Scratch()
+
+
+def release_scratch() -> None:
+    """Free this thread's conversion buffer (:func:`hubscan.analysis.analyze_entries` calls it at the end)."""
+    _scratch.buf = None
+
+
+def _buffer(shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A view of this thread's scratch buffer with ``shape``: valid until the next call."""
+    n = math.prod(shape)
+    buf = _scratch.buf
+    if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+        buf = _scratch.buf = None  # the old one freed first
+        buf = _scratch.buf = torch.empty(n, dtype=dtype, device=device)
+    return buf[:n].view(shape)
+
+
+def _converted(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``S.to(device, dtype)`` written into the scratch buffer (valid until the next call): the same values
+    and, for a contiguous S or a slice, the same contiguous layout; a transposed view gets ``.to``'s own
+    result (its strides), so every Gram product sums in the same order as with ``.to``."""
+    if S.dtype == dtype and S.device == device:
+        return S
+    if S.dim() == 2 and not S.is_contiguous() and S.t().is_contiguous():
+        return S.to(device=device, dtype=dtype)
+    return _buffer(tuple(S.shape), device, dtype).copy_(S)
+
+
+def _stacked(stacks: Sequence[torch.Tensor], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``torch.stack(stacks)`` in ``dtype`` on ``device``, in the scratch buffer (valid until the next call)."""
+    out = _buffer((len(stacks), *stacks[0].shape), device, dtype)
+    for i, st in enumerate(stacks):
+        out[i].copy_(st)
+    return out
+
+
 def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks."""
     rows, cols = S.shape
@@ -94,11 +154,11 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     m, length = (cols, rows) if tall else (rows, cols)
     step = max(1, CHUNK_ELEMS // m)
     if step >= length:  # one chunk
-        C = S.to(device=device, dtype=dtype)
+        C = _converted(S, device, dtype)
         return C.T @ C if tall else C @ C.T
     G = torch.zeros(m, m, dtype=dtype, device=device)
     for start in range(0, length, step):
-        C = (S[start:start + step] if tall else S[:, start:start + step]).to(device=device, dtype=dtype)
+        C = _converted(S[start:start + step] if tall else S[:, start:start + step], device, dtype)
         if tall:
             G.addmm_(C.T, C)
         else:
@@ -111,6 +171,33 @@ def _check_gram_finite(G: torch.Tensor) -> None:
     NaN or inf as soon as one of its elements is (or when a square overflows float64). O(M), not O(N·M)."""
     if not bool(torch.isfinite(torch.diagonal(G, dim1=-2, dim2=-1)).all()):
         raise NonFiniteError("non-finite values (NaN or inf) in the weights")
+
+
+def _out_of_range(top: float, M: int, dtype: torch.dtype) -> bool:
+    """Whether a spectrum whose largest column sum of squares (or λ_max) is ``top`` leaves the range of
+    ``dtype``: non-finite, above finfo.max/(2M) (λ_max ≤ M·top would overflow) or below finfo.tiny/eps
+    (the eigenvalues that count, ≥ λ_max·eps, would be subnormal; 0 also for a zero matrix, whose max|w|
+    then says so)."""
+    fi = torch.finfo(dtype)
+    return not (fi.tiny / fi.eps <= top <= fi.max / (2 * M))
+
+
+def _range_exponent(S: torch.Tensor) -> int:
+    """k with max|w| = m·2^k, m ∈ [0.5, 1) (0 for a zero matrix), after checking that S is finite.
+
+    Raises
+    ------
+    NonFiniteError
+        S holds NaN or inf.
+    """
+    _check_finite(S)
+    amax = float(S.abs().max()) if S.numel() else 0.0
+    return math.frexp(amax)[1] if amax > 0 else 0
+
+
+def _scaled(S: torch.Tensor, k: int) -> torch.Tensor:
+    """S·2^−k in float64 (exact: a power of two changes no significand)."""
+    return torch.ldexp(S.to(torch.float64), torch.tensor(-float(k), dtype=torch.float64))
 
 
 def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | torch.device | None = "cpu",
@@ -154,37 +241,121 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
     N, M = max(rows, cols), min(rows, cols)
     eps = torch.finfo(dtype).eps
 
+    k = 0
     if method == "gram":
-        if rf == 1:
-            G = _gram(slices[0], dev, dtype).unsqueeze(0)
-        else:
-            S = slices.to(device=dev, dtype=dtype)
-            G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
-            del S
-        _check_gram_finite(G)
+        def gram(src):
+            if rf == 1:
+                return _gram(src[0], dev, dtype).unsqueeze(0)
+            S = src.to(device=dev, dtype=dtype)
+            return S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+
+        G = gram(slices)
+        if _out_of_range(float(torch.diagonal(G, dim1=-2, dim2=-1).max()), M, dtype):  # NaN too
+            k = _range_exponent(slices)
+            if k:
+                del G
+                G = gram(_scaled(slices, k))
         ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
-        top = ev[:, -1:]
-        rank_per_slice = (ev > top * (N * eps)).sum(dim=1)
+        rank_per_slice = (ev > ev[:, -1:] * (N * eps)).sum(dim=1)
     else:
         S = slices.to(device=dev, dtype=dtype)
-        _check_finite(S)
+        if not bool(torch.isfinite(S).all()):  # NaN / inf, or float64 weights beyond a float32 precision
+            k = _range_exponent(slices)
+            S = _scaled(slices, k).to(device=dev, dtype=dtype)
         sv = torch.linalg.svdvals(S)  # (rf, M), descending
+        top = float(sv[:, 0].max())
+        if not k and _out_of_range(top * top, M, dtype):
+            k = _range_exponent(slices)
+            if k:
+                sv = torch.linalg.svdvals(_scaled(slices, k).to(device=dev, dtype=dtype))
         del S
         rank_per_slice = (sv > sv[:, :1] * (N * eps)).sum(dim=1)
         ev = sv * sv
-    ev = ev * eig_scale
-    evals = np.sort(ev.reshape(-1).to("cpu", torch.float64).numpy())
+    return _pooled(ev, rank_per_slice, N, eig_scale, method, dev, precision, k)
+
+
+def _pooled(ev: torch.Tensor, rank_per_slice: torch.Tensor, N: int, eig_scale: float, method: str,
+            dev: torch.device, precision: str, k: int) -> ESD:
+    """The ESD of one layer from its slices' eigenvalues ``ev`` (rf, M) (ascending for ``gram``)."""
+    rf, M = ev.shape
+    eps = float(torch.finfo(ev.dtype).eps)
+    if eig_scale != 1.0:
+        ev = ev * eig_scale
+    evals = ev.reshape(-1).to("cpu", torch.float64).numpy()
+    if rf > 1 or method != "gram":  # eigvalsh's are ascending already
+        evals = np.sort(evals)
     rank_loss = int(M * rf - int(rank_per_slice.sum()))
     lam_max = float(evals[-1])
     if method == "gram":
-        matrix_rank = int(np.count_nonzero(evals > lam_max * N * float(eps)))
+        matrix_rank = int(np.count_nonzero(evals > lam_max * N * eps))
     else:
         sv_all = np.sqrt(evals)
-        matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * float(eps)))
+        matrix_rank = int(np.count_nonzero(sv_all > sv_all[-1] * N * eps))
     return ESD(evals=evals, sv_max=float(np.sqrt(lam_max)), sv_min=float(np.sqrt(evals[0])),
                rank_loss=rank_loss, matrix_rank=matrix_rank, method=method, device=str(dev),
-               precision=precision)
+               precision=precision, scale_exp=k)
+
+
+#: Layers decomposed together by :func:`compute_esds` at most, and the elements of their weights at most
+#: (the batch's float64 copy: 64 MB); a layer larger than :data:`BATCH_MAX_LAYER_ELEMS` goes alone.
+BATCH_MAX_LAYERS = 32
+BATCH_MAX_ELEMS = 8 * 1024 * 1024
+BATCH_MAX_LAYER_ELEMS = 1024 * 1024
+
+
+def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
+                 device: str | torch.device | None = "cpu", precision: str = "float64") -> list[ESD | None]:
+    """The ESDs of several same-shape layers (experts, heads, a model's repeated blocks) in one batched Gram
+    product and one batched ``torch.linalg.eigvalsh`` call (method ``gram``), on CPU as on CUDA.
+
+    Each layer's ESD equals :func:`compute_esd`'s up to the summation order of the batched product
+    (``tests/test_eigen.py``: 1e-12 relative; measured ≤ 1e-15). A layer whose Gram matrix is out of
+    range — NaN or inf weights, or a spectrum beyond the precision (module docstring, "Range") — gets
+    ``None``: decompose it alone with :func:`compute_esd`, which raises or rescales.
+
+    Parameters
+    ----------
+    stacks : sequence of torch.Tensor, each shape (rf, rows, cols), all the same shape, any float dtype
+        The layers' slices (``LayerPlan.extract``).
+    eig_scale, device, precision
+        As :func:`compute_esd`.
+
+    Returns
+    -------
+    list of ESD or None
+        In the order of ``stacks``.
+
+    Raises
+    ------
+    ValueError
+        The stacks differ in shape, unknown precision, or CUDA requested but absent.
+    """
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
+    if dtype is None:
+        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
+    stacks = [s.unsqueeze(0) if s.dim() == 2 else s for s in stacks]
+    if not stacks:
+        return []
+    if any(s.shape != stacks[0].shape for s in stacks):
+        raise ValueError("batched eigenvalues need layers of one shape")
+    dev = resolve_device(device)
+    B, (rf, rows, cols) = len(stacks), stacks[0].shape
+    N, M = max(rows, cols), min(rows, cols)
+    S = _stacked(stacks, dev, dtype).reshape(B * rf, rows, cols)
+    G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+    del S
+    top = torch.diagonal(G, dim1=-2, dim2=-1).reshape(B, -1).amax(dim=1).tolist()  # NaN when any is
+    ok = [not _out_of_range(t, M, dtype) for t in top]
+    out: list[ESD | None] = [None] * B
+    if any(ok):
+        keep = torch.tensor(ok, device=dev).repeat_interleave(rf)
+        ev = torch.linalg.eigvalsh(G[keep] if not all(ok) else G).clamp_min_(0.0).reshape(-1, rf, M)
+        del G
+        eps = torch.finfo(dtype).eps
+        for i, e in zip((i for i, good in enumerate(ok) if good), ev):
+            out[i] = _pooled(e, (e > e[:, -1:] * (N * eps)).sum(dim=1), N, eig_scale, "gram", dev, precision, 0)
+    return out
 
 
 def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
@@ -224,8 +395,8 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     same-shape layers (q/k/v/o, the MLP projections, experts) into one (B, M, M) call amortises it.
     On CUDA, each matrix is copied from pinned host memory on a side stream while the previous one's
     Gram product runs on the compute stream (copy/compute overlap); on CPU the same code runs without
-    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` still decomposes one
-    layer at a time (its streaming keeps memory at two tensors).
+    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` batches small
+    same-shape layers with :func:`compute_esds` (without the streams).
 
     Parameters
     ----------

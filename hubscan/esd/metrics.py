@@ -19,7 +19,16 @@ its dtype, description, whether the model summary averages it, its label and dir
 and the layers table, the summary, ``correlate`` and the plots are derived from them.
 
 Failed fits have alpha = NaN (stored as null) — never WW's −1 — and the summary averages the
-successful fits only.
+layers with an accepted fit only (:func:`summarize`). A degenerate spectrum (rank collapse, every
+eigenvalue below the threshold, all equal: :func:`hubscan.esd.powerlaw.degenerate_reason`) has no
+phase unless it is ``rank-collapse`` (≥ 10 % of its eigenvalues numerically zero: measured from the rank,
+not guessed from a fit).
+
+Units: when the eigen step scaled W by 2^−k to keep X = WᵀW in range (``ESD.scale_exp`` = k,
+:mod:`hubscan.esd.eigen`), every metric is computed on the scaled spectrum and
+:func:`layer_metrics` puts the units back — eigenvalue-valued metrics × 4^k, singular values × 2^k,
+``W_scale`` × 2^−k (exact, or ±inf beyond float64), the log10 metrics + 2k·log10 2 (times alpha for
+``alpha_weighted`` and ``log_alpha_norm``), which stay finite; the others are scale-free.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import numpy as np
 
 from hubscan.esd.erg import detx_condition, erg_gap
-from hubscan.esd.phases import classify_phase, element_tail_index
+from hubscan.esd.phases import RANK_COLLAPSE_FRAC, classify_phase, element_tail_index
 from hubscan.esd.registry import Spectrum, get_metric, metrics, register_metric, summary_metrics
 
 if TYPE_CHECKING:  # torch-free at import: the schema reads this registry
@@ -83,6 +92,9 @@ def warning(s: Spectrum) -> str:
 
 @register_metric("phase", "string", "5+1 phase of training (Martin & Mahoney 2021); null without an MP fit")
 def phase(s: Spectrum) -> str | None:
+    if s.mp is not None and s.fit.degenerate:  # no tail: only the measured rank says something
+        n = len(s.esd.evals)
+        return "rank-collapse" if s.esd.rank_loss >= RANK_COLLAPSE_FRAC * n else None
     if s.mp is not None:
         return classify_phase(evals=s.esd.evals, rank_loss=s.esd.rank_loss, alpha=_alpha(s),
                               num_spikes=s.mp.num_spikes, lambda_plus=s.mp.lambda_plus, element_mu=element_mu(s))
@@ -165,8 +177,18 @@ def log_alpha_norm(s: Spectrum) -> float:
     pos = ev[ev > 0]
     if not (math.isfinite(a) and len(pos)):
         return math.nan
-    from scipy.special import logsumexp
-    return float(logsumexp(a * np.log(pos)) / math.log(10))
+    return _logsumexp(a * np.log(pos)) / math.log(10)
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """ln Σ exp(x), as ``scipy.special.logsumexp`` (1.15+) computes it — the maxima taken out of the sum:
+    ln(1 + s) + ln m + x_max, s = Σ_{x < x_max} exp(x − x_max) / m, m = #maxima (Blanchard, Higham & Higham,
+    IMA J. Numer. Anal. 41(4), 2021) — without its array-API dispatch (a fixed cost per layer)."""
+    top = x.max()
+    at_top = x == top
+    m = float(np.count_nonzero(at_top))
+    s = float(np.sum(np.exp(np.where(at_top, -np.inf, x) - top)))
+    return float(np.log1p(s / m if s else s) + np.log(m) + top)
 
 
 @register_metric("stable_rank", "float64", "norm / lambda_max", summary=True, correlate=True,
@@ -266,28 +288,68 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit
     """
     spec = Spectrum(esd=esd, fit=fit, mp=mp, mp_fit=mp is not None if mp_fit is None else mp_fit,
                     rand_evals=rand_evals, slices=slices)
-    return {m.name: m.compute(spec) for m in metrics().values()}
+    out = {m.name: m.compute(spec) for m in metrics().values()}
+    if esd.scale_exp:
+        _restore_units(out, esd.scale_exp)
+    return out
 
 
-def summarize(rows: Iterable[Mapping]) -> dict:
-    """Model summary: the mean of each summary metric over the layers whose fit succeeded.
+#: How a metric changes when W is multiplied by 2^k: × 2^(p·k) for these p (eigenvalues: 2) ...
+_POWER_OF_SCALE = {"lambda_max": 2, "norm": 2, "spectral_norm": 2, "xmin": 2, "xmax": 2, "lambda_plus": 2,
+                   "lambda_minus": 2, "detX_val": 2, "sv_max": 1, "sv_min": 1, "W_scale": -1}
+#: ... and + p·k·log10(2) (times alpha where named) for these log10 metrics.
+_LOG_OF_SCALE = {"log_norm": (2, False), "log_spectral_norm": (2, False), "alpha_weighted": (2, True),
+                 "log_alpha_norm": (2, True)}
+
+
+def _restore_units(out: dict, k: int) -> None:
+    """The metrics of a spectrum computed on W·2^−k, in the units of W (module docstring, "Units")."""
+    with np.errstate(over="ignore", under="ignore"):
+        for name, p in _POWER_OF_SCALE.items():
+            if out.get(name) is not None:
+                out[name] = float(np.ldexp(out[name], p * k))
+    alpha = out.get("alpha")
+    for name, (p, times_alpha) in _LOG_OF_SCALE.items():
+        if out.get(name) is not None:
+            out[name] += p * k * math.log10(2) * (alpha if times_alpha else 1.0)
+
+
+def in_mean(row: Mapping, min_fit_evals: int) -> bool:
+    """Whether a layer enters the model's means: measured (``success``), with an alpha fitted on at least
+    ``min_fit_evals`` eigenvalues (a degenerate spectrum has none; a fit on fewer, e.g. the 2 of a rank-2
+    matrix, is kept in the row with a caution but not averaged)."""
+    a, n = row.get("alpha"), row.get("num_fit_evals")
+    return (row.get("status") == "success" and a is not None and math.isfinite(float(a))
+            and (n or 0) >= min_fit_evals)
+
+
+def summarize(rows: Iterable[Mapping], min_fit_evals: int | None = None) -> dict:
+    """Model summary: the mean of each summary metric over the layers with an accepted fit (:func:`in_mean`).
 
     Unlike WW's ``get_summary`` (which averages failed fits in as alpha = −1), layers that were
-    skipped or whose fit failed do not enter any mean. Also counts layers per status.
+    skipped or failed, degenerate spectra (alpha null) and fits on fewer than ``min_fit_evals``
+    eigenvalues do not enter any mean, so every mean is over the same layers. Also counts layers per status.
 
     Parameters
     ----------
     rows : iterable of mapping
         Layer rows as produced by :func:`hubscan.analyze`.
+    min_fit_evals : int, optional
+        Fewest eigenvalues above the threshold a fit needs to enter the means: the analysis's
+        ``min_evals`` (default :data:`hubscan.esd.matrices.DEFAULT_MIN_EVALS`, WW's 8).
 
     Returns
     -------
     dict
-        ``<metric>`` → mean (NaN when no layer succeeded), ``num_layers``, ``num_success``,
-        ``num_failed``, ``num_skipped``, ``num_over_trained``, ``num_under_trained``.
+        ``<metric>`` → mean (NaN when no layer is averaged), ``num_layers``, ``num_success``,
+        ``num_failed``, ``num_skipped``, ``num_over_trained``, ``num_under_trained`` (of the averaged layers).
     """
-    rows = list(rows)
-    ok = [r for r in rows if r.get("status") == "success"]
+    if min_fit_evals is None:
+        from hubscan.esd.matrices import DEFAULT_MIN_EVALS  # imports torch: not at this module's import
+        min_fit_evals = DEFAULT_MIN_EVALS
+    names = ("status", "alpha", "num_fit_evals", "warning", *summary_metrics())
+    rows = [_columns(r, names) for r in rows]
+    ok = [r for r in rows if in_mean(r, min_fit_evals)]
     out: dict = {}
     for m in summary_metrics():
         vals = [float(r[m]) for r in ok if r.get(m) is not None and math.isfinite(float(r[m]))]
@@ -298,6 +360,16 @@ def summarize(rows: Iterable[Mapping]) -> dict:
     out["num_over_trained"] = sum(1 for r in ok if r.get("warning") == "over-trained")
     out["num_under_trained"] = sum(1 for r in ok if r.get("warning") == "under-trained")
     return out
+
+
+def _columns(row: Mapping, names: tuple) -> dict:
+    """The columns ``names`` of a row, read once: a record (:class:`hubscan.records.LayerRecord`) keeps its
+    metrics in its ``metrics`` dict and its other columns as attributes (its mapping interface lists the
+    columns on every lookup); any other mapping is read by key."""
+    metrics = getattr(row, "metrics", None)
+    if isinstance(metrics, dict):
+        return {k: metrics[k] if k in metrics else getattr(row, k, None) for k in names}
+    return {k: row.get(k) for k in names}
 
 
 def rand_distance(evals: np.ndarray, rand_evals: np.ndarray) -> float:

@@ -17,6 +17,11 @@ of its tail (a maximum over a subset never exceeds the maximum over all) discard
 whose bound exceeds the best D found; the remaining ones are computed exactly, so the result is the
 full search's (ties → first index, as ``np.argmin``).
 
+Degenerate spectra (:func:`degenerate_reason`): fewer than 2 eigenvalues above the threshold (rank
+collapse), none above it, or all of them equal to within 1e-3 relative give a failed fit with the
+reason and ``degenerate=True``, never an exception (WW fits alpha ≈ 1e6 to the equal-up-to-rounding
+eigenvalues of an orthogonal matrix stored in float32).
+
 Small samples: WW 0.7.7 switches to a bias-corrected estimator with a different xmin objective when
 fewer than 20 eigenvalues pass the threshold (and prints "SMALL N PL FIT"). hubscan keeps the
 standard CSN estimator at every size — one definition everywhere, the one powerlaw.Fit uses — and
@@ -47,6 +52,9 @@ import numpy as np
 EVALS_THRESH = 1e-5
 #: Below this many fitted eigenvalues WW 0.7.7 uses its small-sample variant.
 SMALL_N = 20
+#: Eigenvalues above the threshold all within this relative spread are "equal": no tail to fit
+#: (:func:`degenerate_reason`).
+EQUAL_RTOL = 1e-3
 _GRID = 128                      # lower-bound sample points per candidate (+1)
 _BLOCK_ELEMS = 1 << 21           # elements of one 2-D block of the exact D computation
 
@@ -73,6 +81,9 @@ class PowerLawFit:
         ``success`` or ``failed``.
     reason : str
         Why it failed ("" on success).
+    degenerate : bool
+        The spectrum has no tail at all (rank collapse, every eigenvalue below the threshold, all equal):
+        a measurement of the spectrum, not a failure of the fitter (:func:`degenerate_reason`).
     fix_fingers : str
         ``""``, ``xmin_peak`` or ``clip_xmax``.
     num_fingers : int
@@ -92,6 +103,7 @@ class PowerLawFit:
     num_fit_evals: int = 0
     status: str = "failed"
     reason: str = ""
+    degenerate: bool = False
     fix_fingers: str = ""
     num_fingers: int = 0
     raw_alpha: float = math.nan
@@ -135,12 +147,16 @@ def _ks_exact(x: np.ndarray, alphas: np.ndarray, cand: np.ndarray) -> np.ndarray
 def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.ndarray:
     """A lower bound of every D_i: the same maximum over at most 129 points of each tail.
 
-    The grid has min(128, max(16, n/8)) steps (fewer points for small spectra, where the bound
-    costs as much as the exact search); the power is evaluated as exp((1−α)(ln x_j − ln x_i)) and the
-    bound lowered by 1e-12 so that rounding can never lift it above the exact D (pruning stays exact).
+    The grid has min(128, max(16, n/16)) steps (fewer points for small spectra, where the bound
+    costs as much as the exact search); the power is evaluated as exp((1−α)(ln x_j − ln x_i)), which
+    differs from the exact path's (x_j/x_i)^(1−α) by rounding: at most |1−α|·eps·(|ln x_j| + |ln x_i| + 1)
+    plus a few eps (both powers are ≤ 1). The bound is lowered by that margin (times 4) plus 1e-12, so
+    rounding can never lift it above the exact D and the pruning stays exact — also for the huge alphas
+    of near-equal data (α ≈ 1e6 on an orthogonal matrix stored in float32, where a fixed 1e-12 margin
+    pruned every candidate).
     """
     N = len(x)
-    grid = int(min(_GRID, max(16, N // 8)))
+    grid = int(min(_GRID, max(16, N // 16)))
     i = np.arange(N - 1)
     n = (N - i).astype(np.float64)
     t = np.arange(grid + 1) / grid
@@ -150,13 +166,15 @@ def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.n
     # np.nanmax's result (NaN for an all-NaN row, e.g. tied data), without its warning on such rows
     some = ~np.isnan(dev).all(axis=1)
     lb = np.full(len(dev), np.nan)
-    lb[some] = np.nanmax(dev[some], axis=1) - 1e-12
+    margin = 1e-12 + 4 * np.finfo(np.float64).eps * np.abs(1 - alphas) * (2 * float(np.abs(logx).max()) + 1)
+    lb[some] = np.nanmax(dev[some], axis=1) - margin[some]
     lb[~(alphas > 1)] = 1.0
     return lb
 
 
-def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int, float, float]:
-    """Fit sorted positive data; xmin candidates restricted to indices [lo, hi). Returns (i, alpha, D)."""
+def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int, float, float] | None:
+    """Fit sorted positive data; xmin candidates restricted to indices [lo, hi). Returns (i, alpha, D),
+    or None when no candidate is left (every allowed tail is one repeated value)."""
     logx = np.log(x, dtype=np.float64)
     alphas = _alphas(x, logx)
     hi = len(x) - 1 if hi is None else min(hi, len(x) - 1)
@@ -169,16 +187,20 @@ def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int,
     seed = np.sort(order[:8])
     seed = seed[np.isfinite(lb[seed])]
     if len(seed) == 0:
-        raise ValueError("no xmin candidate in the requested range")
+        return None
     d_seed = _ks_exact(x, alphas, seed)
     best = float(d_seed.min())
-    cand = np.flatnonzero(lb <= best)                      # every i with D_i ≤ best survives
+    # every i with D_i ≤ best survives (the seed that gave best always does, even were a bound off)
+    cand = np.union1d(np.flatnonzero(lb <= best), seed[d_seed <= best])
     D = _ks_exact(x, alphas, cand)
     k = int(np.argmin(D))                                  # first on ties
     return int(cand[k]), float(alphas[cand[k]]), float(D[k])
 
 
-def _result(x: np.ndarray, evals: np.ndarray, i: int, alpha: float, D: float) -> PowerLawFit:
+def _result(x: np.ndarray, evals: np.ndarray, found: tuple[int, float, float] | None) -> PowerLawFit:
+    if found is None:
+        return PowerLawFit(num_fit_evals=len(x), reason="no xmin candidate: every allowed tail is one repeated value")
+    i, alpha, D = found
     n = len(x) - i
     xmin = float(x[i])
     return PowerLawFit(alpha=alpha, xmin=xmin, xmax=float(x[-1]), D=D,
@@ -207,15 +229,21 @@ def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_f
     Returns
     -------
     PowerLawFit
-        ``status == "failed"`` with a ``reason`` (and NaN numbers) when no fit is possible:
-        fewer than 2 eigenvalues above the threshold, or all of them equal.
+        ``status == "failed"`` with a ``reason`` (and NaN numbers) when no fit is possible; never
+        raises for any finite input. ``degenerate`` is set when the spectrum itself has no tail
+        (:func:`degenerate_reason`); otherwise the failure is the option's (no eigenvalue near the peak,
+        every candidate tail in the allowed range one repeated value).
+
+    Raises
+    ------
+    ValueError
+        Unknown ``fix_fingers``.
     """
     evals = np.asarray(evals, dtype=np.float64)
     x = np.sort(evals[evals > evals_thresh])
-    if len(x) < 2:
-        return PowerLawFit(num_fit_evals=len(x), reason=f"too few nonzero eigenvalues ({len(x)} above {evals_thresh:g})")
-    if x[0] == x[-1]:
-        return PowerLawFit(num_fit_evals=len(x), reason="all nonzero eigenvalues are equal: no tail to fit")
+    why = degenerate_reason(evals, x, evals_thresh)
+    if why:
+        return PowerLawFit(num_fit_evals=len(x), reason=why, degenerate=True)
     if fix_fingers == "clip_xmax":
         return _fit_clipped(x, evals, max_fingers, finger_thresh, tpl)
     if fix_fingers == "xmin_peak":
@@ -226,24 +254,60 @@ def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_f
         if hi <= lo:
             return PowerLawFit(num_fit_evals=len(x), fix_fingers=fix_fingers,
                                reason="no eigenvalue near the ESD peak")
-        fit = _result(x, evals, *_fit_sorted(x, lo, hi))
+        fit = _result(x, evals, _fit_sorted(x, lo, hi))
         fit.fix_fingers = fix_fingers
     elif fix_fingers:
         raise ValueError(f"unknown fix_fingers {fix_fingers!r} (use '', 'xmin_peak' or 'clip_xmax')")
     else:
-        fit = _result(x, evals, *_fit_sorted(x))
-    if tpl:
+        fit = _result(x, evals, _fit_sorted(x))
+    if tpl and fit.status == "success":
         _add_tpl(fit, x)
     return fit
 
 
+def degenerate_reason(evals: np.ndarray, x: np.ndarray, evals_thresh: float) -> str:
+    """Why a spectrum has no tail to fit ("" when it has one).
+
+    * no eigenvalue above the threshold although some are positive: "all eigenvalues below the threshold";
+    * fewer than 2 above it: "rank collapse: k nonzero eigenvalue(s)" (k = 0 for a zero matrix);
+    * all of them equal (a scaled orthogonal matrix, c·I): "all nonzero eigenvalues are equal";
+    * all of them within :data:`EQUAL_RTOL` (1e-3) of each other, x_max ≤ x_min·(1 + 1e-3): then every
+      candidate alpha exceeds 1 + 1/ln(1.001) ≈ 1001, since α_i − 1 = n/Σ ln(x_j/x_i) ≥ 1/ln(x_max/x_min)
+      — no heavy tail, only the rounding of stored weights (an orthogonal matrix stored in float32 spreads
+      its equal eigenvalues by 1e-6–4e-6, where WW's ``WWFit`` returns alpha ≈ 1e6).
+
+    Parameters
+    ----------
+    evals : ndarray of float64, shape (n,)
+        The whole ESD.
+    x : ndarray of float64, shape (m,)
+        Its eigenvalues above the threshold, ascending.
+    evals_thresh : float
+        The threshold.
+    """
+    if not len(x):
+        top = float(evals.max()) if len(evals) else 0.0
+        if top > 0:
+            return f"all eigenvalues below the threshold {evals_thresh:g} (lambda_max = {top:.3g})"
+    if len(x) < 2:
+        return f"rank collapse: {len(x)} nonzero eigenvalue{'' if len(x) == 1 else 's'} (above {evals_thresh:g})"
+    if not np.isfinite(x[-1]):
+        return "non-finite eigenvalues"
+    if x[0] == x[-1]:
+        return "all nonzero eigenvalues are equal: no tail to fit"
+    if x[-1] <= x[0] * (1 + EQUAL_RTOL):
+        return (f"all nonzero eigenvalues equal to within {x[-1] / x[0] - 1:.1e} (< {EQUAL_RTOL:g} relative): "
+                "no tail to fit (any alpha > 1000)")
+    return ""
+
+
 def _fit_clipped(x, evals, max_fingers, finger_thresh, tpl) -> PowerLawFit:
-    first = _result(x, evals, *_fit_sorted(x))
+    first = _result(x, evals, _fit_sorted(x))
     best, fingers = first, 0
     for k in range(1, max(1, max_fingers)):
-        if len(x) - k < 3:
+        if len(x) - k < 3 or x[0] == x[-k - 1]:  # too few left, or only one repeated value
             break
-        fit = _result(x[:-k], evals, *_fit_sorted(x[:-k]))
+        fit = _result(x[:-k], evals, _fit_sorted(x[:-k]))
         if fit.alpha + finger_thresh < first.alpha:
             best, fingers = fit, k
             break
@@ -273,10 +337,10 @@ def _add_tpl(fit: PowerLawFit, x: np.ndarray) -> None:
 
     def nll(p):
         a, log_lam = p
-        lam = math.exp(log_lam)
-        if a <= 1 and lam < 1e-12:
-            return 1e300
         try:
+            lam = math.exp(log_lam)
+            if a <= 1 and lam < 1e-12:
+                return 1e300
             return a * slog + lam * sx + n * log_z(a, lam)
         except (OverflowError, ValueError, ZeroDivisionError):
             return 1e300
@@ -286,4 +350,4 @@ def _add_tpl(fit: PowerLawFit, x: np.ndarray) -> None:
                             options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 4000})
     a, log_lam = res.x
     fit.alpha = float(a)
-    fit.Lambda = float(math.exp(log_lam) / xmin)
+    fit.Lambda = float(np.exp(log_lam) / xmin)

@@ -9,7 +9,11 @@ shape; hubscan pairs by exact name and shape):
   tensor of this name in the base model" / "shape … differs from the base's …"): one row, skipped,
   never analyzed as a plain W among deltas (WW analyzes such layers as W, mixing W and ΔW rows);
 * a base tensor the model lacks → its entry with ``skip_reason`` "only in the base model" (so every
-  tensor of both models ends in exactly one row).
+  tensor of both models ends in exactly one row);
+* a pair whose ΔW is exactly zero (a tensor the fine-tune left alone) → skipped once read,
+  "unchanged from base" (:data:`UNCHANGED`): nothing to measure, nothing failed. A low-rank ΔW (a
+  merged LoRA, rank r ≪ M) is analyzed: its norms, rank and lambda_max are measured, its alpha is null
+  when fewer than 2 eigenvalues pass the fit's threshold ("rank collapse", :mod:`hubscan.esd.powerlaw`).
 
 Streaming: the base's entries are listed (headers only); a base tensor is read when its partner is,
 so memory stays at about one tensor of each model plus ΔW.
@@ -32,7 +36,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from hubscan.errors import SkippedTensor
 from hubscan.weights.base import TensorEntry, WeightSet
+
+#: The skip reason of a pair whose ΔW is exactly zero.
+UNCHANGED = "unchanged from base"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +110,8 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
             if tuple(Wb.shape) != tuple(W.shape):
                 Wb = Wb.T
             d = W - Wb
+            if not bool(torch.any(d)):
+                raise SkippedTensor(e.name, UNCHANGED)
             if d.dim() >= 2:
                 extras.update(distances(d, Wb))
             return d
