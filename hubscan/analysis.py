@@ -2,7 +2,7 @@
 
 This is the unit of work a survey distributes. It streams: one tensor is read, analyzed and
 released before the next is read, so memory is bounded by the largest tensor, not the model.
-One bad layer never stops the others: its row gets ``status = "failed"`` and a one-line reason.
+One bad layer never stops the others: its row gets ``status = RowStatus.FAILED`` and a one-line reason.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from hubscan.esd.mp import fit_mp
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.hub import HubClient
-from hubscan.records import EsdRecord, LayerRecord
+from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
-from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.modules import module_map
 from hubscan.weights.weight_norm import LAYOUT as WEIGHT_NORM
@@ -140,6 +140,8 @@ class AnalysisResult:
         The pinned reference (hub commit sha, or local fingerprint) when given a reference string.
     metadata : dict
         What the source knows of the model (downloads, model_type, eval results …).
+    kind : WeightKind
+        What the rows are ESDs of: the weights, or ΔW against a base (a delta, an adapter).
     """
 
     source: str
@@ -151,6 +153,7 @@ class AnalysisResult:
     format: str
     ref: ModelRef | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
+    kind: WeightKind = WeightKind.WEIGHTS
 
     def to_arrow(self):
         """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA` (converted by
@@ -264,13 +267,13 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                     evals = _analyze_plan(plan, tensor, options, device, row, rank=getattr(entry, "rank", 0))
                     row.update(getattr(entry, "extras", {}))  # base-model distances
                 except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
-                    row.update(status="skipped", reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
+                    row.update(status=RowStatus.SKIPPED, reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
                                rf=None, device=None, seconds=time.perf_counter() - t0)
                     yield row, None
                     continue
                 except Exception as exc:  # one bad layer never stops the others
                     log.warning("%s: %s", entry.name, _one_line(exc))
-                    row.status, row.reason, row.seconds = "failed", _one_line(exc), time.perf_counter() - t0
+                    row.status, row.reason, row.seconds = RowStatus.FAILED, _one_line(exc), time.perf_counter() - t0
                     yield row, None
                     continue
                 row.seconds = time.perf_counter() - t0
@@ -288,7 +291,7 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module
                   shape=list(entry.shape), dtype=entry.dtype, companions=list(entry.companions),
                   metrics={"alpha": math.nan})
     if plan.skip_reason is not None:
-        return LayerRecord(**common, status="skipped", reason=plan.skip_reason)
+        return LayerRecord(**common, status=RowStatus.SKIPPED, reason=plan.skip_reason)
     return LayerRecord(**common, N=plan.N, M=plan.M, Q=plan.Q, rf=plan.rf, device=str(device),
                        reason=("" if not entry.layout else entry.layout if entry.layout == WEIGHT_NORM
                                else f"dequantized ({entry.layout})"))
@@ -315,7 +318,7 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
     row.eig_method = esd.method
     if fit.status != "success":
-        row.status, row.reason = "failed", fit.reason
+        row.status, row.reason = RowStatus.FAILED, fit.reason
     else:
         _add_uncertainty(esd.evals, fit, options, row)
         n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
@@ -506,23 +509,24 @@ class ModelAnalysis:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
         summary = summarize(rows)
         left_out = [r for r in rows if excluded(r)]
-        if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
-            status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
+        if left_out and all(r.get("status") == RowStatus.SKIPPED for r in rows):  # the user's filter left nothing
+            status, reason = ModelStatus.SKIPPED, f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
         elif summary["num_success"] == 0:
-            status, reason = "failed", "no layer could be analyzed"
+            status, reason = ModelStatus.FAILED, "no layer could be analyzed"
         elif missing or unread:
             parts = [f"{len(lost)} tensor(s) {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
                      + (" …" if len(lost) > 3 else "") for lost, what in ((missing, "missing"),
                                                                          (unread, "in a layout hubscan does not read"))
                      if lost]
-            status, reason = "incomplete", " | ".join(parts)
+            status, reason = ModelStatus.INCOMPLETE, " | ".join(parts)
         else:
-            status, reason = "success", ""
+            status, reason = ModelStatus.SUCCESS, ""
         summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - self._t0,
                        bytes_read=int(self.ws.stats.get("bytes_read", 0)),
                        requests=int(self.ws.stats.get("requests", 0)))
         return AnalysisResult(source=self.source, rows=rows, summary=summary, missing=missing, evals=self._evals,
-                              files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta)
+                              files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta,
+                              kind=self.ws.kind)
 
 
 def analyze_in_step(*runs: ModelAnalysis) -> list:

@@ -20,6 +20,7 @@ import warnings
 
 from hubscan import __version__
 from hubscan.errors import HubscanError
+from hubscan.records import ModelStatus, RowStatus
 
 #: Largest --min-evals accepted: a layer with 10**6 eigenvalues already needs an 8 TB float64
 #: Gram matrix, so a larger bound can only be a typo that skips every layer.
@@ -392,7 +393,7 @@ def _fit_columns(result, columns, explicit: bool):
     columns = list(columns)
     if explicit:
         return columns
-    if "status" in columns and all(r.get("status") == "success" for r in result.rows):
+    if "status" in columns and all(r.get("status") == RowStatus.SUCCESS for r in result.rows):
         columns.remove("status")
     return columns
 
@@ -459,6 +460,8 @@ def _layer_table(result, columns, width: int):
 
 
 def _print_result(result, console, columns, explicit: bool = False) -> None:
+    from hubscan.weights.base import WeightKind
+
     columns = _fit_columns(result, columns, explicit)
     table, dropped = _layer_table(result, columns, console.width)
     console.print(table, crop=True)
@@ -472,11 +475,11 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         _say(console, f"{len(left_out)} layer(s) {left_out[0]['reason']}"
                       + (f" (ids {ranges})" if ranges.count(",") < 8 else ""))
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
-        if (r.get("status") != "success" or r.get("reason")) and not excluded(r):
+        if (r.get("status") != RowStatus.SUCCESS or r.get("reason")) and not excluded(r):
             _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
-    delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
+    delta = result.kind != WeightKind.WEIGHTS  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
-              if r.get("status") == "success" and r.get("warning") and not delta]
+              if r.get("status") == RowStatus.SUCCESS and r.get("warning") and not delta]
     if warned:
         _say(console, f"warnings (layer ids): {', '.join(warned)}")
     s = result.summary
@@ -489,7 +492,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         _say(console, f"time {s['seconds']:.2f}s")
         return
     adapted = [r for r in result.rows if not r["name"].endswith(".lora_BA")]
-    if result.format.startswith("lora+") and adapted and len(adapted) < len(result.rows):
+    if result.kind == WeightKind.ADAPTER and adapted and len(adapted) < len(result.rows):
         # an adapter with its base: the ΔW = s·B·A rows and the adapted W + ΔW rows, never averaged together
         from hubscan.esd.metrics import summarize
         for what, rows in (("ΔW = s·B·A", [r for r in result.rows if r["name"].endswith(".lora_BA")]),
@@ -510,7 +513,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
                   f"under-trained (alpha>6): {s['num_under_trained']}, time {s['seconds']:.2f}s")
     phases = {}
     for r in result.rows:
-        if r.get("status") == "success" and r.get("phase"):
+        if r.get("status") == RowStatus.SUCCESS and r.get("phase"):
             phases[r["phase"]] = phases.get(r["phase"], 0) + 1
     if phases:
         _say(console, "phases: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
@@ -566,7 +569,7 @@ def cmd_analyze(args) -> int:
     _print_result(result, console, args.columns or DEFAULT_ANALYZE_COLUMNS, explicit=args.columns is not None)
     if args.out:
         console.print(f"wrote {len(result.rows)} rows to {args.out}")
-    return 0 if result.summary["status"] in ("success", "incomplete") else 1
+    return 0 if result.summary["status"] in (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE) else 1
 
 
 def _check_analyze(parser, args) -> None:

@@ -17,10 +17,28 @@ Dtypes are strings, mapped to Arrow by :func:`hubscan.schema.arrow_type`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import MutableMapping
 from typing import Any, ClassVar, Iterator
 
 from hubscan.esd import registry
+
+
+class RowStatus(enum.StrEnum):
+    """How one matrix of a model ended (``layers.status``; the string is the stored value)."""
+
+    SUCCESS = "success"  #: analyzed: its ESD fitted
+    FAILED = "failed"    #: read, but the analysis or the fit failed (``reason`` says why)
+    SKIPPED = "skipped"  #: not analyzed (``reason``: too small, excluded, tied, a layout hubscan does not read …)
+
+
+class ModelStatus(enum.StrEnum):
+    """How one model ended (``models.status``; the string is the stored value)."""
+
+    SUCCESS = "success"        #: every tensor ended in a row, at least one analyzed
+    INCOMPLETE = "incomplete"  #: analyzed, but tensors are missing or in a layout hubscan does not read
+    FAILED = "failed"          #: nothing analyzed (unreadable, unsafe, unreachable …)
+    SKIPPED = "skipped"        #: not analyzed on purpose (gated, no weights, no layer selected)
 
 #: The columns that identify the model a dataset row belongs to (models, layers, esd tables).
 IDENTITY_COLUMNS = (
@@ -158,7 +176,7 @@ class LayerRecord(Record):
     M: int | None = column("int64", "columns of each slice")
     Q: float | None = column("float64", "aspect ratio N/M")
     rf: int | None = column("int64", "slices pooled into the ESD (kt*kh*kw for conv3d, kh*kw for conv2d, k for conv1d)")
-    status: str = column("string", "success | failed | skipped", "success")
+    status: RowStatus = column("string", " | ".join(RowStatus), RowStatus.SUCCESS)
     reason: str = column("string", "why skipped or failed; on success how the weight was decoded or a caution, "
                          "else ''", "")
     metrics: dict = dataclasses.field(default_factory=dict)
@@ -231,7 +249,7 @@ class ModelRecord(Record):
                                          "single-file checkpoints beside diffusers components) and formats "
                                          "hubscan does not read")
     format: str | None = column("string", "safetensors | torch | onnx | gguf")
-    status: str | None = column("string", "success | incomplete | failed | skipped")
+    status: ModelStatus | None = column("string", " | ".join(ModelStatus))
     reason: str | None = column("string", "why failed / skipped / incomplete")
     family: str | None = column("string", "model family: timm architecture prefix or HF config model_type")
     model_type: str | None = column("string", "HF config model_type (timm: family)")

@@ -56,7 +56,7 @@ from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
                             NoWeightsError, PathNotFoundError)
 from hubscan.hub import HubClient
-from hubscan.records import ModelRecord
+from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
 from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
                            model_tables, rows_to_table)
@@ -161,7 +161,7 @@ def _family(meta: dict) -> str | None:
     return meta.get("family") or meta.get("model_type")  # sources put a family in the metadata when they know one
 
 
-def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: str, reason: str,
+def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: ModelStatus, reason: str,
               summary: dict | None = None, **extra) -> ModelRecord:
     """The ``models`` record of one model (:class:`hubscan.records.ModelRecord`).
 
@@ -188,13 +188,13 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     return row
 
 
-def error_status(exc: HubscanError) -> str:
+def error_status(exc: HubscanError) -> ModelStatus:
     """The status a model gets for an error that stopped its analysis, by the error's type:
     ``skipped`` for a gated model or one that holds no weights, ``failed`` for anything else (a missing
     path, an unsafe or corrupt file, an unreachable source)."""
     if isinstance(exc, GatedModelError) or (isinstance(exc, NoWeightsError) and not isinstance(exc, PathNotFoundError)):
-        return "skipped"
-    return "failed"
+        return ModelStatus.SKIPPED
+    return ModelStatus.FAILED
 
 
 def _requests(client: HubClient) -> int:
@@ -248,12 +248,12 @@ def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOption
     except HubUnreachableError:
         raise  # the source is gone, not this model: the survey stops (Survey._source_lost)
     except GatedModelError as exc:
-        row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
+        row = model_row(ref, meta, key, cfg_hash, survey_id, ModelStatus.SKIPPED, exc.reason)
     except HubscanError as exc:
         row = model_row(ref, meta, key, cfg_hash, survey_id, error_status(exc), str(exc))
     except Exception as exc:  # noqa: BLE001 - one model never stops the survey
         log.exception("%s: unexpected error", ref)
-        row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
+        row = model_row(ref, meta, key, cfg_hash, survey_id, ModelStatus.FAILED,
                         f"unexpected error: {' '.join(str(exc).split())[:300]}")
     else:
         row = model_row(ref, meta, key, cfg_hash, survey_id, result.summary["status"], result.summary["reason"],
@@ -483,7 +483,7 @@ class Survey:
         self.dataset: Dataset | None = None
         self.work: deque[_Task] = deque()
         self.retry: deque[_Task] = deque()  # tasks to run again (actor deaths, unreturned flushes)
-        self.counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
+        self.counts = dict.fromkeys(ModelStatus, 0)
         self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
         self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
         self.fresh: dict[str, set] = {t: set() for t in WRITE_ORDER}  # files this survey committed
@@ -491,7 +491,7 @@ class Survey:
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
         #: models analyzed so far by status, and their bytes (progress: committed counts lag a flush)
-        self.seen = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0, "bytes_read": 0}
+        self.seen = {**dict.fromkeys(ModelStatus, 0), "bytes_read": 0}
         self.progress = None
         #: (child, parent, reason) of tree edges whose delta was not analyzed (model-tree surveys)
         self.failed_edges: list = []
@@ -546,7 +546,7 @@ class Survey:
             self.stats["num_models"] += 1
             if err is not None:
                 self._driver_row(_Task(ref, meta, key, 0), error_status(err), str(err))
-            elif not config.force and done.get(key) not in (None, "failed"):
+            elif not config.force and done.get(key) not in (None, ModelStatus.FAILED):
                 self.stats["num_already_done"] += 1
             else:
                 self.work.append(_Task(ref, meta, key))
@@ -557,7 +557,7 @@ class Survey:
             for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
 
-    def _driver_row(self, task: _Task, status: str, reason: str) -> None:
+    def _driver_row(self, task: _Task, status: ModelStatus, reason: str) -> None:
         for ref, meta, key in task.models:
             row = model_row(ref, meta, key, self.cfg_hash, self.survey_id, status, reason, attempts=task.attempts)
             self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
@@ -625,7 +625,7 @@ class Survey:
             if not ready:
                 if not self.inflight and not self.actors and time.monotonic() - last_progress > config.actor_start_timeout:
                     for task in [*self.retry, *self.work]:  # no actor can be placed: fail the rest, not hang
-                        self._driver_row(task, "failed", "no analysis actor could be started "
+                        self._driver_row(task, ModelStatus.FAILED, "no analysis actor could be started "
                                          "(cluster has no free resources)")
                     self.retry.clear()
                     self.work.clear()
@@ -679,7 +679,7 @@ class Survey:
                 self._source_lost(task, cause)
                 return
             if task is not None:
-                self._driver_row(task, "failed", " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
+                self._driver_row(task, ModelStatus.FAILED, " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
             return
         if actor in self.actors:
             self.actors[actor] -= 1
@@ -723,7 +723,7 @@ class Survey:
     def _see(self, row: dict, sign: int = 1) -> None:
         """Count (``sign`` 1) or uncount (−1) one model as analyzed, by status and bytes (progress)."""
         self.analyzed += sign
-        self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += sign
+        self.seen[row.get("status") if row.get("status") in self.seen else ModelStatus.FAILED] += sign
         self.seen["bytes_read"] += sign * int(row.get("bytes_read") or 0)
 
     def _on_actor_death(self, actor, task: _Task | None, exc) -> None:
@@ -738,7 +738,7 @@ class Survey:
         if task.attempts < config.max_attempts:
             self.retry.append(dataclasses.replace(task, attempts=task.attempts + 1))
         else:
-            self._driver_row(task, "failed", f"analysis actor died {task.attempts} times "
+            self._driver_row(task, ModelStatus.FAILED, f"analysis actor died {task.attempts} times "
                                              "(out of memory, killed or node lost)")
 
     # -- 5. commit -----------------------------------------------------------------------------
@@ -776,8 +776,7 @@ class Survey:
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
                "source": config.source, "filters": json.dumps(config.filters, default=str),
                "config_hash": self.cfg_hash, "options": json.dumps(dataclasses.asdict(self.options), default=str),
-               "num_success": self.counts["success"], "num_incomplete": self.counts["incomplete"],
-               "num_failed": self.counts["failed"], "num_skipped": self.counts["skipped"],
+               **{f"num_{s}": n for s, n in self.counts.items()},
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
                "hubscan_version": __version__, "table_versions": json.dumps(versions), **self.stats}
         self.dataset.write("surveys", rows_to_table([row], "surveys"), survey_id=self.survey_id)
@@ -898,7 +897,8 @@ class _Progress:
 
     def _text(self, n: int, counts: dict, seen: dict) -> str:
         rate = n / max(1e-9, (time.perf_counter() - self.t0) / 60)
-        return f"{seen['success'] + seen['incomplete']} ok {seen['failed']} failed {rate:.0f}/min"
+        S = ModelStatus
+        return f"{seen[S.SUCCESS] + seen[S.INCOMPLETE]} ok {seen[S.FAILED]} failed {rate:.0f}/min"
 
     def update(self, n: int, counts: dict, seen: dict, row: dict | None) -> None:
         """``counts``: committed models per status; ``seen``: analyzed models per status and bytes read."""
@@ -911,8 +911,9 @@ class _Progress:
         if n - self.last_n >= self.every_models or now - self.last_t >= self.every_seconds:
             self.last_n, self.last_t = n, now
             progress_log.info("survey: %d/%d analyzed (%d ok, %d failed, %d skipped, %.1f MB read), %d committed | "
-                              "%.1f models/min", n, self.total, seen["success"] + seen["incomplete"], seen["failed"],
-                              seen["skipped"], seen["bytes_read"] / 1e6, sum(counts.values()),
+                              "%.1f models/min", n, self.total, seen[ModelStatus.SUCCESS] + seen[ModelStatus.INCOMPLETE],
+                              seen[ModelStatus.FAILED], seen[ModelStatus.SKIPPED], seen["bytes_read"] / 1e6,
+                              sum(counts.values()),
                               n / max(1e-9, (now - self.t0) / 60))
 
     def close(self, counts: dict) -> None:

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hubscan.records import RowStatus
+
 ORG = "tree"
 WIDTH = 128
 HIDDEN = ("fc1", "fc2")  # the layers with enough eigenvalues for a power-law fit (fc3 has M = 10)
@@ -276,7 +278,7 @@ def build_tree(root: str | os.PathLike, *, seed: int = 0) -> list[TreeNode]:
 
 # ------------------------------------------------------------------------------------------- science
 def _mean_alpha(result) -> float:
-    vals = [r["alpha"] for r in result.rows if r["name"].split(".")[0] in HIDDEN and r["status"] == "success"]
+    vals = [r["alpha"] for r in result.rows if r["name"].split(".")[0] in HIDDEN and r["status"] == RowStatus.SUCCESS]
     return float(np.mean(vals))
 
 

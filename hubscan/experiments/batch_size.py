@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hubscan.records import RowStatus
 from hubscan.report.batch_size import fmt, fmt_p
 
 DEFAULT_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -326,7 +327,7 @@ def run(args) -> dict:
     layers["model"] = layers.ckpt.map(meta["model"])
     layers["batch_size"] = layers.ckpt.map(meta["batch_size"])
     layers["seed"] = layers.ckpt.map(meta["seed"])
-    enter = (layers.status == "success") & (layers.M != N_CLASSES) & (layers.num_evals >= MIN_EVALS_FOR_MEAN) \
+    enter = (layers.status == RowStatus.SUCCESS) & (layers.M != N_CLASSES) & (layers.num_evals >= MIN_EVALS_FOR_MEAN) \
         & layers.alpha.notna()
     layers["enters_mean"] = enter
     entered = layers[enter]
@@ -343,7 +344,7 @@ def run(args) -> dict:
         model = p.name.split("_")[0]
         res = analyze(str(p), keep_evals=True)
         for r in res.rows:
-            if r["status"] == "success" and r["M"] != N_CLASSES and r["num_evals"] >= MIN_EVALS_FOR_MEAN:
+            if r["status"] == RowStatus.SUCCESS and r["M"] != N_CLASSES and r["num_evals"] >= MIN_EVALS_FOR_MEAN:
                 init_rows.append({"model": model, "name": r["name"], "alpha": r["alpha"], "num_spikes": r["num_spikes"],
                                   "mp_softrank": r["mp_softrank"]})
         if p.name.endswith("seed0.safetensors"):
@@ -534,7 +535,7 @@ def markdown(args, res: dict) -> str:
                          f"{fmt(tr.get('kendall_tau'), 2)} | {fmt_p(tr.get('kendall_p'))} | "
                          f"{fmt(tr.get('ols_slope'), 4)} ± {fmt(tr.get('ols_slope_se'), 4)} | "
                          f"{fmt_p(tr.get('ols_p'))} | {fmt(tr.get('ols_r2'), 2)} |")
-        bad = [x for x in r["runs"] if x["status"] != "success" or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
+        bad = [x for x in r["runs"] if x["status"] != RowStatus.SUCCESS or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
         if bad:
             lines += ["", "Runs without a mean alpha (diverged to non-finite weights → every layer failed in the survey): "
                       + ", ".join(f"B={x['batch_size']} seed {x['seed']} (survey status {x['status']}, test acc "

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from hubscan.esd.registry import correlate_metrics, get_metric, metric_labels
-from hubscan.records import part_key
+from hubscan.records import RowStatus, part_key
 
 #: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates, and
 #: the axis label of each metric: both derived from the metric registry (:mod:`hubscan.esd.registry`;
@@ -221,7 +221,7 @@ def _successful(layers_df):
 
     df = layers_df
     if "status" in df.columns:
-        df = df[df["status"] == "success"]
+        df = df[df["status"] == RowStatus.SUCCESS]
     alpha = pd.to_numeric(df["alpha"], errors="coerce")
     return df[np.isfinite(alpha.to_numpy(dtype=float))]
 
