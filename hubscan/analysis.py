@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from typing import Iterable, Iterator
 
@@ -24,14 +23,12 @@ from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
-from hubscan.hub import HubClient
 from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.modules import module_map
 from hubscan.weights.weight_norm import LAYOUT as WEIGHT_NORM
-from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
 
@@ -350,88 +347,25 @@ def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: Layer
         row.update(ks_pvalue=p, fit_quality=fit_quality(p))
 
 
-def open_with_base(model, base, client: HubClient | None = None) -> tuple[WeightSet, ModelRef | None, dict]:
-    """Open a model for a delta analysis: a LoRA adapter folder (:mod:`hubscan.weights.peft`, with or
-    without ``base``) or a model paired with its base (:mod:`hubscan.weights.delta`).
+def analyze(weights: WeightSet, options: AnalyzeOptions | None = None, *, source: str | None = None,
+            ref: ModelRef | None = None, meta: dict | None = None, **kwargs) -> AnalysisResult:
+    """Analyze every weight matrix of one opened model.
+
+    This is the one-model room: it takes a :class:`~hubscan.weights.base.WeightSet` and nothing else (where
+    the model comes from is the business of :mod:`hubscan.sources`; ``hubscan.analyze`` opens a path or a
+    reference with :func:`hubscan.sources.open_model` and calls this).
 
     Parameters
     ----------
-    model : str, path, ModelRef or WeightSet
-    base : str, path, ModelRef, WeightSet or None
-        Any source :func:`hubscan.sources.open_model` accepts.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-    """
-    from hubscan.weights.delta import open_delta
-    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter, open_adapter
-
-    def _open(m):
-        from hubscan.sources import open_model
-        return (m, None, {}) if isinstance(m, WeightSet) else open_model(m, client)
-
-    local = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
-    ws, ref, meta = _open(model)
-    bws = _open(base)[0] if base is not None else None
-    if local:
-        return open_adapter(ws, LoraConfig.read(os.path.join(os.fspath(model), ADAPTER_CONFIG)), bws), ref, meta
-    if ref is not None and is_hub_adapter(ref):
-        return as_adapter(ws, ref, client, bws), ref, meta
-    return (open_delta(ws, bws) if bws is not None else ws), ref, meta
-
-
-def is_hub_adapter(ref: ModelRef) -> bool:
-    """True for a pinned hub ref whose chosen weight files are a PEFT adapter's (``adapter_model.*``)."""
-    from hubscan.weights.files import ADAPTER_FILES
-
-    return ref.source == "hf" and bool(ref.files) and all(f in ADAPTER_FILES for f in ref.files)
-
-
-def as_adapter(ws: WeightSet, ref: ModelRef, client: HubClient | None = None, base: WeightSet | None = None) -> WeightSet:
-    """A hub adapter's opened files read as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`,
-    plus W + ΔW with ``base``); its ``adapter_config.json`` is downloaded at the pinned revision.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-        The config cannot be fetched (SourceError other than its absence, which leaves the factors
-        as stored, as for a local adapter file without a config) or read (CorruptFileError).
-    """
-    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, open_adapter
-
-    from hubscan.errors import RemoteFileNotFoundError
-
-    client = client or HubClient()
-    repo = ref.repo_id or ref.id
-    try:
-        path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
-                           cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
-    except RemoteFileNotFoundError:  # as a local adapter file without its config: the factors as stored
-        log.warning("hf:%s: no %s: LoRA factors analyzed as stored, not as ΔW = s·B·A", repo, ADAPTER_CONFIG)
-        return ws
-    return open_adapter(ws, LoraConfig.read(path), base)
-
-
-def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,
-            client: HubClient | None = None, base=None, **kwargs) -> AnalysisResult:
-    """Analyze every weight matrix of one model.
-
-    Parameters
-    ----------
-    model : str, path, ModelRef or WeightSet
-        ``hf:ORG/NAME[@REV]`` (hub, read by HTTP range requests), ``timm:ARCH.TAG``, a local
-        safetensors / torch / ONNX / GGUF file or Hugging Face layout folder (sharded or not), or an
-        opened :class:`~hubscan.weights.base.WeightSet`.
-    client : HubClient, optional
-        Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …).
-    base : str, path, ModelRef or WeightSet, optional
-        A base model (any source): each row is then the ESD of ΔW = W − W_base of a matched tensor,
-        with the distance columns (:mod:`hubscan.weights.delta`). A local LoRA adapter folder
-        (``adapter_config.json``) or hub adapter repository (weights ``adapter_model.*``) is always read
-        as ΔW = s·B·A per module, plus W + ΔW when ``base`` is given (:mod:`hubscan.weights.peft`).
+    weights : WeightSet
+        Opened (any reader, any source; a delta or an adapter as :func:`hubscan.sources.open_model` opens
+        them); closed when the analysis ends.
     options : AnalyzeOptions, optional
-        Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
+        Analysis settings; keyword arguments override its fields (``analyze(ws, device="cuda")``).
+    source : str, optional
+        What the result names as analyzed (default: the files).
+    ref, meta
+        The pinned reference and the source's metadata, carried into the result.
 
     Returns
     -------
@@ -441,16 +375,11 @@ def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOpt
     Raises
     ------
     hubscan.errors.HubscanError
-        The files cannot be opened safely (unsafe pickle, corrupt header, no weights …); the
-        message names the file and the reason. Problems of single layers do not raise.
+        The model holds no weight matrix (NoWeightsError), or a file turns out unreadable while its
+        tensors are listed. Problems of single layers do not raise.
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
-    if isinstance(model, WeightSet) and base is None:
-        ws, ref, meta = model, None, {}
-    else:
-        ws, ref, meta = open_with_base(model, base, client)
-    source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
-    run = ModelAnalysis(ws, options, source, ref, meta)
+    run = ModelAnalysis(weights, options, source or ",".join(weights.files), ref, meta)
     for _ in run.rows():
         pass
     return run.result()
@@ -565,56 +494,29 @@ def analyze_in_step(*runs: ModelAnalysis) -> list:
     return out
 
 
-#: Tensors a child's own analysis and its delta analysis may be apart (:func:`analyze_with_base`): a tensor
-#: read for one is kept this many further reads for the other (the window of
-#: :class:`hubscan.weights.shared.SharedReads`).
-PAIR_WINDOW = 8
-
-
-def analyze_with_base(ws: WeightSet, base: WeightSet, options: AnalyzeOptions, *, ref: ModelRef | None = None,
-                      client: HubClient | None = None, source: str | None = None) -> tuple:
-    """A model's own analysis and its delta against a base in one pass over the model's files: each of
-    its stored tensors is read once for both (:class:`~hubscan.weights.shared.SharedReads`, the two
-    analyses run in step by :func:`analyze_in_step`).
+def analyze_together(own: WeightSet, delta: WeightSet, options: AnalyzeOptions, *, source: str | None = None,
+                     ref: ModelRef | None = None) -> tuple:
+    """A model's own analysis and its delta against a base, run in step (:func:`analyze_in_step`), so that
+    the stored tensors the two sets share are read once (:func:`hubscan.sources.open_model` ``own=True``
+    opens them so).
 
     Parameters
     ----------
-    ws : WeightSet
-        The model, opened; closed on return.
-    base : WeightSet
-        The base, opened (e.g. a :class:`~hubscan.weights.shared.SharedReads` view of a parent shared by
-        several children); closed on return (a view's close leaves the parent open).
+    own, delta : WeightSet
+        The model's own weights and its ΔW against the base; each closed when its analysis ends.
     options : AnalyzeOptions
         Both analyses; the delta's eigenvalues are never kept.
-    ref : ModelRef, optional
-        The model's pinned reference: a hub adapter repository (:func:`is_hub_adapter`) is read as
-        ΔW = s·B·A for its own analysis and as ``analyze(ref, base=…)`` reads it for the delta.
-    client : HubClient, optional
     source : str, optional
-        What the results name as analyzed (default: the files).
+        What the results name as analyzed (default: the model's files).
+    ref : ModelRef, optional
+        The model's pinned reference, carried into both results.
 
     Returns
     -------
     (AnalysisResult or HubscanError, AnalysisResult or HubscanError)
-        The model's own result (equal to ``analyze(model)``) and its delta result (equal to
-        ``analyze(model, base=base)``), each replaced by the error that stopped it.
+        The model's own result (equal to ``analyze(own)``) and its delta result, each replaced by the error
+        that stopped it.
     """
-    from hubscan.weights.delta import open_delta
-    from hubscan.weights.shared import SharedReads
-
-    source = source or ",".join(ws.files)
-    shared = SharedReads(ws, readers=2, window=PAIR_WINDOW)
-    try:
-        own, paired = shared.view(), shared.view()
-        try:
-            if ref is not None and is_hub_adapter(ref):
-                own, delta = as_adapter(own, ref, client), as_adapter(paired, ref, client, base)
-            else:
-                delta = open_delta(paired, base)
-        except HubscanError as exc:
-            return exc, exc
-        return tuple(analyze_in_step(ModelAnalysis(own, options, source, ref),
-                                     ModelAnalysis(delta, dataclasses.replace(options, keep_evals=False), source, ref)))
-    finally:
-        shared.close()
-        base.close()
+    source = source or ",".join(own.files)
+    return tuple(analyze_in_step(ModelAnalysis(own, options, source, ref),
+                                 ModelAnalysis(delta, dataclasses.replace(options, keep_evals=False), source, ref)))

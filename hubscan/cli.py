@@ -483,7 +483,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     if warned:
         _say(console, f"warnings (layer ids): {', '.join(warned)}")
     s = result.summary
-    if result.ref is not None and result.ref.source != "local":
+    if result.ref is not None and not result.ref.is_path:
         console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")
     _say(console, f"summary status={s['status']}" + (f" ({s['reason']})" if s.get("reason") else ""), indent=0)
     _say(console, f"layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
@@ -546,7 +546,7 @@ def _provenance(args, result) -> dict:
 
 def cmd_analyze(args) -> int:
     import dataclasses
-    from hubscan.analysis import analyze
+    from hubscan import analyze
 
     console = _console(args)
     options = _options(args)
@@ -764,8 +764,9 @@ def _check_lineage(parser, args) -> None:
         if args.depth is not None or args.relations is not None:
             parser.error("--depth and --relations need --lineage BASE_ID")
         return
-    if args.source != "hf":
-        parser.error("--lineage needs --source hf")
+    from hubscan.sources.hf import HubSource
+    if args.source != HubSource.name:
+        parser.error(f"--lineage needs --source {HubSource.name}")
     if any(getattr(args, k) for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude")):
         parser.error("--lineage enumerates by base_model tags: no --filter/--author/--search/--pipeline-tag/--sort")
 

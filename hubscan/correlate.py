@@ -26,6 +26,7 @@ import numpy as np
 
 from hubscan.esd.registry import correlate_metrics, summary_metrics
 from hubscan.records import ModelStatus, RowStatus
+from hubscan.sources.timm import TimmSource
 from hubscan.store import Dataset
 
 #: The model-level HTSR metrics correlated by default (means over the successfully fitted layers:
@@ -35,7 +36,7 @@ from hubscan.store import Dataset
 HTSR_METRICS = correlate_metrics()
 
 #: Benchmark a source's models are compared on when ``joined`` is given none.
-DEFAULT_BENCHMARK = {"timm": "imagenet"}
+DEFAULT_BENCHMARK = {TimmSource.name: "imagenet"}
 
 _ID_COLUMNS = ("model_key", "source", "model_id", "revision", "config_hash", "family", "model_type", "status",
                "num_parameters", "analyzed_at")

@@ -31,11 +31,11 @@ ALLOWED = {
     "esd": _ROOT,                              # pure math
     "records": _ROOT | {"esd"},                # the metric registry defines the layer columns
     "schema": _ROOT | {"esd", "records"},
-    "analysis": _PIPELINE,
+    "analysis": _MODEL | {"weights", "refs"},   # a WeightSet in, rows out: where it came from is not its business
     "store": _MODEL | {"analysis"},
     "query": _MODEL | {"store"},
-    "accuracy": _MODEL | {"store", "query", "weights"},
-    "correlate": _MODEL | {"store", "query"},
+    "accuracy": _MODEL | {"store", "query", "weights", "sources"},  # which source's ids a result names
+    "correlate": _MODEL | {"store", "query", "sources"},
     "doctor": _MODEL | {"store", "query"},     # a dataset's repairs: store level
     "survey": _DATA,
     "census": _DATA | {"survey"},
@@ -121,3 +121,48 @@ def test_the_registries_are_one_type():
             assert any((isinstance(f, ast.Attribute) and f.attr == "register" and getattr(f.value, "id", None) in made)
                        or (isinstance(f, ast.Name) and f.id.startswith("register_")) for f in calls), \
                 f"{path.relative_to(PKG.parent)}: {fn.name} does not register into a Registry"
+
+
+#: The built-in sources' names (their reference schemes).
+SOURCE_NAMES = {"hf", "timm", "local", "list"}
+
+
+def _names_a_source(node: ast.AST) -> list[tuple[int, str]]:
+    """String constants naming a source where code decides by it: compared (``ref.source == "local"``,
+    ``src in (None, "local")``), given as a ``source`` (``{"source": "timm"}``, ``source="hf"``), as a
+    ``ModelRef``'s source, or as a mapping's key (``{"timm": "imagenet"}``)."""
+    def consts(n):
+        if isinstance(n, ast.Constant) and n.value in SOURCE_NAMES:
+            return [n]
+        if isinstance(n, (ast.Tuple, ast.List, ast.Set)):
+            return [c for e in n.elts for c in consts(e)]
+        return []
+
+    hits = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Compare):
+            hits += [c for side in [n.left, *n.comparators] for c in consts(side)]
+        elif isinstance(n, ast.Dict):
+            hits += [c for k in n.keys if k is not None for c in consts(k)]
+            hits += [c for k, v in zip(n.keys, n.values) if isinstance(k, ast.Constant) and k.value == "source"
+                     for c in consts(v)]
+        elif isinstance(n, ast.Call):
+            hits += [c for kw in n.keywords if kw.arg == "source" for c in consts(kw.value)]
+            if getattr(n.func, "id", getattr(n.func, "attr", None)) == "ModelRef" and n.args:
+                hits += consts(n.args[0])
+    return [(c.lineno, c.value) for c in hits]
+
+
+def test_only_sources_name_a_source():
+    """Where a model comes from is the business of its source (``sources/``) alone."""
+    wrong = [f"{p.relative_to(PKG.parent)}:{line}: {value!r}" for p in sorted(PKG.rglob("*.py"))
+             if _room(p) != "sources"
+             for line, value in _names_a_source(ast.parse(p.read_text(encoding="utf-8")))]
+    assert not wrong, "a source named outside sources/:\n" + "\n".join(wrong)
+
+
+def test_analysis_takes_weights_not_sources():
+    """The one-model room imports nothing from sources/ or the hub client (it is given a WeightSet)."""
+    wrong = [f"analysis.py:{line}: {m}" for m, line in _imports(PKG / "analysis.py")
+             if m.split(".")[:2] in (["hubscan", "sources"], ["hubscan", "hub"]) or m.split(".")[0] == "huggingface_hub"]
+    assert not wrong, "\n".join(wrong)

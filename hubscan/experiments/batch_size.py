@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from hubscan.records import RowStatus
+from hubscan.sources.local import LocalSource
 from hubscan.report.batch_size import fmt, fmt_p
 
 DEFAULT_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -295,7 +296,7 @@ def run(args) -> dict:
     import pandas as pd
     # hubscan.accuracy.ingest_csv reads model_id, metric, value (+ source, benchmark, split) and ignores the rest
     acc = pd.DataFrame([{"model_id": r["model_id"], "metric": "test_accuracy", "value": r["test_accuracy"],
-                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"], "source": "local",
+                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"], "source": LocalSource.name,
                          "benchmark": "sklearn-digits", "split": "test"} for r in runs])
     acc.to_csv(out / "accuracy.csv", index=False)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
