@@ -23,6 +23,7 @@ from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
+from hubscan.esd.registry import options as metric_options
 from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
@@ -36,14 +37,27 @@ log = logging.getLogger(__name__)
 FEW_EVALS = 20
 
 
-#: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
-#: so datasets written before they existed keep their hashes (and are not re-analyzed).
-ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers", "farms", "vectors")
+#: Options added after schema v1 (besides the metrics' registered options, :func:`added_options`): they enter
+#: ``store.config_hash`` only when not at their default, so datasets written before they existed keep their
+#: hashes (and are not re-analyzed).
+ADDED_OPTIONS = ("layers",)
 
 
-@dataclasses.dataclass(frozen=True)
+def added_options() -> tuple[str, ...]:
+    """Every option that enters the config hash only when not at its default: :data:`ADDED_OPTIONS` and the
+    options metrics register (:func:`hubscan.esd.registry.register_option`)."""
+    return ADDED_OPTIONS + tuple(metric_options())
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class AnalyzeOptions:
     """Settings of the analysis (their hash keys survey results).
+
+    Besides the fields below, every option a metric module registers
+    (:func:`hubscan.esd.registry.register_option`) is an attribute and a keyword: ``alpha_ci``,
+    ``alpha_ci_samples``, ``ks_pvalue``, ``farms``, ``vectors`` (built in, :mod:`hubscan.esd` ``metric_*``
+    modules) and any plugin's. Its value is checked against the option's type and check; an option not
+    given is at its default (its metrics' columns None).
 
     Attributes
     ----------
@@ -73,21 +87,17 @@ class AnalyzeOptions:
         Keep every layer's eigenvalues in the result (for the ``esd`` table and plots).
     seed : int
         Seed of the shuffle behind rand_distance (and of the bootstraps).
-    alpha_ci : float
-        Level of the bootstrap confidence interval of alpha (0 = off; e.g. 0.95), columns
-        ``alpha_ci_lo`` / ``alpha_ci_hi`` (:mod:`hubscan.esd.uncertainty`).
-    alpha_ci_samples : int
-        Its resamples.
-    ks_pvalue : int
-        Synthetic data sets of the CSN goodness-of-fit p-value (0 = off), columns ``ks_pvalue`` and
-        ``fit_quality``.
     layers : str
         Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer.
-    farms : bool
-        Also fit the FARMS ESD of fixed-aspect-ratio submatrices (:mod:`hubscan.esd.farms`), columns
-        ``farms_alpha`` / ``farms_num_windows`` (2-D matrices only).
-    vectors : bool
-        Eigenvector localization metrics, WW's ``vectors=True`` (:mod:`hubscan.esd.vectors`).
+    metric_options : tuple of (str, value)
+        The registered options not at their default, sorted by name (read them as attributes).
+
+    Raises
+    ------
+    TypeError
+        A keyword that is neither a field nor a registered option.
+    ValueError
+        A registered option's value of the wrong type or refused by its check.
     """
 
     device: str = "cpu"
@@ -104,12 +114,41 @@ class AnalyzeOptions:
     max_evals: int | None = None
     keep_evals: bool = False
     seed: int = 0
-    alpha_ci: float = 0.0
-    alpha_ci_samples: int = 100
-    ks_pvalue: int = 0
     layers: str = ""
-    farms: bool = False
-    vectors: bool = False
+    metric_options: tuple = ()
+
+    def __init__(self, **kwargs):
+        given = dict(kwargs.pop("metric_options", ()))
+        core = {f.name: f for f in dataclasses.fields(self) if f.name != "metric_options"}
+        registered = metric_options()
+        for name in [k for k in kwargs if k not in core]:
+            if name not in registered:
+                raise TypeError(f"unknown analysis option {name!r} (options: {', '.join([*core, *registered])})")
+            given[name] = kwargs.pop(name)
+        for name, f in core.items():
+            object.__setattr__(self, name, kwargs.get(name, f.default))
+        values = {}
+        for name, value in given.items():
+            if name not in registered:  # a plugin's option this process has not loaded
+                raise TypeError(f"unknown analysis option {name!r} (is the module that registers it imported?)")
+            v = registered[name].parse(value)
+            if registered[name].on(v):
+                values[name] = v
+        object.__setattr__(self, "metric_options", tuple(sorted(values.items())))
+
+    def __getattr__(self, name: str):  # only for names that are not fields: the registered options
+        if name.startswith("_") or name == "metric_options":
+            raise AttributeError(name)
+        registered = metric_options()
+        if name not in registered:
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
+        return dict(self.metric_options).get(name, registered[name].default)
+
+    def to_dict(self) -> dict:
+        """Every option, the registered ones included, name → value (JSON-able; what a survey records)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metric_options"}
+        out.update({name: getattr(self, name) for name in metric_options()})
+        return out
 
 
 @dataclasses.dataclass
@@ -312,39 +351,18 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
         rand_evals = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
                                  precision=options.precision).evals
-    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
+    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices,
+                                options=options, tensor=tensor, part=plan.part)
     row.eig_method = esd.method
     if fit.status != "success":
         row.status, row.reason = RowStatus.FAILED, fit.reason
     else:
-        _add_uncertainty(esd.evals, fit, options, row)
         n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
         if n_fit < FEW_EVALS:
             caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable"
             row.reason = "; ".join(r for r in (row.reason, caution) if r)
             log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
-    if options.vectors and fit.status == "success":
-        from hubscan.esd.vectors import vector_metrics
-        row.update(vector_metrics(slices, fit.num_pl_spikes))
-    if options.farms and slices.shape[0] == 1:
-        from hubscan.esd.farms import farms_esd
-        W = tensor if tensor.dim() == 2 and not plan.part else slices[0]
-        fev, windows = farms_esd(W)
-        ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
-        row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
     return esd.evals
-
-
-def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: LayerRecord) -> None:
-    from hubscan.esd.uncertainty import alpha_bootstrap_ci, fit_quality, ks_pvalue
-    if options.alpha_ci:
-        ci = alpha_bootstrap_ci(evals, fit.xmin, level=options.alpha_ci, samples=options.alpha_ci_samples,
-                                seed=options.seed, evals_thresh=options.evals_thresh)
-        row.update(alpha_ci_lo=ci.lo, alpha_ci_hi=ci.hi)
-    if options.ks_pvalue:
-        p = ks_pvalue(evals, fit.alpha, fit.xmin, fit.D, samples=options.ks_pvalue,
-                      evals_thresh=options.evals_thresh, seed=options.seed)
-        row.update(ks_pvalue=p, fit_quality=fit_quality(p))
 
 
 def analyze(weights: WeightSet, options: AnalyzeOptions | None = None, *, source: str | None = None,

@@ -144,8 +144,22 @@ def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
 def _check_fit_options(parser: argparse.ArgumentParser, args) -> None:
     if args.max_evals is not None and args.min_evals > args.max_evals:
         parser.error(f"--min-evals {args.min_evals} is above --max-evals {args.max_evals}: every layer would be skipped")
-    if getattr(args, "alpha_ci", 0.0) >= 1:
-        parser.error(f"--alpha-ci {args.alpha_ci:g}: a confidence level is below 1 (e.g. 0.95)")
+
+
+def _metric_options() -> dict:
+    from hubscan.esd.registry import options
+    return options()
+
+
+def _option_type(option):
+    """An argparse type for a registered option: its type and check (:meth:`hubscan.esd.registry.Option.parse`)."""
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option.name} = ")) from None
+    parse.__name__ = option.type.__name__
+    return parse
 
 
 # -- shared option groups -------------------------------------------------------------------------
@@ -200,19 +214,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="skip layers with fewer eigenvalues (default 8)")
     g.add_argument("--max-evals", type=_int_range(1), default=None,
                    help="skip layers with more eigenvalues (default: none)")
-    g.add_argument("--alpha-ci", type=_float_range(0.0, strict=True), default=0.0, metavar="LEVEL",
-                   help="bootstrap confidence interval of alpha at this level, e.g. 0.95 (columns alpha_ci_lo/hi)")
-    g.add_argument("--alpha-ci-samples", type=_int_range(10), default=100, metavar="B",
-                   help="its resamples, each a full power-law fit (default 100)")
-    g.add_argument("--ks-pvalue", type=_int_range(1), default=0, metavar="B",
-                   help="CSN goodness-of-fit p-value from B synthetic data sets, e.g. 100 (columns ks_pvalue, "
-                        "fit_quality); costs B power-law fits per layer")
-    g.add_argument("--farms", action="store_true",
-                   help="also fit FARMS alpha (ESD of fixed-aspect-ratio submatrices, Hu et al. ICML 2025): "
-                        "column farms_alpha")
-    g.add_argument("--vectors", action="store_true",
-                   help="eigenvector localization metrics of bulk and tail (WW vectors=True): 12 columns; "
-                        "one more eigendecomposition per layer")
+    for option in _metric_options().values():  # declared by the metric modules (hubscan.esd.registry)
+        if option.type is bool:
+            g.add_argument(option.flag, dest=option.name, action="store_false" if option.default else "store_true",
+                           help=option.help)
+        else:
+            g.add_argument(option.flag, dest=option.name, type=_option_type(option), default=option.default,
+                           metavar=option.metavar, help=option.help)
     g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
                    help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d, conv3d), "
                         "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
@@ -256,8 +264,7 @@ def _options(args):
                           fix_fingers="" if args.fix_fingers == "none" else args.fix_fingers, tpl=args.tpl,
                           mp_fit=args.mp_fit, randomize=args.randomize, split_fused=args.split_fused,
                           conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals,
-                          alpha_ci=args.alpha_ci, alpha_ci_samples=args.alpha_ci_samples, ks_pvalue=args.ks_pvalue,
-                          layers=args.layers, farms=args.farms, vectors=args.vectors)
+                          layers=args.layers, **{name: getattr(args, name) for name in _metric_options()})
 
 
 def _console(args=None, *, stderr: bool = False):
@@ -535,12 +542,11 @@ def _columns(text: str) -> tuple[str, ...]:
 
 def _provenance(args, result) -> dict:
     """What --out files record about how they were made (Parquet key-value metadata)."""
-    import dataclasses
     ref = result.ref
     return {"hubscan_version": __version__, "model": str(args.path),
             "model_id": getattr(ref, "id", None) or str(args.path),
             "source": getattr(ref, "source", None), "revision": getattr(ref, "revision", None),
-            "format": result.format, "options": dataclasses.asdict(_options(args)),
+            "format": result.format, "options": _options(args).to_dict(),
             "status": result.summary.get("status")}
 
 

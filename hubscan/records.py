@@ -59,17 +59,6 @@ def column(dtype: str, description: str, default: Any = None, *, factory: Any = 
     return dataclasses.field(default=default, metadata=meta)
 
 
-_VECTOR_QUANTITIES = {"vec_entropy": "eigenvector entropy",
-                      "loc_ratio": "eigenvector localization ratio |v|_1/|v|_inf",
-                      "part_ratio": "eigenvector participation ratio |v|_2/|v|_4"}
-
-
-def _vector_column(stat: str, region: str, quantity: str) -> Any:
-    """A column of WW's ``vectors=True`` eigenvector localization metrics (:mod:`hubscan.esd.vectors`)."""
-    return column("float64", f"{stat} of the {_VECTOR_QUANTITIES[quantity]} over the {region} "
-                             "(WW vectors=True; --vectors)")
-
-
 def part_key(name: str, part: str | None) -> str:
     """The key of one matrix of a model: ``name`` for a whole tensor, ``name:part`` for a block of a
     split tensor (q/k/v, an RNN gate, a conv slice, an expert). The one place this key is built."""
@@ -180,27 +169,6 @@ class LayerRecord(Record):
     reason: str = column("string", "why skipped or failed; on success how the weight was decoded or a caution, "
                          "else ''", "")
     metrics: dict = dataclasses.field(default_factory=dict)
-    alpha_ci_lo: float | None = column("float64", "lower bound of alpha's bootstrap confidence interval, xmin "
-                                       "refitted per resample (--alpha-ci)")
-    alpha_ci_hi: float | None = column("float64", "upper bound of alpha's bootstrap confidence interval (--alpha-ci)")
-    ks_pvalue: float | None = column("float64",
-                                     "Clauset-Shalizi-Newman bootstrap p-value of the power-law fit (--ks-pvalue)")
-    fit_quality: str | None = column("string", "plausible (ks_pvalue > 0.1) | poor (<= 0.1, CSN 2009) | null")
-    farms_alpha: float | None = column("float64", "alpha of the pooled ESD of fixed-aspect-ratio submatrices "
-                                       "(FARMS, Hu et al. ICML 2025; --farms)")
-    farms_num_windows: int | None = column("int64", "submatrices pooled by FARMS")
-    bulk_mean_vec_entropy: float | None = _vector_column("mean", "bulk", "vec_entropy")
-    bulk_mean_loc_ratio: float | None = _vector_column("mean", "bulk", "loc_ratio")
-    bulk_mean_part_ratio: float | None = _vector_column("mean", "bulk", "part_ratio")
-    bulk_var_vec_entropy: float | None = _vector_column("var", "bulk", "vec_entropy")
-    bulk_var_loc_ratio: float | None = _vector_column("var", "bulk", "loc_ratio")
-    bulk_var_part_ratio: float | None = _vector_column("var", "bulk", "part_ratio")
-    tail_mean_vec_entropy: float | None = _vector_column("mean", "tail", "vec_entropy")
-    tail_mean_loc_ratio: float | None = _vector_column("mean", "tail", "loc_ratio")
-    tail_mean_part_ratio: float | None = _vector_column("mean", "tail", "part_ratio")
-    tail_var_vec_entropy: float | None = _vector_column("var", "tail", "vec_entropy")
-    tail_var_loc_ratio: float | None = _vector_column("var", "tail", "loc_ratio")
-    tail_var_part_ratio: float | None = _vector_column("var", "tail", "part_ratio")
     delta_W: float | None = column("float64", "Frobenius norm of W - W_base (with --base; WW distances' delta_W)")
     delta_W_rel: float | None = column("float64", "||W - W_base||_F / ||W_base||_F (with --base)")
     delta_spectral_rel: float | None = column("float64", "||W - W_base||_2 / ||W_base||_2 (with --base)")

@@ -362,7 +362,7 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
         if row.get("requests") is None:  # the analysis summary counts its reads' requests when it can
             row["requests"] = a.requests
         row.update(seconds=a.seconds, retries=a.retries, attempts=attempts,
-                   options=json.dumps(dataclasses.asdict(opts), default=str))
+                   options=json.dumps(opts.to_dict(), default=str))
         yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
 
 
@@ -843,7 +843,7 @@ class Survey:
                     if (v := self.dataset.version(t)) is not None}
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
                "source": config.source, "filters": json.dumps(config.filters, default=str),
-               "config_hash": self.cfg_hash, "options": json.dumps(dataclasses.asdict(self.options), default=str),
+               "config_hash": self.cfg_hash, "options": json.dumps(self.options.to_dict(), default=str),
                **{f"num_{s}": n for s, n in self.counts.items()},
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
                "hubscan_version": __version__, "table_versions": json.dumps(versions), **self.stats}
