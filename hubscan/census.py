@@ -284,8 +284,10 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
     from hubscan.survey import WRITE_ORDER, analyze_models
 
     t0 = time.perf_counter()
-    if survey is not None:
+    if survey is not None:  # the survey machinery's entry point: its hub settings, its HTTP client
+        from hubscan.hub import install_http_client
         client = HubClient(**survey.hub)
+        install_http_client(client.timeout)
     client = client or HubClient()
     tree = enumerate_lineage(root, client, depth=depth, relations=relations, limit=limit)
     if survey is not None:

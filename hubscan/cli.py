@@ -252,7 +252,9 @@ def _source_specs() -> list[str]:
 
 
 def _client(args):
-    from hubscan.hub import HubClient
+    """The hub client of a command, hubscan's HTTP client installed for ``huggingface_hub`` (an entry point)."""
+    from hubscan.hub import HubClient, install_http_client
+    install_http_client(args.timeout)
     return HubClient(endpoint=args.endpoint, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
                      max_retries=args.max_retries, timeout=args.timeout)
 

@@ -55,7 +55,7 @@ from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
                             NoWeightsError, PathNotFoundError)
-from hubscan.hub import HubClient
+from hubscan.hub import HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
 from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
@@ -460,6 +460,7 @@ class _Worker:
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
+        install_http_client(self.client.timeout)  # the actor is an entry point: its process, its HTTP client
         _warm_up(options)
 
     def pid(self) -> int:
@@ -546,6 +547,7 @@ class Survey:
         self.t0 = time.perf_counter()
         self.survey_id = config.survey_id or self.started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         self.client = HubClient(**config.hub)
+        install_http_client(self.client.timeout)  # the survey driver is an entry point (requests counted per model)
         self.cfg_hash = config_hash(config.options)
         self.options = config.options
         self.dataset: Dataset | None = None

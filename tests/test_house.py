@@ -166,3 +166,39 @@ def test_analysis_takes_weights_not_sources():
     wrong = [f"analysis.py:{line}: {m}" for m, line in _imports(PKG / "analysis.py")
              if m.split(".")[:2] in (["hubscan", "sources"], ["hubscan", "hub"]) or m.split(".")[0] == "huggingface_hub"]
     assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_reaches_for_another_modules_private_names():
+    """``from hubscan.x import _name`` couples a module to another's internals: what is shared is public."""
+    wrong = [f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.module}.{a.name}" for p in sorted(PKG.rglob("*.py"))
+             for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+             if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("hubscan")
+             for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not wrong, "\n".join(wrong)
+
+
+#: Where process-wide state may be set: the entry points (the CLI, the survey driver and its actors, and the
+#: census when it runs the survey machinery).
+ENTRY_POINTS = {"cli.py", "survey.py", "census.py"}
+
+
+def test_process_wide_state_only_at_entry_points():
+    """Library code writes no environment variable, and only entry points install hubscan's HTTP client in
+    huggingface_hub (``hub.install_http_client``; ``set_client_factory`` is called by it alone)."""
+    wrong = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).as_posix()
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            text = ast.unparse(n) if isinstance(n, (ast.Assign, ast.AugAssign, ast.Call, ast.Delete)) else ""
+            if isinstance(n, (ast.Assign, ast.AugAssign, ast.Delete)) and "os.environ[" in text:
+                wrong.append(f"{rel}:{n.lineno}: {text}")
+            if isinstance(n, ast.Call):
+                name = getattr(n.func, "attr", getattr(n.func, "id", ""))
+                if name in ("putenv", "unsetenv") or (name in ("setdefault", "update", "pop")
+                                                      and ast.unparse(n.func).startswith("os.environ")):
+                    wrong.append(f"{rel}:{n.lineno}: {text}")
+                if name == "install_http_client" and rel not in ENTRY_POINTS:
+                    wrong.append(f"{rel}:{n.lineno}: {text} (not an entry point)")
+                if name == "set_client_factory" and rel != "hub.py":
+                    wrong.append(f"{rel}:{n.lineno}: {text}")
+    assert not wrong, "\n".join(wrong)

@@ -88,9 +88,18 @@ def digits(seed: int = 0):
     -------
     (X_train, y_train, X_test, y_test) : torch.Tensor
         float32 (n, 64) and int64 (n,); a stratified 75/25 split fixed by ``seed``.
+
+    Raises
+    ------
+    ImportError
+        scikit-learn is not installed (``pip install 'hubscan[experiments]'``).
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise ImportError(f"the demo model tree trains on scikit-learn's digits: pip install "
+                          f"'hubscan[experiments]' ({exc})") from exc
 
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.25, stratify=y, random_state=seed)

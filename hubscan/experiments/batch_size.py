@@ -37,6 +37,7 @@ every batch size the same number of steps leaves only the gradient-noise differe
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -60,26 +61,30 @@ MIN_EVALS_FOR_MEAN = 64
 
 
 # --------------------------------------------------------------------------------------------- data
-_DATA = None
-
-
+@functools.lru_cache(maxsize=4)
 def load_data(split_seed: int = 0, test_size: float = 0.25):
     """The digits, pixel values / 16 then standardized with the training set's per-pixel mean and std;
-    a stratified train/test split with a fixed seed. Returns float32 / int64 numpy arrays."""
-    global _DATA
-    if _DATA is not None and _DATA[0] == (split_seed, test_size):
-        return _DATA[1]
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    a stratified train/test split with a fixed seed. Returns float32 / int64 numpy arrays (read them, do not
+    modify them: they are cached per (split_seed, test_size) for the runs of one process).
+
+    Raises
+    ------
+    ImportError
+        scikit-learn is not installed (``pip install 'hubscan[experiments]'``).
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise ImportError(f"the batch-size experiment reads scikit-learn's digits: pip install "
+                          f"'hubscan[experiments]' ({exc})") from exc
     X, y = load_digits(return_X_y=True)
     X = X.astype(np.float64) / 16.0
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, stratify=y, random_state=split_seed)
     mu, sd = Xtr.mean(0), Xtr.std(0)
     sd[sd < 1e-8] = 1.0  # border pixels that are always 0
-    data = ((Xtr - mu) / sd).astype(np.float32), ytr.astype(np.int64), ((Xte - mu) / sd).astype(np.float32), \
+    return ((Xtr - mu) / sd).astype(np.float32), ytr.astype(np.int64), ((Xte - mu) / sd).astype(np.float32), \
         yte.astype(np.int64)
-    _DATA = ((split_seed, test_size), data)
-    return data
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -250,7 +255,6 @@ def run(args) -> dict:
     dict
         What ``OUT/results.json`` holds.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     out = args.out

@@ -41,7 +41,8 @@ UNDER_TRAINED = get_metric("alpha").warn_above
 _GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
 
 
-def _figure(figsize=(7.0, 4.8), layout: str | None = "constrained"):
+def new_figure(figsize=(7.0, 4.8), layout: str | None = "constrained"):
+    """A matplotlib Figure drawn off-screen (Agg canvas, no pyplot state): ``figsize`` in inches."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -184,7 +185,7 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     names, counts = np.unique(g, return_counts=True)
     order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for color, i in zip(_colors(len(order)), order):
         name = names[i]
@@ -259,7 +260,7 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     if model_ids is None:
         model_ids = list(dict.fromkeys(df["model_id"].tolist()))
     model_ids = list(model_ids)
-    fig = _figure((10.0, 6.4))
+    fig = new_figure((10.0, 6.4))
     ax = fig.add_subplot()
     ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
     ax.axhline(OVER_TRAINED, gid="guide", **_GUIDE_STYLE)
@@ -349,7 +350,7 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     alpha, xmin, xmax, D = (_get(fit, k) for k in ("alpha", "xmin", "xmax", "D"))
     lam_plus = _get(fit, "lambda_plus")
 
-    fig = _figure((7.0, 5.6), layout=None)  # fixed margins: constrained layout would double the time per layer
+    fig = new_figure((7.0, 5.6), layout=None)  # fixed margins: constrained layout would double the time per layer
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.23, top=0.89)  # the legend goes under the axes
     ax = fig.add_subplot()
     ax.set_xscale("log")
@@ -447,7 +448,7 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
         return out
 
     vals, pvals, ns = cell(value), cell(p_value), cell("n")
-    fig = _figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
+    fig = new_figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
@@ -501,7 +502,7 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     model_col = next((c for c in ("model_key", "model_id") if c in df.columns), None)
     n_models = int(df[model_col].nunique()) if model_col else None
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     n_clipped = 0
     if len(a):

@@ -211,27 +211,27 @@ def tree_section(con, have: set) -> list[str]:
     list of str
         HTML fragments (escaped).
     """
-    from hubscan.report.html import _esc, _img, _note, _table
+    from hubscan.report.html import escape_html, embed_figure, note_html, html_table
 
     if "lineage" not in have:
         return []
     out = ["<h2 id='tree'>Model tree</h2>"]
     nodes, edges, deltas = _frames(con, have)
     if not len(edges):
-        return out + [_note("The lineage table is empty.")]
+        return out + [note_html("The lineage table is empty.")]
     for root, grp in nodes.groupby("root"):
         e = edges[edges["root"] == root]
-        out.append(f"<p>{len(grp)} models below and including <b>{_esc(root)}</b>, {len(e)} edges "
-                   f"({_esc(', '.join(f'{k}: {v}' for k, v in e['relation'].value_counts().items()))}).</p>")
-        out.append(_img(tree_figure(grp, e, title=f"model tree of {root}"), f"model tree of {root}",
+        out.append(f"<p>{len(grp)} models below and including <b>{escape_html(root)}</b>, {len(e)} edges "
+                   f"({escape_html(', '.join(f'{k}: {v}' for k, v in e['relation'].value_counts().items()))}).</p>")
+        out.append(embed_figure(tree_figure(grp, e, title=f"model tree of {root}"), f"model tree of {root}",
                         "Nodes: the model's mean layer α (grey: not analyzed; an adapter: α of its ΔW = s·B·A); "
                         "edges: relation to the parent."))
-    out.append(_table(edges, ["child", "parent", "relation", "depth", "found_by"], sortable=True))
+    out.append(html_table(edges, ["child", "parent", "relation", "depth", "found_by"], sortable=True))
     out.append("<h3 id='tree-depth'>Δα per layer, parent → child</h3>")
     if deltas is None or not len(deltas):
-        out.append(_note("No layer is analyzed in both a child and its parent."))
+        out.append(note_html("No layer is analyzed in both a child and its parent."))
     else:
-        out.append(_img(delta_alpha_vs_depth(deltas), "delta alpha vs depth",
+        out.append(embed_figure(delta_alpha_vs_depth(deltas), "delta alpha vs depth",
                         "Δα of each layer (same name in child and parent), median over the edges of each relation "
                         "and its 10–90 % band; below 0: heavier-tailed after the change. Adapters have no "
                         "layer of their parent's names (their rows are ΔW: see the deltas table)."))
@@ -240,24 +240,24 @@ def tree_section(con, have: set) -> list[str]:
         changed = con.execute(MOST_CHANGED_SQL.format(layer_delta=LAYER_DELTA_SQL)).df()
         out.append("<p>Over the fine-tune edges: median ‖ΔW‖<sub>F</sub>/‖W<sub>parent</sub>‖<sub>F</sub> "
                    "per layer, the median Δα and the median α of ΔW itself (deltas table).</p>")
-        out.append(_table(changed, formats={"median_delta_W_rel": ".4f", "median_d_alpha": "+.3f",
+        out.append(html_table(changed, formats={"median_delta_W_rel": ".4f", "median_d_alpha": "+.3f",
                                             "median_alpha_of_dW": ".3f"}, sortable=True))
     else:
-        out.append(_note("No deltas table (the census writes it)."))
+        out.append(note_html("No deltas table (the census writes it)."))
     out.append("<h3 id='tree-over'>Over-trained descendants</h3>")
     over = con.execute(OVER_TRAINED_SQL).df() if "layers" in have else None
     if over is None or not len(over):
         out.append("<p>No child has more layers with α &lt; 2 than its parent.</p>")
     else:
         out.append("<p>Children with more layers at α &lt; 2 (over-trained) than their parent:</p>")
-        out.append(_table(over, sortable=True))
+        out.append(html_table(over, sortable=True))
     out.append("<h3 id='tree-accuracy'>Δaccuracy vs Δα</h3>")
     pairs = _accuracy_pairs(con, have)
     if pairs is None or not len(pairs):
-        out.append(_note("No accuracy ingested for both a child and its parent (hubscan accuracy --cards / "
+        out.append(note_html("No accuracy ingested for both a child and its parent (hubscan accuracy --cards / "
                          "--leaderboard / --csv)."))
     else:
         for (bench, metric), grp in pairs.groupby(["benchmark", "metric"]):
-            out.append(_img(accuracy_vs_delta_alpha(grp, title=f"{metric} ({bench}): Δaccuracy vs Δα"),
+            out.append(embed_figure(accuracy_vs_delta_alpha(grp, title=f"{metric} ({bench}): Δaccuracy vs Δα"),
                             f"delta accuracy vs delta alpha, {metric}"))
     return out
