@@ -388,13 +388,12 @@ def analyze(weights: WeightSet, options: AnalyzeOptions | None = None, *, source
     Returns
     -------
     AnalysisResult
-        ``.rows`` / ``.to_arrow()`` / ``.to_pandas()`` per matrix and ``.summary`` for the model.
 
     Raises
     ------
     hubscan.errors.HubscanError
-        The model holds no weight matrix (NoWeightsError), or a file turns out unreadable while its
-        tensors are listed. Problems of single layers do not raise.
+        No weight matrix (NoWeightsError), or a file unreadable once its tensors are listed; a single
+        layer's problem never raises (its row says it).
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
     run = ModelAnalysis(weights, options, source or ",".join(weights.files), ref, meta)

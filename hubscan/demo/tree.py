@@ -94,18 +94,9 @@ def digits(seed: int = 0):
     ImportError
         scikit-learn is not installed (``pip install 'hubscan[experiments]'``).
     """
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as exc:
-        raise ImportError(f"the demo model tree trains on scikit-learn's digits: pip install "
-                          f"'hubscan[experiments]' ({exc})") from exc
+    from hubscan.demo.digits import digits_split
 
-    X, y = load_digits(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.25, stratify=y, random_state=seed)
-    mu, sd = Xtr.mean(0), np.where(Xtr.std(0) < 1e-8, 1.0, Xtr.std(0))
-    f = lambda a: torch.from_numpy(((a - mu) / sd).astype(np.float32))  # noqa: E731
-    return f(Xtr), torch.from_numpy(ytr.astype(np.int64)), f(Xte), torch.from_numpy(yte.astype(np.int64))
+    return tuple(torch.from_numpy(a.copy()) for a in digits_split(seed))  # its own copy: the split is cached
 
 
 def mlp(seed: int) -> nn.Sequential:

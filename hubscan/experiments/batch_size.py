@@ -37,7 +37,6 @@ every batch size the same number of steps leaves only the gradient-noise differe
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hubscan.demo.digits import digits_split
 from hubscan.records import RowStatus
 from hubscan.sources.local import LocalSource
 from hubscan.report.batch_size import fmt, fmt_p
@@ -58,33 +58,6 @@ N_CLASSES = 10
 #: layer, M = 10, is always left out: hubscan fits it — it has ≥ 8 eigenvalues — but a power law on 10
 #: eigenvalues says nothing).
 MIN_EVALS_FOR_MEAN = 64
-
-
-# --------------------------------------------------------------------------------------------- data
-@functools.lru_cache(maxsize=4)
-def load_data(split_seed: int = 0, test_size: float = 0.25):
-    """The digits, pixel values / 16 then standardized with the training set's per-pixel mean and std;
-    a stratified train/test split with a fixed seed. Returns float32 / int64 numpy arrays (read them, do not
-    modify them: they are cached per (split_seed, test_size) for the runs of one process).
-
-    Raises
-    ------
-    ImportError
-        scikit-learn is not installed (``pip install 'hubscan[experiments]'``).
-    """
-    try:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
-    except ImportError as exc:
-        raise ImportError(f"the batch-size experiment reads scikit-learn's digits: pip install "
-                          f"'hubscan[experiments]' ({exc})") from exc
-    X, y = load_digits(return_X_y=True)
-    X = X.astype(np.float64) / 16.0
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, stratify=y, random_state=split_seed)
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    sd[sd < 1e-8] = 1.0  # border pixels that are always 0
-    return ((Xtr - mu) / sd).astype(np.float32), ytr.astype(np.int64), ((Xte - mu) / sd).astype(np.float32), \
-        yte.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -150,7 +123,7 @@ def train_run(spec: dict) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(spec["threads"])
     torch.use_deterministic_algorithms(True)
-    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in load_data(spec["split_seed"]))
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in digits_split(spec["split_seed"]))
     n = len(Xtr)
     # the same initial weights for every batch size of one seed (paired design: only B differs)
     torch.manual_seed(1000 * spec["seed"] + (0 if spec["model"] == "mlp" else 1))
@@ -263,7 +236,7 @@ def run(args) -> dict:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
-    Xtr, ytr, Xte, yte = load_data(args.split_seed)
+    Xtr, ytr, Xte, yte = digits_split(args.split_seed)
     n_train = len(Xtr)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     log(f"hubscan batch-size experiment → {out}")
