@@ -275,10 +275,12 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
             t0, retries0, requests0 = time.perf_counter(), client.total_retries(), _requests(client)
             before = shared.bytes_read if shared is not None else 0
             out = Analyzed(ref, meta, key, delta=parent_error)
+            if shared is None and not own:  # nothing to analyze: the parent could not be opened
+                yield out
+                continue
             try:
                 if shared is None:
-                    opened = open_model(ref, client)
-                    out.own = analyze(opened.weights, options, source=str(ref), ref=ref) if own else None
+                    out.own = analyze(open_model(ref, client).weights, options, source=str(ref), ref=ref)
                 elif own:
                     opened = open_model(ref, client, shared=shared, own=True)
                     out.own, out.delta = analyze_together(opened.own, opened.weights, options, source=str(ref), ref=ref)
