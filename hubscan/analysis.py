@@ -303,7 +303,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                     evals = _analyze_plan(plan, tensor, options, device, row, rank=getattr(entry, "rank", 0))
                     row.update(getattr(entry, "extras", {}))  # base-model distances
                 except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
-                    row.update(status=RowStatus.SKIPPED, reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
+                    row.update(status=RowStatus.SKIPPED, reason=exc.reason, layer_type="skipped", N=None, M=None,
+                               Q=None,
                                rf=None, device=None, seconds=time.perf_counter() - t0)
                     yield row, None
                     continue
@@ -456,7 +457,8 @@ class ModelAnalysis:
         summary = summarize(rows)
         left_out = [r for r in rows if excluded(r)]
         if left_out and all(r.get("status") == RowStatus.SKIPPED for r in rows):  # the user's filter left nothing
-            status, reason = ModelStatus.SKIPPED, f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
+            spec = left_out[0]["reason"].removeprefix("excluded by ")
+            status, reason = ModelStatus.SKIPPED, f"no layer selected by {spec}"
         elif summary["num_success"] == 0:
             status, reason = ModelStatus.FAILED, "no layer could be analyzed"
         elif missing or unread:

@@ -14,8 +14,8 @@ Steps (:func:`census`):
 3. **The parent once per batch** — the children of one parent are taken in batches of ``batch_size``
    (:func:`family_tasks`); a batch is one call of :func:`hubscan.survey.analyze_batch`, which opens the
    parent once (:func:`hubscan.sources.open_shared`) and holds each of its tensors until every child of the
-   batch has taken it (:class:`~hubscan.weights.shared.SharedReads`). So a batch reads the parent's tensors once and each
-   child's tensors once. Memory: up to the parent's matched tensors until the batch's last child (for
+   batch has taken it (:class:`~hubscan.weights.shared.SharedReads`). So a batch reads the parent's tensors
+   once and each child's tensors once. Memory: up to the parent's matched tensors until the batch's last child (for
    models larger than memory, ``batch_size=1``: one parent read per child).
 4. **Other edges** — an edge whose child is not analyzed now (the dataset holds it) but whose delta is
    missing, and a merge's second parent, are analyzed after the nodes (:func:`analyze_edges`; the child is

@@ -751,7 +751,8 @@ class Survey:
                 self._source_lost(task, cause)
                 return
             if task is not None:
-                self._driver_row(task, ModelStatus.FAILED, " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
+                reason = " ".join(str(getattr(exc, "cause", None) or exc).split())[:300]
+                self._driver_row(task, ModelStatus.FAILED, reason)
             return
         if actor in self.actors:
             self.actors[actor] -= 1
@@ -983,9 +984,9 @@ class _Progress:
         if n - self.last_n >= self.every_models or now - self.last_t >= self.every_seconds:
             self.last_n, self.last_t = n, now
             progress_log.info("survey: %d/%d analyzed (%d ok, %d failed, %d skipped, %.1f MB read), %d committed | "
-                              "%.1f models/min", n, self.total, seen[ModelStatus.SUCCESS] + seen[ModelStatus.INCOMPLETE],
-                              seen[ModelStatus.FAILED], seen[ModelStatus.SKIPPED], seen["bytes_read"] / 1e6,
-                              sum(counts.values()),
+                              "%.1f models/min", n, self.total,
+                              seen[ModelStatus.SUCCESS] + seen[ModelStatus.INCOMPLETE], seen[ModelStatus.FAILED],
+                              seen[ModelStatus.SKIPPED], seen["bytes_read"] / 1e6, sum(counts.values()),
                               n / max(1e-9, (now - self.t0) / 60))
 
     def close(self, counts: dict) -> None:

@@ -109,7 +109,8 @@ def test_the_registries_are_one_type():
     assert all(isinstance(r, Registry) for r in mine) and all(r in registries() for r in mine)
     assert READERS.module_of("safetensors") == "hubscan.weights.safetensors"
     assert SOURCES.module_of("hf") == "hubscan.sources.hf" and REF_SCHEMES.module_of("timm") == "hubscan.sources.timm"
-    assert SCHEMES.module_of("mxfp4") == "hubscan.weights.quantized" and METRICS.module_of("alpha") == "hubscan.esd.metrics"
+    assert SCHEMES.module_of("mxfp4") == "hubscan.weights.quantized"
+    assert METRICS.module_of("alpha") == "hubscan.esd.metrics"
     # every ``register_*`` function writes into a module-level Registry (or through another register_*)
     for path in sorted(PKG.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -164,7 +165,8 @@ def test_only_sources_name_a_source():
 def test_analysis_takes_weights_not_sources():
     """The one-model room imports nothing from sources/ or the hub client (it is given a WeightSet)."""
     wrong = [f"analysis.py:{line}: {m}" for m, line in _imports(PKG / "analysis.py")
-             if m.split(".")[:2] in (["hubscan", "sources"], ["hubscan", "hub"]) or m.split(".")[0] == "huggingface_hub"]
+             if m.split(".")[:2] in (["hubscan", "sources"], ["hubscan", "hub"])
+             or m.split(".")[0] == "huggingface_hub"]
     assert not wrong, "\n".join(wrong)
 
 

@@ -273,7 +273,8 @@ def run(args) -> dict:
     import pandas as pd
     # hubscan.accuracy.ingest_csv reads model_id, metric, value (+ source, benchmark, split) and ignores the rest
     acc = pd.DataFrame([{"model_id": r["model_id"], "metric": "test_accuracy", "value": r["test_accuracy"],
-                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"], "source": LocalSource.name,
+                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"],
+                         "source": LocalSource.name,
                          "benchmark": "sklearn-digits", "split": "test"} for r in runs])
     acc.to_csv(out / "accuracy.csv", index=False)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
@@ -513,7 +514,8 @@ def markdown(args, res: dict) -> str:
                          f"{fmt(tr.get('kendall_tau'), 2)} | {fmt_p(tr.get('kendall_p'))} | "
                          f"{fmt(tr.get('ols_slope'), 4)} ± {fmt(tr.get('ols_slope_se'), 4)} | "
                          f"{fmt_p(tr.get('ols_p'))} | {fmt(tr.get('ols_r2'), 2)} |")
-        bad = [x for x in r["runs"] if x["status"] != RowStatus.SUCCESS or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
+        bad = [x for x in r["runs"] if x["status"] != RowStatus.SUCCESS
+               or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
         if bad:
             lines += ["", "Runs without a mean alpha (diverged to non-finite weights → every layer failed in the survey): "
                       + ", ".join(f"B={x['batch_size']} seed {x['seed']} (survey status {x['status']}, test acc "

@@ -33,7 +33,8 @@ if TYPE_CHECKING:  # torch-free at import: the CLI lists the sources before anyt
     from hubscan.weights.base import WeightSet
     from hubscan.weights.shared import SharedReads
 
-__all__ = ["SOURCES", "plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources", "source_specs", "parse_spec",
+__all__ = ["SOURCES", "plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources",
+           "source_specs", "parse_spec",
            "enumerate_models", "resolve", "Opened", "open_model", "open_shared", "PAIR_WINDOW"]
 
 

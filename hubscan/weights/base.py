@@ -44,7 +44,7 @@ class WeightKind(enum.StrEnum):
 
     WEIGHTS = "weights"  #: the model's weights as stored (decoded when quantized)
     DELTA = "delta"      #: ΔW = W − W_base per tensor matched with a base model (:mod:`hubscan.weights.delta`)
-    ADAPTER = "adapter"  #: a LoRA adapter's ΔW = s·B·A per module, plus W + ΔW with a base (:mod:`hubscan.weights.peft`)
+    ADAPTER = "adapter"  #: a LoRA adapter's ΔW = s·B·A per module, plus W + ΔW with a base (weights/peft.py)
 
 
 @dataclasses.dataclass(frozen=True)

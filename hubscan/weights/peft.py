@@ -157,7 +157,7 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
     Returns
     -------
     WeightSet
-        ``format`` is ``lora+<adapter format>`` and ``kind`` :attr:`~hubscan.weights.base.WeightKind.ADAPTER`; ``missing`` lists unpaired factors and adapted modules
+        ``format`` is ``lora+<adapter format>`` and ``kind`` ``WeightKind.ADAPTER``; ``missing`` lists unpaired factors and adapted modules
         without a matching base weight. Closing it closes ``base`` too.
     """
     factors: dict[str, dict] = {}
