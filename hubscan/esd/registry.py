@@ -246,7 +246,7 @@ def below(hi: float, lo: float = 0.0) -> Callable[[Any], None]:
 METRICS: Registry[Metric] = Registry("metric")
 #: The analysis options metrics declare: name → :class:`Option`, in registration order.
 OPTIONS: Registry[Option] = Registry("analysis option")
-_loaded = False
+_LOADED: set = set()  # which of the built-in parts _load imported: "options" (metric_* modules), "metrics"
 #: Metric modules imported first, in this order: the layers table's columns keep the order they had before
 #: they moved into these modules (datasets written then have it). Other ``metric_*`` modules follow, sorted.
 _COLUMN_ORDER = ("metric_alpha_ci", "metric_ks_pvalue", "metric_farms", "metric_vectors")
@@ -272,15 +272,18 @@ def register_option(name: str, type: type, default: Any, help: str, *, check: Ca
     """
     import inspect
 
-    _load()
+    module = inspect.currentframe().f_back.f_globals.get("__name__")
+    if not module.startswith("hubscan.esd."):
+        _load(metrics=False)  # the built-in options first: a plugin's of the same name wins
     option = Option(name, type, default, help, check, metavar)
     option.parse(default)
-    return OPTIONS.register(name, option, module=inspect.currentframe().f_back.f_globals.get("__name__"))
+    return OPTIONS.register(name, option, module=module)
 
 
 def options() -> dict[str, Option]:
-    """Every registered analysis option, name → :class:`Option`, in registration order."""
-    _load()
+    """Every registered analysis option, name → :class:`Option`, in registration order (the built-in
+    ``metric_*`` modules are imported for them, not the numpy-using metrics: the CLI's flags stay light)."""
+    _load(metrics=False)
     return dict(OPTIONS)
 
 
@@ -303,7 +306,8 @@ def register_metric(name: str, dtype: str, description: str, *, summary: bool = 
         ``name`` is already registered: the new entry wins (the warning names both modules).
     """
     def deco(fn: Callable[[Spectrum], Any]) -> Callable[[Spectrum], Any]:
-        _load()  # the built-in columns first, whoever registers (a plugin imported early, in an actor)
+        if not fn.__module__.startswith("hubscan.esd."):
+            _load()  # the built-in metrics first: a plugin's of the same name wins
         if option is not None and option not in OPTIONS:
             raise ValueError(f"metric {name!r}: option {option!r} is not registered (register_option first)")
         compute = fn if option is None else _when(option, fn)
@@ -332,17 +336,17 @@ def unregister_option(name: str) -> None:
     OPTIONS.unregister(name)
 
 
-def _load() -> None:
-    """Import the built-in metrics and every ``hubscan/esd/metric_*.py`` module once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import hubscan.esd as pkg
-    importlib.import_module("hubscan.esd.metrics")
-    found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("metric_"))
-    for mod in [m for m in _COLUMN_ORDER if m in found] + [m for m in found if m not in _COLUMN_ORDER]:
-        importlib.import_module(f"hubscan.esd.{mod}")
+def _load(metrics: bool = True) -> None:
+    """Import every ``hubscan/esd/metric_*.py`` module and (``metrics``) the built-in metrics, each once."""
+    if "options" not in _LOADED:
+        _LOADED.add("options")
+        import hubscan.esd as pkg
+        found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("metric_"))
+        for mod in [m for m in _COLUMN_ORDER if m in found] + [m for m in found if m not in _COLUMN_ORDER]:
+            importlib.import_module(f"hubscan.esd.{mod}")
+    if metrics and "metrics" not in _LOADED:
+        _LOADED.add("metrics")
+        importlib.import_module("hubscan.esd.metrics")
 
 
 def metrics() -> dict[str, Metric]:
