@@ -171,11 +171,25 @@ def test_analysis_takes_weights_not_sources():
 
 
 def test_no_module_reaches_for_another_modules_private_names():
-    """``from hubscan.x import _name`` couples a module to another's internals: what is shared is public."""
-    wrong = [f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.module}.{a.name}" for p in sorted(PKG.rglob("*.py"))
-             for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
-             if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("hubscan")
-             for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+    """``from hubscan.x import _name`` or ``x._name`` on an imported hubscan module couples a module to
+    another's internals: what is shared is public."""
+    wrong = []
+    for p in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        modules = set()  # names bound to hubscan modules: import hubscan.x as m / from hubscan.pkg import mod
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("hubscan"):
+                for a in n.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        wrong.append(f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.module}.{a.name}")
+                    dotted = PKG.parent / (n.module.replace(".", "/") + "/" + a.name)
+                    if dotted.with_suffix(".py").is_file() or dotted.is_dir():
+                        modules.add(a.asname or a.name)
+            elif isinstance(n, ast.Import):
+                modules |= {a.asname for a in n.names if a.name.startswith("hubscan") and a.asname}
+        wrong += [f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.value.id}.{n.attr}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules
+                  and n.attr.startswith("_") and not n.attr.startswith("__")]
     assert not wrong, "\n".join(wrong)
 
 

@@ -1,7 +1,7 @@
 """Figures of the batch-size experiment (:mod:`hubscan.experiments.batch_size`).
 
 Drawn like every hubscan plot: on :class:`matplotlib.figure.Figure` objects with an Agg canvas
-(:func:`hubscan.report.plots._figure`), no pyplot, constrained layout.
+(:func:`hubscan.report.plots.new_figure`), no pyplot, constrained layout.
 """
 
 from __future__ import annotations

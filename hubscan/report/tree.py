@@ -83,7 +83,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     import matplotlib
     import numpy as np
 
-    fig = plots._figure(figsize=(11.0, max(3.2, 0.55 * nodes.groupby("depth").size().max() + 1.5)))
+    fig = plots.new_figure(figsize=(11.0, max(3.2, 0.55 * nodes.groupby("depth").size().max() + 1.5)))
     ax = fig.add_subplot(1, 1, 1)
     pos = {}
     for d, grp in nodes.groupby("depth"):
@@ -107,7 +107,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     colors = [cmap(norm(a)) if np.isfinite(a) else (0.8, 0.8, 0.8, 1.0) for a in alpha]
     ax.scatter(xs, ys, s=260, c=colors, edgecolors="0.2", zorder=3)
     for m, x, y, a in zip(nodes["model_id"], xs, ys, alpha):
-        ax.text(x, y - 0.32, plots._short(m, 28) + (f"\nα {a:.2f}" if np.isfinite(a) else ""), ha="center",
+        ax.text(x, y - 0.32, plots.short_label(m, 28) + (f"\nα {a:.2f}" if np.isfinite(a) else ""), ha="center",
                 va="top", fontsize=7.5)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label="mean layer α of the model", shrink=0.8)
@@ -117,7 +117,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     ax.set_xlim(-0.5, max(xs) + 0.5)
     ax.set_ylim(min(ys) - 0.9, max(ys) + 0.6)
     ax.set_title(title or "model tree")
-    plots._legend_outside(ax, small=True)
+    plots.legend_outside(ax, small=True)
     return fig
 
 
@@ -133,7 +133,7 @@ def delta_alpha_vs_depth(deltas, *, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    fig = plots._figure(figsize=(9.0, 4.4))
+    fig = plots.new_figure(figsize=(9.0, 4.4))
     ax = fig.add_subplot(1, 1, 1)
     names = deltas.groupby("layer_id")["name"].first()
     for rel, grp in deltas.groupby("relation"):
@@ -142,12 +142,12 @@ def delta_alpha_vs_depth(deltas, *, title: str | None = None):
         color = RELATION_COLORS.get(rel, "0.4")
         ax.plot(q.index, q[0.5], marker="o", color=color, label=f"{rel} ({n} edge{'s' if n > 1 else ''})")
         ax.fill_between(q.index, q[0.1], q[0.9], color=color, alpha=0.18, linewidth=0)
-    ax.axhline(0.0, **plots._GUIDE_STYLE)
+    ax.axhline(0.0, **plots.GUIDE_STYLE)
     ax.set_xticks(list(names.index))
-    ax.set_xticklabels([plots._short(n, 24) for n in names], rotation=30, ha="right", fontsize=7.5)
+    ax.set_xticklabels([plots.short_label(n, 24) for n in names], rotation=30, ha="right", fontsize=7.5)
     ax.set_ylabel("Δα = α(child) − α(parent)")
     ax.set_title(title or "per-layer Δα vs depth (median, 10–90 % band)")
-    plots._legend_outside(ax, small=True, below=True)  # under the plot: the layers keep the full width
+    plots.legend_outside(ax, small=True, below=True)  # under the plot: the layers keep the full width
     return fig
 
 
@@ -179,19 +179,19 @@ def accuracy_vs_delta_alpha(pairs, *, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    fig = plots._figure(figsize=(7.5, 4.6))
+    fig = plots.new_figure(figsize=(7.5, 4.6))
     ax = fig.add_subplot(1, 1, 1)
     for rel, grp in pairs.groupby("relation"):
         ax.scatter(grp["d_alpha"], grp["d_accuracy"], color=RELATION_COLORS.get(rel, "0.4"), label=rel, s=40)
         for r in grp.itertuples(index=False):
-            ax.annotate(plots._short(r.child, 22), (r.d_alpha, r.d_accuracy), fontsize=7, xytext=(4, 3),
+            ax.annotate(plots.short_label(r.child, 22), (r.d_alpha, r.d_accuracy), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
-    ax.axhline(0.0, **plots._GUIDE_STYLE)
-    ax.axvline(0.0, **plots._GUIDE_STYLE)
+    ax.axhline(0.0, **plots.GUIDE_STYLE)
+    ax.axvline(0.0, **plots.GUIDE_STYLE)
     ax.set_xlabel("Δ mean α (child − parent)")
     ax.set_ylabel("Δ accuracy (child − parent)")
     ax.set_title(title or "accuracy change vs α change per edge")
-    plots._legend_outside(ax, small=True)
+    plots.legend_outside(ax, small=True)
     return fig
 
 
