@@ -251,10 +251,17 @@ def _source_specs() -> list[str]:
     return source_specs()
 
 
+def _install_http_client(args) -> None:
+    """A command that talks to the Hub installs hubscan's HTTP client in ``huggingface_hub`` (the CLI is an
+    entry point: requests counted, a stalled server bounded by ``--timeout``, an unreachable Hub one line)."""
+    from hubscan.hub import install_http_client
+    install_http_client(getattr(args, "timeout", None) or 30.0)
+
+
 def _client(args):
-    """The hub client of a command, hubscan's HTTP client installed for ``huggingface_hub`` (an entry point)."""
-    from hubscan.hub import HubClient, install_http_client
-    install_http_client(args.timeout)
+    """The hub client of a command (its HTTP client installed: :func:`_install_http_client`)."""
+    from hubscan.hub import HubClient
+    _install_http_client(args)
     return HubClient(endpoint=args.endpoint, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
                      max_retries=args.max_retries, timeout=args.timeout)
 
@@ -864,6 +871,7 @@ def cmd_sql(args) -> int:
         raise HubscanError(args.dataset, "empty query")
     if args.dataset.startswith("hf://"):  # a published census (hubscan publish)
         from hubscan.publish import connect as connect_published
+        _install_http_client(args)
         if args.as_of:
             raise HubscanError(args.dataset, "--as-of needs a Delta dataset; a published census is one version "
                                              "(hf://datasets/ORG/NAME@REVISION for an older commit)")
@@ -1178,6 +1186,7 @@ def _add_report(sub) -> None:
 def cmd_publish(args) -> int:
     from hubscan.publish import publish
 
+    _install_http_client(args)
     r = publish(args.dataset, args.url, endpoint=args.endpoint, private=args.private, message=args.message,
                 storage_options=args.storage_options)
     console = _console(args)
