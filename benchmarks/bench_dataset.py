@@ -40,12 +40,15 @@ def real_rows(hub: Path, keep_esd: bool) -> dict:
     from hubscan.hub import HubClient
     from hubscan.sources import enumerate_models
     from hubscan.store import config_hash, model_key
-    from hubscan.survey import analyze_model
+    from hubscan.sources import resolve
+    from hubscan.survey import analyze_models
     (ref, meta), = [(r, m) for r, m in enumerate_models(f"local:{hub}") if "MiniLM" in r.id]
+    ref, _ = resolve(ref)
     opts = AnalyzeOptions()
     cfg = config_hash(opts)
-    return analyze_model(ref, meta, model_key(ref.source, ref.id, ref.revision, cfg), options=opts, cfg_hash=cfg,
-                         survey_id="bench", client=HubClient(), keep_esd=keep_esd)
+    key = model_key(ref.source, ref.id, ref.revision, cfg)
+    return next(analyze_models([(ref, meta, key)], options=opts, cfg_hash=cfg, survey_id="bench", client=HubClient(),
+                               keep_esd=keep_esd))
 
 
 def rekey(table: pa.Table, keys: list[str], per_model: int) -> pa.Table:

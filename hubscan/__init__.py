@@ -15,8 +15,55 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
 
+def analyze(model, options=None, *, client=None, base=None, **kwargs):
+    """Analyze every weight matrix of one model.
+
+    Opens the model with :func:`hubscan.sources.open_model` (the one way to a model's weights) and analyzes
+    them with :func:`hubscan.analysis.analyze`.
+
+    Parameters
+    ----------
+    model : str, path, ModelRef or WeightSet
+        ``hf:ORG/NAME[@REV]`` (hub, read by HTTP range requests), ``timm:ARCH.TAG``, a local
+        safetensors / torch / ONNX / GGUF file or Hugging Face layout folder (sharded or not), any
+        registered source's reference, or an opened :class:`~hubscan.weights.base.WeightSet`.
+    options : AnalyzeOptions, optional
+        Analysis settings; keyword arguments override them (``analyze(p, device="cuda", alpha_ci=0.95)``).
+    client : HubClient, optional
+        Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …). hubscan leaves the
+        process's ``huggingface_hub`` HTTP client as it finds it (entry points install hubscan's:
+        :func:`hubscan.hub.install_http_client`).
+    base : str, path, ModelRef or WeightSet, optional
+        A base model (any source): each row is then the ESD of ΔW = W − W_base of a matched tensor,
+        with the distance columns (:mod:`hubscan.weights.delta`). A local LoRA adapter folder
+        (``adapter_config.json``) or hub adapter repository (weights ``adapter_model.*``) is always read
+        as ΔW = s·B·A per module, plus W + ΔW when ``base`` is given (:mod:`hubscan.weights.peft`).
+
+    Returns
+    -------
+    AnalysisResult
+        ``.rows`` / ``.to_arrow()`` / ``.to_pandas()`` per matrix and ``.summary`` for the model.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The files cannot be opened safely (unsafe pickle, corrupt header, no weights …); the
+        message names the file and the reason. Problems of single layers do not raise.
+    """
+    import dataclasses
+
+    from hubscan.analysis import AnalyzeOptions, analyze as analyze_weights
+    from hubscan.sources import open_model
+    from hubscan.weights.base import WeightSet
+
+    options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)  # a bad option fails before any read
+    opened = open_model(model, client, base=base)
+    return analyze_weights(opened.weights, options, source=None if isinstance(model, WeightSet) else str(model),
+                           ref=opened.ref, meta=opened.meta)
+
+
 def __getattr__(name):  # lazy: `import hubscan` stays light (no torch import until used)
-    if name in ("analyze", "AnalyzeOptions", "AnalysisResult"):
+    if name in ("AnalyzeOptions", "AnalysisResult"):
         from hubscan import analysis as _analyze_mod
         return getattr(_analyze_mod, name)
     raise AttributeError(name)

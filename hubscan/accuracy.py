@@ -38,7 +38,14 @@ from typing import Iterable
 import pyarrow as pa
 
 from hubscan.schema import ACCURACY_SCHEMA
+from hubscan.sources.hf import HubSource
+from hubscan.sources.local import LocalSource
+from hubscan.sources.timm import TimmSource
 from hubscan.store import Dataset, rows_to_table
+
+#: The sources whose model ids accuracy rows name: timm results (timm names), leaderboards and model cards
+#: (hub repo ids), local paths.
+TIMM, HUB, LOCAL = TimmSource.name, HubSource.name, LocalSource.name
 
 log = logging.getLogger(__name__)
 
@@ -337,13 +344,13 @@ def ingest_timm_results(dataset, path_or_dir_or_url, *, image_size: str = "input
                 if v is None or (isinstance(v, float) and math.isnan(v)):
                     continue
                 pc = rec.get("param_count")
-                rows.append({"source": "timm", "model_id": name, "revision": None, "benchmark": bench,
+                rows.append({"source": TIMM, "model_id": name, "revision": None, "benchmark": bench,
                              "split": _TIMM_SPLIT.get(bench, "test"), "metric": metric, "value": float(v),
                              "higher_is_better": True, "provenance": prov,
                              "img_size": int(rec["img_size"]) if rec.get("img_size") == rec.get("img_size") else None,
                              "param_count": float(pc) if pc is not None and pc == pc else None,
                              "pretrain": pretrain.get(name)})
-        out.append(write_provenance(dataset, provenance_key("timm", posixpath.basename(f.replace("\\", "/"))), rows))
+        out.append(write_provenance(dataset, provenance_key(TIMM, posixpath.basename(f.replace("\\", "/"))), rows))
     if not out:
         raise FileNotFoundError(f"no timm results read from {path_or_dir_or_url}")
     return pa.concat_tables(out)
@@ -573,7 +580,7 @@ def ingest_leaderboard(dataset, path, *, version: str | None = None, drop_flagge
                 continue
             if not math.isfinite(v):
                 continue
-            rows.append({"source": "hf", "model_id": mid, "revision": rev, "benchmark": bench, "split": None,
+            rows.append({"source": HUB, "model_id": mid, "revision": rev, "benchmark": bench, "split": None,
                          "metric": metric, "value": v, "higher_is_better": True, "provenance": prov,
                          "param_count": params, "variant": variant})
     if skipped:
@@ -625,14 +632,14 @@ def _match_model(model_id: str, source: str | None, known: dict[str, set]) -> tu
     cands = known.get(model_id, set())
     if len(cands) == 1 and source in (None, *cands):
         return model_id, next(iter(cands))
-    if source == "local" or _looks_local(model_id):
+    if source == LOCAL or _looks_local(model_id):
         path = posixpath.normpath(model_id.replace("\\", "/"))
-        hits = [m for m, srcs in known.items() if "local" in srcs
+        hits = [m for m, srcs in known.items() if LOCAL in srcs
                 and (path == m or path.endswith("/" + m.lstrip("/")))]
         if len(hits) == 1:
-            return hits[0], "local"
-        return model_id, "local"
-    return model_id, source or "hf"
+            return hits[0], LOCAL
+        return model_id, LOCAL
+    return model_id, source or HUB
 
 
 def match_report(dataset, table: pa.Table) -> dict:
@@ -712,7 +719,7 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         except ValueError:
             raise ValueError(f"{path}: value {value!r} of {mid} is not a number") from None
         src = cell(rec, "source") or source
-        if src in (None, "local"):
+        if src in (None, LOCAL):
             mid, src = _match_model(mid, src, known)
         hib = _parse_bool(cell(rec, "higher_is_better"))
         rows.append({"source": src, "model_id": mid, "revision": cell(rec, "revision"),

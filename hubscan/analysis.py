@@ -2,7 +2,7 @@
 
 This is the unit of work a survey distributes. It streams: one tensor is read, analyzed and
 released before the next is read, so memory is bounded by the largest tensor, not the model.
-One bad layer never stops the others: its row gets ``status = "failed"`` and a one-line reason.
+One bad layer never stops the others: its row gets ``status = RowStatus.FAILED`` and a one-line reason.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 from typing import Iterable, Iterator
 
@@ -24,14 +23,13 @@ from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
-from hubscan.hub import HubClient
-from hubscan.records import EsdRecord, LayerRecord
+from hubscan.esd.registry import options as metric_options
+from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
-from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.modules import module_map
 from hubscan.weights.weight_norm import LAYOUT as WEIGHT_NORM
-from hubscan.weights.peft import is_adapter
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +37,27 @@ log = logging.getLogger(__name__)
 FEW_EVALS = 20
 
 
-#: Options added after schema v1: they enter ``store.config_hash`` only when not at their default,
-#: so datasets written before they existed keep their hashes (and are not re-analyzed).
-ADDED_OPTIONS = ("alpha_ci", "alpha_ci_samples", "ks_pvalue", "layers", "farms", "vectors")
+#: Options added after schema v1 (besides the metrics' registered options, :func:`added_options`): they enter
+#: ``store.config_hash`` only when not at their default, so datasets written before they existed keep their
+#: hashes (and are not re-analyzed).
+ADDED_OPTIONS = ("layers",)
 
 
-@dataclasses.dataclass(frozen=True)
+def added_options() -> tuple[str, ...]:
+    """Every option that enters the config hash only when not at its default: :data:`ADDED_OPTIONS` and the
+    options metrics register (:func:`hubscan.esd.registry.register_option`)."""
+    return ADDED_OPTIONS + tuple(metric_options())
+
+
+@dataclasses.dataclass(frozen=True, init=False)
 class AnalyzeOptions:
     """Settings of the analysis (their hash keys survey results).
+
+    Besides the fields below, every option a metric module registers
+    (:func:`hubscan.esd.registry.register_option`) is an attribute and a keyword: ``alpha_ci``,
+    ``alpha_ci_samples``, ``ks_pvalue``, ``farms``, ``vectors`` (built in, :mod:`hubscan.esd` ``metric_*``
+    modules) and any plugin's. Its value is checked against the option's type and check; an option not
+    given is at its default (its metrics' columns None).
 
     Attributes
     ----------
@@ -76,21 +87,17 @@ class AnalyzeOptions:
         Keep every layer's eigenvalues in the result (for the ``esd`` table and plots).
     seed : int
         Seed of the shuffle behind rand_distance (and of the bootstraps).
-    alpha_ci : float
-        Level of the bootstrap confidence interval of alpha (0 = off; e.g. 0.95), columns
-        ``alpha_ci_lo`` / ``alpha_ci_hi`` (:mod:`hubscan.esd.uncertainty`).
-    alpha_ci_samples : int
-        Its resamples.
-    ks_pvalue : int
-        Synthetic data sets of the CSN goodness-of-fit p-value (0 = off), columns ``ks_pvalue`` and
-        ``fit_quality``.
     layers : str
         Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer.
-    farms : bool
-        Also fit the FARMS ESD of fixed-aspect-ratio submatrices (:mod:`hubscan.esd.farms`), columns
-        ``farms_alpha`` / ``farms_num_windows`` (2-D matrices only).
-    vectors : bool
-        Eigenvector localization metrics, WW's ``vectors=True`` (:mod:`hubscan.esd.vectors`).
+    metric_options : tuple of (str, value)
+        The registered options not at their default, sorted by name (read them as attributes).
+
+    Raises
+    ------
+    TypeError
+        A keyword that is neither a field nor a registered option.
+    ValueError
+        A registered option's value of the wrong type or refused by its check.
     """
 
     device: str = "cpu"
@@ -107,12 +114,41 @@ class AnalyzeOptions:
     max_evals: int | None = None
     keep_evals: bool = False
     seed: int = 0
-    alpha_ci: float = 0.0
-    alpha_ci_samples: int = 100
-    ks_pvalue: int = 0
     layers: str = ""
-    farms: bool = False
-    vectors: bool = False
+    metric_options: tuple = ()
+
+    def __init__(self, **kwargs):
+        given = dict(kwargs.pop("metric_options", ()))
+        core = {f.name: f for f in dataclasses.fields(self) if f.name != "metric_options"}
+        registered = metric_options()
+        for name in [k for k in kwargs if k not in core]:
+            if name not in registered:
+                raise TypeError(f"unknown analysis option {name!r} (options: {', '.join([*core, *registered])})")
+            given[name] = kwargs.pop(name)
+        for name, f in core.items():
+            object.__setattr__(self, name, kwargs.get(name, f.default))
+        values = {}
+        for name, value in given.items():
+            if name not in registered:  # a plugin's option this process has not loaded
+                raise TypeError(f"unknown analysis option {name!r} (is the module that registers it imported?)")
+            v = registered[name].parse(value)
+            if registered[name].on(v):
+                values[name] = v
+        object.__setattr__(self, "metric_options", tuple(sorted(values.items())))
+
+    def __getattr__(self, name: str):  # only for names that are not fields: the registered options
+        if name.startswith("_") or name == "metric_options":
+            raise AttributeError(name)
+        registered = metric_options()
+        if name not in registered:
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
+        return dict(self.metric_options).get(name, registered[name].default)
+
+    def to_dict(self) -> dict:
+        """Every option, the registered ones included, name → value (JSON-able; what a survey records)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metric_options"}
+        out.update({name: getattr(self, name) for name in metric_options()})
+        return out
 
 
 @dataclasses.dataclass
@@ -140,6 +176,8 @@ class AnalysisResult:
         The pinned reference (hub commit sha, or local fingerprint) when given a reference string.
     metadata : dict
         What the source knows of the model (downloads, model_type, eval results …).
+    kind : WeightKind
+        What the rows are ESDs of: the weights, or ΔW against a base (a delta, an adapter).
     """
 
     source: str
@@ -151,6 +189,7 @@ class AnalysisResult:
     format: str
     ref: ModelRef | None = None
     metadata: dict = dataclasses.field(default_factory=dict)
+    kind: WeightKind = WeightKind.WEIGHTS
 
     def to_arrow(self):
         """The rows as a ``pyarrow.Table`` with :data:`hubscan.schema.LAYER_SCHEMA` (converted by
@@ -292,12 +331,12 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             evals = _analyze_plan(plan, tensor(), options, device, row, rank=getattr(entry, "rank", 0), esd=esd)
             row.update(getattr(entry, "extras", {}))  # base-model distances
         except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
-            row.update(status="skipped", reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
+            row.update(status=RowStatus.SKIPPED, reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
                        rf=None, device=None, seconds=time.perf_counter() - t0)
             return row, None
         except Exception as exc:  # one bad layer never stops the others
             log.warning("%s: %s", entry.name, _one_line(exc))
-            row.status, row.reason, row.seconds = "failed", _one_line(exc), time.perf_counter() - t0 + shared
+            row.status, row.reason, row.seconds = RowStatus.FAILED, _one_line(exc), time.perf_counter() - t0 + shared
             return row, None
         row.seconds = time.perf_counter() - t0 + shared
         return row, evals
@@ -354,7 +393,7 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module
                   shape=list(entry.shape), dtype=entry.dtype, companions=list(entry.companions),
                   metrics={"alpha": math.nan})
     if plan.skip_reason is not None:
-        return LayerRecord(**common, status="skipped", reason=plan.skip_reason)
+        return LayerRecord(**common, status=RowStatus.SKIPPED, reason=plan.skip_reason)
     return LayerRecord(**common, N=plan.N, M=plan.M, Q=plan.Q, rf=plan.rf, device=str(device),
                        reason=("" if not entry.layout else entry.layout if entry.layout == WEIGHT_NORM
                                else f"dequantized ({entry.layout})"))
@@ -383,13 +422,13 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
         rand_evals = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
                                  precision=options.precision).evals
-    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices)
+    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices,
+                                options=options, tensor=tensor, part=plan.part)
     row.eig_method = esd.method
     # the spectrum is measured (norms, rank, lambda_max): the row succeeds; without a fit its alpha is null
     # with the reason (rank collapse, all eigenvalues equal …), and it enters no mean (metrics.summarize)
     caution = fit.reason
     if fit.status == "success":
-        _add_uncertainty(esd.evals, fit, options, row)
         n_fit = fit.num_fit_evals or len(esd.evals)  # above evals_thresh: what the fit used
         if n_fit < FEW_EVALS:
             caution = f"few eigenvalues: fit on {n_fit} (< {FEW_EVALS}), alpha unreliable" + (
@@ -401,134 +440,44 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     if caution:
         row.reason = "; ".join(r for r in (row.reason, caution) if r)
         log.info("%s: %s", plan.name, caution)  # in the row's reason (and under the CLI's table)
-    if options.vectors and fit.status == "success":
-        from hubscan.esd.vectors import vector_metrics
-        row.update(vector_metrics(slices, fit.num_pl_spikes))
-    if options.farms and slices.shape[0] == 1:
-        from hubscan.esd.farms import farms_esd
-        W = tensor if tensor.dim() == 2 and not plan.part else slices[0]
-        fev, windows = farms_esd(W)
-        ffit = fit_powerlaw(fev, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers)
-        row.update(farms_alpha=ffit.alpha if ffit.status == "success" else math.nan, farms_num_windows=windows)
     if esd.scale_exp:  # the eigenvalues in the units of W (±inf / 0 beyond float64)
         with np.errstate(over="ignore", under="ignore"):
             return np.ldexp(esd.evals, 2 * esd.scale_exp)
     return esd.evals
 
 
-def _add_uncertainty(evals: np.ndarray, fit, options: AnalyzeOptions, row: LayerRecord) -> None:
-    from hubscan.esd.uncertainty import alpha_bootstrap_ci, fit_quality, ks_pvalue
-    if options.alpha_ci:
-        ci = alpha_bootstrap_ci(evals, fit.xmin, level=options.alpha_ci, samples=options.alpha_ci_samples,
-                                seed=options.seed, evals_thresh=options.evals_thresh)
-        row.update(alpha_ci_lo=ci.lo, alpha_ci_hi=ci.hi)
-    if options.ks_pvalue:
-        p = ks_pvalue(evals, fit.alpha, fit.xmin, fit.D, samples=options.ks_pvalue,
-                      evals_thresh=options.evals_thresh, seed=options.seed)
-        row.update(ks_pvalue=p, fit_quality=fit_quality(p))
+def analyze(weights: WeightSet, options: AnalyzeOptions | None = None, *, source: str | None = None,
+            ref: ModelRef | None = None, meta: dict | None = None, **kwargs) -> AnalysisResult:
+    """Analyze every weight matrix of one opened model.
 
-
-def open_with_base(model, base, client: HubClient | None = None) -> tuple[WeightSet, ModelRef | None, dict]:
-    """Open a model for a delta analysis: a LoRA adapter folder (:mod:`hubscan.weights.peft`, with or
-    without ``base``) or a model paired with its base (:mod:`hubscan.weights.delta`).
+    This is the one-model room: it takes a :class:`~hubscan.weights.base.WeightSet` and nothing else (where
+    the model comes from is the business of :mod:`hubscan.sources`; ``hubscan.analyze`` opens a path or a
+    reference with :func:`hubscan.sources.open_model` and calls this).
 
     Parameters
     ----------
-    model : str, path, ModelRef or WeightSet
-    base : str, path, ModelRef, WeightSet or None
-        Any source :func:`hubscan.sources.open_model` accepts.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-    """
-    from hubscan.weights.delta import open_delta
-    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter, open_adapter
-
-    def _open(m):
-        from hubscan.sources import open_model
-        return (m, None, {}) if isinstance(m, WeightSet) else open_model(m, client)
-
-    local = not isinstance(model, (WeightSet, ModelRef)) and is_adapter(model)
-    ws, ref, meta = _open(model)
-    bws = _open(base)[0] if base is not None else None
-    if local:
-        return open_adapter(ws, LoraConfig.read(os.path.join(os.fspath(model), ADAPTER_CONFIG)), bws), ref, meta
-    if ref is not None and is_hub_adapter(ref):
-        return as_adapter(ws, ref, client, bws), ref, meta
-    return (open_delta(ws, bws) if bws is not None else ws), ref, meta
-
-
-def is_hub_adapter(ref: ModelRef) -> bool:
-    """True for a pinned hub ref whose chosen weight files are a PEFT adapter's (``adapter_model.*``)."""
-    from hubscan.weights.files import ADAPTER_FILES
-
-    return ref.source == "hf" and bool(ref.files) and all(f in ADAPTER_FILES for f in ref.files)
-
-
-def as_adapter(ws: WeightSet, ref: ModelRef, client: HubClient | None = None, base: WeightSet | None = None) -> WeightSet:
-    """A hub adapter's opened files read as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`,
-    plus W + ΔW with ``base``); its ``adapter_config.json`` is downloaded at the pinned revision.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-        The config cannot be fetched (SourceError other than its absence, which leaves the factors
-        as stored, as for a local adapter file without a config) or read (CorruptFileError).
-    """
-    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, open_adapter
-
-    from hubscan.errors import RemoteFileNotFoundError
-
-    client = client or HubClient()
-    repo = ref.repo_id or ref.id
-    try:
-        path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
-                           cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
-    except RemoteFileNotFoundError:  # as a local adapter file without its config: the factors as stored
-        log.warning("hf:%s: no %s: LoRA factors analyzed as stored, not as ΔW = s·B·A", repo, ADAPTER_CONFIG)
-        return ws
-    return open_adapter(ws, LoraConfig.read(path), base)
-
-
-def analyze(model: str | os.PathLike | ModelRef | WeightSet, options: AnalyzeOptions | None = None, *,
-            client: HubClient | None = None, base=None, **kwargs) -> AnalysisResult:
-    """Analyze every weight matrix of one model.
-
-    Parameters
-    ----------
-    model : str, path, ModelRef or WeightSet
-        ``hf:ORG/NAME[@REV]`` (hub, read by HTTP range requests), ``timm:ARCH.TAG``, a local
-        safetensors / torch / ONNX / GGUF file or Hugging Face layout folder (sharded or not), or an
-        opened :class:`~hubscan.weights.base.WeightSet`.
-    client : HubClient, optional
-        Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …).
-    base : str, path, ModelRef or WeightSet, optional
-        A base model (any source): each row is then the ESD of ΔW = W − W_base of a matched tensor,
-        with the distance columns (:mod:`hubscan.weights.delta`). A local LoRA adapter folder
-        (``adapter_config.json``) or hub adapter repository (weights ``adapter_model.*``) is always read
-        as ΔW = s·B·A per module, plus W + ΔW when ``base`` is given (:mod:`hubscan.weights.peft`).
+    weights : WeightSet
+        Opened (any reader, any source; a delta or an adapter as :func:`hubscan.sources.open_model` opens
+        them); closed when the analysis ends.
     options : AnalyzeOptions, optional
-        Analysis settings; keyword arguments override its fields (``analyze(p, device="cuda")``).
+        Analysis settings; keyword arguments override its fields (``analyze(ws, device="cuda")``).
+    source : str, optional
+        What the result names as analyzed (default: the files).
+    ref, meta
+        The pinned reference and the source's metadata, carried into the result.
 
     Returns
     -------
     AnalysisResult
-        ``.rows`` / ``.to_arrow()`` / ``.to_pandas()`` per matrix and ``.summary`` for the model.
 
     Raises
     ------
     hubscan.errors.HubscanError
-        The files cannot be opened safely (unsafe pickle, corrupt header, no weights …); the
-        message names the file and the reason. Problems of single layers do not raise.
+        No weight matrix (NoWeightsError), or a file unreadable once its tensors are listed; a single
+        layer's problem never raises (its row says it).
     """
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)
-    if isinstance(model, WeightSet) and base is None:
-        ws, ref, meta = model, None, {}
-    else:
-        ws, ref, meta = open_with_base(model, base, client)
-    source = str(model) if not isinstance(model, WeightSet) else ",".join(ws.files)
-    run = ModelAnalysis(ws, options, source, ref, meta)
+    run = ModelAnalysis(weights, options, source or ",".join(weights.files), ref, meta)
     for _ in run.rows():
         pass
     return run.result()
@@ -589,28 +538,29 @@ class ModelAnalysis:
             raise NoWeightsError(self.source, "no weight tensors (no tensor with 2 or more dimensions)")
         summary = summarize(rows, min_fit_evals=self.options.min_evals)
         left_out = [r for r in rows if excluded(r)]
-        failed = [(r.key, r.reason) for r in rows if r.status == "failed"]
+        failed = [(r.key, r.reason) for r in rows if r.status == RowStatus.FAILED]
         unchanged = sum(r.reason == UNCHANGED for r in rows)
         parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
                  + (" …" if len(lost) > 3 else "") for lost, what in ((failed, "layer(s) failed"),
                                                                      (missing, "tensor(s) missing"),
                                                                      (unread, "tensor(s) in a layout hubscan does not read"))
                  if lost]
-        if left_out and all(r.get("status") == "skipped" for r in rows):  # the user's filter left nothing
-            status, reason = "skipped", f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
+        if left_out and all(r.get("status") == RowStatus.SKIPPED for r in rows):  # the user's filter left nothing
+            status, reason = ModelStatus.SKIPPED, f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
         elif summary["num_success"] == 0 and not failed and unchanged:  # a delta of a copy of its base
-            status, reason = "skipped", f"no tensor differs from the base: {unchanged} {UNCHANGED}"
+            status, reason = ModelStatus.SKIPPED, f"no tensor differs from the base: {unchanged} {UNCHANGED}"
         elif summary["num_success"] == 0:
-            status, reason = "failed", " | ".join(["no layer could be analyzed"] + parts)
+            status, reason = ModelStatus.FAILED, " | ".join(["no layer could be analyzed"] + parts)
         elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread
-            status, reason = "incomplete", " | ".join(parts)
+            status, reason = ModelStatus.INCOMPLETE, " | ".join(parts)
         else:
-            status, reason = "success", ""
+            status, reason = ModelStatus.SUCCESS, ""
         summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - self._t0,
                        bytes_read=int(self.ws.stats.get("bytes_read", 0)),
                        requests=int(self.ws.stats.get("requests", 0)))
         return AnalysisResult(source=self.source, rows=rows, summary=summary, missing=missing, evals=self._evals,
-                              files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta)
+                              files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta,
+                              kind=self.ws.kind)
 
 
 def analyze_in_step(*runs: ModelAnalysis) -> list:
@@ -649,56 +599,29 @@ def analyze_in_step(*runs: ModelAnalysis) -> list:
     return out
 
 
-#: Tensors a child's own analysis and its delta analysis may be apart (:func:`analyze_with_base`): a tensor
-#: read for one is kept this many further reads for the other (the window of
-#: :class:`hubscan.weights.shared.SharedReads`).
-PAIR_WINDOW = 8
-
-
-def analyze_with_base(ws: WeightSet, base: WeightSet, options: AnalyzeOptions, *, ref: ModelRef | None = None,
-                      client: HubClient | None = None, source: str | None = None) -> tuple:
-    """A model's own analysis and its delta against a base in one pass over the model's files: each of
-    its stored tensors is read once for both (:class:`~hubscan.weights.shared.SharedReads`, the two
-    analyses run in step by :func:`analyze_in_step`).
+def analyze_together(own: WeightSet, delta: WeightSet, options: AnalyzeOptions, *, source: str | None = None,
+                     ref: ModelRef | None = None) -> tuple:
+    """A model's own analysis and its delta against a base, run in step (:func:`analyze_in_step`), so that
+    the stored tensors the two sets share are read once (:func:`hubscan.sources.open_model` ``own=True``
+    opens them so).
 
     Parameters
     ----------
-    ws : WeightSet
-        The model, opened; closed on return.
-    base : WeightSet
-        The base, opened (e.g. a :class:`~hubscan.weights.shared.SharedReads` view of a parent shared by
-        several children); closed on return (a view's close leaves the parent open).
+    own, delta : WeightSet
+        The model's own weights and its ΔW against the base; each closed when its analysis ends.
     options : AnalyzeOptions
         Both analyses; the delta's eigenvalues are never kept.
-    ref : ModelRef, optional
-        The model's pinned reference: a hub adapter repository (:func:`is_hub_adapter`) is read as
-        ΔW = s·B·A for its own analysis and as ``analyze(ref, base=…)`` reads it for the delta.
-    client : HubClient, optional
     source : str, optional
-        What the results name as analyzed (default: the files).
+        What the results name as analyzed (default: the model's files).
+    ref : ModelRef, optional
+        The model's pinned reference, carried into both results.
 
     Returns
     -------
     (AnalysisResult or HubscanError, AnalysisResult or HubscanError)
-        The model's own result (equal to ``analyze(model)``) and its delta result (equal to
-        ``analyze(model, base=base)``), each replaced by the error that stopped it.
+        The model's own result (equal to ``analyze(own)``) and its delta result, each replaced by the error
+        that stopped it.
     """
-    from hubscan.weights.delta import open_delta
-    from hubscan.weights.shared import SharedReads
-
-    source = source or ",".join(ws.files)
-    shared = SharedReads(ws, readers=2, window=PAIR_WINDOW)
-    try:
-        own, paired = shared.view(), shared.view()
-        try:
-            if ref is not None and is_hub_adapter(ref):
-                own, delta = as_adapter(own, ref, client), as_adapter(paired, ref, client, base)
-            else:
-                delta = open_delta(paired, base)
-        except HubscanError as exc:
-            return exc, exc
-        return tuple(analyze_in_step(ModelAnalysis(own, options, source, ref),
-                                     ModelAnalysis(delta, dataclasses.replace(options, keep_evals=False), source, ref)))
-    finally:
-        shared.close()
-        base.close()
+    source = source or ",".join(own.files)
+    return tuple(analyze_in_step(ModelAnalysis(own, options, source, ref),
+                                 ModelAnalysis(delta, dataclasses.replace(options, keep_evals=False), source, ref)))

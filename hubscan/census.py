@@ -10,12 +10,12 @@ Steps (:func:`census`):
    ``layers`` / ``esd`` rows) and, for its first edge, the rows of ``hubscan.analyze(CHILD, base=PARENT)``
    (ESD of ΔW = W_child − W_parent per matched tensor, quantized children dequantized first, adapters as
    ΔW = s·B·A plus W + ΔW; distance columns) into ``deltas`` — **in one pass over the child's files**
-   (:func:`hubscan.analysis.analyze_with_base`): each of the child's tensors is read once for both.
+   (:func:`hubscan.sources.open_model` ``own=True``): each of the child's tensors is read once for both.
 3. **The parent once per batch** — the children of one parent are taken in batches of ``batch_size``
-   (:func:`family_tasks`); a batch is one call of :func:`hubscan.survey.analyze_models`, which opens the
-   parent once and holds each of its tensors until every child of the batch has taken it
-   (:class:`~hubscan.weights.shared.SharedReads`). So a batch reads the parent's tensors once and each
-   child's tensors once. Memory: up to the parent's matched tensors until the batch's last child (for
+   (:func:`family_tasks`); a batch is one call of :func:`hubscan.survey.analyze_batch`, which opens the
+   parent once (:func:`hubscan.sources.open_shared`) and holds each of its tensors until every child of the
+   batch has taken it (:class:`~hubscan.weights.shared.SharedReads`). So a batch reads the parent's tensors
+   once and each child's tensors once. Memory: up to the parent's matched tensors until the batch's last child (for
    models larger than memory, ``batch_size=1``: one parent read per child).
 4. **Other edges** — an edge whose child is not analyzed now (the dataset holds it) but whose delta is
    missing, and a merge's second parent, are analyzed after the nodes (:func:`analyze_edges`; the child is
@@ -37,12 +37,11 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Iterable
 
-from hubscan.analysis import AnalyzeOptions, analyze, open_with_base
+from hubscan.analysis import AnalyzeOptions
 from hubscan.hub import HubClient
 from hubscan.sources.lineage import RELATIONS, Edge, Tree, enumerate_lineage
 from hubscan.store import Dataset, config_hash, model_key, pair_key, rows_to_table
-from hubscan.survey import Survey, _Task, pair_table
-from hubscan.weights.shared import SharedReads
+from hubscan.survey import Survey, Task, pair_table
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +54,20 @@ def edge_key(root: str, child: str, parent: str) -> str:
     return hashlib.sha256(f"{root}\0{child}\0{parent}".encode()).hexdigest()[:16]
 
 
+def _batches(pairs, batch_size: int):
+    """``(item, parent)`` pairs grouped by parent, in batches of at most ``batch_size``: ``(parent, [item …])``."""
+    by_parent: dict = defaultdict(list)
+    for item, parent in pairs:
+        by_parent[parent].append(item)
+    for parent, items in by_parent.items():
+        for i in range(0, len(items), max(1, batch_size)):
+            yield parent, items[i:i + max(1, batch_size)]
+
+
 def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: HubClient | None = None,
                   options: AnalyzeOptions | None = None, batch_size: int = 8):
     """Delta analyses of a tree's edges alone (the children's own analyses not redone), the parent read
-    once per batch of its children.
+    once per batch of its children (:func:`hubscan.survey.analyze_batch`).
 
     Parameters
     ----------
@@ -75,41 +84,24 @@ def analyze_edges(tree: Tree, edges: Iterable[Edge] | None = None, *, client: Hu
     ------
     (Edge, AnalysisResult or None, dict)
         The result equals ``hubscan.analyze(child, base=parent)``'s (None when the pair could not be
-        opened); the dict holds ``error`` (a one-line reason or None), ``bytes_read`` (the child's files,
+        analyzed); the dict holds ``error`` (a one-line reason or None), ``bytes_read`` (the child's files,
         this pair) and ``parent_bytes_read`` (the parent's files read during this pair: the tensors no
         earlier child of the batch needed; summed over a batch, the parent's tensors once).
     """
-    from hubscan.errors import HubscanError
-    from hubscan.sources import open_model
+    from hubscan.survey import analyze_batch
 
     client = client or HubClient()
     options = options or AnalyzeOptions()
-    by_parent: dict[str, list[Edge]] = defaultdict(list)
-    for e in (tree.edges if edges is None else edges):
-        by_parent[e.parent].append(e)
-    for parent, children in by_parent.items():
-        pref = tree.nodes[parent][0]
-        for i in range(0, len(children), batch_size):
-            batch = children[i:i + batch_size]
-            try:
-                shared = SharedReads(open_model(pref, client)[0], len(batch))
-            except HubscanError as exc:
-                for e in batch:
-                    yield e, None, {"error": f"parent {parent}: {exc}", "bytes_read": 0, "parent_bytes_read": 0}
-                continue
-            try:
-                for e in batch:
-                    before = shared.bytes_read
-                    try:
-                        ws, _, _ = open_with_base(tree.nodes[e.child][0], shared.view(), client)
-                        result = analyze(ws, options)
-                    except HubscanError as exc:
-                        yield e, None, {"error": str(exc), "bytes_read": 0, "parent_bytes_read": 0}
-                        continue
-                    yield e, result, {"error": None, "bytes_read": int(result.summary.get("bytes_read") or 0),
-                                      "parent_bytes_read": shared.bytes_read - before}
-            finally:
-                shared.close()
+    edges = tree.edges if edges is None else list(edges)
+    for parent, batch in _batches(((e, e.parent) for e in edges), batch_size):
+        by_child = {e.child: e for e in batch}
+        models = [(tree.nodes[e.child][0], {}, e.child) for e in batch]
+        for a in analyze_batch(models, client=client, options=options, parent=tree.nodes[parent][0], own=False):
+            info = {"error": None, "bytes_read": 0, "parent_bytes_read": a.parent_bytes_read}
+            if isinstance(a.delta, Exception):
+                yield by_child[a.key], None, {**info, "error": str(a.delta)}
+            else:
+                yield by_child[a.key], a.delta, {**info, "bytes_read": int(a.delta.summary.get("bytes_read") or 0)}
 
 
 def family_tasks(tree: Tree, nodes: list, batch_size: int) -> list:
@@ -120,34 +112,25 @@ def family_tasks(tree: Tree, nodes: list, batch_size: int) -> list:
     Parameters
     ----------
     tree : Tree
-    nodes : list of hubscan.survey._Task
+    nodes : list of hubscan.survey.Task
         One model each (the survey's plan).
     batch_size : int
 
     Returns
     -------
-    list of hubscan.survey._Task
+    list of hubscan.survey.Task
         Tasks whose ``parent`` / ``more`` / ``relations`` carry the batches; every node in exactly one.
     """
     first: dict[str, Edge] = {}
     for e in tree.edges:
         first.setdefault(e.child, e)
-    alone, by_parent = [], defaultdict(list)
-    for t in nodes:
-        e = first.get(t.ref.id)
-        if e is None:
-            alone.append(t)
-        else:
-            by_parent[e.parent].append((t, e.relation))
-    tasks = list(alone)
-    for parent, children in by_parent.items():
-        pref = tree.nodes[parent][0]
-        for i in range(0, len(children), max(1, batch_size)):
-            batch = children[i:i + batch_size]
-            head = batch[0][0]
-            tasks.append(_Task(head.ref, head.meta, head.key, head.attempts, parent=pref,
-                               more=tuple((t.ref, t.meta, t.key) for t, _ in batch[1:]),
-                               relations={t.key: rel for t, rel in batch}))
+    tasks = [t for t in nodes if t.ref.id not in first]
+    for parent, batch in _batches((((t, first[t.ref.id].relation), first[t.ref.id].parent) for t in nodes
+                                   if t.ref.id in first), batch_size):
+        head = batch[0][0]
+        tasks.append(Task(head.ref, head.meta, head.key, head.attempts, parent=tree.nodes[parent][0],
+                          more=tuple((t.ref, t.meta, t.key) for t, _ in batch[1:]),
+                          relations={t.key: rel for t, rel in batch}))
     return tasks
 
 
@@ -301,8 +284,10 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
     from hubscan.survey import WRITE_ORDER, analyze_models
 
     t0 = time.perf_counter()
-    if survey is not None:
+    if survey is not None:  # the survey machinery's entry point: its hub settings, its HTTP client
+        from hubscan.hub import install_http_client
         client = HubClient(**survey.hub)
+        install_http_client(client.timeout)
     client = client or HubClient()
     tree = enumerate_lineage(root, client, depth=depth, relations=relations, limit=limit)
     if survey is not None:
@@ -318,7 +303,7 @@ def census(root: str, out: str, *, client: HubClient | None = None, options: Ana
     cfg = config_hash(options)
     done = ds.done()
     keys = _keys(tree, options)
-    nodes = [_Task(ref, meta, keys[mid]) for mid, (ref, meta) in tree.nodes.items() if force or keys[mid] not in done]
+    nodes = [Task(ref, meta, keys[mid]) for mid, (ref, meta) in tree.nodes.items() if force or keys[mid] not in done]
     tasks = family_tasks(tree, nodes, batch_size)
     others = other_edges(tree, tasks, ds, options, force)
     rows, failed, per_child = 0, [], Counter()

@@ -20,6 +20,7 @@ import warnings
 
 from hubscan import __version__
 from hubscan.errors import HubscanError
+from hubscan.records import ModelStatus, RowStatus
 
 #: Largest --min-evals accepted: a layer with 10**6 eigenvalues already needs an 8 TB float64
 #: Gram matrix, so a larger bound can only be a typo that skips every layer.
@@ -143,8 +144,22 @@ def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
 def _check_fit_options(parser: argparse.ArgumentParser, args) -> None:
     if args.max_evals is not None and args.min_evals > args.max_evals:
         parser.error(f"--min-evals {args.min_evals} is above --max-evals {args.max_evals}: every layer would be skipped")
-    if getattr(args, "alpha_ci", 0.0) >= 1:
-        parser.error(f"--alpha-ci {args.alpha_ci:g}: a confidence level is below 1 (e.g. 0.95)")
+
+
+def _metric_options() -> dict:
+    from hubscan.esd.registry import options
+    return options()
+
+
+def _option_type(option):
+    """An argparse type for a registered option: its type and check (:meth:`hubscan.esd.registry.Option.parse`)."""
+    def parse(text: str):
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option.name} = ")) from None
+    parse.__name__ = option.type.__name__
+    return parse
 
 
 # -- shared option groups -------------------------------------------------------------------------
@@ -199,19 +214,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="skip layers with fewer eigenvalues (default 8)")
     g.add_argument("--max-evals", type=_int_range(1), default=None,
                    help="skip layers with more eigenvalues (default: none)")
-    g.add_argument("--alpha-ci", type=_float_range(0.0, strict=True), default=0.0, metavar="LEVEL",
-                   help="bootstrap confidence interval of alpha at this level, e.g. 0.95 (columns alpha_ci_lo/hi)")
-    g.add_argument("--alpha-ci-samples", type=_int_range(10), default=100, metavar="B",
-                   help="its resamples, each a full power-law fit (default 100)")
-    g.add_argument("--ks-pvalue", type=_int_range(1), default=0, metavar="B",
-                   help="CSN goodness-of-fit p-value from B synthetic data sets, e.g. 100 (columns ks_pvalue, "
-                        "fit_quality); costs B power-law fits per layer")
-    g.add_argument("--farms", action="store_true",
-                   help="also fit FARMS alpha (ESD of fixed-aspect-ratio submatrices, Hu et al. ICML 2025): "
-                        "column farms_alpha")
-    g.add_argument("--vectors", action="store_true",
-                   help="eigenvector localization metrics of bulk and tail (WW vectors=True): 12 columns; "
-                        "one more eigendecomposition per layer")
+    for option in _metric_options().values():  # declared by the metric modules (hubscan.esd.registry)
+        if option.type is bool:
+            g.add_argument(option.flag, dest=option.name, action="store_false" if option.default else "store_true",
+                           help=option.help)
+        else:
+            g.add_argument(option.flag, dest=option.name, type=_option_type(option), default=option.default,
+                           metavar=option.metavar, help=option.help)
     g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
                    help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d, conv3d), "
                         "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
@@ -242,8 +251,17 @@ def _source_specs() -> list[str]:
     return source_specs()
 
 
+def _install_http_client(args) -> None:
+    """A command that talks to the Hub installs hubscan's HTTP client in ``huggingface_hub`` (the CLI is an
+    entry point: requests counted, a stalled server bounded by ``--timeout``, an unreachable Hub one line)."""
+    from hubscan.hub import install_http_client
+    install_http_client(getattr(args, "timeout", None) or 30.0)
+
+
 def _client(args):
+    """The hub client of a command (its HTTP client installed: :func:`_install_http_client`)."""
     from hubscan.hub import HubClient
+    _install_http_client(args)
     return HubClient(endpoint=args.endpoint, cache_dir=args.cache_dir, keep_cache=args.keep_cache,
                      max_retries=args.max_retries, timeout=args.timeout)
 
@@ -255,8 +273,7 @@ def _options(args):
                           fix_fingers="" if args.fix_fingers == "none" else args.fix_fingers, tpl=args.tpl,
                           mp_fit=args.mp_fit, randomize=args.randomize, split_fused=args.split_fused,
                           conv_slices=args.conv_slices, min_evals=args.min_evals, max_evals=args.max_evals,
-                          alpha_ci=args.alpha_ci, alpha_ci_samples=args.alpha_ci_samples, ks_pvalue=args.ks_pvalue,
-                          layers=args.layers, farms=args.farms, vectors=args.vectors)
+                          layers=args.layers, **{name: getattr(args, name) for name in _metric_options()})
 
 
 def _console(args=None, *, stderr: bool = False):
@@ -392,7 +409,7 @@ def _fit_columns(result, columns, explicit: bool):
     columns = list(columns)
     if explicit:
         return columns
-    if "status" in columns and all(r.get("status") == "success" for r in result.rows):
+    if "status" in columns and all(r.get("status") == RowStatus.SUCCESS for r in result.rows):
         columns.remove("status")
     return columns
 
@@ -459,6 +476,8 @@ def _layer_table(result, columns, width: int):
 
 
 def _print_result(result, console, columns, explicit: bool = False) -> None:
+    from hubscan.weights.base import WeightKind
+
     columns = _fit_columns(result, columns, explicit)
     table, dropped = _layer_table(result, columns, console.width)
     console.print(table, crop=True)
@@ -472,15 +491,15 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         _say(console, f"{len(left_out)} layer(s) {left_out[0]['reason']}"
                       + (f" (ids {ranges})" if ranges.count(",") < 8 else ""))
     for r in result.rows:  # failed / skipped rows, and fits with a caveat (e.g. on < 20 eigenvalues)
-        if (r.get("status") != "success" or r.get("reason")) and not excluded(r):
+        if (r.get("status") != RowStatus.SUCCESS or r.get("reason")) and not excluded(r):
             _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
-    delta = result.format.startswith(("delta:", "lora+"))  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
+    delta = result.kind != WeightKind.WEIGHTS  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
     warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
-              if r.get("status") == "success" and r.get("warning") and not delta]
+              if r.get("status") == RowStatus.SUCCESS and r.get("warning") and not delta]
     if warned:
         _say(console, f"warnings (layer ids): {', '.join(warned)}")
     s = result.summary
-    if result.ref is not None and result.ref.source != "local":
+    if result.ref is not None and not result.ref.is_path:
         console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")
     _say(console, f"summary status={s['status']}" + (f" ({s['reason']})" if s.get("reason") else ""), indent=0)
     _say(console, f"layers: {s['num_success']} analyzed, {s['num_failed']} failed, {s['num_skipped']} skipped"
@@ -489,7 +508,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         _say(console, f"time {s['seconds']:.2f}s")
         return
     adapted = [r for r in result.rows if not r["name"].endswith(".lora_BA")]
-    if result.format.startswith("lora+") and adapted and len(adapted) < len(result.rows):
+    if result.kind == WeightKind.ADAPTER and adapted and len(adapted) < len(result.rows):
         # an adapter with its base: the ΔW = s·B·A rows and the adapted W + ΔW rows, never averaged together
         from hubscan.esd.metrics import summarize
         for what, rows in (("ΔW = s·B·A", [r for r in result.rows if r["name"].endswith(".lora_BA")]),
@@ -510,7 +529,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
                   f"under-trained (alpha>6): {s['num_under_trained']}, time {s['seconds']:.2f}s")
     phases = {}
     for r in result.rows:
-        if r.get("status") == "success" and r.get("phase"):
+        if r.get("status") == RowStatus.SUCCESS and r.get("phase"):
             phases[r["phase"]] = phases.get(r["phase"], 0) + 1
     if phases:
         _say(console, "phases: " + ", ".join(f"{k}={v}" for k, v in sorted(phases.items())))
@@ -532,18 +551,17 @@ def _columns(text: str) -> tuple[str, ...]:
 
 def _provenance(args, result) -> dict:
     """What --out files record about how they were made (Parquet key-value metadata)."""
-    import dataclasses
     ref = result.ref
     return {"hubscan_version": __version__, "model": str(args.path),
             "model_id": getattr(ref, "id", None) or str(args.path),
             "source": getattr(ref, "source", None), "revision": getattr(ref, "revision", None),
-            "format": result.format, "options": dataclasses.asdict(_options(args)),
+            "format": result.format, "options": _options(args).to_dict(),
             "status": result.summary.get("status")}
 
 
 def cmd_analyze(args) -> int:
     import dataclasses
-    from hubscan.analysis import analyze
+    from hubscan import analyze
 
     console = _console(args)
     options = _options(args)
@@ -566,7 +584,7 @@ def cmd_analyze(args) -> int:
     _print_result(result, console, args.columns or DEFAULT_ANALYZE_COLUMNS, explicit=args.columns is not None)
     if args.out:
         console.print(f"wrote {len(result.rows)} rows to {args.out}")
-    return 0 if result.summary["status"] in ("success", "incomplete") else 1
+    return 0 if result.summary["status"] in (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE) else 1
 
 
 def _check_analyze(parser, args) -> None:
@@ -761,8 +779,9 @@ def _check_lineage(parser, args) -> None:
         if args.depth is not None or args.relations is not None:
             parser.error("--depth and --relations need --lineage BASE_ID")
         return
-    if args.source != "hf":
-        parser.error("--lineage needs --source hf")
+    from hubscan.sources.hf import HubSource
+    if args.source != HubSource.name:
+        parser.error(f"--lineage needs --source {HubSource.name}")
     if any(getattr(args, k) for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude")):
         parser.error("--lineage enumerates by base_model tags: no --filter/--author/--search/--pipeline-tag/--sort")
 
@@ -852,6 +871,7 @@ def cmd_sql(args) -> int:
         raise HubscanError(args.dataset, "empty query")
     if args.dataset.startswith("hf://"):  # a published census (hubscan publish)
         from hubscan.publish import connect as connect_published
+        _install_http_client(args)
         if args.as_of:
             raise HubscanError(args.dataset, "--as-of needs a Delta dataset; a published census is one version "
                                              "(hf://datasets/ORG/NAME@REVISION for an older commit)")
@@ -1166,6 +1186,7 @@ def _add_report(sub) -> None:
 def cmd_publish(args) -> int:
     from hubscan.publish import publish
 
+    _install_http_client(args)
     r = publish(args.dataset, args.url, endpoint=args.endpoint, private=args.private, message=args.message,
                 storage_options=args.storage_options)
     console = _console(args)

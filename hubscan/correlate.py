@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hubscan.esd.registry import correlate_metrics, summary_metrics
+from hubscan.records import ModelStatus, RowStatus
+from hubscan.sources.timm import TimmSource
 from hubscan.store import Dataset
 
 #: The model-level HTSR metrics correlated by default (means over the successfully fitted layers:
@@ -34,7 +36,7 @@ from hubscan.store import Dataset
 HTSR_METRICS = correlate_metrics()
 
 #: Benchmark a source's models are compared on when ``joined`` is given none.
-DEFAULT_BENCHMARK = {"timm": "imagenet"}
+DEFAULT_BENCHMARK = {TimmSource.name: "imagenet"}
 
 _ID_COLUMNS = ("model_key", "source", "model_id", "revision", "config_hash", "family", "model_type", "status",
                "num_parameters", "analyzed_at")
@@ -92,7 +94,7 @@ def _layer_means(data: Dataset, metric: str):
     if d is None or metric not in d.schema.names:
         return None
     t = d.to_table(columns=["model_key", "status", metric],
-                   filter=(pc.field("status") == "success") & pc.field(metric).is_valid())
+                   filter=(pc.field("status") == RowStatus.SUCCESS) & pc.field(metric).is_valid())
     if t.num_rows == 0:
         return None
     g = t.group_by("model_key").aggregate([(metric, "mean")]).to_pandas()
@@ -100,7 +102,7 @@ def _layer_means(data: Dataset, metric: str):
 
 
 def joined(dataset, *, metric: str = "top1", benchmark: str | None = None, source: str | Sequence[str] | None = None,
-           match_revision: bool = True, statuses: Sequence[str] = ("success", "incomplete")):
+           match_revision: bool = True, statuses: Sequence[str] = (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE)):
     """One row per model: its summary HTSR metrics, family and reported accuracy.
 
     Models are the ``models`` rows with status ``success`` or ``incomplete``; accuracy rows are

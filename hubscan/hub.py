@@ -2,10 +2,9 @@
 
 What hubscan adds, and how (all through public extension points):
 
-* **One HTTP client factory** (``huggingface_hub.set_client_factory``): an ``httpx2.Client`` with the
-  library's own request hooks, a bounded timeout (the library's default client has none, so a stalled
-  server would hang ``list_models``), and a transport wrapper (``httpx2.BaseTransport``, httpx's public
-  extension point) that
+* **An HTTP client** (an ``httpx2.Client``) with a bounded timeout (the library's default client has none,
+  so a stalled server would hang ``list_models``) and a transport wrapper (``httpx2.BaseTransport``, httpx's
+  public extension point) that
 
   - **counts requests** — every HTTP request (retries and redirects included) made inside
     :meth:`HubClient.call` is added to the client's ``requests`` and to the per-call ``stats`` dict given
@@ -16,6 +15,14 @@ What hubscan adds, and how (all through public extension points):
     an ``httpx`` network error, so ``huggingface_hub``'s own backoff does not retry it (on a DNS failure
     that backoff alone sleeps 1 + 2 + 4 + 8 + 8 s and logs a warning per try). Timeouts, 408, 429 and 5xx
     are still retried.
+
+  hubscan's own requests (the range reads of :mod:`hubscan.weights.remote`) always go through such a client
+  (:attr:`HubClient.session`). ``huggingface_hub``'s requests (``model_info``, ``list_models``,
+  ``hf_hub_download``) go through the process's client, which only an **entry point** replaces:
+  :func:`install_http_client` (``huggingface_hub.set_client_factory``) is called by the CLI, the survey
+  driver and its actors — never by a library call, so ``hubscan.analyze`` leaves a host program's client
+  (its proxy, its timeout) as it is. Without it, a connection that cannot be made in a call of
+  :meth:`HubClient.call` still fails fast as :class:`~hubscan.errors.HubUnreachableError`.
 
 * **Retries where ``huggingface_hub`` has none** (:meth:`HubClient.call`): ``model_info`` and the
   streamed range reads of :mod:`hubscan.weights.remote` (a stream cut mid-body is resumed from the byte
@@ -101,37 +108,43 @@ def _transport_class():
     return CountingTransport
 
 
-_FACTORY: dict = {}  # the installed factory's settings: timeout, and the library's own request hooks
+_FACTORY: dict = {}  # made once: hubscan's transport class, and the library's own request hooks
+
+
+def _client_factory(timeout: float, hooks: list) -> Callable:
+    """A factory of hubscan's ``httpx2.Client``: counting, failing fast, ``timeout`` (connect: at most 3 s)."""
+    import httpx2
+
+    if "transport" not in _FACTORY:
+        _FACTORY["transport"] = _transport_class()
+    transport = _FACTORY["transport"]
+
+    def factory():
+        return httpx2.Client(transport=transport(), event_hooks={"request": list(hooks)}, follow_redirects=True,
+                             timeout=httpx2.Timeout(timeout, connect=min(3.0, timeout)))
+
+    return factory
 
 
 def install_http_client(timeout: float) -> None:
-    """Install hubscan's ``httpx2.Client`` factory in ``huggingface_hub`` (``set_client_factory``).
+    """Install hubscan's ``httpx2.Client`` factory in ``huggingface_hub`` (``set_client_factory``): its
+    requests are then counted per model and fail fast when the Hub cannot be reached.
 
-    Idempotent for the same ``timeout``. The library's own request hooks (offline guard, request ids) are
-    those of the client its default factory builds (``get_session().event_hooks``), taken once, before
-    hubscan's factory replaces it.
+    Process-wide: only entry points call it (the CLI, the survey driver and its actors; a program of yours
+    may, in its own ``main``). The library's own request hooks (offline guard, request ids) are those of the
+    client its factory builds (``get_session().event_hooks``), taken once, before hubscan's factory first
+    replaces it.
 
     Parameters
     ----------
     timeout : float
         Default seconds the server may stay silent (connect: at most 3 s) for calls that give none.
     """
-    import httpx2
     from huggingface_hub import get_session, set_client_factory
 
-    if _FACTORY.get("timeout") == timeout:
-        return
     if "hooks" not in _FACTORY:
         _FACTORY["hooks"] = list(get_session().event_hooks.get("request", []))
-        _FACTORY["transport"] = _transport_class()
-    hooks, transport = _FACTORY["hooks"], _FACTORY["transport"]
-
-    def factory():
-        return httpx2.Client(transport=transport(), event_hooks={"request": list(hooks)}, follow_redirects=True,
-                             timeout=httpx2.Timeout(timeout, connect=min(3.0, timeout)))
-
-    set_client_factory(factory)
-    _FACTORY["timeout"] = timeout
+    set_client_factory(_client_factory(timeout, _FACTORY["hooks"]))
 
 
 # ---------------------------------------------------------------------------------------- the client
@@ -183,8 +196,9 @@ class HubClient:
         if self.offline is None:
             self.offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         self._api = None
+        self._session = None
+        self._lock = threading.Lock()
         self._sink: dict = {"requests": 0}
-        install_http_client(self.timeout)
 
     @property
     def api(self):
@@ -193,6 +207,15 @@ class HubClient:
             from huggingface_hub import HfApi
             self._api = HfApi(endpoint=self.endpoint, token=self.token, library_name="hubscan")
         return self._api
+
+    @property
+    def session(self):
+        """This client's own ``httpx2.Client`` for direct requests (range reads): counted, failing fast, with
+        this client's timeout; never installed in ``huggingface_hub``."""
+        with self._lock:
+            if self._session is None:
+                self._session = _client_factory(self.timeout, [])()
+            return self._session
 
     def headers(self) -> dict:
         """Request headers for a direct ``get_session()`` call (``huggingface_hub.utils.build_hf_headers``)."""
@@ -260,6 +283,8 @@ class HubClient:
             except HubUnreachableError as exc:
                 raise HubUnreachableError(what, exc.reason) from None
             except Exception as exc:  # noqa: BLE001 - classified below
+                if _cannot_connect(exc):  # through the process's own client (no hubscan transport): the same
+                    raise HubUnreachableError(what, unreachable_message(self.endpoint)) from None
                 again, wait, reason = self._classify(exc)
                 if not (again and retry) or attempt >= self.max_retries:
                     raise self._error(exc, what, reason, attempt) from exc
@@ -329,6 +354,13 @@ class HubClient:
         if attempts:
             reason = f"{reason} (after {attempts} retries)"
         return SourceError(what, reason)
+
+
+def _cannot_connect(exc: BaseException) -> bool:
+    """A connection that could not be made at all (name resolution failed, connection refused)."""
+    import httpx2
+
+    return isinstance(exc, httpx2.ConnectError)
 
 
 def server_wait(headers, status: int) -> float | None:

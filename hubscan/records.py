@@ -17,10 +17,28 @@ Dtypes are strings, mapped to Arrow by :func:`hubscan.schema.arrow_type`.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import MutableMapping
 from typing import Any, ClassVar, Iterator
 
 from hubscan.esd import registry
+
+
+class RowStatus(enum.StrEnum):
+    """How one matrix of a model ended (``layers.status``; the string is the stored value)."""
+
+    SUCCESS = "success"  #: analyzed: its ESD fitted
+    FAILED = "failed"    #: read, but the analysis or the fit failed (``reason`` says why)
+    SKIPPED = "skipped"  #: not analyzed (``reason``: too small, excluded, tied, a layout hubscan does not read …)
+
+
+class ModelStatus(enum.StrEnum):
+    """How one model ended (``models.status``; the string is the stored value)."""
+
+    SUCCESS = "success"        #: every tensor ended in a row, at least one analyzed
+    INCOMPLETE = "incomplete"  #: analyzed, but tensors are missing or in a layout hubscan does not read
+    FAILED = "failed"          #: nothing analyzed (unreadable, unsafe, unreachable …)
+    SKIPPED = "skipped"        #: not analyzed on purpose (gated, no weights, no layer selected)
 
 #: The columns that identify the model a dataset row belongs to (models, layers, esd tables).
 IDENTITY_COLUMNS = (
@@ -39,17 +57,6 @@ def column(dtype: str, description: str, default: Any = None, *, factory: Any = 
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
-
-
-_VECTOR_QUANTITIES = {"vec_entropy": "eigenvector entropy",
-                      "loc_ratio": "eigenvector localization ratio |v|_1/|v|_inf",
-                      "part_ratio": "eigenvector participation ratio |v|_2/|v|_4"}
-
-
-def _vector_column(stat: str, region: str, quantity: str) -> Any:
-    """A column of WW's ``vectors=True`` eigenvector localization metrics (:mod:`hubscan.esd.vectors`)."""
-    return column("float64", f"{stat} of the {_VECTOR_QUANTITIES[quantity]} over the {region} "
-                             "(WW vectors=True; --vectors)")
 
 
 def part_key(name: str, part: str | None) -> str:
@@ -158,31 +165,10 @@ class LayerRecord(Record):
     M: int | None = column("int64", "columns of each slice")
     Q: float | None = column("float64", "aspect ratio N/M")
     rf: int | None = column("int64", "slices pooled into the ESD (kt*kh*kw for conv3d, kh*kw for conv2d, k for conv1d)")
-    status: str = column("string", "success | failed | skipped", "success")
+    status: RowStatus = column("string", " | ".join(RowStatus), RowStatus.SUCCESS)
     reason: str = column("string", "why skipped or failed; on success how the weight was decoded or a caution, "
                          "else ''", "")
     metrics: dict = dataclasses.field(default_factory=dict)
-    alpha_ci_lo: float | None = column("float64", "lower bound of alpha's bootstrap confidence interval, xmin "
-                                       "refitted per resample (--alpha-ci)")
-    alpha_ci_hi: float | None = column("float64", "upper bound of alpha's bootstrap confidence interval (--alpha-ci)")
-    ks_pvalue: float | None = column("float64",
-                                     "Clauset-Shalizi-Newman bootstrap p-value of the power-law fit (--ks-pvalue)")
-    fit_quality: str | None = column("string", "plausible (ks_pvalue > 0.1) | poor (<= 0.1, CSN 2009) | null")
-    farms_alpha: float | None = column("float64", "alpha of the pooled ESD of fixed-aspect-ratio submatrices "
-                                       "(FARMS, Hu et al. ICML 2025; --farms)")
-    farms_num_windows: int | None = column("int64", "submatrices pooled by FARMS")
-    bulk_mean_vec_entropy: float | None = _vector_column("mean", "bulk", "vec_entropy")
-    bulk_mean_loc_ratio: float | None = _vector_column("mean", "bulk", "loc_ratio")
-    bulk_mean_part_ratio: float | None = _vector_column("mean", "bulk", "part_ratio")
-    bulk_var_vec_entropy: float | None = _vector_column("var", "bulk", "vec_entropy")
-    bulk_var_loc_ratio: float | None = _vector_column("var", "bulk", "loc_ratio")
-    bulk_var_part_ratio: float | None = _vector_column("var", "bulk", "part_ratio")
-    tail_mean_vec_entropy: float | None = _vector_column("mean", "tail", "vec_entropy")
-    tail_mean_loc_ratio: float | None = _vector_column("mean", "tail", "loc_ratio")
-    tail_mean_part_ratio: float | None = _vector_column("mean", "tail", "part_ratio")
-    tail_var_vec_entropy: float | None = _vector_column("var", "tail", "vec_entropy")
-    tail_var_loc_ratio: float | None = _vector_column("var", "tail", "loc_ratio")
-    tail_var_part_ratio: float | None = _vector_column("var", "tail", "part_ratio")
     delta_W: float | None = column("float64", "Frobenius norm of W - W_base (with --base; WW distances' delta_W)")
     delta_W_rel: float | None = column("float64", "||W - W_base||_F / ||W_base||_F (with --base)")
     delta_spectral_rel: float | None = column("float64", "||W - W_base||_2 / ||W_base||_2 (with --base)")
@@ -231,7 +217,7 @@ class ModelRecord(Record):
                                          "single-file checkpoints beside diffusers components) and formats "
                                          "hubscan does not read")
     format: str | None = column("string", "safetensors | torch | onnx | gguf")
-    status: str | None = column("string", "success | incomplete | failed | skipped")
+    status: ModelStatus | None = column("string", " | ".join(ModelStatus))
     reason: str | None = column("string", "why failed / skipped / incomplete")
     family: str | None = column("string", "model family: timm architecture prefix or HF config model_type")
     model_type: str | None = column("string", "HF config model_type (timm: family)")

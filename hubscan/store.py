@@ -94,14 +94,13 @@ def config_hash(options) -> str:
     ----------
     options : hubscan.analysis.AnalyzeOptions or dict
     """
-    import dataclasses
-    d = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+    from hubscan.analysis import AnalyzeOptions, added_options
+    d = options.to_dict() if isinstance(options, AnalyzeOptions) else dict(options)
     for k in ("device", "keep_evals"):
         d.pop(k, None)
-    from hubscan.analysis import ADDED_OPTIONS, AnalyzeOptions
-    defaults = AnalyzeOptions()
-    for k in ADDED_OPTIONS:  # new options at their default leave old hashes unchanged
-        if k in d and d[k] == getattr(defaults, k):
+    defaults = AnalyzeOptions().to_dict()
+    for k in added_options():  # new options (the metrics' registered ones too) at their default: old hashes hold
+        if k in d and d[k] == defaults[k]:
             d.pop(k)
     d["schema_version"] = SCHEMA_VERSION
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -55,8 +55,8 @@ from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
                             NoWeightsError, PathNotFoundError)
-from hubscan.hub import HubClient
-from hubscan.records import ModelRecord
+from hubscan.hub import HubClient, install_http_client
+from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
 from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
                            model_tables, rows_to_table)
@@ -161,7 +161,7 @@ def _family(meta: dict) -> str | None:
     return meta.get("family") or meta.get("model_type")  # sources put a family in the metadata when they know one
 
 
-def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: str, reason: str,
+def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str, status: ModelStatus, reason: str,
               summary: dict | None = None, **extra) -> ModelRecord:
     """The ``models`` record of one model (:class:`hubscan.records.ModelRecord`).
 
@@ -170,7 +170,7 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     KeyError
         ``summary`` or ``extra`` name a column the models table lacks.
     """
-    if reason and ref.source == "local":  # the model's path in the reason as its id (relative to the surveyed
+    if reason and ref.is_path:  # the model's path in the reason as its id (relative to the surveyed
         reason = reason.replace(os.path.abspath(ref.path), ref.id)  # root or the current folder): portable
     row = ModelRecord(model_key=key, source=ref.source, model_id=ref.id, revision=ref.revision,
                       config_hash=cfg_hash, repo_id=ref.repo_id, files=list(ref.files), status=status, reason=reason,
@@ -188,13 +188,13 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
     return row
 
 
-def error_status(exc: HubscanError) -> str:
+def error_status(exc: HubscanError) -> ModelStatus:
     """The status a model gets for an error that stopped its analysis, by the error's type:
     ``skipped`` for a gated model or one that holds no weights, ``failed`` for anything else (a missing
     path, an unsafe or corrupt file, an unreachable source)."""
     if isinstance(exc, GatedModelError) or (isinstance(exc, NoWeightsError) and not isinstance(exc, PathNotFoundError)):
-        return "skipped"
-    return "failed"
+        return ModelStatus.SKIPPED
+    return ModelStatus.FAILED
 
 
 def _requests(client: HubClient) -> int:
@@ -204,66 +204,168 @@ def _requests(client: HubClient) -> int:
     return int(counter()) if callable(counter) else 0
 
 
-def analyze_model(ref: ModelRef, meta: dict, key: str, *, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
-                  client: HubClient, keep_esd: bool, attempts: int = 1, parent: tuple | None = None) -> dict:
-    """Analyze one pinned model into its dataset rows; never raises for a model's own problems.
+@dataclasses.dataclass
+class Analyzed:
+    """One model of :func:`analyze_batch`: its own analysis and, with a parent, its delta against it — each
+    an :class:`~hubscan.analysis.AnalysisResult`, the error that stopped it, or None when not asked.
+
+    Attributes
+    ----------
+    ref, meta, key
+        The model's pinned reference, metadata and model key, as given.
+    own, delta : AnalysisResult, Exception or None
+    parent_bytes_read : int
+        Bytes of the parent's files read during this model (the tensors no earlier model of the batch needed).
+    seconds, retries, requests : float, int, int
+        Wall time, hub retries and hub requests of this model's analyses (reads, resolving calls).
+    """
+
+    ref: ModelRef
+    meta: dict
+    key: str
+    own: object = None
+    delta: object = None
+    parent_bytes_read: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    requests: int = 0
+
+
+def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent: ModelRef | None = None,
+                  own: bool = True):
+    """Analyze models one after another; with ``parent``, each model's delta against it too — the parent
+    opened once for the batch (:func:`hubscan.sources.open_shared`: its tensors read once and held until
+    every model took them) and each model's files read once for both its analyses
+    (:func:`hubscan.sources.open_model` ``own=True``, :func:`hubscan.analysis.analyze_together`).
 
     Parameters
     ----------
-    parent : (ModelRef, WeightSet, str), optional
-        A tree edge: the parent's pinned reference, its opened weights (e.g. a
-        :class:`~hubscan.weights.shared.SharedReads` view shared by its children) and the relation. The
-        model's delta against it is analyzed in the same pass over the model's files
-        (:func:`hubscan.analysis.analyze_with_base`: each tensor read once for both).
+    models : sequence of (ModelRef, dict, str)
+        Pinned reference, metadata and model key of each model.
+    client : HubClient
+    options : AnalyzeOptions
+    parent : ModelRef, optional
+        The models' common parent (pinned). Memory: up to its matched tensors until the batch's last model.
+    own : bool
+        Analyze the models themselves (False: their deltas alone).
 
-    Returns
-    -------
-    dict
-        ``models``: the model row (status success / incomplete / failed / skipped), ``layers``
-        and ``esd``: Arrow tables of its rows (empty unless analyzed); with ``parent``, ``deltas``: the
-        pair's ``deltas`` table (None when the delta could not be analyzed) and ``delta_error`` (the
-        one-line reason then, else None).
+    Yields
+    ------
+    Analyzed
+        Per model, in order. A model's own problems never raise: they are its ``own`` / ``delta``.
+
+    Raises
+    ------
+    hubscan.errors.HubUnreachableError
+        The source's endpoint cannot be reached (not a problem of one model: the survey stops).
     """
-    from hubscan.analysis import analyze, analyze_with_base, as_adapter, is_hub_adapter
-    from hubscan.sources import open_ref
+    from hubscan.analysis import analyze, analyze_together
+    from hubscan.sources import open_model, open_shared
 
-    t0 = time.perf_counter()
-    retries0, requests0 = client.total_retries(), _requests(client)
-    opts = dataclasses.replace(options, keep_evals=keep_esd)
-    layers = esd = None
-    deltas, delta_error = None, ("not analyzed: the child could not be read" if parent is not None else None)
+    shared, parent_error = None, None
+    if parent is not None:
+        try:
+            shared = open_shared(parent, client, readers=len(models))
+        except HubUnreachableError:
+            raise  # the source is gone, not this batch: the survey stops (Survey._source_lost)
+        except HubscanError as exc:
+            parent_error = HubscanError(f"parent {parent.id}", str(exc))
     try:
-        ws = open_ref(ref, client)
-        if parent is None:
-            result = analyze(as_adapter(ws, ref, client) if is_hub_adapter(ref) else ws, opts)
+        for ref, meta, key in models:
+            t0, retries0, requests0 = time.perf_counter(), client.total_retries(), _requests(client)
+            before = shared.bytes_read if shared is not None else 0
+            out = Analyzed(ref, meta, key, delta=parent_error)
+            if shared is None and not own:  # nothing to analyze: the parent could not be opened
+                yield out
+                continue
+            try:
+                if shared is None:
+                    out.own = analyze(open_model(ref, client).weights, options, source=str(ref), ref=ref)
+                elif own:
+                    opened = open_model(ref, client, shared=shared, own=True)
+                    out.own, out.delta = analyze_together(opened.own, opened.weights, options, source=str(ref), ref=ref)
+                else:
+                    opened = open_model(ref, client, shared=shared)
+                    out.delta = analyze(opened.weights, dataclasses.replace(options, keep_evals=False),
+                                        source=str(ref), ref=ref)
+            except HubUnreachableError:
+                raise  # the source is gone, not this model: the survey stops (Survey._source_lost)
+            except Exception as exc:  # noqa: BLE001 - one model never stops the others
+                if not isinstance(exc, HubscanError):
+                    log.exception("%s: unexpected error", ref)
+                out.own = exc if own else None
+                out.delta = exc if parent is not None and parent_error is None else out.delta
+            if isinstance(out.own, HubUnreachableError):  # met while reading its tensors
+                raise out.own
+            out.parent_bytes_read = (shared.bytes_read if shared is not None else 0) - before
+            out.seconds, out.retries = time.perf_counter() - t0, client.total_retries() - retries0
+            out.requests = _requests(client) - requests0
+            yield out
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _failure(exc: Exception) -> tuple[ModelStatus, str]:
+    """A model row's status and reason for the error that stopped its analysis."""
+    if isinstance(exc, GatedModelError):
+        return ModelStatus.SKIPPED, exc.reason
+    if isinstance(exc, HubscanError):
+        return error_status(exc), str(exc)
+    return ModelStatus.FAILED, f"unexpected error: {' '.join(str(exc).split())[:300]}"
+
+
+def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
+                   options: AnalyzeOptions, cfg_hash: str, survey_id: str, keep_esd: bool, attempts: int = 1):
+    """Analyze models into their dataset rows (:func:`analyze_batch`), with ``parent`` each one's delta
+    against it too, the parent's files read once for all of them.
+
+    Parameters
+    ----------
+    models : sequence of (ModelRef, dict, str)
+        Pinned reference, metadata and model key of each model.
+    parent : ModelRef, optional
+        The models' common parent (pinned).
+    relations : dict, optional
+        Model key → relation to the parent (``deltas.relation``).
+    client : HubClient
+    options : AnalyzeOptions
+    cfg_hash, survey_id : str
+        The rows' ``config_hash`` and ``survey_id``.
+    keep_esd : bool
+        Keep the eigenvalues (``esd`` table).
+    attempts : int
+        The rows' ``attempts``.
+
+    Yields
+    ------
+    dict
+        Per model: ``models`` (the model row's table; status success / incomplete / failed / skipped),
+        ``layers`` and ``esd`` (Arrow tables of its rows, empty unless analyzed), ``row`` (the model record);
+        with ``parent``, ``deltas`` (the pair's ``deltas`` table, None when the delta could not be analyzed)
+        and ``delta_error`` (the one-line reason then, else None).
+    """
+    opts = dataclasses.replace(options, keep_evals=keep_esd)
+    for a in analyze_batch(models, client=client, options=opts, parent=parent):
+        layers = esd = deltas = None
+        if isinstance(a.own, Exception):
+            row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, *_failure(a.own))
         else:
-            result, delta = analyze_with_base(ws, parent[1], opts, ref=ref, client=client, source=str(ref))
-            if isinstance(delta, HubscanError):
-                delta_error = str(delta)
+            s = a.own.summary
+            row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, s["status"], s["reason"], s,
+                            format=a.own.format, device=opts.device)
+            layers, esd = a.own.rows, (a.own.esd_records() if keep_esd else None)
+        delta_error = None
+        if parent is not None:
+            if isinstance(a.delta, Exception):
+                delta_error = str(a.delta)
             else:
-                delta_error = None
-                deltas = pair_table(key, ref, parent[0], parent[2], survey_id, delta.rows)
-            if isinstance(result, HubscanError):
-                raise result
-    except HubUnreachableError:
-        raise  # the source is gone, not this model: the survey stops (Survey._source_lost)
-    except GatedModelError as exc:
-        row = model_row(ref, meta, key, cfg_hash, survey_id, "skipped", exc.reason)
-    except HubscanError as exc:
-        row = model_row(ref, meta, key, cfg_hash, survey_id, error_status(exc), str(exc))
-    except Exception as exc:  # noqa: BLE001 - one model never stops the survey
-        log.exception("%s: unexpected error", ref)
-        row = model_row(ref, meta, key, cfg_hash, survey_id, "failed",
-                        f"unexpected error: {' '.join(str(exc).split())[:300]}")
-    else:
-        row = model_row(ref, meta, key, cfg_hash, survey_id, result.summary["status"], result.summary["reason"],
-                        result.summary, format=result.format, device=opts.device)
-        layers, esd = result.rows, (result.esd_records() if keep_esd else None)
-    if row.get("requests") is None:  # the analysis summary counts its reads' requests when it can
-        row["requests"] = _requests(client) - requests0
-    row.update(seconds=time.perf_counter() - t0, retries=client.total_retries() - retries0, attempts=attempts,
-               options=json.dumps(dataclasses.asdict(opts), default=str))
-    return {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
+                deltas = pair_table(a.key, a.ref, parent, (relations or {}).get(a.key), survey_id, a.delta.rows)
+        if row.get("requests") is None:  # the analysis summary counts its reads' requests when it can
+            row["requests"] = a.requests
+        row.update(seconds=a.seconds, retries=a.retries, attempts=attempts,
+                   options=json.dumps(opts.to_dict(), default=str))
+        yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
 
 
 def pair_table(child_key: str, child: ModelRef, parent: ModelRef, relation: str | None, survey_id: str, rows):
@@ -277,54 +379,6 @@ def pair_table(child_key: str, child: ModelRef, parent: ModelRef, relation: str 
     """
     return delta_table({"model_key": child_key, "source": child.source, "model_id": child.id,
                         "revision": child.revision}, parent.id, parent.revision, relation, survey_id, rows)
-
-
-def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
-                   **kwargs):
-    """Analyze models one after another (:func:`analyze_model`), with ``parent`` each one's delta against
-    it too, the parent's files read once for all of them.
-
-    Parameters
-    ----------
-    models : sequence of (ModelRef, dict, str)
-        Pinned reference, metadata and model key of each model.
-    parent : ModelRef, optional
-        The models' common parent (pinned), opened once and shared
-        (:class:`~hubscan.weights.shared.SharedReads`: its tensors are held until every model took them,
-        so memory is up to the parent's matched tensors).
-    relations : dict, optional
-        Model key → relation to the parent (``deltas.relation``).
-    client : HubClient
-    **kwargs
-        :func:`analyze_model`'s keywords (options, cfg_hash, survey_id, keep_esd, attempts).
-
-    Yields
-    ------
-    dict
-        :func:`analyze_model`'s output per model; with ``parent``, ``delta_error`` names why a delta is
-        missing (the parent could not be opened, or the pair not analyzed).
-    """
-    from hubscan.sources import open_ref
-    from hubscan.weights.shared import SharedReads
-
-    shared, parent_error = None, None
-    if parent is not None:
-        try:
-            shared = SharedReads(open_ref(parent, client), readers=len(models))
-        except HubUnreachableError:
-            raise
-        except HubscanError as exc:
-            parent_error = f"parent {parent.id}: {exc}"
-    try:
-        for ref, meta, key in models:
-            edge = (parent, shared.view(), (relations or {}).get(key)) if shared is not None else None
-            out = analyze_model(ref, meta, key, client=client, parent=edge, **kwargs)
-            if parent_error:
-                out["delta_error"] = parent_error
-            yield out
-    finally:
-        if shared is not None:
-            shared.close()
 
 
 def _warm_up(options: AnalyzeOptions) -> None:
@@ -408,6 +462,7 @@ class _Worker:
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
+        install_http_client(self.client.timeout)  # the actor is an entry point: its process, its HTTP client
         _warm_up(options)
 
     def pid(self) -> int:
@@ -441,9 +496,25 @@ def _cluster_resources(config: SurveyConfig):
 
 
 @dataclasses.dataclass
-class _Task:
-    """One actor call: a model, or (a model-tree survey) several children of one ``parent`` whose deltas
-    are analyzed with them, the parent read once."""
+class Task:
+    """One actor call: a model, or (a model-tree survey, :func:`hubscan.census.family_tasks`) several
+    children of one ``parent`` whose deltas are analyzed with them, the parent read once
+    (:func:`analyze_models`).
+
+    Attributes
+    ----------
+    ref, meta, key
+        The (first) model's pinned reference, metadata and model key.
+    attempts : int
+        This task's attempt (actor deaths retry it).
+    parent : ModelRef or None
+        The children's common parent.
+    more : tuple of (ModelRef, dict, str)
+        Further children of the same parent.
+    relations : dict or None
+        Model key → relation to the parent.
+    """
+
     ref: ModelRef
     meta: dict
     key: str
@@ -478,12 +549,13 @@ class Survey:
         self.t0 = time.perf_counter()
         self.survey_id = config.survey_id or self.started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         self.client = HubClient(**config.hub)
+        install_http_client(self.client.timeout)  # the survey driver is an entry point (requests counted per model)
         self.cfg_hash = config_hash(config.options)
         self.options = config.options
         self.dataset: Dataset | None = None
-        self.work: deque[_Task] = deque()
-        self.retry: deque[_Task] = deque()  # tasks to run again (actor deaths, unreturned flushes)
-        self.counts = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0}
+        self.work: deque[Task] = deque()
+        self.retry: deque[Task] = deque()  # tasks to run again (actor deaths, unreturned flushes)
+        self.counts = dict.fromkeys(ModelStatus, 0)
         self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
         self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
         self.fresh: dict[str, set] = {t: set() for t in WRITE_ORDER}  # files this survey committed
@@ -491,7 +563,7 @@ class Survey:
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
         #: models analyzed so far by status, and their bytes (progress: committed counts lag a flush)
-        self.seen = {"success": 0, "incomplete": 0, "failed": 0, "skipped": 0, "bytes_read": 0}
+        self.seen = {**dict.fromkeys(ModelStatus, 0), "bytes_read": 0}
         self.progress = None
         #: (child, parent, reason) of tree edges whose delta was not analyzed (model-tree surveys)
         self.failed_edges: list = []
@@ -530,7 +602,7 @@ class Survey:
         seen = set()
         for ref, meta in items:
             err = None
-            if not (ref.revision and (ref.files or ref.source == "local")):
+            if not (ref.revision and (ref.files or ref.is_path)):
                 try:
                     pinned, more = resolve(ref, self.client)
                     ref, meta = pinned, {**meta, **more}
@@ -545,11 +617,11 @@ class Survey:
             seen.add(key)
             self.stats["num_models"] += 1
             if err is not None:
-                self._driver_row(_Task(ref, meta, key, 0), error_status(err), str(err))
-            elif not config.force and done.get(key) not in (None, "failed"):
+                self._driver_row(Task(ref, meta, key, 0), error_status(err), str(err))
+            elif not config.force and done.get(key) not in (None, ModelStatus.FAILED):
                 self.stats["num_already_done"] += 1
             else:
-                self.work.append(_Task(ref, meta, key))
+                self.work.append(Task(ref, meta, key))
         # models whose rows will be replaced (force, failed before, or a driver killed between commits)
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
         if keys:
@@ -557,7 +629,7 @@ class Survey:
             for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
 
-    def _driver_row(self, task: _Task, status: str, reason: str) -> None:
+    def _driver_row(self, task: Task, status: ModelStatus, reason: str) -> None:
         for ref, meta, key in task.models:
             row = model_row(ref, meta, key, self.cfg_hash, self.survey_id, status, reason, attempts=task.attempts)
             self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
@@ -590,8 +662,8 @@ class Survey:
                                                 config.flush_models, config.flush_seconds, tuple(plugin_modules()))
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
-        self.inflight: dict = {}   # future -> (actor, _Task or None for a flush)
-        self.pending: dict = {}    # actor -> [(_Task, analyzed at, summary rows)] analyzed, buffered, not committed
+        self.inflight: dict = {}   # future -> (actor, Task or None for a flush)
+        self.pending: dict = {}    # actor -> [(Task, analyzed at, summary rows)] analyzed, buffered, not committed
         for _ in range(self.n_actors):
             self._start_actor()
 
@@ -625,7 +697,7 @@ class Survey:
             if not ready:
                 if not self.inflight and not self.actors and time.monotonic() - last_progress > config.actor_start_timeout:
                     for task in [*self.retry, *self.work]:  # no actor can be placed: fail the rest, not hang
-                        self._driver_row(task, "failed", "no analysis actor could be started "
+                        self._driver_row(task, ModelStatus.FAILED, "no analysis actor could be started "
                                          "(cluster has no free resources)")
                     self.retry.clear()
                     self.work.clear()
@@ -679,7 +751,8 @@ class Survey:
                 self._source_lost(task, cause)
                 return
             if task is not None:
-                self._driver_row(task, "failed", " ".join(str(getattr(exc, "cause", None) or exc).split())[:300])
+                reason = " ".join(str(getattr(exc, "cause", None) or exc).split())[:300]
+                self._driver_row(task, ModelStatus.FAILED, reason)
             return
         if actor in self.actors:
             self.actors[actor] -= 1
@@ -708,7 +781,7 @@ class Survey:
             for row in rows:
                 self._see(row, -1)
 
-    def _source_lost(self, task: _Task | None, exc: HubUnreachableError) -> None:
+    def _source_lost(self, task: Task | None, exc: HubUnreachableError) -> None:
         """The source's endpoint cannot be reached any more: dispatch nothing more; the models not yet
         analyzed (``task``'s included) are left for the next run, not written as failed; the models
         analyzed so far are still flushed and committed."""
@@ -723,10 +796,10 @@ class Survey:
     def _see(self, row: dict, sign: int = 1) -> None:
         """Count (``sign`` 1) or uncount (−1) one model as analyzed, by status and bytes (progress)."""
         self.analyzed += sign
-        self.seen[row.get("status") if row.get("status") in self.seen else "failed"] += sign
+        self.seen[row.get("status") if row.get("status") in self.seen else ModelStatus.FAILED] += sign
         self.seen["bytes_read"] += sign * int(row.get("bytes_read") or 0)
 
-    def _on_actor_death(self, actor, task: _Task | None, exc) -> None:
+    def _on_actor_death(self, actor, task: Task | None, exc) -> None:
         config = self.config
         if self.actors.pop(actor, None) is not None:
             self._start_actor()  # replace it once, however many of its tasks fail
@@ -738,7 +811,7 @@ class Survey:
         if task.attempts < config.max_attempts:
             self.retry.append(dataclasses.replace(task, attempts=task.attempts + 1))
         else:
-            self._driver_row(task, "failed", f"analysis actor died {task.attempts} times "
+            self._driver_row(task, ModelStatus.FAILED, f"analysis actor died {task.attempts} times "
                                              "(out of memory, killed or node lost)")
 
     # -- 5. commit -----------------------------------------------------------------------------
@@ -775,9 +848,8 @@ class Survey:
                     if (v := self.dataset.version(t)) is not None}
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
                "source": config.source, "filters": json.dumps(config.filters, default=str),
-               "config_hash": self.cfg_hash, "options": json.dumps(dataclasses.asdict(self.options), default=str),
-               "num_success": self.counts["success"], "num_incomplete": self.counts["incomplete"],
-               "num_failed": self.counts["failed"], "num_skipped": self.counts["skipped"],
+               "config_hash": self.cfg_hash, "options": json.dumps(self.options.to_dict(), default=str),
+               **{f"num_{s}": n for s, n in self.counts.items()},
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
                "hubscan_version": __version__, "table_versions": json.dumps(versions), **self.stats}
         self.dataset.write("surveys", rows_to_table([row], "surveys"), survey_id=self.survey_id)
@@ -898,7 +970,8 @@ class _Progress:
 
     def _text(self, n: int, counts: dict, seen: dict) -> str:
         rate = n / max(1e-9, (time.perf_counter() - self.t0) / 60)
-        return f"{seen['success'] + seen['incomplete']} ok {seen['failed']} failed {rate:.0f}/min"
+        S = ModelStatus
+        return f"{seen[S.SUCCESS] + seen[S.INCOMPLETE]} ok {seen[S.FAILED]} failed {rate:.0f}/min"
 
     def update(self, n: int, counts: dict, seen: dict, row: dict | None) -> None:
         """``counts``: committed models per status; ``seen``: analyzed models per status and bytes read."""
@@ -911,8 +984,9 @@ class _Progress:
         if n - self.last_n >= self.every_models or now - self.last_t >= self.every_seconds:
             self.last_n, self.last_t = n, now
             progress_log.info("survey: %d/%d analyzed (%d ok, %d failed, %d skipped, %.1f MB read), %d committed | "
-                              "%.1f models/min", n, self.total, seen["success"] + seen["incomplete"], seen["failed"],
-                              seen["skipped"], seen["bytes_read"] / 1e6, sum(counts.values()),
+                              "%.1f models/min", n, self.total,
+                              seen[ModelStatus.SUCCESS] + seen[ModelStatus.INCOMPLETE], seen[ModelStatus.FAILED],
+                              seen[ModelStatus.SKIPPED], seen["bytes_read"] / 1e6, sum(counts.values()),
                               n / max(1e-9, (now - self.t0) / 60))
 
     def close(self, counts: dict) -> None:

@@ -56,6 +56,7 @@ def parse_args(argv):
 
 
 def main(argv=None) -> dict:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the job is the entry point: its local Ray, no token
     return bs.run(parse_args(sys.argv[1:] if argv is None else argv))
 
 

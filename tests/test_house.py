@@ -31,16 +31,16 @@ ALLOWED = {
     "esd": _ROOT,                              # pure math
     "records": _ROOT | {"esd"},                # the metric registry defines the layer columns
     "schema": _ROOT | {"esd", "records"},
-    "analysis": _PIPELINE,
+    "analysis": _MODEL | {"weights", "refs"},   # a WeightSet in, rows out: where it came from is not its business
     "store": _MODEL | {"analysis"},
     "query": _MODEL | {"store"},
-    "accuracy": _MODEL | {"store", "query", "weights"},
-    "correlate": _MODEL | {"store", "query"},
+    "accuracy": _MODEL | {"store", "query", "weights", "sources"},  # which source's ids a result names
+    "correlate": _MODEL | {"store", "query", "sources"},
     "doctor": _MODEL | {"store", "query"},     # a dataset's repairs: store level
     "survey": _DATA,
     "census": _DATA | {"survey"},
     "report": _MODEL | {"store", "query", "correlate"},
-    "experiments": _DATA | {"survey", "correlate", "report"},
+    "experiments": _DATA | {"survey", "correlate", "report", "demo"},  # demo: the digits it trains on
     "demo": _DATA | {"survey"},
     "publish": _MODEL | {"hub", "store"},          # a downstream room: the census on the Hub
 }
@@ -109,7 +109,8 @@ def test_the_registries_are_one_type():
     assert all(isinstance(r, Registry) for r in mine) and all(r in registries() for r in mine)
     assert READERS.module_of("safetensors") == "hubscan.weights.safetensors"
     assert SOURCES.module_of("hf") == "hubscan.sources.hf" and REF_SCHEMES.module_of("timm") == "hubscan.sources.timm"
-    assert SCHEMES.module_of("mxfp4") == "hubscan.weights.quantized" and METRICS.module_of("alpha") == "hubscan.esd.metrics"
+    assert SCHEMES.module_of("mxfp4") == "hubscan.weights.quantized"
+    assert METRICS.module_of("alpha") == "hubscan.esd.metrics"
     # every ``register_*`` function writes into a module-level Registry (or through another register_*)
     for path in sorted(PKG.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -121,3 +122,103 @@ def test_the_registries_are_one_type():
             assert any((isinstance(f, ast.Attribute) and f.attr == "register" and getattr(f.value, "id", None) in made)
                        or (isinstance(f, ast.Name) and f.id.startswith("register_")) for f in calls), \
                 f"{path.relative_to(PKG.parent)}: {fn.name} does not register into a Registry"
+
+
+#: The built-in sources' names (their reference schemes).
+SOURCE_NAMES = {"hf", "timm", "local", "list"}
+
+
+def _names_a_source(node: ast.AST) -> list[tuple[int, str]]:
+    """String constants naming a source where code decides by it: compared with a source
+    (``ref.source == "local"``, ``src in (None, "local")``), given as a ``source`` (``{"source": "timm"}``,
+    ``source="hf"``) or as a ``ModelRef``'s source. (A library's name that happens to be a source's,
+    ``"timm"`` as a ``library`` or an organisation, is not a source.)"""
+    def consts(n):
+        if isinstance(n, ast.Constant) and n.value in SOURCE_NAMES:
+            return [n]
+        if isinstance(n, (ast.Tuple, ast.List, ast.Set)):
+            return [c for e in n.elts for c in consts(e)]
+        return []
+
+    hits = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Compare):
+            sides = [n.left, *n.comparators]
+            if any("source" in ast.unparse(s) or "src" in ast.unparse(s) for s in sides):
+                hits += [c for side in sides for c in consts(side)]
+        elif isinstance(n, ast.Dict):
+            hits += [c for k, v in zip(n.keys, n.values) if isinstance(k, ast.Constant) and k.value == "source"
+                     for c in consts(v)]
+        elif isinstance(n, ast.Call):
+            hits += [c for kw in n.keywords if kw.arg == "source" for c in consts(kw.value)]
+            if getattr(n.func, "id", getattr(n.func, "attr", None)) == "ModelRef" and n.args:
+                hits += consts(n.args[0])
+    return [(c.lineno, c.value) for c in hits]
+
+
+def test_only_sources_name_a_source():
+    """Where a model comes from is the business of its source (``sources/``) alone."""
+    wrong = [f"{p.relative_to(PKG.parent)}:{line}: {value!r}" for p in sorted(PKG.rglob("*.py"))
+             if _room(p) != "sources"
+             for line, value in _names_a_source(ast.parse(p.read_text(encoding="utf-8")))]
+    assert not wrong, "a source named outside sources/:\n" + "\n".join(wrong)
+
+
+def test_analysis_takes_weights_not_sources():
+    """The one-model room imports nothing from sources/ or the hub client (it is given a WeightSet)."""
+    wrong = [f"analysis.py:{line}: {m}" for m, line in _imports(PKG / "analysis.py")
+             if m.split(".")[:2] in (["hubscan", "sources"], ["hubscan", "hub"])
+             or m.split(".")[0] == "huggingface_hub"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_module_reaches_for_another_modules_private_names():
+    """``from hubscan.x import _name`` or ``x._name`` on an imported hubscan module couples a module to
+    another's internals: what is shared is public."""
+    wrong = []
+    for p in sorted(PKG.rglob("*.py")):
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        modules = set()  # names bound to hubscan modules: import hubscan.x as m / from hubscan.pkg import mod
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("hubscan"):
+                for a in n.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        wrong.append(f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.module}.{a.name}")
+                    dotted = PKG.parent / (n.module.replace(".", "/") + "/" + a.name)
+                    if dotted.with_suffix(".py").is_file() or dotted.is_dir():
+                        modules.add(a.asname or a.name)
+            elif isinstance(n, ast.Import):
+                modules |= {a.asname for a in n.names if a.name.startswith("hubscan") and a.asname}
+        wrong += [f"{p.relative_to(PKG.parent)}:{n.lineno}: {n.value.id}.{n.attr}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in modules
+                  and n.attr.startswith("_") and not n.attr.startswith("__")]
+    assert not wrong, "\n".join(wrong)
+
+
+#: Where process-wide state may be set: the entry points (the CLI, the survey driver and its actors, and the
+#: census when it runs the survey machinery).
+ENTRY_POINTS = {"cli.py", "survey.py", "census.py"}
+#: Programs whose own processes may set their environment: the hub-in-a-box builder's ``--part`` workers.
+PROGRAMS = {"demo/hubbox.py"}
+
+
+def test_process_wide_state_only_at_entry_points():
+    """Library code writes no environment variable, and only entry points install hubscan's HTTP client in
+    huggingface_hub (``hub.install_http_client``; ``set_client_factory`` is called by it alone)."""
+    wrong = []
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).as_posix()
+        for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            text = ast.unparse(n) if isinstance(n, (ast.Assign, ast.AugAssign, ast.Call, ast.Delete)) else ""
+            if isinstance(n, (ast.Assign, ast.AugAssign, ast.Delete)) and "os.environ[" in text and rel not in PROGRAMS:
+                wrong.append(f"{rel}:{n.lineno}: {text}")
+            if isinstance(n, ast.Call):
+                name = getattr(n.func, "attr", getattr(n.func, "id", ""))
+                if rel not in PROGRAMS and (name in ("putenv", "unsetenv") or (
+                        name in ("setdefault", "update", "pop") and ast.unparse(n.func).startswith("os.environ"))):
+                    wrong.append(f"{rel}:{n.lineno}: {text}")
+                if name == "install_http_client" and rel not in ENTRY_POINTS:
+                    wrong.append(f"{rel}:{n.lineno}: {text} (not an entry point)")
+                if name == "set_client_factory" and rel != "hub.py":
+                    wrong.append(f"{rel}:{n.lineno}: {text}")
+    assert not wrong, "\n".join(wrong)

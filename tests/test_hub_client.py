@@ -61,6 +61,34 @@ def test_unreachable_hub_fails_fast_in_one_line(hub, caplog, capsys, tmp_path):
     assert not (tmp_path / "ds").exists()  # nothing created
 
 
+def test_a_library_call_leaves_the_callers_http_client_alone(hub, minilm_dir):
+    """hubscan.analyze installs nothing process-wide: a host program's huggingface_hub client factory (its
+    proxy, its timeouts) survives a local analysis and a hub one; hubscan's own range reads are still counted."""
+    import httpx2
+    from huggingface_hub import get_session, set_client_factory
+
+    from hubscan.hub import install_http_client
+
+    made = []
+
+    def mine():
+        made.append(httpx2.Client(follow_redirects=True))
+        return made[-1]
+
+    set_client_factory(mine)
+    try:
+        session = get_session()
+        assert hubscan.analyze(minilm_dir).summary["status"] == "success"
+        assert get_session() is session and made == [session]
+        hub.reset_stats()
+        remote = hubscan.analyze(f"hf:{MINILM}", client=HubClient(endpoint=hub.endpoint))
+        assert get_session() is session and made == [session]  # model_info went through the caller's client
+        weights = hub.requests(repo_id=MINILM, path="model.safetensors")
+        assert remote.summary["requests"] == len(weights) + len(hub.requests(repo_id=MINILM, path="config.json"))
+    finally:
+        install_http_client(30.0)  # as the CLI would (an entry point)
+
+
 def test_server_wait_rule():
     assert server_wait(RATELIMIT, 429) == 55.0  # RateLimit, quota spent: wait its reset time
     assert server_wait({"RateLimit": '"api";r=12;t=55'}, 429) is None  # quota left: plain backoff

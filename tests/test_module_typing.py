@@ -18,9 +18,9 @@ import pytest
 import torch
 
 import hubscan
-from hubscan.analysis import AnalyzeOptions, analyze_with_base
+from hubscan.analysis import AnalyzeOptions, analyze_together
 from hubscan.esd.matrices import CONV_NORM
-from hubscan.weights import open_weights
+from hubscan.sources import open_model
 from hubscan.weights.modules import ModuleMap, TensorKind, types_from_config, types_from_module
 
 transformers = pytest.importorskip("transformers")
@@ -141,7 +141,8 @@ def test_lm_head_is_dense_by_module_and_by_name(tmp_path):
     assert rows["model.embed_tokens.weight"].layer_type == "embedding"
     # a model analyzed with its base in one pass (the survey's path) is typed as when analyzed alone
     built(transformers.LlamaForCausalLM, cfg, tmp_path / "base")
-    own, delta = analyze_with_base(open_weights(tmp_path / "m"), open_weights(tmp_path / "base"), AnalyzeOptions())
+    opened = open_model(tmp_path / "m", base=tmp_path / "base", own=True)
+    own, delta = analyze_together(opened.own, opened.weights, AnalyzeOptions())
     assert [(r.key, r.typed_by, r.module_type) for r in own.rows] == [(k, r.typed_by, r.module_type)
                                                                      for k, r in rows.items()]
     assert {r.typed_by for r in delta.rows} == {"module"}

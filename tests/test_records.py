@@ -3,8 +3,10 @@
 * what the producers emit (the analysis' layer records, the metric functions, the model summary, the
   esd records) equals the schema's columns — a column forgotten on either side fails here;
 * the converter refuses a key its schema lacks instead of dropping it;
-* a toy metric registered in a test appears in the layers table, the model summary, the models table
-  and ``correlate``'s output, with values equal to an independent numpy computation.
+* a toy metric behind a toy option, registered in a test (what a ``metric_<name>.py`` module holds),
+  gives the option a CLI flag and an ``AnalyzeOptions`` keyword, enters the config hash only when on,
+  and appears in the layers table, the model summary, the models table and ``correlate``'s output, with
+  values equal to an independent numpy computation.
 """
 
 from __future__ import annotations
@@ -111,20 +113,24 @@ def test_part_key():
     assert part_key("fc.weight", "") == "fc.weight" == LayerRecord(name="fc.weight").key
 
 
-# -- a toy metric: one registry entry + its function ----------------------------------------------
+# -- a toy metric behind an option: two registry entries + its function (one metric_<name>.py file) -----
 
-TOY = "top_eigen_share"
+TOY, TOY_OPTION = "top_eigen_share", "top_share"
 
 
 @pytest.fixture
 def toy_metric():
+    registry.register_option(TOY_OPTION, bool, False, "toy: the top eigenvalue's share of the ESD (column "
+                             "top_eigen_share)")
+
     @registry.register_metric(TOY, "float64", "share of the ESD's mass in its largest eigenvalue",
-                              summary=True, correlate=True, label="mean top-eigenvalue share")
+                              summary=True, correlate=True, label="mean top-eigenvalue share", option=TOY_OPTION)
     def _top_share(s):
         return float(s.esd.evals[-1] / s.esd.evals.sum())
 
     yield TOY
     registry.unregister_metric(TOY)
+    registry.unregister_option(TOY_OPTION)
 
 
 def _top_share_numpy(w: np.ndarray) -> float:
@@ -142,13 +148,14 @@ def test_toy_metric_reaches_layers_models_and_correlate(toy_metric, tmp_path):
     from hubscan.survey import model_row
 
     ds = Dataset(str(tmp_path / "ds"))
-    cfg = config_hash(hubscan.AnalyzeOptions())
+    options = hubscan.AnalyzeOptions(top_share=True)
+    cfg = config_hash(options)
     dfs = [2.5, 3.0, 4.0, 6.0, 12.0]
     expected, acc_rows = {}, []
     for i, df in enumerate(dfs):
         p = tmp_path / f"m{i}.safetensors"
         _model(p, 10 + i, df)
-        res = hubscan.analyze(str(p))
+        res = hubscan.analyze(str(p), options)
         ref = res.ref
         key = model_key(ref.source, ref.id, ref.revision, cfg)
         ds.write_model(model_row(ref, {"family": "toy"}, key, cfg, "s1", res.summary["status"],
@@ -182,6 +189,38 @@ def test_toy_metric_reaches_layers_models_and_correlate(toy_metric, tmp_path):
     assert set(registry.correlate_metrics()) - {"rand_distance"} <= set(out["metric"])
 
 
+def test_toy_option_is_a_flag_a_keyword_and_a_hash_entry(toy_metric, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from hubscan.cli import main
+    from hubscan.store import config_hash
+
+    with pytest.raises(SystemExit):
+        main(["analyze", "--help"])
+    assert "--top-share" in capsys.readouterr().out
+    p = tmp_path / "m.safetensors"
+    _model(p, 0, 3.0)
+    assert main(["analyze", str(p), "--top-share", "--out", str(tmp_path / "on.parquet"), "-q"]) == 0
+    assert main(["analyze", str(p), "--out", str(tmp_path / "off.parquet"), "-q"]) == 0
+    on, off = (pq.read_table(tmp_path / f).to_pylist() for f in ("on.parquet", "off.parquet"))
+    from safetensors.numpy import load_file
+    w = load_file(str(p))
+    for r_on, r_off in zip(on, off):
+        assert r_off[TOY] is None  # off by default: the column is there, empty
+        if r_on["status"] == "success":
+            assert r_on[TOY] == pytest.approx(_top_share_numpy(w[r_on["name"]]), rel=1e-9)
+    # on, it is a config of its own; off, the hash is the one datasets had before the option existed
+    assert config_hash(hubscan.AnalyzeOptions(top_share=True)) != config_hash(hubscan.AnalyzeOptions())
+    registry.unregister_option(TOY_OPTION)
+    try:
+        plain = config_hash(hubscan.AnalyzeOptions())
+    finally:
+        registry.register_option(TOY_OPTION, bool, False, "re-added for the fixture's cleanup")
+    assert config_hash(hubscan.AnalyzeOptions()) == plain
+    with pytest.raises(ValueError, match="top_share"):
+        hubscan.AnalyzeOptions(top_share="yes")
+
+
 def test_toy_metric_unregistered_is_gone(toy_metric):
     assert TOY in table_schema("layers").names
     registry.unregister_metric(TOY)
@@ -199,5 +238,7 @@ def test_register_twice_warns_naming_the_module_that_wins(toy_metric):
                                              rf"{__name__}'s"):
         registry.register_metric(TOY, "float64", "again")(again)
     assert registry.METRICS.module_of(TOY) == "my_plugin" and registry.get_metric(TOY).compute is again
+    with pytest.warns(RegistryWarning, match=f"analysis option '{TOY_OPTION}' registered again"):
+        registry.register_option(TOY_OPTION, bool, False, "again")
     with pytest.raises(ValueError, match="dtype"):
         registry.register_metric("bad_dtype_metric", "complex128", "no")(lambda s: 0.0)

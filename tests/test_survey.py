@@ -378,10 +378,10 @@ def test_redone_models_leave_the_analyzed_counts(tmp_path):
     """Models analyzed but lost before their commit (an actor died with them buffered) are queued again
     and no longer counted as analyzed: the progress counts never exceed the models surveyed."""
     from hubscan.refs import ModelRef
-    from hubscan.survey import Survey, SurveyConfig, _Task
+    from hubscan.survey import Survey, SurveyConfig, Task
 
     s = Survey(SurveyConfig(source="local:x", out=str(tmp_path / "ds"), progress=False))
-    a, b = (_Task(ModelRef("local", m, "r"), {}, f"k{m}") for m in "ab")
+    a, b = (Task(ModelRef("local", m, "r"), {}, f"k{m}") for m in "ab")
     rows = {"a": [{"status": "success", "bytes_read": 100}], "b": [{"status": "failed", "bytes_read": 7}]}
     s.analyzed = 2
     s.seen.update(success=1, failed=1, bytes_read=107)

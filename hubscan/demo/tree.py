@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hubscan.records import RowStatus
+
 ORG = "tree"
 WIDTH = 128
 HIDDEN = ("fc1", "fc2")  # the layers with enough eigenvalues for a power-law fit (fc3 has M = 10)
@@ -86,15 +88,15 @@ def digits(seed: int = 0):
     -------
     (X_train, y_train, X_test, y_test) : torch.Tensor
         float32 (n, 64) and int64 (n,); a stratified 75/25 split fixed by ``seed``.
-    """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    X, y = load_digits(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.25, stratify=y, random_state=seed)
-    mu, sd = Xtr.mean(0), np.where(Xtr.std(0) < 1e-8, 1.0, Xtr.std(0))
-    f = lambda a: torch.from_numpy(((a - mu) / sd).astype(np.float32))  # noqa: E731
-    return f(Xtr), torch.from_numpy(ytr.astype(np.int64)), f(Xte), torch.from_numpy(yte.astype(np.int64))
+    Raises
+    ------
+    ImportError
+        scikit-learn is not installed (``pip install 'hubscan[experiments]'``).
+    """
+    from hubscan.demo.digits import digits_split
+
+    return tuple(torch.from_numpy(a.copy()) for a in digits_split(seed))  # its own copy: the split is cached
 
 
 def mlp(seed: int) -> nn.Sequential:
@@ -276,7 +278,7 @@ def build_tree(root: str | os.PathLike, *, seed: int = 0) -> list[TreeNode]:
 
 # ------------------------------------------------------------------------------------------- science
 def _mean_alpha(result) -> float:
-    vals = [r["alpha"] for r in result.rows if r["name"].split(".")[0] in HIDDEN and r["status"] == "success"]
+    vals = [r["alpha"] for r in result.rows if r["name"].split(".")[0] in HIDDEN and r["status"] == RowStatus.SUCCESS]
     return float(np.mean(vals))
 
 

@@ -261,7 +261,7 @@ def __getattr__(name):  # derived from the registry (a metric registered later s
 
 
 def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit: bool | None = None,
-                  rand_evals: np.ndarray | None = None, slices=None) -> dict:
+                  rand_evals: np.ndarray | None = None, slices=None, **context) -> dict:
     """Every registered metric of one analyzed layer (:mod:`hubscan.esd.registry`).
 
     Parameters
@@ -279,6 +279,9 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit
         Eigenvalues of the element-shuffled W, for ``rand_distance``.
     slices : torch.Tensor, shape (rf, N, M), optional
         The matrices of the ESD, for metrics of the elements (``element_mu``).
+    **context
+        ``options``, ``tensor``, ``part`` of the :class:`~hubscan.esd.registry.Spectrum` (metrics behind an
+        analysis option need them).
 
     Returns
     -------
@@ -287,7 +290,7 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit
         registration order; see the module docstring for definitions.
     """
     spec = Spectrum(esd=esd, fit=fit, mp=mp, mp_fit=mp is not None if mp_fit is None else mp_fit,
-                    rand_evals=rand_evals, slices=slices)
+                    rand_evals=rand_evals, slices=slices, **context)
     out = {m.name: m.compute(spec) for m in metrics().values()}
     if esd.scale_exp:
         _restore_units(out, esd.scale_exp)

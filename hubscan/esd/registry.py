@@ -9,8 +9,12 @@ alpha guides are all derived from this registry, never listed again by hand.
 
 Adding a metric is one :func:`register_metric` entry with its function, in a module of
 ``hubscan/esd/`` named ``metric_<name>.py`` (found and imported by :func:`metrics`) — see
-CONTRIBUTING.md. The registry is a :class:`hubscan.registry.Registry`: each entry records its
-module, and registering a name twice warns and says which module's entry wins.
+CONTRIBUTING.md. A metric that costs more than the others is computed only when its **option** is on:
+the module registers the option (:func:`register_option`: name, type, default, help, validation) and
+its metrics name it (``register_metric(..., option=NAME)``). ``hubscan.analysis.AnalyzeOptions``, the CLI
+flags, the config hash and the columns are derived from these entries. Both registries are
+:class:`hubscan.registry.Registry` s: each entry records its module, and registering a name twice warns
+and says which module's entry wins.
 
 This module is pure: no I/O, no pyarrow. Dtypes are strings (``float64``, ``int64``, ``string``,
 ``bool``) that :mod:`hubscan.schema` maps to Arrow types.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import math
 import pkgutil
 from typing import Any, Callable
 
@@ -54,6 +59,13 @@ class Spectrum:
         Rows and columns of each slice, N ≥ M.
     slices : torch.Tensor, shape (rf, N, M), or None
         The (scaled) matrices themselves, for metrics of their elements.
+    options : object or None
+        The analysis options (``hubscan.analysis.AnalyzeOptions``: ``seed``, ``evals_thresh``,
+        ``fix_fingers`` … and every registered :class:`Option`); None: every option at its default.
+    tensor : torch.Tensor or None
+        The tensor as read (before the split / orientation that gives ``slices``).
+    part : str
+        The block of a split tensor this layer is (``q``, a gate letter, a conv slice), or ``""``.
     """
 
     esd: Any
@@ -64,7 +76,20 @@ class Spectrum:
     N: int = 0
     M: int = 0
     slices: Any = None
+    options: Any = None
+    tensor: Any = None
+    part: str = ""
     _memo: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def option(self, name: str) -> Any:
+        """The value of an analysis option (a registered :class:`Option`'s default without ``options``).
+
+        Raises
+        ------
+        KeyError
+            Without ``options``, ``name`` is not a registered option.
+        """
+        return getattr(self.options, name) if self.options is not None else OPTIONS[name].default
 
     def memo(self, key: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` computed once per layer, for several metrics that share an intermediate result."""
@@ -98,6 +123,9 @@ class Metric:
         Nature Comm. 2021: smaller alpha, alpha_weighted, log norms ↔ better models), else None.
     warn_below, warn_above : float or None
         Layers below / above are flagged (alpha: 2 over-trained, 6 under-trained, WW's thresholds).
+    option : str or None
+        The :class:`Option` that turns the metric on: computed only when the option is not at its
+        default, else None.
     """
 
     name: str
@@ -110,6 +138,7 @@ class Metric:
     higher_is_better: bool | None = None
     warn_below: float | None = None
     warn_above: float | None = None
+    option: str | None = None
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
@@ -118,22 +147,158 @@ class Metric:
             raise ValueError(f"metric {self.name!r}: only numeric metrics can be averaged into the summary")
 
 
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """An analysis option a metric module declares: a field of ``hubscan.analysis.AnalyzeOptions``, a flag
+    of ``hubscan analyze`` / ``survey`` (``--name-with-dashes``), and an entry of the config hash when not at
+    its default (so datasets written before the option existed keep their hashes).
+
+    Attributes
+    ----------
+    name : str
+        Python name (``alpha_ci``); the flag is :attr:`flag`.
+    type : type
+        ``bool`` (a switch), ``int``, ``float`` or ``str``.
+    default : object
+        The value that leaves the option off (its metrics None).
+    help : str
+        One line for ``--help``.
+    check : callable (value) -> None, optional
+        Raises ValueError with the reason when a value is not allowed (see :func:`at_least`, :func:`below`).
+    metavar : str or None
+        The value's name in ``--help`` (``LEVEL``).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], None] | None = None
+    metavar: str | None = None
+
+    def __post_init__(self):
+        if self.type not in (bool, int, float, str):
+            raise ValueError(f"option {self.name!r}: type {self.type!r} is not bool, int, float or str")
+
+    @property
+    def flag(self) -> str:
+        """The command-line flag: ``--alpha-ci``."""
+        return "--" + self.name.replace("_", "-")
+
+    def parse(self, value: Any) -> Any:
+        """``value`` as the option's type, checked.
+
+        Raises
+        ------
+        ValueError
+            Not of the type (an int given for a float is taken), or refused by ``check``; the message names
+            the option and the reason.
+        """
+        try:
+            if self.type is bool:
+                if not isinstance(value, bool):
+                    raise TypeError
+                v = value
+            elif self.type is float:
+                if isinstance(value, bool):
+                    raise TypeError
+                v = float(value)
+                if not math.isfinite(v):
+                    raise ValueError("not a finite number")
+            elif self.type is int:
+                v = float(value) if isinstance(value, str) else value
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                    raise TypeError
+                v = int(v)
+            else:
+                v = str(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{self.name} = {value!r}: {str(exc) or 'not of type ' + self.type.__name__}") from None
+        if self.check is not None:
+            try:
+                self.check(v)
+            except ValueError as exc:
+                raise ValueError(f"{self.name} = {v!r}: {exc}") from None
+        return v
+
+    def on(self, value: Any) -> bool:
+        """Whether ``value`` turns the option's metrics on (any value but the default)."""
+        return value != self.default
+
+
+def at_least(lo: float) -> Callable[[Any], None]:
+    """An :class:`Option` check: value ≥ ``lo``."""
+    def check(v):
+        if v < lo:
+            raise ValueError(f"below {lo:g}")
+    return check
+
+
+def below(hi: float, lo: float = 0.0) -> Callable[[Any], None]:
+    """An :class:`Option` check: ``lo`` ≤ value < ``hi``."""
+    def check(v):
+        if not lo <= v < hi:
+            raise ValueError(f"must be ≥ {lo:g} and below {hi:g}")
+    return check
+
+
 #: The metric registry: name → :class:`Metric`, in column order.
 METRICS: Registry[Metric] = Registry("metric")
-_loaded = False
+#: The analysis options metrics declare: name → :class:`Option`, in registration order.
+OPTIONS: Registry[Option] = Registry("analysis option")
+_LOADED: set = set()  # which of the built-in parts _load imported: "options" (metric_* modules), "metrics"
+#: Metric modules imported first, in this order: the layers table's columns keep the order they had before
+#: they moved into these modules (datasets written then have it). Other ``metric_*`` modules follow, sorted.
+_COLUMN_ORDER = ("metric_alpha_ci", "metric_ks_pvalue", "metric_farms", "metric_vectors")
 
 
-def register_metric(name: str, dtype: str, description: str, *, summary: bool = False, correlate: bool = False,
-                    label: str = "", higher_is_better: bool | None = None, warn_below: float | None = None,
-                    warn_above: float | None = None):
-    """Decorator registering ``fn(spectrum) -> value`` as the metric ``name`` (see :class:`Metric`).
+def register_option(name: str, type: type, default: Any, help: str, *, check: Callable[[Any], None] | None = None,
+                    metavar: str | None = None) -> Option:
+    """Register an analysis option (:class:`Option`) for the metrics of the calling module.
 
-    Columns appear in registration order.
+    Returns
+    -------
+    Option
 
     Raises
     ------
     ValueError
-        The dtype is unknown, or a summary metric is not numeric.
+        The type is not bool, int, float or str, or the default is refused by ``check``.
+
+    Warns
+    -----
+    hubscan.registry.RegistryWarning
+        ``name`` is already registered: the new entry wins (the warning names both modules).
+    """
+    import inspect
+
+    module = inspect.currentframe().f_back.f_globals.get("__name__")
+    if not module.startswith("hubscan.esd."):
+        _load(metrics=False)  # the built-in options first: a plugin's of the same name wins
+    option = Option(name, type, default, help, check, metavar)
+    option.parse(default)
+    return OPTIONS.register(name, option, module=module)
+
+
+def options() -> dict[str, Option]:
+    """Every registered analysis option, name → :class:`Option`, in registration order (the built-in
+    ``metric_*`` modules are imported for them, not the numpy-using metrics: the CLI's flags stay light)."""
+    _load(metrics=False)
+    return dict(OPTIONS)
+
+
+def register_metric(name: str, dtype: str, description: str, *, summary: bool = False, correlate: bool = False,
+                    label: str = "", higher_is_better: bool | None = None, warn_below: float | None = None,
+                    warn_above: float | None = None, option: str | None = None):
+    """Decorator registering ``fn(spectrum) -> value`` as the metric ``name`` (see :class:`Metric`).
+
+    Columns appear in registration order. With ``option`` (a registered :class:`Option`'s name), ``fn`` is
+    called only when the analysis has the option on; the column is None otherwise.
+
+    Raises
+    ------
+    ValueError
+        The dtype is unknown, a summary metric is not numeric, or ``option`` is not registered.
 
     Warns
     -----
@@ -141,12 +306,24 @@ def register_metric(name: str, dtype: str, description: str, *, summary: bool = 
         ``name`` is already registered: the new entry wins (the warning names both modules).
     """
     def deco(fn: Callable[[Spectrum], Any]) -> Callable[[Spectrum], Any]:
-        _load()  # the built-in columns first, whoever registers (a plugin imported early, in an actor)
-        METRICS.register(name, Metric(name, dtype, description, fn, summary=summary, correlate=correlate,
+        if not fn.__module__.startswith("hubscan.esd."):
+            _load()  # the built-in metrics first: a plugin's of the same name wins
+        if option is not None and option not in OPTIONS:
+            raise ValueError(f"metric {name!r}: option {option!r} is not registered (register_option first)")
+        compute = fn if option is None else _when(option, fn)
+        METRICS.register(name, Metric(name, dtype, description, compute, summary=summary, correlate=correlate,
                                       label=label or name, higher_is_better=higher_is_better,
-                                      warn_below=warn_below, warn_above=warn_above), module=fn.__module__)
+                                      warn_below=warn_below, warn_above=warn_above, option=option),
+                         module=fn.__module__)
         return fn
     return deco
+
+
+def _when(option: str, fn: Callable[[Spectrum], Any]) -> Callable[[Spectrum], Any]:
+    def compute(s: Spectrum):
+        return fn(s) if s.options is not None and OPTIONS[option].on(s.option(option)) else None
+    compute.__name__ = getattr(fn, "__name__", "compute")
+    return compute
 
 
 def unregister_metric(name: str) -> None:
@@ -154,22 +331,42 @@ def unregister_metric(name: str) -> None:
     METRICS.unregister(name)
 
 
-def _load() -> None:
-    """Import the built-in metrics and every ``hubscan/esd/metric_*.py`` module once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    import hubscan.esd as pkg
-    importlib.import_module("hubscan.esd.metrics")
-    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("metric_")):
-        importlib.import_module(f"hubscan.esd.{mod}")
+def unregister_option(name: str) -> None:
+    """Remove an option (and leave its metrics' columns None); tests clean up with this."""
+    OPTIONS.unregister(name)
+
+
+def _load(metrics: bool = True) -> None:
+    """Import every ``hubscan/esd/metric_*.py`` module and (``metrics``) the built-in metrics, each once."""
+    if "options" not in _LOADED:
+        _LOADED.add("options")
+        import hubscan.esd as pkg
+        found = sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("metric_"))
+        for mod in [m for m in _COLUMN_ORDER if m in found] + [m for m in found if m not in _COLUMN_ORDER]:
+            importlib.import_module(f"hubscan.esd.{mod}")
+    if metrics and "metrics" not in _LOADED:
+        _LOADED.add("metrics")
+        importlib.import_module("hubscan.esd.metrics")
 
 
 def metrics() -> dict[str, Metric]:
-    """Every registered metric, name → :class:`Metric`, in registration order."""
+    """Every registered metric, name → :class:`Metric`, in column order: the built-in metrics
+    (:mod:`hubscan.esd.metrics`), then those of :data:`_COLUMN_ORDER`'s modules, then the others in
+    registration order — whatever order the modules were imported in."""
     _load()
-    return dict(METRICS)
+    if _ORDERED.get("generation") != METRICS.generation:
+        def rank(e) -> int:
+            if e.module == "hubscan.esd.metrics":
+                return 0
+            mod = e.module.removeprefix("hubscan.esd.")
+            return 1 + _COLUMN_ORDER.index(mod) if mod in _COLUMN_ORDER else 1 + len(_COLUMN_ORDER)
+
+        _ORDERED.update(generation=METRICS.generation,
+                        metrics={e.name: e.value for e in sorted(METRICS.entries(), key=rank)})
+    return dict(_ORDERED["metrics"])
+
+
+_ORDERED: dict = {}
 
 
 def get_metric(name: str) -> Metric:

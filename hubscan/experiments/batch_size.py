@@ -46,6 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hubscan.demo.digits import digits_split
+from hubscan.records import RowStatus
+from hubscan.sources.local import LocalSource
 from hubscan.report.batch_size import fmt, fmt_p
 
 DEFAULT_BATCH_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -55,29 +58,6 @@ N_CLASSES = 10
 #: layer, M = 10, is always left out: hubscan fits it — it has ≥ 8 eigenvalues — but a power law on 10
 #: eigenvalues says nothing).
 MIN_EVALS_FOR_MEAN = 64
-
-
-# --------------------------------------------------------------------------------------------- data
-_DATA = None
-
-
-def load_data(split_seed: int = 0, test_size: float = 0.25):
-    """The digits, pixel values / 16 then standardized with the training set's per-pixel mean and std;
-    a stratified train/test split with a fixed seed. Returns float32 / int64 numpy arrays."""
-    global _DATA
-    if _DATA is not None and _DATA[0] == (split_seed, test_size):
-        return _DATA[1]
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-    X, y = load_digits(return_X_y=True)
-    X = X.astype(np.float64) / 16.0
-    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=test_size, stratify=y, random_state=split_seed)
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    sd[sd < 1e-8] = 1.0  # border pixels that are always 0
-    data = ((Xtr - mu) / sd).astype(np.float32), ytr.astype(np.int64), ((Xte - mu) / sd).astype(np.float32), \
-        yte.astype(np.int64)
-    _DATA = ((split_seed, test_size), data)
-    return data
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -143,7 +123,7 @@ def train_run(spec: dict) -> dict:
     t0 = time.perf_counter()
     torch.set_num_threads(spec["threads"])
     torch.use_deterministic_algorithms(True)
-    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in load_data(spec["split_seed"]))
+    Xtr, ytr, Xte, yte = (torch.from_numpy(a) for a in digits_split(spec["split_seed"]))
     n = len(Xtr)
     # the same initial weights for every batch size of one seed (paired design: only B differs)
     torch.manual_seed(1000 * spec["seed"] + (0 if spec["model"] == "mlp" else 1))
@@ -248,7 +228,6 @@ def run(args) -> dict:
     dict
         What ``OUT/results.json`` holds.
     """
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     out = args.out
@@ -257,7 +236,7 @@ def run(args) -> dict:
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
-    Xtr, ytr, Xte, yte = load_data(args.split_seed)
+    Xtr, ytr, Xte, yte = digits_split(args.split_seed)
     n_train = len(Xtr)
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     log(f"hubscan batch-size experiment → {out}")
@@ -294,7 +273,8 @@ def run(args) -> dict:
     import pandas as pd
     # hubscan.accuracy.ingest_csv reads model_id, metric, value (+ source, benchmark, split) and ignores the rest
     acc = pd.DataFrame([{"model_id": r["model_id"], "metric": "test_accuracy", "value": r["test_accuracy"],
-                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"], "source": "local",
+                         "batch_size": r["batch_size"], "seed": r["seed"], "model": r["model"],
+                         "source": LocalSource.name,
                          "benchmark": "sklearn-digits", "split": "test"} for r in runs])
     acc.to_csv(out / "accuracy.csv", index=False)
     pd.DataFrame(runs).to_csv(out / "runs.csv", index=False)
@@ -326,7 +306,7 @@ def run(args) -> dict:
     layers["model"] = layers.ckpt.map(meta["model"])
     layers["batch_size"] = layers.ckpt.map(meta["batch_size"])
     layers["seed"] = layers.ckpt.map(meta["seed"])
-    enter = (layers.status == "success") & (layers.M != N_CLASSES) & (layers.num_evals >= MIN_EVALS_FOR_MEAN) \
+    enter = (layers.status == RowStatus.SUCCESS) & (layers.M != N_CLASSES) & (layers.num_evals >= MIN_EVALS_FOR_MEAN) \
         & layers.alpha.notna()
     layers["enters_mean"] = enter
     entered = layers[enter]
@@ -343,7 +323,7 @@ def run(args) -> dict:
         model = p.name.split("_")[0]
         res = analyze(str(p), keep_evals=True)
         for r in res.rows:
-            if r["status"] == "success" and r["M"] != N_CLASSES and r["num_evals"] >= MIN_EVALS_FOR_MEAN:
+            if r["status"] == RowStatus.SUCCESS and r["M"] != N_CLASSES and r["num_evals"] >= MIN_EVALS_FOR_MEAN:
                 init_rows.append({"model": model, "name": r["name"], "alpha": r["alpha"], "num_spikes": r["num_spikes"],
                                   "mp_softrank": r["mp_softrank"]})
         if p.name.endswith("seed0.safetensors"):
@@ -534,7 +514,8 @@ def markdown(args, res: dict) -> str:
                          f"{fmt(tr.get('kendall_tau'), 2)} | {fmt_p(tr.get('kendall_p'))} | "
                          f"{fmt(tr.get('ols_slope'), 4)} ± {fmt(tr.get('ols_slope_se'), 4)} | "
                          f"{fmt_p(tr.get('ols_p'))} | {fmt(tr.get('ols_r2'), 2)} |")
-        bad = [x for x in r["runs"] if x["status"] != "success" or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
+        bad = [x for x in r["runs"] if x["status"] != RowStatus.SUCCESS
+               or not np.isfinite(x["alpha"] if x["alpha"] is not None else np.nan)]
         if bad:
             lines += ["", "Runs without a mean alpha (diverged to non-finite weights → every layer failed in the survey): "
                       + ", ".join(f"B={x['batch_size']} seed {x['seed']} (survey status {x['status']}, test acc "

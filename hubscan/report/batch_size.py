@@ -1,7 +1,7 @@
 """Figures of the batch-size experiment (:mod:`hubscan.experiments.batch_size`).
 
 Drawn like every hubscan plot: on :class:`matplotlib.figure.Figure` objects with an Agg canvas
-(:func:`hubscan.report.plots._figure`), no pyplot, constrained layout.
+(:func:`hubscan.report.plots.new_figure`), no pyplot, constrained layout.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hubscan.report.plots import _figure
+from hubscan.report.plots import new_figure
 
 
 def fmt_p(p) -> str:
@@ -70,7 +70,7 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
     colors = {"mlp": "tab:blue", "cnn": "tab:orange"}
     paths = []
     # alpha vs batch size
-    fig = _figure((11, 4))
+    fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)
     for model, r in results["models"].items():
         pb = r["per_batch_size"]
@@ -90,7 +90,7 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
     _png(fig, out, "alpha_vs_batch_size.png", paths)
 
     # per-layer alpha
-    fig = _figure((6.5, 4))
+    fig = new_figure((6.5, 4))
     ax = fig.add_subplot()
     for model, r in results["models"].items():
         for (name, info), ls in zip(r["per_layer"].items(), ("-", "--", ":", "-.")):
@@ -102,7 +102,7 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
     _png(fig, out, "alpha_per_layer.png", paths)
 
     # accuracy vs batch size
-    fig = _figure((6.5, 4))
+    fig = new_figure((6.5, 4))
     ax = fig.add_subplot()
     for model, r in results["models"].items():
         pb = r["per_batch_size"]
@@ -117,7 +117,7 @@ def batch_size_plots(out: Path, args, results: dict, con, init_evals: dict, *, b
 
     # ESD of the biggest hidden layer: smallest vs largest batch size (seed 0), and init
     models = list(results["models"])
-    fig = _figure((5.5 * len(models), 7.5))
+    fig = new_figure((5.5 * len(models), 7.5))
     axes = fig.subplots(2, len(models), squeeze=False)
     bmin, bmax = min(args.batch_sizes), max(args.batch_sizes)
     for ax, ax2, model in zip(axes[0], axes[1], models):

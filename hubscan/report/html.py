@@ -67,7 +67,8 @@ figcaption { font-size: 0.85em; color: #555; }
 """
 
 
-def _esc(value) -> str:
+def escape_html(value) -> str:
+    """``str(value)`` escaped for HTML text and attribute values."""
     return html.escape(str(value), quote=True)
 
 
@@ -126,17 +127,17 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 """
 
 
-def _table(df, columns: list[str] | None = None, formats: dict | None = None, headers: dict | None = None, *,
-           sortable: bool = False, table_id: str | None = None) -> str:
+def html_table(df, columns: list[str] | None = None, formats: dict | None = None, headers: dict | None = None, *,
+               sortable: bool = False, table_id: str | None = None) -> str:
     """An escaped HTML table of a DataFrame's columns (``sortable``: click a header to sort;
     numeric cells carry their value in ``data-v``)."""
     if df is None or len(df) == 0:
         return "<p class='meta'>(none)</p>"
     columns = [c for c in (columns or list(df.columns)) if c in df.columns]
     formats, headers = formats or {}, headers or {}
-    attrs = (" class='sortable'" if sortable else "") + (f" id='{_esc(table_id)}'" if table_id else "")
+    attrs = (" class='sortable'" if sortable else "") + (f" id='{escape_html(table_id)}'" if table_id else "")
     out = [f"<div class='wrap{' scroll' if sortable and len(df) > 25 else ''}'><table{attrs}><thead><tr>"]
-    out += [f"<th>{_esc(headers.get(c, c))}</th>" for c in columns]
+    out += [f"<th>{escape_html(headers.get(c, c))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
     for row in df[columns].itertuples(index=False, name=None):
         out.append("<tr>")
@@ -144,25 +145,26 @@ def _table(df, columns: list[str] | None = None, formats: dict | None = None, he
             text, numeric = _fmt(v, formats.get(c))
             if numeric and sortable:
                 raw = "" if text == "–" else repr(float(v))
-                out.append(f"<td class='num' data-v='{raw}'>{_esc(text)}</td>")
+                out.append(f"<td class='num' data-v='{raw}'>{escape_html(text)}</td>")
             else:
-                out.append(f"<td class='num'>{_esc(text)}</td>" if numeric else f"<td>{_esc(text)}</td>")
+                out.append(f"<td class='num'>{escape_html(text)}</td>" if numeric else f"<td>{escape_html(text)}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
 
-def _img(fig, alt: str, caption: str | None = None, dpi: int = 100) -> str:
+def embed_figure(fig, alt: str, caption: str | None = None, dpi: int = 100) -> str:
     """A figure as an embedded PNG (``data:`` URI) inside ``<figure>``."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
-    return f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{_esc(alt)}\">{cap}</figure>"
+    cap = f"<figcaption>{escape_html(caption)}</figcaption>" if caption else ""
+    return f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{escape_html(alt)}\">{cap}</figure>"
 
 
-def _note(text: str) -> str:
-    return f"<p class='note'>{_esc(text)}</p>"
+def note_html(text: str) -> str:
+    """A highlighted note paragraph (escaped)."""
+    return f"<p class='note'>{escape_html(text)}</p>"
 
 
 def _views(con) -> set[str]:
@@ -208,13 +210,13 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
 def _survey_section(con, have) -> list[str]:
     out = ["<h2 id='survey'>Survey</h2>"]
     if "models" not in have:
-        out.append(_note("The dataset holds no models table: nothing has been surveyed yet."))
+        out.append(note_html("The dataset holds no models table: nothing has been surveyed yet."))
         return out
     cols = _columns(con, "models")
     status = con.execute("SELECT status, count(*) AS models FROM models GROUP BY 1 ORDER BY 2 DESC, 1").df()
     total = int(status["models"].sum()) if len(status) else 0
     out.append(f"<p>{total} model analyses in the dataset.</p>")
-    out.append("<h3 id='status'>Models per status</h3>" + _table(status))
+    out.append("<h3 id='status'>Models per status</h3>" + html_table(status))
     if "family" in cols:
         fam = con.execute("""
             SELECT coalesce(family, '?') AS family, count(*) AS models,
@@ -223,12 +225,12 @@ def _survey_section(con, have) -> list[str]:
                    sum(num_success) AS layers, sum(num_over_trained) AS over_trained,
                    sum(num_under_trained) AS under_trained
             FROM models GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 30""").df()
-        out.append("<h3>Models per family (first 30)</h3>" + _table(fam))
+        out.append("<h3>Models per family (first 30)</h3>" + html_table(fam))
     if "surveys" in have:
         sv = con.execute("""SELECT survey_id, started_at, finished_at, source, num_models, num_already_done,
                             num_success, num_incomplete, num_failed, num_skipped, seconds, actors, interrupted
                             FROM surveys ORDER BY started_at DESC LIMIT 20""").df()
-        out.append("<h3>Surveys run (latest 20)</h3>" + _table(sv, formats={"seconds": ".1f"}))
+        out.append("<h3>Surveys run (latest 20)</h3>" + html_table(sv, formats={"seconds": ".1f"}))
     else:
         out.append("<p class='meta'>No surveys table (models written by single analyses).</p>")
     return out
@@ -238,7 +240,7 @@ def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
     """The per-model table: one row per model analysis, sortable, with its accuracy when joined."""
     out = ["<h2 id='models'>Models</h2>"]
     if "models" not in have:
-        return out + [_note("No models table.")]
+        return out + [note_html("No models table.")]
     cols = _columns(con, "models")
     want = ["model_id", "source", "family", "status", "alpha", "alpha_weighted", "log_norm", "num_success",
             "num_over_trained", "num_under_trained", "num_failed", "num_skipped", "reason"]
@@ -261,7 +263,7 @@ def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
                         "reason"] if c in df.columns]
     shown = f"the {limit} with the lowest mean α of {total}" if total > limit else f"all {total}"
     out.append(f"<p>One row per model analysis ({shown}); click a column header to sort.</p>")
-    out.append(_table(df, show, {"alpha": ".3f", "alpha_weighted": ".3f", "log_norm": ".3f", metric: ".2f"},
+    out.append(html_table(df, show, {"alpha": ".3f", "alpha_weighted": ".3f", "log_norm": ".3f", metric: ".2f"},
                       heads, sortable=True, table_id="model-table"))
     return out
 
@@ -274,13 +276,13 @@ def _failures_section(con, have, limit: int = 200) -> list[str]:
         bad = con.execute("""SELECT model_id, source, status, reason FROM models WHERE status <> 'success'
                              ORDER BY status, model_id LIMIT ?""", [limit]).df()
         out.append(f"<h3>Models not fully analyzed: {n}" + (f" (first {limit})" if n > limit else "") + "</h3>"
-                   + (_table(bad, sortable=True) if n else "<p class='meta'>None: every model analyzed.</p>"))
+                   + (html_table(bad, sortable=True) if n else "<p class='meta'>None: every model analyzed.</p>"))
     if "layers" in have:
         why = con.execute("""SELECT status, reason, count(*) AS layers, count(DISTINCT model_key) AS models
                              FROM layers WHERE status <> 'success' GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
                              LIMIT 30""").df()
         out.append("<h3>Why layers were skipped or failed (30 most common reasons)</h3>"
-                   + (_table(why) if len(why) else "<p class='meta'>None: every layer analyzed.</p>"))
+                   + (html_table(why) if len(why) else "<p class='meta'>None: every layer analyzed.</p>"))
     return out
 
 
@@ -288,21 +290,21 @@ def _phases_section(con, have) -> list[str]:
     """Distribution of the layers' phases (:mod:`hubscan.esd.phases`) over the survey."""
     out = ["<h2 id='phases'>Phases</h2>"]
     if "layers" not in have or "phase" not in _columns(con, "layers"):
-        return out + [_note("No phase column in the layers table.")]
+        return out + [note_html("No phase column in the layers table.")]
     ph = con.execute("""SELECT coalesce(nullif(phase, ''), '(none)') AS phase, count(*) AS layers,
                                count(DISTINCT model_key) AS models, avg(alpha) AS mean_alpha
                         FROM layers WHERE status = 'success' GROUP BY 1 ORDER BY 2 DESC, 1""").df()
     if not len(ph):
-        return out + [_note("No successfully analyzed layer.")]
+        return out + [note_html("No successfully analyzed layer.")]
     total = float(ph["layers"].sum())
     rows = ["<div class='wrap'><table><thead><tr><th>phase</th><th>layers</th><th>share</th><th></th>"
             "<th>models</th><th>mean α</th></tr></thead><tbody>"]
     for r in ph.itertuples(index=False):
         share = r.layers / total
-        rows.append(f"<tr><td>{_esc(r.phase)}</td><td class='num'>{int(r.layers)}</td>"
+        rows.append(f"<tr><td>{escape_html(r.phase)}</td><td class='num'>{int(r.layers)}</td>"
                     f"<td class='num'>{share:.1%}</td><td><span class='bar' style='width:{share * 300:.0f}px'>"
                     f"</span></td><td class='num'>{int(r.models)}</td>"
-                    f"<td class='num'>{_esc(_fmt(r.mean_alpha, '.3f')[0])}</td></tr>")
+                    f"<td class='num'>{escape_html(_fmt(r.mean_alpha, '.3f')[0])}</td></tr>")
     rows.append("</tbody></table></div>")
     out.append(f"<p>Phase of each successfully analyzed layer ({int(total)} layers; Martin &amp; Mahoney's "
                "5+1 phases of training, as hubscan.esd.phases assigns them).</p>" + "".join(rows))
@@ -311,24 +313,24 @@ def _phases_section(con, have) -> list[str]:
 
 def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[str]:
     bench = f" on {benchmark}" if benchmark else ""
-    out = [f"<h2 id='accuracy'>Accuracy ({_esc(metric)}{_esc(bench)}) vs HTSR metrics</h2>"]
+    out = [f"<h2 id='accuracy'>Accuracy ({escape_html(metric)}{escape_html(bench)}) vs HTSR metrics</h2>"]
     if joined is None:
-        out.append(_note(f"No accuracy data for metric {metric!r}{bench}: the accuracy-vs-HTSR sections are "
+        out.append(note_html(f"No accuracy data for metric {metric!r}{bench}: the accuracy-vs-HTSR sections are "
                          f"omitted ({note}). Ingest reported accuracy first; the survey-only parts follow."))
         return out
     families = joined[group_by].nunique(dropna=False) if group_by in joined.columns else 1
-    out.append(f"<p>{len(joined)} models with a reported {_esc(metric)}, {families} "
-               f"{_esc(group_by) if group_by in joined.columns else 'group'}(s).</p>")
+    out.append(f"<p>{len(joined)} models with a reported {escape_html(metric)}, {families} "
+               f"{escape_html(group_by) if group_by in joined.columns else 'group'}(s).</p>")
     if "benchmark" in joined.columns and joined["benchmark"].notna().any():
         counts = joined["benchmark"].value_counts()
-        out.append("<p>Benchmarks: " + ", ".join(f"{_esc(b)} ({n} models)" for b, n in counts.items()) + ".</p>")
+        out.append("<p>Benchmarks: " + ", ".join(f"{escape_html(b)} ({n} models)" for b, n in counts.items()) + ".</p>")
     if note:
-        out.append(_note(note))
+        out.append(note_html(note))
     if corr is not None:
         corr = plots.corr_columns(corr)
     if corr is not None and len(corr) and {"group", "metric_name", "kendall_tau"} <= set(corr.columns):
         fig = plots.tau_heatmap(corr)
-        out.append("<h3 id='tau'>Kendall τ heat map</h3>" + _img(fig, "Kendall tau per group and HTSR metric"))
+        out.append("<h3 id='tau'>Kendall τ heat map</h3>" + embed_figure(fig, "Kendall tau per group and HTSR metric"))
     figs = []
     labels = metric_labels()
     for m in correlate_metrics():
@@ -339,7 +341,7 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
         if not np.isfinite(x).any():
             continue
         fig = plots.accuracy_vs_metric(joined, m, accuracy=metric, group=group_by)
-        figs.append(_img(fig, f"{metric} vs {m}", labels.get(m, m)))
+        figs.append(embed_figure(fig, f"{metric} vs {m}", labels.get(m, m)))
     if figs:
         out.append("<h3 id='scatters'>Accuracy vs each HTSR metric (dashed: fit over all models)</h3><div class='grid'>" + "".join(figs) + "</div>")
     if corr is not None and len(corr):
@@ -349,20 +351,22 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
                 "kendall_tau": ".3f", "kendall_tau_lo": ".3f", "kendall_tau_hi": ".3f", "pearson": ".3f", "r2": ".3f"}
         heads = {"metric_name": "HTSR metric", "spearman": "spearman ρ", "kendall_tau": "kendall τ",
                  "pearson": "pearson r", "kendall_tau_lo": "τ low", "kendall_tau_hi": "τ high"}
-        out.append("<h3 id='correlations'>Correlations per group</h3>" + _table(corr, cols, fmts, heads, sortable=True))
+        out.append("<h3 id='correlations'>Correlations per group</h3>"
+                   + html_table(corr, cols, fmts, heads, sortable=True))
     elif corr is not None:
-        out.append(_note("The correlation table is empty (too few models per group)."))
+        out.append(note_html("The correlation table is empty (too few models per group)."))
     return out
 
 
 def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> list[str]:
     out = ["<h2 id='layers'>Layer spectra</h2>"]
     if "layers" not in have:
-        out.append(_note("The dataset holds no layers table."))
+        out.append(note_html("The dataset holds no layers table."))
         return out
     alphas = con.execute("""SELECT model_key, alpha FROM layers
                             WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
-    out.append("<h3 id='alpha-hist'>Layer α over the survey</h3>" + _img(plots.alpha_histogram(alphas), "histogram of layer alpha"))
+    out.append("<h3 id='alpha-hist'>Layer α over the survey</h3>"
+               + embed_figure(plots.alpha_histogram(alphas), "histogram of layer alpha"))
 
     keys: list[str] = []
     if "models" in have:
@@ -380,7 +384,7 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
                if (depth["model_key"] == k).any()]
         which = "most downloaded" if by_downloads else "first by model id (no download counts)"
         out.append(f"<h3 id='depth'>α vs depth ({len(ids)} models: {which})</h3>"
-                   + _img(plots.alpha_vs_depth(depth, ids), "alpha per layer vs depth"))
+                   + embed_figure(plots.alpha_vs_depth(depth, ids), "alpha per layer vs depth"))
 
     if "esd" in have and esd_layers > 0:
         out += _esd_plots(con, keys, esd_layers)
@@ -396,7 +400,7 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
                         [plots.OVER_TRAINED if order == "ASC" else plots.UNDER_TRAINED]).fetchone()[0]
         out.append(f"<h3 id='{anchor}'>Layers with the {what}: first {worst_layers}</h3>"
                    + f"<p class='meta'>{n} layer(s) of the dataset have α {guide}.</p>"
-                   + _table(ext, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}, sortable=True))
+                   + html_table(ext, formats={"alpha": ".3f", "D": ".3f", "xmin": ".4g", "xmax": ".4g"}, sortable=True))
     return out
 
 
@@ -422,9 +426,9 @@ def _esd_plots(con, keys: list[str], count: int) -> list[str]:
                              [key, int(row["layer_id"]), row["name"], row["part"] or ""]).fetchone()[0]
             name = part_key(row["name"], row["part"])
             fig = plots.esd_loglog(np.asarray(ev, dtype=np.float64), row.to_dict(), title=name)
-            figs.append(_img(fig, f"ESD of {name}", f"{name} (α = {row['alpha']:.2f})"))
+            figs.append(embed_figure(fig, f"ESD of {name}", f"{name} (α = {row['alpha']:.2f})"))
         model_id = layers["model_id"].iloc[0]
-        return [f"<h3 id='esds'>ESDs of {len(figs)} layers of {_esc(model_id)} (lowest to highest α)</h3>"
+        return [f"<h3 id='esds'>ESDs of {len(figs)} layers of {escape_html(model_id)} (lowest to highest α)</h3>"
                 "<div class='grid'>" + "".join(figs) + "</div>"]
     return []
 
@@ -515,8 +519,9 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     data = Dataset(dataset, **storage_options) if storage_options else dataset
     joined, corr, note = _accuracy_frames(data, metric, benchmark, group_by, joined, corr)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = [f"<h1>{_esc(title)}</h1>",
-            f"<p class='meta'>Dataset {_esc(dataset)} · generated {_esc(now)} · hubscan {_esc(__version__)}</p>",
+    body = [f"<h1>{escape_html(title)}</h1>",
+            f"<p class='meta'>Dataset {escape_html(dataset)} · generated {escape_html(now)} · "
+            f"hubscan {escape_html(__version__)}</p>",
             "<p class='meta'>α: exponent of the power-law fit p(λ) ∝ λ^−α of each layer's ESD tail "
             "(eigenvalues of WᵀW); α &lt; 2 over-trained, α &gt; 6 under-trained (Martin &amp; Mahoney).</p>"]
     sections = _survey_section(con, have)
@@ -533,7 +538,7 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     body += [_toc(sections)] + sections
     page = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{escape_html(title)}</title><style>{_CSS}</style></head><body>\n"
             + "\n".join(body) + f"\n<script>{_SORT_JS}</script>\n</body></html>\n")
     out.write_text(page, encoding="utf-8")
     return out

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from hubscan.esd.registry import correlate_metrics, get_metric, metric_labels
-from hubscan.records import part_key
+from hubscan.records import RowStatus, part_key
 
 #: HTSR model metrics (the ``models`` table's means of the layer metrics) a report correlates, and
 #: the axis label of each metric: both derived from the metric registry (:mod:`hubscan.esd.registry`;
@@ -38,10 +38,12 @@ ACCURACY_LABELS = {
 #: The alpha guides (over-trained below, under-trained above): the registry's warning thresholds.
 OVER_TRAINED = get_metric("alpha").warn_below
 UNDER_TRAINED = get_metric("alpha").warn_above
-_GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
+#: Line style of the reference lines (alpha's 2 / 6 guides, zero lines).
+GUIDE_STYLE = dict(color="0.35", linestyle="--", linewidth=1.0)
 
 
-def _figure(figsize=(7.0, 4.8), layout: str | None = "constrained"):
+def new_figure(figsize=(7.0, 4.8), layout: str | None = "constrained"):
+    """A matplotlib Figure drawn off-screen (Agg canvas, no pyplot state): ``figsize`` in inches."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -80,7 +82,8 @@ def _get(fit: Any, key: str) -> float:
     return v
 
 
-def _short(text: str, width: int = 40) -> str:
+def short_label(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters from the left (``…`` and its end: a model id's name part)."""
     text = str(text)
     return text if len(text) <= width else "…" + text[-(width - 1):]
 
@@ -112,7 +115,7 @@ def corr_columns(corr_df):
     return corr_df.rename(columns=ren) if ren else corr_df
 
 
-def _legend_outside(ax, *, small: bool = False, below: bool = False) -> None:
+def legend_outside(ax, *, small: bool = False, below: bool = False) -> None:
     """The legend beside the axes, or (``below``) a figure legend under everything (constrained
     layout makes room for it): never over the data."""
     size = "x-small" if small else "small"
@@ -184,14 +187,14 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     names, counts = np.unique(g, return_counts=True)
     order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for color, i in zip(_colors(len(order)), order):
         name = names[i]
         sel = g == name
         gx, gy = x[sel], y[sel]
         ax.scatter(gx, gy, color=color, s=30, alpha=0.85, edgecolors="white", linewidths=0.5,
-                   label=f"{_short(name, 28)} (n={len(gx)})", zorder=3)
+                   label=f"{short_label(name, 28)} (n={len(gx)})", zorder=3)
         if len(gx) >= 2 and np.ptp(gx) > 0:
             slope, intercept = np.polyfit(gx, gy, 1)
             xs = np.array([gx.min(), gx.max()])
@@ -211,7 +214,7 @@ def accuracy_vs_metric(df, metric: str, accuracy: str = "top1", group: str | Non
     if len(x) == 0:
         _no_data(ax, "no model has both values")
     else:
-        _legend_outside(ax, small=len(names) > 8, below=True)
+        legend_outside(ax, small=len(names) > 8, below=True)
     _save(fig, path, dpi)
     return fig
 
@@ -221,7 +224,7 @@ def _successful(layers_df):
 
     df = layers_df
     if "status" in df.columns:
-        df = df[df["status"] == "success"]
+        df = df[df["status"] == RowStatus.SUCCESS]
     alpha = pd.to_numeric(df["alpha"], errors="coerce")
     return df[np.isfinite(alpha.to_numpy(dtype=float))]
 
@@ -259,11 +262,11 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     if model_ids is None:
         model_ids = list(dict.fromkeys(df["model_id"].tolist()))
     model_ids = list(model_ids)
-    fig = _figure((10.0, 6.4))
+    fig = new_figure((10.0, 6.4))
     ax = fig.add_subplot()
     ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
-    ax.axhline(OVER_TRAINED, gid="guide", **_GUIDE_STYLE)
-    ax.axhline(UNDER_TRAINED, gid="guide", **_GUIDE_STYLE)
+    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
+    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
     top = 0.0
     names = None
     for color, mid in zip(_colors(len(model_ids)), model_ids):
@@ -273,13 +276,13 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
             sub = sub.assign(**({"part": sub["part"].fillna("")} if "part" in sub.columns else {}))
             sub = sub.sort_values(keys, kind="stable")
         if names is None and "name" in sub.columns and len(sub):
-            names = [(f"{int(i)}: " if i == i else "") + _short(_key(r), 26) for i, r in
+            names = [(f"{int(i)}: " if i == i else "") + short_label(_key(r), 26) for i, r in
                      zip(sub["layer_id"] if "layer_id" in sub.columns else [math.nan] * len(sub),
                          sub.to_dict("records"))]
         a = sub["alpha"].to_numpy(dtype=float)
         top = max(top, float(a.max()) if len(a) else 0.0)
         ax.plot(np.arange(len(a)), a, marker="o", markersize=3, linewidth=1.0, color=color, gid="alpha-depth",
-                label=f"{_short(mid)} ({len(a)} layers)")
+                label=f"{short_label(mid)} ({len(a)} layers)")
     if top > 15:
         ax.set_yscale("log")
     ax.text(1.0, OVER_TRAINED, f" α={OVER_TRAINED:g}", transform=ax.get_yaxis_transform(), va="center",
@@ -299,7 +302,7 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
                  "under-trained)", fontsize="medium")
     ax.grid(True, alpha=0.3)
     if model_ids:
-        _legend_outside(ax)
+        legend_outside(ax)
     if not len(df) or top == 0.0:
         _no_data(ax, "no successfully fitted layer")
     _save(fig, path, dpi)
@@ -349,7 +352,7 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     alpha, xmin, xmax, D = (_get(fit, k) for k in ("alpha", "xmin", "xmax", "D"))
     lam_plus = _get(fit, "lambda_plus")
 
-    fig = _figure((7.0, 5.6), layout=None)  # fixed margins: constrained layout would double the time per layer
+    fig = new_figure((7.0, 5.6), layout=None)  # fixed margins: constrained layout would double the time per layer
     fig.subplots_adjust(left=0.11, right=0.97, bottom=0.23, top=0.89)  # the legend goes under the axes
     ax = fig.add_subplot()
     ax.set_xscale("log")
@@ -389,8 +392,8 @@ def esd_loglog(evals, fit: Mapping | Any | None = None, *, title: str | None = N
     head = title or "ESD"
     sub = (f"α = {alpha:.2f}, xmin = {xmin:.3g}" + (f", D = {D:.3f}" if math.isfinite(D) else "")
            if fitted else "no power-law fit")
-    ax.set_title(f"{_short(head, 70)}\n{sub}", fontsize="medium")
-    _legend_outside(ax, below=True)
+    ax.set_title(f"{short_label(head, 70)}\n{sub}", fontsize="medium")
+    legend_outside(ax, below=True)
     ax.grid(True, which="major", alpha=0.3)
     _save(fig, path, dpi)
     return fig
@@ -447,7 +450,7 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
         return out
 
     vals, pvals, ns = cell(value), cell(p_value), cell("n")
-    fig = _figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
+    fig = new_figure((max(5.0, 1.5 + 1.15 * len(metrics)), max(2.6, 1.5 + 0.45 * len(groups))))
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
     im = ax.imshow(np.ma.masked_invalid(vals), cmap=cmap, vmin=-1, vmax=1, aspect="auto")
@@ -464,7 +467,7 @@ def tau_heatmap(corr_df, *, value: str = "kendall_tau", p_value: str | None = "k
                 text, color = "–", "0.3"
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
     ax.set_xticks(range(len(metrics)), metrics, rotation=30, ha="right")
-    ax.set_yticks(range(len(groups)), [_short(g, 30) for g in groups])
+    ax.set_yticks(range(len(groups)), [short_label(g, 30) for g in groups])
     label = {"kendall_tau": "Kendall τ", "spearman": "Spearman ρ", "pearson": "Pearson r"}.get(value, value)
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     ax.set_title(title or f"{label} of accuracy vs HTSR metric per group (* p < 0.05)", fontsize="medium")
@@ -501,7 +504,7 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     model_col = next((c for c in ("model_key", "model_id") if c in df.columns), None)
     n_models = int(df[model_col].nunique()) if model_col else None
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     n_clipped = 0
     if len(a):
@@ -515,9 +518,9 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
                   np.mean(a > UNDER_TRAINED))
     else:
         _no_data(ax, "no successfully fitted layer")
-    ax.axvline(OVER_TRAINED, gid="guide", label=f"α = {OVER_TRAINED:g} (over-trained below)", **_GUIDE_STYLE)
+    ax.axvline(OVER_TRAINED, gid="guide", label=f"α = {OVER_TRAINED:g} (over-trained below)", **GUIDE_STYLE)
     ax.axvline(UNDER_TRAINED, gid="guide", label=f"α = {UNDER_TRAINED:g} (under-trained above)",
-               **{**_GUIDE_STYLE, "linestyle": ":"})
+               **{**GUIDE_STYLE, "linestyle": ":"})
     from matplotlib.ticker import MaxNLocator
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("layer α (power-law exponent of the ESD tail)")
@@ -529,7 +532,7 @@ def alpha_histogram(layers_df, *, bins: int = 60, clip: float = 15.0, title: str
     if n_clipped:
         head += f"\n({n_clipped} with α > {hi:.3g} counted in the last bin)"
     ax.set_title(title or head, fontsize="medium")
-    _legend_outside(ax, below=True)
+    legend_outside(ax, below=True)
     ax.grid(True, alpha=0.3)
     _save(fig, path, dpi)
     return fig
@@ -587,6 +590,6 @@ def plot_model(result, out_dir: str | os.PathLike, *, dpi: int = 100, progress=N
     label = os.path.basename(str(result.source).rstrip("/")) or str(result.source)
     df = result.to_pandas().assign(model_id=label)
     file = out / "alpha_depth.png"
-    alpha_vs_depth(df, [label], title=f"{_short(label, 60)}: α per layer vs depth", path=file, dpi=dpi)
+    alpha_vs_depth(df, [label], title=f"{short_label(label, 60)}: α per layer vs depth", path=file, dpi=dpi)
     files.append(file)
     return files

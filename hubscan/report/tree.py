@@ -83,7 +83,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     import matplotlib
     import numpy as np
 
-    fig = plots._figure(figsize=(11.0, max(3.2, 0.55 * nodes.groupby("depth").size().max() + 1.5)))
+    fig = plots.new_figure(figsize=(11.0, max(3.2, 0.55 * nodes.groupby("depth").size().max() + 1.5)))
     ax = fig.add_subplot(1, 1, 1)
     pos = {}
     for d, grp in nodes.groupby("depth"):
@@ -107,7 +107,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     colors = [cmap(norm(a)) if np.isfinite(a) else (0.8, 0.8, 0.8, 1.0) for a in alpha]
     ax.scatter(xs, ys, s=260, c=colors, edgecolors="0.2", zorder=3)
     for m, x, y, a in zip(nodes["model_id"], xs, ys, alpha):
-        ax.text(x, y - 0.32, plots._short(m, 28) + (f"\nα {a:.2f}" if np.isfinite(a) else ""), ha="center",
+        ax.text(x, y - 0.32, plots.short_label(m, 28) + (f"\nα {a:.2f}" if np.isfinite(a) else ""), ha="center",
                 va="top", fontsize=7.5)
     sm = matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label="mean layer α of the model", shrink=0.8)
@@ -117,7 +117,7 @@ def tree_figure(nodes, edges, *, title: str | None = None):
     ax.set_xlim(-0.5, max(xs) + 0.5)
     ax.set_ylim(min(ys) - 0.9, max(ys) + 0.6)
     ax.set_title(title or "model tree")
-    plots._legend_outside(ax, small=True)
+    plots.legend_outside(ax, small=True)
     return fig
 
 
@@ -133,7 +133,7 @@ def delta_alpha_vs_depth(deltas, *, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    fig = plots._figure(figsize=(9.0, 4.4))
+    fig = plots.new_figure(figsize=(9.0, 4.4))
     ax = fig.add_subplot(1, 1, 1)
     names = deltas.groupby("layer_id")["name"].first()
     for rel, grp in deltas.groupby("relation"):
@@ -142,12 +142,12 @@ def delta_alpha_vs_depth(deltas, *, title: str | None = None):
         color = RELATION_COLORS.get(rel, "0.4")
         ax.plot(q.index, q[0.5], marker="o", color=color, label=f"{rel} ({n} edge{'s' if n > 1 else ''})")
         ax.fill_between(q.index, q[0.1], q[0.9], color=color, alpha=0.18, linewidth=0)
-    ax.axhline(0.0, **plots._GUIDE_STYLE)
+    ax.axhline(0.0, **plots.GUIDE_STYLE)
     ax.set_xticks(list(names.index))
-    ax.set_xticklabels([plots._short(n, 24) for n in names], rotation=30, ha="right", fontsize=7.5)
+    ax.set_xticklabels([plots.short_label(n, 24) for n in names], rotation=30, ha="right", fontsize=7.5)
     ax.set_ylabel("Δα = α(child) − α(parent)")
     ax.set_title(title or "per-layer Δα vs depth (median, 10–90 % band)")
-    plots._legend_outside(ax, small=True, below=True)  # under the plot: the layers keep the full width
+    plots.legend_outside(ax, small=True, below=True)  # under the plot: the layers keep the full width
     return fig
 
 
@@ -179,19 +179,19 @@ def accuracy_vs_delta_alpha(pairs, *, title: str | None = None):
     -------
     matplotlib.figure.Figure
     """
-    fig = plots._figure(figsize=(7.5, 4.6))
+    fig = plots.new_figure(figsize=(7.5, 4.6))
     ax = fig.add_subplot(1, 1, 1)
     for rel, grp in pairs.groupby("relation"):
         ax.scatter(grp["d_alpha"], grp["d_accuracy"], color=RELATION_COLORS.get(rel, "0.4"), label=rel, s=40)
         for r in grp.itertuples(index=False):
-            ax.annotate(plots._short(r.child, 22), (r.d_alpha, r.d_accuracy), fontsize=7, xytext=(4, 3),
+            ax.annotate(plots.short_label(r.child, 22), (r.d_alpha, r.d_accuracy), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")
-    ax.axhline(0.0, **plots._GUIDE_STYLE)
-    ax.axvline(0.0, **plots._GUIDE_STYLE)
+    ax.axhline(0.0, **plots.GUIDE_STYLE)
+    ax.axvline(0.0, **plots.GUIDE_STYLE)
     ax.set_xlabel("Δ mean α (child − parent)")
     ax.set_ylabel("Δ accuracy (child − parent)")
     ax.set_title(title or "accuracy change vs α change per edge")
-    plots._legend_outside(ax, small=True)
+    plots.legend_outside(ax, small=True)
     return fig
 
 
@@ -211,27 +211,27 @@ def tree_section(con, have: set) -> list[str]:
     list of str
         HTML fragments (escaped).
     """
-    from hubscan.report.html import _esc, _img, _note, _table
+    from hubscan.report.html import escape_html, embed_figure, note_html, html_table
 
     if "lineage" not in have:
         return []
     out = ["<h2 id='tree'>Model tree</h2>"]
     nodes, edges, deltas = _frames(con, have)
     if not len(edges):
-        return out + [_note("The lineage table is empty.")]
+        return out + [note_html("The lineage table is empty.")]
     for root, grp in nodes.groupby("root"):
         e = edges[edges["root"] == root]
-        out.append(f"<p>{len(grp)} models below and including <b>{_esc(root)}</b>, {len(e)} edges "
-                   f"({_esc(', '.join(f'{k}: {v}' for k, v in e['relation'].value_counts().items()))}).</p>")
-        out.append(_img(tree_figure(grp, e, title=f"model tree of {root}"), f"model tree of {root}",
+        out.append(f"<p>{len(grp)} models below and including <b>{escape_html(root)}</b>, {len(e)} edges "
+                   f"({escape_html(', '.join(f'{k}: {v}' for k, v in e['relation'].value_counts().items()))}).</p>")
+        out.append(embed_figure(tree_figure(grp, e, title=f"model tree of {root}"), f"model tree of {root}",
                         "Nodes: the model's mean layer α (grey: not analyzed; an adapter: α of its ΔW = s·B·A); "
                         "edges: relation to the parent."))
-    out.append(_table(edges, ["child", "parent", "relation", "depth", "found_by"], sortable=True))
+    out.append(html_table(edges, ["child", "parent", "relation", "depth", "found_by"], sortable=True))
     out.append("<h3 id='tree-depth'>Δα per layer, parent → child</h3>")
     if deltas is None or not len(deltas):
-        out.append(_note("No layer is analyzed in both a child and its parent."))
+        out.append(note_html("No layer is analyzed in both a child and its parent."))
     else:
-        out.append(_img(delta_alpha_vs_depth(deltas), "delta alpha vs depth",
+        out.append(embed_figure(delta_alpha_vs_depth(deltas), "delta alpha vs depth",
                         "Δα of each layer (same name in child and parent), median over the edges of each relation "
                         "and its 10–90 % band; below 0: heavier-tailed after the change. Adapters have no "
                         "layer of their parent's names (their rows are ΔW: see the deltas table)."))
@@ -240,24 +240,24 @@ def tree_section(con, have: set) -> list[str]:
         changed = con.execute(MOST_CHANGED_SQL.format(layer_delta=LAYER_DELTA_SQL)).df()
         out.append("<p>Over the fine-tune edges: median ‖ΔW‖<sub>F</sub>/‖W<sub>parent</sub>‖<sub>F</sub> "
                    "per layer, the median Δα and the median α of ΔW itself (deltas table).</p>")
-        out.append(_table(changed, formats={"median_delta_W_rel": ".4f", "median_d_alpha": "+.3f",
+        out.append(html_table(changed, formats={"median_delta_W_rel": ".4f", "median_d_alpha": "+.3f",
                                             "median_alpha_of_dW": ".3f"}, sortable=True))
     else:
-        out.append(_note("No deltas table (the census writes it)."))
+        out.append(note_html("No deltas table (the census writes it)."))
     out.append("<h3 id='tree-over'>Over-trained descendants</h3>")
     over = con.execute(OVER_TRAINED_SQL).df() if "layers" in have else None
     if over is None or not len(over):
         out.append("<p>No child has more layers with α &lt; 2 than its parent.</p>")
     else:
         out.append("<p>Children with more layers at α &lt; 2 (over-trained) than their parent:</p>")
-        out.append(_table(over, sortable=True))
+        out.append(html_table(over, sortable=True))
     out.append("<h3 id='tree-accuracy'>Δaccuracy vs Δα</h3>")
     pairs = _accuracy_pairs(con, have)
     if pairs is None or not len(pairs):
-        out.append(_note("No accuracy ingested for both a child and its parent (hubscan accuracy --cards / "
+        out.append(note_html("No accuracy ingested for both a child and its parent (hubscan accuracy --cards / "
                          "--leaderboard / --csv)."))
     else:
         for (bench, metric), grp in pairs.groupby(["benchmark", "metric"]):
-            out.append(_img(accuracy_vs_delta_alpha(grp, title=f"{metric} ({bench}): Δaccuracy vs Δα"),
+            out.append(embed_figure(accuracy_vs_delta_alpha(grp, title=f"{metric} ({bench}): Δaccuracy vs Δα"),
                             f"delta accuracy vs delta alpha, {metric}"))
     return out

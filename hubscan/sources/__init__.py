@@ -8,8 +8,9 @@ wiring there is. The registry gives:
   ``local:DIR``, ``list:FILE``, and any registered source); the CLI's help is derived from it;
 * :func:`enumerate_models` — a spec's models as ``(ModelRef, metadata)``;
 * :func:`resolve` — pin a reference (commit sha, or a local content fingerprint) and choose its files;
-* :func:`open_ref` / :func:`open_model` — a pinned reference's weights as a
-  :class:`~hubscan.weights.base.WeightSet` (sources read through the readers of :mod:`hubscan.weights`).
+* :func:`open_model` — the one way to a model's weights (:class:`~hubscan.weights.base.WeightSet`): pinned,
+  read through the readers of :mod:`hubscan.weights`, a PEFT adapter as ΔW = s·B·A, with a base as ΔW
+  (:func:`open_shared`: a base opened once for a batch of models).
 
 Built in: ``hf`` (the Hugging Face Hub; the Hub client is its business), ``timm`` (timm's pretrained
 names, weights from the Hub), ``local`` (files and folders), ``list`` (a file of references, one per
@@ -18,17 +19,23 @@ line, each owned by the source its scheme names).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Iterator, Protocol, runtime_checkable
 
 from hubscan.errors import SourceError
 from hubscan.hub import HubClient
 from hubscan.refs import ModelRef, parse_ref, register_scheme
 from hubscan.registry import Registry, load_plugins, plugin_modules
 
-__all__ = ["SOURCES", "plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources", "source_specs", "parse_spec",
-           "enumerate_models", "resolve", "open_ref", "open_model"]
+if TYPE_CHECKING:  # torch-free at import: the CLI lists the sources before anything is analyzed
+    from hubscan.weights.base import WeightSet
+    from hubscan.weights.shared import SharedReads
+
+__all__ = ["SOURCES", "plugin_modules", "load_plugins", "Source", "register_source", "get_source", "sources",
+           "source_specs", "parse_spec",
+           "enumerate_models", "resolve", "Opened", "open_model", "open_shared", "PAIR_WINDOW"]
 
 
 @runtime_checkable
@@ -61,6 +68,11 @@ class Source(Protocol):
 
     def open(self, ref: ModelRef, client: HubClient):
         """The pinned ref's weights as a :class:`~hubscan.weights.base.WeightSet`."""
+
+    # Optional: ``adapter_config(ref, client) -> LoraConfig | None`` — the PEFT adapter config when the pinned
+    # ref is a LoRA adapter (:func:`open_model` then reads it as ΔW = s·B·A); ``open_model(ref, client) ->
+    # (WeightSet, pinned ref, metadata)`` — open first and pin after (the local source: a reader's error then
+    # names the file).
 
 
 #: The source registry: name (its scheme) → source instance.
@@ -183,33 +195,132 @@ def resolve(ref: ModelRef | str, client: HubClient | None = None) -> tuple[Model
     return get_source(ref.source).resolve(ref, client or HubClient())
 
 
-def open_ref(ref: ModelRef, client: HubClient | None = None):
-    """Open a pinned reference's weights (:class:`~hubscan.weights.base.WeightSet`).
+#: Tensors a model's own analysis and its delta may be apart (:func:`open_model` with ``own=True``): a tensor
+#: read for one is kept this many further reads for the other (the window of
+#: :class:`hubscan.weights.shared.SharedReads`).
+PAIR_WINDOW = 8
 
-    Raises
-    ------
-    hubscan.errors.HubscanError
+
+@dataclasses.dataclass
+class Opened:
+    """A model opened by :func:`open_model`.
+
+    Attributes
+    ----------
+    weights : WeightSet
+        What to analyze: the model's weights (a LoRA adapter's as ΔW = s·B·A per module), or, with a base,
+        ΔW = W − W_base per matched tensor (an adapter: s·B·A and W + ΔW). ``weights.kind`` says which.
+    ref : ModelRef or None
+        The pinned reference (None for a WeightSet handed in).
+    meta : dict
+        What the source knows of the model (empty when the reference came pinned).
+    own : WeightSet or None
+        With a base and ``own=True``: the model's own weights, as :func:`open_model` without a base opens
+        them, reading each stored tensor once for both ``own`` and ``weights``.
     """
-    return get_source(ref.source).open(ref, client or HubClient())
+
+    weights: WeightSet
+    ref: ModelRef | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+    own: WeightSet | None = None
+
+    @property
+    def name(self) -> str:
+        """What results name as analyzed: the reference, or the files of a WeightSet handed in."""
+        return str(self.ref) if self.ref is not None else ",".join(self.weights.files)
 
 
-def open_model(model: ModelRef | str | os.PathLike, client: HubClient | None = None):
-    """Resolve a reference and open its weights: ``(WeightSet, pinned ModelRef, metadata)``.
+def _open(model, client: HubClient) -> tuple[WeightSet, ModelRef | None, dict, object]:
+    """(weights as stored, pinned ref, metadata, LoRA config when the source says it is a PEFT adapter)."""
+    from hubscan.weights.base import WeightSet
 
-    A reference that is already pinned (revision and files, as a hub listing gives them) is opened
-    without another resolve.
-
-    Raises
-    ------
-    hubscan.errors.HubscanError
-    """
+    if isinstance(model, WeightSet):
+        return model, None, {}, None
     ref = _as_ref(model)
     source = get_source(ref.source)
-    client = client or HubClient()
     if hasattr(source, "open_model"):
-        return source.open_model(ref, client)
-    pinned, meta = (ref, {}) if ref.revision and ref.files else source.resolve(ref, client)
-    return source.open(pinned, client), pinned, meta
+        ws, pinned, meta = source.open_model(ref, client)
+    else:
+        pinned, meta = (ref, {}) if ref.revision and ref.files else source.resolve(ref, client)
+        ws = source.open(pinned, client)
+    try:
+        config = source.adapter_config(pinned, client) if hasattr(source, "adapter_config") else None
+    except BaseException:
+        ws.close()
+        raise
+    return ws, pinned, meta, config
+
+
+def open_model(model: ModelRef | str | os.PathLike | WeightSet, client: HubClient | None = None, *, base=None,
+               shared: SharedReads | None = None, own: bool = False) -> Opened:
+    """Open a model for analysis: the one way from a reference to a :class:`~hubscan.weights.base.WeightSet`.
+
+    The model's source pins it (unless the reference is pinned already: revision and files, as a hub
+    listing gives them), opens its files through the readers of :mod:`hubscan.weights`, and says whether
+    it is a PEFT adapter (``Source.adapter_config``: a local folder with ``adapter_config.json``, a hub
+    repository whose weights are ``adapter_model.*``), which is then read as ΔW = s·B·A per module
+    (:func:`hubscan.weights.peft.open_adapter`).
+
+    Parameters
+    ----------
+    model : str, path, ModelRef or WeightSet
+        ``hf:ORG/NAME[@REV]``, ``timm:ARCH.TAG``, a path, any registered source's reference, or an opened set.
+    client : HubClient, optional
+        Hub settings (endpoint, token, retries); default from the environment.
+    base : str, path, ModelRef or WeightSet, optional
+        A base model (any source): the result reads ΔW = W − W_base per matched tensor
+        (:func:`hubscan.weights.delta.open_delta`; an adapter: s·B·A plus W + ΔW).
+    shared : SharedReads, optional
+        The base, opened once for several models (:func:`open_shared`): this model's delta reads a view of
+        it, so a batch of children reads their parent's tensors once. Stands for ``base``.
+    own : bool
+        With a base: also open the model's own weights (:attr:`Opened.own`), each stored tensor read once
+        for both (:class:`~hubscan.weights.shared.SharedReads`, :data:`PAIR_WINDOW`). The two sets close
+        the model when both are closed.
+
+    Returns
+    -------
+    Opened
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The model or the base cannot be found, pinned or opened (nothing is left open then).
+    """
+    from hubscan.weights.delta import open_delta
+    from hubscan.weights.peft import open_adapter
+    from hubscan.weights.shared import SharedReads
+
+    client = client or HubClient()
+    ws, ref, meta, config = _open(model, client)
+    if base is None and shared is None:
+        return Opened(open_adapter(ws, config) if config else ws, ref, meta)
+    try:
+        bws = shared.view() if shared is not None else _open(base, client)[0]
+    except BaseException:
+        ws.close()
+        raise
+    mine = None
+    if own:
+        mine, ws = SharedReads(ws, readers=2, window=PAIR_WINDOW).views(2)
+        mine = open_adapter(mine, config) if config else mine
+    return Opened(open_adapter(ws, config, bws) if config else open_delta(ws, bws), ref, meta, own=mine)
+
+
+def open_shared(model: ModelRef | str | os.PathLike, client: HubClient | None = None, *,
+                readers: int) -> SharedReads:
+    """Open a model once for several readers (a parent for a batch of its children: :func:`open_model`
+    ``shared=``): each of its stored tensors is read once and held until ``readers`` loads took it.
+    Close it when the batch is done.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The model cannot be found, pinned or opened.
+    """
+    from hubscan.weights.shared import SharedReads
+
+    return SharedReads(_open(model, client or HubClient())[0], readers=readers)
 
 
 # Sources register themselves on import; a new source is one more module and one more line here.

@@ -234,3 +234,45 @@ class HubSource:
     def open(self, ref, client):
         from hubscan.weights.remote import open_hub_files
         return open_hub_files(ref, client)
+
+    def adapter_config(self, ref, client):
+        return hub_adapter_config(ref, client)
+
+
+def is_hub_adapter(ref: ModelRef) -> bool:
+    """True for a pinned hub ref whose chosen weight files are a PEFT adapter's (``adapter_model.*``)."""
+    from hubscan.weights.files import ADAPTER_FILES
+
+    return bool(ref.files) and all(f in ADAPTER_FILES for f in ref.files)
+
+
+def hub_adapter_config(ref: ModelRef, client: HubClient | None = None):
+    """The ``adapter_config.json`` of a hub adapter repository (:func:`is_hub_adapter`), downloaded at the
+    pinned revision, or None for any other repository: :func:`hubscan.sources.open_model` then reads the
+    adapter's files as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`).
+
+    Returns
+    -------
+    hubscan.weights.peft.LoraConfig or None
+        None too when the repository has no config (logged: the factors are then analyzed as stored, as for a
+        local adapter file without its config).
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        The config cannot be fetched (SourceError other than its absence) or read (CorruptFileError).
+    """
+    from hubscan.errors import RemoteFileNotFoundError
+    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig
+
+    if not is_hub_adapter(ref):
+        return None
+    client = client or HubClient()
+    repo = ref.repo_id or ref.id
+    try:
+        path = client.call(client.api.hf_hub_download, repo, ADAPTER_CONFIG, revision=ref.revision,
+                           cache_dir=client.cache_dir, what=f"hf:{repo}/{ADAPTER_CONFIG}")
+    except RemoteFileNotFoundError:
+        log.warning("hf:%s: no %s: LoRA factors analyzed as stored, not as ΔW = s·B·A", repo, ADAPTER_CONFIG)
+        return None
+    return LoraConfig.read(path)

@@ -308,6 +308,13 @@ class LocalSource:
         _one_model(ref)
         return open_weights(ref.path)
 
+    def adapter_config(self, ref, client):
+        """A PEFT adapter folder's ``adapter_config.json`` (:func:`hubscan.weights.peft.is_adapter`), else None."""
+        from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter
+
+        path = _pinned_root(ref).path
+        return LoraConfig.read(os.path.join(path, ADAPTER_CONFIG)) if is_adapter(path) else None
+
     def open_model(self, ref, client):
         """Open first (a reader's error names the file), then pin."""
         ref = _pinned_root(ref)

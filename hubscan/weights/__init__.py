@@ -122,8 +122,9 @@ def register_reader(name: str, suffixes: Iterable[str], *, rules: Iterable[FileR
             if suffix in suffixes and other.name != name:
                 warnings.warn(f"suffix {suffix} of reader {other.name!r} ({READERS.module_of(other.name)}) taken "
                               f"over by reader {name!r} ({open_fn.__module__})", RegistryWarning, stacklevel=2)
-        READERS.register(name, Reader(name, open_fn, suffixes, tuple(dataclasses.replace(r, format=name) for r in rules),
-                                      tuple(v.lower() for v in variants)), module=open_fn.__module__)
+        named = tuple(dataclasses.replace(r, format=name) for r in rules)
+        READERS.register(name, Reader(name, open_fn, suffixes, named, tuple(v.lower() for v in variants)),
+                         module=open_fn.__module__)
         return open_fn
 
     return decorate

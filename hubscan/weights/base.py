@@ -7,6 +7,7 @@ can skip 1-D tensors, norms and buffers without reading them, and holds at most 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Callable, Iterator
 
 import torch
@@ -36,6 +37,14 @@ def memory_budget(file_size: int) -> int:
         Bytes.
     """
     return 2 * max(int(file_size), 0) + MEMORY_SLACK
+
+
+class WeightKind(enum.StrEnum):
+    """What a :class:`WeightSet`'s tensors are (the analysis reads them alike; what a row means differs)."""
+
+    WEIGHTS = "weights"  #: the model's weights as stored (decoded when quantized)
+    DELTA = "delta"      #: ΔW = W − W_base per tensor matched with a base model (:mod:`hubscan.weights.delta`)
+    ADAPTER = "adapter"  #: a LoRA adapter's ΔW = s·B·A per module, plus W + ΔW with a base (weights/peft.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +117,8 @@ class WeightSet:
         The model's ``config.json`` when the opener found one (a local folder's; None otherwise); for a
         model of components (diffusers sub-folders) ``{"components": {folder: that folder's config}}``.
         The analysis types tensors by their owning modules from it (:mod:`hubscan.weights.modules`).
+    kind : WeightKind
+        What the tensors are: the weights, or differences from a base model.
     """
 
     files: list
@@ -117,6 +128,7 @@ class WeightSet:
     close: Callable[[], None] = dataclasses.field(default=lambda: None, repr=False)
     stats: dict = dataclasses.field(default_factory=dict)
     config: dict | None = None
+    kind: WeightKind = WeightKind.WEIGHTS
 
     def __enter__(self) -> "WeightSet":
         return self

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from hubscan.errors import SkippedTensor
-from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 
 #: The skip reason of a pair whose ΔW is exactly zero.
 UNCHANGED = "unchanged from base"
@@ -85,7 +85,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
     -------
     WeightSet
         Entries in the model's order, then the base-only tensors; ``missing`` of both; closing it
-        closes both; ``format`` is ``delta:<model format>``.
+        closes both; ``format`` is ``delta:<model format>``, ``kind`` :attr:`WeightKind.DELTA`.
     """
     from hubscan.weights.layouts import resolve_layouts
 
@@ -133,4 +133,4 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
 
     return WeightSet(files=list(model.files) + list(base.files), format="delta:" + model.format, entries=entries,
                      missing=list(model.missing) + [(f"base:{n}", r) for n, r in base.missing], close=close,
-                     stats=model.stats, config=model.config)
+                     stats=model.stats, config=model.config, kind=WeightKind.DELTA)

@@ -58,9 +58,10 @@ from typing import Callable, Iterable
 
 from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError
 
-__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES", "ADAPTER_FILES", "choose_weight_files", "component_prefix",
-           "SPLIT", "UNREAD_FORMATS", "unread_formats", "files_not_read", "unread_files", "one_model",
-           "ShardIndex", "parse_shard_index", "sniff_format", "refuse_other_format"]
+__all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES",
+           "ADAPTER_FILES", "choose_weight_files", "component_prefix", "SPLIT", "UNREAD_FORMATS", "unread_formats",
+           "files_not_read", "unread_files", "one_model", "ShardIndex", "parse_shard_index", "sniff_format",
+           "refuse_other_format"]
 
 
 #: Priority of the components step (diffusers sub-folders): rules below it choose within one folder.

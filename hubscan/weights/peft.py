@@ -38,7 +38,7 @@ from typing import Iterator
 import torch
 
 from hubscan.errors import CorruptFileError
-from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 
 ADAPTER_CONFIG = "adapter_config.json"
 _PREFIX = "base_model.model."
@@ -157,7 +157,7 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
     Returns
     -------
     WeightSet
-        ``format`` is ``lora+<adapter format>``; ``missing`` lists unpaired factors and adapted modules
+        ``format`` is ``lora+<adapter format>`` and ``kind`` ``WeightKind.ADAPTER``; ``missing`` lists unpaired factors and adapted modules
         without a matching base weight. Closing it closes ``base`` too.
     """
     factors: dict[str, dict] = {}
@@ -242,4 +242,4 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
 
     return WeightSet(files=list(adapter.files) + (list(base.files) if base is not None else []),
                      format="lora+" + adapter.format, entries=entries, missing=missing, close=close,
-                     stats=adapter.stats)
+                     stats=adapter.stats, kind=WeightKind.ADAPTER)

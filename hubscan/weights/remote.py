@@ -1,4 +1,5 @@
-"""Weights on the Hugging Face Hub, read through ``huggingface_hub``'s HTTP session.
+"""Weights on the Hugging Face Hub, read through ``huggingface_hub``'s API and hubscan's own HTTP client
+(:attr:`hubscan.hub.HubClient.session`: range reads counted per model, never the host program's client).
 
 safetensors (single or sharded): coalesced, streamed HTTP range reads
     Per shard: one range GET for the 8-byte header length and one for the header (validated like a
@@ -126,7 +127,6 @@ def _file_url(client: HubClient, ref: ModelRef, filename: str) -> str:
 def _get(client: HubClient, url: str, stats: dict, start: int | None = None, length: int | None = None
          ) -> tuple[bytes, int]:
     """One GET (a byte range when ``start`` is given): ``(body, total file size)``. No retries here."""
-    from huggingface_hub import get_session
     from huggingface_hub.utils import hf_raise_for_status
 
     headers = client.headers()
@@ -134,7 +134,7 @@ def _get(client: HubClient, url: str, stats: dict, start: int | None = None, len
         if not length:
             return b"", -1
         headers["Range"] = f"bytes={start}-{start + length - 1}"
-    r = get_session().get(url, headers=headers, timeout=client.timeout)
+    r = client.session.get(url, headers=headers, timeout=client.timeout)
     if r.status_code == 416:  # range past the end: an empty or short file
         return b"", _total_size(r, 0)
     hf_raise_for_status(r)
@@ -155,14 +155,13 @@ class _Stream:
     """One streamed GET over ``[start, end)`` of a file, read forward."""
 
     def __init__(self, client: HubClient, url: str, start: int, end: int, stats: dict):
-        from huggingface_hub import get_session
         from huggingface_hub.utils import hf_raise_for_status
 
         self.url, self.start, self.pos, self.end, self.stats = url, start, start, end, stats
         self._stack = contextlib.ExitStack()
         headers = {**client.headers(), "Range": f"bytes={start}-{end - 1}"}
         try:
-            response = self._stack.enter_context(get_session().stream("GET", url, headers=headers,
+            response = self._stack.enter_context(client.session.stream("GET", url, headers=headers,
                                                                       timeout=client.timeout))
             hf_raise_for_status(response)
         except BaseException:

@@ -80,6 +80,26 @@ class SharedReads:
                          missing=list(self.ws.missing), close=lambda: None, stats=self.ws.stats,
                          config=self.ws.config)
 
+    def views(self, n: int) -> list[WeightSet]:
+        """``n`` views (:meth:`view`) that close the model once every one of them is closed: for readers
+        that each close what they are given (an analysis closes its weight set when it ends)."""
+        left = [n]
+        lock = threading.Lock()
+
+        def close_one() -> None:
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self.close()
+
+        out = []
+        for _ in range(n):
+            v = self.view()
+            v.close = close_one
+            out.append(v)
+        return out
+
     @property
     def bytes_read(self) -> int:
         """Bytes of the model's files read so far (the reader's ``stats['bytes_read']``)."""
