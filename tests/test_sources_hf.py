@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from hub_server import FakeHub, cut, isolated_hf_client, status
 from conftest import package_dir, safetensors_needed_bytes

@@ -217,7 +217,7 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
                             load=lambda: lora_delta(*factors_of(module, slot), s, emb), rank=min(A.shape[0], *shape))
 
     def plus_entry(module, slot, w) -> TensorEntry:
-        A, B, emb = slot["A"], slot["B"], slot["emb"]
+        emb = slot["emb"]
         s = config.scale(module)
 
         def load():
