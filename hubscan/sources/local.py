@@ -20,20 +20,11 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError
+from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError, storable
 from hubscan.refs import ModelRef, local_fingerprint
 from hubscan.sources import register_source
 
 log = logging.getLogger(__name__)
-
-
-def storable(text: str) -> str:
-    """``text`` as valid UTF-8, for ids and metadata: bytes a file name could not decode (Python's
-    surrogate escapes) written ``\\xff``, other lone surrogates ``\\ud800``; valid text unchanged."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_weight_file(p: Path) -> bool:
