@@ -7,9 +7,24 @@ exception reads naturally as a second base (as huggingface_hub's ``errors.py`` d
 ``EntryNotFoundError``), it is one: a missing thing is also a ``LookupError``, a bad value also a
 ``ValueError``. Weight-reader errors (unsafe, corrupt, unsupported) keep ``HubscanError`` as their
 only base so that a reader's ``except ValueError`` around a parser never swallows them.
+
+:func:`storable` is the one rule for text that cannot be encoded (a name with bytes that are not UTF-8):
+the messages, ids and rows that carry such a name carry it escaped (every room may import this module).
 """
 
 from __future__ import annotations
+
+
+def storable(text: str) -> str:
+    """``text`` as valid UTF-8, for ids, metadata and the dataset's strings: bytes a file name could not
+    decode (Python's surrogate escapes, :func:`os.fsdecode`) written ``\\xff``, other lone surrogates (a JSON
+    header's ``"\\ud800"``) ``\\ud800``; valid text unchanged (ASCII at once)."""
+    if text.isascii():
+        return text
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class HubscanError(Exception):

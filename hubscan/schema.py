@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from hubscan import records
-from hubscan.errors import SchemaMismatchError
+from hubscan.errors import SchemaMismatchError, storable
 from hubscan.esd import registry
 
 #: Bumped whenever a column is renamed, removed or changes meaning (additions keep the version).
@@ -123,6 +123,26 @@ def _value(v):
     return v
 
 
+def _has_text(type_: pa.DataType) -> bool:
+    """Whether values of an Arrow type hold strings (a string, a list of them, a struct with one)."""
+    if pa.types.is_string(type_):
+        return True
+    if pa.types.is_list(type_):
+        return _has_text(type_.value_type)
+    return pa.types.is_struct(type_) and any(_has_text(f.type) for f in type_)
+
+
+def _text(v):
+    """``v`` with every string in it :func:`~hubscan.errors.storable` (lists and struct values walked)."""
+    if isinstance(v, str):
+        return storable(v)
+    if isinstance(v, (list, tuple)):
+        return [_text(x) for x in v]
+    if isinstance(v, Mapping):
+        return {k: _text(x) for k, x in v.items()}
+    return v
+
+
 def _list_column(values: list, type_: pa.ListType) -> pa.Array | None:
     """A list column built from numpy arrays without per-element Python objects (eigenvalues)."""
     if not values or not all(isinstance(v, np.ndarray) for v in values):
@@ -142,7 +162,9 @@ def rows_to_table(rows: Iterable, schema: pa.Schema | str, identity: Mapping | N
     rows : iterable of hubscan.records.Record or mapping
         One per row. Missing columns are null; NaN floats become null; numpy scalars and arrays
         become Python values / lists (numpy arrays in a list column are converted without
-        per-element Python objects).
+        per-element Python objects); strings that are not valid UTF-8 (lone surrogates: a file name
+        :func:`os.fsdecode` could not decode, a JSON header's ``"\\ud800"``) are written escaped by
+        :func:`hubscan.errors.storable` (``bad\\xffname``), never an error.
     schema : pyarrow.Schema or str
         The schema, or a table name for :func:`table_schema`.
     identity : mapping, optional
@@ -174,6 +196,8 @@ def rows_to_table(rows: Iterable, schema: pa.Schema | str, identity: Mapping | N
     arrays = []
     for f in schema:
         vals = [d.get(f.name) for d in dicts]
+        if _has_text(f.type):
+            vals = [_text(v) for v in vals]
         arr = _list_column(vals, f.type) if pa.types.is_list(f.type) else None
         arrays.append(arr if arr is not None else pa.array([_value(v) for v in vals], type=f.type))
     return pa.Table.from_arrays(arrays, schema=schema)

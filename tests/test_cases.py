@@ -10,9 +10,7 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 
 import hubscan
 from hubscan.cli import main as cli_main

@@ -79,8 +79,9 @@ def test_analyze_table_status_and_reasons_at_80():
     assert rc == 0, err
     body = _table_lines(out)
     assert len(body) == 3 and all(len(line) <= 80 for line in body)
-    # degenerate spectra are measured (rank collapse, no alpha), the good one fitted
-    assert [line.split()[-1] for line in body] == ["rank-collapse", "rank-collapse", "heavy-tailed"]
+    # degenerate spectra are measured (rank collapse: no alpha, no phase), the good one fitted
+    assert [line.split()[1:] for line in body[:2]] == [["a.zero.weight", "128×64"], ["b.rank1.weight", "128×64"]]
+    assert body[2].split()[-1] == "heavy-tailed"
     assert "a.zero.weight: success: rank collapse: 0 nonzero eigenvalues" in out
 
 

@@ -302,7 +302,7 @@ def test_base_deltas_through_the_hub(trained, tmp_path):
 
 def test_low_rank_and_unchanged_deltas(tmp_path):
     """Issue 21: a child whose one layer got a rank-1 update s·u·vᵀ (u, v unit) and whose other layer is
-    unchanged. ΔW = s·u·vᵀ is measured — lambda_max = norm = s², rank 1, alpha null ("rank collapse") —
+    unchanged. ΔW = s·u·vᵀ is measured — lambda_max = norm = s², rank 1, alpha and phase null ("rank collapse") —
     and the unchanged layer is skipped "unchanged from base"; nothing failed, the command exits 0. A merged
     LoRA of rank 4 (≪ M = 64) gives numpy's eigenvalues of ΔW. A child equal to its base is skipped."""
     import subprocess
@@ -322,7 +322,7 @@ def test_low_rank_and_unchanged_deltas(tmp_path):
     assert ra["status"] == "success" and "rank collapse: 1 nonzero eigenvalue" in ra["reason"]
     assert ra["alpha"] is None or math.isnan(ra["alpha"])
     assert ra["lambda_max"] == pytest.approx(s * s, rel=1e-12) and ra["norm"] == pytest.approx(s * s, rel=1e-12)
-    assert ra["matrix_rank"] == 1 and ra["phase"] == "rank-collapse"
+    assert ra["matrix_rank"] == 1 and ra["phase"] is None  # no tail: no phase guessed
     assert (rows["b.weight"]["status"], rows["b.weight"]["reason"]) == ("skipped", "unchanged from base")
     rc_ = rows["c.weight"]
     dW = ((c + B @ A) - c).numpy()  # ΔW as stored and subtracted (B·A up to the rounding of c + B·A)
@@ -339,3 +339,61 @@ def test_low_rank_and_unchanged_deltas(tmp_path):
     assert {r["status"] for r in same.rows} == {"skipped"}
     assert (same.summary["status"], same.summary["reason"]) == ("skipped", "no tensor differs from the base: 3 "
                                                                            "unchanged from base")
+
+
+def test_peft_adapter_reads_the_same_from_a_folder_its_file_and_the_hub(tmp_path):
+    """One rule for every source (README "Beyond WeightWatcher"): a model whose chosen weight files are
+    ``adapter_model.*`` is a PEFT adapter, read as ΔW = s·B·A with the ``adapter_config.json`` beside them — the
+    folder, the file ``adapter_model.safetensors`` itself, and the repository on the (loopback) Hub give the same
+    rows, alone and with the base (ΔW and W + ΔW). Reference: PEFT's own ``get_delta_weight`` of each module
+    (the library that wrote the adapter), a GPT-2 adapter on Conv1D layers (``fan_in_fan_out``)."""
+    from hub_server import FakeHub, isolated_hf_client
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from hubscan.hub import HubClient
+
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
+    base.save_pretrained(tmp_path / "base")
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=12, target_modules=["c_attn", "c_proj"],
+                                            init_lora_weights=False, fan_in_fan_out=True))
+    model.save_pretrained(tmp_path / "adapter")
+    adapter = tmp_path / "adapter"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    deltas = {}  # PEFT's scaling · B·A in float64; its own get_delta_weight (float32, (in, out) for Conv1D) agrees
+    for name, m in model.named_modules():
+        if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A"):
+            d = m.scaling["default"] * (m.lora_B["default"].weight.double() @ m.lora_A["default"].weight.double())
+            torch.testing.assert_close(m.get_delta_weight("default").detach().double().T, d, rtol=1e-5, atol=1e-7)
+            deltas[name.removeprefix("base_model.model.") + ".lora_BA"] = d.detach()
+    assert len(deltas) == 6  # c_attn, attn.c_proj, mlp.c_proj of 2 blocks
+
+    def rows(res):
+        return {r["name"]: r for r in res.rows}
+
+    def same(a: dict, b: dict):
+        assert a.keys() == b.keys()
+        for name in a:
+            for col in ("status", "N", "M", "alpha", "lambda_max", "norm", "matrix_rank", "num_evals", "phase"):
+                x, y = a[name][col], b[name][col]
+                assert x == y or (isinstance(x, float) and math.isnan(x) and math.isnan(y)), (name, col, x, y)
+
+    folder = rows(hubscan.analyze(adapter))
+    assert folder.keys() == deltas.keys()
+    for name, d in deltas.items():
+        ev = np.linalg.svd(d.numpy(), compute_uv=False) ** 2
+        assert folder[name]["lambda_max"] == pytest.approx(ev[0], rel=1e-10)
+        assert folder[name]["norm"] == pytest.approx(ev.sum(), rel=1e-10) and folder[name]["matrix_rank"] == 4
+    with_base = rows(hubscan.analyze(adapter, base=tmp_path / "base"))
+    assert len(with_base) == 12  # ΔW and W + ΔW of each module
+    same(folder, rows(hubscan.analyze(adapter / "adapter_model.safetensors")))
+    same(with_base, rows(hubscan.analyze(adapter / "adapter_model.safetensors", base=tmp_path / "base")))
+    with isolated_hf_client(tmp_path / "hfcache"), FakeHub() as hub:
+        hub.add_model_from_dir("org/adapter", adapter)
+        hub.add_model_from_dir("org/base", tmp_path / "base")
+        client = HubClient(endpoint=hub.endpoint, max_retries=1, backoff=0.1, cache_dir=None)
+        remote = hubscan.analyze("hf:org/adapter", client=client)
+        assert remote.ref.files == ("adapter_model.safetensors",)
+        same(folder, rows(remote))
+        same(with_base, rows(hubscan.analyze("hf:org/adapter", base="hf:org/base", client=client)))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import zipfile
 
 import h5py

@@ -5,8 +5,6 @@ with ``msgpack.unpackb`` on any tree, and a count or length the file cannot hold
 
 from __future__ import annotations
 
-import mmap
-import struct
 
 import msgpack
 import numpy as np

@@ -5,7 +5,6 @@ upload / read of dataset repositories (what ``hubscan publish`` uses)."""
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest

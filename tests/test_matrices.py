@@ -1,6 +1,5 @@
 """Layer planning rules (hubscan.esd.matrices): types, N/M orientation, conv slices, splits, skips."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -108,6 +108,36 @@ def test_converter_refuses_unknown_keys(result):
         rows_to_table([rec], "analysis")
 
 
+def test_strings_that_are_not_utf8_are_written_escaped(tmp_path):
+    """A name with bytes that are not UTF-8 (``os.fsdecode`` leaves them as lone surrogates) and one with a
+    lone surrogate (a pickled key ``"\\ud800"``) are written escaped —
+    the bytes as Python's ``backslashreplace`` writes them — in every string column, lists and structs
+    included, and the table goes to Parquet; valid text is unchanged."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    fs_name = os.fsdecode(b"enc.bad\xffname.weight")
+    row = {"name": fs_name, "part": "q\ud800", "companions": ["ok", fs_name], "reason": "plain ascii", "dtype": "F32"}
+    t = rows_to_table([row], "analysis")
+    pq.write_table(t, tmp_path / "rows.parquet")
+    back = pq.read_table(tmp_path / "rows.parquet").to_pylist()[0]
+    escaped = b"enc.bad\xffname.weight".decode("utf-8", "backslashreplace")
+    assert back["name"] == escaped == "enc.bad\\xffname.weight" and back["part"] == "q\\ud800"
+    assert back["companions"] == ["ok", escaped] and back["reason"] == "plain ascii"
+    model = {"model_id": "m\udcff", "tags": ["t\udcff"], "eval_results": [{"task": "x\ud800", "value": 1.5}]}
+    back = rows_to_table([model], "models").to_pylist()[0]
+    assert (back["model_id"], back["tags"]) == ("m\\xff", ["t\\xff"])
+    assert back["eval_results"][0]["task"] == "x\\ud800" and back["eval_results"][0]["value"] == 1.5
+
+    # end to end: a torch checkpoint (pickle keeps lone surrogates in str keys) naming a tensor with one
+    W = torch.from_numpy(np.random.default_rng(0).standard_normal((64, 32)))
+    torch.save({"w\ud800.weight": W}, tmp_path / "m.pt")
+    res = hubscan.analyze(tmp_path / "m.pt")
+    assert [r["name"] for r in res.rows] == ["w\ud800.weight"]  # the analysis keeps the name as read
+    assert res.to_arrow().column("name").to_pylist() == ["w\\ud800.weight"]
+
+
 def test_part_key():
     assert part_key("attn.qkv.weight", "q") == "attn.qkv.weight:q"
     assert part_key("fc.weight", "") == "fc.weight" == LayerRecord(name="fc.weight").key

@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -281,3 +282,47 @@ def test_every_bad_input_case_behaves_the_same_through_the_hub(hub, client, case
             assert sorted(n for n, _ in remote.missing) == sorted(n for n, _ in local.missing), case.name
             assert remote.summary["status"] == local.summary["status"]
     assert not (tmp_path / "hubscan_pickle_was_executed").exists()
+
+
+def test_sentence_transformers_modules_are_read_locally_and_through_the_hub(hub, client, tmp_path):
+    """A model saved by sentence-transformers itself (BERT + Pooling + Dense + Normalize): the Dense module's
+    weight (``2_Dense/model.safetensors``, listed in ``modules.json``) is analyzed beside the transformer's, its
+    row named ``2_Dense/linear.weight``, with alpha equal to WeightWatcher's ``WWFit`` on numpy's eigenvalues of
+    the matrix the library loads back; the same rows locally and through the Hub."""
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    WWFit = pytest.importorskip("weightwatcher.WW_powerlaw").WWFit
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefgh"]) + "\n")
+    BertTokenizerFast(str(bert / "vocab.txt")).save_pretrained(bert)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=13, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=32)).save_pretrained(bert)
+    tr = models.Transformer(str(bert), max_seq_length=16)
+    dense = models.Dense(64, 96, activation_function=torch.nn.Tanh())
+    SentenceTransformer(modules=[tr, models.Pooling(64, "mean"), dense, models.Normalize()]).save(str(tmp_path / "st"))
+    st = tmp_path / "st"
+    assert (st / "2_Dense" / "model.safetensors").is_file() and not any((st / "1_Pooling").glob("*.safetensors"))
+
+    local = hubscan.analyze(st)
+    dense = rows(local)[("2_Dense/linear.weight", "")]
+    W = SentenceTransformer(str(st), device="cpu")[2].linear.weight.detach().double().numpy()  # (96, 64)
+    ev = np.linalg.svd(W, compute_uv=False) ** 2
+    assert (dense["status"], dense["N"], dense["M"]) == ("success", 96, 64)
+    assert dense["alpha"] == pytest.approx(WWFit(np.sort(ev[ev > 1e-5])).alpha, rel=1e-9)
+    assert dense["lambda_max"] == pytest.approx(ev[0], rel=1e-10)
+    assert local.summary["status"] == "success" and "2_Dense/model.safetensors" not in local.metadata["files_not_read"]
+    names = [r["name"] for r in local.rows]
+    assert len(names) == len(set(names)) and not any(n.startswith(("1_Pooling/", "3_Normalize/")) for n in names)
+
+    hub.add_model_from_dir("tinysent/st-dense", st)
+    remote = hubscan.analyze("hf:tinysent/st-dense", client=client)
+    assert remote.ref.files == ("model.safetensors", "2_Dense/model.safetensors")
+    r, loc = rows(remote), rows(local)
+    assert r.keys() == loc.keys()
+    for key in loc:
+        for col in ("status", "N", "M", "alpha", "D", "lambda_max", "phase", "layer_type"):
+            a, b = r[key][col], loc[key][col]
+            assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), (key, col, a, b)

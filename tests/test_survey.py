@@ -7,14 +7,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -280,7 +280,6 @@ def _slice_svals(W: np.ndarray) -> list[np.ndarray]:
 
 
 def _check_conv_rows(sd, wdf, hrows):
-    eps = np.finfo(float).eps
     n_conv = 0
     for _, w in wdf.iterrows():
         if w["layer_type"] != "conv2d":  # WW's LAYER_TYPE enum prints as conv2d

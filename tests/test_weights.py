@@ -178,9 +178,40 @@ def test_corpus_input_is_refused(cases_dir, case, no_unsafe_loading):
 
 def test_every_corpus_input_has_a_test(cases_dir):
     inputs = {p.name for p in cases_dir.iterdir()} - {"EXPECTED.md", "SOURCE.md", "llm", "hub-r3"}  # llm/:
-    # test_layouts.py; hub-r3/: test_hostile.py, test_format_cases_r3.py and others, as its SOURCE.md files say
+    # test_layouts.py; hub-r3/: below
     assert inputs == set(LOADS) | set(ERRORS)
     assert inputs <= set(re.findall(r"[\w.]+", (cases_dir / "EXPECTED.md").read_text()))  # each is documented
+
+
+#: hub-r3's categories and the depth of their cases below the category folder: a model folder each
+#: (1_formats), a file each (2_numerical), files and model folders grouped by format (3_hostile).
+HUB_R3_DEPTH = {"1_formats": 1, "2_numerical": 1, "3_hostile": 2}
+
+
+def test_every_hub_r3_case_is_named_by_a_test_and_documented(cases_dir):
+    """Each case of ``tests/data/cases/hub-r3`` is named — by its name or its stem, as a word — in some test
+    module besides this one, and in the SOURCE.md that says what it must produce (its category's, or
+    hub-r3's for 1_formats)."""
+    root = cases_dir / "hub-r3"
+    assert {p.name for p in root.iterdir() if p.is_dir()} == set(HUB_R3_DEPTH)
+    tests = {p.name: p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("test_*.py")
+             if p.name != Path(__file__).name}
+    unnamed, undocumented = [], []
+    for category, depth in HUB_R3_DEPTH.items():
+        folder = root / category
+        doc = (folder if (folder / "SOURCE.md").is_file() else root).joinpath("SOURCE.md").read_text(encoding="utf-8")
+        cases = [folder]
+        for _ in range(depth):
+            cases = [c for f in cases for c in sorted(f.iterdir()) if c.name not in ("SOURCE.md", "refs.json")]
+        assert cases, category
+        for case in cases:
+            words = {case.name, case.name.split(".")[0]}
+            named = lambda text: any(re.search(rf"(?<![\w.]){re.escape(w)}(?![\w])", text) for w in words)  # noqa: E731
+            if not any(named(text) for text in tests.values()):
+                unnamed.append(case.relative_to(root))
+            if not named(doc):
+                undocumented.append(case.relative_to(root))
+    assert unnamed == [] and undocumented == [], (unnamed, undocumented)
 
 
 def test_sharded_missing_shard_reports_missing(cases_dir):

@@ -20,9 +20,9 @@ and the layers table, the summary, ``correlate`` and the plots are derived from 
 
 Failed fits have alpha = NaN (stored as null) — never WW's −1 — and the summary averages the
 layers with an accepted fit only (:func:`summarize`). A degenerate spectrum (rank collapse, every
-eigenvalue below the threshold, all equal: :func:`hubscan.esd.powerlaw.degenerate_reason`) has no
-phase unless it is ``rank-collapse`` (≥ 10 % of its eigenvalues numerically zero: measured from the rank,
-not guessed from a fit).
+eigenvalue below the threshold, all equal: :func:`hubscan.esd.powerlaw.degenerate_reason`, which the row's
+reason gives) has alpha null and phase null: no phase is guessed from a spectrum with no tail (issue 21).
+``rank-collapse`` is the phase of a spectrum with a fitted tail and ≥ 10 % of its eigenvalues zero.
 
 Units: when the eigen step scaled W by 2^−k to keep X = WᵀW in range (``ESD.scale_exp`` = k,
 :mod:`hubscan.esd.eigen`), every metric is computed on the scaled spectrum and
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 import numpy as np
 
 from hubscan.esd.erg import detx_condition, erg_gap
-from hubscan.esd.phases import RANK_COLLAPSE_FRAC, classify_phase, element_tail_index
+from hubscan.esd.phases import classify_phase, element_tail_index
 from hubscan.esd.registry import Spectrum, get_metric, metrics, register_metric, summary_metrics
 
 if TYPE_CHECKING:  # torch-free at import: the schema reads this registry
@@ -92,13 +92,10 @@ def warning(s: Spectrum) -> str:
 
 @register_metric("phase", "string", "5+1 phase of training (Martin & Mahoney 2021); null without an MP fit")
 def phase(s: Spectrum) -> str | None:
-    if s.mp is not None and s.fit.degenerate:  # no tail: only the measured rank says something
-        n = len(s.esd.evals)
-        return "rank-collapse" if s.esd.rank_loss >= RANK_COLLAPSE_FRAC * n else None
-    if s.mp is not None:
-        return classify_phase(evals=s.esd.evals, rank_loss=s.esd.rank_loss, alpha=_alpha(s),
-                              num_spikes=s.mp.num_spikes, lambda_plus=s.mp.lambda_plus, element_mu=element_mu(s))
-    return "rank-collapse" if s.mp_fit else None  # asked for but all eigenvalues zero
+    if s.mp is None or s.fit.degenerate:  # no MP fit, or no tail (the reason says why): no phase guessed
+        return None
+    return classify_phase(evals=s.esd.evals, rank_loss=s.esd.rank_loss, alpha=_alpha(s),
+                          num_spikes=s.mp.num_spikes, lambda_plus=s.mp.lambda_plus, element_mu=element_mu(s))
 
 
 @register_metric("element_mu", "float64", "tail index of the elements |w| (Hill, largest 1%); < 4: heavy-tailed "
@@ -273,8 +270,8 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit
     mp : MPFit or None
         Its MP bulk fit, when computed.
     mp_fit : bool, optional
-        Whether the MP fit was asked for (default: ``mp is not None``); with no MP fit because every
-        eigenvalue is zero the phase is ``rank-collapse``.
+        Whether the MP fit was asked for (default: ``mp is not None``), as ``Spectrum.mp_fit``: asked for
+        but absent means every eigenvalue is zero (no phase then: a degenerate spectrum).
     rand_evals : ndarray of float64, shape (len(esd.evals),), optional
         Eigenvalues of the element-shuffled W, for ``rand_distance``.
     slices : torch.Tensor, shape (rf, N, M), optional

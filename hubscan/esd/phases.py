@@ -41,6 +41,8 @@ feature ranges behind each threshold to ``docs/phases.md``). Applied in this ord
 
 When the power-law fit failed, the alpha rules are skipped (a continuing tail is then bulk-decay);
 when no MP fit is available the phase is ``unknown``. Without ``element_mu`` (None) rule 4 is skipped.
+A degenerate spectrum (zero, constant, rank-1, c·I: no tail to fit) is not classified at all: the
+``phase`` metric (:mod:`hubscan.esd.metrics`) is null for it, the row's reason saying why.
 """
 
 from __future__ import annotations

@@ -257,9 +257,9 @@ def open_model(model: ModelRef | str | os.PathLike | WeightSet, client: HubClien
 
     The model's source pins it (unless the reference is pinned already: revision and files, as a hub
     listing gives them), opens its files through the readers of :mod:`hubscan.weights`, and says whether
-    it is a PEFT adapter (``Source.adapter_config``: a local folder with ``adapter_config.json``, a hub
-    repository whose weights are ``adapter_model.*``), which is then read as ΔW = s·B·A per module
-    (:func:`hubscan.weights.peft.open_adapter`).
+    it is a PEFT adapter (``Source.adapter_config``: a model whose chosen weight files are ``adapter_model.*``,
+    :func:`hubscan.weights.peft.is_adapter`, with its ``adapter_config.json``), which is then read as ΔW = s·B·A
+    per module (:func:`hubscan.weights.peft.open_adapter`).
 
     Parameters
     ----------

@@ -239,17 +239,11 @@ class HubSource:
         return hub_adapter_config(ref, client)
 
 
-def is_hub_adapter(ref: ModelRef) -> bool:
-    """True for a pinned hub ref whose chosen weight files are a PEFT adapter's (``adapter_model.*``)."""
-    from hubscan.weights.files import ADAPTER_FILES
-
-    return bool(ref.files) and all(f in ADAPTER_FILES for f in ref.files)
-
-
 def hub_adapter_config(ref: ModelRef, client: HubClient | None = None):
-    """The ``adapter_config.json`` of a hub adapter repository (:func:`is_hub_adapter`), downloaded at the
-    pinned revision, or None for any other repository: :func:`hubscan.sources.open_model` then reads the
-    adapter's files as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`).
+    """The ``adapter_config.json`` of a hub adapter repository (its chosen files are ``adapter_model.*``:
+    :func:`hubscan.weights.peft.is_adapter`, the rule of the local source too), downloaded at the pinned
+    revision, or None for any other repository: :func:`hubscan.sources.open_model` then reads the adapter's
+    files as ΔW = s·B·A per module (:func:`hubscan.weights.peft.open_adapter`).
 
     Returns
     -------
@@ -263,9 +257,9 @@ def hub_adapter_config(ref: ModelRef, client: HubClient | None = None):
         The config cannot be fetched (SourceError other than its absence) or read (CorruptFileError).
     """
     from hubscan.errors import RemoteFileNotFoundError
-    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig
+    from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter
 
-    if not is_hub_adapter(ref):
+    if not is_adapter(ref.files):
         return None
     client = client or HubClient()
     repo = ref.repo_id or ref.id

@@ -20,20 +20,11 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError
+from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError, storable
 from hubscan.refs import ModelRef, local_fingerprint
 from hubscan.sources import register_source
 
 log = logging.getLogger(__name__)
-
-
-def storable(text: str) -> str:
-    """``text`` as valid UTF-8, for ids and metadata: bytes a file name could not decode (Python's
-    surrogate escapes) written ``\\xff``, other lone surrogates ``\\ud800``; valid text unchanged."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_weight_file(p: Path) -> bool:
@@ -309,11 +300,24 @@ class LocalSource:
         return open_weights(ref.path)
 
     def adapter_config(self, ref, client):
-        """A PEFT adapter folder's ``adapter_config.json`` (:func:`hubscan.weights.peft.is_adapter`), else None."""
+        """The ``adapter_config.json`` of a PEFT adapter — a folder whose chosen weight files are
+        ``adapter_model.*``, or such a file itself (:func:`hubscan.weights.peft.is_adapter`, the hub source's
+        rule too) — read from beside its files; None for any other model, and for an adapter without its
+        config (logged: the factors are then analyzed as stored, as the hub source does)."""
+        from hubscan.weights import folder_listing
+        from hubscan.weights.files import choose_weight_files
         from hubscan.weights.peft import ADAPTER_CONFIG, LoraConfig, is_adapter
 
-        path = _pinned_root(ref).path
-        return LoraConfig.read(os.path.join(path, ADAPTER_CONFIG)) if is_adapter(path) else None
+        path = Path(_pinned_root(ref).path)
+        folder, chosen = (path, choose_weight_files(folder_listing(path), os.fspath(path))[0]) if path.is_dir() \
+            else (path.parent, (path.name,))
+        if not is_adapter(chosen):
+            return None
+        if not (folder / ADAPTER_CONFIG).is_file():
+            log.warning("%s: no %s beside it: LoRA factors analyzed as stored, not as ΔW = s·B·A", path,
+                        ADAPTER_CONFIG)
+            return None
+        return LoraConfig.read(folder / ADAPTER_CONFIG)
 
     def open_model(self, ref, client):
         """Open first (a reader's error names the file), then pin."""

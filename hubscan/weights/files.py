@@ -13,6 +13,11 @@ The rule: the readers' :class:`FileRule` s (each reader declares its own with
 * 50 **components**: no weight file at the root, but sub-folders that hold such files (diffusers'
   ``unet/``, ``transformer/``, ``text_encoder/``, ``vae/``): each sub-folder chosen by the rules below 50
   on its own files; tensor names get the folder as prefix (``unet/conv_in.weight``);
+  **modules** — a sentence-transformers model (``modules.json`` at the root) keeps the root's files (its
+  transformer) and adds, as components, the module folders ``SentenceTransformer.save`` writes
+  (:data:`MODULE_FOLDER`: ``2_Dense/model.safetensors`` → ``2_Dense/linear.weight``; ``1_Pooling`` holds
+  none). The choice is made from paths alone (a hub listing pins a model without reading its files), so the
+  folders are known by the name the library gives them, which is the ``path`` ``modules.json`` names;
 * above 50, rules tried after components, at the root or (``anywhere``) in any folder, where an
   ``anywhere`` rule keeps one file set: 60 ONNX (``model.onnx``, ``onnx/model.onnx``, any ``*.onnx``;
   one graph), 70 GGUF (one model: its highest-precision file, all parts of a split file), 80 any ``*.pt``,
@@ -59,9 +64,9 @@ from typing import Callable, Iterable
 from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError
 
 __all__ = ["FileRule", "COMPONENTS", "DEFAULT_PRIORITY", "file_rules", "main_weight_files", "NOT_WEIGHT_FILES",
-           "ADAPTER_FILES", "choose_weight_files", "component_prefix", "SPLIT", "UNREAD_FORMATS", "unread_formats",
-           "files_not_read", "unread_files", "one_model", "ShardIndex", "parse_shard_index", "sniff_format",
-           "refuse_other_format"]
+           "ADAPTER_FILES", "MODULES_FILE", "MODULE_FOLDER", "choose_weight_files", "component_prefix", "SPLIT",
+           "UNREAD_FORMATS", "unread_formats", "files_not_read", "unread_files", "one_model", "ShardIndex",
+           "parse_shard_index", "sniff_format", "refuse_other_format"]
 
 
 #: Priority of the components step (diffusers sub-folders): rules below it choose within one folder.
@@ -116,6 +121,12 @@ def file_rules() -> tuple[FileRule, ...]:
 
     return tuple(sorted((r for reader in READERS.values() for r in reader.rules), key=lambda r: r.priority))
 
+
+#: A sentence-transformers model's list of modules; beside it, the folders :data:`MODULE_FOLDER` names.
+MODULES_FILE = "modules.json"
+#: The folder ``SentenceTransformer.save`` writes a module to — ``<idx>_<module class>`` (``1_Pooling``,
+#: ``2_Dense``), the ``path`` its ``modules.json`` entry names (the module saved at the root has path ``""``).
+MODULE_FOLDER = re.compile(r"^\d+_[^/]+$")
 
 NOT_WEIGHT_FILES = ("training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scaler.pt",
                     "rng_state*.pth")
@@ -237,13 +248,18 @@ def choose_weight_files(paths: Iterable[str], where: str = "", adapter: bool = F
     weights = [n for n in names if not posixpath.basename(n).startswith("adapter_model.") and n not in taken]
     root = _choose_root([n for n in weights if "/" not in n], rules)
     components, formats = [], set()
-    if root is None or "model_index.json" in top:  # a diffusers pipeline: its components, not root copies
+    modules = root is not None and MODULES_FILE in top and "model_index.json" not in top
+    if root is None or "model_index.json" in top or modules:  # diffusers: components, not root copies
         for folder in sorted({n.split("/", 1)[0] for n in weights if n.count("/") == 1}):
+            if modules and not MODULE_FOLDER.match(folder):
+                continue
             got = _choose_root([n.split("/", 1)[1] for n in weights if n.startswith(folder + "/") and n.count("/") == 1],
                                rules)
             if got is not None:
                 components += [f"{folder}/{f}" for f in got[0]]
                 formats.add(got[1])
+    if modules:  # sentence-transformers: the transformer at the root, then its other modules' weights
+        return root[0] + tuple(components), "+".join(sorted({root[1], *formats}))
     if components:
         return tuple(components), "+".join(sorted(formats))
     if root is not None:
@@ -405,15 +421,16 @@ def one_model(names: Iterable[str]) -> bool:
 
 
 def component_prefix(path: str, chosen: Iterable[str]) -> str:
-    """The tensor-name prefix of a chosen file: ``"<folder>/"`` when the choice is components, else ``""``
-    (an index's shards, and the file an ``anywhere`` rule found, e.g. ONNX in ``onnx/``, keep their names)."""
+    """The tensor-name prefix of a chosen file: ``"<folder>/"`` for a component's or a module's file (a chosen
+    file in a sub-folder), else ``""`` (root files, an index's shards, and the file an ``anywhere`` rule
+    found, e.g. ONNX in ``onnx/``, keep their names)."""
     from hubscan.weights import READERS
 
     chosen = list(chosen)
     anywhere = tuple(s for r in READERS.values() if any(rule.anywhere for rule in r.rules) for s in r.suffixes)
     if any(c.lower().endswith(anywhere) for c in chosen) or "/" not in path:
         return ""
-    return path.rsplit("/", 1)[0] + "/" if all("/" in c for c in chosen) else ""
+    return path.rsplit("/", 1)[0] + "/"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,7 +33,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 
@@ -52,9 +52,16 @@ class LowRankEntry(TensorEntry):
     rank: int = 0
 
 
-def is_adapter(path: str | os.PathLike) -> bool:
-    """True for a folder holding ``adapter_config.json`` (a PEFT adapter)."""
-    return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
+def is_adapter(chosen: Iterable[str]) -> bool:
+    """Whether a model is a PEFT adapter, from the weight files chosen for it
+    (:func:`hubscan.weights.files.choose_weight_files`): all ``adapter_model.*`` at its root. The one rule of
+    every source (a hub repository, a local folder, the file ``adapter_model.safetensors`` itself): such a
+    model is read as ΔW = s·B·A with the ``adapter_config.json`` beside the files; without that config its
+    factors are analyzed as stored (the source says so in the log)."""
+    from hubscan.weights.files import ADAPTER_FILES
+
+    chosen = list(chosen)
+    return bool(chosen) and all(f in ADAPTER_FILES for f in chosen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +224,7 @@ def open_adapter(adapter: WeightSet, config: LoraConfig, base: WeightSet | None 
                             load=lambda: lora_delta(*factors_of(module, slot), s, emb), rank=min(A.shape[0], *shape))
 
     def plus_entry(module, slot, w) -> TensorEntry:
-        A, B, emb = slot["A"], slot["B"], slot["emb"]
+        emb = slot["emb"]
         s = config.scale(module)
 
         def load():
