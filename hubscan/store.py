@@ -935,7 +935,10 @@ class Lease:
             from hubscan.errors import HubscanError
             try:
                 now = time.time()
-                self._commit(self._dt, self.version, {**self.record, "state": "free", "renewed": now, "released": now})
+                freed = {**self.record, "state": "free", "renewed": now, "released": now}
+                if not self._commit(self._dt, self.version, freed):
+                    self._lose()  # a commit that records no state came after ours: still ours, free it on top
+                    self._commit(self._dt, self.version, freed)
             except HubscanError as exc:
                 log.warning("%s: lease not released (%s): it expires in %.0f s", self.dataset.url, exc.reason,
                             self.seconds)
@@ -1021,12 +1024,20 @@ _LEASE_SCHEMA = pa.schema([pa.field("holder", pa.string())])
 
 
 def _lease_state(dt) -> dict | None:
-    """The lease state recorded by the table's latest commit (None when it records none)."""
-    for entry in dt.history(1):
-        raw = entry.get("hubscan.lease")
-        if raw:
-            return json.loads(raw) if isinstance(raw, str) else dict(raw)
-    return None
+    """The lease state recorded by the table's latest commit that records one (None when none does).
+
+    A commit without a state is not a release: two processes that find the table absent at once both
+    create it, and the second creation commits a version of its own after the first holder's commit."""
+    limit = 1
+    while True:
+        history = dt.history(limit)
+        for entry in history:  # newest first
+            raw = entry.get("hubscan.lease")
+            if raw:
+                return json.loads(raw) if isinstance(raw, str) else dict(raw)
+        if len(history) < limit:
+            return None
+        limit *= 8
 
 
 def _busy_line(held: dict, now: float) -> str:
