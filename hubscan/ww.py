@@ -416,7 +416,8 @@ class WeightWatcher:
         return _frame(records, ["layer_id", "name", "M", "N", "Q", "layer_type", "longname", "num_evals", "rf"])
 
     def get_ESD(self, model=None, layer=None, random=False, params=None):
-        """The eigenvalues of one layer's ESD (ascending, float64; convolutions scaled by 1/2 as in WW).
+        """The eigenvalues of one layer's ESD as WW 0.7.7's ``get_ESD`` gives them: ascending, float64, a
+        conv2d's without the sqrt(1/2) scaling :meth:`analyze` applies (as WW).
 
         Parameters
         ----------
@@ -444,7 +445,9 @@ class WeightWatcher:
         row = next(r for r in res.rows if r.name == found[0].tensor)
         if row.key not in res.evals:
             raise ValueError(f"WeightWatcher.get_ESD(layer={layer!r}): no ESD ({row['reason']})")
-        return res.evals[row.key]
+        # WW 0.7.7's get_ESD skips analyze's conv2d_norm (W × sqrt(1/2)): a conv2d's eigenvalues are twice
+        # those analyze() fits
+        return res.evals[row.key] * (2.0 if found[0].layer_type == "conv2d" and row["rf"] > 1 else 1.0)
 
     def distances(self, model_1, model_2, method="raw", layers=[], start_ids=0, pool=True,  # noqa: B006
                   channels=None):
@@ -467,8 +470,9 @@ class WeightWatcher:
         if str(method).lower() != "raw":
             raise ValueError(f"WeightWatcher.distances(method={method!r}) is not implemented by hubscan: only 'raw'")
         _refuse("distances", dict(pool=pool, channels=channels))
-        one = _select(_layers_of(model_1, start_ids), layers, 0, 0, math.inf)
-        two = {x.longname: x for x in _select(_layers_of(model_2, start_ids), layers, 0, 0, math.inf)}
+        # WW's default size filters apply (its distances() starts from DEFAULT_PARAMS)
+        one = _select(_layers_of(model_1, start_ids), layers, 8, 15000, 50000)
+        two = {x.longname: x for x in _select(_layers_of(model_2, start_ids), layers, 8, 15000, 50000)}
         t1, t2 = _tensors(model_1), _tensors(model_2)
         records = []
         for layer in one:
@@ -482,10 +486,15 @@ class WeightWatcher:
             records.append({"method": "raw", "layer_id": layer.layer_id, "name": layer.name,
                             "delta_W": _fro(W1, W2), "delta_b": _fro(b1, b2) if has_b else 0,
                             "M": min(W1.shape), "N": max(W1.shape),
-                            "b_shape": tuple(b1.shape) if has_b else "unknown", "longname": layer.longname})
+                            "b_shape": _b_shape(b1) if has_b else "unknown", "longname": layer.longname})
         frame = pd.DataFrame.from_records(records, columns=["method", "layer_id", "name", "delta_W", "delta_b", "M",
                                                              "N", "b_shape", "longname"]).set_index("layer_id")
         return float(frame["delta_W"].mean()), float(frame["delta_b"].mean()), frame
+
+
+def _b_shape(b) -> object:
+    """WW's ``b_shape`` cell: the bias's length (its shape tuple, as pandas unpacks a 1-tuple)."""
+    return int(b.shape[0]) if b.dim() == 1 else tuple(b.shape)
 
 
 def _tensors(model) -> dict:
