@@ -179,9 +179,9 @@ def _state_dict_layers(sd: Mapping) -> list[_Layer]:
 
 
 def _layers_of(model, start_ids: int = 0) -> list[_Layer]:
-    from hubscan.weights.memory import _is_keras
+    from hubscan.weights.memory import is_keras
 
-    if _is_keras(model):
+    if is_keras(model):
         return _keras_layers(model, start_ids)
     if isinstance(model, torch.nn.Module):
         return _torch_layers(model, start_ids)
