@@ -66,7 +66,6 @@ NOT_IMPLEMENTED = {
     "inverse": (False, "WW's inverse ESD"),
     "randomize": (False, "WW's randomized ESD columns (rand_*, num_traps): not yet (issue 18, correlation traps)"),
     "peft": (False, "LoRA products of a PeftModel in memory: analyze the saved adapter folder with hubscan.analyze"),
-    "intra_layer": (None, ""),
 }
 
 #: WW's short names of hubscan's columns where they differ.
@@ -309,11 +308,7 @@ class WeightWatcher:
         """
         import hubscan
 
-        _refuse("analyze", dict(glorot_fix=glorot_fix, plot=plot, savefig=savefig, conv2d_norm=conv2d_norm,
-                                ww2x=ww2x, pool=pool, conv2d_fft=conv2d_fft, fft=fft, deltas=deltas, intra=intra,
-                                channels=channels, stacked=stacked, xmin_max=xmin_max, max_fingers=max_fingers,
-                                finger_thresh=finger_thresh, fit=fit, sparsify=sparsify, tolerance=tolerance,
-                                pl_package=pl_package, xmax=xmax, inverse=inverse, randomize=randomize, peft=peft))
+        _refuse("analyze", {k: v for k, v in locals().items() if k in NOT_IMPLEMENTED})
         for arg, value in (("min_size", min_size), ("max_size", max_size)):
             if value is not None:
                 raise ValueError(f"WeightWatcher.analyze({arg}={value!r}) is not implemented: WW 0.7.7 ignores it "
@@ -400,9 +395,7 @@ class WeightWatcher:
         ValueError, TypeError
             As :meth:`analyze`.
         """
-        _refuse("describe", dict(glorot_fix=glorot_fix, savefig=savefig, ww2x=ww2x, pool=pool,
-                                 conv2d_fft=conv2d_fft, fft=fft, conv2d_norm=conv2d_norm, intra=intra,
-                                 channels=channels, stacked=stacked, peft=peft))
+        _refuse("describe", {k: v for k, v in locals().items() if k in NOT_IMPLEMENTED})
         for arg, value in (("min_size", min_size), ("max_size", max_size), ("base_model", base_model)):
             if value is not None:
                 raise ValueError(f"WeightWatcher.describe({arg}=…) is not implemented by hubscan's façade")

@@ -126,9 +126,10 @@ def keras_model():
     if keras.backend.backend() != "torch":
         pytest.skip("Keras 3 runs on another backend here (KERAS_BACKEND=torch)")
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((12,), dtype="int32"), keras.layers.Embedding(300, 32),
-                             keras.layers.Conv1D(48, 3), keras.layers.Flatten(), keras.layers.Dense(64),
-                             keras.layers.Dense(40)])
+    return keras.Sequential([keras.Input((12,), dtype="int32"), keras.layers.Embedding(300, 32, name="embedding"),
+                             keras.layers.Conv1D(48, 3, name="conv1d"), keras.layers.Flatten(name="flatten"),
+                             keras.layers.Dense(64, name="dense"), keras.layers.Dense(40, name="dense_1")],
+                            name="sequential")  # names fixed: Keras numbers unnamed layers per process
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
