@@ -409,3 +409,28 @@ def test_meta_module_is_incomplete_not_success():
     res = hubscan.analyze(model)
     assert res.summary["status"] != "success"
     assert all(r["status"] == "skipped" and "meta" in r["reason"] for r in res.rows)
+
+
+def test_base_model_in_memory_gives_delta_rows():
+    """``base=`` takes a model in memory too: each row is ΔW = W − W_base of the same tensor."""
+    base, tuned = hf_llama(), hf_llama()
+    torch.manual_seed(5)
+    with torch.no_grad():
+        tuned.model.layers[0].self_attn.q_proj.weight.add_(0.01 * torch.randn(64, 64))
+    rows = _by_name(hubscan.analyze(tuned, base=base))
+    q = rows["model.layers.0.self_attn.q_proj.weight"]
+    d = (tuned.model.layers[0].self_attn.q_proj.weight - base.model.layers[0].self_attn.q_proj.weight).double()
+    assert q["status"] == "success" and q["delta_W"] == pytest.approx(float(torch.linalg.norm(d)), rel=1e-12)
+    assert q["lambda_max"] == pytest.approx(float(torch.linalg.matrix_norm(d, 2)) ** 2, rel=1e-9)
+    assert rows["model.layers.1.self_attn.q_proj.weight"]["status"] == "skipped"  # unchanged from base
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_module_is_analyzed_on_its_device():
+    model = hf_bert().cuda()
+    res = hubscan.analyze(model)
+    cpu = _by_name(hubscan.analyze(hf_bert()))
+    for key, r in _by_name(res).items():
+        if r["status"] == "success":
+            assert r["device"].startswith("cuda")
+            assert r["lambda_max"] == pytest.approx(cpu[key]["lambda_max"], rel=1e-9)
