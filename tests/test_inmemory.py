@@ -434,3 +434,15 @@ def test_cuda_module_is_analyzed_on_its_device():
         if r["status"] == "success":
             assert r["device"].startswith("cuda")
             assert r["lambda_max"] == pytest.approx(cpu[key]["lambda_max"], rel=1e-9)
+
+
+def test_numpy_views_and_dtypes_torch_lacks():
+    """A reversed numpy view (negative strides) is read (copied when read); a dtype torch has not is a
+    skipped row, not understood (the model incomplete), never an exception."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 48))
+    ours, ref = hubscan.analyze({"w": a[::-1]}).rows[0], hubscan.analyze({"w": np.ascontiguousarray(a[::-1])}).rows[0]
+    _same(ours, ref, "reversed view")
+    res = hubscan.analyze({"w": a, "s": np.array([["x"] * 4] * 4)})
+    s = _by_name(res)["s"]
+    assert s["status"] == "skipped" and "numpy dtype" in s["reason"] and res.summary["status"] == "incomplete"

@@ -227,6 +227,11 @@ def _open_mapping(mapping: Mapping) -> WeightSet:
                                            lambda: None, skip_reason=f"numpy dtype {value.dtype} (torch has none)",
                                            understood=False))
                 continue
+            except ValueError:  # negative strides (a reversed view): copied when read, not before
+                t = torch.from_numpy(np.empty(0, value.dtype))  # its dtype
+                entries.append(TensorEntry(name, tuple(value.shape), _dtype(t), where,
+                                           lambda v=value: torch.from_numpy(np.ascontiguousarray(v))))
+                continue
             entries.append(_entry(name, t, where))
         else:
             raise TypeError(f"hubscan cannot read state dict entry {name!r}, a {type(value).__name__}: "
