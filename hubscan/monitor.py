@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import uuid
 from typing import Any
 
@@ -65,7 +66,7 @@ class Monitor:
     ----------
     model : torch.nn.Module
         The model being trained (anything ``hubscan.analyze`` takes from memory).
-    dataset : str, optional
+    dataset : str or path, optional
         A hubscan dataset (local path or URL) whose ``training`` table receives the rows; its writer lease is
         held until :meth:`close`.
     every : int
@@ -127,7 +128,7 @@ class Monitor:
         self.dataset = self.lease = None
         if dataset is not None:
             from hubscan.store import Dataset, Lease, config_hash
-            self.dataset = Dataset(dataset, **(storage_options or {}))
+            self.dataset = Dataset(os.fspath(dataset), **(storage_options or {}))
             self.dataset.check_writable()
             self.lease = Lease(self.dataset, self.run_id, operation="training monitor").acquire()
             self._config_hash = config_hash(self.options)
