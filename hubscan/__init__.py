@@ -23,12 +23,17 @@ def analyze(model, options=None, *, client=None, base=None, **kwargs):
 
     Parameters
     ----------
-    model : str, path, ModelRef or WeightSet
+    model : str, path, ModelRef, WeightSet, or a model in memory
         ``hf:ORG/NAME[@REV]`` (hub, read by HTTP range requests), ``timm:ARCH.TAG``, a local
         safetensors / torch / ONNX / GGUF file or Hugging Face layout folder (sharded or not), any
-        registered source's reference, or an opened :class:`~hubscan.weights.base.WeightSet`.
+        registered source's reference, an opened :class:`~hubscan.weights.base.WeightSet`; or, in memory
+        (:mod:`hubscan.weights.memory`, nothing copied but the matrix being decomposed): a
+        ``torch.nn.Module`` (torchvision, timm, transformers, peft …; each tensor typed by its owning module,
+        parametrizations read as the effective weight), a state dict (``Mapping[str, Tensor | ndarray]``),
+        safetensors ``bytes``, or a Keras 3 model (extra ``hubscan[keras]``).
     options : AnalyzeOptions, optional
         Analysis settings; keyword arguments override them (``analyze(p, device="cuda", alpha_ci=0.95)``).
+        A module on an accelerator is analyzed on its device unless ``options`` or ``device=`` say otherwise.
     client : HubClient, optional
         Hub endpoint, token, retries (defaults from ``HF_ENDPOINT``, ``HF_TOKEN`` …). hubscan leaves the
         process's ``huggingface_hub`` HTTP client as it finds it (entry points install hubscan's:
@@ -49,16 +54,24 @@ def analyze(model, options=None, *, client=None, base=None, **kwargs):
     hubscan.errors.HubscanError
         The files cannot be opened safely (unsafe pickle, corrupt header, no weights …); the
         message names the file and the reason. Problems of single layers do not raise.
+    TypeError
+        ``model`` is none of the above (one line naming what is accepted).
     """
     import dataclasses
 
-    from hubscan.analysis import AnalyzeOptions, analyze as analyze_weights
-    from hubscan.sources import open_model
-    from hubscan.weights.base import WeightSet
+    import os
 
+    from hubscan.analysis import AnalyzeOptions, analyze as analyze_weights
+    from hubscan.refs import ModelRef
+    from hubscan.sources import open_model
+
+    given = options is not None or "device" in kwargs
     options = dataclasses.replace(options or AnalyzeOptions(), **kwargs)  # a bad option fails before any read
     opened = open_model(model, client, base=base)
-    return analyze_weights(opened.weights, options, source=None if isinstance(model, WeightSet) else str(model),
+    if not given and opened.meta.get("device"):  # a module on an accelerator is analyzed there
+        options = dataclasses.replace(options, device=opened.meta["device"])
+    named = isinstance(model, (str, os.PathLike, ModelRef))
+    return analyze_weights(opened.weights, options, source=str(model) if named else None,
                            ref=opened.ref, meta=opened.meta)
 
 

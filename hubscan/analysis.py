@@ -30,9 +30,12 @@ from hubscan.refs import ModelRef
 from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 from hubscan.weights.layouts import resolve_layouts
 from hubscan.weights.modules import module_map
-from hubscan.weights.weight_norm import LAYOUT as WEIGHT_NORM
 
 log = logging.getLogger(__name__)
+
+#: In a layout's name: the weight as the module computes it (weight norm, a parametrization), not a
+#: dequantization (the row's ``reason`` is then the layout itself).
+EFFECTIVE = "effective weight"
 
 #: Fits on fewer eigenvalues than this get a caution in the row's ``reason`` (e.g. LoRA factors, M = rank).
 FEW_EVALS = 20
@@ -396,7 +399,7 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module
     if plan.skip_reason is not None:
         return LayerRecord(**common, status=RowStatus.SKIPPED, reason=plan.skip_reason)
     return LayerRecord(**common, N=plan.N, M=plan.M, Q=plan.Q, rf=plan.rf, device=str(device),
-                       reason=("" if not entry.layout else entry.layout if entry.layout == WEIGHT_NORM
+                       reason=("" if not entry.layout else entry.layout if EFFECTIVE in entry.layout
                                else f"dequantized ({entry.layout})"))
 
 
@@ -518,7 +521,8 @@ class ModelAnalysis:
             entries = resolve_layouts(self.ws.entries(), self.ws.config)
             shapes = {e.name: e.shape for e in entries} if options.split_fused else None
             self._unread = [(e.name, e.skip_reason) for e in entries if not e.understood]
-            kinds = module_map(getattr(self.ws, "config", None), {e.name: e.shape for e in entries})
+            kinds = self.ws.types if self.ws.types is not None else \
+                module_map(self.ws.config, {e.name: e.shape for e in entries})
             for row, ev in analyze_entries(entries, options, shapes, unread=self._unread, kinds=kinds):
                 self._rows.append(row)
                 if options.keep_evals and ev is not None:

@@ -233,9 +233,16 @@ class Opened:
 def _open(model, client: HubClient) -> tuple[WeightSet, ModelRef | None, dict, object]:
     """(weights as stored, pinned ref, metadata, LoRA config when the source says it is a PEFT adapter)."""
     from hubscan.weights.base import WeightSet
+    from hubscan.weights.memory import ACCEPTED, in_memory, module_device, open_object
 
     if isinstance(model, WeightSet):
         return model, None, {}, None
+    if in_memory(model):  # a module, state dict, safetensors bytes or Keras model: read where it is
+        device = module_device(model)
+        return open_object(model), None, {"device": device} if device else {}, None
+    if not isinstance(model, (str, os.PathLike, ModelRef)):
+        raise TypeError(f"hubscan cannot analyze a {type(model).__name__}: expected a path or reference (str, "
+                        f"os.PathLike, ModelRef), a WeightSet, or {ACCEPTED}")
     ref = _as_ref(model)
     source = get_source(ref.source)
     if hasattr(source, "open_model"):
@@ -263,8 +270,10 @@ def open_model(model: ModelRef | str | os.PathLike | WeightSet, client: HubClien
 
     Parameters
     ----------
-    model : str, path, ModelRef or WeightSet
-        ``hf:ORG/NAME[@REV]``, ``timm:ARCH.TAG``, a path, any registered source's reference, or an opened set.
+    model : str, path, ModelRef, WeightSet or a model in memory
+        ``hf:ORG/NAME[@REV]``, ``timm:ARCH.TAG``, a path, any registered source's reference, an opened set, or
+        a torch module, state dict, safetensors bytes or Keras 3 model (:mod:`hubscan.weights.memory`; its
+        ``meta`` then says the module's ``device`` when not the CPU).
     client : HubClient, optional
         Hub settings (endpoint, token, retries); default from the environment.
     base : str, path, ModelRef or WeightSet, optional
@@ -286,6 +295,8 @@ def open_model(model: ModelRef | str | os.PathLike | WeightSet, client: HubClien
     ------
     hubscan.errors.HubscanError
         The model or the base cannot be found, pinned or opened (nothing is left open then).
+    TypeError
+        ``model`` or ``base`` is none of these (one line naming what is accepted).
     """
     from hubscan.weights.delta import open_delta
     from hubscan.weights.peft import open_adapter

@@ -119,6 +119,9 @@ class WeightSet:
         The analysis types tensors by their owning modules from it (:mod:`hubscan.weights.modules`).
     kind : WeightKind
         What the tensors are: the weights, or differences from a base model.
+    types : dict of str to TensorKind or None
+        Tensor name → what its owning module says it is, when the reader holds the live module (a model in
+        memory, :mod:`hubscan.weights.memory`); the analysis then uses it instead of typing from ``config``.
     """
 
     files: list
@@ -129,6 +132,7 @@ class WeightSet:
     stats: dict = dataclasses.field(default_factory=dict)
     config: dict | None = None
     kind: WeightKind = WeightKind.WEIGHTS
+    types: dict | None = None
 
     def __enter__(self) -> "WeightSet":
         return self

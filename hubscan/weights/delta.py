@@ -133,4 +133,4 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
 
     return WeightSet(files=list(model.files) + list(base.files), format="delta:" + model.format, entries=entries,
                      missing=list(model.missing) + [(f"base:{n}", r) for n, r in base.missing], close=close,
-                     stats=model.stats, config=model.config, kind=WeightKind.DELTA)
+                     stats=model.stats, config=model.config, kind=WeightKind.DELTA, types=model.types)

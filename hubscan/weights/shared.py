@@ -78,7 +78,7 @@ class SharedReads:
         entries = [dataclasses.replace(e, load=lambda e=e: self._load(e)) for e in self._entries]
         return WeightSet(files=list(self.ws.files), format=self.ws.format, entries=lambda: iter(entries),
                          missing=list(self.ws.missing), close=lambda: None, stats=self.ws.stats,
-                         config=self.ws.config)
+                         config=self.ws.config, types=self.ws.types)
 
     def views(self, n: int) -> list[WeightSet]:
         """``n`` views (:meth:`view`) that close the model once every one of them is closed: for readers
