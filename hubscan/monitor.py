@@ -178,10 +178,12 @@ class Monitor:
         """
         import torch
 
+        import hubscan
+
         if self.closed:
             raise RuntimeError("hubscan.monitor: this monitor is closed")
         with torch.no_grad():
-            result = _analyze(self.model, self.options)
+            result = hubscan.analyze(self.model, self.options)
         epoch = None if epoch is None else float(epoch)
         self._done.add(("step", int(step)))
         if epoch is not None and abs(epoch - round(epoch)) < 1e-6:
@@ -234,19 +236,6 @@ class Monitor:
                                                   "model_class": type(self.model).__name__}).to_pandas()
                   for s, e, res in self.results]
         return pd.concat(frames, ignore_index=True) if frames else rows_to_table([], TABLE).to_pandas()
-
-
-def _analyze(model, options) -> AnalysisResult:
-    """The model as it is in memory (TEMPORARY until the in-memory path lands: its state dict via a file)."""
-    import os
-    import tempfile
-
-    import hubscan
-    from safetensors.torch import save_file
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "model.safetensors")
-        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, path)
-        return hubscan.analyze(path, options)
 
 
 def _summary_names() -> tuple:

@@ -160,6 +160,7 @@ def test_transformers_trainer(tmp_path):
     _check(tmp_path / "ds", "hf", snaps, cb.monitor.options)
     rows = Dataset(str(tmp_path / "ds"), create=False).read("training").to_pylist()
     assert {r["epoch"] for r in rows if r["step"] == 6} == {1.0}
+    assert {r["typed_by"] for r in rows} == {"module"}  # analyzed in memory: typed by the owning module
     types = {r["name"]: r["layer_type"] for r in rows if r["step"] == 0 and r["status"] == "success"}
     assert types["bert.embeddings.word_embeddings.weight"] == "embedding"
     assert types["bert.encoder.layer.0.attention.self.query.weight"] == "dense"
