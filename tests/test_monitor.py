@@ -198,3 +198,29 @@ def test_lightning_trainer(tmp_path):
     _check(tmp_path / "ds", "pl", snaps, cb.monitor.options)
     rows = Dataset(str(tmp_path / "ds"), create=False).read("training").to_pylist()
     assert sorted({(r["step"], r["epoch"]) for r in rows}) == [(0, 0.0), (4, 1.0), (8, 2.0), (12, 3.0)]
+
+
+def test_report_draws_alpha_over_training(tmp_path):
+    from hubscan.report import alpha_over_training, build_report
+    model, (X, y) = _mlp(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with monitor.Monitor(model, tmp_path / "ds", every=4, unit="step", run_id="run-a") as mon:
+        for step in range(13):
+            if step:
+                loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            mon.step(step, step / 4)
+    df = mon.to_pandas()
+    fig = alpha_over_training(df)
+    lines = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "alpha-training"]
+    fitted = df[(df["status"] == "success") & df["alpha"].notna()]["name"].unique()
+    assert len(lines) == len(fitted) == 2  # 0.weight, 2.weight (4.weight: M = 4, too few eigenvalues)
+    first = df[(df["name"] == "0.weight")].sort_values("step")
+    assert list(lines[0].get_xdata()) == [0, 4, 8, 12]
+    assert list(lines[0].get_ydata()) == pytest.approx(first["alpha"].tolist(), rel=1e-12)
+    assert len(alpha_over_training(df, max_layers=1).axes[0].get_lines()) == 1 + 2  # 1 layer + 2 guides
+    page = build_report(str(tmp_path / "ds"), tmp_path / "r.html").read_text()
+    assert "Alpha during training" in page and "run-a" in page
+    assert page.count("alt=\"alpha per layer over training of run run-a\"") == 1
