@@ -15,11 +15,12 @@ float32 on the module's device (``precision="float32"``; any :class:`~hubscan.an
 registered option is a keyword: ``layers="dense,!*head*"``, ``traps=True``, ``mp_fit=False`` …). Before training
 (step 0) the callbacks analyze once, so a run's curves start at the initial weights.
 
-Where the rows go, each analysis's as soon as it is done:
+Where the rows go:
 
 * ``rows`` — the :class:`~hubscan.records.LayerRecord` s of every analysis, with ``step`` / ``epoch``, in memory;
 * ``dataset`` — the ``training`` Delta table of a hubscan dataset (:data:`hubscan.records.TRAINING_COLUMNS` +
-  the ``layers`` columns; ``hubscan report`` draws α per layer over training from it). The monitor holds the
+  the ``layers`` columns; ``hubscan report`` draws α per layer over training from it), committed at the first
+  analysis, then at most every ``flush_seconds`` (60) and at the end (:meth:`Monitor.flush`). The monitor holds the
   dataset's writer lease from its start to :meth:`Monitor.close` (README, "one writer at a time per dataset"):
   a dataset in use by a survey is refused before training starts, in one line naming the holder;
 * ``tensorboard`` — a log folder or a ``SummaryWriter``: scalars ``hubscan/<metric>/<layer>`` for each
@@ -36,6 +37,7 @@ import datetime as dt
 import logging
 import math
 import os
+import time
 import uuid
 from typing import Any
 
@@ -50,8 +52,8 @@ UNITS = ("step", "epoch")
 TABLE = "training"
 
 
-def _extra(package: str, extra: str, what: str) -> ImportError:
-    return ImportError(f"hubscan.monitor: {what} needs {package}: pip install 'hubscan[{extra}]'")
+def _missing(what: str, package: str, install: str) -> ImportError:
+    return ImportError(f"hubscan.monitor: {what} needs {package}: pip install {install}")
 
 
 def new_run_id() -> str:
@@ -86,6 +88,11 @@ class Monitor:
         Analysis settings (default: float32 on the module's device); ``**analyze_options`` override them.
     storage_options : dict, optional
         Filesystem options of ``dataset`` (:func:`hubscan.store.open_filesystem`).
+    flush_seconds : float
+        The rows are committed to ``dataset`` at the first analysis, then when an analysis ends at least this
+        long after the last commit, and at :meth:`close` (0: after every analysis). One Delta commit costs
+        about as much as analyzing a small model (README, "Alpha during training"); a crash loses at most
+        this long of rows.
 
     Attributes
     ----------
@@ -106,7 +113,8 @@ class Monitor:
 
     def __init__(self, model, dataset: str | None = None, *, every: int = 1, unit: str = "epoch", layers: str = "",
                  run_id: str | None = None, tensorboard=None, scalars: tuple = ("alpha",),
-                 options: AnalyzeOptions | None = None, storage_options: dict | None = None, **analyze_options):
+                 options: AnalyzeOptions | None = None, storage_options: dict | None = None,
+                 flush_seconds: float = 60.0, **analyze_options):
         import dataclasses
 
         from hubscan.esd.select import LayerFilter
@@ -124,6 +132,9 @@ class Monitor:
         self.results: list = []
         self._done: set = set()
         self.closed = False
+        self.flush_seconds = float(flush_seconds)
+        self._pending: list = []   # tables of rows not committed yet
+        self._flushed_at = None
         self._writer, self._own_writer = _summary_writer(tensorboard)
         self.dataset = self.lease = None
         if dataset is not None:
@@ -193,7 +204,9 @@ class Monitor:
         if self.dataset is not None:
             ident = {"run_id": self.run_id, "step": int(step), "epoch": epoch, "model_class": type(self.model).__name__,
                      "config_hash": self._config_hash, "analyzed_at": dt.datetime.now(dt.timezone.utc)}
-            self.dataset.write(TABLE, rows_to_table(result.rows, TABLE, ident))
+            self._pending.append(rows_to_table(result.rows, TABLE, ident))
+            if self._flushed_at is None or time.monotonic() - self._flushed_at >= self.flush_seconds:
+                self.flush()
         if self._writer is not None:
             self._tensorboard(int(step), result)
         return result
@@ -211,12 +224,36 @@ class Monitor:
                 self._writer.add_scalar(f"hubscan/{name}_mean", v, step)
         self._writer.flush()
 
+    def flush(self) -> None:
+        """Commit the rows not committed yet to the dataset's ``training`` table (one Delta commit).
+
+        Raises
+        ------
+        hubscan.errors.DatasetWriteError
+            The commit failed (the rows stay pending for the next flush).
+        hubscan.errors.DatasetBusyError
+            The lease was lost to another writer.
+        """
+        if self.dataset is None or not self._pending:
+            return
+        import pyarrow as pa
+
+        self.dataset.write(TABLE, pa.concat_tables(self._pending))
+        self._pending, self._flushed_at = [], time.monotonic()
+
     # -- the end ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Release the dataset's lease and close the TensorBoard writer it opened (idempotent)."""
+        """Commit the pending rows, release the dataset's lease, close the TensorBoard writer it opened
+        (idempotent)."""
         if self.closed:
             return
         self.closed = True
+        try:
+            self.flush()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
         if self.lease is not None:
             self.lease.release()
         if self._writer is not None and self._own_writer:
@@ -260,7 +297,7 @@ def _summary_writer(tensorboard) -> tuple[Any, bool]:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise _extra("tensorboard", "tensorboard", "TensorBoard scalars") from None
+        raise _missing("TensorBoard scalars", "tensorboard", "'hubscan[tensorboard]'") from None
     return SummaryWriter(str(tensorboard)), True
 
 
@@ -272,7 +309,7 @@ def _transformers_callback():
     try:
         from transformers import TrainerCallback
     except ImportError:
-        raise _extra("transformers", "transformers", "TransformersCallback") from None
+        raise _missing("TransformersCallback", "transformers", "transformers") from None
 
     class TransformersCallback(TrainerCallback):
         """A transformers ``TrainerCallback``: a :class:`Monitor` of the Trainer's model from the start of
@@ -304,7 +341,7 @@ def _lightning_callback():
     try:
         from lightning.pytorch import Callback
     except ImportError:
-        raise _extra("lightning", "lightning", "LightningCallback") from None
+        raise _missing("LightningCallback", "lightning", "'hubscan[lightning]'") from None
 
     class LightningCallback(Callback):
         """A Lightning ``Callback``: a :class:`Monitor` of the ``LightningModule`` from ``on_fit_start`` (step 0)

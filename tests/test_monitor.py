@@ -74,6 +74,8 @@ def test_plain_loop_writes_the_training_table_and_tensorboard(tmp_path):
             assert mon.step(step, epoch) is None  # once per epoch
         with pytest.raises(Exception, match="in use by hubscan training monitor plain"):
             Lease(Dataset(str(tmp_path / "ds")), "a-survey").acquire()
+        assert Dataset(str(tmp_path / "ds"), create=False).read("training", columns=["step"]).column(
+            "step").to_pylist() == [0] * 3  # the first analysis is committed; the others wait for flush_seconds
     assert sorted(snaps) == [0, 16, 32]  # epochs 0, 2, 4 (8 steps each)
     _check(tmp_path / "ds", "plain", snaps, mon.options)
     t = Dataset(str(tmp_path / "ds"), create=False).read("training").to_pylist()
@@ -204,7 +206,7 @@ def test_report_draws_alpha_over_training(tmp_path):
     from hubscan.report import alpha_over_training, build_report
     model, (X, y) = _mlp(), _data()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with monitor.Monitor(model, tmp_path / "ds", every=4, unit="step", run_id="run-a") as mon:
+    with monitor.Monitor(model, tmp_path / "ds", every=4, unit="step", run_id="run-a", flush_seconds=0) as mon:
         for step in range(13):
             if step:
                 loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
@@ -212,6 +214,9 @@ def test_report_draws_alpha_over_training(tmp_path):
                 loss.backward()
                 opt.step()
             mon.step(step, step / 4)
+            steps = set(Dataset(str(tmp_path / "ds"), create=False).read("training", columns=["step"])
+                        .column("step").to_pylist())
+            assert steps == set(range(0, step + 1, 4))  # flush_seconds=0: committed after every analysis
     df = mon.to_pandas()
     fig = alpha_over_training(df)
     lines = [ln for ln in fig.axes[0].get_lines() if ln.get_gid() == "alpha-training"]
