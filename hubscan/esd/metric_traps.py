@@ -141,29 +141,21 @@ def trap_mass(s: Spectrum) -> float | None:
     return t.mass if t else None
 
 
-@register_metric("rand_sigma_mp", "float64", "MP scale of the element-shuffled W's mean-1 rescaled ESD (WW's; --traps)",
-                 option="traps")
-def rand_sigma_mp(s: Spectrum) -> float | None:
-    t = _traps(s)
-    return t.mp.sigma_mp if t else None
+def _rand(name: str, field: str, description: str, eigenvalue: bool = False) -> None:
+    """Register the column ``name``: ``field`` of the shuffled ESD's MP fit (or of :class:`Traps`)."""
+    def compute(s: Spectrum) -> float | None:
+        t = _traps(s)
+        if t is None:
+            return None
+        v = getattr(t.mp, field) if hasattr(t.mp, field) else getattr(t, field)
+        return _units(s, v) if eigenvalue else v
+    compute.__name__ = name
+    register_metric(name, "float64", description + " (--traps)", option="traps")(compute)
 
 
-@register_metric("rand_lambda_plus", "float64", "MP bulk edge of the element-shuffled W's ESD, eigenvalue units "
-                 "(WW rand_bulk_max; --traps)", option="traps")
-def rand_lambda_plus(s: Spectrum) -> float | None:
-    t = _traps(s)
-    return _units(s, t.mp.lambda_plus) if t else None
-
-
-@register_metric("rand_mp_softrank", "float64", "rand_lambda_plus / largest shuffled eigenvalue (WW's; --traps)",
-                 option="traps")
-def rand_mp_softrank(s: Spectrum) -> float | None:
-    t = _traps(s)
-    return t.mp.mp_softrank if t else None
-
-
-@register_metric("rand_lambda_max", "float64", "largest eigenvalue of the element-shuffled W (WW max_rand_eval; "
-                 "--traps)", option="traps")
-def rand_lambda_max(s: Spectrum) -> float | None:
-    t = _traps(s)
-    return _units(s, t.lambda_max) if t else None
+_rand("rand_sigma_mp", "sigma_mp", "MP scale of the element-shuffled W's mean-1 rescaled ESD (WW's)")
+_rand("rand_lambda_plus", "lambda_plus", "MP bulk edge of the element-shuffled W's ESD, eigenvalue units "
+      "(WW rand_bulk_max)", eigenvalue=True)
+_rand("rand_mp_softrank", "mp_softrank", "rand_lambda_plus / largest shuffled eigenvalue (WW's)")
+_rand("rand_lambda_max", "lambda_max", "largest eigenvalue of the element-shuffled W (WW max_rand_eval)",
+      eigenvalue=True)

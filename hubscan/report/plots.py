@@ -229,6 +229,13 @@ def _successful(layers_df):
     return df[np.isfinite(alpha.to_numpy(dtype=float))]
 
 
+def _alpha_band(ax) -> None:
+    """The well-trained band OVER_TRAINED ≤ α ≤ UNDER_TRAINED, its edges as guide lines (``gid="guide"``)."""
+    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
+    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
+    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
+
+
 def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: str | None = None,
                    path: str | os.PathLike | None = None, dpi: int = 100, max_ticks: int = 30):
     """Per-layer α against the layer's position in the model, one line per model.
@@ -264,9 +271,7 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     model_ids = list(model_ids)
     fig = new_figure((10.0, 6.4))
     ax = fig.add_subplot()
-    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
-    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
-    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
+    _alpha_band(ax)
     top = 0.0
     names = None
     for color, mid in zip(_colors(len(model_ids)), model_ids):
@@ -345,9 +350,7 @@ def alpha_over_training(training_df, *, x: str = "step", max_layers: int = 20, t
         order = [order[i] for i in sorted(set(np.linspace(0, len(order) - 1, max_layers).round().astype(int)))]
     fig = new_figure((10.0, 6.0))
     ax = fig.add_subplot()
-    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
-    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
-    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
+    _alpha_band(ax)
     cmap = matplotlib.colormaps["viridis"]
     top = 0.0
     for i, key in enumerate(order):
