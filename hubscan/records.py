@@ -134,11 +134,18 @@ class Record(MutableMapping):
             it forgot to register) — never silently dropped.
         """
         metrics = getattr(self, "metrics", None)
+        names = [n for n, _, _ in self.metric_columns()]
         if metrics:
-            unknown = set(metrics) - {n for n, _, _ in self.metric_columns()}
+            unknown = set(metrics) - set(names)
             if unknown:
                 raise KeyError(f"{self.TABLE} record: {sorted(unknown)} are not registered metrics")
-        return {k: self[k] for k in self}
+        out = {}
+        for f in dataclasses.fields(self):  # the order of columns(), each column read once
+            if f.name == "metrics":
+                out.update((n, metrics.get(n)) for n in names)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 @dataclasses.dataclass(eq=False)
