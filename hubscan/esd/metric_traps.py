@@ -141,21 +141,18 @@ def trap_mass(s: Spectrum) -> float | None:
     return t.mass if t else None
 
 
-def _rand(name: str, field: str, description: str, eigenvalue: bool = False) -> None:
-    """Register the column ``name``: ``field`` of the shuffled ESD's MP fit (or of :class:`Traps`)."""
+def _rand(name: str, get, description: str, eigenvalue: bool = False) -> None:
+    """Register the column ``name``, ``get(traps)`` (in the units of W when ``eigenvalue``)."""
     def compute(s: Spectrum) -> float | None:
         t = _traps(s)
-        if t is None:
-            return None
-        v = getattr(t.mp, field) if hasattr(t.mp, field) else getattr(t, field)
-        return _units(s, v) if eigenvalue else v
+        return None if t is None else _units(s, get(t)) if eigenvalue else get(t)
     compute.__name__ = name
     register_metric(name, "float64", description + " (--traps)", option="traps")(compute)
 
 
-_rand("rand_sigma_mp", "sigma_mp", "MP scale of the element-shuffled W's mean-1 rescaled ESD (WW's)")
-_rand("rand_lambda_plus", "lambda_plus", "MP bulk edge of the element-shuffled W's ESD, eigenvalue units "
-      "(WW rand_bulk_max)", eigenvalue=True)
-_rand("rand_mp_softrank", "mp_softrank", "rand_lambda_plus / largest shuffled eigenvalue (WW's)")
-_rand("rand_lambda_max", "lambda_max", "largest eigenvalue of the element-shuffled W (WW max_rand_eval)",
+_rand("rand_sigma_mp", lambda t: t.mp.sigma_mp, "MP scale of the element-shuffled W's mean-1 rescaled ESD (WW's)")
+_rand("rand_lambda_plus", lambda t: t.mp.lambda_plus, "MP bulk edge of the element-shuffled W's ESD, eigenvalue "
+      "units (WW rand_bulk_max)", eigenvalue=True)
+_rand("rand_mp_softrank", lambda t: t.mp.mp_softrank, "rand_lambda_plus / largest shuffled eigenvalue (WW's)")
+_rand("rand_lambda_max", lambda t: t.lambda_max, "largest eigenvalue of the element-shuffled W (WW max_rand_eval)",
       eigenvalue=True)
