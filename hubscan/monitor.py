@@ -139,9 +139,14 @@ class Monitor:
         self.dataset = self.lease = None
         if dataset is not None:
             from hubscan.store import Dataset, Lease, config_hash
-            self.dataset = Dataset(os.fspath(dataset), **(storage_options or {}))
-            self.dataset.check_writable()
-            self.lease = Lease(self.dataset, self.run_id, operation="training monitor").acquire()
+            try:
+                self.dataset = Dataset(os.fspath(dataset), **(storage_options or {}))
+                self.dataset.check_writable()
+                self.lease = Lease(self.dataset, self.run_id, operation="training monitor").acquire()
+            except BaseException:
+                if self._writer is not None and self._own_writer:
+                    self._writer.close()
+                raise
             self._config_hash = config_hash(self.options)
 
     # -- when ------------------------------------------------------------------------------------
