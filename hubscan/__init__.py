@@ -5,6 +5,8 @@ Public API::
     import hubscan
     result = hubscan.analyze("path/to/model")        # AnalysisResult
     result.to_pandas(); result.summary
+    hubscan.analyze(model)                           # a torch / Keras model or state dict in memory
+    details = hubscan.WeightWatcher(model=model).analyze()   # WeightWatcher 0.7.7's interface
 """
 
 from importlib.metadata import PackageNotFoundError, version as _version
@@ -79,7 +81,10 @@ def __getattr__(name):  # lazy: `import hubscan` stays light (no torch import un
     if name in ("AnalyzeOptions", "AnalysisResult"):
         from hubscan import analysis as _analyze_mod
         return getattr(_analyze_mod, name)
+    if name == "WeightWatcher":  # WeightWatcher 0.7.7's interface (hubscan/ww.py)
+        from hubscan.ww import WeightWatcher
+        return WeightWatcher
     raise AttributeError(name)
 
 
-__all__ = ["analyze", "AnalyzeOptions", "AnalysisResult", "__version__"]
+__all__ = ["analyze", "AnalyzeOptions", "AnalysisResult", "WeightWatcher", "__version__"]

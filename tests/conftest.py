@@ -11,6 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 models in memory (tests/test_inmemory.py): the torch backend
 
 # CI (``.ci/run`` sets CI=1) draws the same Hypothesis examples every run, so a red CI is reproducible;
 # a local run explores new ones (a failure prints the example to pin with ``@example``).

@@ -44,6 +44,7 @@ ALLOWED = {
     "demo": _DATA | {"survey"},
     "publish": _MODEL | {"hub", "store"},          # a downstream room: the census on the Hub
     "monitor": _DATA,                              # a model in memory during training → the training table
+    "ww": _PIPELINE,                               # WeightWatcher's interface on hubscan.analyze's rooms
 }
 #: Packages the math room must never import (I/O, cluster, hub, dataset).
 NOT_IN_ESD = {"ray", "huggingface_hub", "pyarrow", "duckdb", "deltalake", "httpx", "requests", "fsspec",

@@ -54,9 +54,9 @@ import numpy as np
 import torch
 
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.modules import TensorKind, _module_kind, types_from_module
+from hubscan.weights.modules import TensorKind, module_kind, types_from_module
 
-__all__ = ["ACCEPTED", "in_memory", "open_object", "module_device"]
+__all__ = ["ACCEPTED", "in_memory", "is_keras", "open_object", "module_device"]
 
 #: What :func:`open_object` (and ``hubscan.analyze``) take from memory, as the TypeError says it.
 ACCEPTED = ("a torch.nn.Module, a state dict (mapping of str to torch.Tensor or numpy.ndarray), safetensors bytes "
@@ -66,19 +66,20 @@ ACCEPTED = ("a torch.nn.Module, a state dict (mapping of str to torch.Tensor or 
 PARAMETRIZED = "parametrized ({}): effective weight"
 
 
-def _is_keras(obj) -> bool:
+def is_keras(obj) -> bool:
+    """True for an object of a Keras (or tf.keras) class, checked without importing Keras."""
     root = type(obj).__module__.split(".")[0]
     return root in ("keras", "tf_keras") or (root == "tensorflow" and "keras" in type(obj).__module__)
 
 
 def in_memory(obj) -> bool:
     """True for an object :func:`open_object` reads (a module, a mapping, bytes, a Keras model)."""
-    return (isinstance(obj, (torch.nn.Module, Mapping, bytes, bytearray, memoryview)) or _is_keras(obj))
+    return (isinstance(obj, (torch.nn.Module, Mapping, bytes, bytearray, memoryview)) or is_keras(obj))
 
 
 def module_device(obj) -> str | None:
     """The device of a torch module's first tensor (``cuda:0`` …), None for other objects or CPU."""
-    if not isinstance(obj, torch.nn.Module) or _is_keras(obj):
+    if not isinstance(obj, torch.nn.Module) or is_keras(obj):
         return None
     t = next(iter(obj.state_dict(keep_vars=True).values()), None)
     return str(t.device) if t is not None and t.device.type not in ("cpu", "meta") else None
@@ -107,7 +108,7 @@ def open_object(obj) -> WeightSet:
     hubscan.errors.CorruptFileError
         Safetensors bytes whose header is malformed or does not fit the buffer.
     """
-    if _is_keras(obj):  # before torch: on the torch backend a Keras layer is a torch module too
+    if is_keras(obj):  # before torch: on the torch backend a Keras layer is a torch module too
         return _open_keras_model(obj)
     if isinstance(obj, torch.nn.Module):
         return _open_module(obj)
@@ -196,7 +197,7 @@ def _open_module(module: torch.nn.Module) -> WeightSet:
         seen.add(id(t))
         if name in effective:
             mod, attr, others, layout, load = effective[name]
-            kind = _module_kind(mod, attr)
+            kind = module_kind(mod, attr)
             if kind is not None:
                 types[name] = TensorKind(kind[0], type(mod).__name__, attr, kind[1], tuple(t.shape))
             entries.append(_entry(name, t, where, load, companions=others, layout=layout))
@@ -225,6 +226,11 @@ def _open_mapping(mapping: Mapping) -> WeightSet:
                 entries.append(TensorEntry(name, tuple(value.shape), f"numpy {value.dtype}", where,
                                            lambda: None, skip_reason=f"numpy dtype {value.dtype} (torch has none)",
                                            understood=False))
+                continue
+            except ValueError:  # negative strides (a reversed view): copied when read, not before
+                t = torch.from_numpy(np.empty(0, value.dtype))  # its dtype
+                entries.append(TensorEntry(name, tuple(value.shape), _dtype(t), where,
+                                           lambda v=value: torch.from_numpy(np.ascontiguousarray(v))))
                 continue
             entries.append(_entry(name, t, where))
         else:

@@ -47,7 +47,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["TensorKind", "ModuleMap", "types_from_module", "types_from_config", "module_map", "build_meta"]
+__all__ = ["TensorKind", "ModuleMap", "module_kind", "types_from_module", "types_from_config", "module_map", "build_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ def _bare_kind(owner: str, attr: str, shape: tuple) -> tuple[str, str]:
     return "parameter", ""
 
 
-def _module_kind(module: torch.nn.Module, attr: str) -> tuple[str, str] | None:
-    """(kind, role) of a standard module's tensor, or None when the module is not a standard one."""
+def module_kind(module: torch.nn.Module, attr: str) -> tuple[str, str] | None:
+    """(kind, role) of a standard module's tensor ``attr``, or None when the module is not a standard one
+    (or ``attr`` is not its weight)."""
     nn = torch.nn
     try:
         from transformers.pytorch_utils import Conv1D as HFConv1D
@@ -182,7 +183,7 @@ def types_from_module(module: torch.nn.Module) -> dict[str, TensorKind]:
             if is_buffer:
                 kind, role = "not_a_weight", "buffer"
             else:
-                kind, role = _module_kind(owner, owner_attr) or _bare_kind(cls, owner_attr, shape)
+                kind, role = module_kind(owner, owner_attr) or _bare_kind(cls, owner_attr, shape)
             out[full] = TensorKind(kind, cls, owner_attr, role, shape)
     return out
 
