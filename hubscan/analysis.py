@@ -8,6 +8,7 @@ One bad layer never stops the others: its row gets ``status = RowStatus.FAILED``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -418,15 +419,17 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
     mp = None
     if options.mp_fit and esd.evals[-1] > 0:
         mp = fit_mp(esd.evals, plan.N, plan.M)
-    rand_evals = None
-    if options.randomize:
+    @functools.cache
+    def shuffled() -> np.ndarray:  # one seeded shuffle per layer: rand_distance and any metric that asks
         gen = torch.Generator().manual_seed(options.seed)
         flat = slices.reshape(-1)
-        shuffled = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
-        rand_evals = compute_esd(shuffled, plan.eig_scale, device=device, method=options.method,
-                                 precision=options.precision).evals
-    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=rand_evals, slices=slices,
-                                options=options, tensor=tensor, part=plan.part)
+        mixed = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
+        return compute_esd(mixed, plan.eig_scale, device=device, method=options.method,
+                           precision=options.precision).evals
+
+    row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=shuffled() if options.randomize
+                                else None, slices=slices, options=options, tensor=tensor, part=plan.part,
+                                shuffled=shuffled, N=plan.N, M=plan.M)
     row.eig_method = esd.method
     # the spectrum is measured (norms, rank, lambda_max): the row succeeds; without a fit its alpha is null
     # with the reason (rank collapse, all eigenvalues equal …), and it enters no mean (metrics.summarize)

@@ -134,11 +134,18 @@ class Record(MutableMapping):
             it forgot to register) — never silently dropped.
         """
         metrics = getattr(self, "metrics", None)
+        names = [n for n, _, _ in self.metric_columns()]
         if metrics:
-            unknown = set(metrics) - {n for n, _, _ in self.metric_columns()}
+            unknown = set(metrics) - set(names)
             if unknown:
                 raise KeyError(f"{self.TABLE} record: {sorted(unknown)} are not registered metrics")
-        return {k: self[k] for k in self}
+        out = {}
+        for f in dataclasses.fields(self):  # the order of columns(), each column read once
+            if f.name == "metrics":
+                out.update((n, metrics.get(n)) for n in names)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
 
 
 @dataclasses.dataclass(eq=False)
@@ -357,12 +364,25 @@ DELTA_PAIR_COLUMNS = (
 )
 
 
+#: The identity of one analysis of a model during training that precedes its layer columns in the ``training``
+#: table (:mod:`hubscan.monitor`: every N steps or epochs, the model in memory, one row per matrix).
+TRAINING_COLUMNS = (
+    ("run_id", "string", "the training run (hubscan.monitor's run_id: given, or UTC time + random suffix)"),
+    ("step", "int64", "optimizer steps done when the weights were analyzed (0: before training)"),
+    ("epoch", "float64", "epochs done when the weights were analyzed (fractional within an epoch)"),
+    ("model_class", "string", "class of the module analyzed"),
+    ("config_hash", "string", "hash of the analysis settings"),
+    ("analyzed_at", "timestamp", "when the weights were analyzed"),
+)
+
+
 def table_columns(table: str) -> list[tuple[str, str, str]]:
     """(name, dtype, description) of every column of a dataset table, in order.
 
     ``layers`` and ``esd`` rows are a :class:`LayerRecord` / :class:`EsdRecord` preceded by the
     model's identity (and, for layers, the survey id), ``deltas`` rows a :class:`LayerRecord` preceded by
-    :data:`DELTA_PAIR_COLUMNS`; ``analysis`` is a :class:`LayerRecord` alone
+    :data:`DELTA_PAIR_COLUMNS`, ``training`` rows one preceded by :data:`TRAINING_COLUMNS`; ``analysis`` is a
+    :class:`LayerRecord` alone
     (what ``hubscan analyze --out`` writes).
 
     Raises
@@ -378,6 +398,8 @@ def table_columns(table: str) -> list[tuple[str, str, str]]:
         return list(IDENTITY_COLUMNS) + EsdRecord.columns()
     if table == "deltas":
         return list(DELTA_PAIR_COLUMNS) + LayerRecord.columns()
+    if table == "training":
+        return list(TRAINING_COLUMNS) + LayerRecord.columns()
     return RECORDS[table].columns()
 
 

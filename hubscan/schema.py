@@ -60,7 +60,7 @@ _cache: dict[str, tuple[int, pa.Schema]] = {}
 
 def table_schema(table: str) -> pa.Schema:
     """The Arrow schema of a table: ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``,
-    ``lineage``, ``deltas``, or
+    ``lineage``, ``deltas``, ``training``, or
     ``analysis`` (one model's layer rows without identity, as ``hubscan analyze --out`` writes).
 
     Raises
@@ -82,7 +82,7 @@ def table_schema(table: str) -> pa.Schema:
 class _Tables(Mapping):
     """table name → current schema (a live view of :func:`table_schema`)."""
 
-    _NAMES = ("models", "layers", "esd", "surveys", "accuracy", "lineage", "deltas")
+    _NAMES = ("models", "layers", "esd", "surveys", "accuracy", "lineage", "deltas", "training")
 
     def __getitem__(self, table: str) -> pa.Schema:
         if table not in self._NAMES:
@@ -101,7 +101,7 @@ TABLES = _Tables()
 
 _CONSTANTS = {"LAYER_SCHEMA": "analysis", "DATASET_LAYER_SCHEMA": "layers", "MODEL_SCHEMA": "models",
               "ESD_SCHEMA": "esd", "SURVEY_SCHEMA": "surveys", "ACCURACY_SCHEMA": "accuracy",
-              "LINEAGE_SCHEMA": "lineage", "DELTAS_SCHEMA": "deltas"}
+              "LINEAGE_SCHEMA": "lineage", "DELTAS_SCHEMA": "deltas", "TRAINING_SCHEMA": "training"}
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@ Layout::
     DATASET/esd/       eigenvalues per matrix (float32 list)          partitioned by source
     DATASET/accuracy/  reported accuracy (:mod:`hubscan.accuracy`)   partitioned by source
     DATASET/surveys/   one row per survey run
+    DATASET/training/  one row per matrix per analysis of a model during training (:mod:`hubscan.monitor`)
 
 Each folder is a Delta table: Parquet data files plus a ``_delta_log`` of JSON commits. Its schema
 (with every column's description and ``hubscan.schema_version``) comes from :mod:`hubscan.schema`;
@@ -71,7 +72,7 @@ log = logging.getLogger(__name__)
 
 #: Partition columns of each table.
 PARTITION_BY = {"models": ["source"], "layers": ["source"], "esd": ["source"], "accuracy": ["source"], "surveys": [],
-                "lineage": [], "deltas": ["source"]}
+                "lineage": [], "deltas": ["source"], "training": []}
 #: Hours a removed file is kept by vacuum (Delta's default, 7 days): readers of an older snapshot
 #: and ``--as-of`` of versions no survey recorded keep working that long.
 DEFAULT_RETENTION_HOURS = 168
@@ -423,7 +424,7 @@ class Dataset:
         ------
         hubscan.errors.DatasetNotFoundError
         """
-        if not any(self._present(t) for t in ("models", "layers", "accuracy", "surveys")):
+        if not any(self._present(t) for t in ("models", "layers", "accuracy", "surveys", "training")):
             from hubscan.errors import DatasetNotFoundError
             hint = " (a schema-v1 dataset: convert it with `hubscan migrate`)" if self._is_v1() else \
                 " (run `hubscan survey` first)"

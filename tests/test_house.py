@@ -43,6 +43,7 @@ ALLOWED = {
     "experiments": _DATA | {"survey", "correlate", "report", "demo"},  # demo: the digits it trains on
     "demo": _DATA | {"survey"},
     "publish": _MODEL | {"hub", "store"},          # a downstream room: the census on the Hub
+    "monitor": _DATA,                              # a model in memory during training → the training table
     "ww": _PIPELINE,                               # WeightWatcher's interface on hubscan.analyze's rooms
 }
 #: Packages the math room must never import (I/O, cluster, hub, dataset).

@@ -55,6 +55,10 @@ class Spectrum:
         Whether the analysis asked for the MP fit (distinguishes "not asked" from "all zero").
     rand_evals : ndarray of float64, shape (M·rf,), or None
         Eigenvalues of the element-shuffled W (``randomize`` option), else None.
+    shuffled : callable () -> ndarray of float64, shape (M·rf,), or None
+        The same eigenvalues on demand, whatever ``randomize`` says (one seeded shuffle per layer, computed
+        on the first call and shared with ``rand_distance``): for metrics of the randomized ESD behind an
+        option of their own (``traps``). None where the analysis provides no slices.
     N, M : int
         Rows and columns of each slice, N ≥ M.
     slices : torch.Tensor, shape (rf, N, M), or None
@@ -73,6 +77,7 @@ class Spectrum:
     mp: Any = None
     mp_fit: bool = True
     rand_evals: Any = None
+    shuffled: Callable[[], Any] | None = None
     N: int = 0
     M: int = 0
     slices: Any = None

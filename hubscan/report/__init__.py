@@ -8,6 +8,7 @@ Plots (:mod:`hubscan.report.plots`)::
 
     accuracy_vs_metric(df, metric, accuracy="top1", group="family")
     alpha_vs_depth(layers_df, model_ids)
+    alpha_over_training(training_df)       # a run of hubscan.monitor
     esd_loglog(evals, fit)
     tau_heatmap(corr_df)
     alpha_histogram(layers_df)
@@ -22,6 +23,7 @@ from hubscan.report.html import build_report
 from hubscan.report.plots import (
     METRIC_LABELS,
     accuracy_vs_metric,
+    alpha_over_training,
     alpha_histogram,
     alpha_vs_depth,
     esd_loglog,
@@ -29,5 +31,5 @@ from hubscan.report.plots import (
     tau_heatmap,
 )
 
-__all__ = ["accuracy_vs_metric", "alpha_vs_depth", "esd_loglog", "tau_heatmap", "alpha_histogram",
+__all__ = ["accuracy_vs_metric", "alpha_vs_depth", "alpha_over_training", "esd_loglog", "tau_heatmap", "alpha_histogram",
            "plot_model", "build_report", "METRIC_LABELS"]

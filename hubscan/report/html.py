@@ -12,7 +12,8 @@ models with their reasons and the reasons layers were skipped, the distribution 
 against HTSR metrics (correlation table, one scatter per metric with per-group and overall fit
 lines, Kendall τ heat map — or a note saying there is no accuracy data), the layer-α histogram,
 α vs depth of a few models (layer names on the axis), the ESDs of a few layers with their fits,
-and the layers with the lowest and the highest α; with a ``lineage`` table, the model tree
+and the layers with the lowest and the highest α; with a ``training`` table (:mod:`hubscan.monitor`), the
+monitored runs and α per layer over training; with a ``lineage`` table, the model tree
 (:mod:`hubscan.report.tree`).
 """
 
@@ -404,6 +405,28 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
     return out
 
 
+def _training_section(con, have, runs: int) -> list[str]:
+    """With a ``training`` table (:mod:`hubscan.monitor`): its runs, and α per layer over training of the
+    latest ``runs`` of them."""
+    if "training" not in have:
+        return []
+    table = con.execute("""
+        SELECT run_id, any_value(model_class) AS model, count(DISTINCT step) AS analyses, min(step) AS first_step,
+               max(step) AS last_step, max(epoch) AS last_epoch, min(analyzed_at) AS started,
+               max(analyzed_at) AS last_analysis
+        FROM training GROUP BY run_id ORDER BY last_analysis DESC""").df()
+    out = ["<h2 id='training'>Alpha during training</h2>",
+           f"<p>{len(table)} training run(s) monitored (<code>hubscan.monitor</code>): every analysis of the model "
+           "in memory, one row per layer.</p>" + html_table(table, formats={"last_epoch": ".2f"})]
+    for i, run in enumerate(table["run_id"].head(max(0, runs))):
+        df = con.execute("""SELECT step, epoch, layer_id, name, part, status, alpha FROM training
+                            WHERE run_id = ?""", [run]).df()
+        out.append(f"<h3 id='training-{i + 1}'>α per layer over training: {escape_html(run)}</h3>"
+                   + embed_figure(plots.alpha_over_training(df, title=f"α per layer over training ({run})"),
+                                  f"alpha per layer over training of run {run}"))
+    return out
+
+
 def _esd_plots(con, keys: list[str], count: int) -> list[str]:
     fallback = con.execute("SELECT DISTINCT model_key FROM esd ORDER BY 1 LIMIT 1").fetchall()
     candidates = list(dict.fromkeys(keys + [r[0] for r in fallback]))
@@ -452,7 +475,8 @@ def _toc(sections: list[str]) -> str:
 def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "top1", benchmark: str | None = None,
                  group_by: str = "family", models_for_depth: int = 3, corr=None, joined=None, esd_layers: int = 4,
                  worst_layers: int = 20, title: str = "hubscan survey report",
-                 storage_options: dict | None = None, progress=None, model_rows: int = 1000) -> Path:
+                 storage_options: dict | None = None, progress=None, model_rows: int = 1000,
+                 training_runs: int = 3) -> Path:
     """Write a self-contained HTML report of a survey dataset.
 
     Parameters
@@ -486,6 +510,9 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
         Rows of each of the lowest-α and highest-α layers tables.
     model_rows : int
         Rows of the per-model table at most (the lowest mean α first).
+    training_runs : int
+        With a ``training`` table (:mod:`hubscan.monitor`): the latest runs that get a plot of α per layer
+        over training.
     title : str
         Page title.
     storage_options : dict, optional
@@ -532,6 +559,7 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     sections += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
     step("layer plots")
     sections += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
+    sections += _training_section(con, have, training_runs)
     from hubscan.report.tree import tree_section
     sections += tree_section(con, have)
     con.close()

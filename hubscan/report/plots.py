@@ -229,6 +229,13 @@ def _successful(layers_df):
     return df[np.isfinite(alpha.to_numpy(dtype=float))]
 
 
+def _alpha_band(ax) -> None:
+    """The well-trained band OVER_TRAINED ≤ α ≤ UNDER_TRAINED, its edges as guide lines (``gid="guide"``)."""
+    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
+    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
+    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
+
+
 def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: str | None = None,
                    path: str | os.PathLike | None = None, dpi: int = 100, max_ticks: int = 30):
     """Per-layer α against the layer's position in the model, one line per model.
@@ -264,9 +271,7 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     model_ids = list(model_ids)
     fig = new_figure((10.0, 6.4))
     ax = fig.add_subplot()
-    ax.axhspan(OVER_TRAINED, UNDER_TRAINED, color="tab:green", alpha=0.06, zorder=0)
-    ax.axhline(OVER_TRAINED, gid="guide", **GUIDE_STYLE)
-    ax.axhline(UNDER_TRAINED, gid="guide", **GUIDE_STYLE)
+    _alpha_band(ax)
     top = 0.0
     names = None
     for color, mid in zip(_colors(len(model_ids)), model_ids):
@@ -304,6 +309,67 @@ def alpha_vs_depth(layers_df, model_ids: Iterable[str] | None = None, *, title: 
     if model_ids:
         legend_outside(ax)
     if not len(df) or top == 0.0:
+        _no_data(ax, "no successfully fitted layer")
+    _save(fig, path, dpi)
+    return fig
+
+
+def alpha_over_training(training_df, *, x: str = "step", max_layers: int = 20, title: str | None = None,
+                        path: str | os.PathLike | None = None, dpi: int = 100):
+    """Per-layer α over training, one line per layer (the ``training`` table of :mod:`hubscan.monitor`).
+
+    Parameters
+    ----------
+    training_df : pandas.DataFrame
+        ``training`` rows of one run: ``step``, ``epoch``, ``name``, optionally ``part``, ``layer_id``,
+        ``status``, and ``alpha``. Only rows with ``status == "success"`` and a finite α are drawn.
+    x : {"step", "epoch"}
+        The horizontal axis.
+    max_layers : int
+        At most this many layers are drawn: all when there are no more, else that many spread evenly over the
+        model's depth (file order), the first and the last included.
+    title : str, optional
+    path : path, optional
+        Where to save the PNG.
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One line (``gid="alpha-training"``) per layer, its points the analyses in order of ``x``, colored by
+        depth (viridis: first layer dark, last yellow); the α = 2 and α = 6 guides have ``gid="guide"``; the
+        y axis is logarithmic when some α exceeds 15. The legend names the layers (``layer_id: name``).
+    """
+    import matplotlib
+
+    df = _successful(training_df)
+    df = df.assign(key=[_key(r) for r in df.to_dict("records")])
+    order = (df.sort_values([c for c in ("layer_id", "part") if c in df.columns], kind="stable")["key"]
+             .drop_duplicates().tolist())
+    if len(order) > max_layers:
+        order = [order[i] for i in sorted(set(np.linspace(0, len(order) - 1, max_layers).round().astype(int)))]
+    fig = new_figure((10.0, 6.0))
+    ax = fig.add_subplot()
+    _alpha_band(ax)
+    cmap = matplotlib.colormaps["viridis"]
+    top = 0.0
+    for i, key in enumerate(order):
+        sub = df[df["key"] == key].sort_values(x, kind="stable")
+        a = sub["alpha"].to_numpy(dtype=float)
+        top = max(top, float(a.max()))
+        lid = sub["layer_id"].iloc[0] if "layer_id" in sub.columns else None
+        ax.plot(sub[x].to_numpy(dtype=float), a, marker="o", markersize=3, linewidth=1.2, gid="alpha-training",
+                color=cmap(i / max(1, len(order) - 1)),
+                label=(f"{int(lid)}: " if lid is not None and lid == lid else "") + short_label(key, 34))
+    if top > 15:
+        ax.set_yscale("log")
+    ax.set_xlabel({"step": "optimizer steps", "epoch": "epochs"}.get(x, x))
+    ax.set_ylabel("α (power-law exponent of the layer's ESD tail)")
+    ax.set_title(title or "α per layer over training", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    if order:
+        legend_outside(ax, small=len(order) > 10)
+    else:
         _no_data(ax, "no successfully fitted layer")
     _save(fig, path, dpi)
     return fig
