@@ -302,6 +302,23 @@ def _pooled(ev: torch.Tensor, rank_per_slice: torch.Tensor, N: int, eig_scale: f
 BATCH_MAX_LAYERS = 32
 BATCH_MAX_ELEMS = 8 * 1024 * 1024
 BATCH_MAX_LAYER_ELEMS = 1024 * 1024
+#: On CUDA (:func:`batch_limits`): layers of up to 64M elements (an 11008 × 4096 MLP matrix is 45M) in
+#: batches of up to 256M elements (their float64 copy: 2 GiB of device memory), grouped by shape over a
+#: window of :data:`BATCH_WINDOW` tensors, not only consecutive ones.
+CUDA_BATCH_MAX_ELEMS = 256 * 1024 * 1024
+CUDA_BATCH_MAX_LAYER_ELEMS = 64 * 1024 * 1024
+#: Tensors :func:`hubscan.analysis.analyze_entries` looks over for same-shape layers on CUDA (a 7B
+#: transformer: 7 matrices a block, so about 9 blocks' q, k, v, o … batched together).
+BATCH_WINDOW = 64
+
+
+def batch_limits(device: torch.device) -> tuple[int, int, int, bool]:
+    """(layers per batch, elements per batch, elements per layer, group by shape over a window) for
+    ``device``: small same-shape runs on CPU (where a batched call saves only per-call overhead), large
+    shape groups on CUDA (where it also fills the device)."""
+    if device.type == "cuda":
+        return BATCH_MAX_LAYERS, CUDA_BATCH_MAX_ELEMS, CUDA_BATCH_MAX_LAYER_ELEMS, True
+    return BATCH_MAX_LAYERS, BATCH_MAX_ELEMS, BATCH_MAX_LAYER_ELEMS, False
 
 
 def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
@@ -388,15 +405,8 @@ def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
 
 def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", precision: str = "float64",
                           chunk: int = 8) -> list[np.ndarray]:
-    """Eigenvalues of X = WᵀW for many same-shape matrices, in batched ``eigvalsh`` calls.
-
-    For a GPU, the per-call overhead of ``eigvalsh`` (cuSOLVER ``syevjBatched`` / ``syevd``) and the
-    host-to-device copies dominate small and mid-size layers; stacking the Gram matrices of
-    same-shape layers (q/k/v/o, the MLP projections, experts) into one (B, M, M) call amortises it.
-    On CUDA, each matrix is copied from pinned host memory on a side stream while the previous one's
-    Gram product runs on the compute stream (copy/compute overlap); on CPU the same code runs without
-    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` batches small
-    same-shape layers with :func:`compute_esds` (without the streams).
+    """Eigenvalues of X = WᵀW for many same-shape matrices: :func:`compute_esds` on ``chunk`` of them at a
+    time, each copied to the device by :func:`stage` (pinned host memory, a copy stream on CUDA).
 
     Parameters
     ----------
@@ -407,12 +417,13 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     precision : {"float64", "float32"}
         Arithmetic of the Gram product and eigvalsh.
     chunk : int
-        Matrices per batched call (bounds device memory at chunk·M² elements plus one W).
+        Matrices per batched call (bounds device memory at chunk·M² elements plus the chunk's W).
 
     Returns
     -------
     list of ndarray of float64, each shape (M,)
-        Ascending, clipped at 0, in the order of ``mats`` (no eig_scale, no rank bookkeeping).
+        Ascending, clipped at 0, in the order of ``mats`` (no eig_scale, no rank bookkeeping); a matrix
+        out of range is decomposed alone (:func:`compute_esd` rescales it).
 
     Raises
     ------
@@ -421,44 +432,130 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     NonFiniteError
         A matrix holds NaN or inf.
     """
-    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
-    if dtype is None:
-        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
     mats = list(mats)
-    if not mats:
-        return []
-    shape = tuple(mats[0].shape)
-    if any(tuple(m.shape) != shape or m.dim() != 2 for m in mats):
+    if any(m.dim() != 2 or m.shape != mats[0].shape for m in mats):
         raise ValueError("batched eigenvalues need 2-D matrices of one shape")
     dev = resolve_device(device)
-    cuda = dev.type == "cuda"
-    copy_stream = torch.cuda.Stream(device=dev) if cuda else None
     out: list[np.ndarray] = []
-
-    def to_device(W: torch.Tensor) -> torch.Tensor:
-        if not cuda:
-            return W
-        src = W if W.device.type == "cuda" or W.is_pinned() else W.pin_memory()
-        with torch.cuda.stream(copy_stream):
-            return src.to(dev, non_blocking=True)
-
     for start in range(0, len(mats), chunk):
-        group = mats[start:start + chunk]
-        grams = []
-        nxt = to_device(group[0])
-        for i in range(len(group)):
-            cur = nxt
-            if cuda:
-                torch.cuda.current_stream(dev).wait_stream(copy_stream)
-                cur.record_stream(torch.cuda.current_stream(dev))
-            if i + 1 < len(group):
-                nxt = to_device(group[i + 1])      # the next copy overlaps this Gram product
-            grams.append(_gram(cur, dev, dtype))
-            del cur
-        G = torch.stack(grams)
-        del grams
-        _check_gram_finite(G)
-        ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)
-        del G
-        out.extend(e.to("cpu", torch.float64).numpy() for e in ev)
+        group = [stage(m, dev) for m in mats[start:start + chunk]]
+        for W, esd in zip(group, compute_esds(group, device=dev, precision=precision)):
+            out.append((esd or compute_esd(W, device=dev, precision=precision)).evals)
     return out
+
+
+class _Copies(threading.local):
+    """This thread's CUDA copy stream per device (the prefetch thread's, in :func:`stage`)."""
+
+    streams: dict
+
+
+_copies = _Copies()
+
+
+def stage(tensor: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    """``tensor`` on ``device``, ready: on CUDA copied from pinned (page-locked) host memory on this thread's
+    copy stream, which this thread then waits for — called in the prefetch thread
+    (:func:`hubscan.analysis.analyze_entries`), the copy of the next layer overlaps the current one's
+    decomposition on the compute stream. On CPU (or for a tensor already there) it is returned as is.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        Any shape and dtype, on the host (or already on ``device``).
+    device : str or torch.device or None
+        As :func:`compute_esd`.
+
+    Returns
+    -------
+    torch.Tensor
+        The same values, dtype and shape on ``device``. A CUDA result was allocated on the copy stream: the
+        consumer's stream must not free it early; :func:`compute_esd` / :func:`compute_esds` only read it,
+        and the caching allocator keeps its block until Python drops the tensor after the stream is synced.
+
+    Raises
+    ------
+    ValueError
+        CUDA requested but absent.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cuda" or tensor.device == dev:
+        return tensor
+    streams = getattr(_copies, "streams", None)
+    if streams is None:
+        streams = _copies.streams = {}
+    stream = streams.get(dev)
+    if stream is None:
+        stream = streams[dev] = torch.cuda.Stream(device=dev)
+    src = tensor if tensor.is_pinned() else tensor.contiguous().pin_memory()
+    with torch.cuda.stream(stream):
+        out = src.to(dev, non_blocking=True)
+    stream.synchronize()  # this (prefetch) thread waits; the compute stream never does
+    return out
+
+
+#: The eigh backends :func:`choose_eigh_backend` times (``torch.backends.cuda.preferred_linalg_library``).
+EIGH_BACKENDS = ("cusolver", "magma")
+
+
+def fastest_backend(seconds: dict) -> str:
+    """The backend with the smallest finite time in ``seconds`` ({name: seconds}); the first of
+    :data:`EIGH_BACKENDS` present when none finished (a failed backend is timed as inf).
+
+    Raises
+    ------
+    ValueError
+        ``seconds`` is empty.
+    """
+    if not seconds:
+        raise ValueError("no eigh backend was timed")
+    finite = {k: v for k, v in seconds.items() if math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else next(iter(seconds))
+
+
+def choose_eigh_backend(device: str | torch.device | None, *, size: int = 256, batch: int = 8,
+                        reps: int = 3) -> dict:
+    """Measure ``torch.linalg.eigvalsh`` under each CUDA linear-algebra backend on a small float64 batch and
+    keep the faster (``torch.backends.cuda.preferred_linalg_library``): torch 2.11+ CUDA 13 builds have been
+    reported 30–130× slower in eigh than older builds (pytorch issue 183806), so the choice is measured on
+    the machine, at actor start, not assumed.
+
+    Parameters
+    ----------
+    device : str or torch.device or None
+        A CPU device chooses nothing (LAPACK).
+    size, batch, reps : int
+        The batch timed: ``batch`` symmetric ``size`` × ``size`` matrices, best of ``reps`` after a warm-up.
+
+    Returns
+    -------
+    dict
+        ``backend`` (kept: ``cusolver`` / ``magma``, or ``lapack`` on CPU) and ``seconds``
+        ({backend: best seconds}, inf for a backend that failed).
+    """
+    import time
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return {"backend": "lapack", "seconds": {}}
+    g = torch.Generator(device=dev).manual_seed(0)
+    A = torch.randn(batch, size, size, generator=g, device=dev, dtype=torch.float64)
+    A = A @ A.transpose(-1, -2)
+    seconds = {}
+    for name in EIGH_BACKENDS:
+        try:
+            torch.backends.cuda.preferred_linalg_library(name)
+            torch.linalg.eigvalsh(A)
+            torch.cuda.synchronize(dev)
+            best = math.inf
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                torch.linalg.eigvalsh(A)
+                torch.cuda.synchronize(dev)
+                best = min(best, time.perf_counter() - t0)
+            seconds[name] = best
+        except RuntimeError:  # a build without MAGMA
+            seconds[name] = math.inf
+    backend = fastest_backend(seconds)
+    torch.backends.cuda.preferred_linalg_library(backend)
+    return {"backend": backend, "seconds": seconds}
