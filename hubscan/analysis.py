@@ -22,7 +22,7 @@ from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
-from hubscan.esd.precision import FLOAT32_DEVICES, PrecisionCheck, check_precision
+from hubscan.esd.precision import PrecisionCheck, check_precision
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.esd.registry import options as metric_options
@@ -286,8 +286,6 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         layer of its shape (:mod:`hubscan.esd.precision`); ``slices()`` gives the layer's slices."""
         if options.precision != "auto":
             return options.precision, None
-        if device.type not in FLOAT32_DEVICES:
-            return "float64", None
         key = (plan.rf, plan.N, plan.M)
         if key not in checks:
             try:
