@@ -25,6 +25,7 @@ from hubscan.esd.mp import fit_mp
 from hubscan.esd.precision import PrecisionCheck, check_precision
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
+from hubscan.esd.registry import OPTIONS
 from hubscan.esd.registry import options as metric_options
 from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
@@ -142,10 +143,13 @@ class AnalyzeOptions:
     def __getattr__(self, name: str):  # only for names that are not fields: the registered options
         if name.startswith("_") or name == "metric_options":
             raise AttributeError(name)
-        registered = metric_options()
-        if name not in registered:
+        for given, value in self.metric_options:  # the few not at their default (every metric asks: no copies)
+            if given == name:
+                return value
+        option = OPTIONS.get(name) or metric_options().get(name)  # (loaded by __init__; a plugin's since)
+        if option is None:
             raise AttributeError(f"{type(self).__name__} has no option {name!r}")
-        return dict(self.metric_options).get(name, registered[name].default)
+        return option.default
 
     def to_dict(self) -> dict:
         """Every option, the registered ones included, name → value (JSON-able; what a survey records)."""
