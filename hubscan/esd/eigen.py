@@ -496,9 +496,9 @@ def stage(tensor: torch.Tensor, device: str | torch.device | None) -> torch.Tens
     Returns
     -------
     torch.Tensor
-        The same values, dtype and shape on ``device``. A CUDA result was allocated on the copy stream: the
-        consumer's stream must not free it early; :func:`compute_esd` / :func:`compute_esds` only read it,
-        and the caching allocator keeps its block until Python drops the tensor after the stream is synced.
+        The same values, dtype and shape on ``device``. A CUDA result is allocated on the copy stream and
+        recorded on the device's default stream (where hubscan computes), so the caching allocator does not
+        hand its block to the next copy before the decomposition that reads it has run.
 
     Raises
     ------
@@ -518,6 +518,7 @@ def stage(tensor: torch.Tensor, device: str | torch.device | None) -> torch.Tens
     with torch.cuda.stream(stream):
         out = src.to(dev, non_blocking=True)
     stream.synchronize()  # this (prefetch) thread waits; the compute stream never does
+    out.record_stream(torch.cuda.default_stream(dev))  # its block is not reused while the compute stream reads it
     return out
 
 
