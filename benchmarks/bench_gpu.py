@@ -1,28 +1,32 @@
 #!/usr/bin/env python
-"""Batched eigenvalues of a 7B-shaped stack of heavy-tailed layers: seconds per matrix kind, CPU vs GPU alphas.
+"""A 7B-shaped stack of heavy-tailed layers through hubscan's production path on a device: seconds per matrix
+kind, one layer at a time vs shape-grouped batches, float64 vs ``--precision auto``, device vs CPU alphas.
 
 Usage::
 
-    python benchmarks/bench_gpu.py                      # full size: needs a CUDA device (≤ 5 min on one GPU)
-    python benchmarks/bench_gpu.py --scale 16 --blocks 2 --device cpu   # reduced, CPU (what CI runs)
+    python benchmarks/bench_gpu.py                      # full size: needs a CUDA device (part of device_check.sh)
+    python benchmarks/bench_gpu.py --scale 32 --blocks 2 --device cpu --threads 1   # reduced, CPU (CI)
 
 The stack (Llama-2-7B's shapes): ``--blocks`` (32) transformer blocks of 4 attention matrices
 4096 × 4096 (q, k, v, o) and 3 MLP matrices 11008 × 4096 (gate, up, down), plus one 32000 × 4096
 embedding; every dimension divided by ``--scale``. Entries are Student-t(ν = 3) (heavy-tailed, as the
-JMLR 2021 ensembles), generated block by block on the host in float32 (the model is never held whole).
+JMLR 2021 ensembles), generated on ``--device`` (fast on a GPU) and held on the host in float32, as a
+reader hands them over; the tensors are offered in a checkpoint's order (names sorted, as safetensors
+stores them), so same-shape layers of different blocks are apart.
 
-Per matrix kind (attn, mlp, embed) the script times:
+Timed, each after one warm-up on a small stack (``time.perf_counter``, ``torch.cuda.synchronize()``):
 
-* ``per-matrix``: hubscan's :func:`hubscan.esd.eigen.compute_esd`, one call per layer (what
-  ``hubscan analyze`` does today), on ``--device``;
-* ``batched``: :func:`hubscan.esd.eigen.gram_eigvalsh_batched`, the block's same-shape layers in one
-  eigvalsh call, copies from pinned memory overlapped with the Gram products (CUDA);
-* the same batched call in float32 (``--precision`` of the fast mode), with max |Δalpha| against float64.
+* ``production float64``: :func:`hubscan.analysis.analyze_entries` with default options on ``--device``
+  (prefetch thread with pinned host→device copies, shape-grouped batched eigvalsh, power-law and MP fits,
+  every metric); per kind the sum of the rows' ``seconds``;
+* ``one-at-a-time``: the same with one layer per eigvalsh call (``eigen.BATCH_MAX_LAYERS = 1``) — the path
+  before shape batching;
+* ``production auto``: the same with ``precision="auto"`` (float32 on CUDA where the float64 check of one
+  layer per shape allows it), with max |Δalpha| against production float64 and the precision each shape got.
 
-"end to end" = generation excluded, host→device copies, Gram, eigvalsh, power-law fits included.
-CPU vs device alphas: for the first block, alphas of every layer computed on CPU float64 and on the
-device (float64 and float32); the max |Δalpha| is printed. Timings: ``time.perf_counter`` after
-``torch.cuda.synchronize()``; one warm-up call per kind.
+CPU vs device alphas: the first block's layers and the embedding on CPU float64 (``compute_esd``) against
+production float64 on the device. Output lines are ``key: value`` (``benchmarks/device_check.sh`` and
+``tests/test_bench_gpu.py`` read them).
 """
 
 from __future__ import annotations
@@ -31,19 +35,25 @@ import argparse
 import os
 import time
 
-import numpy as np
 import torch
 
 
-def _layers(blocks: int, scale: int, seed: int):
-    """Yield (kind, [host float32 tensors]) block by block."""
-    d, f, v = 4096 // scale, 11008 // scale, 32000 // scale
-    t = torch.distributions.StudentT(3.0)
+def _names(blocks: int) -> list[tuple[str, str, int, int, int]]:
+    """(name, kind, rows, cols, seed) of every matrix, in a checkpoint's (sorted) order; full-size shapes."""
+    out = [("model.embed_tokens.weight", "embed", 32000, 4096, 0)]
+    for b in range(blocks):
+        for j, p in enumerate(("q_proj", "k_proj", "v_proj", "o_proj")):
+            out.append((f"model.layers.{b}.self_attn.{p}.weight", "attn", 4096, 4096, 1 + 7 * b + j))
+        for j, (p, r, c) in enumerate((("gate_proj", 11008, 4096), ("up_proj", 11008, 4096),
+                                       ("down_proj", 4096, 11008))):
+            out.append((f"model.layers.{b}.mlp.{p}.weight", "mlp", r, c, 5 + 7 * b + j))
+    return sorted(out)
+
+
+def _generate(rows: int, cols: int, seed: int, device: torch.device) -> torch.Tensor:
+    """A Student-t(3) float32 matrix made on ``device``, returned on the host."""
     torch.manual_seed(seed)
-    for _ in range(blocks):
-        yield "attn", [t.sample((d, d)) for _ in range(4)]
-        yield "mlp", [t.sample((f, d)) for _ in range(3)]
-    yield "embed", [t.sample((v, d))]
+    return (torch.distributions.StudentT(torch.tensor(3.0, device=device)).sample((rows, cols)) * 0.02).to("cpu")
 
 
 def _sync(device: torch.device) -> None:
@@ -54,67 +64,80 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=32)
-    ap.add_argument("--scale", type=int, default=1, help="divide every dimension by this (CI: 16)")
+    ap.add_argument("--scale", type=int, default=1, help="divide every dimension by this (CI: 32)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    ap.add_argument("--chunk", type=int, default=8, help="matrices per batched eigvalsh call")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from hubscan.esd.eigen import compute_esd, gram_eigvalsh_batched, resolve_device
+    from hubscan.analysis import AnalyzeOptions, analyze_entries
+    from hubscan.esd import eigen
+    from hubscan.esd.eigen import choose_eigh_backend, compute_esd, resolve_device
     from hubscan.esd.powerlaw import fit_powerlaw
+    from hubscan.weights.base import TensorEntry
 
     device = resolve_device(args.device)
+    batch_max = eigen.BATCH_MAX_LAYERS
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({args.threads} threads)"
-    print(f"device {name}; blocks {args.blocks}, scale 1/{args.scale}, chunk {args.chunk}")
-    warm = [torch.randn(64, 32) for _ in range(2)]
-    compute_esd(warm[0], device=device)
-    gram_eigvalsh_batched(warm, device=device)
-    gram_eigvalsh_batched(warm, device=device, precision="float32")
+    print(f"device: {name}; torch {torch.__version__}; blocks {args.blocks}, scale 1/{args.scale}")
+    backend = choose_eigh_backend(device)
+    print("eigh backend: " + backend["backend"] + "".join(f"; {k} {v * 1e3:.2f} ms" for k, v in
+                                                           backend["seconds"].items()))
+    t = time.perf_counter()
+    specs = [(n, k, max(1, r // args.scale), max(1, c // args.scale), s) for n, k, r, c, s in _names(args.blocks)]
+    host = {n: _generate(r, c, s, device) for n, _, r, c, s in specs}
+    kind = {n: k for n, k, *_ in specs}
+    print(f"generated: {len(specs)} matrices, {sum(w.numel() for w in host.values()) / 1e9:.2f} G elements, "
+          f"{time.perf_counter() - t:.1f} s")
 
-    secs = {}   # (kind, mode) -> seconds
-    count = {}
-    worst32 = 0.0
-    cpu_vs_dev = None
-    t_all = time.perf_counter()
-    for i, (kind, mats) in enumerate(_layers(args.blocks, args.scale, args.seed)):
-        count[kind] = count.get(kind, 0) + len(mats)
+    def entries(mats):
+        return [TensorEntry(n, tuple(w.shape), "float32", "<bench>", (lambda w=w: w)) for n, w in mats.items()]
+
+    def production(mats, precision):
+        rows = [r for r, _ in analyze_entries(entries(mats), AnalyzeOptions(device=str(device), precision=precision))]
+        bad = [(r.name, r.reason) for r in rows if r.status != "success"]
+        assert not bad, bad
+        return rows
+
+    warm = {n: w[:64, :48].contiguous() for n, w in list(host.items())[:9]}
+    for p in ("float64", "auto"):
+        production(warm, p)
+
+    secs: dict = {}
+    rows, wall = {}, {}
+    for mode in ("one", "float64", "auto"):
+        eigen.BATCH_MAX_LAYERS = 1 if mode == "one" else batch_max  # one layer per eigvalsh call
         _sync(device)
         t = time.perf_counter()
-        per = [fit_powerlaw(compute_esd(W, device=device).evals).alpha for W in mats]
+        rows[mode] = production(host, "float64" if mode == "one" else mode)
         _sync(device)
-        secs[kind, "per-matrix"] = secs.get((kind, "per-matrix"), 0.0) + time.perf_counter() - t
-        for prec in ("float64", "float32"):
-            _sync(device)
-            t = time.perf_counter()
-            alphas = [fit_powerlaw(ev).alpha for ev in gram_eigvalsh_batched(mats, device=device, precision=prec,
-                                                                               chunk=args.chunk)]
-            _sync(device)
-            secs[kind, f"batched {prec}"] = secs.get((kind, f"batched {prec}"), 0.0) + time.perf_counter() - t
-            if prec == "float64":
-                a64 = alphas
-            else:
-                worst32 = max(worst32, max(abs(a - b) for a, b in zip(alphas, a64)))
-        if i < 2 and device.type != "cpu":   # first block: CPU float64 reference
-            cpu = [fit_powerlaw(compute_esd(W, device="cpu").evals).alpha for W in mats]
-            d = max(max(abs(a - b) for a, b in zip(cpu, per)), max(abs(a - b) for a, b in zip(cpu, a64)))
-            cpu_vs_dev = d if cpu_vs_dev is None else max(cpu_vs_dev, d)
-        assert np.allclose(per, a64, rtol=0, atol=1e-6), (kind, per, a64)
-    total = time.perf_counter() - t_all
-    print(f"{'kind':6} {'n':>4} {'shape':>12} " + " ".join(f"{m:>18}" for m in
-                                                         ("per-matrix s", "batched f64 s", "batched f32 s")))
-    d, f, v = 4096 // args.scale, 11008 // args.scale, 32000 // args.scale
-    shapes = {"attn": f"{d}x{d}", "mlp": f"{f}x{d}", "embed": f"{v}x{d}"}
-    for kind in ("attn", "mlp", "embed"):
-        print(f"{kind:6} {count[kind]:>4} {shapes[kind]:>12} " + " ".join(
-            f"{secs[kind, m]:>18.2f}" for m in ("per-matrix", "batched float64", "batched float32")))
-    tot = {m: sum(secs[k, m] for k in ("attn", "mlp", "embed")) for m in ("per-matrix", "batched float64",
-                                                                            "batched float32")}
-    print(f"{'total':6} {sum(count.values()):>4} {'':>12} " + " ".join(f"{tot[m]:>18.2f}" for m in tot))
-    print(f"end to end (all modes, incl. generation): {total:.1f} s")
-    print(f"max |alpha(batched float32) - alpha(batched float64)| = {worst32:.2e}")
-    print("max |alpha(device) - alpha(CPU float64)| over the first block = "
-          + (f"{cpu_vs_dev:.2e}" if cpu_vs_dev is not None else "n/a (device is the CPU)"))
+        wall[mode] = time.perf_counter() - t
+        for r in rows[mode]:
+            secs[kind[r.name], mode] = secs.get((kind[r.name], mode), 0.0) + r.seconds
+    eigen.BATCH_MAX_LAYERS = batch_max
+    one = {r.name: r.metrics["alpha"] for r in rows["one"]}
+    a64 = {r.name: r.metrics["alpha"] for r in rows["float64"]}
+    auto = {r.name: r.metrics["alpha"] for r in rows["auto"]}
+    f32 = sorted({f"{r.N}x{r.M}" for r in rows["auto"] if "float32 eigenvalues" in r.reason})
+
+    count = {k: sum(v == k for v in kind.values()) for k in ("attn", "mlp", "embed")}
+    shape = {k: "/".join(sorted({"x".join(map(str, host[n].shape)) for n in host if kind[n] == k}))
+             for k in count}
+    print(f"{'kind':6} {'n':>4} {'shape':>20} {'one-at-a-time s':>16} {'production f64 s':>17} "
+          f"{'production auto s':>18}")
+    for k in ("attn", "mlp", "embed"):
+        print(f"{k:6} {count[k]:>4} {shape[k]:>20} {secs[k, 'one']:>16.3f} {secs[k, 'float64']:>17.3f} "
+              f"{secs[k, 'auto']:>18.3f}")
+    print(f"{'total':6} {len(host):>4} {'':>20} {wall['one']:>16.3f} {wall['float64']:>17.3f} {wall['auto']:>18.3f}")
+    print(f"speedup production float64 vs one-at-a-time: {wall['one'] / wall['float64']:.2f}x")
+    print(f"speedup production auto vs production float64: {wall['float64'] / wall['auto']:.2f}x")
+    print("max |alpha(production float64) - alpha(one-at-a-time)|: "
+          f"{max(abs(a64[n] - one[n]) for n in host):.2e}")
+    print(f"max |alpha(auto) - alpha(float64)|: {max(abs(auto[n] - a64[n]) for n in host):.2e}")
+    print(f"auto float32 shapes: {', '.join(f32) or 'none'}")
+    first = [n for n in host if ".layers.0." in n or kind[n] == "embed"]
+    cpu = {n: fit_powerlaw(compute_esd(host[n], device="cpu").evals).alpha for n in first}
+    print(f"max |alpha(device float64) - alpha(CPU float64)| over block 0 + embed: "
+          f"{max(abs(cpu[n] - a64[n]) for n in first):.2e}")
 
 
 if __name__ == "__main__":

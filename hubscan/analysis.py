@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
 import math
 import time
@@ -22,8 +23,10 @@ from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
+from hubscan.esd.precision import PrecisionCheck, check_precision
 from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
+from hubscan.esd.registry import OPTIONS
 from hubscan.esd.registry import options as metric_options
 from hubscan.records import EsdRecord, LayerRecord, ModelStatus, RowStatus
 from hubscan.refs import ModelRef
@@ -70,7 +73,8 @@ class AnalyzeOptions:
     method : str
         Eigenvalue method, ``gram`` (default) or ``svd`` (:mod:`hubscan.esd.eigen`).
     precision : str
-        ``float64`` (default) or ``float32``.
+        ``float64`` (default), ``float32``, or ``auto``: float32 on CUDA for the shapes where a float64
+        check of one layer gives |Δalpha| ≤ 1e-4, float64 elsewhere (:mod:`hubscan.esd.precision`).
     evals_thresh : float
         Eigenvalues ≤ this are left out of the power-law fit (WW: 1e-5).
     fix_fingers : str
@@ -143,10 +147,13 @@ class AnalyzeOptions:
     def __getattr__(self, name: str):  # only for names that are not fields: the registered options
         if name.startswith("_") or name == "metric_options":
             raise AttributeError(name)
-        registered = metric_options()
-        if name not in registered:
+        for given, value in self.metric_options:  # the few not at their default (every metric asks: no copies)
+            if given == name:
+                return value
+        option = OPTIONS.get(name) or metric_options().get(name)  # (loaded by __init__; a plugin's since)
+        if option is None:
             raise AttributeError(f"{type(self).__name__} has no option {name!r}")
-        return dict(self.metric_options).get(name, registered[name].default)
+        return option.default
 
     def to_dict(self) -> dict:
         """Every option, the registered ones included, name → value (JSON-able; what a survey records)."""
@@ -223,7 +230,10 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     """Analyze tensors one at a time — or, for runs of consecutive small layers of one shape (q/k/v/o, the
     blocks of a model, experts stored apart), a few at a time: their eigenvalues in one batched call
     (:func:`hubscan.esd.eigen.compute_esds`, equal to the one-at-a-time path to rounding), their fits one
-    by one.
+    by one. On CUDA (:func:`hubscan.esd.eigen.batch_limits`) the batches are larger and formed by shape
+    over a window of tensors, each tensor is copied to the device from pinned memory in the prefetch
+    thread (:func:`hubscan.esd.eigen.stage`), and ``precision="auto"`` decomposes in float32 the shapes
+    whose float64 check allows it (:mod:`hubscan.esd.precision`).
 
     Parameters
     ----------
@@ -234,8 +244,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         Every tensor's shape, for RNN gate detection when ``split_fused``.
     prefetch : bool
         Read the next analyzable tensor (or batch) in a background thread while the current one is
-        decomposed (overlaps network / disk reads with compute; at most two tensors, or two batches of
-        at most :data:`hubscan.esd.eigen.BATCH_MAX_ELEMS` elements, are held).
+        decomposed (overlaps network / disk reads and host→device copies with compute; at most two
+        tensors, or two batches within :func:`hubscan.esd.eigen.batch_limits`, are held).
     unread : list, optional
         Receives (name, reason) of each tensor skipped because its layout is not one hubscan recognises
         (a plan with ``understood=False``): the caller marks the model ``incomplete``.
@@ -246,8 +256,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     Yields
     ------
     (LayerRecord, evals)
-        One per matrix (1-D tensors yield nothing): the layer's record, and the eigenvalues
-        (float64, ascending) or None when skipped / failed.
+        One per matrix (1-D tensors yield nothing), in tensor order: the layer's record, and the
+        eigenvalues (float64, ascending) or None when skipped / failed.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -276,22 +286,39 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                          for p in plans]
             yield layer_id, entry, plans, kind.module if kind else None
 
+    max_layers, max_elems, max_layer_elems, by_shape = eigen.batch_limits(device)
+    checks: dict = {}  # (rf, N, M) -> PrecisionCheck, under --precision auto
+
+    def precision_of(plan, slices) -> tuple[str, PrecisionCheck | None]:
+        """The precision of a plan's decomposition: the option's, or under ``auto`` the check of the first
+        layer of its shape (:mod:`hubscan.esd.precision`); ``slices()`` gives the layer's slices."""
+        if options.precision != "auto":
+            return options.precision, None
+        key = (plan.rf, plan.N, plan.M)
+        if key not in checks:
+            try:
+                checks[key] = check_precision(slices(), plan.eig_scale, device=device, method=options.method,
+                                              evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
+                                              layer=plan.name)
+            except Exception:  # noqa: BLE001 - e.g. NaN weights: the layer's own row says so
+                return "float64", None
+        return checks[key].precision, checks[key]
+
     def batch_key(item):
         """Items with one key are decomposed together: one small plan each, same shapes, the gram method."""
         _, entry, plans, _ = item
         if (len(plans) != 1 or plans[0].skip_reason is not None or options.method != "gram"
-                or getattr(entry, "rank", 0) or math.prod(entry.shape) > eigen.BATCH_MAX_LAYER_ELEMS):
+                or getattr(entry, "rank", 0) or math.prod(entry.shape) > max_layer_elems):
             return None
         p = plans[0]
         return tuple(entry.shape), p.rf, p.N, p.M, p.eig_scale
 
-    def grouped(items):
-        """Consecutive items of one batch key (up to BATCH_MAX_LAYERS / BATCH_MAX_ELEMS), others alone."""
+    def consecutive(items):
+        """Consecutive items of one batch key (up to max_layers / max_elems), others alone."""
         group, key, size = [], None, 0
         for item in items:
             k, n = batch_key(item), math.prod(item[1].shape)
-            if group and (k is None or k != key or len(group) >= eigen.BATCH_MAX_LAYERS
-                          or size + n > eigen.BATCH_MAX_ELEMS):
+            if group and (k is None or k != key or len(group) >= max_layers or size + n > max_elems):
                 yield group
                 group, size = [], 0
             if k is None:
@@ -301,17 +328,35 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         if group:
             yield group
 
+    def grouped(items):
+        """(window, group): on CPU each group of :func:`consecutive` is its own window; on CUDA
+        (``by_shape``) the items of a window of BATCH_WINDOW tensors are ordered by batch key (first
+        appearance; unbatchable ones keep their place) before grouping, so a model's same-shape layers
+        are batched although other shapes come between them. Rows are yielded in tensor order per window."""
+        if not by_shape:
+            for w, group in enumerate(consecutive(items)):
+                yield w, group
+            return
+        items, w = iter(items), 0
+        while window := list(itertools.islice(items, eigen.BATCH_WINDOW)):
+            first: dict = {}
+            order = [first.setdefault(k, i) if (k := batch_key(it)) is not None else i for i, it in enumerate(window)]
+            for group in consecutive([it for _, it in sorted(zip(order, window), key=lambda x: x[0])]):
+                yield w, group
+            w += 1
+
     def loader(pool, entry, plans) -> Future | None:
         if not any(p.skip_reason is None for p in plans):
             return None
+        load = (lambda: eigen.stage(entry.load(), device)) if device.type == "cuda" else entry.load
         if pool is None:
             fut: Future = Future()
             try:
-                fut.set_result(entry.load())
+                fut.set_result(load())
             except Exception as exc:  # noqa: BLE001 - reported on the layer's row
                 fut.set_exception(exc)
             return fut
-        return pool.submit(entry.load)
+        return pool.submit(load)
 
     def once(fut):
         """The tensor a future reads, read on first use (never for an entry whose plans are all skipped)."""
@@ -323,8 +368,9 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             return held[0]
         return get
 
-    def analyzed(layer_id, entry, plan, module_type, tensor, esd=None, shared=0.0):
-        """(row, evals) of one plan; ``tensor()`` reads the tensor, ``esd`` is its batched ESD if any."""
+    def analyzed(layer_id, entry, plan, module_type, tensor, esd=None, shared=0.0, check=None):
+        """(row, evals) of one plan; ``tensor()`` reads the tensor, ``esd`` is its batched ESD if any, ``check``
+        the ``auto`` precision check it was decomposed under (else it is found here)."""
         row = _base_row(layer_id, entry, plan, device, module_type)
         if plan.skip_reason is not None:
             if not plan.understood and unread is not None:
@@ -332,7 +378,14 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
             return row, None
         t0 = time.perf_counter()
         try:
-            evals = _analyze_plan(plan, tensor(), options, device, row, rank=getattr(entry, "rank", 0), esd=esd)
+            if esd is None:
+                precision, check = precision_of(plan, lambda: plan.extract(tensor()))
+            else:
+                precision = esd.precision
+            evals = _analyze_plan(plan, tensor(), options, device, row, rank=getattr(entry, "rank", 0), esd=esd,
+                                  precision=precision)
+            if check is not None and precision == "float32":
+                row.reason = "; ".join(r for r in (row.reason, check.note()) if r)
             row.update(getattr(entry, "extras", {}))  # base-model distances
         except SkippedTensor as exc:  # e.g. a tied twin, found equal once read
             row.update(status=RowStatus.SKIPPED, reason=exc.reason, layer_type="skipped", N=None, M=None, Q=None,
@@ -346,7 +399,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         return row, evals
 
     def batched_esds(group, futs):
-        """The group's ESDs in one call (None where a layer is decomposed alone: unreadable, out of range)."""
+        """The group's ESDs in one call (None where a layer is decomposed alone: unreadable, out of range),
+        and the ``auto`` check they were decomposed under."""
         t0 = time.perf_counter()
         stacks = []
         for (_, _, plans, _), fut in zip(group, futs):
@@ -354,36 +408,52 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
                 stacks.append(plans[0].extract(fut.result()))
             except Exception:  # noqa: BLE001 - raised again, on the layer's own row
                 stacks.append(None)
-        esds = [None] * len(group)
+        esds, check = [None] * len(group), None
         good = [i for i, st in enumerate(stacks) if st is not None]
         if len(good) > 1:
+            plan = group[good[0]][2][0]
+            precision, check = precision_of(plan, lambda: stacks[good[0]])
             try:
-                for i, esd in zip(good, eigen.compute_esds([stacks[i] for i in good], group[0][2][0].eig_scale,
-                                                            device=device, precision=options.precision)):
+                for i, esd in zip(good, eigen.compute_esds([stacks[i] for i in good], plan.eig_scale,
+                                                            device=device, precision=precision)):
                     esds[i] = esd
             except Exception as exc:  # noqa: BLE001 - e.g. memory: each layer alone instead
                 log.warning("batched eigenvalues failed (%s): one layer at a time", _one_line(exc))
-        return esds, (time.perf_counter() - t0) / len(group)
+        return esds, check, (time.perf_counter() - t0) / len(group)
+
+    def window_rows(group, futs):
+        """The group's (row, evals), one or several plans per item."""
+        if len(group) > 1:
+            esds, check, shared = batched_esds(group, futs)
+            for (layer_id, entry, plans, module_type), fut, esd in zip(group, futs, esds):
+                yield analyzed(layer_id, entry, plans[0], module_type, fut.result, esd, shared,
+                               check if esd is not None else None)
+            return
+        (layer_id, entry, plans, module_type), tensor = group[0], once(futs[0])
+        for plan in plans:
+            yield analyzed(layer_id, entry, plan, module_type, tensor)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="hubscan-prefetch") if prefetch else None
     try:
         groups = grouped(planned())
         nxt = next(groups, None)
-        pending = [loader(pool, e, p) for _, e, p, _ in nxt] if nxt and pool else None
+        pending = [loader(pool, e, p) for _, e, p, _ in nxt[1]] if nxt and pool else None
+        held, held_window = [], None  # a window's rows, yielded in tensor order when it ends
         while nxt is not None:
-            group = nxt
+            w, group = nxt
             futs = pending if pool else [loader(None, e, p) for _, e, p, _ in group]
             nxt = next(groups, None)
-            pending = [loader(pool, e, p) for _, e, p, _ in nxt] if nxt and pool else None
-            if len(group) > 1:
-                esds, shared = batched_esds(group, futs)
-                for (layer_id, entry, plans, module_type), fut, esd in zip(group, futs, esds):
-                    yield analyzed(layer_id, entry, plans[0], module_type, fut.result, esd, shared)
+            pending = [loader(pool, e, p) for _, e, p, _ in nxt[1]] if nxt and pool else None
+            if not by_shape:
+                yield from window_rows(group, futs)
                 continue
-            (layer_id, entry, plans, module_type), tensor = group[0], once(futs[0])
-            for plan in plans:
-                yield analyzed(layer_id, entry, plan, module_type, tensor)
-            del tensor, futs
+            if held and w != held_window:
+                yield from sorted(held, key=lambda r: r[0].layer_id)
+                held = []
+            held_window = w
+            held.extend(window_rows(group, futs))
+            del futs
+        yield from sorted(held, key=lambda r: r[0].layer_id)  # stable: a tensor's plans stay in order
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -404,10 +474,10 @@ def _base_row(layer_id: int, entry: TensorEntry, plan: LayerPlan, device, module
 
 
 def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions, device,
-                  row: LayerRecord, rank: int = 0, esd=None) -> np.ndarray:
+                  row: LayerRecord, rank: int = 0, esd=None, precision: str = "float64") -> np.ndarray:
     slices = plan.extract(tensor)
     if esd is None:  # else decomposed in a batch (analyze_entries)
-        esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=options.precision)
+        esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=precision)
     if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
         esd = top_eigenvalues(esd, rank, plan.N)
     if esd.scale_exp:  # eigenvalues in units of 4^k (hubscan.esd.eigen, "Range"): the absolute threshold too
@@ -425,7 +495,7 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         flat = slices.reshape(-1)
         mixed = flat[torch.randperm(flat.numel(), generator=gen)].reshape(slices.shape)
         return compute_esd(mixed, plan.eig_scale, device=device, method=options.method,
-                           precision=options.precision).evals
+                           precision=esd.precision).evals
 
     row.metrics = layer_metrics(esd, fit, mp, mp_fit=options.mp_fit, rand_evals=shuffled() if options.randomize
                                 else None, slices=slices, options=options, tensor=tensor, part=plan.part,

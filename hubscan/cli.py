@@ -201,7 +201,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", type=_device, help="cpu | cuda | cuda:N | auto (default: cpu)")
     g.add_argument("--method", default="gram", choices=["gram", "svd"],
                    help="eigenvalues from the Gram matrix WᵀW (fast, default) or from the SVD of W")
-    g.add_argument("--precision", default="float64", choices=["float64", "float32"])
+    g.add_argument("--precision", default="float64", choices=["float64", "float32", "auto"],
+                   help="eigenvalue arithmetic (default float64); auto: float32 on CUDA where a float64 check "
+                        "of one layer per shape gives |Δalpha| ≤ 1e-4")
     g.add_argument("--fix-fingers", default="none", choices=["none", "xmin_peak", "clip_xmax"],
                    help="WeightWatcher's fix_fingers options (default: none)")
     g.add_argument("--tpl", action="store_true", help="also fit a truncated power law (column Lambda)")

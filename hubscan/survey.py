@@ -455,6 +455,7 @@ class _Worker:
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
                  plugins: tuple = ()):
         import torch
+        from hubscan.esd.eigen import choose_eigh_backend, resolve_device
         from hubscan.registry import load_plugins
         load_plugins(plugins)  # sources, readers, metrics … registered outside hubscan, here too
         if threads:
@@ -463,6 +464,12 @@ class _Worker:
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
         install_http_client(self.client.timeout)  # the actor is an entry point: its process, its HTTP client
+        self.eigh_backend = None
+        if resolve_device(options.device).type == "cuda":  # the faster eigh backend on this GPU, measured
+            self.eigh_backend = choose_eigh_backend(options.device)
+            log.warning("analysis actor %d: eigh backend %s (eigvalsh of 8 × 256² float64: %s)", os.getpid(),
+                        self.eigh_backend["backend"], ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in
+                                                                 self.eigh_backend["seconds"].items()))
         _warm_up(options)
 
     def pid(self) -> int:

@@ -3,8 +3,8 @@
 Method (chosen by measurement, ``benchmarks/bench_analyze.py``)
 ----------------------------------------------------------------
 ``gram`` (default): X = WᵀW (M × M, M = min(rows, cols)) accumulated in float64 over row chunks
-of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once), then
-``torch.linalg.eigvalsh`` (LAPACK ``syevd`` / cuSOLVER) in float64. It does the floor's arithmetic
+of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once; on CPU its lower triangle
+only, :data:`GRAM_BLOCKS`), then ``torch.linalg.eigvalsh`` (LAPACK ``syevd`` / cuSOLVER) in float64. It does the floor's arithmetic
 (``eigvalsh(W.T @ W)``) and is 2.5–4× faster than WW's ``scipy.linalg.svd`` of W.
 
 ``svd``: ``torch.linalg.svdvals`` of W in float64, eigenvalues = σ². WW's arithmetic; slower.
@@ -147,22 +147,49 @@ def _stacked(stacks: Sequence[torch.Tensor], device: torch.device, dtype: torch.
     return out
 
 
+#: On CPU, Gram matrices of at least GRAM_BLOCK_MIN columns are formed as their lower triangle only, in
+#: GRAM_BLOCKS column blocks: k(k+1)/2 block products, (k+1)/(2k) of the full product's flops (the BLAS
+#: ``syrk`` saving, which torch does not expose). ``torch.linalg.eigvalsh`` reads the lower triangle only
+#: (UPLO="L"), so the strict upper triangle is left 0. Each entry is the same dot product as in the full
+#: product (k = 2: bitwise equal on MiniLM's shapes, MKL; k = 3: within 1e-16 relative); measured, one
+#: thread: 30522×384 125 → 92 ms, 1536×384 6.0 → 4.0 ms, 384² 1.5 → 1.0 ms. Below the threshold (and on
+#: CUDA, where the eigensolver dominates) the full product.
+GRAM_BLOCKS = 3
+GRAM_BLOCK_MIN = 192
+
+
+def _gram_into(C: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
+    """X = CᵀC for C of shape (length, m) or (batch, length, m) (a transposed view for wide matrices: no
+    copy), added to ``G`` when given (2-D only, shape (m, m)); on CPU for m ≥ GRAM_BLOCK_MIN only the lower
+    triangle (above)."""
+    m = C.shape[-1]
+    if C.device.type != "cpu" or m < GRAM_BLOCK_MIN:
+        return C.mT @ C if G is None else G.addmm_(C.T, C)
+    if G is None:
+        G = torch.zeros(*C.shape[:-2], m, m, dtype=C.dtype, device=C.device)
+    e = [m * i // GRAM_BLOCKS for i in range(GRAM_BLOCKS + 1)]
+    for a, b in zip(e, e[1:]):  # column block a:b of the lower triangle: rows a:m
+        if C.dim() == 2:
+            G[a:, a:b].addmm_(C[:, a:].T, C[:, a:b])
+        else:
+            G[:, a:, a:b] = C[:, :, a:].mT @ C[:, :, a:b]  # (G is new: nothing to add to)
+    return G
+
+
 def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks."""
+    """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks (on CPU its
+    lower triangle only: :func:`_gram_into`)."""
     rows, cols = S.shape
     tall = rows >= cols
     m, length = (cols, rows) if tall else (rows, cols)
     step = max(1, CHUNK_ELEMS // m)
     if step >= length:  # one chunk
         C = _converted(S, device, dtype)
-        return C.T @ C if tall else C @ C.T
+        return _gram_into(C if tall else C.T)
     G = torch.zeros(m, m, dtype=dtype, device=device)
     for start in range(0, length, step):
         C = _converted(S[start:start + step] if tall else S[:, start:start + step], device, dtype)
-        if tall:
-            G.addmm_(C.T, C)
-        else:
-            G.addmm_(C, C.T)
+        _gram_into(C if tall else C.T, G)
     return G
 
 
@@ -247,7 +274,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
             if rf == 1:
                 return _gram(src[0], dev, dtype).unsqueeze(0)
             S = src.to(device=dev, dtype=dtype)
-            return S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+            return _gram_into(S if rows >= cols else S.mT)
 
         G = gram(slices)
         if _out_of_range(float(torch.diagonal(G, dim1=-2, dim2=-1).max()), M, dtype):  # NaN too
@@ -302,6 +329,23 @@ def _pooled(ev: torch.Tensor, rank_per_slice: torch.Tensor, N: int, eig_scale: f
 BATCH_MAX_LAYERS = 32
 BATCH_MAX_ELEMS = 8 * 1024 * 1024
 BATCH_MAX_LAYER_ELEMS = 1024 * 1024
+#: On CUDA (:func:`batch_limits`): layers of up to 64M elements (an 11008 × 4096 MLP matrix is 45M) in
+#: batches of up to 256M elements (their float64 copy: 2 GiB of device memory), grouped by shape over a
+#: window of :data:`BATCH_WINDOW` tensors, not only consecutive ones.
+CUDA_BATCH_MAX_ELEMS = 256 * 1024 * 1024
+CUDA_BATCH_MAX_LAYER_ELEMS = 64 * 1024 * 1024
+#: Tensors :func:`hubscan.analysis.analyze_entries` looks over for same-shape layers on CUDA (a 7B
+#: transformer: 7 matrices a block, so about 9 blocks' q, k, v, o … batched together).
+BATCH_WINDOW = 64
+
+
+def batch_limits(device: torch.device) -> tuple[int, int, int, bool]:
+    """(layers per batch, elements per batch, elements per layer, group by shape over a window) for
+    ``device``: small same-shape runs on CPU (where a batched call saves only per-call overhead), large
+    shape groups on CUDA (where it also fills the device)."""
+    if device.type == "cuda":
+        return BATCH_MAX_LAYERS, CUDA_BATCH_MAX_ELEMS, CUDA_BATCH_MAX_LAYER_ELEMS, True
+    return BATCH_MAX_LAYERS, BATCH_MAX_ELEMS, BATCH_MAX_LAYER_ELEMS, False
 
 
 def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
@@ -343,7 +387,7 @@ def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
     B, (rf, rows, cols) = len(stacks), stacks[0].shape
     N, M = max(rows, cols), min(rows, cols)
     S = _stacked(stacks, dev, dtype).reshape(B * rf, rows, cols)
-    G = S.transpose(-1, -2) @ S if rows >= cols else S @ S.transpose(-1, -2)
+    G = _gram_into(S if rows >= cols else S.mT)
     del S
     top = torch.diagonal(G, dim1=-2, dim2=-1).reshape(B, -1).amax(dim=1).tolist()  # NaN when any is
     ok = [not _out_of_range(t, M, dtype) for t in top]
@@ -388,15 +432,8 @@ def top_eigenvalues(esd: ESD, k: int, N: int) -> ESD:
 
 def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", precision: str = "float64",
                           chunk: int = 8) -> list[np.ndarray]:
-    """Eigenvalues of X = WᵀW for many same-shape matrices, in batched ``eigvalsh`` calls.
-
-    For a GPU, the per-call overhead of ``eigvalsh`` (cuSOLVER ``syevjBatched`` / ``syevd``) and the
-    host-to-device copies dominate small and mid-size layers; stacking the Gram matrices of
-    same-shape layers (q/k/v/o, the MLP projections, experts) into one (B, M, M) call amortises it.
-    On CUDA, each matrix is copied from pinned host memory on a side stream while the previous one's
-    Gram product runs on the compute stream (copy/compute overlap); on CPU the same code runs without
-    streams. Used by ``benchmarks/bench_gpu.py``; :func:`hubscan.analysis.analyze` batches small
-    same-shape layers with :func:`compute_esds` (without the streams).
+    """Eigenvalues of X = WᵀW for many same-shape matrices: :func:`compute_esds` on ``chunk`` of them at a
+    time, each copied to the device by :func:`stage` (pinned host memory, a copy stream on CUDA).
 
     Parameters
     ----------
@@ -407,12 +444,13 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     precision : {"float64", "float32"}
         Arithmetic of the Gram product and eigvalsh.
     chunk : int
-        Matrices per batched call (bounds device memory at chunk·M² elements plus one W).
+        Matrices per batched call (bounds device memory at chunk·M² elements plus the chunk's W).
 
     Returns
     -------
     list of ndarray of float64, each shape (M,)
-        Ascending, clipped at 0, in the order of ``mats`` (no eig_scale, no rank bookkeeping).
+        Ascending, clipped at 0, in the order of ``mats`` (no eig_scale, no rank bookkeeping); a matrix
+        out of range is decomposed alone (:func:`compute_esd` rescales it).
 
     Raises
     ------
@@ -421,44 +459,131 @@ def gram_eigvalsh_batched(mats, *, device: str | torch.device | None = "cpu", pr
     NonFiniteError
         A matrix holds NaN or inf.
     """
-    dtype = {"float64": torch.float64, "float32": torch.float32}.get(precision)
-    if dtype is None:
-        raise ValueError(f"unknown precision {precision!r} (use 'float64' or 'float32')")
     mats = list(mats)
-    if not mats:
-        return []
-    shape = tuple(mats[0].shape)
-    if any(tuple(m.shape) != shape or m.dim() != 2 for m in mats):
+    if any(m.dim() != 2 or m.shape != mats[0].shape for m in mats):
         raise ValueError("batched eigenvalues need 2-D matrices of one shape")
     dev = resolve_device(device)
-    cuda = dev.type == "cuda"
-    copy_stream = torch.cuda.Stream(device=dev) if cuda else None
     out: list[np.ndarray] = []
-
-    def to_device(W: torch.Tensor) -> torch.Tensor:
-        if not cuda:
-            return W
-        src = W if W.device.type == "cuda" or W.is_pinned() else W.pin_memory()
-        with torch.cuda.stream(copy_stream):
-            return src.to(dev, non_blocking=True)
-
     for start in range(0, len(mats), chunk):
-        group = mats[start:start + chunk]
-        grams = []
-        nxt = to_device(group[0])
-        for i in range(len(group)):
-            cur = nxt
-            if cuda:
-                torch.cuda.current_stream(dev).wait_stream(copy_stream)
-                cur.record_stream(torch.cuda.current_stream(dev))
-            if i + 1 < len(group):
-                nxt = to_device(group[i + 1])      # the next copy overlaps this Gram product
-            grams.append(_gram(cur, dev, dtype))
-            del cur
-        G = torch.stack(grams)
-        del grams
-        _check_gram_finite(G)
-        ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)
-        del G
-        out.extend(e.to("cpu", torch.float64).numpy() for e in ev)
+        group = [stage(m, dev) for m in mats[start:start + chunk]]
+        for W, esd in zip(group, compute_esds(group, device=dev, precision=precision)):
+            out.append((esd or compute_esd(W, device=dev, precision=precision)).evals)
     return out
+
+
+class _Copies(threading.local):
+    """This thread's CUDA copy stream per device (the prefetch thread's, in :func:`stage`)."""
+
+    streams: dict
+
+
+_copies = _Copies()
+
+
+def stage(tensor: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+    """``tensor`` on ``device``, ready: on CUDA copied from pinned (page-locked) host memory on this thread's
+    copy stream, which this thread then waits for — called in the prefetch thread
+    (:func:`hubscan.analysis.analyze_entries`), the copy of the next layer overlaps the current one's
+    decomposition on the compute stream. On CPU (or for a tensor already there) it is returned as is.
+
+    Parameters
+    ----------
+    tensor : torch.Tensor
+        Any shape and dtype, on the host (or already on ``device``).
+    device : str or torch.device or None
+        As :func:`compute_esd`.
+
+    Returns
+    -------
+    torch.Tensor
+        The same values, dtype and shape on ``device``. A CUDA result is allocated on the copy stream and
+        recorded on the device's default stream (where hubscan computes), so the caching allocator does not
+        hand its block to the next copy before the decomposition that reads it has run.
+
+    Raises
+    ------
+    ValueError
+        CUDA requested but absent.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cuda" or tensor.device == dev:
+        return tensor
+    streams = getattr(_copies, "streams", None)
+    if streams is None:
+        streams = _copies.streams = {}
+    stream = streams.get(dev)
+    if stream is None:
+        stream = streams[dev] = torch.cuda.Stream(device=dev)
+    src = tensor if tensor.is_pinned() else tensor.contiguous().pin_memory()
+    with torch.cuda.stream(stream):
+        out = src.to(dev, non_blocking=True)
+    stream.synchronize()  # this (prefetch) thread waits; the compute stream never does
+    out.record_stream(torch.cuda.default_stream(dev))  # its block is not reused while the compute stream reads it
+    return out
+
+
+#: The eigh backends :func:`choose_eigh_backend` times (``torch.backends.cuda.preferred_linalg_library``).
+EIGH_BACKENDS = ("cusolver", "magma")
+
+
+def fastest_backend(seconds: dict) -> str:
+    """The backend with the smallest finite time in ``seconds`` ({name: seconds}); the first of
+    :data:`EIGH_BACKENDS` present when none finished (a failed backend is timed as inf).
+
+    Raises
+    ------
+    ValueError
+        ``seconds`` is empty.
+    """
+    if not seconds:
+        raise ValueError("no eigh backend was timed")
+    finite = {k: v for k, v in seconds.items() if math.isfinite(v)}
+    return min(finite, key=finite.get) if finite else next(iter(seconds))
+
+
+def choose_eigh_backend(device: str | torch.device | None, *, size: int = 256, batch: int = 8,
+                        reps: int = 3) -> dict:
+    """Measure ``torch.linalg.eigvalsh`` under each CUDA linear-algebra backend on a small float64 batch and
+    keep the faster (``torch.backends.cuda.preferred_linalg_library``): torch 2.11+ CUDA 13 builds have been
+    reported 30–130× slower in eigh than older builds (pytorch issue 183806), so the choice is measured on
+    the machine, at actor start, not assumed.
+
+    Parameters
+    ----------
+    device : str or torch.device or None
+        A CPU device chooses nothing (LAPACK).
+    size, batch, reps : int
+        The batch timed: ``batch`` symmetric ``size`` × ``size`` matrices, best of ``reps`` after a warm-up.
+
+    Returns
+    -------
+    dict
+        ``backend`` (kept: ``cusolver`` / ``magma``, or ``lapack`` on CPU) and ``seconds``
+        ({backend: best seconds}, inf for a backend that failed).
+    """
+    import time
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        return {"backend": "lapack", "seconds": {}}
+    g = torch.Generator(device=dev).manual_seed(0)
+    A = torch.randn(batch, size, size, generator=g, device=dev, dtype=torch.float64)
+    A = A @ A.transpose(-1, -2)
+    seconds = {}
+    for name in EIGH_BACKENDS:
+        try:
+            torch.backends.cuda.preferred_linalg_library(name)
+            torch.linalg.eigvalsh(A)
+            torch.cuda.synchronize(dev)
+            best = math.inf
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                torch.linalg.eigvalsh(A)
+                torch.cuda.synchronize(dev)
+                best = min(best, time.perf_counter() - t0)
+            seconds[name] = best
+        except RuntimeError:  # a build without MAGMA
+            seconds[name] = math.inf
+    backend = fastest_backend(seconds)
+    torch.backends.cuda.preferred_linalg_library(backend)
+    return {"backend": backend, "seconds": seconds}
