@@ -393,4 +393,4 @@ def __getattr__(name):  # the callbacks: their base classes are imported when fi
     raise AttributeError(name)
 
 
-__all__ = ["Monitor", "TransformersCallback", "LightningCallback", "new_run_id", "TABLE", "UNITS"]
+__all__ = ["Monitor", "TransformersCallback", "LightningCallback", "new_run_id", "TABLE", "UNITS"]  # noqa: F822 - module __getattr__

@@ -45,7 +45,6 @@ Keras 3 models (extra ``keras``; any backend, torch's without a copy)
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from collections.abc import Mapping
