@@ -618,6 +618,14 @@ def _add_analyze(sub) -> None:
 
 # -- survey -------------------------------------------------------------------------------------------
 
+def _hub_budget(value: str) -> dict:
+    from hubscan.hub import parse_budget
+    try:
+        return parse_budget([value])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _survey_config(args):
     from hubscan.survey import SurveyConfig
 
@@ -633,6 +641,7 @@ def _survey_config(args):
                         address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                         cpus_per_actor=args.cpus_per_actor, max_in_flight=args.max_in_flight,
                         max_attempts=args.max_attempts, force=args.force, keep_esd=not args.no_esd,
+                        hub_budget={k: v for d in args.hub_budget for k, v in d.items()},
                         storage_options=args.storage_options or {},
                         hub=hub, progress=not (args.no_progress or args.quiet), flush_models=args.flush_models,
                         flush_seconds=args.flush_seconds, compact=not args.no_compact,
@@ -731,6 +740,10 @@ def _add_survey(sub) -> None:
     g.add_argument("--cpus-per-actor", type=_float_range(0.0, strict=True), default=None)
     g.add_argument("--max-in-flight", type=_int_range(1), default=None, help="models dispatched at once (default 2 × actors)")
     g.add_argument("--max-attempts", type=_int_range(1), default=3, help="attempts per model when its actor dies (default 3)")
+    g.add_argument("--hub-budget", type=_hub_budget, action="append", default=[], metavar="PLAN|KIND=N/SECONDS",
+                   help="the Hub's request budget for the whole survey (driver and all actors): a plan (anonymous, "
+                        "free, pro: the Hub's published limits per 5 minutes) or KIND=N/SECONDS, KIND api or "
+                        "resolvers (repeatable); default: what the Hub's RateLimit-Policy headers say")
     g = p.add_argument_group("dataset")
     g.add_argument("--force", action="store_true", help="re-analyze models the dataset already holds")
     g.add_argument("--no-esd", action="store_true", help="do not write the esd table (eigenvalues)")

@@ -55,7 +55,7 @@ from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
                             NoWeightsError, PathNotFoundError)
-from hubscan.hub import HubClient, install_http_client
+from hubscan.hub import BudgetGate, HubBudget, HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
 from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
@@ -105,6 +105,10 @@ class SurveyConfig:
         Filesystem options of ``out`` (e.g. S3 ``endpoint_override``).
     hub : dict
         :class:`~hubscan.hub.HubClient` settings (endpoint, max_retries, timeout, cache_dir …).
+    hub_budget : dict
+        ``{kind: (requests, window seconds)}`` (:func:`hubscan.hub.parse_budget`): the Hub's request budget
+        for the whole survey (driver and every actor, :class:`hubscan.hub.HubBudget` in one Ray actor); kinds
+        not given are taken from the Hub's ``RateLimit-Policy`` headers.
     progress : bool
         Progress on the driver: a bar on a terminal, else a log line every ``progress_models``
         models or ``progress_seconds`` seconds (logger ``hubscan.progress``, level INFO).
@@ -141,6 +145,7 @@ class SurveyConfig:
     keep_esd: bool = True
     storage_options: dict = dataclasses.field(default_factory=dict)
     hub: dict = dataclasses.field(default_factory=dict)
+    hub_budget: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
     survey_id: str | None = None
     actor_start_timeout: float = 600.0
@@ -453,7 +458,7 @@ class _Worker:
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
-                 plugins: tuple = ()):
+                 plugins: tuple = (), budget=None):
         import torch
         from hubscan.registry import load_plugins
         load_plugins(plugins)  # sources, readers, metrics … registered outside hubscan, here too
@@ -462,7 +467,8 @@ class _Worker:
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
-        install_http_client(self.client.timeout)  # the actor is an entry point: its process, its HTTP client
+        # the actor is an entry point: its process, its HTTP client, the survey's budget
+        install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, budget))
         _warm_up(options)
 
     def pid(self) -> int:
@@ -493,6 +499,16 @@ def _cluster_resources(config: SurveyConfig):
     actors = config.actors or (int(gpus // gpa) if gpa else max(1, int(cpus // 2)))
     cpa = config.cpus_per_actor if config.cpus_per_actor is not None else max(1.0, (cpus // max(1, actors)))
     return max(1, actors), gpa, cpa
+
+
+def budget_gate(endpoint: str, budget) -> BudgetGate | None:
+    """This process's gate to the survey's :class:`~hubscan.hub.HubBudget` held by a Ray actor (``budget``:
+    its handle; None → no budget): each request waits for the actor's answer."""
+    if budget is None:
+        return None
+    import ray
+    return BudgetGate(endpoint, lambda kind, now: ray.get(budget.take.remote(kind, now)),
+                      lambda *seen: budget.observe.remote(*seen))
 
 
 @dataclasses.dataclass
@@ -549,7 +565,11 @@ class Survey:
         self.t0 = time.perf_counter()
         self.survey_id = config.survey_id or self.started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         self.client = HubClient(**config.hub)
-        install_http_client(self.client.timeout)  # the survey driver is an entry point (requests counted per model)
+        #: the Hub's request budget: the driver's own until Ray starts, then one actor's (:meth:`start_pool`)
+        self.budget = HubBudget(config.hub_budget)
+        self.budget_actor = None
+        # the survey driver is an entry point (requests counted per model, the budget taken)
+        install_http_client(self.client.timeout, budget=BudgetGate.local(self.client.endpoint, self.budget))
         self.cfg_hash = config_hash(config.options)
         self.options = config.options
         self.dataset: Dataset | None = None
@@ -656,10 +676,15 @@ class Survey:
         config = self.config
         self.n_actors, gpa, cpa = _cluster_resources(config)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
+        # one budget for the cluster: the driver's (what planning spent) moves into an actor all processes share
+        self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(
+            self.budget.limits, self.budget.slack, self.budget.snapshot())
+        install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, self.budget_actor))
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
                                                 self.survey_id, config.hub, config.keep_esd, int(cpa),
-                                                config.flush_models, config.flush_seconds, tuple(plugin_modules()))
+                                                config.flush_models, config.flush_seconds, tuple(plugin_modules()),
+                                                self.budget_actor)
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, Task or None for a flush)
@@ -914,7 +939,8 @@ class Survey:
         if not hasattr(self, "actors"):
             return
         import ray
-        for actor in list(self.actors) + list(self.starting.values()):
+        install_http_client(self.client.timeout)  # the budget's actor goes: no budget left installed
+        for actor in [*self.actors, *self.starting.values(), *([self.budget_actor] if self.budget_actor else [])]:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already dead
