@@ -5,7 +5,9 @@ Flow (the steps of :class:`Survey`):
 
 1. **plan** — enumerate the source, hold the dataset (writable? its lease), pin each model (commit
    sha / fingerprint), drop what the dataset already holds for the same (source, id, revision,
-   analysis config) unless ``force``.
+   analysis config) unless ``force`` — their rows get this survey's start as ``last_seen`` (and the
+   listing's ``gated``) in one commit; a model the listing no longer holds keeps its rows and its older
+   ``last_seen`` (periodic surveys: ``hubscan changes``).
    Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
 2. **init Ray** and start the **pool** of actors.
 3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
@@ -54,7 +56,7 @@ from collections import deque
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
-                            NoWeightsError, PathNotFoundError)
+                            NoWeightsError, PathNotFoundError, SameContentError)
 from hubscan.hub import BudgetGate, HubBudget, HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
@@ -182,7 +184,8 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
                       family=_family(meta), hubscan_version=__version__, survey_id=survey_id,
                       analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
-              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read"):
+              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read",
+              "last_seen"):
         if k in meta:
             row[k] = meta[k]
     if summary:
@@ -237,7 +240,7 @@ class Analyzed:
 
 
 def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent: ModelRef | None = None,
-                  own: bool = True):
+                  own: bool = True, claim=None):
     """Analyze models one after another; with ``parent``, each model's delta against it too — the parent
     opened once for the batch (:func:`hubscan.sources.open_shared`: its tensors read once and held until
     every model took them) and each model's files read once for both its analyses
@@ -253,6 +256,11 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
         The models' common parent (pinned). Memory: up to its matched tensors until the batch's last model.
     own : bool
         Analyze the models themselves (False: their deltas alone).
+    claim : callable, optional
+        Content dedupe (without ``parent``): ``claim(sha256s, model_key)`` → the key of the model analyzed for
+        the same weight files under the same settings, or None (this model analyzes them). Asked once the
+        Hub named every weight file's sha256, before any tensor byte is read; a model whose content is
+        claimed gets :class:`~hubscan.errors.SameContentError` as its ``own`` (``files_sha256`` on it).
 
     Yields
     ------
@@ -285,7 +293,12 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
                 continue
             try:
                 if shared is None:
-                    out.own = analyze(open_model(ref, client).weights, options, source=str(ref), ref=ref)
+                    client.content_check = _content_check(claim, ref, key) if claim is not None else None
+                    try:
+                        weights = open_model(ref, client).weights
+                    finally:
+                        client.content_check = None
+                    out.own = analyze(weights, options, source=str(ref), ref=ref)
                 elif own:
                     opened = open_model(ref, client, shared=shared, own=True)
                     out.own, out.delta = analyze_together(opened.own, opened.weights, options, source=str(ref), ref=ref)
@@ -311,6 +324,38 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
             shared.close()
 
 
+def _content_check(claim, ref: ModelRef, key: str):
+    """The :attr:`~hubscan.hub.HubClient.content_check` of one model: stop its reading when ``claim`` names
+    another model analyzed for the same files."""
+    def check(shas):
+        owner = claim(shas, key) if shas else None
+        if owner is not None and owner != key:
+            exc = SameContentError(str(ref), owner)
+            exc.files_sha256 = list(shas)
+            raise exc
+    return check
+
+
+def content_digest(shas, cfg_hash: str) -> str:
+    """The content of a model for dedupe: sha256 over its analysis config hash and its weight files' sha256s
+    (sorted), hex."""
+    import hashlib
+    return hashlib.sha256("\n".join([cfg_hash, *sorted(shas)]).encode()).hexdigest()
+
+
+class ContentIndex:
+    """Content digest (:func:`content_digest`) → the model_key analyzed for it: one per survey (a Ray actor),
+    seeded with the dataset's analyzed models, claimed first come first served."""
+
+    def __init__(self, known: dict | None = None):
+        self.owner = dict(known or {})
+
+    def claim(self, digest: str, key: str) -> str | None:
+        """The model analyzed for ``digest`` when another one claimed it before, else None (``key`` claims it)."""
+        owner = self.owner.setdefault(digest, key)
+        return None if owner == key else owner
+
+
 def _failure(exc: Exception) -> tuple[ModelStatus, str]:
     """A model row's status and reason for the error that stopped its analysis."""
     if isinstance(exc, GatedModelError):
@@ -321,7 +366,8 @@ def _failure(exc: Exception) -> tuple[ModelStatus, str]:
 
 
 def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
-                   options: AnalyzeOptions, cfg_hash: str, survey_id: str, keep_esd: bool, attempts: int = 1):
+                   options: AnalyzeOptions, cfg_hash: str, survey_id: str, keep_esd: bool, attempts: int = 1,
+                   claim=None):
     """Analyze models into their dataset rows (:func:`analyze_batch`), with ``parent`` each one's delta
     against it too, the parent's files read once for all of them.
 
@@ -341,18 +387,28 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
         Keep the eigenvalues (``esd`` table).
     attempts : int
         The rows' ``attempts``.
+    claim : callable, optional
+        Content dedupe (:func:`analyze_batch`).
 
     Yields
     ------
     dict
-        Per model: ``models`` (the model row's table; status success / incomplete / failed / skipped),
+        Per model: ``copy_of`` (the model_key whose rows it gets: same content, not read; its ``row`` has no
+        status and no tables then, :meth:`Survey.copy_rows` makes them), ``models`` (the model row's table;
+        status success / incomplete / failed / skipped),
         ``layers`` and ``esd`` (Arrow tables of its rows, empty unless analyzed), ``row`` (the model record);
         with ``parent``, ``deltas`` (the pair's ``deltas`` table, None when the delta could not be analyzed)
         and ``delta_error`` (the one-line reason then, else None).
     """
     opts = dataclasses.replace(options, keep_evals=keep_esd)
-    for a in analyze_batch(models, client=client, options=opts, parent=parent):
+    for a in analyze_batch(models, client=client, options=opts, parent=parent, claim=claim):
         layers = esd = deltas = None
+        if isinstance(a.own, SameContentError):
+            row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, None, None, same_content_as=a.own.model_key,
+                            files_sha256=a.own.files_sha256, requests=a.requests, seconds=a.seconds,
+                            retries=a.retries, attempts=attempts, bytes_read=0)
+            yield {"row": row, "copy_of": a.own.model_key, "deltas": None, "delta_error": None}
+            continue
         if isinstance(a.own, Exception):
             row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, *_failure(a.own))
         else:
@@ -370,7 +426,8 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
             row["requests"] = a.requests
         row.update(seconds=a.seconds, retries=a.retries, attempts=attempts,
                    options=json.dumps(opts.to_dict(), default=str))
-        yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
+        yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error,
+               "copy_of": None}
 
 
 def pair_table(child_key: str, child: ModelRef, parent: ModelRef, relation: str | None, survey_id: str, rows):
@@ -458,7 +515,7 @@ class _Worker:
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
-                 plugins: tuple = (), budget=None):
+                 plugins: tuple = (), budget=None, content=None):
         import torch
         from hubscan.registry import load_plugins
         load_plugins(plugins)  # sources, readers, metrics … registered outside hubscan, here too
@@ -469,19 +526,31 @@ class _Worker:
         self.client = HubClient(**hub)
         # the actor is an entry point: its process, its HTTP client, the survey's budget
         install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, budget))
+        self.content = content  # the survey's ContentIndex actor (None: no content dedupe)
         _warm_up(options)
 
     def pid(self) -> int:
         return os.getpid()
 
+    def claim(self, shas, key: str) -> str | None:
+        """:meth:`ContentIndex.claim` of the survey's index for these weight files under this config."""
+        import ray
+        return ray.get(self.content.claim.remote(content_digest(shas, self.cfg_hash), key))
+
     def run(self, ref: ModelRef, meta: dict, key: str, attempts: int, parent: ModelRef | None = None,
-            more: tuple = (), relations: dict | None = None) -> dict:
+            more: tuple = (), relations: dict | None = None, dedupe: bool = True) -> dict:
         """Analyze one model (and ``more``, with ``parent`` their deltas: :func:`analyze_models`); returns
-        their summaries and, when the buffer is due, the flushed batch."""
+        their summaries and, when the buffer is due, the flushed batch. A model whose content another model
+        was analyzed for is not buffered: its summary carries its row as ``copy`` (the driver copies the rows)."""
         rows = []
+        claim = self.claim if dedupe and self.content is not None and parent is None else None
         for out in analyze_models([(ref, meta, key), *more], parent=parent, relations=relations, client=self.client,
                                   options=self.options, cfg_hash=self.cfg_hash, survey_id=self.survey_id,
-                                  keep_esd=self.keep_esd, attempts=attempts):
+                                  keep_esd=self.keep_esd, attempts=attempts, claim=claim):
+            if out["copy_of"] is not None:
+                rows.append({**{k: out["row"].get(k) for k in SUMMARY_KEYS}, "delta_error": None,
+                             "copy": out["row"].to_row()})
+                continue
             self.buffer.add(out, out["row"])
             rows.append({**{k: out["row"].get(k) for k in SUMMARY_KEYS}, "delta_error": out["delta_error"]})
         return {"rows": rows, "batch": self.buffer.flush() if self.buffer.due() else None}
@@ -529,6 +598,8 @@ class Task:
         Further children of the same parent.
     relations : dict or None
         Model key → relation to the parent.
+    dedupe : bool
+        The model may take the rows of a model analyzed for the same content (False once that one failed).
     """
 
     ref: ModelRef
@@ -538,9 +609,10 @@ class Task:
     parent: ModelRef | None = None
     more: tuple = ()  # further (ref, meta, key) of the same parent
     relations: dict | None = None  # model key -> relation to the parent
+    dedupe: bool = True  # may take the rows of a model with the same content (False: analyze it whatever)
 
     def args(self):
-        return self.ref, self.meta, self.key, self.attempts, self.parent, self.more, self.relations
+        return self.ref, self.meta, self.key, self.attempts, self.parent, self.more, self.relations, self.dedupe
 
     @property
     def models(self) -> list:
@@ -568,6 +640,10 @@ class Survey:
         #: the Hub's request budget: the driver's own until Ray starts, then one actor's (:meth:`start_pool`)
         self.budget = HubBudget(config.hub_budget)
         self.budget_actor = None
+        #: model_key → status of every committed model (the dataset's before the survey, then each commit)
+        self.status_of: dict = {}
+        #: (task, models row) of models given another model's rows (same content), waiting for its commit
+        self.copies: list = []
         # the survey driver is an entry point (requests counted per model, the budget taken)
         install_http_client(self.client.timeout, budget=BudgetGate.local(self.client.endpoint, self.budget))
         self.cfg_hash = config_hash(config.options)
@@ -619,8 +695,10 @@ class Survey:
         self.hold()
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
-        seen = set()
+        self.status_of = dict(done)
+        seen, sightings = set(), {}
         for ref, meta in items:
+            meta = {**meta, "last_seen": self.started}  # listed now (periodic surveys: deleted ones keep theirs)
             err = None
             if not (ref.revision and (ref.files or ref.is_path)):
                 try:
@@ -640,8 +718,12 @@ class Survey:
                 self._driver_row(Task(ref, meta, key, 0), error_status(err), str(err))
             elif not config.force and done.get(key) not in (None, ModelStatus.FAILED):
                 self.stats["num_already_done"] += 1
+                sightings[key] = {k: meta[k] for k in ("last_seen", "gated") if k in meta}
             else:
                 self.work.append(Task(ref, meta, key))
+        # models the dataset holds, listed again at the same revision: not read again, their rows say when they
+        # were last listed (and whether the repository is gated now)
+        self.dataset.update_rows("models", sightings, survey_id=self.survey_id, operation="seen")
         # models whose rows will be replaced (force, failed before, or a driver killed between commits)
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
         if keys:
@@ -680,11 +762,13 @@ class Survey:
         self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(
             self.budget.limits, self.budget.slack, self.budget.snapshot())
         install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, self.budget_actor))
+        # content dedupe: the dataset's analyzed contents, then what this survey's actors claim
+        self.content_actor = ray.remote(ContentIndex).options(num_cpus=0).remote(self.known_contents())
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
                                                 self.survey_id, config.hub, config.keep_esd, int(cpa),
                                                 config.flush_models, config.flush_seconds, tuple(plugin_modules()),
-                                                self.budget_actor)
+                                                self.budget_actor, self.content_actor)
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, Task or None for a flush)
@@ -713,7 +797,9 @@ class Survey:
                 self.actors[actor] += 1
                 self.inflight[actor.run.remote(*task.args())] = (actor, task)
             self._flush_idle(final=not (self.retry or self.work))
-            if not self.inflight and not (self.retry or self.work) and not any(self.pending.values()):
+            idle = not self.inflight and not (self.retry or self.work) and not any(self.pending.values())
+            self.copy_rows(final=idle)
+            if idle and not (self.retry or self.copies):
                 return
             if not self.inflight and not self.starting and not self.actors:
                 self._start_actor()
@@ -781,7 +867,9 @@ class Survey:
             return
         if actor in self.actors:
             self.actors[actor] -= 1
-        if task is not None:
+        copies = [r for r in out["rows"] if r.get("copy")]
+        self.copies += [(task, r["copy"]) for r in copies]
+        if task is not None and len(copies) < len(out["rows"]):
             self.pending.setdefault(actor, []).append((task, time.monotonic(), out["rows"]))
             for row in out["rows"]:
                 self._see(row)
@@ -797,6 +885,57 @@ class Survey:
             self._redo(left)
             left = []
         self.pending[actor] = left
+
+    def known_contents(self) -> dict:
+        """Content digest → model_key of the dataset's models analyzed under this config (success or
+        incomplete, not themselves copies) whose weight files' sha256s are known."""
+        import pyarrow.compute as pc
+        t = self.dataset.read("models", columns=["model_key", "status", "config_hash", "files_sha256",
+                                                 "same_content_as"])
+        if "files_sha256" not in t.column_names or not t.num_rows:
+            return {}
+        out = {}
+        for r in t.filter(pc.equal(t.column("config_hash"), self.cfg_hash)).to_pylist():
+            if r["files_sha256"] and r.get("same_content_as") is None and r["status"] in (ModelStatus.SUCCESS,
+                                                                                          ModelStatus.INCOMPLETE):
+                out.setdefault(content_digest(r["files_sha256"], self.cfg_hash), r["model_key"])
+        return out
+
+    def copy_rows(self, final: bool = False) -> None:
+        """Give models of the same content as a committed model (:attr:`copies`) that model's rows — its
+        ``layers`` and ``esd`` rows and its ``models`` analysis columns under the copy's own identity, listing
+        metadata and request counts, ``same_content_as`` naming it — and commit them. A copy whose model failed
+        or was skipped (or, ``final``, was never committed) is analyzed itself instead."""
+        import pyarrow.dataset as pds
+        ready, waiting = [], []
+        for task, row in self.copies:
+            status = self.status_of.get(row["same_content_as"])
+            if status in (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE):
+                ready.append(row)
+            elif status is not None or final:
+                self.retry.append(dataclasses.replace(task, dedupe=False))
+            else:
+                waiting.append((task, row))
+        self.copies = waiting
+        if not ready:
+            return
+        owners = sorted({r["same_content_as"] for r in ready})
+        tables = {t: self.dataset.read(t, filter=pds.field("model_key").isin(owners)).to_pylist()
+                  for t in ("models", "layers", "esd")}
+        by_owner: dict = {t: {} for t in tables}
+        for t, rows in tables.items():
+            for r in rows:
+                by_owner[t].setdefault(r["model_key"], []).append(r)
+        ident = {"model_key", "source", "model_id", "revision", "survey_id"}
+        for row in ready:
+            owner = by_owner["models"][row["same_content_as"]][0]
+            row = {**{k: v for k, v in owner.items() if k not in ident}, **{k: v for k, v in row.items() if v is not None}}
+            layers, esd = ([{k: v for k, v in r.items() if k not in ident} for r in by_owner[t].get(row["same_content_as"], [])]
+                           for t in ("layers", "esd"))
+            self.driver_rows.add(model_tables(row, layers, esd if self.config.keep_esd else None), row)
+            self._see(row)
+            self._update_progress(row)
+        self.commit(self.driver_rows.flush())
 
     # -- 4. retries ----------------------------------------------------------------------------
     def _redo(self, items: list) -> None:
@@ -857,6 +996,7 @@ class Survey:
             if self.replace[table]:  # still models to replace: their old rows are not in our own files
                 self.fresh[table].update(a.path for a in adds)
         for r in rows:
+            self.status_of[r["model_key"]] = r["status"]
             self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
             self.stats["bytes_read"] += int(r.get("bytes_read") or 0)
             self.stats["requests"] += int(r.get("requests") or 0)
@@ -940,7 +1080,8 @@ class Survey:
             return
         import ray
         install_http_client(self.client.timeout)  # the budget's actor goes: no budget left installed
-        for actor in [*self.actors, *self.starting.values(), *([self.budget_actor] if self.budget_actor else [])]:
+        for actor in [*self.actors, *self.starting.values(),
+                      *[a for a in (self.budget_actor, getattr(self, "content_actor", None)) if a is not None]]:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already dead
