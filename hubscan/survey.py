@@ -1024,7 +1024,10 @@ class Survey:
     def run(self) -> dict:
         """plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
         with contextlib.ExitStack() as self.holds:  # the dataset's lease (:meth:`hold`), released at the end
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                install_http_client(self.client.timeout)  # the survey's budget ends with it
 
     def hold(self) -> None:
         """Once the source is enumerated, before anything is pinned or written: check that the dataset
@@ -1079,7 +1082,6 @@ class Survey:
         if not hasattr(self, "actors"):
             return
         import ray
-        install_http_client(self.client.timeout)  # the budget's actor goes: no budget left installed
         for actor in [*self.actors, *self.starting.values(),
                       *[a for a in (self.budget_actor, getattr(self, "content_actor", None)) if a is not None]]:
             try:
