@@ -1045,9 +1045,6 @@ def cmd_changes(args) -> int:
                  lambda r: f"{r['model_id']} (last seen {r['last_seen']:%Y-%m-%d %H:%M})"),
                 ("access changed", c["access"], lambda r: f"{r['model_id']}: gated {r['before']} → {r['after']}"),
                 ("status changed", c["status"], lambda r: f"{r['model_id']}: {r['before']} → {r['after']}")]
-    if (a["source"], a["filters"]) != (b["source"], b["filters"]):
-        _say(console, "the two surveys listed different sources or filters: models not listed by the second are "
-                      "not reported as gone")
     for title, rows, line in sections:
         console.print(f"{title}: {len(rows)}", highlight=False)
         for r in rows[:args.show]:

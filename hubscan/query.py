@@ -166,9 +166,8 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
         - ``new`` — models the older survey's table did not hold (model_id, revision, status);
         - ``new_revision`` — models held before at other revisions (model_id, old revisions, revision,
           status);
-        - ``unlisted`` — models the older survey listed and the newer one did not (their rows kept, their
-          ``last_seen`` the older one's): deleted, made private, or moved. Only when both surveys had the same
-          source and filters (else empty: a narrower listing proves nothing);
+        - ``unlisted`` — models whose every row got its ``last_seen`` between the two (no longer listed at any
+          revision by a survey of their source and filters: deleted, made private or renamed; rows kept);
         - ``access`` — same model_key, ``gated`` changed (model_id, before, after);
         - ``status`` — same model_key, status changed (a failed model that now succeeded …).
 
@@ -209,7 +208,6 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
         revs_after.setdefault(r["model_id"], []).append(r)
     out = {"older": {k: a.get(k) for k in _SURVEY_KEYS}, "newer": {k: b.get(k) for k in _SURVEY_KEYS},
            "new": [], "new_revision": [], "unlisted": [], "access": [], "status": []}
-    same_scope = (a["source"], a["filters"]) == (b["source"], b["filters"])
     for model_id, rs in sorted(revs_after.items()):
         if model_id not in revs_before:
             out["new"] += [{"model_id": model_id, "revision": r["revision"], "status": r["status"]} for r in rs]
@@ -218,9 +216,10 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
             if r["revision"] not in revs_before[model_id]:
                 out["new_revision"].append({"model_id": model_id, "old_revisions": sorted(map(str, revs_before[model_id])),
                                             "revision": r["revision"], "status": r["status"]})
-        seen = [r["last_seen"] for r in rs if r["last_seen"] is not None]
-        if same_scope and seen and max(seen) < b["started_at"] and max(seen) >= a["started_at"]:
-            out["unlisted"].append({"model_id": model_id, "last_seen": max(seen)})
+        marked = [r.get("last_seen") for r in rs if r.get("last_seen") is not None
+                  and (by_key.get(r["model_key"]) or {}).get("last_seen") is None]
+        if marked and all(r.get("last_seen") is not None for r in rs):
+            out["unlisted"].append({"model_id": model_id, "last_seen": max(r.get("last_seen") for r in rs)})
     for r in after:
         old = by_key.get(r["model_key"])
         if old is None:

@@ -250,9 +250,9 @@ class ModelRecord(Record):
     hubscan_version: str | None = column("string", "hubscan version")
     survey_id: str | None = column(*SURVEY_ID_COLUMN[1:])
     analyzed_at: Any = column("timestamp", "when the row was written")
-    last_seen: Any = column("timestamp", "start of the last survey whose listing held the model at this revision "
-                            "(older than the latest survey of the same source: deleted, or replaced by a new "
-                            "revision; null: written before hubscan recorded it)")
+    last_seen: Any = column("timestamp", "null while the latest survey of the same source and filters lists the "
+                            "model at this revision; else the start of the last survey that did (deleted, made "
+                            "private, or replaced by a new revision: the rows are kept)")
     files_sha256: list | None = column("list<string>", "sha256 of the weight files read (shards included), as the "
                                        "Hub names them (X-Linked-Etag of LFS files), sorted; null unless every "
                                        "file had one")

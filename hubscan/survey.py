@@ -5,9 +5,9 @@ Flow (the steps of :class:`Survey`):
 
 1. **plan** — enumerate the source, hold the dataset (writable? its lease), pin each model (commit
    sha / fingerprint), drop what the dataset already holds for the same (source, id, revision,
-   analysis config) unless ``force`` — their rows get this survey's start as ``last_seen`` (and the
-   listing's ``gated``) in one commit; a model the listing no longer holds keeps its rows and its older
-   ``last_seen`` (periodic surveys: ``hubscan changes``).
+   analysis config) unless ``force``. Periodic surveys (:meth:`Survey.mark_listing`): a model the listing
+   no longer holds at its revision keeps its rows, marked with ``last_seen``; a listed model whose ``gated``
+   changed gets the new value — one commit, none when nothing changed (``hubscan changes``).
    Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
 2. **init Ray** and start the **pool** of actors.
 3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
@@ -184,8 +184,7 @@ def model_row(ref: ModelRef, meta: dict, key: str, cfg_hash: str, survey_id: str
                       family=_family(meta), hubscan_version=__version__, survey_id=survey_id,
                       analyzed_at=_utcnow())
     for k in ("model_type", "architectures", "library_name", "pipeline_tag", "tags", "downloads", "likes",
-              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read",
-              "last_seen"):
+              "num_parameters", "eval_results", "gated", "created_at", "last_modified", "files_not_read"):
         if k in meta:
             row[k] = meta[k]
     if summary:
@@ -696,9 +695,8 @@ class Survey:
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
         self.status_of = dict(done)
-        seen, sightings = set(), {}
+        seen, listed = set(), {}
         for ref, meta in items:
-            meta = {**meta, "last_seen": self.started}  # listed now (periodic surveys: deleted ones keep theirs)
             err = None
             if not (ref.revision and (ref.files or ref.is_path)):
                 try:
@@ -713,23 +711,59 @@ class Survey:
             if key in seen:
                 continue
             seen.add(key)
+            listed[key] = meta.get("gated")
             self.stats["num_models"] += 1
             if err is not None:
                 self._driver_row(Task(ref, meta, key, 0), error_status(err), str(err))
             elif not config.force and done.get(key) not in (None, ModelStatus.FAILED):
                 self.stats["num_already_done"] += 1
-                sightings[key] = {k: meta[k] for k in ("last_seen", "gated") if k in meta}
             else:
                 self.work.append(Task(ref, meta, key))
-        # models the dataset holds, listed again at the same revision: not read again, their rows say when they
-        # were last listed (and whether the repository is gated now)
-        self.dataset.update_rows("models", sightings, survey_id=self.survey_id, operation="seen")
+        self.mark_listing(listed, {t.key for t in self.work})
         # models whose rows will be replaced (force, failed before, or a driver killed between commits)
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
         if keys:
             self.replace["models"] = keys & set(done)
             for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
+
+    def mark_listing(self, listed: dict, redo: set) -> None:
+        """Periodic surveys: what this survey's listing says about the models the dataset holds, in one commit
+        (none when nothing changed).
+
+        - A row of a model the listing no longer holds at its revision (deleted, made private, or replaced by a
+          new revision), written by a survey of the same source and filters, gets ``last_seen`` = the start of
+          the previous such survey (the last one that listed it: each marks what it misses). Only for a
+          complete listing (no ``limit``).
+        - A listed model whose ``gated`` changed gets the listing's value; one marked before and listed again
+          gets ``last_seen`` null.
+
+        ``listed``: model_key → the listing's ``gated`` (None: unknown); ``redo``: keys analyzed again (their
+        rows are replaced).
+        """
+        config = self.config
+        cols = ["model_key", "survey_id", "gated", "last_seen"]
+        rows = self.dataset.read("models", columns=cols)
+        if not rows.num_rows:
+            return
+        scope = [r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters", "started_at"])
+                 .to_pylist() if (r["source"], r["filters"]) == (config.source, json.dumps(config.filters, default=str))]
+        previous = max((r["started_at"] for r in scope), default=None) if config.limit is None else None
+        scope_ids = {r["survey_id"] for r in scope}
+        updates = {}
+        for r in rows.to_pylist():
+            key = r["model_key"]
+            if key in redo:
+                continue
+            if key in listed:
+                change = {"gated": listed[key]} if listed[key] is not None and listed[key] != r["gated"] else {}
+                if r.get("last_seen") is not None:
+                    change["last_seen"] = None
+                if change:
+                    updates[key] = change
+            elif previous is not None and r["survey_id"] in scope_ids and r.get("last_seen") is None:
+                updates[key] = {"last_seen": previous}
+        self.dataset.update_rows("models", updates, survey_id=self.survey_id, operation="listing")
 
     def _driver_row(self, task: Task, status: ModelStatus, reason: str) -> None:
         for ref, meta, key in task.models:
@@ -926,7 +960,7 @@ class Survey:
         for t, rows in tables.items():
             for r in rows:
                 by_owner[t].setdefault(r["model_key"], []).append(r)
-        ident = {"model_key", "source", "model_id", "revision", "survey_id"}
+        ident = {"model_key", "source", "model_id", "revision", "survey_id", "last_seen"}
         for row in ready:
             owner = by_owner["models"][row["same_content_as"]][0]
             row = {**{k: v for k, v in owner.items() if k not in ident}, **{k: v for k, v in row.items() if v is not None}}

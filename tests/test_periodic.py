@@ -80,7 +80,8 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
         assert models[copy]["alpha"] == models[orig]["alpha"] and models[copy]["requests"] <= 2
 
         # the hub changes: a new revision, a deletion, a repository gated, a new model, a new re-upload
-        hub.add_model("org/m1", {"model.safetensors": _model(tmp_path / "m1b.safetensors", 11)})
+        w1_rev = hub.sha("org/m1")
+        hub_rev = hub.add_model("org/m1", {"model.safetensors": _model(tmp_path / "m1b.safetensors", 11)})
         hub.remove_model("org/m2")
         hub.set_info("org/m3", gated="manual")
         hub.add_model("org/m9", {"model.safetensors": _model(tmp_path / "m9.safetensors", 9)})
@@ -96,10 +97,10 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
     by = {}
     for r in rows:
         by.setdefault(r["model_id"], []).append(r)
-    s1, s2 = (w["started_at"] for w in (w1, w2))
+    s1 = w1["started_at"]
     assert [r["last_seen"] for r in by["org/m2"]] == [s1]  # deleted: its rows kept, last listed in week 1
-    assert sorted(r["last_seen"] for r in by["org/m1"]) == [s1, s2]  # the old revision's row and the new one
-    assert all(r["last_seen"] == s2 for m in ("org/m0", "org/m3", "org/m4", "mirror/m0") for r in by[m])
+    assert {r["revision"]: r["last_seen"] for r in by["org/m1"]} == {w1_rev: s1, hub_rev: None}  # old row marked
+    assert all(r["last_seen"] is None for m in ("org/m0", "org/m3", "org/m4", "mirror/m0", "org/m9") for r in by[m])
     assert by["org/m3"][0]["gated"] is True
     assert by["backup/m4"][0]["same_content_as"] == by["org/m4"][0]["model_key"]
     assert _layers(ds, "backup/m4") == _layers(ds, "org/m4")
