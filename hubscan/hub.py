@@ -375,10 +375,11 @@ class HubClient:
     sleep : callable or None
         ``sleep(seconds)`` used between retries; None → ``time.sleep`` (tests inject a fake clock).
     content_check : callable or None
-        ``content_check(sha256s)``: called by the Hub's safetensors reader (:mod:`hubscan.weights.remote`) once
-        the first response of every weight file of a model gave its sha256 (``X-Linked-Etag``; the list sorted,
-        None where a file has none), before any header or tensor byte is read; it may raise to stop reading
-        (a survey's content dedupe raises :class:`~hubscan.errors.SameContentError`).
+        ``content_check(sha256s, stats)``: called by the Hub's safetensors reader (:mod:`hubscan.weights.remote`)
+        once the first response of every weight file of a model gave its sha256 (``X-Linked-Etag``; the list
+        sorted; None unless every file had one), before any header or tensor byte is read (``stats``: the weight
+        set's ``bytes_read`` / ``requests`` so far); it may raise to stop reading (a survey's content dedupe
+        raises :class:`~hubscan.errors.SameContentError`).
     retries, requests : int
         Counters: retries made by :meth:`call`, HTTP requests sent inside it (redirects and retries
         included).
@@ -394,7 +395,7 @@ class HubClient:
     cache_dir: str | None = None
     keep_cache: bool = False
     sleep: Callable[[float], None] | None = dataclasses.field(default=None, repr=False, compare=False)
-    content_check: Callable[[list], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+    content_check: Callable[[list | None, dict], None] | None = dataclasses.field(default=None, repr=False, compare=False)
     retries: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):

@@ -326,11 +326,11 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
 def _content_check(claim, ref: ModelRef, key: str):
     """The :attr:`~hubscan.hub.HubClient.content_check` of one model: stop its reading when ``claim`` names
     another model analyzed for the same files."""
-    def check(shas):
+    def check(shas, stats):
         owner = claim(shas, key) if shas else None
         if owner is not None and owner != key:
             exc = SameContentError(str(ref), owner)
-            exc.files_sha256 = list(shas)
+            exc.files_sha256, exc.bytes_read = list(shas), int(stats.get("bytes_read", 0))
             raise exc
     return check
 
@@ -405,7 +405,7 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
         if isinstance(a.own, SameContentError):
             row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, None, None, same_content_as=a.own.model_key,
                             files_sha256=a.own.files_sha256, requests=a.requests, seconds=a.seconds,
-                            retries=a.retries, attempts=attempts, bytes_read=0)
+                            retries=a.retries, attempts=attempts, bytes_read=a.own.bytes_read)
             yield {"row": row, "copy_of": a.own.model_key, "deltas": None, "delta_error": None}
             continue
         if isinstance(a.own, Exception):

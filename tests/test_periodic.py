@@ -78,6 +78,7 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
         assert hub.bytes_sent(repo_id=copy) <= 8  # the 8-byte header length, no tensor byte
         assert _layers(ds, copy) == _layers(ds, orig) and len(_layers(ds, copy)) == 3
         assert models[copy]["alpha"] == models[orig]["alpha"] and models[copy]["requests"] <= 2
+        assert models[copy]["bytes_read"] == 8 and models[copy]["status"] == models[orig]["status"] == "success"
 
         # the hub changes: a new revision, a deletion, a repository gated, a new model, a new re-upload
         w1_rev = hub.sha("org/m1")

@@ -314,7 +314,7 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
     if shas:
         stats["files_sha256"] = shas
     if client.content_check is not None:  # before any header or tensor byte (a survey's content dedupe)
-        client.content_check(shas)
+        client.content_check(shas, stats)
     order: list = []  # (file, tensor info, name prefix), in the files' order
     for prefix, files, index in parts:
         for rf in files.values():
