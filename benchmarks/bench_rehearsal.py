@@ -211,6 +211,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget", default=None, metavar="B/W",
                     help="also survey --budget-models models with 4 actors under a budget of B resolver requests per W s")
     ap.add_argument("--budget-models", type=int, default=100)
+    ap.add_argument("--budget-only", action="store_true", help="run the budget step alone (on --box)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "tests"))
@@ -233,6 +234,12 @@ def main(argv=None) -> dict:
     res["box"] = {"repos": manifest["repos_total"], "counts": manifest["counts"], "seconds": manifest["seconds"],
                   "not_built": len(manifest["not_built"])}
     print(f"box: {manifest['repos_total']} repositories ({manifest['counts']}), generated in {manifest['seconds']} s")
+    if args.budget_only:
+        res["budget"] = budget(box, work, args)
+        print(f"budget: {res['budget']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return res
     limits = {}
     for spec in args.rate_limit:
         kind, _, rw = spec.partition("=")
