@@ -2,7 +2,8 @@
 explained. Measured in one run.
 
     python benchmarks/bench_rehearsal.py [--box DIR] [--quick] [--actors 2] [--latency 0.02]
-                                         [--rate-limit api=1000/300 ...] [--json OUT]
+                                         [--rate-limit api=1000/300 ...] [--week2] [--budget 200/20]
+                                         [--budget-models 100] [--json OUT]
 
 Steps:
 
@@ -20,6 +21,16 @@ Steps:
    by reason, each explained: as expected, a capability the manifest says is not built yet, or UNEXPECTED
    with what the manifest says the repository holds),
    and the layer rows of every model compared with the local analysis (status, N, M, alpha).
+   **dedupe**: each byte-identical re-upload pair of the box — which one got the other's rows
+   (``same_content_as``), and the copy's requests and bytes from the fake Hub's log.
+6. **week 2** (``--week2``) — ``python -m hubscan.demo.hubbox BOX --week2`` (new revisions for 10 % of the
+   repositories, new ones, deleted ones, one made gated), served by a fresh fake Hub, surveyed into the same
+   dataset: the repositories read (any resolve / CDN request) against those the week-2 manifest says must be
+   read, the deleted ones' rows (kept, ``last_seen`` of week 1), and ``hubscan changes``' counts.
+7. **budget** (``--budget B/W``) — the first ``--budget-models`` models surveyed again into a fresh dataset by
+   4 actors with ``--hub-budget resolvers=B/W`` through a fake Hub that limits resolvers to B per W seconds
+   itself: the most requests in any W seconds of its log (≤ B), its 429s, and the survey's time against
+   requests ÷ rate (rate = B / (W + the budget's 1 s slack)).
 
 Nothing stops the report: a step that fails is reported with its reason and the next steps run on what there
 is. Exit status 0 when the report was written (its figures say how the survey did).
@@ -196,6 +207,11 @@ def main(argv=None) -> dict:
                     help="serve LFS files from the hub itself (default: a 302 to a second origin, as the Hub's CDN)")
     ap.add_argument("--work", default=None, help="folder for the datasets and logs (default: a temp folder)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds each survey may take")
+    ap.add_argument("--week2", action="store_true", help="mutate the box and survey week 2 into the same dataset")
+    ap.add_argument("--budget", default=None, metavar="B/W",
+                    help="also survey --budget-models models with 4 actors under a budget of B resolver requests per W s")
+    ap.add_argument("--budget-models", type=int, default=100)
+    ap.add_argument("--budget-only", action="store_true", help="run the budget step alone (on --box)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "tests"))
@@ -218,6 +234,12 @@ def main(argv=None) -> dict:
     res["box"] = {"repos": manifest["repos_total"], "counts": manifest["counts"], "seconds": manifest["seconds"],
                   "not_built": len(manifest["not_built"])}
     print(f"box: {manifest['repos_total']} repositories ({manifest['counts']}), generated in {manifest['seconds']} s")
+    if args.budget_only:
+        res["budget"] = budget(box, work, args)
+        print(f"budget: {res['budget']}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        return res
     limits = {}
     for spec in args.rate_limit:
         kind, _, rw = spec.partition("=")
@@ -290,10 +312,110 @@ def main(argv=None) -> dict:
         except ValueError:
             pass
     res["rows"] = compare_rows(hub_layers, _read(local_ds, "layers"), local_to_repo)
+    res["dedupe"] = dedupe(manifest, models, log)
+    if args.week2:
+        res["week2"] = week2(box, work, hub_ds, args)
+    if args.budget:
+        res["budget"] = budget(box, work, args)
     _print(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str))
     return res
+
+
+def dedupe(manifest: dict, models: list[dict], log) -> dict:
+    """Each re-upload pair of the box (``same_as``): which of the two took the other's rows, the copy's requests
+    and bytes (fake Hub log), and whether its rows are the original's."""
+    got = {m["model_id"]: m for m in models}
+    reqs, sent = Counter(), Counter()
+    for r in log:
+        if r.repo_id and r.kind != "list":
+            reqs[r.repo_id] += 1
+            sent[r.repo_id] += r.bytes_sent
+    pairs = []
+    for r in manifest["repos"]:
+        if r["kind"] != "reupload" or r["same_as"] not in got or r["repo_id"] not in got:
+            continue
+        a, b = got[r["repo_id"]], got[r["same_as"]]
+        copy = a if a.get("same_content_as") else b if b.get("same_content_as") else None
+        pairs.append({"reupload": r["repo_id"], "original": r["same_as"], "status": b["status"],
+                      "copy": copy["model_id"] if copy else None,
+                      "copy_requests": reqs[copy["model_id"]] if copy else None,
+                      "copy_bytes": sent[copy["model_id"]] if copy else None,
+                      "reason_not": None if copy else f"{a['status']} / {b['status']}: {b.get('reason') or a.get('reason')}"})
+    copied = [p for p in pairs if p["copy"]]
+    return {"pairs": len(pairs), "deduped": len(copied),
+            "max_requests": max((p["copy_requests"] for p in copied), default=None),
+            "max_bytes": max((p["copy_bytes"] for p in copied), default=None),
+            "not_deduped": [p for p in pairs if not p["copy"]]}
+
+
+def week2(box: Path, work: Path, hub_ds: Path, args) -> dict:
+    """The week-2 survey (see the module docstring): what was read against what the manifest says changed."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hub_server import FakeHub, isolated_hf_client
+    if not (box / "week2" / "manifest.json").exists():
+        rc, sec = _run([sys.executable, "-m", "hubscan.demo.hubbox", str(box), "--week2"], work / "week2.log", 3600)
+        if rc != 0:
+            return {"error": f"hubbox --week2 failed (rc {rc}): see {work / 'week2.log'}"}
+    m2 = json.loads((box / "week2" / "manifest.json").read_text())
+    with isolated_hf_client(work / "hf-cache-2"), \
+            FakeHub(latency=args.latency, lfs_redirect=not args.no_redirect) as hub:
+        hub.add_hubbox(box, week=2)
+        hub.reset_stats()
+        rc, sec = _run([sys.executable, "-m", "hubscan.cli", "survey", "--source", "hf", "--endpoint", hub.endpoint,
+                        "--out", str(hub_ds), "--actors", str(args.actors), "--no-progress", "--sort", "downloads"],
+                       work / "survey-week2.log", args.timeout)
+        log = hub.requests()
+    read = {r.repo_id for r in log if r.repo_id and r.kind != "list"}
+    must = {r["repo_id"] for r in m2["repos"] if r["expect"].get("read")}
+    models = _read(hub_ds, "models")
+    surveys = sorted(_read(hub_ds, "surveys"), key=lambda s: s["started_at"])
+    s1, s2 = surveys[-2]["started_at"], surveys[-1]["started_at"]
+    deleted = {c["repo_id"] for c in m2["changes"] if c["change"] == "deleted"}
+    kept = [m for m in models if m["model_id"] in deleted]
+    from hubscan.query import survey_changes
+    ch = survey_changes(str(hub_ds))
+    return {"rc": rc, "seconds": round(sec, 1), "changes": m2["changes_count"], "listed": surveys[-1]["num_models"],
+            "already_done": surveys[-1]["num_already_done"], "requests": len(log),
+            "list_requests": sum(r.kind == "list" for r in log), "repos_read": len(read), "must_read": len(must),
+            "read_not_changed": sorted(read - must)[:20], "changed_not_read": sorted(must - read)[:20],
+            "bytes_sent": sum(r.bytes_sent for r in log),
+            "deleted_rows_kept": len(kept), "deleted_last_seen_week1": sum(m["last_seen"] == s1 for m in kept),
+            "changes_report": {k: len(ch[k]) for k in ("new", "new_revision", "unlisted", "access", "status")},
+            "week2_seconds": surveys[-1]["seconds"], "started": [str(s1), str(s2)]}
+
+
+def budget(box: Path, work: Path, args) -> dict:
+    """The budget run (see the module docstring)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from hub_server import FakeHub, isolated_hf_client
+    b, w = args.budget.split("/")
+    b, w = int(b), float(w)
+    ds = work / "budget-dataset"
+    with isolated_hf_client(work / "hf-cache-b"), \
+            FakeHub(latency=args.latency, lfs_redirect=not args.no_redirect, rate_limits={"resolvers": (b, w)}) as hub:
+        hub.add_hubbox(box)
+        hub.reset_stats()
+        rc, sec = _run([sys.executable, "-m", "hubscan.cli", "survey", "--source", "hf", "--endpoint", hub.endpoint,
+                        "--out", str(ds), "--actors", "4", "--cpus-per-actor", "0.5", "--no-progress",
+                        "--sort", "downloads", "--limit", str(args.budget_models), "--hub-budget", f"resolvers={b}/{w}"],
+                       work / "survey-budget.log", args.timeout)
+        log = [r for r in hub.requests() if r.rate_kind == "resolvers"]
+    times = sorted(r.time for r in log)
+    j, most = 0, 0
+    for i, t in enumerate(times):  # the most requests in any half-open interval of w seconds
+        while times[j] <= t - w:
+            j += 1
+        most = max(most, i - j + 1)
+    s = (_read(ds, "surveys") or [{}])[-1]
+    span = times[-1] - times[0] if times else 0.0
+    rate = b / (w + 1.0)
+    return {"rc": rc, "B": b, "W": w, "actors": 4, "models": s.get("num_models"), "resolver_requests": len(log),
+            "max_in_any_window": most, "status_429": sum(r.status == 429 for r in log),
+            "seconds_first_to_last_request": round(span, 1), "requests_over_rate": round(len(log) / rate, 1),
+            "ratio": round(span / (len(log) / rate), 3) if log else None,
+            "survey_seconds_after_startup": round((s.get("seconds") or 0) - (s.get("startup_seconds") or 0), 1)}
 
 
 def _print(res: dict) -> None:
@@ -310,6 +432,14 @@ def _print(res: dict) -> None:
     print(f"rows: {rows['models_equal']} of {rows['models_compared']} models equal to the local analysis "
           f"(max |Δalpha| {rows['max_abs_dalpha']:.2e}); differ: {rows['differ'][:5]}; only hub {rows['only_hub'][:5]}; "
           f"only local {rows['only_local'][:5]}")
+    d = res["dedupe"]
+    print(f"dedupe: {d['deduped']} of {d['pairs']} re-upload pairs took the other's rows; the copy's requests ≤ "
+          f"{d['max_requests']}, bytes ≤ {d['max_bytes']}; not deduped: {d['not_deduped'][:3]}")
+    if "week2" in res:
+        w = res["week2"]
+        print(f"week 2: {w}")
+    if "budget" in res:
+        print(f"budget: {res['budget']}")
 
 
 if __name__ == "__main__":

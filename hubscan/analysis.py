@@ -635,6 +635,8 @@ class ModelAnalysis:
         summary.update(status=status, reason=reason, num_missing=len(missing), seconds=time.perf_counter() - self._t0,
                        bytes_read=int(self.ws.stats.get("bytes_read", 0)),
                        requests=int(self.ws.stats.get("requests", 0)))
+        if self.ws.stats.get("files_sha256"):  # the Hub named the files' content (LFS sha256)
+            summary["files_sha256"] = list(self.ws.stats["files_sha256"])
         return AnalysisResult(source=self.source, rows=rows, summary=summary, missing=missing, evals=self._evals,
                               files=list(self.ws.files), format=self.ws.format, ref=self.ref, metadata=self.meta,
                               kind=self.ws.kind)

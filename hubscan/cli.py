@@ -620,6 +620,14 @@ def _add_analyze(sub) -> None:
 
 # -- survey -------------------------------------------------------------------------------------------
 
+def _hub_budget(value: str) -> dict:
+    from hubscan.hub import parse_budget
+    try:
+        return parse_budget([value])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _survey_config(args):
     from hubscan.survey import SurveyConfig
 
@@ -635,6 +643,7 @@ def _survey_config(args):
                         address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
                         cpus_per_actor=args.cpus_per_actor, max_in_flight=args.max_in_flight,
                         max_attempts=args.max_attempts, force=args.force, keep_esd=not args.no_esd,
+                        hub_budget={k: v for d in args.hub_budget for k, v in d.items()},
                         storage_options=args.storage_options or {},
                         hub=hub, progress=not (args.no_progress or args.quiet), flush_models=args.flush_models,
                         flush_seconds=args.flush_seconds, compact=not args.no_compact,
@@ -733,6 +742,10 @@ def _add_survey(sub) -> None:
     g.add_argument("--cpus-per-actor", type=_float_range(0.0, strict=True), default=None)
     g.add_argument("--max-in-flight", type=_int_range(1), default=None, help="models dispatched at once (default 2 × actors)")
     g.add_argument("--max-attempts", type=_int_range(1), default=3, help="attempts per model when its actor dies (default 3)")
+    g.add_argument("--hub-budget", type=_hub_budget, action="append", default=[], metavar="PLAN|KIND=N/SECONDS",
+                   help="the Hub's request budget for the whole survey (driver and all actors): a plan (anonymous, "
+                        "free, pro: the Hub's published limits per 5 minutes) or KIND=N/SECONDS, KIND api or "
+                        "resolvers (repeatable); default: what the Hub's RateLimit-Policy headers say")
     g = p.add_argument_group("dataset")
     g.add_argument("--force", action="store_true", help="re-analyze models the dataset already holds")
     g.add_argument("--no-esd", action="store_true", help="do not write the esd table (eigenvalues)")
@@ -1010,6 +1023,54 @@ def _add_migrate(sub) -> None:
                    help="filesystem options as JSON (both locations)")
 
 
+# -- changes ------------------------------------------------------------------------------------------
+
+def cmd_changes(args) -> int:
+    from hubscan.query import survey_changes
+
+    c = survey_changes(args.dataset, args.since, args.survey, args.storage_options)
+    if args.json:
+        print(json.dumps(c, indent=1, default=str))
+        return 0
+    console = _console(args)
+    a, b = c["older"], c["newer"]
+    console.print(f"changes from survey {a['survey_id']} ({a['started_at']:%Y-%m-%d %H:%M}) to {b['survey_id']} "
+                  f"({b['started_at']:%Y-%m-%d %H:%M})", highlight=False)
+    _say(console, f"{b['survey_id']}: {b['num_models']} models listed, {b['num_already_done']} unchanged (not read), "
+                  f"{(b['num_success'] or 0) + (b['num_failed'] or 0) + (b['num_skipped'] or 0)} analyzed or recorded; "
+                  f"{b['requests'] or 0} requests, {(b['bytes_read'] or 0) / 1e6:.1f} MB read")
+    sections = [("new models", c["new"], lambda r: f"{r['model_id']} @ {str(r['revision'])[:12]}: {r['status']}"),
+                ("new revisions", c["new_revision"],
+                 lambda r: f"{r['model_id']} {', '.join(x[:12] for x in r['old_revisions'])} → {str(r['revision'])[:12]}: "
+                           f"{r['status']}"),
+                ("no longer listed (rows kept, last_seen says when)", c["unlisted"],
+                 lambda r: f"{r['model_id']} (last seen {r['last_seen']:%Y-%m-%d %H:%M})"),
+                ("access changed", c["access"], lambda r: f"{r['model_id']}: gated {r['before']} → {r['after']}"),
+                ("status changed", c["status"], lambda r: f"{r['model_id']}: {r['before']} → {r['after']}")]
+    for title, rows, line in sections:
+        console.print(f"{title}: {len(rows)}", highlight=False)
+        for r in rows[:args.show]:
+            _say(console, line(r))
+        if len(rows) > args.show:
+            _say(console, f"… {len(rows) - args.show} more (--show N, or --json)")
+    return 0
+
+
+def _add_changes(sub) -> None:
+    p = _command(sub, "changes", cmd_changes, help="what changed between two surveys of a dataset (periodic surveys)",
+                 description="What changed between two surveys of a dataset: new models, new revisions, models no "
+                             "longer listed (their rows are kept; last_seen says when they were last listed), "
+                             "access (gated) and status changes — the models table as each survey left it.",
+                 epilog="examples:\n"
+                        "  hubscan changes --dataset out/hub                 # the last two surveys\n"
+                        "  hubscan changes --dataset out/hub --since 20261101T000000Z-ab12cd --json")
+    _add_dataset(p, what="surveyed at least twice")
+    p.add_argument("--since", default=None, metavar="SURVEY_ID", help="the older survey (default: the one before --survey)")
+    p.add_argument("--survey", default=None, metavar="SURVEY_ID", help="the newer survey (default: the last)")
+    p.add_argument("--show", type=_int_range(0), default=20, help="models shown per section (default 20)")
+    p.add_argument("--json", action="store_true", help="everything as JSON")
+
+
 # -- accuracy -----------------------------------------------------------------------------------------
 
 def cmd_accuracy(args) -> int:
@@ -1234,8 +1295,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_doctor, _add_migrate, _add_accuracy,
-                _add_correlate, _add_report, _add_publish):
+    for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_doctor, _add_migrate, _add_changes,
+                _add_accuracy, _add_correlate, _add_report, _add_publish):
         add(sub)
     return parser
 

@@ -86,6 +86,16 @@ class SkippedTensor(HubscanError):
     of another): its row is ``skipped`` with this reason, not ``failed``."""
 
 
+class SameContentError(HubscanError):
+    """Raised by a survey's content check (:attr:`hubscan.hub.HubClient.content_check`) when a model's weight
+    files are byte-identical to a model already analyzed under the same settings: its reading stops before any
+    tensor byte, and the survey gives it that model's rows. ``model_key``: the model analyzed."""
+
+    def __init__(self, where: str, model_key: str):
+        super().__init__(where, f"same content as {model_key}")
+        self.model_key = model_key
+
+
 class NonFiniteError(ValueError):
     """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen`; the layer's row is
     failed with this message)."""

@@ -24,6 +24,13 @@ What hubscan adds, and how (all through public extension points):
   (its proxy, its timeout) as it is. Without it, a connection that cannot be made in a call of
   :meth:`HubClient.call` still fails fast as :class:`~hubscan.errors.HubUnreachableError`.
 
+* **One request budget** (:class:`HubBudget`) shared by every process of a survey: the transport takes a
+  token for each request to the Hub's own host (not its CDN) before sending it — ``resolvers`` for a
+  ``/resolve/`` URL, ``api`` for everything else, the Hub's two rate-limit kinds — and waits when the
+  window's budget is spent. Seeded from ``--hub-budget`` (a plan: :data:`PLANS`) or from the Hub's
+  ``RateLimit`` / ``RateLimit-Policy`` headers (``huggingface_hub.utils.parse_ratelimit_headers``).
+  :func:`install_http_client` installs it (``budget=``); a survey holds it in one Ray actor.
+
 * **Retries where ``huggingface_hub`` has none** (:meth:`HubClient.call`): ``model_info`` and the
   streamed range reads of :mod:`hubscan.weights.remote` (a stream cut mid-body is resumed from the byte
   it stopped at — ``http_stream_backoff`` cannot resume a body already being read). Calls that retry
@@ -96,11 +103,18 @@ def _transport_class():
             with _COUNT_LOCK:
                 for sink in _SINKS.get():
                     sink["requests"] = sink.get("requests", 0) + 1
+            budget = _FACTORY.get("budget")
+            kind = budget.kind(str(request.url)) if budget is not None else None
+            if kind is not None:
+                budget.take(kind)
             try:
-                return self.inner.handle_request(request)
+                response = self.inner.handle_request(request)
             except httpx2.ConnectError as exc:
                 raise HubUnreachableError(str(request.url.copy_with(query=None)),
                                           unreachable_message(str(request.url))) from exc
+            if kind is not None:
+                budget.saw(kind, response.status_code, response.headers)
+            return response
 
         def close(self):
             self.inner.close()
@@ -126,9 +140,10 @@ def _client_factory(timeout: float, hooks: list) -> Callable:
     return factory
 
 
-def install_http_client(timeout: float) -> None:
+def install_http_client(timeout: float, budget: "BudgetGate | None" = None) -> None:
     """Install hubscan's ``httpx2.Client`` factory in ``huggingface_hub`` (``set_client_factory``): its
-    requests are then counted per model and fail fast when the Hub cannot be reached.
+    requests are then counted per model and fail fast when the Hub cannot be reached; with ``budget``, every
+    request to the Hub (``huggingface_hub``'s and hubscan's own range reads) first takes a token of it.
 
     Process-wide: only entry points call it (the CLI, the survey driver and its actors; a program of yours
     may, in its own ``main``). The library's own request hooks (offline guard, request ids) are those of the
@@ -139,12 +154,199 @@ def install_http_client(timeout: float) -> None:
     ----------
     timeout : float
         Default seconds the server may stay silent (connect: at most 3 s) for calls that give none.
+    budget : BudgetGate, optional
+        The process's gate to the survey's request budget (None: no budget, also removing one installed
+        before).
     """
     from huggingface_hub import get_session, set_client_factory
+
+    _FACTORY["budget"] = budget
 
     if "hooks" not in _FACTORY:
         _FACTORY["hooks"] = list(get_session().event_hooks.get("request", []))
     set_client_factory(_client_factory(timeout, _FACTORY["hooks"]))
+
+
+# ---------------------------------------------------------------------------------------- the budget
+#: The Hub's published request budgets per 5-minute window (hub-docs ``rate-limits.md``, FIELD-NOTES):
+#: plan → {kind: requests per :data:`PLAN_WINDOW` seconds}.
+PLANS = {"anonymous": {"api": 500, "resolvers": 3000}, "free": {"api": 1000, "resolvers": 5000},
+         "pro": {"api": 2500, "resolvers": 12000}}
+#: The Hub's rate-limit window, seconds.
+PLAN_WINDOW = 300.0
+#: The Hub's rate-limit kinds: ``resolvers`` (every ``/resolve/`` GET, range reads included), ``api`` (the rest).
+RATE_KINDS = ("api", "resolvers")
+
+
+def parse_budget(specs) -> dict[str, tuple[int, float]]:
+    """``--hub-budget`` values → ``{kind: (requests, window seconds)}``.
+
+    Parameters
+    ----------
+    specs : iterable of str
+        A plan of :data:`PLANS` (``anonymous``, ``free``, ``pro``: both kinds, 5-minute windows) or
+        ``KIND=REQUESTS/SECONDS`` (``api=1000/300``); later values override earlier ones.
+
+    Raises
+    ------
+    ValueError
+        An unknown plan or kind, or a malformed / non-positive value (the message says which).
+    """
+    out: dict[str, tuple[int, float]] = {}
+    for spec in specs:
+        spec = spec.strip()
+        if spec.lower() in PLANS:
+            out.update({k: (n, PLAN_WINDOW) for k, n in PLANS[spec.lower()].items()})
+            continue
+        kind, eq, rest = spec.partition("=")
+        n, slash, w = rest.partition("/")
+        try:
+            n, w = int(n), float(w)
+        except ValueError:
+            n = w = 0
+        if kind not in RATE_KINDS or not (eq and slash) or n < 1 or not w > 0:
+            raise ValueError(f"hub budget {spec!r}: expected one of {', '.join(PLANS)} or KIND=REQUESTS/SECONDS "
+                             f"with KIND in {', '.join(RATE_KINDS)} (e.g. api=1000/300)")
+        out[kind] = (n, w)
+    return out
+
+
+class HubBudget:
+    """Requests allowed per window, one bucket per rate kind; the one instance a survey's processes share
+    (a Ray actor, :class:`hubscan.survey.Survey`), or a process's own.
+
+    Each bucket holds ``limit`` tokens; a token taken at time *t* comes back at *t* + ``window`` + ``slack``.
+    So any interval of ``window`` seconds holds at most ``limit`` grants — whatever the alignment of the
+    Hub's fixed windows — and once the budget binds, requests go out at ``limit / (window + slack)`` per
+    second. :meth:`take` never blocks: it reserves the next free slot and says how long the caller waits
+    for it, so concurrent callers are served in order.
+
+    Parameters
+    ----------
+    limits : dict, optional
+        ``{kind: (requests, window seconds)}`` known in advance (``--hub-budget``, :func:`parse_budget`);
+        kinds not named are unlimited until the Hub's headers say otherwise (:meth:`observe`).
+    slack : float
+        Seconds added to each token's return: covers the spread between a grant and the request's arrival
+        (connection set-up, the server's clock). Default 1.
+    state : dict, optional
+        A :meth:`snapshot` to start from (the driver's budget handed to the survey's actor).
+
+    Attributes
+    ----------
+    limits : dict
+        ``{kind: (requests, window seconds)}`` in force.
+    """
+
+    def __init__(self, limits: dict | None = None, slack: float = 1.0, state: dict | None = None):
+        self.limits = {k: (int(n), float(w)) for k, (n, w) in (limits or {}).items()}
+        self.fixed = set(self.limits)  # given by the caller: the headers never override them
+        self.slack = float(slack)
+        self.grants: dict[str, list[float]] = {}  # kind -> grant times, ascending, the last `limit` only
+        self.closed: dict[str, float] = {}        # kind -> no grant before this time (a 429 said so)
+        if state:
+            self.limits.update({k: tuple(v) for k, v in state["limits"].items()})
+            self.fixed |= set(state["fixed"])
+            self.grants = {k: list(v) for k, v in state["grants"].items()}
+            self.closed = dict(state["closed"])
+
+    def snapshot(self) -> dict:
+        """The budget's state (limits, recent grants), for ``HubBudget(state=…)`` elsewhere."""
+        return {"limits": dict(self.limits), "fixed": sorted(self.fixed), "grants": self.grants,
+                "closed": self.closed}
+
+    def take(self, kind: str, now: float | None = None) -> float:
+        """Reserve the next request of ``kind``: seconds the caller waits before sending it (0: at once).
+
+        ``now``: the caller's clock (``time.time()``, seconds since the epoch; processes of one cluster share it).
+        """
+        now = time.time() if now is None else now
+        if kind not in self.limits:
+            return 0.0
+        limit, window = self.limits[kind]
+        grants = self.grants.setdefault(kind, [])
+        at = max(now, self.closed.get(kind, 0.0), grants[-1] if grants else 0.0)
+        if len(grants) >= limit:
+            at = max(at, grants[-limit] + window + self.slack)
+        grants.append(at)
+        del grants[:-limit]
+        return at - now
+
+    def observe(self, kind: str, limit: int | None, window: float | None, remaining: int | None,
+                reset: float | None, now: float | None = None) -> None:
+        """What a response's ``RateLimit`` / ``RateLimit-Policy`` headers said about ``kind``.
+
+        A policy (``q`` requests per ``w`` seconds) seeds a kind the caller gave no limit for, its current
+        window's ``q − r`` spent requests counted as taken when it began (``now + t − w``). ``remaining == 0``
+        (a 429) closes the kind until ``now + reset`` (+ slack).
+        """
+        now = time.time() if now is None else now
+        if limit and window and kind not in self.fixed and self.limits.get(kind) != (int(limit), float(window)):
+            self.limits[kind] = (int(limit), float(window))
+            if remaining is not None and reset is not None:
+                began = now + float(reset) - float(window)
+                self.grants[kind] = sorted([began] * max(0, int(limit) - int(remaining))
+                                           + [g for g in self.grants.get(kind, []) if g > began])[-int(limit):]
+        if remaining == 0 and reset is not None:
+            self.closed[kind] = max(self.closed.get(kind, 0.0), now + float(reset) + self.slack)
+
+
+class BudgetGate:
+    """A process's way to a :class:`HubBudget` (its own, or the survey's actor): which requests count, and
+    waiting for their tokens (installed by :func:`install_http_client`).
+
+    Parameters
+    ----------
+    endpoint : str
+        The Hub's URL: requests to its host count (``/resolve/`` → ``resolvers``, else ``api``); others (the
+        CDN a resolve redirects to) do not.
+    take : callable
+        ``take(kind, now) → seconds to wait`` (:meth:`HubBudget.take`, or a call to the actor).
+    observe : callable
+        ``observe(kind, limit, window, remaining, reset, now)`` (:meth:`HubBudget.observe`).
+    sleep : callable, optional
+        ``sleep(seconds)``; default ``time.sleep``.
+    """
+
+    def __init__(self, endpoint: str, take: Callable[[str, float], float], observe: Callable[..., None],
+                 sleep: Callable[[float], None] | None = None):
+        self.host = urlsplit(endpoint).netloc
+        self._take, self._observe, self._sleep = take, observe, sleep or time.sleep
+        self._policies: dict[str, tuple] = {}  # kind -> the last policy passed on (tell the budget once)
+        self.waited = 0.0  # seconds this process waited for tokens
+
+    @classmethod
+    def local(cls, endpoint: str, budget: HubBudget, sleep: Callable[[float], None] | None = None) -> "BudgetGate":
+        """A gate to a budget held in this process."""
+        return cls(endpoint, budget.take, budget.observe, sleep)
+
+    def kind(self, url: str) -> str | None:
+        """The rate kind of a request to ``url``; None when it is not to the Hub's host."""
+        parts = urlsplit(url)
+        if parts.netloc != self.host:
+            return None
+        return "resolvers" if "/resolve/" in parts.path else "api"
+
+    def take(self, kind: str) -> None:
+        """Wait for a token of ``kind``."""
+        wait = self._take(kind, time.time())
+        if wait > 0:
+            self.waited += wait
+            self._sleep(wait)
+
+    def saw(self, kind: str, status: int, headers) -> None:
+        """Pass on what a response's rate-limit headers say, when it is news: a policy not passed on yet, or a
+        429 (the window spent)."""
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        info = parse_ratelimit_headers(headers)
+        if info is None or info.resource_type not in RATE_KINDS:
+            return
+        policy = (info.limit, info.window_seconds)
+        if status == 429 or (info.limit and self._policies.get(info.resource_type) != policy):
+            self._policies[info.resource_type] = policy
+            self._observe(info.resource_type, info.limit, info.window_seconds, info.remaining,
+                          info.reset_in_seconds, time.time())
 
 
 # ---------------------------------------------------------------------------------------- the client
@@ -172,6 +374,12 @@ class HubClient:
         Keep downloaded files after each model (default: removed).
     sleep : callable or None
         ``sleep(seconds)`` used between retries; None → ``time.sleep`` (tests inject a fake clock).
+    content_check : callable or None
+        ``content_check(sha256s, stats)``: called by the Hub's safetensors reader (:mod:`hubscan.weights.remote`)
+        once the first response of every weight file of a model gave its sha256 (``X-Linked-Etag``; the list
+        sorted; None unless every file had one), before any header or tensor byte is read (``stats``: the weight
+        set's ``bytes_read`` / ``requests`` so far); it may raise to stop reading (a survey's content dedupe
+        raises :class:`~hubscan.errors.SameContentError`).
     retries, requests : int
         Counters: retries made by :meth:`call`, HTTP requests sent inside it (redirects and retries
         included).
@@ -187,6 +395,7 @@ class HubClient:
     cache_dir: str | None = None
     keep_cache: bool = False
     sleep: Callable[[float], None] | None = dataclasses.field(default=None, repr=False, compare=False)
+    content_check: Callable[[list | None, dict], None] | None = dataclasses.field(default=None, repr=False, compare=False)
     retries: int = dataclasses.field(default=0, init=False)
 
     def __post_init__(self):

@@ -142,3 +142,94 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
                 [f"{(f if len(f) <= w else f[:w - 1] + '…'):<{w}} {n:>4}  alpha {a:.2f}  alpha_w {aw:.2f}  "
                  f"under {u} over {o}" for f, n, a, aw, u, o in rows]))
     return out
+
+
+def survey_changes(dataset: str, older: str | None = None, newer: str | None = None,
+                   storage_options: dict | None = None) -> dict:
+    """What changed between two surveys of a dataset (periodic surveys; ``hubscan changes``): the ``models``
+    table as the older survey left it against the table as the newer one left it (Delta time travel to the
+    versions their ``surveys`` rows recorded).
+
+    Parameters
+    ----------
+    dataset : str
+        The dataset.
+    older, newer : str, optional
+        Survey ids; default the last two surveys (by ``started_at``).
+
+    Returns
+    -------
+    dict
+        ``older``, ``newer``: the two surveys rows (id, source, filters, started_at, num_models,
+        num_already_done, requests, bytes_read); and lists of dicts by model id, each sorted:
+
+        - ``new`` — models the older survey's table did not hold (model_id, revision, status);
+        - ``new_revision`` — models held before at other revisions (model_id, old revisions, revision,
+          status);
+        - ``unlisted`` — models whose every row got its ``last_seen`` between the two (no longer listed at any
+          revision by a survey of their source and filters: deleted, made private or renamed; rows kept);
+        - ``access`` — same model_key, ``gated`` changed (model_id, before, after);
+        - ``status`` — same model_key, status changed (a failed model that now succeeded …).
+
+    Raises
+    ------
+    hubscan.errors.SurveyNotFoundError
+        A survey id not in the dataset, or fewer than two surveys.
+    """
+    from hubscan.errors import SurveyNotFoundError
+    data = Dataset(dataset, create=False, **(storage_options or {})).require()
+    surveys = sorted(data.read("surveys").to_pylist(), key=lambda r: r["started_at"])
+    ids = [r["survey_id"] for r in surveys]
+    newer = newer or (ids[-1] if ids else None)
+    if older is None:
+        if newer not in ids or ids.index(newer) == 0:
+            raise SurveyNotFoundError(data.url, f"no survey before {newer!r} in this dataset: changes need two")
+        older = ids[ids.index(newer) - 1]
+    rows = {}
+    for name, sid in (("older", older), ("newer", newer)):
+        if sid not in ids:
+            raise SurveyNotFoundError(data.url, f"no survey {sid!r} in this dataset (see: hubscan sql --dataset "
+                                                f"{dataset} \"SELECT survey_id, started_at FROM surveys\")")
+        rows[name] = next(r for r in reversed(surveys) if r["survey_id"] == sid)
+    a, b = rows["older"], rows["newer"]
+    cols = ["model_key", "model_id", "revision", "status", "gated", "last_seen", "survey_id"]
+
+    def models(survey):
+        versions, _ = survey_versions(data, survey["survey_id"])
+        return data.read("models", columns=cols, version=versions.get("models")).to_pylist()
+
+    before, after = models(a), models(b)
+    by_key = {r["model_key"]: r for r in before}
+    revs_before: dict = {}
+    for r in before:
+        revs_before.setdefault(r["model_id"], set()).add(r["revision"])
+    revs_after: dict = {}
+    for r in after:
+        revs_after.setdefault(r["model_id"], []).append(r)
+    out = {"older": {k: a.get(k) for k in _SURVEY_KEYS}, "newer": {k: b.get(k) for k in _SURVEY_KEYS},
+           "new": [], "new_revision": [], "unlisted": [], "access": [], "status": []}
+    for model_id, rs in sorted(revs_after.items()):
+        if model_id not in revs_before:
+            out["new"] += [{"model_id": model_id, "revision": r["revision"], "status": r["status"]} for r in rs]
+            continue
+        for r in rs:
+            if r["revision"] not in revs_before[model_id]:
+                out["new_revision"].append({"model_id": model_id, "old_revisions": sorted(map(str, revs_before[model_id])),
+                                            "revision": r["revision"], "status": r["status"]})
+        marked = [r.get("last_seen") for r in rs if r.get("last_seen") is not None
+                  and (by_key.get(r["model_key"]) or {}).get("last_seen") is None]
+        if marked and all(r.get("last_seen") is not None for r in rs):
+            out["unlisted"].append({"model_id": model_id, "last_seen": max(r.get("last_seen") for r in rs)})
+    for r in after:
+        old = by_key.get(r["model_key"])
+        if old is None:
+            continue
+        if bool(old["gated"]) != bool(r["gated"]) and r["gated"] is not None:
+            out["access"].append({"model_id": r["model_id"], "before": old["gated"], "after": r["gated"]})
+        if old["status"] != r["status"]:
+            out["status"].append({"model_id": r["model_id"], "before": old["status"], "after": r["status"]})
+    return out
+
+
+_SURVEY_KEYS = ("survey_id", "source", "filters", "started_at", "num_models", "num_already_done", "num_success",
+                "num_failed", "num_skipped", "requests", "bytes_read")

@@ -257,6 +257,15 @@ class ModelRecord(Record):
     hubscan_version: str | None = column("string", "hubscan version")
     survey_id: str | None = column(*SURVEY_ID_COLUMN[1:])
     analyzed_at: Any = column("timestamp", "when the row was written")
+    last_seen: Any = column("timestamp", "null while the latest survey of the same source and filters lists the "
+                            "model at this revision; else the start of the last survey that did (deleted, made "
+                            "private, or replaced by a new revision: the rows are kept)")
+    files_sha256: list | None = column("list<string>", "sha256 of the weight files read (shards included), as the "
+                                       "Hub names them (X-Linked-Etag of LFS files), sorted; null unless every "
+                                       "file had one")
+    same_content_as: str | None = column("string", "model_key of the model whose rows these are: its weight files "
+                                         "are byte-identical (same sha256) and analyzed with the same config_hash, "
+                                         "so no tensor byte was read again (null: analyzed itself)")
 
     @classmethod
     def metric_columns(cls) -> list[tuple[str, str, str]]:

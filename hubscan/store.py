@@ -623,6 +623,41 @@ class Dataset:
             raise DatasetWriteError(self.uri(table), f"cannot commit to table {table}: {error_reason(exc)}") from None
         return dt.version()
 
+    def update_rows(self, table: str, updates: Mapping[str, Mapping], *, column: str = "model_key",
+                    survey_id: str | None = None, operation: str | None = None) -> int | None:
+        """Set columns of existing rows in one Delta transaction: the rows are read, changed and written
+        back, replacing the files that held them (:meth:`commit` ``replace``).
+
+        Parameters
+        ----------
+        table : str
+        updates : mapping
+            Key (a value of ``column``) → {column name: new value}. Keys without a row are ignored.
+        column : str
+            The key column.
+        survey_id, operation : str, optional
+            Recorded in the commit's metadata.
+
+        Returns
+        -------
+        int or None
+            The table's new version (None when no row matched).
+
+        Raises
+        ------
+        hubscan.errors.DatasetWriteError
+            The commit could not be written.
+        """
+        import pyarrow.dataset as pds
+        if not updates:
+            return None
+        rows = self.read(table, filter=pds.field(column).isin(pa.array(sorted(updates), type=pa.string())))
+        if not rows.num_rows:
+            return None
+        changed = [{**r, **updates[r[column]]} for r in rows.to_pylist()]
+        return self.commit(table, self.write_files(table, rows_to_table(changed, table)),
+                           replace=(column, {r[column] for r in changed}), survey_id=survey_id, operation=operation)
+
     def check_lease(self) -> None:
         """Before a commit: this process's lease, when it holds one, is still its own (:meth:`Lease.check`).
 

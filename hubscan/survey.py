@@ -5,7 +5,9 @@ Flow (the steps of :class:`Survey`):
 
 1. **plan** — enumerate the source, hold the dataset (writable? its lease), pin each model (commit
    sha / fingerprint), drop what the dataset already holds for the same (source, id, revision,
-   analysis config) unless ``force``.
+   analysis config) unless ``force``. Periodic surveys (:meth:`Survey.mark_listing`): a model the listing
+   no longer holds at its revision keeps its rows, marked with ``last_seen``; a listed model whose ``gated``
+   changed gets the new value — one commit, none when nothing changed (``hubscan changes``).
    Before Ray starts: a rerun with nothing to do never starts Ray, an empty source fails at once.
 2. **init Ray** and start the **pool** of actors.
 3. **dispatch** with back-pressure (at most ``max_in_flight`` models in flight). Each actor
@@ -54,8 +56,8 @@ from collections import deque
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
-                            NoWeightsError, PathNotFoundError)
-from hubscan.hub import HubClient, install_http_client
+                            NoWeightsError, PathNotFoundError, SameContentError)
+from hubscan.hub import BudgetGate, HubBudget, HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
 from hubscan.store import (DEFAULT_RETENTION_HOURS, TABLES, Dataset, Lease, config_hash, delta_table, model_key,
@@ -105,6 +107,10 @@ class SurveyConfig:
         Filesystem options of ``out`` (e.g. S3 ``endpoint_override``).
     hub : dict
         :class:`~hubscan.hub.HubClient` settings (endpoint, max_retries, timeout, cache_dir …).
+    hub_budget : dict
+        ``{kind: (requests, window seconds)}`` (:func:`hubscan.hub.parse_budget`): the Hub's request budget
+        for the whole survey (driver and every actor, :class:`hubscan.hub.HubBudget` in one Ray actor); kinds
+        not given are taken from the Hub's ``RateLimit-Policy`` headers.
     progress : bool
         Progress on the driver: a bar on a terminal, else a log line every ``progress_models``
         models or ``progress_seconds`` seconds (logger ``hubscan.progress``, level INFO).
@@ -141,6 +147,7 @@ class SurveyConfig:
     keep_esd: bool = True
     storage_options: dict = dataclasses.field(default_factory=dict)
     hub: dict = dataclasses.field(default_factory=dict)
+    hub_budget: dict = dataclasses.field(default_factory=dict)
     progress: bool = True
     survey_id: str | None = None
     actor_start_timeout: float = 600.0
@@ -232,7 +239,7 @@ class Analyzed:
 
 
 def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent: ModelRef | None = None,
-                  own: bool = True):
+                  own: bool = True, claim=None):
     """Analyze models one after another; with ``parent``, each model's delta against it too — the parent
     opened once for the batch (:func:`hubscan.sources.open_shared`: its tensors read once and held until
     every model took them) and each model's files read once for both its analyses
@@ -248,6 +255,11 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
         The models' common parent (pinned). Memory: up to its matched tensors until the batch's last model.
     own : bool
         Analyze the models themselves (False: their deltas alone).
+    claim : callable, optional
+        Content dedupe (without ``parent``): ``claim(sha256s, model_key)`` → the key of the model analyzed for
+        the same weight files under the same settings, or None (this model analyzes them). Asked once the
+        Hub named every weight file's sha256, before any tensor byte is read; a model whose content is
+        claimed gets :class:`~hubscan.errors.SameContentError` as its ``own`` (``files_sha256`` on it).
 
     Yields
     ------
@@ -280,7 +292,12 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
                 continue
             try:
                 if shared is None:
-                    out.own = analyze(open_model(ref, client).weights, options, source=str(ref), ref=ref)
+                    client.content_check = _content_check(claim, ref, key) if claim is not None else None
+                    try:
+                        weights = open_model(ref, client).weights
+                    finally:
+                        client.content_check = None
+                    out.own = analyze(weights, options, source=str(ref), ref=ref)
                 elif own:
                     opened = open_model(ref, client, shared=shared, own=True)
                     out.own, out.delta = analyze_together(opened.own, opened.weights, options, source=str(ref), ref=ref)
@@ -306,6 +323,38 @@ def analyze_batch(models, *, client: HubClient, options: AnalyzeOptions, parent:
             shared.close()
 
 
+def _content_check(claim, ref: ModelRef, key: str):
+    """The :attr:`~hubscan.hub.HubClient.content_check` of one model: stop its reading when ``claim`` names
+    another model analyzed for the same files."""
+    def check(shas, stats):
+        owner = claim(shas, key) if shas else None
+        if owner is not None and owner != key:
+            exc = SameContentError(str(ref), owner)
+            exc.files_sha256, exc.bytes_read = list(shas), int(stats.get("bytes_read", 0))
+            raise exc
+    return check
+
+
+def content_digest(shas, cfg_hash: str) -> str:
+    """The content of a model for dedupe: sha256 over its analysis config hash and its weight files' sha256s
+    (sorted), hex."""
+    import hashlib
+    return hashlib.sha256("\n".join([cfg_hash, *sorted(shas)]).encode()).hexdigest()
+
+
+class ContentIndex:
+    """Content digest (:func:`content_digest`) → the model_key analyzed for it: one per survey (a Ray actor),
+    seeded with the dataset's analyzed models, claimed first come first served."""
+
+    def __init__(self, known: dict | None = None):
+        self.owner = dict(known or {})
+
+    def claim(self, digest: str, key: str) -> str | None:
+        """The model analyzed for ``digest`` when another one claimed it before, else None (``key`` claims it)."""
+        owner = self.owner.setdefault(digest, key)
+        return None if owner == key else owner
+
+
 def _failure(exc: Exception) -> tuple[ModelStatus, str]:
     """A model row's status and reason for the error that stopped its analysis."""
     if isinstance(exc, GatedModelError):
@@ -316,7 +365,8 @@ def _failure(exc: Exception) -> tuple[ModelStatus, str]:
 
 
 def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
-                   options: AnalyzeOptions, cfg_hash: str, survey_id: str, keep_esd: bool, attempts: int = 1):
+                   options: AnalyzeOptions, cfg_hash: str, survey_id: str, keep_esd: bool, attempts: int = 1,
+                   claim=None):
     """Analyze models into their dataset rows (:func:`analyze_batch`), with ``parent`` each one's delta
     against it too, the parent's files read once for all of them.
 
@@ -336,18 +386,28 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
         Keep the eigenvalues (``esd`` table).
     attempts : int
         The rows' ``attempts``.
+    claim : callable, optional
+        Content dedupe (:func:`analyze_batch`).
 
     Yields
     ------
     dict
-        Per model: ``models`` (the model row's table; status success / incomplete / failed / skipped),
+        Per model: ``copy_of`` (the model_key whose rows it gets: same content, not read; its ``row`` has no
+        status and no tables then, :meth:`Survey.copy_rows` makes them), ``models`` (the model row's table;
+        status success / incomplete / failed / skipped),
         ``layers`` and ``esd`` (Arrow tables of its rows, empty unless analyzed), ``row`` (the model record);
         with ``parent``, ``deltas`` (the pair's ``deltas`` table, None when the delta could not be analyzed)
         and ``delta_error`` (the one-line reason then, else None).
     """
     opts = dataclasses.replace(options, keep_evals=keep_esd)
-    for a in analyze_batch(models, client=client, options=opts, parent=parent):
+    for a in analyze_batch(models, client=client, options=opts, parent=parent, claim=claim):
         layers = esd = deltas = None
+        if isinstance(a.own, SameContentError):
+            row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, None, None, same_content_as=a.own.model_key,
+                            files_sha256=a.own.files_sha256, requests=a.requests, seconds=a.seconds,
+                            retries=a.retries, attempts=attempts, bytes_read=a.own.bytes_read)
+            yield {"row": row, "copy_of": a.own.model_key, "deltas": None, "delta_error": None}
+            continue
         if isinstance(a.own, Exception):
             row = model_row(a.ref, a.meta, a.key, cfg_hash, survey_id, *_failure(a.own))
         else:
@@ -365,7 +425,8 @@ def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | 
             row["requests"] = a.requests
         row.update(seconds=a.seconds, retries=a.retries, attempts=attempts,
                    options=json.dumps(opts.to_dict(), default=str))
-        yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error}
+        yield {**model_tables(row, layers or (), esd), "row": row, "deltas": deltas, "delta_error": delta_error,
+               "copy_of": None}
 
 
 def pair_table(child_key: str, child: ModelRef, parent: ModelRef, relation: str | None, survey_id: str, rows):
@@ -453,7 +514,7 @@ class _Worker:
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
-                 plugins: tuple = ()):
+                 plugins: tuple = (), budget=None, content=None):
         import torch
         from hubscan.esd.eigen import choose_eigh_backend, resolve_device
         from hubscan.registry import load_plugins
@@ -463,7 +524,9 @@ class _Worker:
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
-        install_http_client(self.client.timeout)  # the actor is an entry point: its process, its HTTP client
+        # the actor is an entry point: its process, its HTTP client, the survey's budget
+        install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, budget))
+        self.content = content  # the survey's ContentIndex actor (None: no content dedupe)
         self.eigh_backend = None
         if resolve_device(options.device).type == "cuda":  # the faster eigh backend on this GPU, measured
             self.eigh_backend = choose_eigh_backend(options.device)
@@ -475,14 +538,25 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def claim(self, shas, key: str) -> str | None:
+        """:meth:`ContentIndex.claim` of the survey's index for these weight files under this config."""
+        import ray
+        return ray.get(self.content.claim.remote(content_digest(shas, self.cfg_hash), key))
+
     def run(self, ref: ModelRef, meta: dict, key: str, attempts: int, parent: ModelRef | None = None,
-            more: tuple = (), relations: dict | None = None) -> dict:
+            more: tuple = (), relations: dict | None = None, dedupe: bool = True) -> dict:
         """Analyze one model (and ``more``, with ``parent`` their deltas: :func:`analyze_models`); returns
-        their summaries and, when the buffer is due, the flushed batch."""
+        their summaries and, when the buffer is due, the flushed batch. A model whose content another model
+        was analyzed for is not buffered: its summary carries its row as ``copy`` (the driver copies the rows)."""
         rows = []
+        claim = self.claim if dedupe and self.content is not None and parent is None else None
         for out in analyze_models([(ref, meta, key), *more], parent=parent, relations=relations, client=self.client,
                                   options=self.options, cfg_hash=self.cfg_hash, survey_id=self.survey_id,
-                                  keep_esd=self.keep_esd, attempts=attempts):
+                                  keep_esd=self.keep_esd, attempts=attempts, claim=claim):
+            if out["copy_of"] is not None:
+                rows.append({**{k: out["row"].get(k) for k in SUMMARY_KEYS}, "delta_error": None,
+                             "copy": out["row"].to_row()})
+                continue
             self.buffer.add(out, out["row"])
             rows.append({**{k: out["row"].get(k) for k in SUMMARY_KEYS}, "delta_error": out["delta_error"]})
         return {"rows": rows, "batch": self.buffer.flush() if self.buffer.due() else None}
@@ -500,6 +574,16 @@ def _cluster_resources(config: SurveyConfig):
     actors = config.actors or (int(gpus // gpa) if gpa else max(1, int(cpus // 2)))
     cpa = config.cpus_per_actor if config.cpus_per_actor is not None else max(1.0, (cpus // max(1, actors)))
     return max(1, actors), gpa, cpa
+
+
+def budget_gate(endpoint: str, budget) -> BudgetGate | None:
+    """This process's gate to the survey's :class:`~hubscan.hub.HubBudget` held by a Ray actor (``budget``:
+    its handle; None → no budget): each request waits for the actor's answer."""
+    if budget is None:
+        return None
+    import ray
+    return BudgetGate(endpoint, lambda kind, now: ray.get(budget.take.remote(kind, now)),
+                      lambda *seen: budget.observe.remote(*seen))
 
 
 @dataclasses.dataclass
@@ -520,6 +604,8 @@ class Task:
         Further children of the same parent.
     relations : dict or None
         Model key → relation to the parent.
+    dedupe : bool
+        The model may take the rows of a model analyzed for the same content (False once that one failed).
     """
 
     ref: ModelRef
@@ -529,9 +615,10 @@ class Task:
     parent: ModelRef | None = None
     more: tuple = ()  # further (ref, meta, key) of the same parent
     relations: dict | None = None  # model key -> relation to the parent
+    dedupe: bool = True  # may take the rows of a model with the same content (False: analyze it whatever)
 
     def args(self):
-        return self.ref, self.meta, self.key, self.attempts, self.parent, self.more, self.relations
+        return self.ref, self.meta, self.key, self.attempts, self.parent, self.more, self.relations, self.dedupe
 
     @property
     def models(self) -> list:
@@ -556,7 +643,15 @@ class Survey:
         self.t0 = time.perf_counter()
         self.survey_id = config.survey_id or self.started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
         self.client = HubClient(**config.hub)
-        install_http_client(self.client.timeout)  # the survey driver is an entry point (requests counted per model)
+        #: the Hub's request budget: the driver's own until Ray starts, then one actor's (:meth:`start_pool`)
+        self.budget = HubBudget(config.hub_budget)
+        self.budget_actor = None
+        #: model_key → status of every committed model (the dataset's before the survey, then each commit)
+        self.status_of: dict = {}
+        #: (task, models row) of models given another model's rows (same content), waiting for its commit
+        self.copies: list = []
+        # the survey driver is an entry point (requests counted per model, the budget taken)
+        install_http_client(self.client.timeout, budget=BudgetGate.local(self.client.endpoint, self.budget))
         self.cfg_hash = config_hash(config.options)
         self.options = config.options
         self.dataset: Dataset | None = None
@@ -606,7 +701,8 @@ class Survey:
         self.hold()
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
-        seen = set()
+        self.status_of = dict(done)
+        seen, listed = set(), {}
         for ref, meta in items:
             err = None
             if not (ref.revision and (ref.files or ref.is_path)):
@@ -622,6 +718,7 @@ class Survey:
             if key in seen:
                 continue
             seen.add(key)
+            listed[key] = meta.get("gated")
             self.stats["num_models"] += 1
             if err is not None:
                 self._driver_row(Task(ref, meta, key, 0), error_status(err), str(err))
@@ -629,12 +726,51 @@ class Survey:
                 self.stats["num_already_done"] += 1
             else:
                 self.work.append(Task(ref, meta, key))
+        self.mark_listing(listed, {t.key for t in self.work})
         # models whose rows will be replaced (force, failed before, or a driver killed between commits)
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
         if keys:
             self.replace["models"] = keys & set(done)
             for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
+
+    def mark_listing(self, listed: dict, redo: set) -> None:
+        """Periodic surveys: what this survey's listing says about the models the dataset holds, in one commit
+        (none when nothing changed).
+
+        - A row of a model the listing no longer holds at its revision (deleted, made private, or replaced by a
+          new revision), written by a survey of the same source and filters, gets ``last_seen`` = the start of
+          the previous such survey (the last one that listed it: each marks what it misses). Only for a
+          complete listing (no ``limit``).
+        - A listed model whose ``gated`` changed gets the listing's value; one marked before and listed again
+          gets ``last_seen`` null.
+
+        ``listed``: model_key → the listing's ``gated`` (None: unknown); ``redo``: keys analyzed again (their
+        rows are replaced).
+        """
+        config = self.config
+        cols = ["model_key", "survey_id", "gated", "last_seen"]
+        rows = self.dataset.read("models", columns=cols)
+        if not rows.num_rows:
+            return
+        scope = [r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters", "started_at"])
+                 .to_pylist() if (r["source"], r["filters"]) == (config.source, json.dumps(config.filters, default=str))]
+        previous = max((r["started_at"] for r in scope), default=None) if config.limit is None else None
+        scope_ids = {r["survey_id"] for r in scope}
+        updates = {}
+        for r in rows.to_pylist():
+            key = r["model_key"]
+            if key in redo:
+                continue
+            if key in listed:
+                change = {"gated": listed[key]} if listed[key] is not None and listed[key] != r["gated"] else {}
+                if r.get("last_seen") is not None:
+                    change["last_seen"] = None
+                if change:
+                    updates[key] = change
+            elif previous is not None and r["survey_id"] in scope_ids and r.get("last_seen") is None:
+                updates[key] = {"last_seen": previous}
+        self.dataset.update_rows("models", updates, survey_id=self.survey_id, operation="listing")
 
     def _driver_row(self, task: Task, status: ModelStatus, reason: str) -> None:
         for ref, meta, key in task.models:
@@ -663,10 +799,17 @@ class Survey:
         config = self.config
         self.n_actors, gpa, cpa = _cluster_resources(config)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
+        # one budget for the cluster: the driver's (what planning spent) moves into an actor all processes share
+        self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(
+            self.budget.limits, self.budget.slack, self.budget.snapshot())
+        install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, self.budget_actor))
+        # content dedupe: the dataset's analyzed contents, then what this survey's actors claim
+        self.content_actor = ray.remote(ContentIndex).options(num_cpus=0).remote(self.known_contents())
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
                                                 self.survey_id, config.hub, config.keep_esd, int(cpa),
-                                                config.flush_models, config.flush_seconds, tuple(plugin_modules()))
+                                                config.flush_models, config.flush_seconds, tuple(plugin_modules()),
+                                                self.budget_actor, self.content_actor)
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, Task or None for a flush)
@@ -695,7 +838,9 @@ class Survey:
                 self.actors[actor] += 1
                 self.inflight[actor.run.remote(*task.args())] = (actor, task)
             self._flush_idle(final=not (self.retry or self.work))
-            if not self.inflight and not (self.retry or self.work) and not any(self.pending.values()):
+            idle = not self.inflight and not (self.retry or self.work) and not any(self.pending.values())
+            self.copy_rows(final=idle)
+            if idle and not (self.retry or self.copies):
                 return
             if not self.inflight and not self.starting and not self.actors:
                 self._start_actor()
@@ -763,7 +908,9 @@ class Survey:
             return
         if actor in self.actors:
             self.actors[actor] -= 1
-        if task is not None:
+        copies = [r for r in out["rows"] if r.get("copy")]
+        self.copies += [(task, r["copy"]) for r in copies]
+        if task is not None and len(copies) < len(out["rows"]):
             self.pending.setdefault(actor, []).append((task, time.monotonic(), out["rows"]))
             for row in out["rows"]:
                 self._see(row)
@@ -779,6 +926,57 @@ class Survey:
             self._redo(left)
             left = []
         self.pending[actor] = left
+
+    def known_contents(self) -> dict:
+        """Content digest → model_key of the dataset's models analyzed under this config (success or
+        incomplete, not themselves copies) whose weight files' sha256s are known."""
+        import pyarrow.compute as pc
+        t = self.dataset.read("models", columns=["model_key", "status", "config_hash", "files_sha256",
+                                                 "same_content_as"])
+        if "files_sha256" not in t.column_names or not t.num_rows:
+            return {}
+        out = {}
+        for r in t.filter(pc.equal(t.column("config_hash"), self.cfg_hash)).to_pylist():
+            if r["files_sha256"] and r.get("same_content_as") is None and r["status"] in (ModelStatus.SUCCESS,
+                                                                                          ModelStatus.INCOMPLETE):
+                out.setdefault(content_digest(r["files_sha256"], self.cfg_hash), r["model_key"])
+        return out
+
+    def copy_rows(self, final: bool = False) -> None:
+        """Give models of the same content as a committed model (:attr:`copies`) that model's rows — its
+        ``layers`` and ``esd`` rows and its ``models`` analysis columns under the copy's own identity, listing
+        metadata and request counts, ``same_content_as`` naming it — and commit them. A copy whose model failed
+        or was skipped (or, ``final``, was never committed) is analyzed itself instead."""
+        import pyarrow.dataset as pds
+        ready, waiting = [], []
+        for task, row in self.copies:
+            status = self.status_of.get(row["same_content_as"])
+            if status in (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE):
+                ready.append(row)
+            elif status is not None or final:
+                self.retry.append(dataclasses.replace(task, dedupe=False))
+            else:
+                waiting.append((task, row))
+        self.copies = waiting
+        if not ready:
+            return
+        owners = sorted({r["same_content_as"] for r in ready})
+        tables = {t: self.dataset.read(t, filter=pds.field("model_key").isin(owners)).to_pylist()
+                  for t in ("models", "layers", "esd")}
+        by_owner: dict = {t: {} for t in tables}
+        for t, rows in tables.items():
+            for r in rows:
+                by_owner[t].setdefault(r["model_key"], []).append(r)
+        ident = {"model_key", "source", "model_id", "revision", "survey_id", "last_seen"}
+        for row in ready:
+            owner = by_owner["models"][row["same_content_as"]][0]
+            row = {**{k: v for k, v in owner.items() if k not in ident}, **{k: v for k, v in row.items() if v is not None}}
+            layers, esd = ([{k: v for k, v in r.items() if k not in ident} for r in by_owner[t].get(row["same_content_as"], [])]
+                           for t in ("layers", "esd"))
+            self.driver_rows.add(model_tables(row, layers, esd if self.config.keep_esd else None), row)
+            self._see(row)
+            self._update_progress(row)
+        self.commit(self.driver_rows.flush())
 
     # -- 4. retries ----------------------------------------------------------------------------
     def _redo(self, items: list) -> None:
@@ -839,6 +1037,7 @@ class Survey:
             if self.replace[table]:  # still models to replace: their old rows are not in our own files
                 self.fresh[table].update(a.path for a in adds)
         for r in rows:
+            self.status_of[r["model_key"]] = r["status"]
             self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
             self.stats["bytes_read"] += int(r.get("bytes_read") or 0)
             self.stats["requests"] += int(r.get("requests") or 0)
@@ -866,7 +1065,10 @@ class Survey:
     def run(self) -> dict:
         """plan → (init Ray → pool → dispatch → commit) → summary; see :func:`survey`."""
         with contextlib.ExitStack() as self.holds:  # the dataset's lease (:meth:`hold`), released at the end
-            return self._run()
+            try:
+                return self._run()
+            finally:
+                install_http_client(self.client.timeout)  # the survey's budget ends with it
 
     def hold(self) -> None:
         """Once the source is enumerated, before anything is pinned or written: check that the dataset
@@ -921,7 +1123,8 @@ class Survey:
         if not hasattr(self, "actors"):
             return
         import ray
-        for actor in list(self.actors) + list(self.starting.values()):
+        for actor in [*self.actors, *self.starting.values(),
+                      *[a for a in (self.budget_actor, getattr(self, "content_actor", None)) if a is not None]]:
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 - already dead

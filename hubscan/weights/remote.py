@@ -16,8 +16,10 @@ safetensors (single or sharded): coalesced, streamed HTTP range reads
     behind the stream's position (out of file order) is fetched by its own range, leaving the stream
     where it is (also once that stream is spent: bytes already read are never fetched twice). A stream
     cut mid-body resumes from the byte it stopped at (:meth:`HubClient.call`).
-    ``WeightSet.stats``: ``bytes_read`` (body bytes consumed) and ``requests`` (HTTP requests, retries
-    included).
+    ``WeightSet.stats``: ``bytes_read`` (body bytes consumed), ``requests`` (HTTP requests, retries
+    included) and ``files_sha256`` (sorted; when every file's first response named its sha256 in
+    ``X-Linked-Etag``, as the Hub does for LFS files). The header-length GETs of all the files come first:
+    :attr:`HubClient.content_check` sees the sha256s before any header or tensor byte is read.
 whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF, Keras / TF HDF5, Flax msgpack)
     ``hf_hub_download`` into a temporary cache (or ``HubClient.cache_dir``), read with the local readers,
     and removed when the set is closed unless ``HubClient.keep_cache``.
@@ -124,9 +126,10 @@ def _file_url(client: HubClient, ref: ModelRef, filename: str) -> str:
                       endpoint=client.endpoint)
 
 
-def _get(client: HubClient, url: str, stats: dict, start: int | None = None, length: int | None = None
-         ) -> tuple[bytes, int]:
-    """One GET (a byte range when ``start`` is given): ``(body, total file size)``. No retries here."""
+def _get(client: HubClient, url: str, stats: dict, start: int | None = None, length: int | None = None,
+         seen: dict | None = None) -> tuple[bytes, int]:
+    """One GET (a byte range when ``start`` is given): ``(body, total file size)``; ``seen["sha256"]``: the
+    file's sha256 when a response (the resolve redirect or the file itself) named it. No retries here."""
     from huggingface_hub.utils import hf_raise_for_status
 
     headers = client.headers()
@@ -138,11 +141,23 @@ def _get(client: HubClient, url: str, stats: dict, start: int | None = None, len
     if r.status_code == 416:  # range past the end: an empty or short file
         return b"", _total_size(r, 0)
     hf_raise_for_status(r)
+    if seen is not None:
+        seen["sha256"] = linked_sha256(r)
     body = r.content
     stats["bytes_read"] = stats.get("bytes_read", 0) + len(body)
     if start is not None and r.status_code == 200:  # the server ignored Range: the body is the whole file
         return body[start:start + length], len(body)
     return body, _total_size(r, len(body))
+
+
+def linked_sha256(response) -> str | None:
+    """The sha256 of an LFS file as the Hub names it in ``X-Linked-Etag`` (on the ``resolve`` response, the
+    redirect when there is one); None for a file without one (a regular git file: its ``ETag`` is a git sha1)."""
+    for r in (*response.history, response):
+        tag = r.headers.get("x-linked-etag", "").strip().removeprefix("W/").strip('"')
+        if len(tag) == 64 and all(c in "0123456789abcdef" for c in tag):
+            return tag
+    return None
 
 
 def _total_size(response, default: int) -> int:
@@ -210,20 +225,29 @@ class _Stream:
 
 
 class _RangedFile:
-    """One remote safetensors file: header parsed up front, tensors streamed by coalesced ranges."""
+    """One remote safetensors file: its header length (and sha256) read when made, the header by :meth:`open`,
+    tensors streamed by coalesced ranges."""
 
     def __init__(self, client: HubClient, ref: ModelRef, filename: str, stats: dict, lock: threading.Lock):
         self.url = self.where = _file_url(client, ref, filename)
         self.client, self.stats, self.lock = client, stats, lock
-        prefix, self.size = client.call(_get, client, self.url, stats, 0, 8, what=self.where, stats=stats)
-        n = header_length(prefix, max(self.size, len(prefix)), self.where)
+        seen: dict = {}
+        self.prefix, self.size = client.call(_get, client, self.url, stats, 0, 8, seen, what=self.where, stats=stats)
+        self.sha256 = seen.get("sha256")
+        self.tensors: list = []
+        self.unknown: list = []  # tensors of a dtype hubscan cannot decode: skipped rows, the file still read
+        self.stream: _Stream | None = None
+
+    def open(self) -> "_RangedFile":
+        """Read and validate the header."""
+        client, stats = self.client, self.stats
+        n = header_length(self.prefix, max(self.size, len(self.prefix)), self.where)
         header, _ = client.call(_get, client, self.url, stats, 8, n, what=self.where, stats=stats)
         self.data_start = 8 + n
-        self.unknown: list = []  # tensors of a dtype hubscan cannot decode: skipped rows, the file still read
         self.tensors, _ = parse_header(header, self.size, self.where, self.unknown)
         self.ranges = coalesce((self.data_start + t.begin, self.data_start + t.end) for t in self.tensors
                                if len(t.shape) >= 2 and t.end > t.begin)
-        self.stream: _Stream | None = None
+        return self
 
     def load(self, info) -> torch.Tensor:
         start, end = self.data_start + info.begin, self.data_start + info.end
@@ -267,14 +291,11 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
     stats: dict = {"bytes_read": 0, "requests": 0}
     lock = threading.Lock()
     missing: list = []
-    opened: list[_RangedFile] = []
-    order: list = []  # (file, tensor info, name prefix), in the files' order
-    for chosen in ref.files:
+    parts: list = []  # (prefix, {name: _RangedFile}, shard index or None), in the chosen files' order
+    for chosen in ref.files:  # each file's first response (its header length, its sha256); shard indexes read
         prefix = component_prefix(chosen, ref.files)  # components (diffusers sub-folders): <folder>/<tensor>
         if not chosen.endswith(".index.json"):
-            rf = _RangedFile(client, ref, chosen, stats, lock)
-            opened.append(rf)
-            order += [(rf, info, prefix) for info in rf.tensors + rf.unknown]
+            parts.append((prefix, {chosen: _RangedFile(client, ref, chosen, stats, lock)}, None))
             continue
         raw, _ = client.call(_get, client, _file_url(client, ref, chosen), stats, what=f"hf:{ref.repo_id}/{chosen}",
                              stats=stats)
@@ -286,12 +307,26 @@ def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
                 files[shard] = _RangedFile(client, ref, f"{folder}/{shard}" if folder else shard, stats, lock)
             except RemoteFileNotFoundError:
                 missing += [(prefix + n, r) for n, r in index.missing(shard, None)]
+        parts.append((prefix, files, index))
+    opened = [rf for _, files, _ in parts for rf in files.values()]
+    shas = sorted((rf.sha256 for rf in opened), key=str)
+    shas = shas if shas and all(shas) else None
+    if shas:
+        stats["files_sha256"] = shas
+    if client.content_check is not None:  # before any header or tensor byte (a survey's content dedupe)
+        client.content_check(shas, stats)
+    order: list = []  # (file, tensor info, name prefix), in the files' order
+    for prefix, files, index in parts:
+        for rf in files.values():
+            rf.open()
+        if index is None:
+            order += [(rf, info, prefix) for rf in files.values() for info in rf.tensors + rf.unknown]
+            continue
         order += [(files[s], info, prefix) for s in index.shards() if s in files
                   for info in files[s].tensors + files[s].unknown if index.owns(info.name, s)]
         for s in files:
             missing += [(prefix + n, r) for n, r in
                         index.missing(s, {info.name for info in files[s].tensors + files[s].unknown})]
-        opened += files.values()
 
     entries = [dataclasses.replace(e, name=prefix + e.name) if prefix else e for rf, info, prefix in order
                for e in tensor_entries(*(([info], []) if info.dtype is not None else ([], [info])), rf.where, rf.load)]

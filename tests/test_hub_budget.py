@@ -1,0 +1,98 @@
+"""One Hub request budget for the whole survey (:class:`hubscan.hub.HubBudget`): the bucket rule against a brute
+count over every window, seeding from the Hub's IETF ``RateLimit`` headers, and a 4-actor survey through the
+fake Hub whose own request log never holds more than the budget in any window."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from hub_server import FakeHub, isolated_hf_client
+
+from hubscan.hub import PLANS, BudgetGate, HubBudget, parse_budget
+
+
+def _max_in_window(times, window: float) -> int:
+    """The most of ``times`` inside any half-open interval [t, t + window) (brute force over every start)."""
+    times = sorted(times)
+    return max((sum(1 for u in times if t <= u < t + window) for t in times), default=0)
+
+
+def test_no_window_of_the_grants_exceeds_the_budget():
+    budget = HubBudget({"resolvers": (7, 10.0)}, slack=0.5)
+    rng = random.Random(0)
+    now, sent = 1000.0, []
+    for _ in range(60):  # callers arriving at random, each sending once its wait is over
+        now += rng.expovariate(3.0)
+        sent.append(now + budget.take("resolvers", now))
+    assert _max_in_window(sent, 10.0) == 7
+    # bound: after the first 7, one request per (window + slack) / limit seconds
+    assert sent[-1] - sent[0] == pytest.approx((60 // 7 - (60 % 7 == 0)) * 10.5, abs=10.5)
+    assert budget.take("api", now) == 0.0  # a kind without a limit is not held back
+
+
+def test_headers_seed_a_kind_and_a_429_closes_it():
+    budget = HubBudget({"api": (3, 60.0)})
+    # the policy of a kind given by the caller is not overridden; an unknown kind is seeded from it
+    budget.observe("api", 1000, 300, 999, 100, now=0.0)
+    assert budget.limits["api"] == (3, 60.0)
+    budget.observe("resolvers", 10, 300, 4, 100, now=0.0)  # 6 spent in a window that began at t = -200
+    assert budget.limits["resolvers"] == (10, 300.0)
+    waits = [budget.take("resolvers", 0.0) for _ in range(5)]
+    assert waits[:4] == [0.0] * 4 and waits[4] == pytest.approx(100 + budget.slack)
+    budget.observe("api", None, None, 0, 30, now=5.0)  # a 429: nothing before t + 30 (+ slack)
+    assert budget.take("api", 5.0) == pytest.approx(30 + budget.slack)
+
+
+def test_gate_counts_the_hubs_host_only_and_passes_news_on():
+    seen, budget = [], HubBudget()
+    gate = BudgetGate("http://127.0.0.1:9", budget.take, lambda *a: seen.append(a), sleep=lambda s: None)
+    assert gate.kind("http://127.0.0.1:9/org/m/resolve/abc/model.safetensors") == "resolvers"
+    assert gate.kind("http://127.0.0.1:9/api/models?limit=5") == "api"
+    assert gate.kind("http://127.0.0.1:10/_cdn/ab12") is None  # the CDN a resolve redirects to
+    h = {"RateLimit": '"resolvers";r=9;t=50', "RateLimit-Policy": '"fixed window";"resolvers";q=10;w=60'}
+    gate.saw("resolvers", 200, h)
+    gate.saw("resolvers", 200, h)  # the same policy again: nothing to tell
+    gate.saw("resolvers", 429, {**h, "RateLimit": '"resolvers";r=0;t=12'})
+    assert [(a[0], a[1], a[2], a[3], a[4]) for a in seen] == [("resolvers", 10, 60, 9, 50), ("resolvers", 10, 60, 0, 12)]
+
+
+def test_parse_budget():
+    assert parse_budget(["free"]) == {k: (n, 300.0) for k, n in PLANS["free"].items()}
+    assert parse_budget(["pro", "api=10/2.5"]) == {"api": (10, 2.5), "resolvers": (12000, 300.0)}
+    for bad in ("gold", "api=10", "cdn=10/5", "api=0/5", "api=x/5"):
+        with pytest.raises(ValueError, match="hub budget"):
+            parse_budget([bad])
+
+
+def test_four_actors_keep_the_fake_hubs_windows_within_the_budget(tmp_path):
+    """B resolver requests per W seconds for the survey (4 actors + driver): the fake Hub, limiting at the same
+    B per fixed window, answers no 429 and its own log holds ≤ B requests in every W-second interval."""
+    import ray
+    from safetensors.numpy import save_file
+    from hubscan.survey import SurveyConfig, survey
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    B, W = 12, 2.0
+    rng = np.random.default_rng(0)
+    with isolated_hf_client(tmp_path / "hf"), FakeHub(rate_limits={"resolvers": (B, W)}) as hub:
+        for i in range(12):
+            path = tmp_path / f"m{i}.safetensors"
+            save_file({f"l{j}.weight": rng.standard_t(3, (40, 24)).astype("float32") for j in range(2)}, str(path))
+            hub.add_model(f"org/m{i}", {"model.safetensors": path}, info={"downloads": 100 - i})
+        hub.reset_stats()
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            s = survey(SurveyConfig(source="hf", out=str(tmp_path / "ds"), actors=4, cpus_per_actor=1, progress=False,
+                                    keep_esd=False, hub={"endpoint": hub.endpoint}, hub_budget={"resolvers": (B, W)}))
+        finally:
+            ray.shutdown()
+        log = [r for r in hub.requests() if r.rate_kind == "resolvers"]
+    assert s["num_success"] == 12
+    assert [r.status for r in log if r.status == 429] == []
+    assert _max_in_window([r.time for r in log], W) <= B
+    assert len(log) > 2 * B  # the budget bound: the requests took three windows at least
+    assert max(r.time for r in log) - min(r.time for r in log) >= (len(log) // B - 1) * W
