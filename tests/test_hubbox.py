@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 
+import math
+
 import numpy as np
+
 import pytest
 
 from hubscan.demo import hubbox
@@ -110,7 +113,8 @@ def test_weight_files_a_complete_analysis_reads(tmp_path):
     assert hubbox.weight_files(only_variant) == ["unet/diffusion_pytorch_model.fp16.safetensors"]
 
 
-def test_layout_notes_expect_failure_only_when_no_eigenvalue_can_pass_the_threshold(tmp_path):
+def test_layout_notes_expect_alpha_null_when_no_eigenvalue_can_pass_the_threshold(tmp_path):
+    import hubscan
     import torch
     from safetensors.torch import save_file
     rng = torch.Generator().manual_seed(0)
@@ -118,7 +122,11 @@ def test_layout_notes_expect_failure_only_when_no_eigenvalue_can_pass_the_thresh
     save_file(tiny, str(tmp_path / "model.safetensors"))
     # Σ eigenvalues of WᵀW = ‖W‖²_F < 1e-5: none can exceed WeightWatcher's 1e-5 threshold
     assert all(float(torch.linalg.eigvalsh(w.double().T @ w.double()).max()) < 1e-5 for w in tiny.values())
-    assert hubbox._layout_notes(tmp_path)[0] == "failed"
+    status, why = hubbox._layout_notes(tmp_path)
+    assert status == "success" and "alpha null" in why
+    res = hubscan.analyze(tmp_path)  # what the expectation says: measured, no alpha, no mean
+    assert res.summary["status"] == status and math.isnan(res.summary["alpha"])
+    assert [(r["status"], math.isnan(r["alpha"])) for r in res.rows] == [("success", True)] * 2
     save_file({**tiny, "c.weight": torch.randn(8, 8, generator=rng), "moe.experts.w": torch.randn(4, 8, 8, generator=rng),
                "conv.parametrizations.weight.original1": torch.randn(8, 4, 3, generator=rng)},
               str(tmp_path / "model.safetensors"))

@@ -292,10 +292,11 @@ def _layout_notes(folder: Path) -> tuple[str, str]:
     """(expected status, why) from the saved safetensors files of a folder (the names as saved, which may
     differ from the module's: transformers v5 writes fused experts back under the checkpoint's names).
 
-    ``failed`` when every matrix has ‖W‖²_F < 1e-5: the eigenvalues of WᵀW sum to ‖W‖²_F, so none is above
-    WeightWatcher's 1e-5 threshold and there is nothing to fit (some libraries' inits are near zero);
-    otherwise ``success``, with what is notable about the layout (tensors of rank ≥ 3 that are not
-    convolutions, weight-norm parametrizations)."""
+    ``success`` with what is notable about the layout (tensors of rank ≥ 3 that are not convolutions,
+    weight-norm parametrizations); when every matrix has ‖W‖²_F < 1e-5 (the eigenvalues of WᵀW sum to
+    ‖W‖²_F, so none is above WeightWatcher's 1e-5 threshold: some libraries' inits are near zero) the why
+    says that every row is measured with alpha null (README "What a status means": a degenerate spectrum is
+    a measurement)."""
     from safetensors.torch import load_file
     state = {}
     for f in weight_files(folder):
@@ -303,7 +304,8 @@ def _layout_notes(folder: Path) -> tuple[str, str]:
             state.update(load_file(str(folder / f)))
     mats = {k: v for k, v in state.items() if v.dim() >= 2 and v.is_floating_point()}
     if mats and all(float(v.float().pow(2).sum()) < 1e-5 for v in mats.values()):
-        return "failed", "every matrix has ‖W‖²_F < 1e-5 as the library initialized it: no eigenvalue to fit"
+        return "success", ("every matrix has ‖W‖²_F < 1e-5 as the library initialized it: measured (norms, "
+                           "lambda_max), alpha null in every row, no model mean")
     notes = []
     nd = [k for k, v in mats.items() if v.dim() >= 3 and not any(w in k for w in ("conv", "patch", "embed", "pos"))]
     if nd:
