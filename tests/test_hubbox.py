@@ -6,11 +6,9 @@ the fake Hub as the Hub would serve it, and mutated for week 2."""
 from __future__ import annotations
 
 import json
-
 import math
 
 import numpy as np
-
 import pytest
 
 from hubscan.demo import hubbox
