@@ -64,12 +64,12 @@ NOT_IMPLEMENTED = {
     "pl_package": ("ww", "the fit is WW's estimator, always"),
     "xmax": (None, "the fit's xmax is the largest eigenvalue"),
     "inverse": (False, "WW's inverse ESD"),
-    "randomize": (False, "WW's randomized ESD columns (rand_*, num_traps): not yet (issue 18, correlation traps)"),
     "peft": (False, "LoRA products of a PeftModel in memory: analyze the saved adapter folder with hubscan.analyze"),
 }
 
 #: WW's short names of hubscan's columns where they differ.
-_WW_COLUMNS = {"bulk_max": "lambda_plus", "bulk_min": "lambda_minus", "detX_num": "num_ERG_spikes"}
+_WW_COLUMNS = {"bulk_max": "lambda_plus", "bulk_min": "lambda_minus", "detX_num": "num_ERG_spikes",
+               "max_rand_eval": "rand_lambda_max", "rand_bulk_max": "rand_lambda_plus", "rand_num_spikes": "num_traps"}
 _DEFAULT_COLUMNS = ("D", "M", "N", "Q", "alpha", "alpha_weighted", "entropy", "has_esd", "lambda_max", "layer_type",
                     "log_alpha_norm", "log_norm", "log_spectral_norm", "longname", "matrix_rank", "norm", "num_evals",
                     "num_pl_spikes", "rank_loss", "rf", "sigma", "spectral_norm", "stable_rank", "status", "sv_max",
@@ -80,6 +80,9 @@ _OPTION_COLUMNS = {
     "vectors": tuple(f"{part}_{stat}_{m}" for part in ("bulk", "tail") for stat in ("mean", "var")
                      for m in ("loc_ratio", "part_ratio", "vec_entropy")),
     "clip_xmax": ("num_fingers", "raw_alpha"),
+    # hubscan's randomize + traps options (hubscan/esd/metric_traps.py); the last four derived in _randomized
+    "randomize": ("max_rand_eval", "num_traps", "rand_bulk_max", "rand_distance", "rand_mp_softrank",
+                  "rand_num_spikes", "rand_sigma_mp", "rand_W_scale", "rand_bulk_min", "ww_maxdist", "ww_softrank"),
 }
 _SUMMARY = ("log_norm", "alpha", "alpha_weighted", "log_alpha_norm", "log_spectral_norm", "stable_rank", "mp_softrank")
 _WEAK_RANK = 1e-6  # WW's WEAK_RANK_LOSS_TOLERANCE: eigenvalues below it count in weak_rank_loss
@@ -282,6 +285,11 @@ class WeightWatcher:
             Layers with M·rf < min_evals, M·rf > max_evals (0: no limit) or N > max_N are left out.
         mp_fit, detX / ERG, vectors : bool
             Add WW's columns of the MP fit, SETOL's detX condition, eigenvector localization.
+        randomize : bool
+            Add WW's columns of the element-shuffled W's ESD (``rand_distance``, ``max_rand_eval``, the MP fit
+            ``rand_*`` and its outliers ``num_traps`` = ``rand_num_spikes``, ``ww_softrank``, ``ww_maxdist``):
+            hubscan's ``randomize`` and ``traps`` options, one shuffle per layer seeded by hubscan's default
+            seed (WW: unseeded, 5 pooled when M < 100; README "Migrating from WeightWatcher").
         fix_fingers : False, ``'xmin_peak'`` or ``'clip_xmax'``
             Finger fixing of the fit (``clip_xmax`` adds ``num_fingers``, ``raw_alpha``).
         svd_method : ``'fast'`` or ``'accurate'``
@@ -324,17 +332,19 @@ class WeightWatcher:
         self.model = model = self._model(model)
         chosen = _select(_layers_of(model, start_ids), layers, min_evals, max_evals, max_N)
         if not chosen:
-            self.details = _frame([], self._columns(mp_fit, detX or ERG, vectors, fix_fingers))
+            self.details = _frame([], self._columns(mp_fit, detX or ERG, vectors, fix_fingers, randomize))
             return self.details
         options = dict(min_evals=0, mp_fit=bool(mp_fit), fix_fingers=fix_fingers or "", keep_evals=True,
                        method="svd" if svd_method == "accurate" else "gram",
                        layers=",".join(sorted({layer.tensor for layer in chosen})))
         if vectors:
             options["vectors"] = True
+        if randomize:  # WW's randomized ESD: hubscan's rand_distance and correlation traps, on one seeded shuffle
+            options.update(randomize=True, traps=True)
         self.results = res = hubscan.analyze(model, **options)
         rows = {r.name: r for r in res.rows if not r.part}
         records = []
-        columns = self._columns(mp_fit, detX or ERG, vectors, fix_fingers)
+        columns = self._columns(mp_fit, detX or ERG, vectors, fix_fingers, randomize)
         for layer in chosen:
             row = rows.get(layer.tensor)
             if row is None:
@@ -344,10 +354,10 @@ class WeightWatcher:
         return self.details
 
     @staticmethod
-    def _columns(mp_fit, detX, vectors, fix_fingers) -> list[str]:
+    def _columns(mp_fit, detX, vectors, fix_fingers, randomize) -> list[str]:
         cols = set(_DEFAULT_COLUMNS)
         for on, key in ((mp_fit, "mp_fit"), (detX, "detX"), (vectors, "vectors"),
-                        (fix_fingers == "clip_xmax", "clip_xmax")):
+                        (fix_fingers == "clip_xmax", "clip_xmax"), (randomize, "randomize")):
             if on:
                 cols |= set(_OPTION_COLUMNS[key])
         return ["layer_id", "name"] + sorted(cols)
@@ -362,6 +372,9 @@ class WeightWatcher:
                 continue
             if col == "weak_rank_loss":
                 out[col] = int(np.sum(evals < _WEAK_RANK)) if evals is not None else None
+                continue
+            if col in _RANDOMIZED:
+                out[col] = _randomized(col, row)
                 continue
             value = row[_WW_COLUMNS.get(col, col)]
             out[col] = math.nan if value is None else value
@@ -423,8 +436,8 @@ class WeightWatcher:
             No such layer (WW logs an error and returns []), or ``random``/``params`` given.
         """
         if random:
-            raise ValueError("WeightWatcher.get_ESD(random=True) is not implemented by hubscan: not yet "
-                             "(issue 18, correlation traps)")
+            raise ValueError("WeightWatcher.get_ESD(random=True) is not implemented by hubscan: the shuffled "
+                             "ESD is not kept (analyze(randomize=True) gives its columns)")
         if params is not None:
             raise ValueError("WeightWatcher.get_ESD(params=…) is not implemented by hubscan: pass analyze()'s "
                              "arguments to analyze()")
@@ -483,6 +496,29 @@ class WeightWatcher:
         frame = pd.DataFrame.from_records(records, columns=["method", "layer_id", "name", "delta_W", "delta_b", "M",
                                                              "N", "b_shape", "longname"]).set_index("layer_id")
         return float(frame["delta_W"].mean()), float(frame["delta_b"].mean()), frame
+
+
+_RANDOMIZED = ("rand_W_scale", "rand_bulk_min", "ww_maxdist", "ww_softrank")
+
+
+def _randomized(col: str, row) -> float:
+    """WW 0.7.7's randomize columns that hubscan's row holds only implicitly, by WW's formulas
+    (``apply_random_esd``, ``mp_fit``) on hubscan's one seeded shuffle; NaN where the shuffled ESD has no MP fit.
+
+    * ``ww_softrank`` = λ_max(W_rand) / λ_max(W), ``ww_maxdist`` = λ_max(W) − λ_max(W_rand);
+    * ``rand_W_scale`` = √(n / Σλ(W_rand)) = √(num_evals / norm): shuffling keeps ‖W‖²_F = Σλ;
+    * ``rand_bulk_min`` = σ²(1 − 1/√Q)² / W_scale² = ``rand_lambda_plus`` · ((1 − 1/√Q) / (1 + 1/√Q))².
+    """
+    if row["num_traps"] is None:
+        return math.nan
+    if col == "rand_W_scale":
+        return math.sqrt(row["num_evals"] / row["norm"])
+    if col == "rand_bulk_min":
+        r = 1 / math.sqrt(row["Q"])
+        return row["rand_lambda_plus"] * ((1 - r) / (1 + r)) ** 2
+    if col == "ww_softrank":
+        return row["rand_lambda_max"] / row["lambda_max"]
+    return row["lambda_max"] - row["rand_lambda_max"]
 
 
 def _b_shape(b) -> object:

@@ -32,7 +32,12 @@ BOUNDS = dict(COMPARE, N=("eq", 0), M=("eq", 0), Q=("rel", 1e-15), has_esd=("eq"
               sigma_mp=("rel", SIGMA_MP_RTOL), bulk_max=("rel", 2.5 * SIGMA_MP_RTOL),
               mp_softrank=("rel", 2.5 * SIGMA_MP_RTOL), W_scale=("rel", 1e-9), num_spikes=("abs", 2),
               ERG_gap=("eq", 0), detX_num=("eq", 0), num_ERG_spikes=("eq", 0), detX_val=("rel", 1e-9),
-              detX_val_unrescaled=("rel", 1e-9), num_fingers=("eq", 0), raw_alpha=("abs", 1e-8))
+              detX_val_unrescaled=("rel", 1e-9), num_fingers=("eq", 0), raw_alpha=("abs", 1e-8),
+              # randomize=True, given the same shuffle (test_randomize_equals_ww_on_the_same_shuffle)
+              max_rand_eval=("rel", 1e-9), num_traps=("eq", 0), rand_num_spikes=("eq", 0), rand_W_scale=("rel", 1e-9),
+              rand_bulk_max=("rel", 1e-9), rand_bulk_min=("rel", 1e-9), rand_distance=("rel", 1e-9),
+              rand_mp_softrank=("rel", 1e-9), rand_sigma_mp=("rel", 1e-9), ww_softrank=("rel", 1e-9),
+              ww_maxdist=("abs", 1e-9))  # λ_max ≈ 2 in that test: 1e-9 of λ_max·0.5
 
 
 def _ww(model, method="analyze", **kw):
@@ -107,6 +112,59 @@ def test_options_add_ww_columns_in_ww_order():
     assert watcher.get_details() is h
 
 
+def _shuffle_as_hubscan(x: np.ndarray) -> None:
+    """``np.random.shuffle`` as hubscan shuffles a layer (hubscan/analysis.py ``shuffled``: one permutation of
+    the flattened W from ``torch.randperm`` seeded by the default seed 0): WW 0.7.7 shuffles ``W.flatten()`` of
+    a dense layer's (out, in) matrix, the layout hubscan flattens."""
+    _shuffle_as_hubscan.calls += 1
+    x[:] = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).numpy()]
+
+
+def _dense(*layers: tuple) -> torch.nn.Sequential:
+    """Linear layers (in, out) of N(0, 1/in) weights, a planted element θ at [3, 7] where given a third value."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(spec[0], spec[1]) for spec in layers))
+    with torch.no_grad():
+        for module, spec in zip(model, layers):
+            module.weight.normal_(0, spec[0] ** -0.5)
+            if len(spec) > 2:
+                module.weight[3, 7] = spec[2]
+    return model
+
+
+def test_randomize_equals_ww_on_the_same_shuffle(monkeypatch):
+    """WW's randomize columns are WW's formulas on an unseeded ``np.random.shuffle``: given hubscan's seeded
+    shuffle instead, WW's frame is hubscan's, every randomize column to 1e-9 (M ≥ 100: WW shuffles once). Below
+    M = 100 WW pools 5 shuffles (README): of the same shuffle here, so its one planted trap counts 5 times."""
+    model = _dense((100, 200), (200, 100, 3.0), (40, 100, 3.0))
+    h = hubscan.WeightWatcher(model=model).analyze(randomize=True)
+    _shuffle_as_hubscan.calls = 0
+    monkeypatch.setattr(np.random, "shuffle", _shuffle_as_hubscan)
+    w = _ww(model, randomize=True)
+    monkeypatch.undo()
+    assert _shuffle_as_hubscan.calls == (1 + 1) * 2 + (5 + 1)  # the MP fit's shuffles + rand_distance's
+    _same_frame(w.iloc[:2], h.iloc[:2], "randomize")
+    assert list(h["num_traps"]) == [0, 1, 1] and list(w["num_traps"]) == [0, 1, 5]
+    small = h.iloc[2], w.iloc[2]  # M = 40: 5 copies of the same shuffled ESD, the largest eigenvalue and the norm
+    for col in ("max_rand_eval", "rand_W_scale", "rand_distance", "ww_softrank"):
+        assert small[0][col] == pytest.approx(small[1][col], rel=1e-9), col
+    assert small[0]["rand_sigma_mp"] == pytest.approx(small[1]["rand_sigma_mp"], rel=0.02)  # KDE of 5n points
+
+
+def test_randomize_finds_planted_traps_as_ww():
+    """With WW's own shuffle (numpy's global generator): an element of 3√N in N(0, 1/in) noise is a trap
+    wherever either shuffle puts it (its BBP outlier, tests/test_traps.py), pure noise has none; the shuffled
+    bulk edge of both within the fluctuations of an MP fit."""
+    model = _dense((100, 200, 3 * 2 ** 0.5), (100, 200), (100, 300, 3 * 3 ** 0.5))  # θ = t·σ√N, t = 3
+    h = hubscan.WeightWatcher(model=model).analyze(randomize=True)
+    np.random.seed(0)
+    w = _ww(model, randomize=True)
+    assert list(h["num_traps"]) == list(w["rand_num_spikes"]) == list(w["num_traps"]) == [1, 0, 1]
+    np.testing.assert_allclose(h["rand_bulk_max"], w["rand_bulk_max"], rtol=0.1)  # M = 100: ±5 % each
+    np.testing.assert_allclose(h["max_rand_eval"], w["max_rand_eval"], rtol=0.12)
+    np.testing.assert_allclose(h["rand_W_scale"], w["rand_W_scale"], rtol=1e-9)  # a shuffle keeps ‖W‖_F
+
+
 def test_layers_filter_and_sizes_as_ww():
     model = hf_gpt2()
     watcher = hubscan.WeightWatcher(model=model)
@@ -169,7 +227,7 @@ def test_distances_equal_ww():
 
 
 @pytest.mark.parametrize("call", [
-    lambda w: w.analyze(plot=True), lambda w: w.analyze(randomize=True), lambda w: w.analyze(pool=False),
+    lambda w: w.analyze(plot=True), lambda w: w.analyze(pool=False),
     lambda w: w.analyze(fit="TPL"), lambda w: w.analyze(min_size=10), lambda w: w.analyze(savefig="img"),
     lambda w: w.analyze(base_model=hf_bert()), lambda w: w.analyze(peft=True), lambda w: w.analyze(glorot_fix=True),
     lambda w: w.describe(channels="last"), lambda w: w.get_ESD(layer=2, random=True),
