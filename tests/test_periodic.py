@@ -1,5 +1,6 @@
 """Periodic surveys of one hub into one dataset, counted from the fake Hub's own request log: byte-identical
-re-uploads get their original's rows (``same_content_as``) after one header-length request, and a second
+re-uploads get their original's rows (``same_content_as``) after one header-length request (a sharded one after
+its index and one ``paths-info`` request), and a second
 survey after the hub changed reads only new and changed models, keeps the rows of deleted ones (``last_seen``)
 and ``hubscan changes`` says what changed."""
 
