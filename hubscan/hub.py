@@ -376,10 +376,11 @@ class HubClient:
         ``sleep(seconds)`` used between retries; None → ``time.sleep`` (tests inject a fake clock).
     content_check : callable or None
         ``content_check(sha256s, stats)``: called by the Hub's safetensors reader (:mod:`hubscan.weights.remote`)
-        once the first response of every weight file of a model gave its sha256 (``X-Linked-Etag``; the list
-        sorted; None unless every file had one), before any header or tensor byte is read (``stats``: the weight
-        set's ``bytes_read`` / ``requests`` so far); it may raise to stop reading (a survey's content dedupe
-        raises :class:`~hubscan.errors.SameContentError`).
+        once the first response of every weight file of a model gave its sha256 (``X-Linked-Etag``; with several
+        weight files, shards or components, the Hub's file metadata instead: one ``get_paths_info`` request before
+        any weight file is read; the list sorted; None unless every file had one), before any header or tensor
+        byte is read (``stats``: the weight set's ``bytes_read`` / ``requests`` so far); it may raise to stop
+        reading (a survey's content dedupe raises :class:`~hubscan.errors.SameContentError`).
     retries, requests : int
         Counters: retries made by :meth:`call`, HTTP requests sent inside it (redirects and retries
         included).

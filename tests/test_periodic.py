@@ -1,5 +1,6 @@
 """Periodic surveys of one hub into one dataset, counted from the fake Hub's own request log: byte-identical
-re-uploads get their original's rows (``same_content_as``) after one header-length request, and a second
+re-uploads get their original's rows (``same_content_as``) after one header-length request (a sharded one after
+its index and one ``paths-info`` request), and a second
 survey after the hub changed reads only new and changed models, keeps the rows of deleted ones (``last_seen``)
 and ``hubscan changes`` says what changed."""
 
@@ -115,3 +116,53 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
     assert main(["changes", "--dataset", ds]) == 0
     out = capsys.readouterr().out
     assert "new models: 2" in out and "no longer listed (rows kept, last_seen says when): 1" in out and "org/m2" in out
+
+
+def test_sharded_reupload_costs_its_index_and_one_metadata_request(ray_local, tmp_path):
+    """A sharded model (written by huggingface_hub's ``save_torch_state_dict``, the sharding transformers uses)
+    and its byte-identical re-upload under another organisation: the copy reads its index and asks the Hub once
+    for every shard's sha256 (``get_paths_info``), then takes the original's rows — no shard touched."""
+    import torch
+    from huggingface_hub import save_torch_state_dict
+
+    from hubscan.survey import SurveyConfig, survey
+
+    g = torch.Generator().manual_seed(7)
+    state = {f"h.{j}.weight": torch.randn(48, 32, generator=g) for j in range(6)} | {"h.0.bias": torch.randn(48)}
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    save_torch_state_dict(state, folder, max_shard_size=7000)  # one 48 × 32 float32 matrix (6,144 B) per shard
+    files = {p.name: p for p in folder.iterdir()}
+    shards = sorted(n for n in files if n.endswith(".safetensors"))
+    index = files["model.safetensors.index.json"]
+    assert len(shards) == 6 and set(files) == {*shards, index.name}
+
+    with isolated_hf_client(tmp_path / "hf"), FakeHub(lfs_redirect=True) as hub:
+        hub.add_model("org/sharded", files, info={"downloads": 10})
+        hub.add_model("mirror/sharded", files, info={"downloads": 1})  # byte-identical re-upload
+        ds = str(tmp_path / "ds")
+        hub.reset_stats()
+        s = survey(SurveyConfig(source="hf", out=ds, actors=1, progress=False, hub={"endpoint": hub.endpoint}))
+        reads = _reads(hub)
+        kinds = {m: sorted(r.kind for r in hub.requests(repo_id=m) if r.kind in READ_KINDS)
+                 for m in ("org/sharded", "mirror/sharded")}
+        shard_bytes = {m: sum(hub.bytes_sent(repo_id=m, path=n) for n in shards) for m in kinds}
+
+    models = {r["model_id"]: r for r in Dataset(ds, create=False).read("models").to_pylist()}
+    assert s["num_success"] == 2
+    copy, orig = sorted(models, key=lambda m: models[m]["same_content_as"] is None)
+    assert models[copy]["same_content_as"] == models[orig]["model_key"] and models[orig]["same_content_as"] is None
+    shas = sorted(hashlib.sha256(files[n].read_bytes()).hexdigest() for n in shards)
+    assert models[copy]["files_sha256"] == models[orig]["files_sha256"] == shas
+
+    # the copy, counted by the fake Hub: its index (a git file, no redirect) and one paths-info, no shard byte
+    assert kinds[copy] == ["paths-info", "resolve"] and reads[copy] == 2 and models[copy]["requests"] == 2
+    assert shard_bytes[copy] == 0 and models[copy]["bytes_read"] == index.stat().st_size
+    # the original read every shard: the same two, then per shard its header length (resolve + CDN), header, tensor
+    assert reads[orig] >= 2 + 2 * len(shards) and shard_bytes[orig] > sum(6144 for _ in shards)
+
+    layers = _layers(ds, copy)
+    assert layers == _layers(ds, orig)
+    assert [(n, nn, m) for n, nn, m, *_ in layers] == sorted((k, 48, 32) for k in state if k.endswith(".weight"))
+    assert all(np.isfinite(alpha) for *_, alpha, _ in layers)
+    assert models[copy]["alpha"] == models[orig]["alpha"] and models[copy]["status"] == models[orig]["status"] == "success"

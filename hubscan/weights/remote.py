@@ -19,7 +19,11 @@ safetensors (single or sharded): coalesced, streamed HTTP range reads
     ``WeightSet.stats``: ``bytes_read`` (body bytes consumed), ``requests`` (HTTP requests, retries
     included) and ``files_sha256`` (sorted; when every file's first response named its sha256 in
     ``X-Linked-Etag``, as the Hub does for LFS files). The header-length GETs of all the files come first:
-    :attr:`HubClient.content_check` sees the sha256s before any header or tensor byte is read.
+    :attr:`HubClient.content_check` sees the sha256s before any header or tensor byte is read. When a content
+    check is set and the model has several weight files (shards, components), their sha256s come instead
+    from one ``get_paths_info`` request made after the shard indexes are read and before any weight file is
+    touched (:func:`lfs_sha256`): a sharded re-upload costs its index and that request, not one request per
+    shard.
 whole-file formats (``pytorch_model*.bin``, ``.pt``, ONNX, GGUF, Keras / TF HDF5, Flax msgpack)
     ``hf_hub_download`` into a temporary cache (or ``HubClient.cache_dir``), read with the local readers,
     and removed when the set is closed unless ``HubClient.keep_cache``.
@@ -60,6 +64,9 @@ MERGE_GAP = 1 << 20
 MERGE_FRACTION = 0.02
 #: Bytes taken from a stream per read (the only buffer besides the tensor being filled).
 CHUNK = 1 << 20
+#: Paths asked per ``get_paths_info`` request (:func:`lfs_sha256`): huggingface_hub's own batch
+#: (``FETCH_LFS_BATCH_SIZE`` of its commit code).
+PATHS_PER_REQUEST = 500
 
 
 def coalesce(spans, max_gap: int | None = None, fraction: float | None = None) -> list[tuple[int, int]]:
@@ -287,34 +294,65 @@ class _RangedFile:
             self.stream = None
 
 
+def lfs_sha256(client: HubClient, ref: ModelRef, paths: list[str], stats: dict) -> list | None:
+    """The sha256 of the LFS files ``paths`` of ``ref`` at its pinned revision, from the Hub's file metadata
+    (``HfApi.get_paths_info``, ``lfs.sha256``): one request per :data:`PATHS_PER_REQUEST` paths, counted in
+    ``stats``; no byte of the files is read.
+
+    Returns
+    -------
+    list of str or None
+        The sha256s (64 hex digits) of the paths the revision holds, sorted (a path it lacks is left out, as the
+        reader leaves out a shard it cannot open); None when one of them is not an LFS file (no sha256) or none
+        is there.
+    """
+    infos: list = []
+    for i in range(0, len(paths), PATHS_PER_REQUEST):
+        infos += client.call(client.api.get_paths_info, ref.repo_id, paths[i:i + PATHS_PER_REQUEST],
+                             revision=ref.revision, what=f"hf:{ref.repo_id}@{ref.revision}", stats=stats)
+    shas = [getattr(getattr(f, "lfs", None), "sha256", None) for f in infos]
+    return sorted(shas) if shas and all(shas) else None
+
+
 def _open_ranged(ref: ModelRef, client: HubClient) -> WeightSet:
     stats: dict = {"bytes_read": 0, "requests": 0}
     lock = threading.Lock()
     missing: list = []
-    parts: list = []  # (prefix, {name: _RangedFile}, shard index or None), in the chosen files' order
-    for chosen in ref.files:  # each file's first response (its header length, its sha256); shard indexes read
+    listed: list = []  # (prefix, {name: path in the repo}, shard index or None), in the chosen files' order
+    for chosen in ref.files:  # shard indexes read: they name the weight files
         prefix = component_prefix(chosen, ref.files)  # components (diffusers sub-folders): <folder>/<tensor>
         if not chosen.endswith(".index.json"):
-            parts.append((prefix, {chosen: _RangedFile(client, ref, chosen, stats, lock)}, None))
+            listed.append((prefix, {chosen: chosen}, None))
             continue
         raw, _ = client.call(_get, client, _file_url(client, ref, chosen), stats, what=f"hf:{ref.repo_id}/{chosen}",
                              stats=stats)
         index = parse_shard_index(raw, f"hf:{ref.repo_id}/{chosen}")
         folder = os.path.dirname(chosen)
+        listed.append((prefix, {s: f"{folder}/{s}" if folder else s for s in index.shards()}, index))
+    paths = [p for _, names, _ in listed for p in names.values()]
+    shas = checked = None
+    if client.content_check is not None and len(paths) > 1:  # several files: their sha256s in one request
+        shas, checked = lfs_sha256(client, ref, paths, stats), True
+        client.content_check(shas, stats)
+    parts: list = []  # (prefix, {name: _RangedFile}, shard index or None)
+    for prefix, names, index in listed:  # each file's first response: its header length (and sha256)
         files = {}
-        for shard in index.shards():
+        for name, path in names.items():
             try:
-                files[shard] = _RangedFile(client, ref, f"{folder}/{shard}" if folder else shard, stats, lock)
+                files[name] = _RangedFile(client, ref, path, stats, lock)
             except RemoteFileNotFoundError:
-                missing += [(prefix + n, r) for n, r in index.missing(shard, None)]
+                if index is None:
+                    raise
+                missing += [(prefix + n, r) for n, r in index.missing(name, None)]
         parts.append((prefix, files, index))
     opened = [rf for _, files, _ in parts for rf in files.values()]
-    shas = sorted((rf.sha256 for rf in opened), key=str)
-    shas = shas if shas and all(shas) else None
+    if not checked:
+        shas = sorted((rf.sha256 for rf in opened), key=str)
+        shas = shas if shas and all(shas) else None
+        if client.content_check is not None:  # before any header or tensor byte (a survey's content dedupe)
+            client.content_check(shas, stats)
     if shas:
         stats["files_sha256"] = shas
-    if client.content_check is not None:  # before any header or tensor byte (a survey's content dedupe)
-        client.content_check(shas, stats)
     order: list = []  # (file, tensor info, name prefix), in the files' order
     for prefix, files, index in parts:
         for rf in files.values():
