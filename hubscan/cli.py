@@ -15,7 +15,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import warnings
 
 from hubscan import __version__
@@ -892,7 +894,7 @@ def cmd_sql(args) -> int:
                                              "(hf://datasets/ORG/NAME@REVISION for an older commit)")
         con = connect_published(args.dataset, endpoint=args.endpoint)
     else:
-        con = connect(args.dataset, as_of=args.as_of, **(args.storage_options or {}))
+        con = connect(args.dataset, as_of=args.as_of, empty_views=True, **(args.storage_options or {}))
     try:
         cur = con.execute(args.query)
     except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
@@ -927,9 +929,13 @@ def cmd_sql(args) -> int:
 
 
 def _add_sql(sub) -> None:
-    p = _command(sub, "sql", cmd_sql, help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy, lineage, deltas)",
+    p = _command(sub, "sql", cmd_sql,
+                 help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy, lineage, deltas, "
+                      "training)",
                  description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
-                             "surveys, accuracy, lineage and deltas (those the dataset holds).",
+                             "surveys, accuracy, lineage, deltas and training (lineage, deltas and training when the "
+                             "dataset holds them; models, layers and esd are empty views until a survey commits a "
+                             "model).",
                  epilog="examples:\n"
                         "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
                         "GROUP BY 1\"\n"
@@ -1034,6 +1040,10 @@ def cmd_changes(args) -> int:
         return 0
     console = _console(args)
     a, b = c["older"], c["newer"]
+    if a is None:  # one survey (or none): nothing to compare yet; exit 0 as a query that returns no rows
+        first = f"one survey so far ({b['survey_id']})" if b else "no survey yet"
+        print(f"{args.dataset}: {first}: nothing to compare yet (changes need two surveys)")
+        return 0
     console.print(f"changes from survey {a['survey_id']} ({a['started_at']:%Y-%m-%d %H:%M}) to {b['survey_id']} "
                   f"({b['started_at']:%Y-%m-%d %H:%M})", highlight=False)
     _say(console, f"{b['survey_id']}: {b['num_models']} models listed, {b['num_already_done']} unchanged (not read), "
@@ -1328,6 +1338,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, handlers=[handler])
     if args.quiet:
         warnings.simplefilter("ignore")
+    received = []  # SIGTERM (kill, timeout, Slurm, Kubernetes) stops as Ctrl-C does: a KeyboardInterrupt
+
+    def on_sigterm(signum, frame):
+        received.append(signum)  # Ray turns an interrupt inside ray.get/wait into a KeyboardInterrupt of its own
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() else None
+    try:
+        return _run(args, received)
+    finally:
+        if previous is not None:  # main() called in-process (tests, scripts): the caller's handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, received: list) -> int:
+    """``args.func(args)`` with every outcome in one line and an exit status (``received``: the SIGTERMs)."""
     try:
         return args.func(args)
     except HubscanError as exc:
@@ -1336,9 +1361,9 @@ def main(argv: list[str] | None = None) -> int:
         here = os.path.join(os.getcwd(), "")  # paths under the current folder as the ids show them
         print(f"hubscan: error: {_printable(' '.join(str(exc).split()).replace(here, ''))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("hubscan: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # exit 128 + the signal: SIGINT 130, SIGTERM 143
+        print("hubscan: interrupted" + (" (SIGTERM)" if received else ""), file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
     except Exception as exc:  # anything unexpected: still one line
         if args.debug:
             raise

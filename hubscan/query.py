@@ -1,4 +1,5 @@
-"""DuckDB over a survey dataset: views ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``.
+"""DuckDB over a survey dataset: views ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``, and
+``lineage``, ``deltas``, ``training`` where the dataset holds them.
 
 Each Delta table's live files (from the Delta snapshot, never a glob: removed and uncommitted
 files are left out) become a DuckDB view: on local disk through DuckDB's built-in Parquet reader,
@@ -37,7 +38,13 @@ def survey_versions(data: Dataset, survey_id: str) -> tuple[dict[str, int], obje
     return {k: int(v) for k, v in json.loads(row["table_versions"] or "{}").items()}, row["started_at"]
 
 
-def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **storage_options):
+#: Views that exist, empty with their table's columns, before the first row of their table is committed
+#: (``accuracy`` always; the survey's tables with ``connect(..., empty_views=True)``, as ``hubscan sql`` asks).
+SURVEY_VIEWS = ("models", "layers", "esd")
+
+
+def connect(dataset: str, *, require: bool = True, as_of: str | None = None, empty_views: bool = False,
+            **storage_options):
     """A DuckDB connection with one view per table of the dataset.
 
     Parameters
@@ -50,6 +57,11 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
     as_of : str, optional
         A survey id: every table as it was when that survey finished (Delta time travel); the
         ``surveys`` view holds the surveys up to that one.
+    empty_views : bool
+        Give ``models``, ``layers`` and ``esd`` an empty view with their columns while no model is
+        committed (a survey interrupted before its first commit): a query reads no rows instead of
+        failing. Otherwise (as for ``lineage``, ``deltas``, ``training``) a table not written yet has
+        no view, which callers test to leave out what it would show.
     **storage_options
         Filesystem options (see :func:`hubscan.store.open_filesystem`).
 
@@ -81,12 +93,12 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, **s
         except DatasetCorruptError as exc:
             con.execute(_failing_view(con, table, str(exc)))
             continue
-        if source is None and table != "accuracy":
+        if source is None and table != "accuracy" and not (empty_views and table in SURVEY_VIEWS):
             continue  # no such table (yet): no view
         where = f" WHERE started_at <= TIMESTAMPTZ '{started.isoformat()}'" if table == "surveys" and as_of else ""
         if source is not None and data.local and source.files:
             body = _native_scan(con, table, source)
-        else:  # object stores (no DuckDB extension needed), or accuracy before any ingestion (empty view)
+        else:  # object stores (no DuckDB extension needed), or a table not written yet (empty view)
             con.register(f"_{table}_arrow", source if source is not None else TABLES[table].empty_table())
             body = f"SELECT * FROM _{table}_arrow"
         con.execute(f"CREATE VIEW {table} AS {body}{where}")
@@ -171,10 +183,13 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
         - ``access`` — same model_key, ``gated`` changed (model_id, before, after);
         - ``status`` — same model_key, status changed (a failed model that now succeeded …).
 
+        With no survey before ``newer`` (``older`` not given; the dataset's first survey, or none):
+        ``older`` is None (``newer`` too when the dataset has no survey) and every list is empty.
+
     Raises
     ------
     hubscan.errors.SurveyNotFoundError
-        A survey id not in the dataset, or fewer than two surveys.
+        A survey id not in the dataset.
     """
     from hubscan.errors import SurveyNotFoundError
     data = Dataset(dataset, create=False, **(storage_options or {})).require()
@@ -182,8 +197,12 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
     ids = [r["survey_id"] for r in surveys]
     newer = newer or (ids[-1] if ids else None)
     if older is None:
-        if newer not in ids or ids.index(newer) == 0:
-            raise SurveyNotFoundError(data.url, f"no survey before {newer!r} in this dataset: changes need two")
+        if newer is not None and newer not in ids:
+            raise SurveyNotFoundError(data.url, f"no survey {newer!r} in this dataset (see: hubscan sql --dataset "
+                                                f"{dataset} \"SELECT survey_id, started_at FROM surveys\")")
+        if newer is None or ids.index(newer) == 0:  # a first survey: nothing to compare it with, not an error
+            return {"older": None, "newer": next((r for r in surveys if r["survey_id"] == newer), None),
+                    **{k: [] for k in ("new", "new_revision", "unlisted", "access", "status")}}
         older = ids[ids.index(newer) - 1]
     rows = {}
     for name, sid in (("older", older), ("newer", newer)):

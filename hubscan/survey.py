@@ -24,8 +24,9 @@ Flow (the steps of :class:`Survey`):
 Fault tolerance: a model that fails is recorded with its reason and the survey goes on; an actor
 that dies (OOM, killed, node lost) is replaced, its model retried up to ``max_attempts`` and the
 uncommitted models it had buffered re-dispatched; a killed driver commits nothing more, and the
-rerun redoes what was not committed (uncommitted files are invisible and vacuumed); Ctrl-C stops
-at once and records the survey as interrupted with the counts of what was committed.
+rerun redoes what was not committed (uncommitted files are invisible and vacuumed); Ctrl-C (or SIGTERM
+under the CLI) stops at once, records the survey as interrupted with the counts of what was committed
+and releases the lease.
 
 The dataset: once the source is enumerated (a source that cannot be listed fails first, touching
 nothing), the survey checks that the dataset can be written and takes its lease
@@ -48,7 +49,9 @@ import datetime as dt
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -784,6 +787,11 @@ class Survey:
     def init_ray(self) -> None:
         import ray
         if not ray.is_initialized():
+            # ray.init replaces the SIGTERM handler twice: in Python (sys.exit) and, in its core worker, with
+            # absl's failure handler (a "*** SIGTERM received" dump, exit 134, no interrupted row, the lease
+            # left held); the caller's handler (the CLI's: SIGTERM stops as Ctrl-C does) is put back after
+            main = threading.current_thread() is threading.main_thread()
+            sigterm = signal.getsignal(signal.SIGTERM) if main else None
             address = self.config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
             if address:
                 ray.init(address=address, log_to_driver=False,
@@ -792,6 +800,8 @@ class Survey:
                 ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
                          logging_level=logging.WARNING if self.config.quiet else logging.INFO)
                 self.we_started_ray = True
+            if sigterm is not None:
+                signal.signal(signal.SIGTERM, sigterm)
 
     def start_pool(self) -> None:
         import ray
@@ -1096,7 +1106,7 @@ class Survey:
                 self.start_pool()
                 self.dispatch()
                 self.commit(self.driver_rows.flush())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the CLI
             self.interrupted = True
             n = len(getattr(self, "inflight", ())) + sum(len(v) for v in getattr(self, "pending", {}).values())
             log.warning("interrupted: %d analyzed or in-flight models not committed (a rerun does them)", n)
@@ -1154,7 +1164,8 @@ def survey(config: SurveyConfig) -> dict:
         The source cannot be enumerated (e.g. hub unreachable) or holds no model — nothing else
         stops a survey.
     KeyboardInterrupt
-        After recording the interrupted survey.
+        After recording the interrupted survey (Ctrl-C; SIGTERM too where the caller's handler
+        raises it, as the CLI's does: ``ray.init`` does not displace that handler).
     """
     return Survey(config).run()
 

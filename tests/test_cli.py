@@ -400,3 +400,70 @@ def test_shortened_names_stay_distinct():
         short = _short_names(names, width)
         assert len(set(short)) == len(names) and all(len(s) <= width and "10" in s for s in short), short
     assert _short_names(["a.b", "a.b"], 2) == ["…b", "…b"]  # equal names may stay equal
+
+
+def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(tmp_path):
+    """A first survey stopped before its first model commit leaves only a ``surveys`` row: ``hubscan sql``
+    reads the survey's tables as empty views with their columns (no DuckDB "does not exist"), and
+    ``hubscan changes`` says in one line that there is nothing to compare yet (exit 0)."""
+    import datetime as dt
+
+    from hubscan.schema import TABLES, rows_to_table
+    from hubscan.store import Dataset
+    ds = tmp_path / "ds"
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.timezone.utc)
+    Dataset(str(ds)).write("surveys", rows_to_table([{"survey_id": "s1", "started_at": now, "finished_at": now,
+                                                      "source": "local:x", "interrupted": True}], "surveys"))
+    rc, out, err = run_cli("sql", "--dataset", ds, "--format", "json",
+                           "SELECT (SELECT count(*) FROM models) AS m, (SELECT count(*) FROM layers) AS l, "
+                           "(SELECT count(*) FROM esd) AS e, (SELECT count(*) FROM surveys WHERE interrupted) AS s")
+    assert rc == 0 and err == "", err
+    assert json.loads(out) == [{"m": 0, "l": 0, "e": 0, "s": 1}]
+    rc, out, err = run_cli("sql", "--dataset", ds, "--format", "csv", "SELECT * FROM models")
+    assert rc == 0 and out.splitlines() == [",".join(TABLES["models"].names)], err
+    rc, out, err = run_cli("sql", "--dataset", ds, "SELECT * FROM lineage")  # not a survey table: still no view
+    assert rc == 1 and "(views: accuracy, esd, layers, models, surveys)" in err
+    rc, out, err = run_cli("changes", "--dataset", ds)
+    assert (rc, err) == (0, "") and out.splitlines() == [
+        f"{ds}: one survey so far (s1): nothing to compare yet (changes need two surveys)"]
+    rc, out, err = run_cli("changes", "--dataset", ds, "--json")
+    c = json.loads(out)
+    assert rc == 0 and c["older"] is None and c["newer"]["survey_id"] == "s1" and c["new"] == c["status"] == []
+    rc, out, err = run_cli("changes", "--dataset", ds, "--survey", "s9")
+    assert rc == 1 and err.startswith("hubscan: error: ") and "no survey 's9'" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="readiness read from /proc (Linux)")
+def test_sigterm_to_analyze_is_one_line_and_exit_143(tmp_path):
+    """SIGTERM to a command without Ray (``hubscan analyze`` busy with its eigenvalues): ``hubscan:
+    interrupted (SIGTERM)`` in one line, exit 143 = 128 + 15, no traceback."""
+    import signal
+    import time
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    rng = np.random.default_rng(0)
+    f = tmp_path / "big.safetensors"
+    save_file({f"l{i}.weight": torch.from_numpy(rng.standard_t(3, size=(3000, 3000)).astype(np.float32))
+               for i in range(8)}, str(f))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "hubscan.cli", "analyze", str(f)], env=env, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        def reading():  # ready: the weight file is open (the analysis of 8 matrices follows)
+            fd = f"/proc/{p.pid}/fd"
+            try:
+                return str(f) in [os.readlink(os.path.join(fd, x)) for x in os.listdir(fd)]
+            except OSError:
+                return False
+        t0 = time.monotonic()
+        while not reading():
+            assert p.poll() is None and time.monotonic() - t0 < 120
+            time.sleep(0.02)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143 and err.strip().splitlines() == ["hubscan: interrupted (SIGTERM)"], err

@@ -263,3 +263,34 @@ def test_ctrl_c_stops_cleanly(slow_hub, tmp_path):
         ray.shutdown()
     assert s["num_already_done"] == done
     assert_one_row_each(out, N_SLOW)
+
+
+def test_sigterm_stops_like_ctrl_c(slow_hub, tmp_path):
+    """SIGTERM (kill, `timeout`, Slurm, Kubernetes) to the CLI driver after Ray started: one
+    ``hubscan:`` line, exit 143 = 128 + 15, no native crash dump (absl's "*** SIGTERM received" that
+    ``ray.init`` installs), the survey row interrupted with what was committed, the lease released,
+    and a rerun finishes the rest."""
+    from hubscan.store import Dataset, Lease
+    out = tmp_path / "ds"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{slow_hub}", "--out", str(out),
+           "--actors", "1", "--no-progress", "--flush-models", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: n_models(out) >= 1, timeout=300)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "SIGTERM received" not in err and "PC: @" not in err, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.startswith("hubscan:")] == ["hubscan: interrupted (SIGTERM)"], err
+    done = n_models(out)
+    assert 1 <= done < N_SLOW
+    assert q(out, "SELECT interrupted, num_success FROM surveys") == [(True, done)]
+    assert Lease(Dataset(str(out), create=False), "probe").current()["state"] == "free"
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert q(out, "SELECT count(*) FILTER (WHERE interrupted) , count(*) FROM surveys") == [(1, 2)]
+    assert_one_row_each(out, N_SLOW)
