@@ -10,12 +10,11 @@ import math
 
 import pytest
 import torch
+from test_cli import CASES, run_cli
 
 import hubscan
 from hubscan.analysis import AnalyzeOptions
 from hubscan.store import config_hash
-
-from test_cli import CASES, run_cli
 
 
 def _mlp():
@@ -93,7 +92,7 @@ def test_accepted_values_unchanged():
     (["--method", "qr"], "argument --method: invalid choice: 'qr'"),
 ])
 def test_cli_refuses_with_the_api_rule(tmp_path, args, line):
-    rc, out, err = run_cli("analyze", "m", *args, cwd=tmp_path)
+    rc, _, err = run_cli("analyze", "m", *args, cwd=tmp_path)
     assert rc == 2 and len(err.strip().splitlines()) == 1 and line in err, err
 
 
