@@ -24,7 +24,8 @@ from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.precision import PrecisionCheck, check_precision
-from hubscan.esd.select import EXCLUDED, LayerFilter, excluded
+from hubscan.esd.options import check_core
+from hubscan.esd.select import EXCLUDED, LayerFilter, as_spec, excluded
 from hubscan.esd.powerlaw import EVALS_THRESH, fit_powerlaw
 from hubscan.esd.registry import OPTIONS
 from hubscan.esd.registry import options as metric_options
@@ -69,14 +70,14 @@ class AnalyzeOptions:
     Attributes
     ----------
     device : str
-        ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        ``cpu``, ``cuda``, ``cuda:N``, ``auto`` or another torch device (``mps``).
     method : str
         Eigenvalue method, ``gram`` (default) or ``svd`` (:mod:`hubscan.esd.eigen`).
     precision : str
         ``float64`` (default), ``float32``, or ``auto``: float32 on CUDA for the shapes where a float64
         check of one layer gives |Δalpha| ≤ 1e-4, float64 elsewhere (:mod:`hubscan.esd.precision`).
     evals_thresh : float
-        Eigenvalues ≤ this are left out of the power-law fit (WW: 1e-5).
+        Eigenvalues ≤ this are left out of the power-law fit (WW: 1e-5); finite, ≥ 0.
     fix_fingers : str
         ``""``, ``xmin_peak`` or ``clip_xmax`` (:mod:`hubscan.esd.powerlaw`).
     tpl : bool
@@ -90,22 +91,30 @@ class AnalyzeOptions:
     conv_slices : bool
         One row per conv slice instead of one pooled ESD.
     min_evals, max_evals : int, int or None
-        Skip layers with fewer / more pooled eigenvalues.
+        Skip layers with fewer / more pooled eigenvalues; 1 ≤ min_evals ≤ 1,000,000, min_evals ≤ max_evals.
     keep_evals : bool
         Keep every layer's eigenvalues in the result (for the ``esd`` table and plots).
     seed : int
         Seed of the shuffle behind rand_distance (and of the bootstraps).
     layers : str
-        Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer.
+        Layer filter, e.g. ``"0-5,!*pooler*,dense"`` (:mod:`hubscan.esd.select`); "" = every layer. Given as a
+        layer id or a list/tuple of ids and specs, it is stored as the comma-joined spec (``[1, 3]`` → ``"1,3"``,
+        the same config hash).
     metric_options : tuple of (str, value)
         The registered options not at their default, sorted by name (read them as attributes).
+
+    Each field's value is checked as the command line checks its flag (:mod:`hubscan.esd.options`): a bool
+    is a bool, method / precision / fix_fingers one of their choices, numbers finite and in range.
 
     Raises
     ------
     TypeError
-        A keyword that is neither a field nor a registered option.
+        A keyword that is neither a field nor a registered option, or ``layers`` neither a spec, an id nor a
+        list/tuple of them.
     ValueError
-        A registered option's value of the wrong type or refused by its check.
+        A value of the wrong type or refused by its check (one line, ``name = value: reason``), e.g.
+        ``method = 'qr': not one of 'gram', 'svd'``, ``min_evals = 50 is above max_evals = 10: …``,
+        ``device = 'tpu': 'tpu' is not a device …``.
     """
 
     device: str = "cpu"
@@ -133,8 +142,10 @@ class AnalyzeOptions:
             if name not in registered:
                 raise TypeError(f"unknown analysis option {name!r} (options: {', '.join([*core, *registered])})")
             given[name] = kwargs.pop(name)
-        for name, f in core.items():
-            object.__setattr__(self, name, kwargs.get(name, f.default))
+        values = check_core({name: kwargs.get(name, f.default) for name, f in core.items() if name != "layers"})
+        values["layers"] = as_spec(kwargs.get("layers", ""))
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
         values = {}
         for name, value in given.items():
             if name not in registered:  # a plugin's option this process has not loaded

@@ -24,9 +24,6 @@ from hubscan import __version__
 from hubscan.errors import HubscanError
 from hubscan.records import ModelStatus, RowStatus
 
-#: Largest --min-evals accepted: a layer with 10**6 eigenvalues already needs an 8 TB float64
-#: Gram matrix, so a larger bound can only be a typo that skips every layer.
-MAX_EVALS_BOUND = 1_000_000
 
 
 # -- terminal output ---------------------------------------------------------------------------------
@@ -110,16 +107,6 @@ def _float_range(lo: float = 0.0, *, strict: bool = False):
     return parse
 
 
-_DEVICE = re.compile(r"^(cpu|auto|cuda(:\d+)?)$")
-
-
-def _device(text: str) -> str:
-    """An argparse type: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
-    if not _DEVICE.match(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not one of cpu, cuda, cuda:N, auto")
-    return text
-
-
 def _json_object(text: str) -> dict:
     """An argparse type: a JSON object (filesystem options)."""
     try:
@@ -144,8 +131,12 @@ def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
 
 
 def _check_fit_options(parser: argparse.ArgumentParser, args) -> None:
-    if args.max_evals is not None and args.min_evals > args.max_evals:
-        parser.error(f"--min-evals {args.min_evals} is above --max-evals {args.max_evals}: every layer would be skipped")
+    """The analysis options together, as :class:`hubscan.analysis.AnalyzeOptions` checks them (each flag's
+    value was checked by its type): refused in the flags' names (``--min-evals 50 is above --max-evals 10``)."""
+    try:
+        _options(args)
+    except (TypeError, ValueError) as exc:
+        parser.error(re.sub(r"\b([a-z][a-z_]*) = ", lambda m: f"--{m.group(1).replace('_', '-')} ", str(exc)))
 
 
 def _metric_options() -> dict:
@@ -199,14 +190,17 @@ def _layer_spec(text: str) -> str:
 
 
 def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    from hubscan.esd.options import CORE_OPTIONS, FIX_FINGERS, MAX_EVALS_BOUND, METHODS, PRECISIONS
+
+    core = {name: _option_type(option) for name, option in CORE_OPTIONS.items()}  # the API's rules (one place)
     g = p.add_argument_group("analysis options")
-    g.add_argument("--device", default="cpu", type=_device, help="cpu | cuda | cuda:N | auto (default: cpu)")
-    g.add_argument("--method", default="gram", choices=["gram", "svd"],
+    g.add_argument("--device", default="cpu", type=core["device"], help="cpu | cuda | cuda:N | auto (default: cpu)")
+    g.add_argument("--method", default="gram", choices=METHODS,
                    help="eigenvalues from the Gram matrix WᵀW (fast, default) or from the SVD of W")
-    g.add_argument("--precision", default="float64", choices=["float64", "float32", "auto"],
+    g.add_argument("--precision", default="float64", choices=PRECISIONS,
                    help="eigenvalue arithmetic (default float64); auto: float32 on CUDA where a float64 check "
                         "of one layer per shape gives |Δalpha| ≤ 1e-4")
-    g.add_argument("--fix-fingers", default="none", choices=["none", "xmin_peak", "clip_xmax"],
+    g.add_argument("--fix-fingers", default="none", choices=["none", *FIX_FINGERS[1:]],
                    help="WeightWatcher's fix_fingers options (default: none)")
     g.add_argument("--tpl", action="store_true", help="also fit a truncated power law (column Lambda)")
     g.add_argument("--no-mp-fit", dest="mp_fit", action="store_false",
@@ -214,9 +208,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--randomize", action="store_true", help="compute rand_distance (one more eigensolve per layer)")
     g.add_argument("--split-fused", action="store_true", help="analyze fused q/k/v and RNN gates block by block")
     g.add_argument("--conv-slices", action="store_true", help="one row per conv slice instead of a pooled ESD")
-    g.add_argument("--min-evals", type=_int_range(1, MAX_EVALS_BOUND), default=8,
-                   help="skip layers with fewer eigenvalues (default 8)")
-    g.add_argument("--max-evals", type=_int_range(1), default=None,
+    g.add_argument("--min-evals", type=core["min_evals"], default=8,
+                   help=f"skip layers with fewer eigenvalues (default 8, at most {MAX_EVALS_BOUND:,})")
+    g.add_argument("--max-evals", type=core["max_evals"], default=None,
                    help="skip layers with more eigenvalues (default: none)")
     for option in _metric_options().values():  # declared by the metric modules (hubscan.esd.registry)
         if option.type is bool:
@@ -228,7 +222,7 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--layers", default="", metavar="SPEC", type=_layer_spec,
                    help="analyze only these layers: ids/ranges (3,5-8), types (dense, conv2d, embedding, conv1d, conv3d), "
                         "name globs ('*attention*'); '!' excludes ('!*pooler*'); others get skipped rows")
-    g.add_argument("--evals-thresh", type=_float_range(0.0), default=1e-5,
+    g.add_argument("--evals-thresh", type=core["evals_thresh"], default=1e-5,
                    help="eigenvalues <= this are left out of the power-law fit (default 1e-5, as WW)")
 
 
@@ -343,6 +337,21 @@ def _check_out(path: str, suffixes: tuple[str, ...], what: str) -> None:
         raise HubscanError(path, f"folder {folder} does not exist (create it first; {what} does not create folders)")
     if suffixes and not path.lower().endswith(suffixes):
         raise HubscanError(path, f"unknown file type (use {' / '.join(suffixes)})")
+
+
+def _check_plot(path: str) -> None:
+    """Refuse a ``--plot`` folder that cannot be made or written: its parent missing, or it (or its parent) a
+    file or not writable."""
+    folder = os.path.abspath(path)
+    parent = os.path.dirname(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise HubscanError(path, "exists as a file, not a folder (--plot writes one PNG per layer into a folder)")
+    if not os.path.isdir(parent):
+        raise HubscanError(path, f"folder {parent} does not exist (create it first; analyze creates only "
+                                 "the plot folder itself)")
+    writable = folder if os.path.isdir(folder) else parent
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise HubscanError(path, f"folder {writable} is not writable")
 
 
 # -- analyze ------------------------------------------------------------------------------------------
@@ -569,11 +578,7 @@ def cmd_analyze(args) -> int:
 
     console = _console(args)
     options = _options(args)
-    if args.plot:
-        parent = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(parent):
-            raise HubscanError(args.plot, f"folder {parent} does not exist (create it first; analyze creates only "
-                                          "the plot folder itself)")
+    if args.plot:  # (its destination checked with the options: _check_plot)
         options = dataclasses.replace(options, keep_evals=True)
     result = analyze(args.path, options, client=_client(args), base=args.base)
     if args.plot:
@@ -1328,11 +1333,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "check", None):
         args.check(args.parser, args)
-    if getattr(args, "out", None) and args.command in _OUT_FILES:  # an output refused before anything runs
-        try:
+    try:  # an output refused before anything runs
+        if getattr(args, "out", None) and args.command in _OUT_FILES:
             _check_out(args.out, *_OUT_FILES[args.command])
-        except HubscanError as exc:
-            args.parser.error(str(exc))
+        if getattr(args, "plot", None):
+            _check_plot(args.plot)
+    except HubscanError as exc:
+        args.parser.error(str(exc))
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, handlers=[handler])

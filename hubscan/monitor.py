@@ -75,8 +75,9 @@ class Monitor:
         Analyze every ``every`` steps or epochs (≥ 1).
     unit : {"step", "epoch"}
         What ``every`` counts.
-    layers : str
-        Which layers (``--layers`` syntax, :mod:`hubscan.esd.select`); "" = all.
+    layers : str, int, or list/tuple of int and str
+        Which layers (``--layers`` syntax, :mod:`hubscan.esd.select`; ids and specs as
+        :class:`hubscan.analysis.AnalyzeOptions` takes them); "" = all (or ``options.layers``).
     run_id : str, optional
         The run's id in the table (default :func:`new_run_id`).
     tensorboard : str, path or SummaryWriter, optional
@@ -103,8 +104,10 @@ class Monitor:
 
     Raises
     ------
+    TypeError
+        ``layers`` neither a spec, an id nor a list/tuple of them; an unknown option.
     ValueError
-        ``every`` < 1, an unknown ``unit`` or a bad layer spec or option.
+        ``every`` < 1, an unknown ``unit`` or a bad layer spec or option value.
     hubscan.errors.DatasetBusyError
         Another process holds the dataset's lease (a survey …).
     ImportError
@@ -117,17 +120,16 @@ class Monitor:
                  flush_seconds: float = 60.0, **analyze_options):
         import dataclasses
 
-        from hubscan.esd.select import LayerFilter
-
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every = {every!r}: a whole number of steps or epochs ≥ 1")
         if unit not in UNITS:
             raise ValueError(f"unit = {unit!r}: one of {', '.join(UNITS)}")
-        LayerFilter.parse(layers)
         self.model, self.every, self.unit, self.scalars = model, every, unit, tuple(scalars)
         self.run_id = run_id or new_run_id()
         base = options or AnalyzeOptions(precision="float32", device=_device(model))
-        self.options = dataclasses.replace(base, layers=layers or base.layers, **analyze_options)
+        if not (isinstance(layers, str) and layers == ""):  # a spec, an id (0 included) or a list of them
+            analyze_options["layers"] = layers
+        self.options = dataclasses.replace(base, **analyze_options)  # checked there (AnalyzeOptions)
         self.rows: list = []
         self.results: list = []
         self._done: set = set()

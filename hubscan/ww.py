@@ -334,7 +334,8 @@ class WeightWatcher:
         if not chosen:
             self.details = _frame([], self._columns(mp_fit, detX or ERG, vectors, fix_fingers, randomize))
             return self.details
-        options = dict(min_evals=0, mp_fit=bool(mp_fit), fix_fingers=fix_fingers or "", keep_evals=True,
+        options = dict(min_evals=1,  # every matrix (WW's size filter chose the layers)
+                       mp_fit=bool(mp_fit), fix_fingers=fix_fingers or "", keep_evals=True,
                        method="svd" if svd_method == "accurate" else "gram",
                        layers=",".join(sorted({layer.tensor for layer in chosen})))
         if vectors:
@@ -447,7 +448,7 @@ class WeightWatcher:
         found = [x for x in _layers_of(model) if x.layer_id == layer or x.name == layer]
         if not found:
             raise ValueError(f"WeightWatcher.get_ESD(layer={layer!r}): no such layer id or name")
-        res = hubscan.analyze(model, min_evals=0, keep_evals=True, layers=found[0].tensor)
+        res = hubscan.analyze(model, min_evals=1, keep_evals=True, layers=found[0].tensor)
         row = next(r for r in res.rows if r.name == found[0].tensor)
         if row.key not in res.evals:
             raise ValueError(f"WeightWatcher.get_ESD(layer={layer!r}): no ESD ({row['reason']})")

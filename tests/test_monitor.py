@@ -109,6 +109,14 @@ def test_every_n_steps_and_bad_arguments(tmp_path):
             monitor.Monitor(model, **bad)
     with pytest.raises(ValueError):
         monitor.Monitor(model, layers="3-1")
+    with pytest.raises(TypeError, match="a spec string"):
+        monitor.Monitor(model, layers={0})
+    with pytest.raises(ValueError, match="^mp_fit = 'no': not of type bool$"):
+        monitor.Monitor(model, mp_fit="no")
+    for layers in ([0], 0, "0"):  # ids as the API takes them: layer 0 (falsy) included
+        with monitor.Monitor(model, every=1, unit="step", layers=layers) as mon:
+            assert mon.options.layers == "0"
+            assert {r["name"] for r in mon.step(0).rows if r["status"] == "success"} == {"0.weight"}
     with pytest.raises(TypeError):
         monitor.Monitor(model, not_an_option=1)
 

@@ -82,17 +82,31 @@ class ESD:
     scale_exp: int = 0
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps`` …), whether or not this machine has one.
+
+    Raises
+    ------
+    ValueError
+        Not a device torch knows (one line).
+    """
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{device!r}: not a device (cpu, cuda, cuda:N, auto or another torch device type)") from None
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` → CUDA when available, else CPU; anything else as given.
 
     Raises
     ------
     ValueError
-        ``cuda`` requested but no CUDA device is available.
+        Not a device (:func:`parse_device`), or ``cuda`` requested but no CUDA device is available.
     """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     return dev

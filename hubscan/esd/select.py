@@ -28,6 +28,29 @@ EXCLUDED = "excluded by --layers "
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
+def as_spec(layers) -> str:
+    """A layer selection as its spec (module docstring): a spec string as given, a layer id, or a list/tuple
+    of ids and spec strings joined by commas (``[1, 3]`` is ``"1,3"``, ``["*0*", "!*4*"]`` is ``"*0*,!*4*"``).
+
+    Raises
+    ------
+    TypeError
+        ``layers`` is none of these (one line naming what is accepted).
+    ValueError
+        A negative layer id, or a spec :meth:`LayerFilter.parse` refuses.
+    """
+    items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    if not isinstance(layers, (str, int, list, tuple)) or any(
+            isinstance(x, bool) or not isinstance(x, (str, int)) for x in items):
+        raise TypeError(f"layers = {layers!r}: a spec string ('0-5,!*pooler*'), a layer id (int), or a list/tuple "
+                        "of ids and spec strings")
+    if any(isinstance(x, int) and x < 0 for x in items):
+        raise ValueError(f"layers = {layers!r}: layer ids are ≥ 0")
+    spec = ",".join(map(str, items))
+    LayerFilter.parse(spec)
+    return spec
+
+
 def excluded(row) -> bool:
     """Whether a layer row (mapping with ``reason``) was left out by a ``--layers`` filter."""
     return (row.get("reason") or "").startswith(EXCLUDED)
