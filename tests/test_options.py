@@ -82,6 +82,22 @@ def test_accepted_values_unchanged():
     assert AnalyzeOptions(device="cuda:1").device == "cuda:1"  # a name, whether or not this machine has one
 
 
+def test_numpy_scalars_are_their_python_values():
+    """A sweep's values often come from numpy (np.arange, np.linspace): taken as the Python number, and the
+    config hash equal to that of the same Python values."""
+    import numpy as np
+    given = AnalyzeOptions(seed=np.int64(3), min_evals=np.int32(10), evals_thresh=np.float64(1e-4),
+                           mp_fit=np.bool_(False), alpha_ci=np.float64(0.9))
+    plain = AnalyzeOptions(seed=3, min_evals=10, evals_thresh=1e-4, mp_fit=False, alpha_ci=0.9)
+    assert [(type(getattr(given, k)), getattr(given, k)) for k in ("seed", "min_evals", "mp_fit")] == [
+        (int, 3), (int, 10), (bool, False)]
+    assert config_hash(given) == config_hash(plain)
+    for bad, message in ((dict(seed=np.float64(1.5)), r"seed = np.float64\(1.5\): not of type int"),
+                         (dict(mp_fit=np.int64(1)), r"mp_fit = np.int64\(1\): not of type bool")):
+        with pytest.raises(ValueError, match=message):
+            AnalyzeOptions(**bad)
+
+
 # -- the CLI: the same rules, exit 2 and one line ----------------------------------------------------
 
 @pytest.mark.parametrize("args, line", [

@@ -26,6 +26,7 @@ import dataclasses
 import importlib
 import logging
 import math
+import numbers
 import pkgutil
 from typing import Any, Callable
 
@@ -201,18 +202,18 @@ class Option:
         """
         try:
             if self.type is bool:
-                if not isinstance(value, bool):
+                if not _is_bool(value):
                     raise TypeError
-                v = value
+                v = bool(value)
             elif self.type is float:
-                if isinstance(value, bool):
+                if _is_bool(value):
                     raise TypeError
                 v = float(value)
                 if not math.isfinite(v):
                     raise ValueError("not a finite number")
-            elif self.type is int:
+            elif self.type is int:  # numpy's integers and integral floats too (numbers.Real)
                 v = float(value) if isinstance(value, str) else value
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+                if _is_bool(v) or not isinstance(v, numbers.Real) or v != int(v):
                     raise TypeError
                 v = int(v)
             else:
@@ -229,6 +230,12 @@ class Option:
     def on(self, value: Any) -> bool:
         """Whether ``value`` turns the option's metrics on (any value but the default)."""
         return value != self.default
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (numpy not imported: ``numpy.bool_`` by its type's module and name)."""
+    t = type(value)
+    return isinstance(value, bool) or (t.__module__ == "numpy" and t.__name__ in ("bool_", "bool"))
 
 
 def at_least(lo: float) -> Callable[[Any], None]:
