@@ -7,6 +7,7 @@ One bad layer never stops the others: its row gets ``status = RowStatus.FAILED``
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import itertools
@@ -493,8 +494,9 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         esd = top_eigenvalues(esd, rank, plan.N)
     if esd.scale_exp:  # eigenvalues in units of 4^k (hubscan.esd.eigen, "Range"): the absolute threshold too
         with np.errstate(over="ignore", under="ignore"):
-            options = dataclasses.replace(options, evals_thresh=float(np.ldexp(options.evals_thresh,
-                                                                               -2 * esd.scale_exp)))
+            scaled = float(np.ldexp(options.evals_thresh, -2 * esd.scale_exp))  # inf: every eigenvalue below it
+        options = copy.copy(options)  # not through __init__: a user's value is checked, this one is derived
+        object.__setattr__(options, "evals_thresh", scaled)
     fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
                        tpl=options.tpl)
     mp = None
@@ -628,17 +630,19 @@ class ModelAnalysis:
         left_out = [r for r in rows if excluded(r)]
         failed = [(r.key, r.reason) for r in rows if r.status == RowStatus.FAILED]
         unchanged = sum(r.reason == UNCHANGED for r in rows)
-        parts = [f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3])
-                 + (" …" if len(lost) > 3 else "") for lost, what in ((failed, "layer(s) failed"),
-                                                                     (missing, "tensor(s) missing"),
-                                                                     (unread, "tensor(s) in a layout hubscan does not read"))
-                 if lost]
+
+        def listed(lost, what):  # "2 layer(s) failed: a (why); b (why)", the first three named
+            return f"{len(lost)} {what}: " + "; ".join(f"{n} ({r})" for n, r in lost[:3]) + (" …" if len(lost) > 3 else "")
+        parts = [listed(lost, what) for lost, what in ((failed, "layer(s) failed"), (missing, "tensor(s) missing"),
+                                                       (unread, "tensor(s) in a layout hubscan does not read")) if lost]
         if left_out and all(r.get("status") == RowStatus.SKIPPED for r in rows):  # the user's filter left nothing
             status, reason = ModelStatus.SKIPPED, f"no layer selected by {left_out[0]['reason'].removeprefix('excluded by ')}"
         elif summary["num_success"] == 0 and not failed and unchanged:  # a delta of a copy of its base
             status, reason = ModelStatus.SKIPPED, f"no tensor differs from the base: {unchanged} {UNCHANGED}"
-        elif summary["num_success"] == 0:
-            status, reason = ModelStatus.FAILED, " | ".join(["no layer could be analyzed"] + parts)
+        elif summary["num_success"] == 0:  # nothing measured: say why (failures, or every tensor's skip reason)
+            skipped = [(r.key, r.reason) for r in rows if r.status == RowStatus.SKIPPED]
+            why = parts or ([listed(skipped, "tensor(s) skipped")] if skipped else [])
+            status, reason = ModelStatus.FAILED, " | ".join(["no layer could be analyzed"] + why)
         elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread
             status, reason = ModelStatus.INCOMPLETE, " | ".join(parts)
         else:

@@ -397,3 +397,19 @@ def test_peft_adapter_reads_the_same_from_a_folder_its_file_and_the_hub(tmp_path
         assert remote.ref.files == ("adapter_model.safetensors",)
         same(folder, rows(remote))
         same(with_base, rows(hubscan.analyze("hf:org/adapter", base="hf:org/base", client=client)))
+
+
+def test_a_base_of_other_shapes_fails_the_model_naming_why(tmp_path):
+    """Every tensor skipped because the base's shapes differ: nothing measured, the model `failed`, and its
+    reason names the tensors and the shapes (not a bare "no layer could be analyzed")."""
+    g = torch.Generator().manual_seed(0)
+    save_file({"a.weight": torch.randn(64, 32, generator=g), "b.weight": torch.randn(48, 32, generator=g)},
+              str(tmp_path / "child.safetensors"))
+    save_file({"a.weight": torch.randn(32, 32, generator=g), "b.weight": torch.randn(40, 32, generator=g)},
+              str(tmp_path / "base.safetensors"))
+    res = hubscan.analyze(tmp_path / "child.safetensors", base=tmp_path / "base.safetensors")
+    assert [(r["name"], r["status"]) for r in res.rows] == [("a.weight", "skipped"), ("b.weight", "skipped")]
+    assert res.summary["status"] == "failed"
+    assert res.summary["reason"] == ("no layer could be analyzed | 2 tensor(s) skipped: a.weight (shape [64, 32] "
+                                     "differs from the base's [32, 32]); b.weight (shape [48, 32] differs from the "
+                                     "base's [40, 32])")
