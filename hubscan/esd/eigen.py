@@ -38,7 +38,12 @@ import torch
 
 from hubscan.errors import NonFiniteError  # noqa: F401 - raised here, defined with the others
 
-#: Elements of one float64 chunk of W while the Gram matrix is accumulated (64 MB).
+#: Rows (columns, for a wide W) of one float64 chunk of W while the Gram matrix is accumulated, and its
+#: elements at most (64 MB). A chunk of a few hundred rows stays in the core's cache between its conversion
+#: and its product: measured, one thread, conversion + lower-triangle Gram of MiniLM's 30522×384 embedding:
+#: 179 ms in chunks of 21845 rows, 90 ms in chunks of 256; 4096×1024: 92 → 85 ms (fewer than ~128 rows
+#: and the product itself slows down). Chunks change only the order of summation (≤ 1e-15 relative).
+CHUNK_ROWS = 256
 CHUNK_ELEMS = 8 * 1024 * 1024
 
 
@@ -196,7 +201,7 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     rows, cols = S.shape
     tall = rows >= cols
     m, length = (cols, rows) if tall else (rows, cols)
-    step = max(1, CHUNK_ELEMS // m)
+    step = max(1, min(CHUNK_ROWS, CHUNK_ELEMS // m))
     if step >= length:  # one chunk
         C = _converted(S, device, dtype)
         return _gram_into(C if tall else C.T)
