@@ -43,6 +43,8 @@ from hubscan.errors import NonFiniteError  # noqa: F401 - raised here, defined w
 #: and its product: measured, one thread, conversion + lower-triangle Gram of MiniLM's 30522×384 embedding:
 #: 179 ms in chunks of 21845 rows, 90 ms in chunks of 256; 4096×1024: 92 → 85 ms (fewer than ~128 rows
 #: and the product itself slows down). Chunks change only the order of summation (≤ 1e-15 relative).
+#: Matrices that :func:`compute_esds` may batch (≤ BATCH_MAX_LAYER_ELEMS) stay one product, so that a
+#: layer's eigenvalues do not depend on whether its neighbours had its shape.
 CHUNK_ROWS = 256
 CHUNK_ELEMS = 8 * 1024 * 1024
 
@@ -201,7 +203,9 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     rows, cols = S.shape
     tall = rows >= cols
     m, length = (cols, rows) if tall else (rows, cols)
-    step = max(1, min(CHUNK_ROWS, CHUNK_ELEMS // m))
+    step = max(1, CHUNK_ELEMS // m)
+    if rows * cols > BATCH_MAX_LAYER_ELEMS:  # (smaller ones in one product, bit for bit as when batched)
+        step = max(1, min(CHUNK_ROWS, step))
     if step >= length:  # one chunk
         C = _converted(S, device, dtype)
         return _gram_into(C if tall else C.T)
