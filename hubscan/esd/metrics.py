@@ -40,7 +40,7 @@ import numpy as np
 
 from hubscan.esd.erg import detx_condition, erg_gap
 from hubscan.esd.phases import classify_phase, element_tail_index
-from hubscan.esd.registry import Spectrum, get_metric, metrics, register_metric, summary_metrics
+from hubscan.esd.registry import OPTIONS, Spectrum, get_metric, metrics, register_metric, summary_metrics
 
 if TYPE_CHECKING:  # torch-free at import: the schema reads this registry
     from hubscan.esd.eigen import ESD
@@ -288,7 +288,17 @@ def layer_metrics(esd: ESD, fit: PowerLawFit, mp: MPFit | None = None, *, mp_fit
     """
     spec = Spectrum(esd=esd, fit=fit, mp=mp, mp_fit=mp is not None if mp_fit is None else mp_fit,
                     rand_evals=rand_evals, slices=slices, **context)
-    out = {m.name: m.compute(spec) for m in metrics().values()}
+    options = context.get("options")
+    on: dict = {}  # option → whether its metrics run (looked up once a layer, not once a metric)
+    out = {}
+    for m in metrics().values():
+        if m.option is not None:
+            if m.option not in on:
+                on[m.option] = options is not None and OPTIONS[m.option].on(getattr(options, m.option))
+            if not on[m.option]:
+                out[m.name] = None
+                continue
+        out[m.name] = m.compute(spec)
     if esd.scale_exp:
         _restore_units(out, esd.scale_exp)
     return out
