@@ -581,3 +581,56 @@ def test_truncated_copies_are_corrupt(cases_dir, tmp_path, keep):
     with pytest.raises(CorruptFileError) as excinfo:
         open_weights(path)
     assert_error(excinfo, path, "")
+
+
+# --------------------------------------------------------------------------------------------------
+# read buffers: reused only when no tensor read into them is alive
+# --------------------------------------------------------------------------------------------------
+
+
+def test_read_buffers_never_overwrite_a_live_tensor(tmp_path):
+    """Tensors kept by the caller keep their values while later tensors are read (into reused memory once
+    the earlier ones are dropped); every value equals safetensors' own loader."""
+    rng = np.random.default_rng(0)
+    ref = {f"l{i}.weight": torch.from_numpy(rng.standard_normal((256, 128 + 64 * (i % 3))).astype(np.float32))
+           for i in range(12)}
+    save_file(ref, str(tmp_path / "m.safetensors"))
+    ws = open_weights(tmp_path / "m.safetensors")
+    entries = list(ws.entries())
+    kept = {e.name: e.load() for e in entries[::2]}           # alive: never overwritten
+    kept_view = kept[entries[0].name][3:7].t()                 # a view alone also holds its memory
+    ptrs = set()
+    for _ in range(3):                                         # dropped at once: their memory is reused
+        for e in entries[1::2]:
+            t = e.load()
+            assert torch.equal(t, ref[e.name]), e.name
+            ptrs.add(t.data_ptr())
+            del t
+    del kept[entries[0].name]
+    for e in entries[1::2]:
+        assert torch.equal(e.load(), ref[e.name])
+    for name, t in kept.items():
+        assert torch.equal(t, ref[name]), name
+    assert torch.equal(kept_view, ref[entries[0].name][3:7].t())
+    assert len(ptrs) < len(entries[1::2]) * 3                  # some memory was reused (not vacuous)
+    assert {t.data_ptr() for t in kept.values()}.isdisjoint(ptrs)
+    ws.close()
+
+
+def test_read_buffers_rules():
+    from hubscan.weights.buffers import ReadBuffers
+
+    pool = ReadBuffers(keep=2, min_bytes=1024, max_bytes=1 << 20)
+    a = pool.tensor(4096)
+    a.fill_(7)
+    b = pool.tensor(4096)                                      # a is alive: other memory
+    assert a.data_ptr() != b.data_ptr() and bool((a == 7).all())
+    pa = a.data_ptr()
+    del a
+    c = pool.tensor(3000)                                      # a's buffer is free and fits (≤ 2×)
+    assert c.data_ptr() == pa and c.numel() == 3000
+    assert pool.tensor(100).data_ptr() not in (pa, b.data_ptr())        # below min_bytes: own memory
+    assert pool.tensor(2 << 20).numel() == 2 << 20                      # above max_bytes: own memory
+    del c
+    assert pool.tensor(1024).data_ptr() != pa                  # 4096 > 2 × 1024: not handed to a small read
+    pool.clear()

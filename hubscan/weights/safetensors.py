@@ -24,6 +24,7 @@ from safetensors import safe_open
 from hubscan.errors import CorruptFileError, UnsupportedFormatError
 from hubscan.weights import FileRule, register_reader
 from hubscan.weights.base import TensorEntry, WeightSet
+from hubscan.weights.buffers import ReadBuffers
 from hubscan.weights.files import refuse_other_format, sniff_format
 
 __all__ = ["MAX_HEADER_BYTES", "TensorInfo", "header_length", "parse_header", "tensor_entries", "open_safetensors"]
@@ -257,17 +258,19 @@ def open_safetensors(path: str | os.PathLike) -> WeightSet:
         safe_open(where, framework="pt").__exit__(None, None, None)
     except Exception as e:
         raise CorruptFileError(where, f"safetensors refused it: {e}") from e
-    entries = tensor_entries(tensors, unknown, where, functools.partial(_read_tensor, where, 8 + n))
+    buffers = ReadBuffers()
+    entries = tensor_entries(tensors, unknown, where, functools.partial(_read_tensor, where, 8 + n, buffers))
     log.debug("%s: %d tensors", where, len(entries))
-    return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries))
+    return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries), close=buffers.clear)
 
 
-def _read_tensor(where: str, data_start: int, info: TensorInfo) -> torch.Tensor:
+def _read_tensor(where: str, data_start: int, buffers: ReadBuffers, info: TensorInfo) -> torch.Tensor:
     """Read one tensor's bytes into ordinary memory (not a memory map: mapped pages would stay
     resident, and counted in the process's RSS, until the file is closed — the whole file, for a
-    model read tensor by tensor)."""
+    model read tensor by tensor), reused from an earlier tensor of the file that is no longer alive
+    (:class:`~hubscan.weights.buffers.ReadBuffers`)."""
     nbytes = info.end - info.begin
-    buf = torch.empty(nbytes, dtype=torch.uint8)
+    buf = buffers.tensor(nbytes)
     try:
         with open(where, "rb", buffering=0) as f:
             f.seek(data_start + info.begin)
