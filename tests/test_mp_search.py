@@ -1,7 +1,8 @@
 """The MP fit's search (:mod:`hubscan.esd.mp`) against the search WeightWatcher 0.7.7 runs: the residual
 evaluated on every KDE point for every grid σ (WW's ``resid_mp``), the grid's argmin polished with
-``scipy.optimize.fmin``. hubscan evaluates a σ only on the KDE points inside its bulk and polishes with a
-float re-implementation of ``fmin``; both must give the same σ bit for bit."""
+``scipy.optimize.fmin``. hubscan evaluates a σ only on the KDE points inside its bulk, searches the grid
+coarse to fine and polishes with a float re-implementation of ``fmin``; both must give the same σ bit for
+bit."""
 
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ def test_search_equals_wws(name, evals, N, M):
     ours, ref = MP._Residual(kx, ky, Q, peak)(grid), ww_resid(grid, kx, ky, Q, peak)
     assert ours == pytest.approx(ref, rel=1e-12, abs=1e-12)
     start = grid[int(np.argmin(ref))]
+    assert MP._Residual(kx, ky, Q, peak).grid_argmin(grid) == int(np.argmin(ref))  # coarse to fine: the same point
     sigma = float(optimize.fmin(lambda v: float(ww_resid(v, kx, ky, Q, peak)[0]), [start], disp=False)[0])
     assert MP.fit_mp(evals, N, M).sigma_mp == sigma
 
