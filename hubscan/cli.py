@@ -72,6 +72,54 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs fitted to the terminal: prose lines wrapped at the width, indented lines
+    (examples) kept as written but a command longer than the width continued on the next line with ``\\``
+    (split at a space outside quotes, so the example still pastes into a shell)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        out = []
+        for line in text.splitlines():
+            body = line.lstrip(" ")
+            lead = indent + line[:len(line) - len(body)]
+            if not body:
+                out.append("")
+            elif lead == indent:
+                out.extend(textwrap.wrap(body, width, initial_indent=indent, subsequent_indent=indent,
+                                         break_on_hyphens=False, break_long_words=False))
+            else:
+                out.extend(_continued(body, width, lead))
+        return "\n".join(out)
+
+
+def _continued(command: str, width: int, lead: str) -> list[str]:
+    """A shell command in lines of at most ``width`` columns (where a space outside quotes allows), each
+    but the last ending with `` \\``, the continuations indented 4 more."""
+    words, word, quote = [], "", None
+    for ch in command:  # words split at spaces outside quotes
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == " ":
+            words.append(word)
+            word = ""
+            continue
+        word += ch
+    words.append(word)
+    lines, cur = [], lead
+    for w in words:
+        if cur.strip() and len(cur) + 1 + len(w) + 2 > width:
+            lines.append(cur + " \\")
+            cur = lead + "    " + w
+        else:
+            cur = cur + (" " if cur.strip() else "") + w
+    lines.append(cur)
+    return lines
+
+
 def _int_range(lo: int | None = None, hi: int | None = None):
     """An argparse type: an integer (``1e3`` accepted when integral) with lo ≤ value ≤ hi."""
     def parse(text: str) -> int:
@@ -167,7 +215,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _command(sub, name: str, func, **kwargs) -> argparse.ArgumentParser:
     """A sub-command's parser: ``kwargs`` (help, description, an ``examples:`` epilog) as given,
     the epilog's layout kept, ``--debug``/``-q`` accepted after the sub-command too, ``func`` run."""
-    p = sub.add_parser(name, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    p = sub.add_parser(name, formatter_class=_HelpFormatter, **kwargs)
     _add_common(p)
     p.set_defaults(parser=p, func=func)
     return p
@@ -1305,11 +1353,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "  hubscan sql --dataset out/dataset \"SELECT family, avg(alpha) FROM models GROUP BY 1\"\n"
                             "  hubscan report --dataset out/dataset --out report.html\n"
                             "'hubscan COMMAND --help' shows each command's options and examples.",
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"hubscan {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND",
+                                title="commands")
     for add in (_add_analyze, _add_survey, _add_sql, _add_compact, _add_doctor, _add_migrate, _add_changes,
                 _add_accuracy, _add_correlate, _add_report, _add_publish):
         add(sub)

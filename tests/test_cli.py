@@ -3,6 +3,7 @@ terminal table width, option validation, output files by suffix, one-line errors
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -467,3 +468,25 @@ def test_sigterm_to_analyze_is_one_line_and_exit_143(tmp_path):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 143 and err.strip().splitlines() == ["hubscan: interrupted (SIGTERM)"], err
+
+
+def test_help_fits_80_columns(monkeypatch):
+    """Every --help at 80 columns: prose wrapped, example commands continued with a backslash that a shell
+    joins back into the same words; only a single unbreakable token (a URL) may be longer."""
+    import shlex
+
+    from hubscan.cli import _continued, build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    texts = [parser.format_help()] + [p.format_help() for p in subs.choices.values()]
+    assert len(texts) == 12
+    for text in texts:
+        for line in text.splitlines():
+            assert len(line) <= 80 or len(line.split()) == 1, line
+    cmd = ("hubscan survey --source hf --author google --filter safetensors --limit 100 --out s3://bucket/htsr "
+           "--storage-options '{\"region\": \"eu-west-1\"}'")
+    lines = _continued(cmd, 80, "  ")
+    assert len(lines) > 1 and all(len(ln) <= 80 for ln in lines)
+    assert shlex.split(" ".join(ln.removesuffix("\\") for ln in lines)) == shlex.split(cmd)
