@@ -617,7 +617,8 @@ def test_read_buffers_never_overwrite_a_live_tensor(tmp_path):
     ws.close()
 
 
-def test_read_buffers_rules():
+def test_read_buffers_rules(monkeypatch):
+    from hubscan.weights import buffers
     from hubscan.weights.buffers import ReadBuffers
 
     pool = ReadBuffers(keep=2, min_bytes=1024, max_bytes=1 << 20)
@@ -634,3 +635,6 @@ def test_read_buffers_rules():
     del c
     assert pool.tensor(1024).data_ptr() != pa                  # 4096 > 2 × 1024: not handed to a small read
     pool.clear()
+    monkeypatch.setattr(buffers, "REUSE", False)               # e.g. a free-threaded build: no pooling at all
+    fresh = ReadBuffers()
+    assert fresh.tensor(1 << 20).numel() == 1 << 20 and not fresh._bufs

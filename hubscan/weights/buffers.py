@@ -8,16 +8,22 @@ that an earlier tensor no longer uses.
 A buffer is handed out again only when nothing refers to the memory of the tensor read into it: the tensor
 is made with ``torch.from_numpy`` on a numpy view of the buffer, its storage holds that view and the view
 holds the buffer, so the buffer's reference count says whether any tensor (or view of one) read into it is
-alive. A tensor the caller keeps is therefore never overwritten.
+alive. A tensor the caller keeps is therefore never overwritten. Where reference counts do not say that
+(a free-threaded CPython build, an interpreter without ``sys.getrefcount``) every read gets its own memory.
 """
 
 from __future__ import annotations
 
 import sys
+import sysconfig
 import threading
 
 import numpy as np
 import torch
+
+
+#: Whether reference counts tell when a buffer is free (not on a free-threaded build: counts are deferred).
+REUSE = hasattr(sys, "getrefcount") and not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 
 class ReadBuffers:
@@ -50,7 +56,7 @@ class ReadBuffers:
         torch.Tensor, shape (nbytes,), dtype uint8
             Memory of a buffer no live tensor uses (at most twice ``nbytes``), else new memory.
         """
-        if not self.min_bytes <= nbytes <= self.max_bytes:
+        if not REUSE or not self.min_bytes <= nbytes <= self.max_bytes:
             return torch.empty(nbytes, dtype=torch.uint8)
         with self._lock:
             free = [i for i in range(len(self._bufs)) if self._free(i)]
