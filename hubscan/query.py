@@ -149,11 +149,24 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
                           FROM models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
                        ).fetchall()
     rows = [r for r in rows if r[2] is not None]
+    if not rows:  # no model with an alpha: no empty table
+        return out
     w = min(20, max([len(r[0]) for r in rows] + [6]))
     out.append(("per family: models, mean alpha, alpha_weighted, under-/over-trained layers",
-                [f"{(f if len(f) <= w else f[:w - 1] + '…'):<{w}} {n:>4}  alpha {a:.2f}  alpha_w {aw:.2f}  "
-                 f"under {u} over {o}" for f, n, a, aw, u, o in rows]))
+                [family_line(*r, width=w) for r in rows]))
     return out
+
+
+def family_line(family: str, models: int, alpha: float | None, alpha_weighted: float | None,
+                under: int | None, over: int | None, *, width: int = 20) -> str:
+    """One line of the per-family summary, its columns at fixed places (alpha ≥ 10, a negative
+    alpha_weighted and a null mean align too); ``family`` cut to ``width`` with an ellipsis. At most
+    ``width`` + 57 characters (77 at the default width)."""
+    def num(v) -> str:
+        return f"{v:7.2f}" if v is not None else f"{'–':>7}"
+    name = family if len(family) <= width else family[:width - 1] + "…"
+    return (f"{name:<{width}} {models:>5}  alpha {num(alpha)}  alpha_w {num(alpha_weighted)}  "
+            f"under {under or 0:>4} over {over or 0:>4}")
 
 
 def survey_changes(dataset: str, older: str | None = None, newer: str | None = None,

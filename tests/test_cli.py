@@ -490,3 +490,16 @@ def test_help_fits_80_columns(monkeypatch):
     lines = _continued(cmd, 80, "  ")
     assert len(lines) > 1 and all(len(ln) <= 80 for ln in lines)
     assert shlex.split(" ".join(ln.removesuffix("\\") for ln in lines)) == shlex.split(cmd)
+
+
+def test_family_lines_align():
+    """The survey summary's per-family lines keep their columns for alpha ≥ 10, negative alpha_weighted,
+    a null mean and a long family name, within 80 columns."""
+    from hubscan.query import family_line
+
+    lines = [family_line("resnet", 12, 3.14, -1.5, 0, 2), family_line("bert-base-uncased-finetuned-x", 3, 12.5, 20.25, 7, 0),
+             family_line("vit", 1, None, None, None, None)]
+    assert all(len(ln) <= 80 for ln in lines), lines
+    for word in (" alpha ", " alpha_w ", " under ", " over "):
+        assert len({ln.index(word) for ln in lines}) == 1, (word, lines)
+    assert "12.50" in lines[1] and "-1.50" in lines[0] and "–" in lines[2] and "bert-base-uncased-f…" in lines[1]
