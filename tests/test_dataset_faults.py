@@ -87,13 +87,16 @@ def hub20(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_surveys(hub20, tmp_path_factory) -> dict:
-    """Survey A runs; survey B is started into the same dataset meanwhile; A is then killed (SIGKILL of
-    its process group) and survey C reruns; D is a plain rerun. Returns the dataset and what each did."""
+    """Survey A runs; once it has written 3 models it is frozen (SIGSTOP of its process group: alive, holding
+    the lease, and unable to finish however fast the analysis is); survey B is started into the same
+    dataset meanwhile; A is then killed (SIGKILL) and survey C reruns; D is a plain rerun. Returns the
+    dataset and what each did."""
     out = tmp_path_factory.mktemp("two") / "ds"
     a = subprocess.Popen([sys.executable, "-m", "hubscan.cli", *map(str, survey_args(hub20, out))], env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: (lease_state(out) or {}).get("pid") == a.pid and n_models(out) >= 3)
+        wait_for(lambda: (lease_state(out) or {}).get("pid") == a.pid and n_models(out) >= 3, step=0.05)
+        os.killpg(a.pid, signal.SIGSTOP)
         holder = lease_state(out)
         b = cli(*survey_args(hub20, out))
         done_a = n_models(out)
