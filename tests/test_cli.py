@@ -499,7 +499,7 @@ def test_family_lines_align():
 
     lines = [family_line("resnet", 12, 3.14, -1.5, 0, 2), family_line("bert-base-uncased-finetuned-x", 3, 12.5, 20.25, 7, 0),
              family_line("vit", 1, None, None, None, None)]
-    assert all(len(ln) <= 80 for ln in lines), lines
+    assert all(len("  " + ln) <= 80 for ln in lines), lines  # printed indented by 2
     for word in (" alpha ", " alpha_w ", " under ", " over "):
         assert len({ln.index(word) for ln in lines}) == 1, (word, lines)
     assert "12.50" in lines[1] and "-1.50" in lines[0] and "–" in lines[2] and "bert-base-uncased-f…" in lines[1]
