@@ -1383,6 +1383,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "check", None):
         args.check(args.parser, args)
     try:  # an output refused before anything runs
+        for opt in ("out", "plot"):  # given but empty ('--out ""', an unset shell variable): nothing to write to
+            if getattr(args, opt, None) is not None and not str(getattr(args, opt)).strip():
+                raise HubscanError(f"--{opt}", "is empty (give a file or folder)")
         if getattr(args, "out", None) and args.command in _OUT_FILES:
             _check_out(args.out, *_OUT_FILES[args.command])
         if getattr(args, "plot", None):
@@ -1420,6 +1423,12 @@ def _run(args, received: list) -> int:
     except KeyboardInterrupt:  # exit 128 + the signal: SIGINT 130, SIGTERM 143
         print("hubscan: interrupted" + (" (SIGTERM)" if received else ""), file=sys.stderr)
         return 128 + (received[0] if received else signal.SIGINT)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as a process ended by SIGPIPE
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        except (OSError, ValueError):
+            pass
+        return 128 + signal.SIGPIPE
     except Exception as exc:  # anything unexpected: still one line
         if args.debug:
             raise

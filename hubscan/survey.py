@@ -698,7 +698,11 @@ class Survey:
         """
         from hubscan.sources import resolve
         config = self.config
-        items = self.enumerate()
+        try:
+            items = self.enumerate()
+        except HubUnreachableError as exc:  # listing the models: the source is named, not the call
+            raise HubUnreachableError(config.source, f"{exc.reason}: the survey stopped before writing any model "
+                                                     "(a later run is unaffected)") from None
         if not items:
             raise NoWeightsError(config.source, "no models found")
         self.hold()

@@ -241,7 +241,9 @@ def _open(model, client: HubClient) -> tuple[WeightSet, ModelRef | None, dict, o
         device = module_device(model)
         return open_object(model), None, {"device": device} if device else {}, None
     if not isinstance(model, (str, os.PathLike, ModelRef)):
-        raise TypeError(f"hubscan cannot analyze a {type(model).__name__}: expected a path or reference (str, "
+        name = type(model).__name__
+        raise TypeError(f"hubscan cannot analyze a{'n' if name[:1].lower() in 'aeiou' else ''} {name}: expected a "
+                        "path or reference (str, "
                         f"os.PathLike, ModelRef), a WeightSet, or {ACCEPTED}")
     ref = _as_ref(model)
     source = get_source(ref.source)
