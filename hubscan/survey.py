@@ -807,11 +807,35 @@ class Survey:
             if sigterm is not None:
                 signal.signal(signal.SIGTERM, sigterm)
 
+    def check_fits(self, cpa: float, gpa: float) -> None:
+        """Refuse actors no node can hold: Ray would keep them pending forever, the survey silent. On a
+        Ray this survey started (one machine, no autoscaler) that is an error; on a cluster it is logged
+        (an autoscaler may add such a node) and the survey waits.
+
+        Raises
+        ------
+        hubscan.errors.HubscanError
+            Embedded Ray and no node with ``cpa`` CPUs and ``gpa`` GPUs.
+        """
+        import ray
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if any(r.get("CPU", 0) >= cpa and r.get("GPU", 0) >= gpa for r in nodes):
+            return
+        have = ", ".join(sorted({f"{r.get('CPU', 0):g} CPU" + (f" {r.get('GPU', 0):g} GPU" if gpa else "")
+                                 for r in nodes})) or "none"
+        need = f"{cpa:g} CPU" + (f" and {gpa:g} GPU" if gpa else "")
+        what = (f"an actor needs {need} and no Ray node has that (nodes: {have}); lower --cpus-per-actor"
+                + (" / --gpus-per-actor" if gpa else ""))
+        if self.we_started_ray:
+            raise HubscanError(self.config.source, what)
+        log.warning("%s: waiting for the cluster to add such a node", what)
+
     def start_pool(self) -> None:
         import ray
         from hubscan.registry import plugin_modules
         config = self.config
         self.n_actors, gpa, cpa = _cluster_resources(config)
+        self.check_fits(cpa, gpa)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
         # one budget for the cluster: the driver's (what planning spent) moves into an actor all processes share
         self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(

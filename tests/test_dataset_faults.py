@@ -453,3 +453,17 @@ def test_hub_lost_mid_survey_leaves_the_rest_for_the_next_run(hub20, tmp_path):
     assert (summary["num_already_done"], summary["num_success"], summary["num_failed"]) == (1, 2, 0)
     assert q(out, "SELECT model_id, status FROM models ORDER BY 1") == [(r, "success") for r in repos]
     assert q(out, "SELECT count(*), count(DISTINCT (model_key, layer_id, part)) FROM layers") == [(12, 12)]
+
+
+def test_actors_no_node_can_hold_are_refused_in_one_line(hub20, tmp_path):
+    """Actors asking more than any node has (here: more CPUs than this machine, a GPU where there is none)
+    would wait forever in Ray's queue: on the Ray the survey starts itself it stops in one line instead."""
+    cpus = os.cpu_count() or 1
+    for more, need in ((("--cpus-per-actor", cpus + 62), f"an actor needs {cpus + 62} CPU"),
+                       (("--cpus-per-actor", 1, "--gpus-per-actor", 1), "an actor needs 1 CPU and 1 GPU")):
+        if need.endswith("GPU") and torch.cuda.is_available():
+            continue
+        rc, out, err, seconds = cli(*survey_args(hub20, tmp_path / "ds", *more))
+        line = error_line(err)
+        assert rc == 1 and need in line and "no Ray node has that" in line, line
+        assert seconds < 300
