@@ -31,13 +31,14 @@ N_SLOW = 6
 
 @pytest.fixture(scope="module")
 def slow_hub(tmp_path_factory) -> Path:
-    """Models that take a few seconds each on one core (a 2500 × 2500 heavy-tailed matrix), so that
-    models are in flight when a node, an actor or the driver is killed."""
+    """Models that take a few seconds each on one core (a 3500 × 3500 heavy-tailed matrix: ~3 s; 2500 × 2500
+    took 1.1 s once the analysis got faster, and a survey of six could end before a signal sent after its
+    first commit was handled), so that models are in flight when a node, an actor or the driver is killed."""
     root = tmp_path_factory.mktemp("slowhub")
     rng = np.random.default_rng(0)
     for i in range(N_SLOW):
-        w = torch.from_numpy(rng.standard_t(3, size=(2500, 2500)).astype(np.float32))
-        save_file({"layer.weight": w, "layer.bias": torch.zeros(2500)}, str(root / f"slow{i}.safetensors"))
+        w = torch.from_numpy(rng.standard_t(3, size=(3500, 3500)).astype(np.float32))
+        save_file({"layer.weight": w, "layer.bias": torch.zeros(3500)}, str(root / f"slow{i}.safetensors"))
     return root
 
 
