@@ -1030,6 +1030,22 @@ def _add_compact(sub) -> None:
                    help="keep removed files younger than this (default 168; 0: delete now)")
 
 
+def _wrapped(line: str, width: int | None = None) -> str:
+    """``line`` wrapped at ``width`` or, on a terminal, at its width (``COLUMNS``), its indentation kept and
+    continuation lines indented 2 more; words (paths, URLs) are never split. Into a pipe or a file (no
+    ``width``) one finding stays one line, for grep."""
+    import shutil
+    import textwrap
+
+    if width is None:
+        if not sys.stdout.isatty():
+            return line
+        width = shutil.get_terminal_size((100, 24)).columns
+    lead = line[:len(line) - len(line.lstrip(" "))]
+    return textwrap.fill(line.strip(), width, initial_indent=lead, subsequent_indent=lead + "  ",
+                         break_long_words=False, break_on_hyphens=False) or line
+
+
 def cmd_doctor(args) -> int:
     from hubscan import doctor
 
@@ -1037,16 +1053,16 @@ def cmd_doctor(args) -> int:
     if args.repair:
         done = doctor.repair(args.dataset, **so)
         for line in done:
-            print(line)
+            print(_wrapped(line))
         print("repaired" if done else "nothing to repair: the dataset is sound")
         return 0
     found = doctor.diagnose(args.dataset, **so)
     for line in found.lines():
-        print(line)
+        print(_wrapped(line))
     if found.sound:
         return 0
-    print(f"hubscan doctor --dataset {args.dataset} --repair restores what can be restored safely (as said above; "
-          "every file it changes is first copied to DATASET/_doctor/)")
+    print(_wrapped(f"hubscan doctor --dataset {args.dataset} --repair restores what can be restored safely (as "
+                   "said above; every file it changes is first copied to DATASET/_doctor/)"))
     return 1
 
 

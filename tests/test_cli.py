@@ -503,3 +503,16 @@ def test_family_lines_align():
     for word in (" alpha ", " alpha_w ", " under ", " over "):
         assert len({ln.index(word) for ln in lines}) == 1, (word, lines)
     assert "12.50" in lines[1] and "-1.50" in lines[0] and "–" in lines[2] and "bert-base-uncased-f…" in lines[1]
+
+
+def test_long_report_lines_wrap_at_the_terminal_width():
+    """doctor's findings: wrapped at the width, indentation kept, continuations indented, no word split."""
+    from hubscan.cli import _wrapped
+
+    line = ("  models: commit 00000000000000000007.json is damaged (truncated JSON); the table is readable up to "
+            "version 6 — --repair rolls it back there and moves s3://bucket/a-very-long/prefix/_delta_log/x aside")
+    out = _wrapped(line, 80).splitlines()
+    assert len(out) > 1 and all(len(ln) <= 80 for ln in out if " " in ln.strip())
+    assert out[0].startswith("  models:") and all(ln.startswith("    ") for ln in out[1:])
+    assert " ".join(ln.strip() for ln in out) == line.strip()
+    assert _wrapped("short", 80) == "short" and _wrapped("", 80) == ""
