@@ -519,3 +519,17 @@ def test_gguf_corrupt_file(gguf_model, damage, reason):
     with pytest.raises(CorruptFileError) as excinfo:
         open_weights(path)
     assert_one_line(excinfo, path, reason)
+
+
+def test_bare_tensor_is_named_after_its_file(tmp_path):
+    """torch.save(tensor): no container, so no key to name it; the row is named after the file, and its
+    alpha is the one of the same matrix in a state dict."""
+    import torch
+
+    import hubscan
+    w = torch.from_numpy(np.random.default_rng(5).standard_t(3, (120, 60)).astype(np.float32))
+    torch.save(w, tmp_path / "bare.pt")
+    torch.save({"w": w}, tmp_path / "dict.pt")
+    bare, ref = hubscan.analyze(tmp_path / "bare.pt").to_pandas(), hubscan.analyze(tmp_path / "dict.pt").to_pandas()
+    assert list(bare["name"]) == ["bare"] and bare["status"][0] == "success"
+    assert bare["alpha"][0] == ref["alpha"][0]

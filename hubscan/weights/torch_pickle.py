@@ -639,7 +639,9 @@ def find_tensors(obj: object, where: str = "") -> list[tuple[str, torch.Tensor]]
     named: dict[str, torch.Tensor] = {}
     for path, tensor in found:
         if path[:len(root)] == root:
-            named.setdefault(".".join(map(str, path[len(root):])), tensor)
+            # a bare tensor (the file holds the tensor itself, no container) is named after its file
+            name = ".".join(map(str, path[len(root):])) or os.path.splitext(os.path.basename(where))[0] or "tensor"
+            named.setdefault(name, tensor)
     return list(named.items())
 
 
