@@ -637,7 +637,7 @@ class ModelAnalysis:
         hubscan.errors.NoWeightsError
             The model holds no tensor with 2 or more dimensions.
         """
-        from hubscan.weights.delta import UNCHANGED
+        from hubscan.weights.delta import UNCHANGED, base_mismatch
 
         rows, missing, unread = self._rows, self._missing, self._unread
         if not rows and not missing:
@@ -658,7 +658,10 @@ class ModelAnalysis:
         elif summary["num_success"] == 0:  # nothing measured: say why (failures, or every tensor's skip reason)
             skipped = [(r.key, r.reason) for r in rows if r.status == RowStatus.SKIPPED]
             why = parts or ([listed(skipped, "tensor(s) skipped")] if skipped else [])
-            status, reason = ModelStatus.FAILED, " | ".join(["no layer could be analyzed"] + why)
+            if skipped and not parts and not any(base_mismatch(r) for _, r in skipped):  # e.g. integer buffers only
+                status, reason = ModelStatus.SKIPPED, " | ".join(["no weight matrix to measure"] + why)
+            else:  # failures, or skips that say something is wrong (a base of other shapes)
+                status, reason = ModelStatus.FAILED, " | ".join(["no layer could be analyzed"] + why)
         elif parts:  # a layer hubscan could not measure (e.g. NaN / inf weights), a tensor missing or unread
             status, reason = ModelStatus.INCOMPLETE, " | ".join(parts)
         else:

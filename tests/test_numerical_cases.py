@@ -229,3 +229,16 @@ def test_cli(case):
     if case in DEGENERATE:
         name, why = DEGENERATE[case]
         assert re.search(rf"{re.escape(name)}: success: {re.escape(why)}", proc.stdout)
+
+
+def test_model_of_only_non_weights_is_skipped_not_failed(tmp_path):
+    """Every tensor skipped on purpose (an integer buffer, a matrix too small to fit): nothing is wrong, there
+    is nothing to measure — the model is skipped with the reasons; a base of other shapes stays failed
+    (tests/test_deltas.py)."""
+    from safetensors.torch import save_file
+    save_file({"ids": torch.arange(100).reshape(10, 10), "tiny.weight": torch.randn(3, 2), "b": torch.zeros(3)},
+              str(tmp_path / "m.safetensors"))
+    res = hubscan.analyze(tmp_path / "m.safetensors")
+    assert res.summary["status"] == "skipped", res.summary
+    assert res.summary["reason"].startswith("no weight matrix to measure | 2 tensor(s) skipped: ")
+    assert "integer buffer" in res.summary["reason"] and "too few eigenvalues" in res.summary["reason"]

@@ -41,6 +41,16 @@ from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 
 #: The skip reason of a pair whose ΔW is exactly zero.
 UNCHANGED = "unchanged from base"
+#: Skip reasons that say the model and its base do not match (not a choice: nothing measured because of them
+#: makes the model ``failed``, :meth:`hubscan.analysis.Analysis.result`).
+NOT_IN_BASE = "no tensor of this name in the base model"
+ONLY_IN_BASE = "only in the base model"
+
+
+def base_mismatch(reason: str | None) -> bool:
+    """Whether a row's skip reason is a mismatch between a model and its base (a name or a shape)."""
+    return bool(reason) and (reason in (NOT_IN_BASE, ONLY_IN_BASE) or reason.endswith("differs from the base's")
+                             or "differs from the base's [" in reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +108,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
             return e  # a layout hubscan does not decode (its own skipped row), or a vector (no row)
         b = base_entries.get(e.name)
         if b is None:
-            return dataclasses.replace(e, skip_reason="no tensor of this name in the base model")
+            return dataclasses.replace(e, skip_reason=NOT_IN_BASE)
         shape, bshape = tuple(e.shape), tuple(b.shape)
         if bshape != shape and not (len(shape) == 2 and bshape == shape[::-1]):
             return dataclasses.replace(e, skip_reason=f"shape {list(shape)} differs from the base's {list(bshape)}")
@@ -125,7 +135,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
             yield pair(e)
         for name, b in base_entries.items():
             if name not in seen and not b.skip_reason and len(b.shape) >= 2:
-                yield dataclasses.replace(b, skip_reason="only in the base model")
+                yield dataclasses.replace(b, skip_reason=ONLY_IN_BASE)
 
     def close() -> None:
         model.close()
