@@ -56,7 +56,9 @@ def test_unreachable_hub_fails_fast_in_one_line(hub, caplog, capsys, tmp_path):
                  "--no-progress"]) == 1
     assert time.monotonic() - t0 < 6.0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("hubscan: error: ") and line.endswith(expected) for line in err)
+    assert len(err) == 2 and all(line.startswith("hubscan: error: ") and expected in line for line in err)
+    assert err[0].endswith(expected) and err[1].startswith("hubscan: error: hf: ")  # the survey names its source
+    assert err[1].endswith(f"{expected}: the survey stopped before writing any model (a later run is unaffected)")
     assert not [r for r in caplog.records if r.name.startswith("huggingface_hub")]
     assert not (tmp_path / "ds").exists()  # nothing created
 
