@@ -35,11 +35,12 @@ class ReadBuffers:
         Buffers held at most (the analysis holds about three tensors at a time: the one analyzed, the one
         prefetched, the next read).
     min_bytes, max_bytes : int
-        Reads outside [min_bytes, max_bytes] get their own memory (small ones cost little to allocate; a
-        large one is not held past its use).
+        Reads outside [min_bytes, max_bytes] get their own memory: small ones cost little to allocate; a
+        large one is freed after use (its page faults are small beside its eigensolver's time, and a held
+        buffer of that size would raise the analysis's peak memory: 16 MiB by default).
     """
 
-    def __init__(self, keep: int = 4, min_bytes: int = 1 << 16, max_bytes: int = 1 << 28):
+    def __init__(self, keep: int = 4, min_bytes: int = 1 << 16, max_bytes: int = 16 << 20):
         self.keep, self.min_bytes, self.max_bytes = keep, min_bytes, max_bytes
         self._bufs: list[np.ndarray] = []
         self._lock = threading.Lock()

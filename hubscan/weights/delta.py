@@ -45,12 +45,12 @@ UNCHANGED = "unchanged from base"
 #: makes the model ``failed``, :meth:`hubscan.analysis.Analysis.result`).
 NOT_IN_BASE = "no tensor of this name in the base model"
 ONLY_IN_BASE = "only in the base model"
+SHAPE_DIFFERS = "differs from the base's"  # in "shape [64, 32] differs from the base's [32, 32]"
 
 
 def base_mismatch(reason: str | None) -> bool:
     """Whether a row's skip reason is a mismatch between a model and its base (a name or a shape)."""
-    return bool(reason) and (reason in (NOT_IN_BASE, ONLY_IN_BASE) or reason.endswith("differs from the base's")
-                             or "differs from the base's [" in reason)
+    return bool(reason) and (reason in (NOT_IN_BASE, ONLY_IN_BASE) or SHAPE_DIFFERS in reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +111,7 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
             return dataclasses.replace(e, skip_reason=NOT_IN_BASE)
         shape, bshape = tuple(e.shape), tuple(b.shape)
         if bshape != shape and not (len(shape) == 2 and bshape == shape[::-1]):
-            return dataclasses.replace(e, skip_reason=f"shape {list(shape)} differs from the base's {list(bshape)}")
+            return dataclasses.replace(e, skip_reason=f"shape {list(shape)} {SHAPE_DIFFERS} {list(bshape)}")
         extras: dict = {}
 
         def load():

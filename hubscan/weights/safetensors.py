@@ -258,16 +258,10 @@ def open_safetensors(path: str | os.PathLike) -> WeightSet:
         safe_open(where, framework="pt").__exit__(None, None, None)
     except Exception as e:
         raise CorruptFileError(where, f"safetensors refused it: {e}") from e
-    buffers = ReadBuffers(max_bytes=READ_BUFFER_MAX)
+    buffers = ReadBuffers()
     entries = tensor_entries(tensors, unknown, where, functools.partial(_read_tensor, where, 8 + n, buffers))
     log.debug("%s: %d tensors", where, len(entries))
     return WeightSet(files=[where], format="safetensors", entries=lambda: iter(entries), close=buffers.clear)
-
-
-#: Tensors up to this size are read into reused memory (:class:`~hubscan.weights.buffers.ReadBuffers`); larger
-#: ones into their own, freed after use (their page faults are small beside their eigensolver's time, and a
-#: held buffer of that size would raise the analysis's peak memory).
-READ_BUFFER_MAX = 16 << 20
 
 
 def _read_tensor(where: str, data_start: int, buffers: ReadBuffers, info: TensorInfo) -> torch.Tensor:
