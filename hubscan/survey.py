@@ -955,15 +955,16 @@ class Survey:
                 if task.parent is not None and row.get("delta_error"):
                     self.failed_edges.append((row["model_id"], task.parent.id, row["delta_error"]))
                 self._update_progress(row)
-        committed = set()
-        if out["batch"] is not None:
-            committed = {r["model_key"] for r in out["batch"]["rows"]}
-            self.commit(out["batch"], self.driver_rows.flush())
-        left = [item for item in self.pending.get(actor, []) if not item[0].keys <= committed]
-        if task is None and left:  # a flush that did not return every buffered model: redo them
-            self._redo(left)
-            left = []
-        self.pending[actor] = left
+        with deferred_interrupts():  # what is committed leaves `pending` before a Ctrl-C takes effect
+            committed = set()
+            if out["batch"] is not None:
+                committed = {r["model_key"] for r in out["batch"]["rows"]}
+                self.commit(out["batch"], self.driver_rows.flush())
+            left = [item for item in self.pending.get(actor, []) if not item[0].keys <= committed]
+            if task is None and left:  # a flush that did not return every buffered model: redo them
+                self._redo(left)
+                left = []
+            self.pending[actor] = left
 
     def known_contents(self) -> dict:
         """Content digest → model_key of the dataset's models analyzed under this config (success or
@@ -1060,10 +1061,16 @@ class Survey:
     # -- 5. commit -----------------------------------------------------------------------------
     def commit(self, *batches) -> None:
         """Commit flushed batches: ``esd`` and ``layers`` first, then ``models`` (the done-set);
-        models the dataset already held are replaced in the same transactions."""
+        models the dataset already held are replaced in the same transactions. A Ctrl-C / SIGTERM that
+        arrives meanwhile takes effect once the commit and its counts are done (:func:`deferred_interrupts`),
+        so the ``surveys`` row counts exactly the models committed."""
         batches = [b for b in batches if b]
         if not batches:
             return
+        with deferred_interrupts():
+            self._commit(batches)
+
+    def _commit(self, batches: list) -> None:
         rows = [r for b in batches for r in b["rows"]]
         keys = {r["model_key"] for r in rows}
         for table in WRITE_ORDER:
@@ -1171,6 +1178,34 @@ class Survey:
     def _update_progress(self, row: dict | None) -> None:
         if self.progress is not None:
             self.progress.update(self.analyzed, self.counts, self.seen, row)
+
+
+@contextlib.contextmanager
+def deferred_interrupts():
+    """Hold SIGINT and SIGTERM for the duration of the block (a critical section: a commit and the counts
+    that record it), then act on the first one received with the handler that was in place (Ctrl-C's
+    KeyboardInterrupt, the CLI's SIGTERM handler). Off the main thread (where signals cannot be handled)
+    the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+    held = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+            if (h := signal.getsignal(s)) is not None}  # None: a handler set outside Python, left alone
+    for s in held:
+        signal.signal(s, lambda signum, frame: received.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for s, h in held.items():
+            signal.signal(s, h)
+        if received:
+            signum, frame = received[0]
+            handler = held[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler == signal.SIG_DFL:  # no Python handler: the signal's own default (exit)
+                signal.raise_signal(signum)
 
 
 def survey(config: SurveyConfig) -> dict:

@@ -383,3 +383,37 @@ def test_redone_models_leave_the_analyzed_counts(tmp_path):
     s._redo([(a, 0.0, rows["a"])])
     assert s.analyzed == 1 and s.seen["success"] == 0 and s.seen["failed"] == 1 and s.seen["bytes_read"] == 7
     assert list(s.retry) == [a]
+
+
+def test_interrupt_during_a_commit_is_counted_with_it(tmp_path, monkeypatch):
+    """A Ctrl-C that arrives while a batch is being committed takes effect once the commit and its counts
+    are done: the models table and the survey's counts agree (the surveys row counts what landed). Without
+    the deferral the interrupt raised between the ``models`` commit and the count left num_success 0 with
+    one model committed (seen in CI's test_ctrl_c_stops_cleanly)."""
+    import signal
+
+    from hubscan.records import ModelStatus
+    from hubscan.refs import ModelRef
+    from hubscan.store import Dataset, rows_to_table
+    from hubscan.survey import RowBuffer, Survey, SurveyConfig, model_row
+
+    s = Survey(SurveyConfig(source="local:x", out=str(tmp_path / "ds"), progress=False))
+    s.dataset = Dataset(str(tmp_path / "ds"))
+    buf = RowBuffer(s.dataset, 10, float("inf"))
+    row = model_row(ModelRef("local", "m", "r"), {}, "km", "cfg", "sid", ModelStatus.SUCCESS, "")
+    buf.add({"models": rows_to_table([row], "models")}, row)
+    real = Dataset.commit
+    after = []
+
+    def commit_then_interrupt(self, table, *a, **kw):
+        real(self, table, *a, **kw)
+        if table == "models":  # the done-set is written: Ctrl-C now, before the survey has counted it
+            os.kill(os.getpid(), signal.SIGINT)
+            after.append(table)  # the handler ran inside the deferral: this line is still reached
+    monkeypatch.setattr(Dataset, "commit", commit_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        s.commit(buf.flush())
+    assert after == ["models"]
+    assert s.counts[ModelStatus.SUCCESS] == 1 and s.status_of == {"km": "success"}
+    assert Dataset(str(tmp_path / "ds")).read("models", columns=["model_key"]).column(0).to_pylist() == ["km"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
