@@ -268,6 +268,30 @@ def test_timm_folder_typed_by_module_equal_to_ww(tmp_path):
     assert_ww_equal(model, tmp_path, rows, min_layers=9)
 
 
+def test_building_a_config_leaves_the_process_as_it_was():
+    """The meta-device build skips torch's weight initialisation (as from_pretrained does) and silences
+    transformers while it runs: afterwards a model built by the caller is initialised as before, the logger
+    keeps its level, and tied weights are typed as the model ties them (Marian: decoder.embed_tokens is
+    ``shared``, 1000 × 64, not a 58,101-row table of its own)."""
+    import logging
+
+    from hubscan.weights.modules import build_meta
+
+    lg = logging.getLogger("transformers")
+    before = lg.level
+    kaiming = torch.nn.init.kaiming_uniform_
+    cfg = transformers.MarianConfig(vocab_size=1000, decoder_vocab_size=58101, d_model=64, encoder_layers=1,
+                                    decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                                    encoder_ffn_dim=64, decoder_ffn_dim=64, pad_token_id=999,
+                                    max_position_embeddings=32).to_dict()
+    found = types_from_config(cfg)
+    assert found.types["decoder.embed_tokens.weight"].shape == (1000, 64)
+    assert build_meta({"model_type": "bert", "hidden_size": "not a number"}) is None  # fails: logged, undone too
+    assert torch.nn.init.kaiming_uniform_ is kaiming and lg.level == before
+    torch.manual_seed(0)
+    assert float(torch.nn.Linear(64, 64).weight.std()) == pytest.approx(1 / 64 ** 0.5 / 3 ** 0.5, rel=0.1)  # U(±1/√fan_in)
+
+
 def test_types_from_a_live_module():
     """The interface for models handed in memory: any nn.Module, parametrizations included."""
     class Block(torch.nn.Module):

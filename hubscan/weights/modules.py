@@ -331,18 +331,21 @@ def _transformers_rename(model: torch.nn.Module) -> Callable[[str], tuple] | Non
 
 # -- building the module tree of a config on the meta device ---------------------------------------------
 @contextlib.contextmanager
-def _quiet():
-    loggers = [logging.getLogger(n) for n in ("transformers", "timm", "diffusers")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+def _quiet(library: str):
+    """The library's warnings and log records below ERROR silenced while it builds a module tree. Only the
+    library's own logger is touched, and only when it would let them through: every ``setLevel`` clears
+    the level caches of all loggers (hundreds once transformers' model modules are imported)."""
+    logger = logging.getLogger(library)
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.ERROR:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        if logger.level != level:
+            logger.setLevel(level)
 
 
 def _transformers_model(config: dict) -> torch.nn.Module | None:
@@ -352,7 +355,8 @@ def _transformers_model(config: dict) -> torch.nn.Module | None:
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
         return None  # not built into the installed transformers: never remote code
-    cfg = CONFIG_MAPPING[model_type].from_dict({k: v for k, v in config.items() if k != "auto_map"})
+    # what ``from_dict`` does without keyword arguments, less its log line that formats the whole config
+    cfg = CONFIG_MAPPING[model_type](**{k: v for k, v in config.items() if k != "auto_map"})
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     archs = config.get("architectures") or []
@@ -362,8 +366,22 @@ def _transformers_model(config: dict) -> torch.nn.Module | None:
         cls = getattr(transformers, base[0] if isinstance(base, (list, tuple)) else base, None) if base else None
     if cls is None:
         return None
+    # on the meta device, torch's weight initialisation skipped as ``from_pretrained`` skips it (no_init_weights
+    # swaps torch.nn.init's functions for no-ops process-wide while the tree is built, as from_pretrained
+    # does); it also skips the ties ``post_init`` makes, made after (a tied name is typed as its target)
     with torch.device("meta"):
-        return cls(cfg)
+        with _no_init_weights():
+            model = cls(cfg)
+        model.tie_weights()
+    return model
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise (on the meta device: no data, only time)
+        return contextlib.nullcontext()
+    return no_init_weights()
 
 
 _NOT_A_MODEL_ARG = re.compile(r"pretrained|checkpoint|path|dir|file|url|hub", re.IGNORECASE)
@@ -406,15 +424,15 @@ def build_meta(config: dict) -> torch.nn.Module | None:
     if not isinstance(config, dict):
         return None
     if isinstance(config.get("_class_name"), str) and "_diffusers_version" in config:
-        build = _diffusers_model
+        build, library = _diffusers_model, "diffusers"
     elif isinstance(config.get("model_type"), str):
-        build = _transformers_model
+        build, library = _transformers_model, "transformers"
     elif isinstance(config.get("architecture"), str):
-        build = _timm_model
+        build, library = _timm_model, "timm"
     else:
         return None
     try:
-        with _quiet():
+        with _quiet(library):
             return build(config)
     except Exception as exc:  # noqa: BLE001 - an unbuildable config leaves the names to decide
         log.info("module tree not built (%s): %s", type(exc).__name__, " ".join(str(exc).split())[:200])
