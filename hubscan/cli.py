@@ -984,18 +984,19 @@ def cmd_sql(args) -> int:
 def _add_sql(sub) -> None:
     p = _command(sub, "sql", cmd_sql,
                  help="query a dataset with DuckDB (views: models, layers, esd, surveys, accuracy, lineage, deltas, "
-                      "training)",
+                      "training, latest_models, latest_layers)",
                  description="Query a dataset with DuckDB; the tables are views named models, layers, esd, "
                              "surveys, accuracy, lineage, deltas and training (lineage, deltas and training when the "
                              "dataset holds them; models, layers and esd are empty views until a survey commits a "
-                             "model).",
+                             "model). models keeps a row per revision of a model: latest_models and latest_layers "
+                             "hold the newest analysis of each model, once.",
                  epilog="examples:\n"
-                        "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM models "
-                        "GROUP BY 1\"\n"
+                        "  hubscan sql --dataset out/dataset \"SELECT family, count(*), avg(alpha) FROM "
+                        "latest_models GROUP BY 1\"\n"
                         "  hubscan sql --dataset out/dataset --format csv \"SELECT model_id, name, alpha FROM "
                         "layers WHERE alpha < 2\" > over_trained.csv\n"
                         "  hubscan sql --dataset hf://datasets/my-org/hub-census \"SELECT count(*) FROM layers\"")
-    p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM models GROUP BY 1"')
+    p.add_argument("query", help='e.g. "SELECT family, avg(alpha) FROM latest_models GROUP BY 1"')
     _add_dataset(p, what="to query")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"])
     p.add_argument("--as-of", metavar="SURVEY_ID", default=None,
@@ -1366,7 +1367,8 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog="examples:\n"
                             "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
                             "  hubscan survey --source local:out/hub --out out/dataset\n"
-                            "  hubscan sql --dataset out/dataset \"SELECT family, avg(alpha) FROM models GROUP BY 1\"\n"
+                            "  hubscan sql --dataset out/dataset \"SELECT family, avg(alpha) FROM latest_models "
+                            "GROUP BY 1\"\n"
                             "  hubscan report --dataset out/dataset --out report.html\n"
                             "'hubscan COMMAND --help' shows each command's options and examples.",
                      formatter_class=_HelpFormatter)

@@ -233,7 +233,7 @@ def card(repo_id: str, parts: list[Shard], data: Dataset) -> str:
         rows = sum(p.rows for p in parts if p.table == t)
         lines.append(f"| `{t}` | {rows:,} | {sum(p.table == t for p in parts)} | {_TABLE_TEXT.get(t, what)} |")
     lines += ["", "## Query", "", "```bash",
-              f'hubscan sql --dataset hf://datasets/{repo_id} "SELECT family, count(*), avg(alpha) FROM models GROUP BY 1"',
+              f'hubscan sql --dataset hf://datasets/{repo_id} "SELECT family, count(*), avg(alpha) FROM latest_models GROUP BY 1"',
               "```", "", "```python", "import datasets",
               f'layers = datasets.load_dataset("{repo_id}", "layers", split="train")', "```", "",
               f"Written by hubscan {hubscan.__version__} (schema version "

@@ -1,5 +1,6 @@
 """DuckDB over a survey dataset: views ``models``, ``layers``, ``esd``, ``surveys``, ``accuracy``, and
-``lineage``, ``deltas``, ``training`` where the dataset holds them.
+``lineage``, ``deltas``, ``training`` where the dataset holds them; ``latest_models`` and ``latest_layers``
+(the newest analysis of each model: ``models`` keeps one row per revision and analysis config).
 
 Each Delta table's live files (from the Delta snapshot, never a glob: removed and uncommitted
 files are left out) become a DuckDB view: on local disk through DuckDB's built-in Parquet reader,
@@ -102,7 +103,26 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, emp
             con.register(f"_{table}_arrow", source if source is not None else TABLES[table].empty_table())
             body = f"SELECT * FROM _{table}_arrow"
         con.execute(f"CREATE VIEW {table} AS {body}{where}")
+    _latest_views(con)
     return con
+
+
+#: The newest analysis of each model (source, model_id): the revision the latest survey listed (last_seen
+#: null) first, else the one listed last (a model deleted or made private since), then the latest analysis.
+LATEST_MODELS = """SELECT * FROM models QUALIFY row_number() OVER (
+    PARTITION BY source, model_id ORDER BY last_seen DESC NULLS FIRST, analyzed_at DESC, model_key) = 1"""
+
+
+def _latest_views(con) -> None:
+    """Views ``latest_models`` (:data:`LATEST_MODELS`: one row per model, where ``models`` keeps one per
+    revision and analysis config) and ``latest_layers`` (the layers of those rows): what dataset-wide
+    summaries count, so that a rerun over new revisions does not count a model twice."""
+    have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "models" in have:
+        con.execute(f"CREATE VIEW latest_models AS {LATEST_MODELS}")
+        if "layers" in have:
+            con.execute("CREATE VIEW latest_layers AS SELECT * FROM layers "
+                        "WHERE model_key IN (SELECT model_key FROM latest_models)")
 
 
 def _failing_view(con, table: str, message: str) -> str:
@@ -142,11 +162,12 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
     if "models" not in have:
         return []
     out = []
-    rows = con.execute("SELECT status, count(*) FROM models GROUP BY 1 ORDER BY 2 DESC").fetchall()
-    out.append(("the whole dataset, models by status", [", ".join(f"{s}: {n}" for s, n in rows)]))
+    rows = con.execute("SELECT status, count(*) FROM latest_models GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    out.append(("the whole dataset (latest revision of each model), models by status",
+                [", ".join(f"{s}: {n}" for s, n in rows)]))
     rows = con.execute("""SELECT coalesce(family, '?') AS family, count(*), avg(alpha), avg(alpha_weighted),
                           sum(num_under_trained), sum(num_over_trained)
-                          FROM models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
+                          FROM latest_models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
                        ).fetchall()
     rows = [r for r in rows if r[2] is not None]
     if not rows:  # no model with an alpha: no empty table

@@ -298,7 +298,7 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
         assert r["model_key"] in out and r["model_id"] in out, out
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT * FROM modles", cwd=root, columns=80)
     assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
-    assert 'modles does not exist! Did you mean "models"?' in err and "(views: accuracy, esd, layers, models, surveys)" in err
+    assert 'modles does not exist! Did you mean "models"?' in err and "(views: accuracy, esd, latest_layers, latest_models, layers, models, surveys)" in err
     assert "Catalog Error" not in err and "_arrow" not in err and "LINE 1" not in err
     # every column of models: those that fit, whole ids first, and one note naming the rest
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT * FROM models", cwd=root, columns=80)
@@ -386,7 +386,7 @@ def test_survey_summary_fits_80_columns(tmp_path):
     body = next(i for i, ln in enumerate(lines) if ln.lstrip().startswith("models"))
     assert lines[body].split()[:4] == ["models", "done", "success", "incompl."]
     assert lines[body + 2].split()[:3] == ["2", "0", "2"], out  # 2 models, none already done, 2 succeeded
-    assert any("the whole dataset, models by status" in ln for ln in lines) and "success: 2" in out
+    assert any("the whole dataset (latest revision of each model), models by status" in ln for ln in lines) and "success: 2" in out
 
 
 def test_shortened_names_stay_distinct():
@@ -423,7 +423,7 @@ def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(t
     rc, out, err = run_cli("sql", "--dataset", ds, "--format", "csv", "SELECT * FROM models")
     assert rc == 0 and out.splitlines() == [",".join(TABLES["models"].names)], err
     rc, out, err = run_cli("sql", "--dataset", ds, "SELECT * FROM lineage")  # not a survey table: still no view
-    assert rc == 1 and "(views: accuracy, esd, layers, models, surveys)" in err
+    assert rc == 1 and "(views: accuracy, esd, latest_layers, latest_models, layers, models, surveys)" in err
     rc, out, err = run_cli("changes", "--dataset", ds)
     assert (rc, err) == (0, "") and out.splitlines() == [
         f"{ds}: one survey so far (s1): nothing to compare yet (changes need two surveys)"]

@@ -107,6 +107,15 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
     assert by["backup/m4"][0]["same_content_as"] == by["org/m4"][0]["model_key"]
     assert _layers(ds, "backup/m4") == _layers(ds, "org/m4")
 
+    # one row per model in the latest views: org/m1's new revision (not its week-1 row), org/m2 as last listed
+    from hubscan.query import connect, summary_tables
+    con = connect(ds)
+    latest = dict(con.execute("SELECT model_id, revision FROM latest_models").fetchall())
+    assert len(rows) == 10 and len(latest) == 9 and latest["org/m1"] == hub_rev and "org/m2" in latest
+    assert con.execute("SELECT count(DISTINCT model_key), count(*) FROM latest_layers").fetchone() == (9, 27)
+    summary = dict(summary_tables(ds))
+    assert summary["the whole dataset (latest revision of each model), models by status"] == ["success: 9"]
+
     c = survey_changes(ds)
     assert (c["older"]["survey_id"], c["newer"]["survey_id"]) == (w1["survey_id"], w2["survey_id"])
     assert [r["model_id"] for r in c["new"]] == ["backup/m4", "org/m9"]

@@ -214,18 +214,23 @@ def _survey_section(con, have) -> list[str]:
         out.append(note_html("The dataset holds no models table: nothing has been surveyed yet."))
         return out
     cols = _columns(con, "models")
-    status = con.execute("SELECT status, count(*) AS models FROM models GROUP BY 1 ORDER BY 2 DESC, 1").df()
+    # per model, not per analysis: the models table keeps one row per revision (and analysis config)
+    latest = "latest_models" if "latest_models" in have else "models"
+    status = con.execute(f"SELECT status, count(*) AS models FROM {latest} GROUP BY 1 ORDER BY 2 DESC, 1").df()
     total = int(status["models"].sum()) if len(status) else 0
-    out.append(f"<p>{total} model analyses in the dataset.</p>")
+    analyses = con.execute("SELECT count(*) FROM models").fetchone()[0]
+    out.append(f"<p>{total} models in the dataset" + (f" ({analyses} analyses: earlier revisions and other analysis "
+                                                       "configs too); the tables below count the latest analysis "
+                                                       "of each model" if analyses != total else "") + ".</p>")
     out.append("<h3 id='status'>Models per status</h3>" + html_table(status))
     if "family" in cols:
-        fam = con.execute("""
+        fam = con.execute(f"""
             SELECT coalesce(family, '?') AS family, count(*) AS models,
                    count(*) FILTER (WHERE status IN ('success', 'incomplete')) AS analyzed,
                    avg(alpha) AS mean_alpha, avg(alpha_weighted) AS mean_alpha_weighted,
                    sum(num_success) AS layers, sum(num_over_trained) AS over_trained,
                    sum(num_under_trained) AS under_trained
-            FROM models GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 30""").df()
+            FROM {latest} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 30""").df()
         out.append("<h3>Models per family (first 30)</h3>" + html_table(fam))
     if "surveys" in have:
         sv = con.execute("""SELECT survey_id, started_at, finished_at, source, num_models, num_already_done,
