@@ -893,8 +893,10 @@ _WHOLE = ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "pa
 
 
 def _sql_table(cols: list[str], rows: list, width: int):
-    """The result as a table of ``width`` columns: ids and names whole, other columns at least 8
-    characters (sharing what is left); the leading columns that fit, the rest left out.
+    """The result as a table of ``width`` columns. Numbers are never cut; ids and names are kept whole
+    when they fit and given way only after the other text columns (at least 24 characters, ending in
+    "…" when cut); other text at least 8 characters, sharing what is left. Columns are left out, the
+    rightmost first, only when even those least widths do not fit.
 
     Returns
     -------
@@ -906,27 +908,32 @@ def _sql_table(cols: list[str], rows: list, width: int):
     cols = [_printable(c) for c in cols]
     cells = [[_printable(_sql_cell(v)) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
+    numeric = [bool(rows) and all(isinstance(r[i], (int, float, decimal.Decimal)) for r in rows if r[i] is not None)
+               for i in range(len(cols))]
     whole = [c in _WHOLE or c.endswith("_id") for c in cols]
-    least = [w if k else min(w, 8) for w, k in zip(widths, whole)]
+    least = [w if num else min(w, 24 if k else 8) for w, num, k in zip(widths, numeric, whole)]
     keep, used = [], 1
     for i in range(len(cols)):
         if keep and used + least[i] + 3 > width:
             break
         keep.append(i)
         used += least[i] + 3
-    room = width - used + sum(least[i] for i in keep)
-    fixed = {i: least[i] for i in keep if whole[i]}
-    room -= sum(fixed.values())
-    others = sorted((widths[i], i) for i in keep if not whole[i])
+    room = width - used
+    fixed = {i: least[i] for i in keep}
+    for i in keep:  # ids and names whole first, left to right
+        if whole[i]:
+            grow = min(widths[i] - fixed[i], max(room, 0))
+            fixed[i] += grow
+            room -= grow
+    others = sorted((widths[i], i) for i in keep if not whole[i] and not numeric[i])
     for n, (w, i) in enumerate(others):  # water-filling: narrow columns whole, the wide ones share the rest
-        fixed[i] = max(least[i], min(w, room // (len(others) - n)))
-        room -= fixed[i]
+        grow = max(0, min(w - fixed[i], room // (len(others) - n)))
+        fixed[i] += grow
+        room -= grow
     t = Table()
     for i in keep:
         t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
-                     justify="right" if all(isinstance(r[i], (int, float, decimal.Decimal)) for r in rows
-                                            if r[i] is not None)
-                     and rows else "left")
+                     justify="right" if numeric[i] else "left")
     for r in cells:
         t.add_row(*[r[i] for i in keep])
     return t, [cols[i] for i in range(len(cols)) if i not in keep]

@@ -305,6 +305,12 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     assert rc == 0, err
     assert all(len(line) <= 80 for line in out.splitlines()) and all(i in out for i in ids)
     assert "column(s) do not fit 80 columns: " in " ".join(out.split())
+    # long ids and names give way before a number does: the alpha of the ORDER BY stays whole
+    long_id, long_name = "org-with-a-long-name/model-" + "x" * 40, "encoder.layer.11." + "attention." * 6 + "weight"
+    rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT '{long_id}' AS model_id, '{long_name}' AS name, "
+                           "3.14159 AS alpha, 'why ' || repeat('and ', 20) AS reason ORDER BY alpha", cwd=root, columns=80)
+    assert rc == 0 and all(len(line) <= 80 for line in out.splitlines()) and "do not fit" not in out, out
+    assert "3.14159" in out and "org-with-a-long-name/mod" in out and "encoder.layer.11.atte" in out and "…" in out
     # small floats keep their digits (not 0.0000)
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT 1.63e-05 AS x, 2.625 AS y", cwd=root, columns=80)
     assert "1.63e-05" in out and "2.625" in out and "2.6250" not in out
