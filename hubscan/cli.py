@@ -66,10 +66,18 @@ class _PrintableFormatter(logging.Formatter):
 # -- argument types: each refuses a bad value in one line -----------------------------------------
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``hubscan analyze: error: <reason> (see --help)``."""
+    """An ArgumentParser whose errors are one line, as every other hubscan error:
+    ``hubscan: error: <reason> (see hubscan analyze --help)``, pointing to the command's own help (an
+    unknown option too, which argparse reports from the top-level parser)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)\n")
+        self.exit(2, f"hubscan: error: {_printable(message)} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D401 - argparse API
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            (getattr(ns, "parser", None) or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -123,6 +123,19 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
     return SCHEMES[plain_scheme()](text)
 
 
+def not_found_reason(path: str | os.PathLike) -> str:
+    """Why a path given as a model reference cannot be opened: "no such file or folder", naming the
+    registered schemes when it reads as ``SCHEME:…`` with a scheme no source has (``hff:org/x``)."""
+    text = os.fspath(path)
+    here = os.path.relpath(text) if os.path.isabs(text) else text
+    scheme, colon, _ = here.partition(":")
+    if colon and len(scheme) > 1 and scheme.replace("-", "").replace("_", "").replace(".", "").isalnum() \
+            and scheme not in SCHEMES:
+        return (f"no such file or folder, and {scheme}: is not a model reference scheme "
+                f"({', '.join(f'{s}:' for s in sorted(SCHEMES))})")
+    return "no such file or folder"
+
+
 def check_repo_path(path: str, repo: str) -> str:
     """Refuse a repository file path that could leave the repository or the download folder.
 

@@ -115,6 +115,16 @@ def test_analyze_folder_of_several_models_is_refused(tmp_path):
     assert rc == 0, err
     rc, out, err = run_cli("analyze", "nope", cwd=tmp_path)
     assert rc == 1 and err.strip() == "hubscan: error: nope: no such file or folder"  # not /abs/path/nope
+    rc, out, err = run_cli("analyze", "hff:org/model", cwd=tmp_path)  # a typo of a scheme: the schemes named
+    assert rc == 1 and err.strip() == ("hubscan: error: hff:org/model: no such file or folder, and hff: is not a "
+                                       "model reference scheme (hf:, list:, local:, timm:)")
+    # option errors: the same one-line form, pointing to the command's own help (an unknown option too)
+    for argv, line in ((["analyze", "nope", "--bogus"],
+                        "hubscan: error: unrecognized arguments: --bogus (see hubscan analyze --help)"),
+                       (["survey", "--source", "local:x", "--out", "d", "--actors", "x"],
+                        "hubscan: error: argument --actors: 'x' is not an integer (see hubscan survey --help)")):
+        rc, out, err = run_cli(*argv, cwd=tmp_path)
+        assert rc == 2 and err.strip() == line, err
 
 
 def test_analyze_columns_option():

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError, storable
-from hubscan.refs import ModelRef, local_fingerprint
+from hubscan.refs import ModelRef, local_fingerprint, not_found_reason
 from hubscan.sources import register_source
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ def _not_found(path: Path) -> PathNotFoundError:
     if path.parent.is_dir() and any(storable(n) == path.name != n for n in os.listdir(path.parent)):
         return PathNotFoundError(storable(os.fspath(path)), "its name is not valid UTF-8 (shown with its bytes "
                                                             "escaped): rename it to analyze it")
-    return PathNotFoundError(storable(os.fspath(path)), "no such file or folder")
+    return PathNotFoundError(storable(os.fspath(path)), not_found_reason(path))
 
 
 def _one_model(ref: ModelRef) -> None:

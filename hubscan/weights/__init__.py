@@ -206,7 +206,8 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
             raise UnreadFormatError(where, f"{fmt} is a format hubscan recognises but does not read")
         weights = reader_for(p).open(where)
     else:
-        raise PathNotFoundError(where, "no such file or folder")
+        from hubscan.refs import not_found_reason
+        raise PathNotFoundError(where, not_found_reason(where))
     if next(iter(weights.entries()), None) is None:
         weights.close()
         lost = f"; the {len(weights.missing)} tensors its index names are missing" if weights.missing else ""
