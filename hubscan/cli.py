@@ -369,6 +369,25 @@ def _say(console, text: str, indent: int = 2) -> None:
         console.print(line, highlight=False, markup=False, crop=False, soft_wrap=True)
 
 
+def _heading(console, text: str) -> None:
+    """Print a heading that holds a path (a model's source): wrapped to the console's width after a
+    ``/`` or a space, never inside a name (a name longer than the width is cut where it must be)."""
+    text, width = _printable(text), max(console.width, 40)
+    tokens = re.findall(r"[^/ ]*(?:/|\s+|$)", text)
+    lines, line = [], ""
+    for tok in filter(None, tokens):
+        if line and len(line) + len(tok.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = "  "
+        while len(line) + len(tok) > width and len(tok) > width - 2:  # one name wider than the terminal
+            lines.append(line + tok[:width - len(line)])
+            tok, line = tok[width - len(line):], "  "
+        line += tok
+    lines.append(line.rstrip())
+    for ln in lines:
+        console.print(ln, highlight=False, markup=False, crop=False, soft_wrap=True)
+
+
 def _fmt(v, digits=3) -> str:
     if v is None:
         return ""
@@ -540,7 +559,7 @@ def _layer_table(result, columns, width: int):
     dropped = [titles[i] for i in range(len(titles)) if i not in keep]
     titles, keys = [titles[i] for i in keep], [keys[i] for i in keep]
     cells = [[row[i] for i in keep] for row in cells]
-    return _fitted_table(f"{result.source} ({result.format})", titles, cells,
+    return _fitted_table("", titles, cells,
                          left=[t for t, k in zip(titles, keys) if k in _LEFT], flexible="name", width=width), dropped
 
 
@@ -549,6 +568,7 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
 
     columns = _fit_columns(result, columns, explicit)
     table, dropped = _layer_table(result, columns, console.width)
+    _heading(console, f"{result.source} ({result.format})")
     console.print(table, crop=True)
     if dropped:
         _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "

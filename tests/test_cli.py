@@ -127,6 +127,19 @@ def test_analyze_folder_of_several_models_is_refused(tmp_path):
         assert rc == 2 and err.strip() == line, err
 
 
+def test_analyze_heading_wraps_a_long_path_between_names(tmp_path):
+    deep = tmp_path / "a-rather-long-folder-name-for-testing" / "and-another-long-subfolder-name-here"
+    deep.mkdir(parents=True)
+    shutil.copy(CASES / "ok_small.safetensors", deep / "model-with-a-long-name.safetensors")
+    rel = "a-rather-long-folder-name-for-testing/and-another-long-subfolder-name-here/model-with-a-long-name.safetensors"
+    rc, out, err = run_cli("analyze", rel, cwd=tmp_path, columns=80)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[:2] == ["a-rather-long-folder-name-for-testing/and-another-long-subfolder-name-here/",
+                         "  model-with-a-long-name.safetensors (safetensors)"], lines[:3]
+    assert all(len(line) <= 80 for line in lines)
+
+
 def test_analyze_columns_option():
     rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,alpha,log_norm,num_spikes",
                            columns=80)
