@@ -9,7 +9,11 @@ decomposing (float64 or float32, on the analysis device). A CUDA module is analy
 
 torch modules
     The entries are ``module.state_dict(keep_vars=True)``, in its order and with its names (what
-    ``save_pretrained`` / ``torch.save(model.state_dict())`` store), each tensor typed by the module that owns
+    ``save_pretrained`` / ``torch.save(model.state_dict())`` store; for a transformers model the names
+    ``save_pretrained`` writes where transformers renames checkpoint keys, e.g. v5's ViT
+    ``layers.0.attention.q_proj.weight`` as ``encoder.layer.0.attention.attention.query.weight``:
+    :func:`hubscan.weights.modules.checkpoint_names`, so the rows join the saved folder's by name), each
+    tensor typed by the module that owns
     it (:func:`hubscan.weights.modules.types_from_module`: ``WeightSet.types``), so transformers' ``Conv1D``
     (stored (in, out)), ``nn.ConvTranspose*``, RNN gate stacks and fused expert containers read as what they
     are. A tensor reachable under several names (a tied embedding and output head) is one parameter: it has
@@ -53,7 +57,7 @@ import numpy as np
 import torch
 
 from hubscan.weights.base import TensorEntry, WeightSet
-from hubscan.weights.modules import TensorKind, module_kind, types_from_module
+from hubscan.weights.modules import TensorKind, checkpoint_names, module_kind, types_from_module
 
 __all__ = ["ACCEPTED", "in_memory", "is_keras", "open_object", "module_device"]
 
@@ -188,6 +192,7 @@ def _open_module(module: torch.nn.Module) -> WeightSet:
     effective = _parametrized(module)
     state = module.state_dict(keep_vars=True)
     companions = {c for _, _, cs, _, _ in effective.values() for c in cs}
+    saved = checkpoint_names(module)  # a transformers model: the names save_pretrained stores
     seen: set[int] = set()
     entries = []
     for name, t in state.items():
@@ -200,6 +205,10 @@ def _open_module(module: torch.nn.Module) -> WeightSet:
             if kind is not None:
                 types[name] = TensorKind(kind[0], type(mod).__name__, attr, kind[1], tuple(t.shape))
             entries.append(_entry(name, t, where, load, companions=others, layout=layout))
+        elif name in saved and saved[name] not in state:
+            if name in types:
+                types[saved[name]] = types[name]
+            entries.append(_entry(saved[name], t, where))
         else:
             entries.append(_entry(name, t, where))
     return WeightSet(files=[where], format="module", entries=lambda: iter(entries), types=types)

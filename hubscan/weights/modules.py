@@ -302,6 +302,45 @@ def _fits(kind: TensorKind, shape: tuple) -> TensorKind | None:
     return None
 
 
+def checkpoint_names(model: torch.nn.Module) -> dict[str, str]:
+    """The names ``save_pretrained`` stores a transformers model's tensors under, where they differ from
+    its ``state_dict()`` names (transformers v5 renames legacy checkpoint keys when loading and reverts the
+    renaming when saving: ViT's ``layers.0.attention.q_proj.weight`` is saved as
+    ``encoder.layer.0.attention.attention.query.weight``).
+
+    Only one-to-one renamings are reverted; tensors transformers converts (fuses, splits) keep their module
+    names (their saved tensors are other tensors). Empty for a model that is not a transformers model,
+    with an older transformers, or when two names would be saved under one.
+    """
+    try:
+        from transformers import PreTrainedModel
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (PrefixChange, WeightConverter, WeightRenaming, apply_converters,
+                                                     apply_renamings)
+    except ImportError:
+        return {}
+    if not isinstance(model, PreTrainedModel):
+        return {}
+    try:  # as transformers' revert_weight_conversion chooses the conversions it reverts
+        conversions = getattr(model, "_weight_conversions", None)
+        if conversions is None:
+            conversions = [c for c in get_model_conversion_mapping(model, add_legacy=False)
+                           if not isinstance(c, PrefixChange)]
+        reverse = [c.reverse_transform() for c in (conversions or [])[::-1]]
+        renamings = [c for c in reverse if isinstance(c, WeightRenaming)]
+        converters = [c for c in reverse if isinstance(c, WeightConverter)]
+        if not renamings:
+            return {}
+        out = {}
+        for key in model.state_dict(keep_vars=True):
+            if apply_converters(key, converters)[1] is None and (saved := apply_renamings(key, renamings)) != key:
+                out[key] = saved
+    except Exception:  # noqa: BLE001 - the names are a convenience: the module's own names remain
+        log.debug("no checkpoint names for %s", type(model).__name__, exc_info=True)
+        return {}
+    return out if len(set(out.values())) == len(out) else {}
+
+
 def _transformers_rename(model: torch.nn.Module) -> Callable[[str], tuple] | None:
     """transformers' conversion of checkpoint keys to the model's names (what ``from_pretrained`` applies)."""
     try:
