@@ -115,6 +115,11 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
     assert con.execute("SELECT count(DISTINCT model_key), count(*) FROM latest_layers").fetchone() == (9, 27)
     summary = dict(summary_tables(ds))
     assert summary["the whole dataset (latest revision of each model), models by status"] == ["success: 9"]
+    # the report counts the same: 9 models, their 27 layers (org/m1's week-1 row and layers left out)
+    from hubscan.report import build_report
+    page = build_report(ds, tmp_path / "r.html", joined=None).read_text(encoding="utf-8")
+    assert "9 models in the dataset (10 analyses" in page
+    assert "(27 layers; Martin" in page and "(all 9)" in page
 
     c = survey_changes(ds)
     assert (c["older"]["survey_id"], c["newer"]["survey_id"]) == (w1["survey_id"], w2["survey_id"])

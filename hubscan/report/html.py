@@ -172,6 +172,12 @@ def _views(con) -> set[str]:
     return {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
 
+def _latest(have: set[str], table: str) -> str:
+    """``latest_models`` / ``latest_layers`` (:mod:`hubscan.query`: each model once, its newest analysis) where
+    the connection has them, else the table: what the report counts over the dataset."""
+    return f"latest_{table}" if f"latest_{table}" in have else table
+
+
 def _columns(con, view: str) -> set[str]:
     return {r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()}
 
@@ -215,7 +221,7 @@ def _survey_section(con, have) -> list[str]:
         return out
     cols = _columns(con, "models")
     # per model, not per analysis: the models table keeps one row per revision (and analysis config)
-    latest = "latest_models" if "latest_models" in have else "models"
+    latest = _latest(have, "models")
     status = con.execute(f"SELECT status, count(*) AS models FROM {latest} GROUP BY 1 ORDER BY 2 DESC, 1").df()
     total = int(status["models"].sum()) if len(status) else 0
     analyses = con.execute("SELECT count(*) FROM models").fetchone()[0]
@@ -243,7 +249,7 @@ def _survey_section(con, have) -> list[str]:
 
 
 def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
-    """The per-model table: one row per model analysis, sortable, with its accuracy when joined."""
+    """The per-model table: one row per model (its latest analysis), sortable, with its accuracy when joined."""
     out = ["<h2 id='models'>Models</h2>"]
     if "models" not in have:
         return out + [note_html("No models table.")]
@@ -251,8 +257,9 @@ def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
     want = ["model_id", "source", "family", "status", "alpha", "alpha_weighted", "log_norm", "num_success",
             "num_over_trained", "num_under_trained", "num_failed", "num_skipped", "reason"]
     sel = ", ".join(c for c in want if c in cols)
-    total = con.execute("SELECT count(*) FROM models").fetchone()[0]
-    df = con.execute(f"SELECT model_key, {sel} FROM models ORDER BY alpha NULLS LAST, model_id LIMIT ?",
+    models = _latest(have, "models")
+    total = con.execute(f"SELECT count(*) FROM {models}").fetchone()[0]
+    df = con.execute(f"SELECT model_key, {sel} FROM {models} ORDER BY alpha NULLS LAST, model_id LIMIT ?",
                      [limit]).df()
     if joined is not None and len(joined) and {"model_id", "source"} <= set(joined.columns):
         ycol = plots.accuracy_column(joined, metric)
@@ -268,7 +275,7 @@ def _models_section(con, have, joined, metric: str, limit: int) -> list[str]:
                         "num_success", "num_over_trained", "num_under_trained", "num_failed", "num_skipped",
                         "reason"] if c in df.columns]
     shown = f"the {limit} with the lowest mean α of {total}" if total > limit else f"all {total}"
-    out.append(f"<p>One row per model analysis ({shown}); click a column header to sort.</p>")
+    out.append(f"<p>One row per model, its latest analysis ({shown}); click a column header to sort.</p>")
     out.append(html_table(df, show, {"alpha": ".3f", "alpha_weighted": ".3f", "log_norm": ".3f", metric: ".2f"},
                       heads, sortable=True, table_id="model-table"))
     return out
@@ -278,15 +285,16 @@ def _failures_section(con, have, limit: int = 200) -> list[str]:
     """Models that failed, were skipped or are incomplete, with reasons; layer skip / fail reasons."""
     out = ["<h2 id='failures'>Failed, skipped and incomplete</h2>"]
     if "models" in have:
-        n = con.execute("SELECT count(*) FROM models WHERE status <> 'success'").fetchone()[0]
-        bad = con.execute("""SELECT model_id, source, status, reason FROM models WHERE status <> 'success'
-                             ORDER BY status, model_id LIMIT ?""", [limit]).df()
+        models = _latest(have, "models")
+        n = con.execute(f"SELECT count(*) FROM {models} WHERE status <> 'success'").fetchone()[0]
+        bad = con.execute(f"""SELECT model_id, source, status, reason FROM {models} WHERE status <> 'success'
+                              ORDER BY status, model_id LIMIT ?""", [limit]).df()
         out.append(f"<h3>Models not fully analyzed: {n}" + (f" (first {limit})" if n > limit else "") + "</h3>"
                    + (html_table(bad, sortable=True) if n else "<p class='meta'>None: every model analyzed.</p>"))
     if "layers" in have:
-        why = con.execute("""SELECT status, reason, count(*) AS layers, count(DISTINCT model_key) AS models
-                             FROM layers WHERE status <> 'success' GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2
-                             LIMIT 30""").df()
+        why = con.execute(f"""SELECT status, reason, count(*) AS layers, count(DISTINCT model_key) AS models
+                              FROM {_latest(have, "layers")} WHERE status <> 'success' GROUP BY 1, 2
+                              ORDER BY 3 DESC, 1, 2 LIMIT 30""").df()
         out.append("<h3>Why layers were skipped or failed (30 most common reasons)</h3>"
                    + (html_table(why) if len(why) else "<p class='meta'>None: every layer analyzed.</p>"))
     return out
@@ -297,9 +305,9 @@ def _phases_section(con, have) -> list[str]:
     out = ["<h2 id='phases'>Phases</h2>"]
     if "layers" not in have or "phase" not in _columns(con, "layers"):
         return out + [note_html("No phase column in the layers table.")]
-    ph = con.execute("""SELECT coalesce(nullif(phase, ''), '(none)') AS phase, count(*) AS layers,
-                               count(DISTINCT model_key) AS models, avg(alpha) AS mean_alpha
-                        FROM layers WHERE status = 'success' GROUP BY 1 ORDER BY 2 DESC, 1""").df()
+    ph = con.execute(f"""SELECT coalesce(nullif(phase, ''), '(none)') AS phase, count(*) AS layers,
+                                count(DISTINCT model_key) AS models, avg(alpha) AS mean_alpha
+                         FROM {_latest(have, "layers")} WHERE status = 'success' GROUP BY 1 ORDER BY 2 DESC, 1""").df()
     if not len(ph):
         return out + [note_html("No successfully analyzed layer.")]
     total = float(ph["layers"].sum())
@@ -369,16 +377,17 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
     if "layers" not in have:
         out.append(note_html("The dataset holds no layers table."))
         return out
-    alphas = con.execute("""SELECT model_key, alpha FROM layers
-                            WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
+    layers = _latest(have, "layers")  # each model once (its latest analysis)
+    alphas = con.execute(f"""SELECT model_key, alpha FROM {layers}
+                             WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)""").df()
     out.append("<h3 id='alpha-hist'>Layer α over the survey</h3>"
                + embed_figure(plots.alpha_histogram(alphas), "histogram of layer alpha"))
 
     keys: list[str] = []
     if "models" in have:
-        order = con.execute("""SELECT model_key, model_id, downloads FROM models
-                               WHERE status IN ('success', 'incomplete') AND coalesce(num_success, 0) > 0
-                               ORDER BY downloads DESC NULLS LAST, model_id, model_key""").df()
+        order = con.execute(f"""SELECT model_key, model_id, downloads FROM {_latest(have, "models")}
+                                WHERE status IN ('success', 'incomplete') AND coalesce(num_success, 0) > 0
+                                ORDER BY downloads DESC NULLS LAST, model_id, model_key""").df()
         order = order.drop_duplicates("model_id").head(max(0, models_for_depth))
         keys = order["model_key"].tolist()
         by_downloads = bool(len(order)) and order["downloads"].notna().all()
@@ -397,12 +406,12 @@ def _layers_section(con, have, models_for_depth, esd_layers, worst_layers) -> li
 
     for order, what, anchor in (("ASC", "lowest α (heaviest tails)", "lowest"), ("DESC", "highest α", "highest")):
         ext = con.execute(f"""SELECT model_id, layer_id, name, part, layer_type, alpha, D, num_pl_spikes, num_evals,
-                                     xmin, xmax, phase, warning FROM layers
+                                     xmin, xmax, phase, warning FROM {layers}
                               WHERE status = 'success' AND alpha IS NOT NULL AND isfinite(alpha)
                               ORDER BY alpha {order}, model_id, layer_id LIMIT ?""", [worst_layers]).df()
         beyond, guide = ("alpha < ?", f"below {plots.OVER_TRAINED:g} (over-trained)") if order == "ASC" else \
             ("alpha > ?", f"above {plots.UNDER_TRAINED:g} (under-trained)")
-        n = con.execute(f"SELECT count(*) FROM layers WHERE status = 'success' AND {beyond}",
+        n = con.execute(f"SELECT count(*) FROM {layers} WHERE status = 'success' AND {beyond}",
                         [plots.OVER_TRAINED if order == "ASC" else plots.UNDER_TRAINED]).fetchone()[0]
         out.append(f"<h3 id='{anchor}'>Layers with the {what}: first {worst_layers}</h3>"
                    + f"<p class='meta'>{n} layer(s) of the dataset have α {guide}.</p>"
