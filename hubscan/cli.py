@@ -908,11 +908,16 @@ def cmd_lineage(args, config) -> int:
 # -- sql ----------------------------------------------------------------------------------------------
 
 def _sql_cell(v) -> str:
-    """A query result cell: floats to 6 significant digits (a 1.6e-05 stays visible), lists likewise."""
+    """A query result cell: floats to 6 significant digits (a 1.6e-05 stays visible), lists likewise;
+    timestamps to the second, UTC unmarked (``--format csv`` / ``json`` keep every digit)."""
+    import datetime as dt
     if isinstance(v, float):
         return f"{v:.6g}"  # NaN shows as nan (NULL as a blank cell)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_sql_cell(x) for x in v) + "]"
+    if isinstance(v, dt.datetime):
+        utc = v.utcoffset() == dt.timedelta(0)
+        return (v.replace(tzinfo=None) if utc else v).isoformat(sep=" ", timespec="seconds")
     return "" if v is None else str(v)
 
 
@@ -920,30 +925,58 @@ def _sql_cell(v) -> str:
 _WHOLE = ("model_key", "pair_key", "edge_key", "survey_id", "name", "child", "parent", "root")
 
 
+def _sql_cut(text: str, width: int, how: str) -> str:
+    """``text`` in at most ``width`` characters: ``list`` cut between elements (``[2.59, 2.63, …]``),
+    ``middle`` an id or name with its head and its distinguishing tail (``encoder.la…v.weight``), else
+    cut at the end; "…" marks the cut."""
+    if len(text) <= width:
+        return text
+    if width < 4:
+        return text[:max(width - 1, 0)] + "…"
+    if how == "list" and text.startswith("[") and text.endswith("]"):
+        out = "["
+        for part in text[1:-1].split(", "):
+            if len(out) + len(part) + 2 + 2 > width:  # this element, its ", " and the closing "…]"
+                break
+            out += part + ", "
+        return out + "…]"
+    if how == "middle":
+        head = (width - 1) // 3
+        return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+    return text[:width - 1] + "…"
+
+
 def _sql_table(cols: list[str], rows: list, width: int):
-    """The result as a table of ``width`` columns. Numbers are never cut; ids and names are kept whole
-    when they fit and given way only after the other text columns (at least 24 characters, ending in
-    "…" when cut); other text at least 8 characters, sharing what is left. Columns are left out, the
-    rightmost first, only when even those least widths do not fit.
+    """The result as a table of ``width`` columns. Numbers and timestamps are never cut; ids and names
+    are kept whole when they fit and give way only after the other text columns (at least 24 characters,
+    their head and tail kept around a "…", so that different values stay different); other text at least
+    8 characters, sharing what is left; lists cut between elements. A column is left out only when even
+    those least widths do not fit (the columns after it are still tried).
 
     Returns
     -------
     (rich.table.Table, list of str)
         The table and the columns left out.
     """
+    import datetime as dt
+
     from rich.table import Table
 
     cols = [_printable(c) for c in cols]
     cells = [[_printable(_sql_cell(v)) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(cols)]
-    numeric = [bool(rows) and all(isinstance(r[i], (int, float, decimal.Decimal)) for r in rows if r[i] is not None)
-               for i in range(len(cols))]
+
+    def every(i, types) -> bool:
+        return bool(rows) and all(isinstance(r[i], types) for r in rows if r[i] is not None)
+    numeric = [every(i, (int, float, decimal.Decimal)) for i in range(len(cols))]
+    uncut = [n or every(i, (dt.date, dt.time, dt.timedelta)) for i, n in enumerate(numeric)]
+    lists = [every(i, (list, tuple)) for i in range(len(cols))]
     whole = [c in _WHOLE or c.endswith("_id") for c in cols]
-    least = [w if num else min(w, 24 if k else 8) for w, num, k in zip(widths, numeric, whole)]
+    least = [w if u else min(w, 24 if k else 12 if li else 8) for w, u, k, li in zip(widths, uncut, whole, lists)]
     keep, used = [], 1
     for i in range(len(cols)):
         if keep and used + least[i] + 3 > width:
-            break
+            continue
         keep.append(i)
         used += least[i] + 3
     room = width - used
@@ -953,17 +986,18 @@ def _sql_table(cols: list[str], rows: list, width: int):
             grow = min(widths[i] - fixed[i], max(room, 0))
             fixed[i] += grow
             room -= grow
-    others = sorted((widths[i], i) for i in keep if not whole[i] and not numeric[i])
+    others = sorted((widths[i], i) for i in keep if not whole[i] and not uncut[i])
     for n, (w, i) in enumerate(others):  # water-filling: narrow columns whole, the wide ones share the rest
         grow = max(0, min(w - fixed[i], room // (len(others) - n)))
         fixed[i] += grow
         room -= grow
+    how = {i: "list" if lists[i] else "middle" if whole[i] else "end" for i in keep}
     t = Table()
     for i in keep:
         t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
                      justify="right" if numeric[i] else "left")
     for r in cells:
-        t.add_row(*[r[i] for i in keep])
+        t.add_row(*[_sql_cut(r[i], fixed[i], how[i]) for i in keep])
     return t, [cols[i] for i in range(len(cols)) if i not in keep]
 
 
@@ -1010,9 +1044,9 @@ def cmd_sql(args) -> int:
         table, dropped = _sql_table(cols, rows, console.width)
         console.print(table)
         if dropped:
-            console.print(f"{len(dropped)} column(s) do not fit {console.width} columns: "
+            _say(console, f"{len(dropped)} column(s) do not fit {console.width} columns: "
                           f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json shows "
-                          "every column)", highlight=False)
+                          "every column)", indent=0)
     return 0
 
 

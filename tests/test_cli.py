@@ -333,7 +333,15 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT '{long_id}' AS model_id, '{long_name}' AS name, "
                            "3.14159 AS alpha, 'why ' || repeat('and ', 20) AS reason ORDER BY alpha", cwd=root, columns=80)
     assert rc == 0 and all(len(line) <= 80 for line in out.splitlines()) and "do not fit" not in out, out
-    assert "3.14159" in out and "org-with-a-long-name/mod" in out and "encoder.layer.11.atte" in out and "…" in out
+    # cut in the middle: the head and the distinguishing tail of an id or a layer name stay
+    assert "3.14159" in out and re.search(r"│ org-with-…x{12,} │ encoder…[a-z.]*attention\.weight │", out), out
+    # a list is cut between its elements, a timestamp never
+    elems = [f"{k}.{k}5" for k in range(1, 13)]
+    rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT [{', '.join(elems)}]::DOUBLE[] AS q, TIMESTAMPTZ '2026-12-07 "
+                           "07:36:12.345+00' AS analyzed_at, 'x' || repeat('y', 90) AS reason", cwd=root, columns=80)
+    assert rc == 0 and "2026-12-07 07:36:12 " in out, out
+    cell = re.search(r"\[([^\]]*)…\]", out).group(1)
+    assert cell and all(e in elems for e in cell.rstrip(", ").split(", ")), out
     # small floats keep their digits (not 0.0000)
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT 1.63e-05 AS x, 2.625 AS y", cwd=root, columns=80)
     assert "1.63e-05" in out and "2.625" in out and "2.6250" not in out
