@@ -104,6 +104,9 @@ def test_numpy_scalars_are_their_python_values():
     (["--min-evals", "-5"], "argument --min-evals: -5: below 1"),
     (["--min-evals", "50", "--max-evals", "10"], "--min-evals 50 is above --max-evals 10: every layer would be skipped"),
     (["--evals-thresh", "nan"], "argument --evals-thresh: 'nan': not a finite number"),
+    (["--evals-thresh", "abc"], "argument --evals-thresh: 'abc': not of type float"),  # not Python's "could not …"
+    (["--min-evals", "abc"], "argument --min-evals: 'abc': not of type int"),
+    (["--min-evals", "1e400"], "argument --min-evals: '1e400': not of type int"),  # inf: no traceback
     (["--device", "tpu"], "argument --device: 'tpu': not a device (cpu, cuda, cuda:N, auto"),
     (["--method", "qr"], "argument --method: invalid choice: 'qr'"),
 ])

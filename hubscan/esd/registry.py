@@ -210,7 +210,7 @@ class Option:
                     raise TypeError
                 v = float(value)
                 if not math.isfinite(v):
-                    raise ValueError("not a finite number")
+                    raise _Refused("not a finite number")
             elif self.type is int:  # numpy's integers and integral floats too (numbers.Real)
                 v = float(value) if isinstance(value, str) else value
                 if _is_bool(v) or not isinstance(v, numbers.Real) or v != int(v):
@@ -218,8 +218,9 @@ class Option:
                 v = int(v)
             else:
                 v = str(value)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{self.name} = {value!r}: {str(exc) or 'not of type ' + self.type.__name__}") from None
+        except (TypeError, ValueError, OverflowError) as exc:  # Python's own messages not shown ("could not …")
+            why = str(exc) if isinstance(exc, _Refused) else f"not of type {self.type.__name__}"
+            raise ValueError(f"{self.name} = {value!r}: {why}") from None
         if self.check is not None:
             try:
                 self.check(v)
@@ -230,6 +231,10 @@ class Option:
     def on(self, value: Any) -> bool:
         """Whether ``value`` turns the option's metrics on (any value but the default)."""
         return value != self.default
+
+
+class _Refused(ValueError):
+    """A value of the right kind that an option still refuses (its reason is shown as it is)."""
 
 
 def _is_bool(value: Any) -> bool:
