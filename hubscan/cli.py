@@ -53,6 +53,10 @@ def _console_class():
         def print(self, *objects, **kwargs):  # noqa: A003 - rich's API
             super().print(*(_printable(o) if isinstance(o, str) else o for o in objects), **kwargs)
 
+        def on_broken_pipe(self) -> None:  # rich exits 1 ("failed"): the reader went away, as for any output
+            self.quiet = True
+            raise BrokenPipeError  # _run: quiet, exit 141 as a process ended by SIGPIPE
+
     return SafeConsole
 
 

@@ -553,3 +553,21 @@ def test_long_report_lines_wrap_at_the_terminal_width():
     assert out[0].startswith("  models:") and all(ln.startswith("    ") for ln in out[1:])
     assert " ".join(ln.strip() for ln in out) == line.strip()
     assert _wrapped("short", 80) == "short" and _wrapped("", 80) == ""
+
+
+def test_reader_gone_ends_quietly_like_sigpipe(local_dataset):
+    """`hubscan … | head -1`: the reader closes the pipe after its first line. The table (rich) and csv
+    outputs alike stop quietly with 141 (128 + SIGPIPE, as a process the signal ended) — not rich's exit 1,
+    which reads as "the analysis failed"."""
+    root, _ = local_dataset
+    env = {**os.environ, "COLUMNS": "80", "RAY_AUTH_MODE": "disabled"}
+    env.pop("PYTHONUNBUFFERED", None)  # unbuffered, CPython drops the rest of a partial pipe write: no error to see
+    for args in (["sql", "--dataset", "ds", "SELECT * FROM range(100000)"],
+                 ["sql", "--dataset", "ds", "--format", "csv", "SELECT * FROM range(100000)"],
+                 ["analyze", str(CASES / "ok_small.safetensors"), "--columns", "all"]):
+        p = subprocess.Popen([sys.executable, "-m", "hubscan.cli", *args], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=root, env=env)
+        assert p.stdout.readline()  # the first line arrived: the reader leaves
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 141 and err == "", (args, err)
