@@ -1038,6 +1038,9 @@ def cmd_sql(args) -> int:
         import csv
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(cols)
+        # lists and structs as JSON (a reader parses them; Python's repr it cannot)
+        rows = [[json.dumps(v, default=lambda x: float(x) if isinstance(x, decimal.Decimal) else str(x))
+                 if isinstance(v, (list, tuple, dict)) else v for v in r] for r in rows]
         if sys.stdout.isatty():  # to a terminal: escaped; to a file or pipe: the data as stored
             rows = [[_printable(v) if isinstance(v, str) else v for v in r] for r in rows]
         w.writerows(rows)

@@ -162,12 +162,12 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
     if "models" not in have:
         return []
     out = []
-    rows = con.execute("SELECT status, count(*) FROM latest_models GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    rows = con.execute("SELECT status, count(*) FROM latest_models GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()
     out.append(("the whole dataset (latest revision of each model), models by status",
                 [", ".join(f"{s}: {n}" for s, n in rows)]))
     rows = con.execute("""SELECT coalesce(family, '?') AS family, count(*), avg(alpha), avg(alpha_weighted),
                           sum(num_under_trained), sum(num_over_trained)
-                          FROM latest_models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC LIMIT 15"""
+                          FROM latest_models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15"""
                        ).fetchall()
     rows = [r for r in rows if r[2] is not None]
     if not rows:  # no model with an alpha: no empty table

@@ -459,6 +459,12 @@ def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(t
     assert json.loads(out) == [{"m": 0, "l": 0, "e": 0, "s": 1}]
     rc, out, err = run_cli("sql", "--dataset", ds, "--format", "csv", "SELECT * FROM models")
     assert rc == 0 and out.splitlines() == [",".join(TABLES["models"].names)], err
+    rc, out, err = run_cli("sql", "--dataset", ds, "--format", "csv",  # lists and structs as JSON a reader parses
+                           "SELECT ['a/b.pt', 'c'] AS files, [1.5, 2.0] AS x, {'k': 1} AS s")
+    import csv
+    (row,) = list(csv.DictReader(out.splitlines()))
+    assert rc == 0 and json.loads(row["files"]) == ["a/b.pt", "c"] and json.loads(row["x"]) == [1.5, 2.0] \
+        and json.loads(row["s"]) == {"k": 1}, out
     rc, out, err = run_cli("sql", "--dataset", ds, "SELECT * FROM lineage")  # not a survey table: still no view
     assert rc == 1 and "(views: accuracy, esd, latest_layers, latest_models, layers, models, surveys)" in err
     rc, out, err = run_cli("changes", "--dataset", ds)
