@@ -743,9 +743,8 @@ def _print_survey(summary, console) -> None:
     cells = [[str(summary["num_models"]), str(summary["num_already_done"]), str(summary["num_success"]),
               str(summary["num_incomplete"]), str(summary["num_failed"]), str(summary["num_skipped"]),
               f"{summary['bytes_read'] / 1e6:.1f}", f"{summary['seconds']:.1f}", str(summary["actors"])]]
-    console.print(_fitted_table(f"this survey: {summary['survey_id']} ({summary['source']}; done = already in "
-                                "the dataset)", titles, cells, left=(), flexible=None, width=console.width),
-                  crop=True)
+    _heading(console, f"this survey: {summary['survey_id']} ({summary['source']}; done = already in the dataset)")
+    console.print(_fitted_table("", titles, cells, left=(), flexible=None, width=console.width), crop=True)
 
 
 def _print_not_analyzed(config, summary, console, show: int = 5) -> None:
@@ -784,7 +783,7 @@ def cmd_survey(args) -> int:
     _print_not_analyzed(config, summary, console)
     from hubscan.query import summary_tables
     for title, lines in summary_tables(config.out, config.storage_options):
-        console.print(title)
+        _say(console, title, indent=0)
         for line in lines:
             console.print("  " + line)
     tried = sum(summary[k] for k in ("num_success", "num_incomplete", "num_failed", "num_skipped"))
