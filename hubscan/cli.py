@@ -495,13 +495,13 @@ def _layer_cell(row: dict, key: str) -> str:
     return _fmt(row.get(key))
 
 
-def _fit_columns(result, columns, explicit: bool):
+def _fit_columns(rows, columns, explicit: bool):
     """The columns shown: the default set drops ``status`` when every row is a success; chosen
     columns (``explicit``) are shown as given."""
     columns = list(columns)
     if explicit:
         return columns
-    if "status" in columns and all(r.get("status") == RowStatus.SUCCESS for r in result.rows):
+    if "status" in columns and all(r.get("status") == RowStatus.SUCCESS for r in rows):
         columns.remove("status")
     return columns
 
@@ -546,12 +546,12 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
     return table
 
 
-def _layer_table(result, columns, width: int):
+def _layer_table(rows, columns, width: int):
     """The per-layer table of one result, fitted to ``width`` terminal columns (the name shortened),
     and the chosen columns that do not fit (kept left to right; they are all in ``--out``)."""
     keys = [ANALYZE_COLUMNS.get(c, c) for c in columns]
     titles = ["N×M" if c == "NxM" else c for c in columns]
-    cells = [[_printable(_layer_cell(r, k)) for k in keys] for r in result.rows]
+    cells = [[_printable(_layer_cell(r, k)) for k in keys] for r in rows]
     used, keep = 0, []
     for i, t in enumerate(titles):
         w = max([len(t)] + [len(row[i]) for row in cells])
@@ -570,14 +570,16 @@ def _layer_table(result, columns, width: int):
 def _print_result(result, console, columns, explicit: bool = False) -> None:
     from hubscan.weights.base import WeightKind
 
-    columns = _fit_columns(result, columns, explicit)
-    table, dropped = _layer_table(result, columns, console.width)
-    _heading(console, f"{result.source} ({result.format})")
-    console.print(table, crop=True)
-    if dropped:
-        _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
-                      f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
     from hubscan.esd.select import excluded
+    shown = [r for r in result.rows if not excluded(r)]  # the layers --layers leaves out: one line below
+    _heading(console, f"{result.source} ({result.format})")
+    if shown:
+        columns = _fit_columns(shown, columns, explicit)
+        table, dropped = _layer_table(shown, columns, console.width)
+        console.print(table, crop=True)
+        if dropped:
+            _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
+                          f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
     left_out = [r for r in result.rows if excluded(r)]
     if left_out:  # the user's own filter: one line, not one per layer
         ranges = _id_ranges(left_out)
@@ -690,8 +692,8 @@ def _add_analyze(sub) -> None:
                         "  hubscan analyze timm:resnet18.a1_in1k --columns name,alpha,log_norm,phase\n"
                         "  hubscan analyze model.safetensors --out layers.parquet   # or .csv / .json\n"
                         "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax")
-    p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local .safetensors / .bin / .pt / .pth / "
-                                ".onnx / .gguf file or Hugging Face layout folder")
+    p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local weight file (.safetensors, .bin / .pt / "
+                                ".pth, .onnx, .gguf, .h5 / .keras, .msgpack …) or model folder")
     p.add_argument("--out", help="write every column of every layer row to this file: .parquet (with the model, "
                                  "revision, options and hubscan version in its metadata), .csv or .json (JSON lines)")
     p.add_argument("--columns", type=_columns, default=None, metavar="COL,COL,…",

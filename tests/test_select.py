@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,9 @@ def test_filter_that_selects_nothing_skips_the_model(minilm_dir):
     notes = [line for line in proc.stdout.splitlines() if "excluded by --layers" in line]
     n = sum(1 for r in res.rows if (r["reason"] or "").startswith("excluded by --layers"))
     assert len(notes) == 1 and notes[0].strip().startswith(f"{n} layer(s) excluded by --layers nomatch"), notes
+    # nor one table row per excluded layer: the table holds the layers not left out by the filter (in --out all)
+    table = [line for line in proc.stdout.splitlines() if re.match(r"^\s*\d+  ", line) and "layer(s)" not in line]
+    assert len(table) == len(res.rows) - n, proc.stdout
 
 
 def test_cli_rejects_bad_spec(minilm_dir):
