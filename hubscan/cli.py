@@ -1051,6 +1051,8 @@ def cmd_sql(args) -> int:
         console = _console(args)
         table, dropped = _sql_table(cols, rows, console.width)
         console.print(table)
+        if not rows:
+            _say(console, "(no rows)", indent=0)
         if dropped:
             _say(console, f"{len(dropped)} column(s) do not fit {console.width} columns: "
                           f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json shows "

@@ -347,6 +347,8 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     assert "1.63e-05" in out and "2.625" in out and "2.6250" not in out
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT 'NaN'::double AS n, NULL AS z", cwd=root, columns=80)
     assert rc == 0 and "│ nan │" in out  # NaN is not shown as the blank of a NULL
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT model_id FROM models WHERE false", cwd=root, columns=80)
+    assert rc == 0 and "model_id" in out and out.splitlines()[-1] == "(no rows)", out  # not an empty-looking table
     for q, why in (("", "empty query"), ("-- nothing", "no statement that returns rows")):
         rc, out, err = run_cli("sql", "--dataset", "ds", q, cwd=root)
         assert rc == 1 and why in err and len(err.strip().splitlines()) == 1 and "NoneType" not in err
