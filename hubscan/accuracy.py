@@ -655,13 +655,14 @@ def match_report(dataset, table: pa.Table) -> dict:
     -------
     dict
         ``models`` (distinct (source, model_id) in ``table``), ``matched`` (of those, how many the
-        ``models`` table holds), ``example_ids`` (up to 3 model ids of the dataset, to show how ids
-        look there).
+        ``models`` table holds), ``unmatched`` (the model ids of the others, sorted), ``example_ids`` (up to
+        3 model ids of the dataset, to show how ids look there).
     """
     known = _known_models(_as_dataset(dataset))
     pairs = set(zip(table.column("source").to_pylist(), table.column("model_id").to_pylist())) if table.num_rows else set()
-    matched = sum(1 for s, m in pairs if s in known.get(m, ()))
-    return {"models": len(pairs), "matched": matched, "example_ids": sorted(known)[:3]}
+    unmatched = sorted({m for s, m in pairs if s not in known.get(m, ())})
+    return {"models": len(pairs), "matched": len(pairs) - sum(1 for s, m in pairs if s not in known.get(m, ())),
+            "unmatched": unmatched, "example_ids": sorted(known)[:3]}
 
 
 def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom") -> pa.Table:

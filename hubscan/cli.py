@@ -1256,6 +1256,9 @@ def cmd_accuracy(args) -> int:
         m = accuracy.match_report(data, table)
         console.print(f"{what} {path}: {table.num_rows} accuracy rows for {m['models']} models written to "
                       f"{args.dataset}; {m['matched']} of them match a surveyed model", highlight=False)
+        if what == "csv" and m["matched"] and m["unmatched"]:  # the user's own rows: say which found no model
+            _say(console, f"not in the dataset: {', '.join(m['unmatched'][:5])}"
+                          + (f" … ({len(m['unmatched'])} in all)" if len(m["unmatched"]) > 5 else ""))
         if m["models"] and not m["matched"]:
             err.print(f"hubscan: warning: {path}: no row names a model in {args.dataset} (ids there look like "
                       f"{', '.join(m['example_ids']) or 'nothing yet'}); correlate will find no accuracy",

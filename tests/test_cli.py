@@ -292,6 +292,7 @@ def test_accuracy_reports_matches_and_stores_local(local_dataset):
     rc, out, err = run_cli("accuracy", "--dataset", "ds", "--csv", "acc.csv", cwd=root, columns=200)
     assert rc == 0, err
     assert "3 accuracy rows for 3 models" in out and "2 of them match a surveyed model" in out
+    assert "  not in the dataset: elsewhere/c.pt" in out.splitlines(), out  # the row that found no model, named
     rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "json",
                            "SELECT source, model_id, value FROM accuracy ORDER BY value DESC", cwd=root)
     got = json.loads(out)
