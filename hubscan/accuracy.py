@@ -660,9 +660,9 @@ def match_report(dataset, table: pa.Table) -> dict:
     """
     known = _known_models(_as_dataset(dataset))
     pairs = set(zip(table.column("source").to_pylist(), table.column("model_id").to_pylist())) if table.num_rows else set()
-    unmatched = sorted({m for s, m in pairs if s not in known.get(m, ())})
-    return {"models": len(pairs), "matched": len(pairs) - sum(1 for s, m in pairs if s not in known.get(m, ())),
-            "unmatched": unmatched, "example_ids": sorted(known)[:3]}
+    missing = [(s, m) for s, m in pairs if s not in known.get(m, ())]
+    return {"models": len(pairs), "matched": len(pairs) - len(missing), "unmatched": sorted({m for _, m in missing}),
+            "example_ids": sorted(known)[:3]}
 
 
 def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom") -> pa.Table:

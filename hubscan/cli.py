@@ -571,7 +571,9 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     from hubscan.weights.base import WeightKind
 
     from hubscan.esd.select import excluded
-    shown = [r for r in result.rows if not excluded(r)]  # the layers --layers leaves out: one line below
+    shown, left_out = [], []  # left out: the layers --layers excludes, one line below
+    for r in result.rows:
+        (left_out if excluded(r) else shown).append(r)
     _heading(console, f"{result.source} ({result.format})")
     if shown:
         columns = _fit_columns(shown, columns, explicit)
@@ -580,7 +582,6 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         if dropped:
             _say(console, f"{len(dropped)} chosen column(s) do not fit {console.width} columns: "
                           f"{', '.join(dropped[:6])}{' …' if len(dropped) > 6 else ''} (all are in --out)")
-    left_out = [r for r in result.rows if excluded(r)]
     if left_out:  # the user's own filter: one line, not one per layer
         ranges = _id_ranges(left_out)
         _say(console, f"{len(left_out)} layer(s) {left_out[0]['reason']}"

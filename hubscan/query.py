@@ -85,6 +85,7 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, emp
         data.require()
     versions, started = survey_versions(data, as_of) if as_of else ({}, None)
     con = duckdb.connect()
+    made = set()
     for table in VIEWS:
         try:
             if as_of and table not in versions and table != "surveys":
@@ -93,6 +94,7 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, emp
                 source = data.arrow_dataset(table, versions.get(table))
         except DatasetCorruptError as exc:
             con.execute(_failing_view(con, table, str(exc)))
+            made.add(table)
             continue
         if source is None and table != "accuracy" and not (empty_views and table in SURVEY_VIEWS):
             continue  # no such table (yet): no view
@@ -103,7 +105,8 @@ def connect(dataset: str, *, require: bool = True, as_of: str | None = None, emp
             con.register(f"_{table}_arrow", source if source is not None else TABLES[table].empty_table())
             body = f"SELECT * FROM _{table}_arrow"
         con.execute(f"CREATE VIEW {table} AS {body}{where}")
-    _latest_views(con)
+        made.add(table)
+    _latest_views(con, made)
     return con
 
 
@@ -113,11 +116,10 @@ LATEST_MODELS = """SELECT * FROM models QUALIFY row_number() OVER (
     PARTITION BY source, model_id ORDER BY last_seen DESC NULLS FIRST, analyzed_at DESC, model_key) = 1"""
 
 
-def _latest_views(con) -> None:
+def _latest_views(con, have: set[str]) -> None:
     """Views ``latest_models`` (:data:`LATEST_MODELS`: one row per model, where ``models`` keeps one per
-    revision and analysis config) and ``latest_layers`` (the layers of those rows): what dataset-wide
-    summaries count, so that a rerun over new revisions does not count a model twice."""
-    have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    revision and analysis config) and ``latest_layers`` (the layers of those rows) over the views ``have``
+    made: what dataset-wide summaries count, so that a rerun over new revisions does not count a model twice."""
     if "models" in have:
         con.execute(f"CREATE VIEW latest_models AS {LATEST_MODELS}")
         if "layers" in have:
