@@ -1007,6 +1007,10 @@ def _sql_table(cols: list[str], rows: list, width: int):
     return t, [cols[i] for i in range(len(cols)) if i not in keep]
 
 
+#: DuckDB statement types whose result ``sql`` shows (SET, CREATE, INSERT, COPY … run, their status unshown).
+_SQL_SHOWN = frozenset({"SELECT", "PRAGMA", "EXPLAIN", "CALL", "MULTI", "EXECUTE", "ANALYZE"})
+
+
 def cmd_sql(args) -> int:
     import duckdb
 
@@ -1023,8 +1027,12 @@ def cmd_sql(args) -> int:
         con = connect_published(args.dataset, endpoint=args.endpoint)
     else:
         con = connect(args.dataset, as_of=args.as_of, empty_views=True, **(args.storage_options or {}))
+    results = []  # (columns, rows) of each statement that returns rows, in order (as DuckDB's own shell shows them)
     try:
-        cur = con.execute(args.query)
+        for statement in con.extract_statements(args.query):
+            cur = con.execute(statement)
+            if statement.type.name in _SQL_SHOWN and cur is not None and cur.description:
+                results.append(([d[0] for d in cur.description], cur.fetchall()))
     except duckdb.Error as exc:  # the query's problem in one line, with the views it can use
         views = [r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal AND "
                                            "view_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY view_name").fetchall()]
@@ -1032,10 +1040,26 @@ def cmd_sql(args) -> int:
         text = re.sub(r" LINE \d+: .*$", "", text)  # the caret drawing needs its line breaks
         text = re.sub(r' Did you mean "([^"]+)"\?', lambda m: m.group(0) if m.group(1) in views else "", text)
         raise HubscanError(args.dataset, f"{text} (views: {', '.join(views)})") from None
-    if cur is None or not cur.description:
+    if not results:
         raise HubscanError(args.dataset, "the query holds no statement that returns rows")
-    cols = [d[0] for d in cur.description]
-    rows = cur.fetchall()
+    if len(results) > 1 and args.format != "table":
+        raise HubscanError(args.dataset, f"--format {args.format} writes one result: the query has {len(results)} "
+                                         "statements that return rows (--format table shows each)")
+    if args.format == "table":
+        console = _console(args)
+        for k, (cols, rows) in enumerate(results):
+            if k:
+                console.print()
+            table, dropped = _sql_table(cols, rows, console.width)
+            console.print(table)
+            if not rows:
+                _say(console, "(no rows)", indent=0)
+            if dropped:
+                _say(console, f"{len(dropped)} column(s) do not fit {console.width} columns: "
+                              f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json "
+                              "shows every column)", indent=0)
+        return 0
+    (cols, rows), = results
     if args.format == "csv":
         import csv
         w = csv.writer(sys.stdout, lineterminator="\n")
@@ -1046,18 +1070,8 @@ def cmd_sql(args) -> int:
         if sys.stdout.isatty():  # to a terminal: escaped; to a file or pipe: the data as stored
             rows = [[_printable(v) if isinstance(v, str) else v for v in r] for r in rows]
         w.writerows(rows)
-    elif args.format == "json":
-        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     else:
-        console = _console(args)
-        table, dropped = _sql_table(cols, rows, console.width)
-        console.print(table)
-        if not rows:
-            _say(console, "(no rows)", indent=0)
-        if dropped:
-            _say(console, f"{len(dropped)} column(s) do not fit {console.width} columns: "
-                          f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json shows "
-                          "every column)", indent=0)
+        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     return 0
 
 

@@ -350,7 +350,19 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     assert rc == 0 and "│ nan │" in out  # NaN is not shown as the blank of a NULL
     rc, out, err = run_cli("sql", "--dataset", "ds", "SELECT model_id FROM models WHERE false", cwd=root, columns=80)
     assert rc == 0 and "model_id" in out and out.splitlines()[-1] == "(no rows)", out  # not an empty-looking table
-    for q, why in (("", "empty query"), ("-- nothing", "no statement that returns rows")):
+    # several statements: each result in turn, as DuckDB's shell shows them (SET, CREATE … run, unshown)
+    rc, out, err = run_cli("sql", "--dataset", "ds", "SET threads = 1; CREATE TEMP TABLE n AS SELECT count(*) AS "
+                           "n_models FROM models; SELECT n_models FROM n; SELECT 'second' AS which", cwd=root, columns=80)
+    assert rc == 0, err
+    assert out.index("n_models") < out.index(f"│ {len(ids):>8} │") < out.index("which") < out.index("second"), out
+    assert "Count" not in out and "Success" not in out, out
+    rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "json", "SET threads = 1; SELECT 7 AS x", cwd=root)
+    assert rc == 0 and json.loads(out) == [{"x": 7}], (out, err)
+    rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "csv", "SELECT 1; SELECT 2", cwd=root)
+    assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
+    assert "--format csv writes one result: the query has 2 statements that return rows" in err, err
+    for q, why in (("", "empty query"), ("-- nothing", "no statement that returns rows"),
+                   ("SET threads = 1", "no statement that returns rows")):
         rc, out, err = run_cli("sql", "--dataset", "ds", q, cwd=root)
         assert rc == 1 and why in err and len(err.strip().splitlines()) == 1 and "NoneType" not in err
 
