@@ -785,7 +785,7 @@ def cmd_survey(args) -> int:
     _print_survey(summary, console)
     _print_not_analyzed(config, summary, console)
     from hubscan.query import summary_tables
-    for title, lines in summary_tables(config.out, config.storage_options):
+    for title, lines in summary_tables(config.out, config.storage_options, columns=console.width):
         _say(console, title, indent=0)
         for line in lines:
             console.print("  " + line)

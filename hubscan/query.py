@@ -153,8 +153,24 @@ def _native_scan(con, table: str, source) -> str:
     return f"SELECT {', '.join(cols)} FROM {scan}"
 
 
-def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tuple[str, list[str]]]:
-    """A few printed summaries of a dataset: models per status, alpha per family, worst models."""
+def summary_tables(dataset: str, storage_options: dict | None = None, columns: int = 80
+                   ) -> list[tuple[str, list[str]]]:
+    """A few printed summaries of a dataset: models per status, alpha per family.
+
+    Parameters
+    ----------
+    dataset : str
+        The dataset's folder or URL.
+    storage_options : dict, optional
+        Passed to the Delta reader (object stores).
+    columns : int
+        The terminal's width: family names are cut to fit it, indented by 2 (at least 20 characters).
+
+    Returns
+    -------
+    list of (title, lines)
+        Empty when the dataset holds no ``models`` table yet.
+    """
     from hubscan.errors import HubscanError
     try:
         con = connect(dataset, **(storage_options or {}))
@@ -174,10 +190,16 @@ def summary_tables(dataset: str, storage_options: dict | None = None) -> list[tu
     rows = [r for r in rows if r[2] is not None]
     if not rows:  # no model with an alpha: no empty table
         return out
-    w = min(20, max([len(r[0]) for r in rows] + [6]))
+    w = family_width([r[0] for r in rows], columns)
     out.append(("per family: models, mean alpha, alpha_weighted, under-/over-trained layers",
                 [family_line(*r, width=w) for r in rows]))
     return out
+
+
+def family_width(families: list[str], columns: int = 80) -> int:
+    """The width of the per-family summary's name column: the longest name (at least 6), within ``columns``
+    once indented by 2 (:func:`family_line` adds 55 characters), never below 20."""
+    return min(max(20, columns - 2 - 55), max([len(f) for f in families] + [6]))
 
 
 def family_line(family: str, models: int, alpha: float | None, alpha_weighted: float | None,

@@ -561,6 +561,14 @@ def test_family_lines_align():
     for word in (" alpha ", " alpha_w ", " under ", " over "):
         assert len({ln.index(word) for ln in lines}) == 1, (word, lines)
     assert "12.50" in lines[1] and "-1.50" in lines[0] and "–" in lines[2] and "bert-base-uncased-f…" in lines[1]
+    # a wider terminal shows the whole name; the summary's lines fit the terminal they are printed on
+    from hubscan.query import family_width
+    names = ["resnet", "bert-base-uncased-finetuned-x", "vit"]
+    assert family_width(names, 80) == 23 and family_width(names, 60) == 20 and family_width(names, 120) == len(names[1]) and family_width(["vit"]) == 6
+    for cols in (80, 100, 120, 200):
+        w = family_width(names, cols)
+        assert all(len("  " + family_line(n, 3, 12.5, -20.25, 7, 999, width=w)) <= cols for n in names)
+    assert "bert-base-uncased-finetuned-x " in family_line(names[1], 3, 1.0, 1.0, 0, 0, width=family_width(names, 120))
 
 
 def test_long_report_lines_wrap_at_the_terminal_width():
