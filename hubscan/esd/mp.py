@@ -25,7 +25,10 @@ points per σ, not the grid's; the Nelder–Mead polish is scipy's ``fmin`` step
 about 42 of the 195 σ evaluated). The same start point and the same comparisons: σ equal bit for bit to
 the full evaluation with scipy's ``fmin`` on all-MiniLM-L6-v2's 39 matrices and 869 of the transformers
 zoo's (the residuals differ only in the order of summation; ``tests/test_mp_search.py``); CPU time, one
-thread: MiniLM 91 → 47 → 13 ms, a 64-wide zoo layer 3.7 → 1.5 → 0.46 ms.
+thread: MiniLM 91 → 47 → 13 ms, a 64-wide zoo layer 3.7 → 1.5 → 0.46 ms. For Q = 1 (square matrices: the
+quarter-circle law) the residual is a quadratic in 1/(π σ²) whose three coefficients are sums over the KDE
+points, so a σ costs O(1): the search then costs the KDE alone (a zoo layer 323 → 145 µs; σ bit for bit the
+same on the 1,778 square matrices of a quarter of the zoo).
 """
 
 from __future__ import annotations
@@ -103,8 +106,15 @@ class _Residual:
         self.penalty = len(ky) * 1000.0 ** 2  # WW's penalty for an edge left of the peak / off the support
         self.r = 1 / math.sqrt(Q)
         if Q == 1:  # quarter-circle law of the singular values: nonzero on [0, 2)
-            self.q1 = int(np.searchsorted(kx, 2.0, side="left"))
-            self.q1_sqrt = np.sqrt(np.clip(4 - kx[:self.q1] ** 2, 0, None))
+            # ρ_s(x) = a(x)·t, a = sqrt(4 − x²), t = 1/(π s²): the residual is a quadratic in t,
+            # A·(t − t*)² + K with A = Σa², t* = Σa·ky / A, K = Σky² − A·t*² (every KDE point), so a σ costs
+            # O(1), not the KDE's points. K is σ's constant: comparisons between σ read A·(t − t*)², exact to a
+            # few ulp (WW's sum over the points rounds at least as much).
+            q1 = int(np.searchsorted(kx, 2.0, side="left"))
+            a, y = np.sqrt(np.clip(4 - kx[:q1] ** 2, 0, None)), ky[:q1]
+            self.q_a = float(np.dot(a, a))
+            self.q_t = float(np.dot(a, y)) / self.q_a if self.q_a > 0 else 0.0
+            self.q_k = float(np.dot(y, y)) - self.q_a * self.q_t * self.q_t + float(self.c2[-1] - self.c2[q1])
 
     def scalar(self, sigma) -> float:
         """The residual of one σ (Nelder–Mead's calls): the same arithmetic on slices, no batching; the
@@ -112,12 +122,11 @@ class _Residual:
         indices and the same IEEE operations as ``np.searchsorted`` and numpy scalars, without their
         per-call dispatch: this runs ~35 times a layer)."""
         s = float(sigma) if isinstance(sigma, float) else float(np.asarray(sigma).reshape(-1)[0])
+        if self.Q == 1:
+            return self.q_a * (1 / (math.pi * s * s) - self.q_t) ** 2 + self.q_k
         if self._lists is None:
             self._lists = (self.kx.tolist(), self.c2.tolist())
         kxl, c2 = self._lists
-        if self.Q == 1:
-            d = self.q1_sqrt / (np.pi * s * s) - self.ky[:self.q1]
-            return float(np.dot(d, d)) + (c2[-1] - c2[self.q1])
         lp, lm = (s * (1 + self.r)) ** 2, (s * (1 - self.r)) ** 2
         if lp < self.peak_x or lp > kxl[-1] or lm > self.peak_x:
             return self.penalty
@@ -145,8 +154,7 @@ class _Residual:
         s = np.atleast_1d(np.asarray(sigmas, dtype=np.float64))
         kx, ky, Q, c2 = self.kx, self.ky, self.Q, self.c2
         if Q == 1:
-            d = self.q1_sqrt[None, :] / (np.pi * s[:, None] * s[:, None]) - ky[None, :self.q1]
-            return np.sum(d * d, axis=1) + (c2[-1] - c2[self.q1])
+            return self.q_a * (1 / (np.pi * s * s) - self.q_t) ** 2 + self.q_k
         r = self.r
         lp, lm = (s * (1 + r)) ** 2, (s * (1 - r)) ** 2
         out = np.full(len(s), self.penalty)
