@@ -123,7 +123,8 @@ class _Residual:
         per-call dispatch: this runs ~35 times a layer)."""
         s = float(sigma) if isinstance(sigma, float) else float(np.asarray(sigma).reshape(-1)[0])
         if self.Q == 1:
-            return self.q_a * (1 / (math.pi * s * s) - self.q_t) ** 2 + self.q_k
+            t = 1 / (math.pi * s * s) if s else math.inf  # σ = 0: an infinite density, as numpy divides
+            return self.q_a * (t - self.q_t) ** 2 + self.q_k
         if self._lists is None:
             self._lists = (self.kx.tolist(), self.c2.tolist())
         kxl, c2 = self._lists
