@@ -22,24 +22,12 @@ import warnings
 
 from hubscan import __version__
 from hubscan.errors import HubscanError
+from hubscan.errors import printable as _printable
 from hubscan.records import ModelStatus, RowStatus
 
 
 
 # -- terminal output ---------------------------------------------------------------------------------
-
-def _printable(text: object) -> str:
-    """``text`` safe to write to a terminal: every character that is not printable written as its Python
-    escape (``\\x1b``, ``\\n``, ``\\x00``, ``\\u202e``; ``\\udcff`` for a byte of a file name that is not
-    UTF-8), so that a tensor name, path or reason read from a file can neither drive the terminal (ANSI
-    escape sequences, a right-to-left override), break a line, nor stop the output. Printable text
-    (letters of any script, emoji) is unchanged. Every printing path goes through it: tables, notes,
-    errors, survey and log lines (the dataset keeps the real text)."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
 
 def _console_class():
     """A rich Console whose ``print`` escapes strings (:func:`_printable`); markup off, so that a ``[`` in a
@@ -1029,7 +1017,8 @@ def cmd_sql(args) -> int:
         con = connect(args.dataset, as_of=args.as_of, empty_views=True, **(args.storage_options or {}))
     results = []  # (columns, rows) of each statement that returns rows, in order (as DuckDB's own shell shows them)
     try:
-        for statement in con.extract_statements(args.query):
+        statements = con.extract_statements(args.query)
+        for statement in statements:
             cur = con.execute(statement)
             if statement.type.name in _SQL_SHOWN and cur is not None and cur.description:
                 results.append(([d[0] for d in cur.description], cur.fetchall()))
@@ -1040,11 +1029,13 @@ def cmd_sql(args) -> int:
         text = re.sub(r" LINE \d+: .*$", "", text)  # the caret drawing needs its line breaks
         text = re.sub(r' Did you mean "([^"]+)"\?', lambda m: m.group(0) if m.group(1) in views else "", text)
         raise HubscanError(args.dataset, f"{text} (views: {', '.join(views)})") from None
-    if not results:
-        raise HubscanError(args.dataset, "the query holds no statement that returns rows")
+    if not statements:
+        raise HubscanError(args.dataset, "the query holds no statement (only comments)")
+    if not results:  # COPY … TO, SET, CREATE …: done, nothing to show (as DuckDB's shell)
+        return 0
     if len(results) > 1 and args.format != "table":
-        raise HubscanError(args.dataset, f"--format {args.format} writes one result: the query has {len(results)} "
-                                         "statements that return rows (--format table shows each)")
+        raise HubscanError(args.dataset, f"--format {args.format} takes a query with one statement that returns rows; "
+                                         f"this one has {len(results)} (--format table shows each)")
     if args.format == "table":
         console = _console(args)
         for k, (cols, rows) in enumerate(results):
@@ -1071,8 +1062,27 @@ def cmd_sql(args) -> int:
             rows = [[_printable(v) if isinstance(v, str) else v for v in r] for r in rows]
         w.writerows(rows)
     else:
-        print(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+        print(json.dumps([{c: _json_value(v) for c, v in zip(cols, r)} for r in rows], indent=1, allow_nan=False))
     return 0
+
+
+def _json_value(v):
+    """A DuckDB value as JSON: NaN and ±inf as null (JSON has no such numbers), a BLOB as DuckDB writes it
+    (``\\xAB`` for a byte that is not printable ASCII), decimals as numbers, lists and structs element by element,
+    every other type (timestamps, intervals, UUIDs) as the text of the Python value DuckDB returns."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, decimal.Decimal):
+        return _json_value(float(v))
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "".join(chr(b) if 32 <= b < 127 and b != 92 else f"\\x{b:02X}" for b in bytes(v))
+    if isinstance(v, (list, tuple)):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    return str(v)
 
 
 def _add_sql(sub) -> None:

@@ -9,7 +9,8 @@ exception reads naturally as a second base (as huggingface_hub's ``errors.py`` d
 only base so that a reader's ``except ValueError`` around a parser never swallows them.
 
 :func:`storable` is the one rule for text that cannot be encoded (a name with bytes that are not UTF-8):
-the messages, ids and rows that carry such a name carry it escaped (every room may import this module).
+the messages, ids and rows that carry such a name carry it escaped (every room may import this module);
+:func:`printable` the one rule for text written to a terminal.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ def storable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to write to a terminal: every character that is not printable written as its Python
+    escape (``\\x1b``, ``\\n``, ``\\x00``, ``\\u202e``; ``\\udcff`` for a byte of a file name that is not
+    UTF-8), so that a tensor name, path or reason read from a file can neither drive the terminal (ANSI
+    escape sequences, a right-to-left override), break a line, nor stop the output. Printable text
+    (letters of any script, emoji) is unchanged. The CLI's every printing path goes through it: tables,
+    notes, errors, survey and log lines (the dataset keeps the real text)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class HubscanError(Exception):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from hubscan.errors import printable
 from hubscan.store import TABLES, Dataset
 
 #: One DuckDB view per table of the dataset.
@@ -187,7 +188,8 @@ def summary_tables(dataset: str, storage_options: dict | None = None, columns: i
                           sum(num_under_trained), sum(num_over_trained)
                           FROM latest_models WHERE status IN ('success', 'incomplete') GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 15"""
                        ).fetchall()
-    rows = [r for r in rows if r[2] is not None]
+    # names as the terminal shows them (escaped control characters), so that their width is the printed one
+    rows = [(printable(r[0]), *r[1:]) for r in rows if r[2] is not None]
     if not rows:  # no model with an alpha: no empty table
         return out
     w = family_width([r[0] for r in rows], columns)

@@ -360,9 +360,15 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     assert rc == 0 and json.loads(out) == [{"x": 7}], (out, err)
     rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "csv", "SELECT 1; SELECT 2", cwd=root)
     assert rc == 1 and out == "" and len(err.strip().splitlines()) == 1
-    assert "--format csv writes one result: the query has 2 statements that return rows" in err, err
-    for q, why in (("", "empty query"), ("-- nothing", "no statement that returns rows"),
-                   ("SET threads = 1", "no statement that returns rows")):
+    assert "--format csv takes a query with one statement that returns rows; this one has 2" in err, err
+    # statements without rows just run (DuckDB's COPY writes its file); JSON stays JSON (no NaN / Infinity)
+    rc, out, err = run_cli("sql", "--dataset", "ds", "COPY (SELECT 42 AS answer) TO 'answer.parquet'", cwd=root)
+    assert rc == 0 and out == "" and err == "", (out, err)
+    assert pq.read_table(root / "answer.parquet").column("answer").to_pylist() == [42]
+    rc, out, err = run_cli("sql", "--dataset", "ds", "--format", "json", "SELECT 'NaN'::double AS n, 'inf'::double AS i, "
+                           "'x\\x00y'::blob AS b, 1.5::decimal(4,2) AS d, [1.0, 'nan'::double] AS l", cwd=root)
+    assert rc == 0 and json.loads(out) == [{"n": None, "i": None, "b": "x\\x00y", "d": 1.5, "l": [1.0, None]}], out
+    for q, why in (("", "empty query"), ("-- nothing", "the query holds no statement (only comments)")):
         rc, out, err = run_cli("sql", "--dataset", "ds", q, cwd=root)
         assert rc == 1 and why in err and len(err.strip().splitlines()) == 1 and "NoneType" not in err
 
