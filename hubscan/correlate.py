@@ -209,6 +209,42 @@ def _nan_stats() -> dict:
     return {c: (0 if c == "n" else math.nan) for c in _STAT_COLUMNS}
 
 
+#: Below this many pairs Spearman's p is a permutation test (exact up to :data:`SPEARMAN_EXACT_N`), not the
+#: t-distribution approximation (``scipy.stats.spearmanr``'s, which scipy calls accurate for large samples
+#: only: at n = 5 and ρ = 1 it gives 1e-24, where the exact p is 2/5! = 0.017).
+SPEARMAN_PERMUTATION_N = 30
+#: Up to this many pairs the permutation test enumerates every pairing (8! = 40,320); above it draws 9,999
+#: pairings with a fixed seed (the p-value then has a resolution of 1e-4, and is the same on every run).
+SPEARMAN_EXACT_N = 8
+
+
+def spearman_p(x, y) -> float:
+    """Two-sided p-value of Spearman's ρ between ``x`` and ``y`` (finite, equal length n ≥ 3, neither constant).
+
+    n < :data:`SPEARMAN_PERMUTATION_N`: a permutation test of the pairings (``scipy.stats.permutation_test``,
+    statistic: Pearson's r of the ranks, ties ranked by their mean as ``spearmanr`` ranks them), every pairing
+    for n ≤ :data:`SPEARMAN_EXACT_N`, else 9,999 seeded ones; larger n: ``scipy.stats.spearmanr``'s
+    t-distribution p-value."""
+    from scipy import stats
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    if n >= SPEARMAN_PERMUTATION_N:
+        return float(stats.spearmanr(x, y).pvalue)
+    ry = stats.rankdata(y)
+    ry = ry - ry.mean()
+    syy = float((ry * ry).sum())
+
+    def r_of_ranks(rx, axis=-1):  # Pearson's r of each pairing's ranks (ranks of a permutation = permuted ranks)
+        rx = rx - rx.mean(axis=axis, keepdims=True)
+        return (rx * ry).sum(axis=axis) / np.sqrt((rx * rx).sum(axis=axis) * syy)
+
+    res = stats.permutation_test((stats.rankdata(x),), r_of_ranks, permutation_type="pairings", vectorized=True,
+                                 n_resamples=np.inf if n <= SPEARMAN_EXACT_N else 9999, batch=50_000,
+                                 rng=np.random.default_rng(0))
+    return float(res.pvalue)
+
+
 def fit_stats(x, y) -> dict:
     """The statistics of one (metric, accuracy) sample; pairs with a non-finite member are dropped.
 
@@ -220,7 +256,8 @@ def fit_stats(x, y) -> dict:
     Returns
     -------
     dict
-        ``n``; ``spearman_rho, spearman_p`` (``scipy.stats.spearmanr``); ``kendall_tau,
+        ``n``; ``spearman_rho`` (``scipy.stats.spearmanr``), ``spearman_p`` (:func:`spearman_p`: a
+        permutation test below 30 pairs); ``kendall_tau,
         kendall_p`` (``scipy.stats.kendalltau``, τ-b); ``pearson_r, pearson_p``
         (``scipy.stats.pearsonr``); ``slope, intercept`` of the OLS line y = intercept + slope·x
         and ``slope_se`` = sqrt(SS_res / (n − 2) / Σ(x − x̄)²), its standard error (the slope's
@@ -250,6 +287,8 @@ def fit_stats(x, y) -> dict:
     resid = y - (intercept + slope * x)
     ss_res = float((resid ** 2).sum())
     ss_tot = float(((y - ym) ** 2).sum())
+    if n < SPEARMAN_PERMUTATION_N:
+        rho_p = spearman_p(x, y)
     out.update(spearman_rho=float(rho), spearman_p=float(rho_p), kendall_tau=float(tau), kendall_p=float(tau_p),
                pearson_r=float(r), pearson_p=float(r_p), slope=slope, intercept=intercept,
                slope_se=math.sqrt(ss_res / (n - 2) / sxx), rmse=math.sqrt(ss_res / n), r2=1.0 - ss_res / ss_tot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import math
 from pathlib import Path
 
@@ -310,6 +311,25 @@ def test_joined(synth):
     assert joined(ds, metric="nope").empty
 
 
+def test_spearman_p_small_samples_is_the_permutation_tests():
+    """At n = 5 and ρ = 1 the t approximation says 1e-24; the exact two-sided p is 2/5! (two of the 120
+    pairings are as extreme); with a tie the pairings of the mean ranks decide it."""
+    from hubscan.correlate import fit_stats
+    assert stats.spearmanr([1, 2, 3, 4, 5], [10, 20, 30, 40, 50.1]).pvalue < 1e-20
+    assert fit_stats([1, 2, 3, 4, 5], [10, 20, 30, 40, 50.1])["spearman_p"] == pytest.approx(2 / 120)
+    assert fit_stats([1, 2, 3, 4], [1, 2, 3, 4.5])["spearman_p"] == pytest.approx(2 / 24)
+    # a tie in y: the share of the 4! = 24 pairings whose |ρ| (spearmanr's, mean ranks) reaches the observed one
+    x, y = [1, 2, 3, 4], [1, 2, 2, 3]
+    rho = stats.spearmanr(x, y).statistic
+    count = sum(abs(stats.spearmanr(p, y).statistic) >= abs(rho) - 1e-12 for p in itertools.permutations(x))
+    assert fit_stats(x, y)["spearman_p"] == pytest.approx(count / 24) and 0 < count < 24
+    # 30 pairs and more: scipy's t approximation
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    assert fit_stats(x, y)["spearman_p"] == stats.spearmanr(x, y).pvalue
+
+
 def test_correlate_matches_scipy(synth):
     ds, truth = synth
     res = correlate(ds, metric="top1", group_by="family")
@@ -322,6 +342,10 @@ def test_correlate_matches_scipy(synth):
             row = res[(res["group"] == fam) & (res["metric"] == metric)].iloc[0]
             assert row["n"] == len(x)
             rho, rho_p = stats.spearmanr(x, y)
+            if len(x) < 30:  # small samples: the permutation test of the pairings, spearmanr as its statistic
+                rho_p = stats.permutation_test((x,), lambda a, y=y: stats.spearmanr(a, y).statistic,
+                                               permutation_type="pairings", n_resamples=np.inf if len(x) <= 8 else 9999,
+                                               batch=50_000, rng=np.random.default_rng(0)).pvalue
             tau, tau_p = stats.kendalltau(x, y)
             r, r_p = stats.pearsonr(x, y)
             lr = stats.linregress(x, y)
