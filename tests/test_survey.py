@@ -204,6 +204,20 @@ def test_bad_source_fails_fast_before_ray_and_writes_nothing(tmp_path, capsys, s
     assert time.monotonic() - t0 < 10  # Ray was never started
 
 
+def test_list_with_bad_lines_names_every_one_before_anything_starts(tmp_path, capsys, cases_dir):
+    """A list whose lines are not all references: one line naming each bad line by number (a typo found
+    before the survey, not after the models above it), nothing written."""
+    from hubscan.cli import main
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"{cases_dir / 'ok_small.safetensors'}\n# a comment\nhf:a b/c\n\nhf:org/x@\nhf:ok/fine\n")
+    out = tmp_path / "ds"
+    assert main(["survey", "--source", f"list:{listing}", "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 line(s) are not model references: line 3: hf:a b/c: " in err[0], err
+    assert "; line 5: hf:org/x@" in err[0] and "Error" not in err[0], err
+    assert not out.exists()
+
+
 def test_query_commands_on_missing_and_partial_datasets(tmp_path, capsys, cases_dir):
     from hubscan.cli import main
     for cmd in (["sql", "SELECT count(*) FROM models"], ["correlate"], ["report", "--out", str(tmp_path / "r.html")]):

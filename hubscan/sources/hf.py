@@ -220,9 +220,12 @@ class HubSource:
     filters = ("filter", "author", "search", "pipeline_tag", "sort")
 
     def parse(self, body: str) -> ModelRef:
-        repo, _, rev = body.partition("@")
+        repo, at, rev = body.partition("@")
         if not _REPO_ID.match(repo) or ".." in repo:
             raise ValueError(f"hf:{body}: not a Hugging Face repo id (expected hf:ORG/NAME[@REVISION])")
+        if at and not rev.strip():
+            raise ValueError(f"hf:{body}: no revision after '@' (expected hf:ORG/NAME[@REVISION], e.g. @main or a "
+                             "commit hash)")
         return ModelRef("hf", repo, rev or None, repo_id=repo)
 
     def enumerate(self, arg, *, client, limit=None, **filters):

@@ -30,7 +30,17 @@ class ListSource:
                 lines = [ln.split("#", 1)[0].strip() for ln in f]
         except OSError as exc:
             raise SourceError(arg, f"cannot read the list of models ({exc.strerror or exc})") from exc
-        refs = (parse_ref(line) for line in lines if line)
+        refs, bad = [], []
+        for number, line in enumerate(lines, 1):  # every line checked before the survey starts: all typos at once
+            if not line:
+                continue
+            try:
+                refs.append(parse_ref(line))
+            except (ValueError, LookupError) as exc:
+                bad.append(f"line {number}: {' '.join(str(exc).split())}")
+        if bad:
+            raise SourceError(arg, f"{len(bad)} line(s) are not model references: " + "; ".join(bad[:3])
+                              + (" …" if len(bad) > 3 else ""))
         return ((ref, {}) for ref in itertools.islice(refs, limit))
 
     def resolve(self, ref, client):
