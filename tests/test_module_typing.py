@@ -11,6 +11,8 @@ tensor (fused experts, per-head projections, Conv3d, weight norm: layers WW does
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -290,6 +292,22 @@ def test_building_a_config_leaves_the_process_as_it_was():
     assert torch.nn.init.kaiming_uniform_ is kaiming and lg.level == before
     torch.manual_seed(0)
     assert float(torch.nn.Linear(64, 64).weight.std()) == pytest.approx(1 / 64 ** 0.5 / 3 ** 0.5, rel=0.1)  # U(±1/√fan_in)
+
+
+def test_typing_in_a_fresh_process_prints_no_transformers_warning(tmp_path):
+    """A config transformers warns about (an eos_token_id outside the vocabulary) typed in a process that has
+    not imported transformers yet: its first import sets its logger's level, which must not undo the
+    silencing (stderr empty: ``-q`` prints nothing but errors)."""
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, bos_token_id=50256,
+                                  eos_token_id=50256)
+    transformers.GPT2Model(cfg).save_pretrained(tmp_path / "g2")
+    code = ("import hubscan, sys; r = hubscan.analyze(sys.argv[1]); "
+            "print(r.summary['status'], sum(x.typed_by == 'module' for x in r.rows))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "g2")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    status, typed = p.stdout.split()
+    assert status == "success" and int(typed) > 0, p.stdout  # typed by its modules: the config was built
+    assert "transformers" not in p.stderr and "eos_token_id" not in p.stderr, p.stderr
 
 
 def test_types_from_a_live_module():

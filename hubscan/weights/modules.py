@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import json
 import logging
 import re
@@ -373,7 +374,12 @@ def _transformers_rename(model: torch.nn.Module) -> Callable[[str], tuple] | Non
 def _quiet(library: str):
     """The library's warnings and log records below ERROR silenced while it builds a module tree. Only the
     library's own logger is touched, and only when it would let them through: every ``setLevel`` clears
-    the level caches of all loggers (hundreds once transformers' model modules are imported)."""
+    the level caches of all loggers (hundreds once transformers' model modules are imported). The library is
+    imported first: transformers sets its logger's level when it is first imported, which would undo ours."""
+    try:
+        importlib.import_module(library)
+    except ImportError:  # not installed: its builder returns None
+        pass
     logger = logging.getLogger(library)
     level = logger.level
     if logger.getEffectiveLevel() < logging.ERROR:
