@@ -555,6 +555,10 @@ def test_report_with_dataset_accuracy(report_dataset, tmp_path):
     section = page.split("id='correlations'>", 1)[1].split("</table>", 1)[0]
     assert section.count("<tr>") == len(corr) + 1 and "HTSR metric" in section
     assert html.escape(NASTY_ID, quote=True) in page and NASTY_ID not in page
+    # asked for a metric the dataset lacks: the page names the ones it holds (not "ingest accuracy first")
+    page = build_report(str(root), tmp_path / "r5.html", metric="top5").read_text(encoding="utf-8")
+    assert "No accuracy data for metric &#x27;top5&#x27;" in page or "No accuracy data for metric 'top5'" in page
+    assert "the accuracy table holds: top1 (custom)" in page and "Ingest reported accuracy first" not in page
 
 
 def test_report_empty_dataset(tmp_path):

@@ -202,7 +202,14 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
     acc = pd.to_numeric(joined[ycol], errors="coerce")
     joined = joined[np.isfinite(acc.to_numpy(dtype=float))]
     if len(joined) == 0:
-        return None, None, f"no model of the dataset has a reported {metric!r}"
+        from hubscan.correlate import accuracy_metrics
+        try:
+            held = accuracy_metrics(dataset)
+        except Exception:  # noqa: BLE001 - the hint is optional
+            held = []
+        hint = (f"; the accuracy table holds: {', '.join(held[:6])}{' …' if len(held) > 6 else ''} (choose with "
+                "--metric/--benchmark)" if held else "")
+        return None, None, f"no model of the dataset has a reported {metric!r}{hint}"
     if corr is None:
         try:
             from hubscan import correlate as _correlate
@@ -329,8 +336,9 @@ def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[s
     bench = f" on {benchmark}" if benchmark else ""
     out = [f"<h2 id='accuracy'>Accuracy ({escape_html(metric)}{escape_html(bench)}) vs HTSR metrics</h2>"]
     if joined is None:
+        first = "" if "the accuracy table holds" in (note or "") else " Ingest reported accuracy first;"
         out.append(note_html(f"No accuracy data for metric {metric!r}{bench}: the accuracy-vs-HTSR sections are "
-                         f"omitted ({note}). Ingest reported accuracy first; the survey-only parts follow."))
+                         f"omitted ({note}).{first} The survey-only parts follow."))
         return out
     families = joined[group_by].nunique(dropna=False) if group_by in joined.columns else 1
     out.append(f"<p>{len(joined)} models with a reported {escape_html(metric)}, {families} "
