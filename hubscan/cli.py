@@ -623,12 +623,14 @@ def _columns(text: str) -> tuple[str, ...]:
     """--columns: comma-separated titles of :data:`ANALYZE_COLUMNS` or layer-row keys; ``all``."""
     if text.strip() == "all":
         return tuple(ANALYZE_COLUMNS)
-    cols = tuple(c.strip() for c in text.split(",") if c.strip())
+    cols = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))  # each once, in the order given
+    if not cols:
+        raise argparse.ArgumentTypeError("no column named (give titles separated by commas, or all)")
     from hubscan.schema import LAYER_SCHEMA
     known = set(ANALYZE_COLUMNS) | set(LAYER_SCHEMA.names)
     bad = [c for c in cols if c not in known]
-    if bad or not cols:
-        raise argparse.ArgumentTypeError(f"unknown column(s) {', '.join(bad) or '(none)'}; choose from "
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown column(s) {', '.join(bad)}; choose from "
                                          f"{', '.join(ANALYZE_COLUMNS)}, any column of the layers table, or all")
     return cols
 

@@ -148,6 +148,10 @@ def test_analyze_columns_option():
     assert header.split() == ["name", "alpha", "log_norm", "num_spikes"]
     rc, _, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,bogus")
     assert rc == 2 and "bogus" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", " ,")
+    assert rc == 2 and "no column named" in err and "(none)" not in err and len(err.strip().splitlines()) == 1
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", "name,alpha,name", columns=80)
+    assert rc == 0 and [ln for ln in out.splitlines() if "alpha" in ln][0].split() == ["name", "alpha"], out
     # more chosen columns than 80 columns hold: those that fit, left to right, and one line naming the rest
     many = "name,alpha,alpha_weighted,log_alpha_norm,stable_rank,lambda_max,lambda_plus,num_spikes,xmin,xmax,D"
     rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--columns", many, columns=80)
