@@ -551,8 +551,12 @@ def _layer_table(rows, columns, width: int):
     dropped = [titles[i] for i in range(len(titles)) if i not in keep]
     titles, keys = [titles[i] for i in keep], [keys[i] for i in keep]
     cells = [[row[i] for i in keep] for row in cells]
-    return _fitted_table("", titles, cells,
-                         left=[t for t, k in zip(titles, keys) if k in _LEFT], flexible="name", width=width), dropped
+    import pyarrow as pa
+
+    from hubscan.schema import LAYER_SCHEMA
+    text = {f.name for f in LAYER_SCHEMA if pa.types.is_string(f.type) or pa.types.is_list(f.type)}
+    return _fitted_table("", titles, cells, left=[t for t, k in zip(titles, keys) if k in _LEFT or k in text],
+                         flexible="name", width=width), dropped
 
 
 def _print_result(result, console, columns, explicit: bool = False) -> None:
