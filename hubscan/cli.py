@@ -450,10 +450,11 @@ def _short_left(text: str, width: int, letters: int = 1) -> str:
             break
         if not parts[i].isdigit():
             parts[i] = parts[i][:letters]
-    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
-    if len(".".join(parts)) > width and numbers and numbers[-1] > 0:  # keep the last layer index
-        parts = ["…" + parts[numbers[-1]]] + parts[numbers[-1] + 1:]
     text = ".".join(parts)
+    if len(text) > width:  # then the left end goes, at a dot: as many trailing words as fit (the last index first)
+        for k in range(1, len(parts)):
+            if len(tail := "…" + ".".join(parts[k:])) <= width:
+                return tail
     return text if len(text) <= width else "…" + text[len(text) - width + 1:]
 
 

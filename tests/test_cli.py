@@ -463,6 +463,9 @@ def test_shortened_names_stay_distinct():
         short = _short_names(names, width)
         assert len(set(short)) == len(names) and all(len(s) <= width and "10" in s for s in short), short
     assert _short_names(["a.b", "a.b"], 2) == ["…b", "…b"]  # equal names may stay equal
+    # cut at a dot, keeping as many trailing indices as the width holds (not only the last one)
+    deep = ".".join("abcdefghij") + "." + ".".join(str(i) for i in range(16)) + ".weight"
+    assert _short_names([deep], 35) == ["…5.6.7.8.9.10.11.12.13.14.15.weight"]
 
 
 def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(tmp_path):
