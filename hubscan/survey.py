@@ -48,6 +48,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -883,8 +884,10 @@ class Survey:
             if not self.inflight and not self.starting and not self.actors:
                 self._start_actor()
             ready, _ = ray.wait(list(self.inflight) + list(self.starting), num_returns=1,
-                                timeout=min(30.0, max(1.0, config.flush_seconds)))
+                                timeout=min(30.0, max(1.0, config.flush_seconds),
+                                            self.progress.due_in() if self.progress is not None else math.inf))
             if not ready:
+                self._update_progress(None)  # a long model: the progress line still comes every progress_seconds
                 if not self.inflight and not self.actors and time.monotonic() - last_progress > config.actor_start_timeout:
                     for task in [*self.retry, *self.work]:  # no actor can be placed: fail the rest, not hang
                         self._driver_row(task, ModelStatus.FAILED, "no analysis actor could be started "
@@ -1256,6 +1259,12 @@ class _Progress:
         rate = n / max(1e-9, (time.perf_counter() - self.t0) / 60)
         S = ModelStatus
         return f"{seen[S.SUCCESS] + seen[S.INCOMPLETE]} ok {seen[S.FAILED]} failed {rate:.0f}/min"
+
+    def due_in(self) -> float:
+        """Seconds until the next log line is due (at least 1; infinite with a bar or no progress)."""
+        if not self.enabled or self.bar is not None:
+            return math.inf
+        return max(1.0, self.every_seconds - (time.perf_counter() - self.last_t))
 
     def update(self, n: int, counts: dict, seen: dict, row: dict | None) -> None:
         """``counts``: committed models per status; ``seen``: analyzed models per status and bytes read."""

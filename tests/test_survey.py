@@ -281,6 +281,15 @@ def test_progress_lines_without_a_terminal_and_bar_at_80_columns(monkeypatch, ca
     lines = [r.getMessage() for r in caplog.records if r.name == "hubscan.progress"]
     assert len(lines) == 2 and lines[0].startswith("survey: 5/12 analyzed") and "(10 ok, 2 failed" in lines[0]
     assert "5.0 MB read" in lines[0] and "4 committed" in lines[0], lines[0]
+    # a long model: the driver's wait ends when the next line is due, which then comes without a new result
+    timed = SurveyConfig(source="local:x", out="x", progress_models=100, progress_seconds=0.2)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="hubscan.progress"):
+        p = _Progress(timed, 12)
+        assert 1.0 <= p.due_in() < 1.2  # at least a second (the driver's wait), the rest of the interval else
+        time.sleep(0.25)
+        p.update(3, counts, stats, None)  # what the driver calls when its wait ends without a result
+    assert [r.getMessage()[:21] for r in caplog.records] == ["survey: 3/12 analyzed"]
 
     class Tty(io.StringIO):
         def isatty(self):
