@@ -97,8 +97,17 @@ class SameContentError(HubscanError):
 
 
 class NonFiniteError(ValueError):
-    """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen`; the layer's row is
-    failed with this message)."""
+    """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen` and, for ΔW = W − W_base, by
+    :mod:`hubscan.weights.delta` before any decomposition; the layer's row is failed with this message).
+
+    Parameters
+    ----------
+    whose : str
+        What holds them, ending the message ``non-finite values (NaN or inf) in <whose>``.
+    """
+
+    def __init__(self, whose: str = "the weights"):
+        super().__init__(f"non-finite values (NaN or inf) in {whose}")
 
 
 # -- sources ---------------------------------------------------------------------------------------
