@@ -14,6 +14,8 @@ the messages, ids and rows that carry such a name carry it escaped (every room m
 
 from __future__ import annotations
 
+import os
+
 
 def storable(text: str) -> str:
     """``text`` as valid UTF-8, for ids, metadata and the dataset's strings: bytes a file name could not
@@ -73,7 +75,20 @@ class UnreadFormatError(NoWeightsError):
 
 
 class PathNotFoundError(NoWeightsError):
-    """A local model path (file or folder) does not exist (a survey records the model as failed)."""
+    """A local model path (file or folder) does not exist, or cannot be opened by its name (a survey records
+    the model as failed)."""
+
+
+def undecodable_path(path: str) -> PathNotFoundError | None:
+    """The error of a local path whose name, or the name of a folder on it, is not valid UTF-8 (bytes
+    :func:`os.fsdecode` escaped), named with them escaped (:func:`storable`); None for any other path.
+    Such a file is not read: torch's storage mapping and ``safetensors`` open paths given as UTF-8 only."""
+    if storable(path) == path:
+        return None
+    name = os.path.basename(path.rstrip(os.sep))
+    whose = "its name" if storable(name) != name else "the name of a folder on its path"
+    return PathNotFoundError(storable(path), f"{whose} is not valid UTF-8 (shown with its bytes escaped): "
+                                             "rename it to analyze it")
 
 
 class SeveralModelsError(HubscanError, ValueError):
