@@ -15,6 +15,8 @@ the messages, ids and rows that carry such a name carry it escaped (every room m
 
 from __future__ import annotations
 
+import os
+
 
 def storable(text: str) -> str:
     """``text`` as valid UTF-8, for ids, metadata and the dataset's strings: bytes a file name could not
@@ -87,7 +89,20 @@ class UnreadFormatError(NoWeightsError):
 
 
 class PathNotFoundError(NoWeightsError):
-    """A local model path (file or folder) does not exist (a survey records the model as failed)."""
+    """A local model path (file or folder) does not exist, or cannot be opened by its name (a survey records
+    the model as failed)."""
+
+
+def undecodable_path(path: str) -> PathNotFoundError | None:
+    """The error of a local path whose name, or the name of a folder on it, is not valid UTF-8 (bytes
+    :func:`os.fsdecode` escaped), named with them escaped (:func:`storable`); None for any other path.
+    Such a file is not read: torch's storage mapping and ``safetensors`` open paths given as UTF-8 only."""
+    if storable(path) == path:
+        return None
+    name = os.path.basename(path.rstrip(os.sep))
+    whose = "its name" if storable(name) != name else "the name of a folder on its path"
+    return PathNotFoundError(storable(path), f"{whose} is not valid UTF-8 (shown with its bytes escaped): "
+                                             "rename it to analyze it")
 
 
 class SeveralModelsError(HubscanError, ValueError):
@@ -111,8 +126,17 @@ class SameContentError(HubscanError):
 
 
 class NonFiniteError(ValueError):
-    """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen`; the layer's row is
-    failed with this message)."""
+    """The weights hold NaN or ±inf values (raised by :mod:`hubscan.esd.eigen` and, for ΔW = W − W_base, by
+    :mod:`hubscan.weights.delta` before any decomposition; the layer's row is failed with this message).
+
+    Parameters
+    ----------
+    whose : str
+        What holds them, ending the message ``non-finite values (NaN or inf) in <whose>``.
+    """
+
+    def __init__(self, whose: str = "the weights"):
+        super().__init__(f"non-finite values (NaN or inf) in {whose}")
 
 
 # -- sources ---------------------------------------------------------------------------------------

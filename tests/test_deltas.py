@@ -413,3 +413,48 @@ def test_a_base_of_other_shapes_fails_the_model_naming_why(tmp_path):
     assert res.summary["reason"] == ("no layer could be analyzed | 2 tensor(s) skipped: a.weight (shape [64, 32] "
                                      "differs from the base's [32, 32]); b.weight (shape [48, 32] differs from the "
                                      "base's [40, 32])")
+
+
+def test_non_finite_weights_in_a_pair_fail_it_before_any_decomposition(tmp_path):
+    """NaN in the base, NaN in the model, inf in both: the pair's row fails naming who holds them, as a plain
+    model's non-finite row does — never an ARPACK or LAPACK message (row or stderr) from the distances' SVDs;
+    the other pairs are analyzed. A 2×2 pair (too few eigenvalues) is read for the check too."""
+    import subprocess
+    import sys
+
+    g = torch.Generator().manual_seed(0)
+    fine = {"a.weight": torch.randn(64, 32, generator=g), "b.weight": torch.randn(48, 64, generator=g),
+            "t.weight": torch.randn(2, 2, generator=g)}
+    child = {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in fine.items()}
+    bad_base, bad_child = dict(fine), dict(child)
+    bad_base["b.weight"] = fine["b.weight"].clone().index_put_((torch.tensor(3), torch.tensor(4)),
+                                                                torch.tensor(float("nan")))
+    bad_child["b.weight"] = child["b.weight"].clone().index_put_((torch.tensor(0), torch.tensor(0)),
+                                                                  torch.tensor(float("nan")))
+    both_c, both_b = dict(child), dict(fine)
+    both_c["b.weight"] = child["b.weight"].clone().fill_(float("inf"))
+    both_b["b.weight"] = fine["b.weight"].clone().fill_(float("-inf"))
+    tiny_b = dict(fine, **{"t.weight": torch.tensor([[1.0, float("inf")], [0.5, 2.0]])})
+    expected = {"base": (child, bad_base, "non-finite values (NaN or inf) in the base model's weights"),
+                "child": (bad_child, fine, "non-finite values (NaN or inf) in the weights"),
+                "both": (both_c, both_b,
+                         "non-finite values (NaN or inf) in the weights and the base model's weights")}
+    for case, (c, b, reason) in expected.items():
+        save_file(c, str(tmp_path / f"{case}_c.safetensors"))
+        save_file(b, str(tmp_path / f"{case}_b.safetensors"))
+        res = hubscan.analyze(tmp_path / f"{case}_c.safetensors", base=tmp_path / f"{case}_b.safetensors")
+        rows = {r["name"]: r for r in res.rows}
+        assert (rows["b.weight"]["status"], rows["b.weight"]["reason"]) == ("failed", reason), case
+        assert rows["a.weight"]["status"] == "success" and res.summary["status"] == "incomplete"
+        assert rows["t.weight"]["status"] == "skipped" and rows["t.weight"]["reason"].startswith("too few eigenvalues")
+    save_file(child, str(tmp_path / "tiny_c.safetensors"))
+    save_file(tiny_b, str(tmp_path / "tiny_b.safetensors"))
+    tiny = {r["name"]: r for r in hubscan.analyze(tmp_path / "tiny_c.safetensors",
+                                                  base=tmp_path / "tiny_b.safetensors").rows}
+    assert (tiny["t.weight"]["status"], tiny["t.weight"]["reason"]) == ("failed", expected["base"][2])
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(tmp_path / "base_c.safetensors"),
+                           "--base", str(tmp_path / "base_b.safetensors")], capture_output=True, text=True,
+                          env={**__import__("os").environ, "COLUMNS": "200"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "b.weight: failed: non-finite values (NaN or inf) in the base model's weights" in proc.stdout
+    assert not proc.stderr and "ARPACK" not in proc.stdout and "DLASCL" not in proc.stdout

@@ -360,6 +360,40 @@ def test_odd_folders_survey(tmp_path):
     assert sql.returncode == 0 and not any(c in sql.stdout for c in CONTROL) and "\\x1b[31mRED" in sql.stdout
 
 
+def test_analyze_a_name_that_is_not_utf8(tmp_path):
+    """``hubscan analyze`` of a torch or safetensors file whose name is not UTF-8 (torch's storage mapping and
+    safetensors take UTF-8 paths only): the survey's one-line reason, the name escaped ``\\xff`` (never
+    ``\\udcff``), from the API and the CLI; the same file under a UTF-8 name is read."""
+    import hubscan
+    from hubscan.errors import PathNotFoundError
+    from hubscan.sources.local import list_local, resolve_local
+
+    folder = tmp_path / "names"
+    folder.mkdir()
+    torch.save({"w.weight": torch.randn(64, 32)}, folder / "y.pt")
+    shutil.copy(GOOD, folder / "bad.safetensors")
+    names = {"y.pt": b"y\xff.pt", "bad.safetensors": b"bad\xffname.safetensors"}
+    for good, bad in names.items():
+        assert hubscan.analyze(folder / good).summary["status"] == "success"
+        os.rename(os.fsencode(folder / good), os.path.join(os.fsencode(folder), bad))
+    survey = {}
+    for ref, _ in list_local(folder):  # what a survey of the folder records
+        with pytest.raises(PathNotFoundError) as e:
+            resolve_local(ref)
+        survey[ref.id] = str(e.value)
+    why = "its name is not valid UTF-8 (shown with its bytes escaped): rename it to analyze it"
+    assert survey == {"y\\xff.pt": f"{folder}/y\\xff.pt: {why}",
+                      "bad\\xffname.safetensors": f"{folder}/bad\\xffname.safetensors: {why}"}
+    for bad in names.values():
+        path = os.fsdecode(os.path.join(os.fsencode(folder), bad))
+        with pytest.raises(PathNotFoundError) as e:
+            hubscan.analyze(path)
+        escaped = bad.decode("latin-1").replace("\xff", "\\xff")
+        assert str(e.value) == survey[escaped]
+        (cli,) = bounded([["analyze", path]], tmp_path)  # in tmp_path: the file shown relative to it
+        assert cli["code"] == 1 and cli["stderr"] == f"hubscan: error: names/{escaped}: {why}\n", cli
+
+
 def test_onnx_external_data_is_part_of_its_model(tmp_path):
     """model.onnx + weights.bin (its external data), no config.json: one model, analyzed from the graph."""
     import hubscan

@@ -583,6 +583,72 @@ def test_truncated_copies_are_corrupt(cases_dir, tmp_path, keep):
     assert_error(excinfo, path, "")
 
 
+def _raw_safetensors(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return len(raw).to_bytes(8, "little") + raw + data
+
+
+def test_dtype_newer_than_the_library_is_skipped_the_rest_read(tmp_path):
+    """A dtype the installed safetensors does not know ("X99": it refuses the whole header) is a skipped row
+    naming it, the F32 tensor beside it is analyzed as in a normal file (model incomplete), through the API
+    and the CLI; the header checks still hold for such a file (a size, an overlap, a gap, bytes after the end)."""
+    import subprocess
+    import sys
+
+    import safetensors
+
+    import hubscan
+
+    with pytest.raises(Exception, match="X99"):  # the premise: this safetensors refuses the header whole
+        safetensors.deserialize(_raw_safetensors({"a": {"dtype": "X99", "shape": [0], "data_offsets": [0, 0]}}, b""))
+    b = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    header = {"a": {"dtype": "X99", "shape": [4, 4], "data_offsets": [0, 16]},
+              "b": {"dtype": "F32", "shape": [64, 32], "data_offsets": [16, 16 + b.nbytes]}}
+    path = tmp_path / "unkdtype.safetensors"
+    path.write_bytes(_raw_safetensors(header, bytes(range(16)) + b.tobytes()))
+    save_file({"b": torch.from_numpy(b)}, str(tmp_path / "plain.safetensors"))
+    res = hubscan.analyze(path)
+    rows = {r["name"]: r for r in res.rows}
+    plain = hubscan.analyze(tmp_path / "plain.safetensors").rows[0]
+    assert rows["a"]["status"] == "skipped" and rows["a"]["reason"] == "unknown dtype X99 (hubscan cannot decode it)"
+    assert rows["b"]["status"] == "success" and rows["b"]["alpha"] == plain["alpha"]
+    assert rows["b"]["lambda_max"] == pytest.approx(np.linalg.eigvalsh(b.astype(np.float64).T @ b)[-1], rel=1e-12)
+    assert res.summary["status"] == "incomplete" and "a (unknown dtype X99" in res.summary["reason"]
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=300)
+    assert proc.returncode == 0 and not proc.stderr, proc.stdout + proc.stderr
+    assert "layer 0 a: skipped: unknown dtype X99 (hubscan cannot decode it)" in proc.stdout
+    assert ("summary status=incomplete (1 tensor(s) in a layout hubscan does not read: a (unknown dtype X99"
+            in proc.stdout)
+    bad = {"size": ({**header, "b": {**header["b"], "shape": [64, 31]}}, "needs 7936"),
+           "overlap": ({**header, "a": {**header["a"], "data_offsets": [0, 20]}}, "overlap"),
+           "gap": ({**header, "a": {**header["a"], "data_offsets": [0, 8]}}, "a gap"),
+           "past the end": ({**header, "b": {**header["b"], "data_offsets": [24, 24 + b.nbytes]}}, "truncated")}
+    for what, (h, why) in bad.items():
+        path.write_bytes(_raw_safetensors(h, bytes(range(16)) + b.tobytes()))
+        with pytest.raises(CorruptFileError, match=why):
+            open_weights(path)
+    path.write_bytes(_raw_safetensors(header, bytes(range(16)) + b.tobytes() + bytes(4)))
+    with pytest.raises(CorruptFileError, match="4 bytes after the last tensor"):
+        open_weights(path)
+
+
+def test_header_parser_refuses_what_safetensors_refuses_in_the_layout(tmp_path):
+    """A gap between tensors, before the first or bytes after the last: safetensors' own loader refuses each
+    (so does the remote reader, which has only the header parser)."""
+    from safetensors import safe_open
+
+    f32 = lambda lo, hi: {"dtype": "F32", "shape": [(hi - lo) // 4], "data_offsets": [lo, hi]}  # noqa: E731
+    for header, size in (({"a": f32(0, 8), "b": f32(16, 24)}, 24), ({"b": f32(8, 16)}, 16), ({"b": f32(0, 8)}, 16)):
+        raw = _raw_safetensors(header, bytes(size))
+        (tmp_path / "f.safetensors").write_bytes(raw)
+        with pytest.raises(Exception):
+            safe_open(str(tmp_path / "f.safetensors"), framework="pt")
+        n = st_reader.header_length(raw[:8], len(raw), "f")
+        with pytest.raises(CorruptFileError):
+            st_reader.parse_header(raw[8:8 + n], len(raw), "f")
+
+
 # --------------------------------------------------------------------------------------------------
 # read buffers: reused only when no tensor read into them is alive
 # --------------------------------------------------------------------------------------------------

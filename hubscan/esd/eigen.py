@@ -119,9 +119,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _check_finite(t: torch.Tensor) -> None:
+def check_finite(t: torch.Tensor) -> None:
+    """Raise :class:`~hubscan.errors.NonFiniteError` when ``t`` holds NaN or ±inf (O(numel))."""
     if not bool(torch.isfinite(t).all()):
-        raise NonFiniteError("non-finite values (NaN or inf) in the weights")
+        raise NonFiniteError()
 
 
 class _Scratch(threading.local):
@@ -220,7 +221,7 @@ def _check_gram_finite(G: torch.Tensor) -> None:
     """Non-finite weights show on the Gram diagonal: each entry is a column's (row's) sum of squares,
     NaN or inf as soon as one of its elements is (or when a square overflows float64). O(M), not O(N·M)."""
     if not bool(torch.isfinite(torch.diagonal(G, dim1=-2, dim2=-1)).all()):
-        raise NonFiniteError("non-finite values (NaN or inf) in the weights")
+        raise NonFiniteError()
 
 
 def _out_of_range(top: float, M: int, dtype: torch.dtype) -> bool:
@@ -240,7 +241,7 @@ def _range_exponent(S: torch.Tensor) -> int:
     NonFiniteError
         S holds NaN or inf.
     """
-    _check_finite(S)
+    check_finite(S)
     amax = float(S.abs().max()) if S.numel() else 0.0
     return math.frexp(amax)[1] if amax > 0 else 0
 

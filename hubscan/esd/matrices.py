@@ -376,15 +376,20 @@ def _unravel(index: int, dims: Sequence[int]) -> list[int]:
     return out[::-1]
 
 
+#: How the skip reason of a matrix too small to fit starts. Its values are still read: NaN or inf fail its row
+#: (:func:`hubscan.analysis.analyze_entries`), as they fail a matrix that is fitted.
+TOO_FEW_EVALS = "too few eigenvalues"
+
+
 def _check_size(plan: LayerPlan, min_evals: int, max_evals: int | None) -> LayerPlan:
     if plan.skip_reason is not None:
         return plan
     if plan.M < 2:
-        return dataclasses.replace(plan, skip_reason="too few eigenvalues (each slice is a vector, M = 1)"
+        return dataclasses.replace(plan, skip_reason=f"{TOO_FEW_EVALS} (each slice is a vector, M = 1)"
                                    + ("" if plan.layer_type not in ("conv1d", "conv2d", "conv3d") else
                                       ": a depthwise or single-input-channel convolution"))
     if plan.num_evals < min_evals:
-        return dataclasses.replace(plan, skip_reason=f"too few eigenvalues ({plan.num_evals} < {min_evals})")
+        return dataclasses.replace(plan, skip_reason=f"{TOO_FEW_EVALS} ({plan.num_evals} < {min_evals})")
     if max_evals is not None and plan.num_evals > max_evals:
         return dataclasses.replace(plan, skip_reason=f"too many eigenvalues ({plan.num_evals} > {max_evals})")
     return plan

@@ -20,7 +20,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from hubscan.errors import HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError, storable
+from hubscan.errors import (HubscanError, NoWeightsError, PathNotFoundError, SeveralModelsError, storable,
+                            undecodable_path)
 from hubscan.refs import ModelRef, local_fingerprint, not_found_reason
 from hubscan.sources import register_source
 
@@ -170,9 +171,9 @@ def _not_found(path: Path) -> PathNotFoundError:
     if path.is_symlink():
         return PathNotFoundError(storable(os.fspath(path)), f"a symbolic link to {storable(os.readlink(path))}, "
                                                             "which does not exist (a dangling link)")
-    if path.parent.is_dir() and any(storable(n) == path.name != n for n in os.listdir(path.parent)):
-        return PathNotFoundError(storable(os.fspath(path)), "its name is not valid UTF-8 (shown with its bytes "
-                                                            "escaped): rename it to analyze it")
+    listed = os.listdir(path.parent) if path.parent.is_dir() else []
+    if (real := next((n for n in listed if storable(n) == path.name != n), None)) is not None:
+        return undecodable_path(os.fspath(path.parent / real))
     return PathNotFoundError(storable(os.fspath(path)), not_found_reason(path))
 
 

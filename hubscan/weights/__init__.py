@@ -47,7 +47,8 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from hubscan.errors import NoWeightsError, PathNotFoundError, UnreadFormatError, UnsupportedFormatError
+from hubscan.errors import (NoWeightsError, PathNotFoundError, UnreadFormatError, UnsupportedFormatError,
+                            storable, undecodable_path)
 from hubscan.registry import Registry, RegistryWarning
 from hubscan.weights.base import TensorEntry, WeightSet
 from hubscan.weights.files import FileRule
@@ -189,7 +190,8 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
         A file, or a folder's only weights, of a format hubscan recognises but does not read (OpenVINO …).
     NoWeightsError
         No such path, a folder without weight files ("no weight files found"), or files without any weight
-        tensor ("no weight tensors").
+        tensor ("no weight tensors"); :class:`~hubscan.errors.PathNotFoundError` for a path, or a chosen file,
+        whose name is not valid UTF-8 (:func:`~hubscan.errors.undecodable_path`: not read).
     CorruptFileError
         A malformed file or index.
     UnsafeFileError
@@ -197,17 +199,19 @@ def open_weights(path: str | os.PathLike) -> WeightSet:
     """
     where = os.fspath(path)
     p = Path(path)
+    if not (p.is_dir() or p.is_file()):
+        from hubscan.refs import not_found_reason
+        raise PathNotFoundError(storable(where), not_found_reason(where))
+    if (undecodable := undecodable_path(where)) is not None:
+        raise undecodable
     if p.is_dir():
         weights = _open_folder(p)
-    elif p.is_file():
+    else:
         from hubscan.weights.files import unread_formats
 
         for fmt in unread_formats([p.name]):
             raise UnreadFormatError(where, f"{fmt} is a format hubscan recognises but does not read")
         weights = reader_for(p).open(where)
-    else:
-        from hubscan.refs import not_found_reason
-        raise PathNotFoundError(where, not_found_reason(where))
     if next(iter(weights.entries()), None) is None:
         weights.close()
         lost = f"; the {len(weights.missing)} tensors its index names are missing" if weights.missing else ""
@@ -285,7 +289,9 @@ def open_chosen(root: str | os.PathLike, chosen: Iterable[str], open_file: Calla
 def _open_local(root: str, rel: str) -> WeightSet:
     path = os.path.join(root, rel)
     if not os.path.isfile(path):
-        raise NoWeightsError(path, "no such file")
+        raise NoWeightsError(storable(path), "no such file")
+    if (undecodable := undecodable_path(path)) is not None:
+        raise undecodable
     return reader_for(path).open(path)
 
 

@@ -10,6 +10,9 @@ shape; hubscan pairs by exact name and shape):
   never analyzed as a plain W among deltas (WW analyzes such layers as W, mixing W and ΔW rows);
 * a base tensor the model lacks → its entry with ``skip_reason`` "only in the base model" (so every
   tensor of both models ends in exactly one row);
+* a pair holding NaN or ±inf (in the model's tensor, the base's or both) → failed once read with
+  :class:`~hubscan.errors.NonFiniteError` naming which (``non-finite values (NaN or inf) in the base
+  model's weights``), checked before the distances' decompositions (ARPACK and LAPACK fail on them);
 * a pair whose ΔW is exactly zero (a tensor the fine-tune left alone) → skipped once read,
   "unchanged from base" (:data:`UNCHANGED`): nothing to measure, nothing failed. A low-rank ΔW (a
   merged LoRA, rank r ≪ M) is analyzed: its norms, rank and lambda_max are measured, its alpha is null
@@ -36,7 +39,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from hubscan.errors import SkippedTensor
+from hubscan.errors import NonFiniteError, SkippedTensor
 from hubscan.weights.base import TensorEntry, WeightKind, WeightSet
 
 #: The skip reason of a pair whose ΔW is exactly zero.
@@ -72,6 +75,14 @@ def spectral_norm(X: torch.Tensor) -> float:
     if min(A.shape) < 3 or not np.any(A):
         return float(np.linalg.norm(A, 2)) if A.size else 0.0
     return float(svds(A, k=1, return_singular_vectors=False, solver="arpack", random_state=0)[0])
+
+
+def _nonfinite_in(W: torch.Tensor, Wb: torch.Tensor) -> str:
+    """What holds the NaN or ±inf of a non-finite ΔW = W − W_base: ``the weights`` (the model's, the words
+    of a plain model's row), ``the base model's weights``, both, or neither (ΔW itself, float64 overflow)."""
+    holders = [who for who, t in (("the weights", W), ("the base model's weights", Wb))
+               if not bool(torch.isfinite(t).all())]
+    return " and ".join(holders) or "ΔW = W − W_base (float64 overflow)"
 
 
 def distances(delta: torch.Tensor, base: torch.Tensor) -> dict:
@@ -120,6 +131,8 @@ def open_delta(model: WeightSet, base: WeightSet) -> WeightSet:
             if tuple(Wb.shape) != tuple(W.shape):
                 Wb = Wb.T
             d = W - Wb
+            if not bool(torch.isfinite(d).all()):  # before svds / LAPACK, which fail on them (text on stderr)
+                raise NonFiniteError(_nonfinite_in(W, Wb))
             if not bool(torch.any(d)):
                 raise SkippedTensor(e.name, UNCHANGED)
             if d.dim() >= 2:
