@@ -163,6 +163,24 @@ class SurveyConfig:
     quiet: bool = False
 
 
+#: Filters that choose which part of a source's listing a survey takes, not which models the listing holds.
+LISTING_CUTS = ("limit", "sort")
+
+
+def recorded_filters(config: SurveyConfig) -> dict:
+    """The ``surveys`` row's ``filters``: the source filters and, for a listing cut at ``limit`` models,
+    ``"limit"`` — a reader (and :meth:`Survey.mark_listing`) tells a partial listing from a complete one."""
+    return {**config.filters, **({"limit": config.limit} if config.limit is not None else {})}
+
+
+def listing_scope(filters) -> str:
+    """The models a listing covers, as a comparable key: the filters (a dict, or the ``surveys`` row's JSON)
+    without those that only cut or order it (:data:`LISTING_CUTS`: a sorted complete listing holds the same
+    models as an unsorted one)."""
+    filters = json.loads(filters or "{}") if not isinstance(filters, dict) else filters
+    return json.dumps({k: v for k, v in filters.items() if k not in LISTING_CUTS}, default=str, sort_keys=True)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -745,10 +763,12 @@ class Survey:
         """Periodic surveys: what this survey's listing says about the models the dataset holds, in one commit
         (none when nothing changed).
 
-        - A row of a model the listing no longer holds at its revision (deleted, made private, or replaced by a
-          new revision), written by a survey of the same source and filters, gets ``last_seen`` = the start of
-          the previous such survey (the last one that listed it: each marks what it misses). Only for a
-          complete listing (no ``limit``).
+        - A row of a model a complete listing (no ``limit``) no longer holds at its revision (deleted, made
+          private, or replaced by a new revision), written by a survey of the same source and scope
+          (:func:`listing_scope`), gets ``last_seen`` = the start of the last survey that listed it: the
+          later of the last complete survey of that scope (it listed every model then present: one it missed
+          it marked) and the survey that wrote the row. A survey cut by ``limit`` listed only part of the
+          scope: it counts for the rows it wrote, never for the others, and marks nothing itself.
         - A listed model whose ``gated`` changed gets the listing's value; one marked before and listed again
           gets ``last_seen`` null.
 
@@ -760,10 +780,12 @@ class Survey:
         rows = self.dataset.read("models", columns=cols)
         if not rows.num_rows:
             return
-        scope = [r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters", "started_at"])
-                 .to_pylist() if (r["source"], r["filters"]) == (config.source, json.dumps(config.filters, default=str))]
-        previous = max((r["started_at"] for r in scope), default=None) if config.limit is None else None
-        scope_ids = {r["survey_id"] for r in scope}
+        mine = listing_scope(config.filters)
+        scope = {r["survey_id"]: r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters",
+                                                                                   "started_at"]).to_pylist()
+                 if r["source"] == config.source and listing_scope(r["filters"]) == mine}
+        complete = max((r["started_at"] for r in scope.values() if "limit" not in json.loads(r["filters"] or "{}")),
+                       default=None)
         updates = {}
         for r in rows.to_pylist():
             key = r["model_key"]
@@ -775,8 +797,9 @@ class Survey:
                     change["last_seen"] = None
                 if change:
                     updates[key] = change
-            elif previous is not None and r["survey_id"] in scope_ids and r.get("last_seen") is None:
-                updates[key] = {"last_seen": previous}
+            elif config.limit is None and r["survey_id"] in scope and r.get("last_seen") is None:
+                wrote = scope[r["survey_id"]]["started_at"]
+                updates[key] = {"last_seen": wrote if complete is None else max(complete, wrote)}
         self.dataset.update_rows("models", updates, survey_id=self.survey_id, operation="listing")
 
     def _driver_row(self, task: Task, status: ModelStatus, reason: str) -> None:
@@ -1098,7 +1121,7 @@ class Survey:
         versions = {t: v for t in TABLES if t != "surveys"
                     if (v := self.dataset.version(t)) is not None}
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
-               "source": config.source, "filters": json.dumps(config.filters, default=str),
+               "source": config.source, "filters": json.dumps(recorded_filters(config), default=str),
                "config_hash": self.cfg_hash, "options": json.dumps(self.options.to_dict(), default=str),
                **{f"num_{s}": n for s, n in self.counts.items()},
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
