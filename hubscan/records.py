@@ -306,7 +306,8 @@ class SurveyRecord(Record):
     startup_seconds: float | None = column("float64",
                                            "until the first analysis actor was ready (Ray start-up, imports)")
     actors: int | None = column("int64", "analysis actors")
-    interrupted: bool | None = column("bool", "stopped before the end (Ctrl-C)")
+    interrupted: bool | None = column("bool", "stopped before the end (Ctrl-C, SIGTERM, the source lost, an "
+                                               "error such as Ray not starting)")
     table_versions: str | None = column("string",
                                         "Delta table versions at the end of the survey, JSON {table: version}")
     hubscan_version: str | None = column("string", "hubscan version")

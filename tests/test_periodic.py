@@ -207,5 +207,6 @@ def test_a_limited_survey_counts_as_listing_only_what_it_listed(ray_local, tmp_p
     assert [json.loads(r["filters"]) for r in surveys] == [{}, {"limit": 2}, {}]
     assert [r["num_models"] for r in surveys] == [6, 2, 4]
     first, limited, _ = (r["started_at"] for r in surveys)
-    seen = {r["model_id"].removesuffix(".safetensors"): r["last_seen"] for r in Dataset(ds, create=False).read("models").to_pylist()}
+    rows = Dataset(ds, create=False).read("models").to_pylist()
+    seen = {r["model_id"].removesuffix(".safetensors"): r["last_seen"] for r in rows}
     assert seen == {"m05": first, "m00": limited, "m01": None, "m02": None, "m03": None, "m04": None}
