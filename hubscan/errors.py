@@ -166,6 +166,13 @@ class HubUnreachableError(SourceError, ConnectionError):
     """The Hub cannot be reached at all (name resolution failed, connection refused): not retried."""
 
 
+# -- the cluster -----------------------------------------------------------------------------------
+
+class ClusterUnreachableError(HubscanError, ConnectionError):
+    """The Ray cluster a survey was pointed at (``--address``, ``RAY_ADDRESS``) does not answer: nothing
+    listens there (connection refused), the host cannot be resolved, or no answer came in time."""
+
+
 # -- the dataset -----------------------------------------------------------------------------------
 
 class DatasetNotFoundError(HubscanError, LookupError):

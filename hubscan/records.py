@@ -257,9 +257,10 @@ class ModelRecord(Record):
     hubscan_version: str | None = column("string", "hubscan version")
     survey_id: str | None = column(*SURVEY_ID_COLUMN[1:])
     analyzed_at: Any = column("timestamp", "when the row was written")
-    last_seen: Any = column("timestamp", "null while the latest survey of the same source and filters lists the "
-                            "model at this revision; else the start of the last survey that did (deleted, made "
-                            "private, or replaced by a new revision: the rows are kept)")
+    last_seen: Any = column("timestamp", "null while the latest complete survey (no limit) of the same source "
+                            "and filters lists the model at this revision; else the start of the last survey that "
+                            "did (deleted, made private, or replaced by a new revision: the rows are kept; a "
+                            "limited survey counts for the models it wrote rows for)")
     files_sha256: list | None = column("list<string>", "sha256 of the weight files read (shards included), as the "
                                        "Hub names them (X-Linked-Etag of LFS files), sorted; null unless every "
                                        "file had one")
@@ -289,7 +290,8 @@ class SurveyRecord(Record):
     started_at: Any = column("timestamp", "start")
     finished_at: Any = column("timestamp", "end")
     source: str | None = column("string", "source spec (hf, timm, local:DIR, list:FILE)")
-    filters: str | None = column("string", "source filters, JSON")
+    filters: str | None = column("string", "source filters, JSON; \"limit\" when the listing was cut "
+                                        "at that many models (a partial listing)")
     config_hash: str | None = column("string", "hash of the analysis settings")
     options: str | None = column("string", "analysis settings, JSON")
     num_models: int | None = column("int64", "models enumerated")
@@ -304,7 +306,8 @@ class SurveyRecord(Record):
     startup_seconds: float | None = column("float64",
                                            "until the first analysis actor was ready (Ray start-up, imports)")
     actors: int | None = column("int64", "analysis actors")
-    interrupted: bool | None = column("bool", "stopped before the end (Ctrl-C)")
+    interrupted: bool | None = column("bool", "stopped before the end (Ctrl-C, SIGTERM, the source lost, an "
+                                               "error such as Ray not starting)")
     table_versions: str | None = column("string",
                                         "Delta table versions at the end of the survey, JSON {table: version}")
     hubscan_version: str | None = column("string", "hubscan version")

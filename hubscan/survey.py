@@ -28,6 +28,11 @@ rerun redoes what was not committed (uncommitted files are invisible and vacuume
 under the CLI) stops at once, records the survey as interrupted with the counts of what was committed
 and releases the lease.
 
+The cluster: a survey given a Ray address (``address``, ``RAY_ADDRESS``) first connects to its port
+(:func:`check_cluster`) and stops in one line when nothing listens there, before the source is listed or
+anything held or written. Any other error that stops a survey once it holds the dataset leaves its
+``surveys`` row marked ``interrupted``.
+
 The dataset: once the source is enumerated (a source that cannot be listed fails first, touching
 nothing), the survey checks that the dataset can be written and takes its lease
 (:class:`hubscan.store.Lease`: one survey at a time per dataset; a second is refused in one line
@@ -51,16 +56,18 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from collections import deque
 
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
-from hubscan.errors import (DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError, HubUnreachableError,
-                            NoWeightsError, PathNotFoundError, SameContentError)
+from hubscan.errors import (ClusterUnreachableError, DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError,
+                            HubUnreachableError, NoWeightsError, PathNotFoundError, SameContentError)
 from hubscan.hub import BudgetGate, HubBudget, HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
@@ -162,6 +169,55 @@ class SurveyConfig:
     progress_models: int = 100
     progress_seconds: float = 30.0
     quiet: bool = False
+
+
+#: Seconds :func:`check_cluster` waits for a Ray cluster's port to accept a connection.
+CLUSTER_PROBE_SECONDS = 5.0
+
+
+def check_cluster(address: str, timeout: float = CLUSTER_PROBE_SECONDS) -> None:
+    """Fail at once when nothing listens at a Ray cluster's address: a plain TCP connect to its host and
+    port (the GCS, ``host:6379``, or a Ray Client server, ``ray://host:10001``), closed at once. ``ray.init``
+    itself retries an address that does not answer for minutes (20 × a 5 s connect and a 30 s wait in its
+    C++ core, a log line each, signals handled only between them). An address without a port (``auto``,
+    ``ray://host``) is left to Ray.
+
+    Raises
+    ------
+    hubscan.errors.ClusterUnreachableError
+        Connection refused, the host not resolved, or no answer within ``timeout`` seconds.
+    """
+    parts = urllib.parse.urlsplit("//" + address.split("://", 1)[-1])
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number: Ray says what is wrong with it
+        return
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        why = f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ClusterUnreachableError(address, f"no Ray cluster answers there ({why}); start one (ray start --head) "
+                                               "or leave out --address for a Ray of this machine") from None
+
+
+#: Filters that choose which part of a source's listing a survey takes, not which models the listing holds.
+LISTING_CUTS = ("limit", "sort")
+
+
+def recorded_filters(config: SurveyConfig) -> dict:
+    """The ``surveys`` row's ``filters``: the source filters and, for a listing cut at ``limit`` models,
+    ``"limit"`` — a reader (and :meth:`Survey.mark_listing`) tells a partial listing from a complete one."""
+    return {**config.filters, **({"limit": config.limit} if config.limit is not None else {})}
+
+
+def listing_scope(filters) -> str:
+    """The models a listing covers, as a comparable key: the filters (a dict, or the ``surveys`` row's JSON)
+    without those that only cut or order it (:data:`LISTING_CUTS`: a sorted complete listing holds the same
+    models as an unsorted one)."""
+    filters = json.loads(filters or "{}") if not isinstance(filters, dict) else filters
+    return json.dumps({k: v for k, v in filters.items() if k not in LISTING_CUTS}, default=str, sort_keys=True)
 
 
 def _utcnow() -> dt.datetime:
@@ -746,10 +802,12 @@ class Survey:
         """Periodic surveys: what this survey's listing says about the models the dataset holds, in one commit
         (none when nothing changed).
 
-        - A row of a model the listing no longer holds at its revision (deleted, made private, or replaced by a
-          new revision), written by a survey of the same source and filters, gets ``last_seen`` = the start of
-          the previous such survey (the last one that listed it: each marks what it misses). Only for a
-          complete listing (no ``limit``).
+        - A row of a model a complete listing (no ``limit``) no longer holds at its revision (deleted, made
+          private, or replaced by a new revision), written by a survey of the same source and scope
+          (:func:`listing_scope`), gets ``last_seen`` = the start of the last survey that listed it: the
+          later of the last complete survey of that scope (it listed every model then present: one it missed
+          it marked) and the survey that wrote the row. A survey cut by ``limit`` listed only part of the
+          scope: it counts for the rows it wrote, never for the others, and marks nothing itself.
         - A listed model whose ``gated`` changed gets the listing's value; one marked before and listed again
           gets ``last_seen`` null.
 
@@ -761,10 +819,12 @@ class Survey:
         rows = self.dataset.read("models", columns=cols)
         if not rows.num_rows:
             return
-        scope = [r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters", "started_at"])
-                 .to_pylist() if (r["source"], r["filters"]) == (config.source, json.dumps(config.filters, default=str))]
-        previous = max((r["started_at"] for r in scope), default=None) if config.limit is None else None
-        scope_ids = {r["survey_id"] for r in scope}
+        mine = listing_scope(config.filters)
+        scope = {r["survey_id"]: r for r in self.dataset.read("surveys", columns=["survey_id", "source", "filters",
+                                                                                   "started_at"]).to_pylist()
+                 if r["source"] == config.source and listing_scope(r["filters"]) == mine}
+        complete = max((r["started_at"] for r in scope.values() if "limit" not in json.loads(r["filters"] or "{}")),
+                       default=None)
         updates = {}
         for r in rows.to_pylist():
             key = r["model_key"]
@@ -776,8 +836,9 @@ class Survey:
                     change["last_seen"] = None
                 if change:
                     updates[key] = change
-            elif previous is not None and r["survey_id"] in scope_ids and r.get("last_seen") is None:
-                updates[key] = {"last_seen": previous}
+            elif config.limit is None and r["survey_id"] in scope and r.get("last_seen") is None:
+                wrote = scope[r["survey_id"]]["started_at"]
+                updates[key] = {"last_seen": wrote if complete is None else max(complete, wrote)}
         self.dataset.update_rows("models", updates, survey_id=self.survey_id, operation="listing")
 
     def _driver_row(self, task: Task, status: ModelStatus, reason: str) -> None:
@@ -794,19 +855,38 @@ class Survey:
         if not ray.is_initialized():
             # ray.init replaces the SIGTERM handler twice: in Python (sys.exit) and, in its core worker, with
             # absl's failure handler (a "*** SIGTERM received" dump, exit 134, no interrupted row, the lease
-            # left held); the caller's handler (the CLI's: SIGTERM stops as Ctrl-C does) is put back after
+            # left held); the caller's handler (the CLI's: SIGTERM stops as Ctrl-C does) is put back after,
+            # whatever ray.init did. A SIGTERM while ray.init runs (connecting) is its handler's SystemExit(15):
+            # handed to the caller's handler (the CLI: exit 143 and an interrupted row, not exit 15 and a row
+            # that says the survey ran)
             main = threading.current_thread() is threading.main_thread()
             sigterm = signal.getsignal(signal.SIGTERM) if main else None
-            address = self.config.address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
-            if address:
-                ray.init(address=address, log_to_driver=False,
-                         logging_level=logging.WARNING if self.config.quiet else logging.INFO)
-            else:
-                ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING if self.config.quiet else logging.INFO)
-                self.we_started_ray = True
-            if sigterm is not None:
-                signal.signal(signal.SIGTERM, sigterm)
+            address = self.ray_address()
+            try:
+                if address:
+                    ray.init(address=address, log_to_driver=False,
+                             logging_level=logging.WARNING if self.config.quiet else logging.INFO)
+                else:
+                    self.we_started_ray = True  # before: an interrupted start is shut down too (its processes)
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.WARNING if self.config.quiet else logging.INFO)
+            except ConnectionError as exc:  # Ray's retries spent: something answers there, not a Ray cluster
+                if not address:
+                    raise
+                raise ClusterUnreachableError(address, " ".join(str(exc).split())) from None
+            except SystemExit as exc:
+                if exc.code != signal.SIGTERM or not callable(sigterm):
+                    raise
+                sigterm(signal.SIGTERM, None)  # the CLI's raises KeyboardInterrupt
+                raise
+            finally:
+                if sigterm is not None:
+                    signal.signal(signal.SIGTERM, sigterm)
+
+    def ray_address(self) -> str | None:
+        """The Ray cluster to join: ``address``, else ``RAY_ADDRESS`` (set inside ``ray job submit``); None
+        starts a Ray of this machine."""
+        return self.config.address or os.environ.get("RAY_ADDRESS") or None
 
     def check_fits(self, cpa: float, gpa: float) -> None:
         """Refuse actors no node can hold: Ray would keep them pending forever, the survey silent. On a
@@ -1101,7 +1181,7 @@ class Survey:
         versions = {t: v for t in TABLES if t != "surveys"
                     if (v := self.dataset.version(t)) is not None}
         row = {"survey_id": self.survey_id, "started_at": self.started, "finished_at": _utcnow(),
-               "source": config.source, "filters": json.dumps(config.filters, default=str),
+               "source": config.source, "filters": json.dumps(recorded_filters(config), default=str),
                "config_hash": self.cfg_hash, "options": json.dumps(self.options.to_dict(), default=str),
                **{f"num_{s}": n for s, n in self.counts.items()},
                "seconds": time.perf_counter() - self.t0, "actors": self.n_actors, "interrupted": self.interrupted,
@@ -1134,6 +1214,8 @@ class Survey:
         self.holds.enter_context(Lease(self.dataset, self.survey_id))
 
     def _run(self) -> dict:
+        if self.ray_address():  # a cluster that does not answer: one line now, nothing listed, held or written
+            check_cluster(self.ray_address())
         self.plan()
         total = len(self.work) + len(self.driver_rows.rows)
         self.progress = _Progress(self.config, total)
@@ -1150,6 +1232,9 @@ class Survey:
             log.warning("interrupted: %d analyzed or in-flight models not committed (a rerun does them)", n)
         except (DatasetWriteError, DatasetBusyError) as exc:  # the dataset takes no more writes
             self.write_error = exc
+            raise
+        except BaseException:  # any other error (Ray could not start, no node fits …): the row says it stopped
+            self.interrupted = True
             raise
         finally:
             self.interrupted = self.interrupted or self.source_lost is not None
@@ -1226,6 +1311,8 @@ def survey(config: SurveyConfig) -> dict:
 
     Raises
     ------
+    hubscan.errors.ClusterUnreachableError
+        Nothing answers at the Ray address (nothing written), or Ray could not connect to what does.
     hubscan.errors.HubscanError
         The source cannot be enumerated (e.g. hub unreachable) or holds no model — nothing else
         stops a survey.

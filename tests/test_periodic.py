@@ -180,3 +180,33 @@ def test_sharded_reupload_costs_its_index_and_one_metadata_request(ray_local, tm
     assert [(n, nn, m) for n, nn, m, *_ in layers] == sorted((k, 48, 32) for k in state if k.endswith(".weight"))
     assert all(np.isfinite(alpha) for *_, alpha, _ in layers)
     assert models[copy]["alpha"] == models[orig]["alpha"] and models[copy]["status"] == models[orig]["status"] == "success"
+
+
+def test_a_limited_survey_counts_as_listing_only_what_it_listed(ray_local, tmp_path, capsys):
+    """A survey cut by ``--limit`` lists part of the source: its ``surveys`` row says so (``filters`` names the
+    limit), and a model it did not list keeps as ``last_seen`` the start of the last survey that did list it
+    (the complete one before), while a model it re-analyzed (``--force``) was listed by it."""
+    import json
+
+    from hubscan.cli import main
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(6):
+        _model(many / f"m{i:02d}.safetensors", i)
+    ds = str(tmp_path / "ds")
+    run = ["survey", "--source", f"local:{many}", "--out", ds, "--no-progress", "--actors", "1"]
+    assert main(run) == 0
+    assert main([*run, "--force", "--limit", "2"]) == 0  # analyzes m00 and m01 again, lists nothing else
+    (many / "m05.safetensors").unlink()
+    (many / "m00.safetensors").unlink()
+    assert main(run) == 0
+    capsys.readouterr()
+
+    surveys = sorted(Dataset(ds, create=False).read("surveys").to_pylist(), key=lambda r: r["started_at"])
+    assert [json.loads(r["filters"]) for r in surveys] == [{}, {"limit": 2}, {}]
+    assert [r["num_models"] for r in surveys] == [6, 2, 4]
+    first, limited, _ = (r["started_at"] for r in surveys)
+    rows = Dataset(ds, create=False).read("models").to_pylist()
+    seen = {r["model_id"].removesuffix(".safetensors"): r["last_seen"] for r in rows}
+    assert seen == {"m05": first, "m00": limited, "m01": None, "m02": None, "m03": None, "m04": None}

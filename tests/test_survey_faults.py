@@ -295,3 +295,78 @@ def test_sigterm_stops_like_ctrl_c(slow_hub, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert q(out, "SELECT count(*) FILTER (WHERE interrupted) , count(*) FROM surveys") == [(1, 2)]
     assert_one_row_each(out, N_SLOW)
+
+
+def _tiny_models(root: Path, n: int = 3) -> Path:
+    root.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        save_file({"h.weight": torch.randn(48, 32, generator=g)}, str(root / f"m{i}.safetensors"))
+    return root
+
+
+def test_an_address_where_no_ray_cluster_listens_fails_at_once_in_one_line(tmp_path):
+    """``--address`` at a closed port: one ``hubscan: error: ADDRESS: …`` line and exit 1 before the source is
+    listed or the dataset touched (no Ray start, so none of Ray's minutes of connect retries and log lines)."""
+    models, out = _tiny_models(tmp_path / "many"), tmp_path / "ds"
+    address = f"127.0.0.1:{_free_port()}"  # bound, then closed: nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{models}", "--out",
+                           str(out), "--address", address, "--no-progress"],
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, check=False,
+                          timeout=120)  # not a timing: a bound, should the address be retried as Ray does
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hubscan: error: {address}: no Ray cluster answers there ("), lines
+    assert "refused" in lines[0].lower() and "Error" not in lines[0]  # the reason, no exception class name
+    assert not out.exists()  # nothing listed, held or written: no surveys row for a survey that never started
+
+
+def test_check_cluster_probes_the_port_an_address_names():
+    """A Ray Client address (``ray://``) is probed at its port like a GCS address; one without a port (``auto``)
+    is left to Ray; a listening port passes."""
+    from hubscan.errors import ClusterUnreachableError
+    from hubscan.survey import check_cluster
+    port = _free_port()
+    with pytest.raises(ClusterUnreachableError, match=f"^ray://127.0.0.1:{port}: no Ray cluster answers there") as e:
+        check_cluster(f"ray://127.0.0.1:{port}")
+    assert isinstance(e.value, ConnectionError)
+    check_cluster("auto")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        check_cluster(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGTERM, 143, "hubscan: interrupted (SIGTERM)"),
+                                             (signal.SIGINT, 130, "hubscan: interrupted")])
+def test_signal_while_ray_connects_exits_as_documented_and_records_an_interrupted_survey(tmp_path, sig, code, line):
+    """A signal while ``ray.init`` connects (an address whose port accepts connections and never answers): exit
+    128 + the signal with its one line (not Ray's ``sys.exit(15)``), the ``surveys`` row ``interrupted`` with
+    nothing analyzed (the listing was done, its counts true), the lease released. The signal takes effect once
+    Ray's connect call returns to Python (about 40 s with Ray 2.60: a 5 s connect, a 30 s wait)."""
+    from hubscan.store import Dataset, Lease
+    models, out = _tiny_models(tmp_path / "many"), tmp_path / "ds"
+    silent = socket.socket()
+    silent.bind(("0.0.0.0", 0))  # Ray connects to this machine's address for 127.0.0.1
+    silent.listen(16)
+    silent.settimeout(120)
+    proc = subprocess.Popen([sys.executable, "-m", "hubscan.cli", "survey", "--source", f"local:{models}", "--out",
+                             str(out), "--address", f"127.0.0.1:{silent.getsockname()[1]}", "--no-progress"],
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with silent:
+            probe, _ = silent.accept()  # hubscan's check that something listens, before the listing
+            ray_conn, _ = silent.accept()  # ray.init connecting, after the listing
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=300)
+            probe.close()
+            ray_conn.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.startswith("hubscan:")] == [line], err[-2000:]
+    assert q(out, "SELECT interrupted, num_models, num_success, num_failed FROM surveys") == [(True, 3, 0, 0)]
+    assert Lease(Dataset(str(out), create=False), "probe").current()["state"] == "free"
