@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from hubscan.errors import HubscanError, NoWeightsError, SkippedTensor
+from hubscan.errors import HubscanError, NoWeightsError, SkippedTensor, one_line
 from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
 from hubscan.esd.matrices import DEFAULT_MIN_EVALS, TOO_FEW_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
@@ -236,8 +236,7 @@ class AnalysisResult:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
+    return one_line(exc, 300) or type(exc).__name__
 
 
 def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = AnalyzeOptions(),

@@ -229,6 +229,7 @@ class TreeSurvey(Survey):
             self.edges = write_deltas(self.dataset, self.tree, self.others, client=self.client, options=self.options,
                                       survey_id=self.survey_id, batch_size=self.batch_size)
             self.edges["failed_edges"] = _dedupe(self.failed_edges + self.edges["failed_edges"])
+            self.stats["num_failed_edges"] = len(self.edges["failed_edges"])  # counted in the surveys row
             import pyarrow.dataset as pds
             self.edges["deltas"] = 0 if self.dataset.table("deltas") is None else self.dataset.read(
                 "deltas", columns=["survey_id"], filter=pds.field("survey_id") == self.survey_id).num_rows

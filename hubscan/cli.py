@@ -353,10 +353,12 @@ def _id_ranges(rows) -> str:
 
 
 def _say(console, text: str, indent: int = 2) -> None:
-    """Print a note wrapped to the console's width, continuation lines indented under its first word."""
+    """Print a note wrapped to the console's width, continuation lines indented under its first word; a word
+    longer than a line (a URL, a path) is never split: it overflows its line, whole, to be copied."""
     import textwrap
     lines = textwrap.wrap(_printable(text), width=max(console.width, 40), initial_indent=" " * indent,
-                          subsequent_indent=" " * (indent + 2), break_on_hyphens=False) or [""]
+                          subsequent_indent=" " * (indent + 2), break_on_hyphens=False,
+                          break_long_words=False) or [""]
     for line in lines:
         console.print(line, highlight=False, markup=False, crop=False, soft_wrap=True)
 
@@ -784,11 +786,21 @@ def cmd_survey(args) -> int:
         _say(console, title, indent=0)
         for line in lines:
             console.print("  " + line)
+    _check_not_all_failed(config, summary)
+    return 0
+
+
+def _check_not_all_failed(config, summary) -> None:
+    """A survey where every model it tried failed (none already done) is an error: one line, non-zero exit.
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+    """
     tried = sum(summary[k] for k in ("num_success", "num_incomplete", "num_failed", "num_skipped"))
     if summary["num_failed"] and summary["num_failed"] == tried and not summary["num_already_done"]:
         raise HubscanError(config.source, f"every model failed ({tried}; their reasons: hubscan sql --dataset "
                                           f"{config.out} \"SELECT model_id, reason FROM models WHERE status = 'failed'\")")
-    return 0
 
 
 def _check_survey(parser, args) -> None:
@@ -897,13 +909,19 @@ def cmd_lineage(args, config) -> int:
                batch_size=args.batch_size, survey=config)
     console = _console(args)
     _print_survey(s["survey"], console)
+    _print_not_analyzed(config, s["survey"], console)
+    failed = s["failed_edges"]
     console.print(f"model tree of {args.lineage}: {s['nodes']} models ({s['analyzed']} analyzed now), "
-                  f"{s['edges']} edges, {s['deltas']} delta rows in {s['seconds']:.1f} s → {args.out}")
+                  f"{s['edges']} edges{f' ({len(failed)} not analyzed, below)' if failed else ''}, "
+                  f"{s['deltas']} delta rows in {s['seconds']:.1f} s → {args.out}")
     for e in s["tree"].edges:
         console.print(f"  {'  ' * (e.depth - 1)}{e.child} ← {e.parent}  ({e.relation}, found by {e.found_by})")
-    for child, parent, reason in s["failed_edges"]:
+    for child, parent, reason in failed:
         _say(console, f"delta {child} ← {parent} not analyzed: {reason}")
-    return 1 if s["failed_edges"] and len(s["failed_edges"]) == s["edges"] else 0
+    _check_not_all_failed(config, s["survey"])
+    if failed and len(failed) == s["edges"]:  # as for models: some failed is a survey, all failed an error
+        raise HubscanError(args.lineage, f"no edge's delta could be analyzed ({len(failed)} edges; the reasons above)")
+    return 0
 
 
 # -- sql ----------------------------------------------------------------------------------------------

@@ -43,6 +43,19 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def one_line(text, limit: int | None = None) -> str:
+    """``text`` (or an exception's message) on one line — every run of whitespace one space — and, over
+    ``limit`` characters, cut after its last whole word that fits, ``…`` marking the cut (a single word longer
+    than ``limit`` is cut inside it). For a reason quoted from a library, whose text can be long."""
+    text = " ".join(str(text).split())
+    if limit is None or len(text) <= limit:
+        return text
+    head = text[:limit - 1]
+    if text[limit - 1] != " " and " " in head:
+        head = head.rsplit(" ", 1)[0]
+    return head.rstrip(" ,;:.") + "…"
+
+
 class HubscanError(Exception):
     """Base class of every error hubscan raises on purpose.
 

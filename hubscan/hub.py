@@ -543,8 +543,8 @@ class HubClient:
                 return False, None, "HTTP 404: not found"
             return False, None, f"HTTP {code}"
         if isinstance(exc, (httpx2.TimeoutException, httpx2.TransportError)):
-            return True, None, f"connection error ({' '.join(str(exc).split())[:120] or 'timed out'})"
-        return False, None, " ".join(str(exc).split())[:200] or type(exc).__name__
+            return True, None, f"connection error ({errors.one_line(exc, 120) or 'timed out'})"
+        return False, None, errors.one_line(exc, 200) or type(exc).__name__
 
     def _error(self, exc: BaseException, what: str, reason: str, attempts: int) -> SourceError:
         from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,

@@ -300,6 +300,8 @@ class SurveyRecord(Record):
     num_incomplete: int | None = column("int64", "models with missing tensors")
     num_failed: int | None = column("int64", "models failed")
     num_skipped: int | None = column("int64", "models skipped (gated, no weights …)")
+    num_failed_edges: int | None = column("int64", "model-tree surveys (--lineage): edges whose delta could "
+                                          "not be analyzed (no deltas rows; null for other surveys)")
     bytes_read: int | None = column("int64", "bytes of weight files read, summed over the committed models")
     requests: int | None = column("int64", "HTTP requests, summed over the committed models")
     seconds: float | None = column("float64", "wall time")

@@ -67,7 +67,7 @@ from collections import deque
 from hubscan import __version__
 from hubscan.analysis import AnalyzeOptions
 from hubscan.errors import (ClusterUnreachableError, DatasetBusyError, DatasetWriteError, GatedModelError, HubscanError,
-                            HubUnreachableError, NoWeightsError, PathNotFoundError, SameContentError)
+                            HubUnreachableError, NoWeightsError, PathNotFoundError, SameContentError, one_line)
 from hubscan.hub import BudgetGate, HubBudget, HubClient, install_http_client
 from hubscan.records import ModelRecord, ModelStatus
 from hubscan.refs import ModelRef
@@ -421,7 +421,7 @@ def _failure(exc: Exception) -> tuple[ModelStatus, str]:
         return ModelStatus.SKIPPED, exc.reason
     if isinstance(exc, HubscanError):
         return error_status(exc), str(exc)
-    return ModelStatus.FAILED, f"unexpected error: {' '.join(str(exc).split())[:300]}"
+    return ModelStatus.FAILED, f"unexpected error: {one_line(exc, 300)}"
 
 
 def analyze_models(models, *, parent: ModelRef | None = None, relations: dict | None = None, client: HubClient,
@@ -638,12 +638,22 @@ def _cluster_resources(config: SurveyConfig):
 
 def budget_gate(endpoint: str, budget) -> BudgetGate | None:
     """This process's gate to the survey's :class:`~hubscan.hub.HubBudget` held by a Ray actor (``budget``:
-    its handle; None → no budget): each request waits for the actor's answer."""
+    its handle; None → no budget): each request waits for the actor's answer.
+
+    A request made once that actor is gone raises :class:`~hubscan.errors.HubscanError` with one line saying
+    so (the request's error then reads ``URL: the survey's Hub request budget: …``), not Ray's text."""
     if budget is None:
         return None
     import ray
-    return BudgetGate(endpoint, lambda kind, now: ray.get(budget.take.remote(kind, now)),
-                      lambda *seen: budget.observe.remote(*seen))
+
+    def take(kind: str, now: float) -> float:
+        try:
+            return ray.get(budget.take.remote(kind, now))
+        except ray.exceptions.RayActorError:
+            raise HubscanError("the survey's Hub request budget",
+                               "its Ray actor is gone (the survey's actors stopped, or it died)") from None
+
+    return BudgetGate(endpoint, take, lambda *seen: budget.observe.remote(*seen))
 
 
 @dataclasses.dataclass
@@ -847,7 +857,7 @@ class Survey:
             self.driver_rows.add({"models": rows_to_table([row], "models")}, row)
             self._see({"status": status})
             if task.parent is not None:
-                self.failed_edges.append((ref.id, task.parent.id, f"not analyzed: {reason}"))
+                self.failed_edges.append((ref.id, task.parent.id, f"the child {status}: {reason}"))
 
     # -- 2. Ray and the pool -------------------------------------------------------------------
     def init_ray(self) -> None:
@@ -919,6 +929,7 @@ class Survey:
         self.check_fits(cpa, gpa)
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
         # one budget for the cluster: the driver's (what planning spent) moves into an actor all processes share
+        # (and back into the driver when the pool stops, :meth:`_stop_pool`)
         self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(
             self.budget.limits, self.budget.slack, self.budget.snapshot())
         install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, self.budget_actor))
@@ -1003,7 +1014,7 @@ class Survey:
             self.pending[actor] = []
             self.stats.setdefault("startup_seconds", time.perf_counter() - self.t0)
         except ray.exceptions.RayError as exc:
-            log.warning("analysis actor failed to start: %s", " ".join(str(exc).split())[:200])
+            log.warning("analysis actor failed to start: %s", one_line(exc, 200))
             self._start_actor()
 
     def _on_result(self, fut) -> None:
@@ -1024,7 +1035,7 @@ class Survey:
                 self._source_lost(task, cause)
                 return
             if task is not None:
-                reason = " ".join(str(getattr(exc, "cause", None) or exc).split())[:300]
+                reason = one_line(getattr(exc, "cause", None) or exc, 300)
                 self._driver_row(task, ModelStatus.FAILED, reason)
             return
         if actor in self.actors:
@@ -1134,7 +1145,7 @@ class Survey:
         if task is None:
             return
         log.warning("%s: analysis actor died (attempt %d/%d): %s", task.ref, task.attempts, config.max_attempts,
-                    " ".join(str(exc).split())[:200])
+                    one_line(exc, 200))
         if task.attempts < config.max_attempts:
             self.retry.append(dataclasses.replace(task, attempts=task.attempts + 1))
         else:
@@ -1253,9 +1264,20 @@ class Survey:
         return summary
 
     def _stop_pool(self) -> None:
+        """Kill the survey's actors; the Hub request budget comes back into the driver first (its state taken
+        from the budget's actor), so that the driver's requests after the pool — a model tree's other edges
+        (:class:`hubscan.census.TreeSurvey`) — still take its tokens, from a budget that still exists."""
         if not hasattr(self, "actors"):
             return
         import ray
+        if self.budget_actor is not None:
+            try:
+                self.budget = HubBudget(slack=self.budget.slack,
+                                        state=ray.get(self.budget_actor.snapshot.remote(), timeout=30))
+            except (ray.exceptions.RayError, TimeoutError) as exc:  # gone: the driver's own, as planning left it
+                log.warning("the Hub request budget's actor is gone (%s): the driver goes on with its own budget",
+                            type(exc).__name__)
+            install_http_client(self.client.timeout, budget=BudgetGate.local(self.client.endpoint, self.budget))
         for actor in [*self.actors, *self.starting.values(),
                       *[a for a in (self.budget_actor, getattr(self, "content_actor", None)) if a is not None]]:
             try:

@@ -7,6 +7,7 @@ import json
 import math
 import struct
 
+import numpy as np
 import pytest
 
 from hub_server import FakeHub, isolated_hf_client
@@ -268,12 +269,69 @@ def test_cli_survey_lineage_and_analyze_base_agree(hub, tree, tmp_path, capsys):
     for r in deltas:
         for col in ("alpha", "D", "lambda_max", "delta_W_rel", "delta_spectral_rel", "stable_rank"):
             assert math.isclose(r[col], cli[r["name"]][col], rel_tol=1e-12), (r["name"], col)
+    # the whole tree into the same dataset, as README's demo runs it: the nodes not surveyed yet analyzed on the
+    # actors, then the merge's second edge in the driver once the pool is stopped (it still takes the Hub budget)
+    capsys.readouterr()
+    assert main(["survey", "--source", "hf", "--lineage", "tree/base", "--out", out, "--endpoint", hub.endpoint]) == 0
+    text = capsys.readouterr().out
+    assert "not analyzed" not in text and "8 edges," in text, text
+    ds = Dataset(out, create=False)
+    last = max(ds.read("surveys").to_pylist(), key=lambda r: r["started_at"])
+    assert last["num_failed_edges"] == 0 and last["num_success"] == 3  # merge, lora, ft-lr0.01-ft
+    deltas = ds.read("deltas").to_pylist()
+    assert {(r["model_id"], r["parent_id"]) for r in deltas} == set(EXPECTED)
+    _check_merge_edges(tree, [r for r in deltas if r["model_id"] == "tree/merge"])
+    _check_readme_tree_figures(out)
     # option checks: one line, non-zero
     with pytest.raises(SystemExit):
         main(["survey", "--source", "timm", "--lineage", "tree/base", "--out", out])
     with pytest.raises(SystemExit):
         main(["survey", "--source", "hf", "--lineage", "tree/base", "--relations", "finetune,distill", "--out", out])
     assert "distill" in capsys.readouterr().err
+
+
+def _check_merge_edges(tree, rows):
+    """Both edges of the merge M = (A + B) / 2 in ``deltas``: ΔW = M − A and M − B (= ∓(A − B) / 2 up to the
+    float32 rounding of M) per matrix, against numpy on the files the tree wrote: ‖ΔW‖_F, ‖ΔW‖_F / ‖W‖_F,
+    ‖ΔW‖_2 / ‖W‖_2 and λ_max = σ_max(ΔW)²."""
+    from safetensors.numpy import load_file
+
+    parents = ("tree/ft-lr0.01", "tree/ft-shift")
+    w = {n.repo_id: {k: v.astype(np.float64) for k, v in load_file(n.folder / "model.safetensors").items()}
+         for n in tree if n.repo_id in ("tree/merge", *parents)}
+    got = {(r["parent_id"], r["name"]): r for r in rows}
+    assert set(got) == {(p, f"fc{i}.weight") for p in parents for i in (1, 2, 3)}
+    for (parent, name), r in got.items():
+        d, wp = w["tree/merge"][name] - w[parent][name], w[parent][name]
+        assert r["relation"] == "merge" and r["status"] == "success" and (r["N"], r["M"]) == (max(d.shape), min(d.shape))
+        assert r["delta_W"] == pytest.approx(np.linalg.norm(d), rel=1e-6)
+        assert r["delta_W_rel"] == pytest.approx(np.linalg.norm(d) / np.linalg.norm(wp), rel=1e-6)
+        assert r["delta_spectral_rel"] == pytest.approx(np.linalg.norm(d, 2) / np.linalg.norm(wp, 2), rel=1e-6)
+        assert r["lambda_max"] == pytest.approx(np.linalg.norm(d, 2) ** 2, rel=1e-6)
+    for i in (1, 2, 3):  # the two halves of one difference: the same ESD up to M's rounding
+        a, b = got[(parents[0], f"fc{i}.weight")], got[(parents[1], f"fc{i}.weight")]
+        assert a["lambda_max"] == pytest.approx(b["lambda_max"], rel=1e-4)
+
+
+def _check_readme_tree_figures(out):
+    """README's two model-tree queries on the whole demo tree give README's figures (4 fine-tune edges)."""
+    from hubscan.query import connect
+
+    con = connect(out)
+    dw = con.execute("""SELECT d.name, count(*), median(d.delta_W_rel) FROM deltas d
+        JOIN lineage g ON g.child = d.model_id AND g.parent = d.parent_id
+        WHERE g.root = 'tree/base' AND d.relation = 'finetune' AND d.status = 'success'
+        GROUP BY d.name ORDER BY 3 DESC""").fetchall()
+    assert [(n, c, round(m, 3)) for n, c, m in dw] == [
+        ("fc3.weight", 4, 0.049), ("fc1.weight", 4, 0.034), ("fc2.weight", 4, 0.029)]
+    da = con.execute("""SELECT c.name, count(*), median(c.alpha - p.alpha) FROM lineage g
+        JOIN layers c ON c.model_id = g.child AND c.revision = g.child_revision
+        JOIN layers p ON p.model_id = g.parent AND p.revision = g.parent_revision AND p.name = c.name
+             AND p.part = c.part
+        WHERE g.relation = 'finetune' AND c.status = 'success' AND p.status = 'success'
+        GROUP BY c.name ORDER BY abs(median(c.alpha - p.alpha)) DESC""").fetchall()
+    assert [(n, c, round(m, 2)) for n, c, m in da] == [
+        ("fc3.weight", 4, -1.11), ("fc1.weight", 4, -0.21), ("fc2.weight", 4, -0.04)]
 
 
 def test_larger_finetune_lr_changes_alpha_more(tmp_path):
