@@ -920,7 +920,7 @@ def cmd_lineage(args, config) -> int:
         _say(console, f"delta {child} ← {parent} not analyzed: {reason}")
     _check_not_all_failed(config, s["survey"])
     if failed and len(failed) == s["edges"]:  # as for models: some failed is a survey, all failed an error
-        raise HubscanError(args.lineage, f"no edge's delta could be analyzed ({len(failed)} edges; the reasons above)")
+        raise HubscanError(args.lineage, f"no edge's delta could be analyzed ({len(failed)} tried; the reasons above)")
     return 0
 
 

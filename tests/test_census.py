@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 
 import numpy as np
@@ -141,8 +142,6 @@ def test_deltas_equal_analyze_with_base(census_ds, client):
 
 
 def test_report_model_tree_section(census_ds, tmp_path):
-    import re
-
     from hubscan.accuracy import ingest_card_results
     from hubscan.report import build_report
 
@@ -332,6 +331,48 @@ def _check_readme_tree_figures(out):
         GROUP BY c.name ORDER BY abs(median(c.alpha - p.alpha)) DESC""").fetchall()
     assert [(n, c, round(m, 2)) for n, c, m in da] == [
         ("fc3.weight", 4, -1.11), ("fc1.weight", 4, -0.21), ("fc2.weight", 4, -0.04)]
+
+
+def test_cli_survey_lineage_counts_and_says_failed_edges(hub, tree, tmp_path, capsys):
+    """An edge whose delta cannot be analyzed is never silent: listed with its reason in one line, counted in the
+    summary line and in ``surveys.num_failed_edges``; exit 0 while another edge was analyzed (as a survey with
+    some failed models), one ``hubscan: error:`` line and exit 1 when no edge was."""
+    from hubscan.cli import main
+
+    w = {n.repo_id: n.folder / "model.safetensors" for n in tree}
+
+    def card(parent):
+        return {"README.md": f"---\nbase_model: {parent}\nbase_model_relation: finetune\n---\n".encode()}
+
+    def child(parent):
+        return {"tags": [f"base_model:finetune:{parent}"], "cardData": {"base_model": parent,
+                                                                        "base_model_relation": "finetune"}}
+
+    hub.add_model("bad/base", {"model.safetensors": w["tree/base"]})
+    hub.add_model("bad/mid", {"model.safetensors": b"not a safetensors file", **card("bad/base")},
+                  info=child("bad/base"))  # unreadable: the model fails, and both its edges
+    hub.add_model("bad/leaf", {"model.safetensors": w["tree/ft-lr0.01"], **card("bad/mid")}, info=child("bad/mid"))
+    hub.add_model("bad/ft", {"model.safetensors": w["tree/ft-lr0.1"], **card("bad/base")}, info=child("bad/base"))
+    out = str(tmp_path / "ds")
+    try:
+        assert main(["survey", "--source", "hf", "--lineage", "bad/base", "--out", out, "--endpoint", hub.endpoint,
+                     "--max-retries", "0"]) == 0
+        text = " ".join(capsys.readouterr().out.split())  # at any terminal width
+        assert "3 edges (2 not analyzed, below)" in text, text
+        notes = re.split(r" delta (?=\S+ ← )", text)[1:]
+        assert [n.split(" not analyzed: ")[0] for n in notes] == ["bad/mid ← bad/base", "bad/leaf ← bad/mid"], notes
+        assert all("not a safetensors file" in n and "actor" not in n and "…" not in n for n in notes), notes
+        (row,) = Dataset(out, create=False).read("surveys").to_pylist()
+        assert (row["num_failed_edges"], row["num_failed"], row["num_success"]) == (2, 1, 3)
+        assert {r["model_id"] for r in Dataset(out, create=False).read("deltas").to_pylist()} == {"bad/ft"}
+        # the subtree below the unreadable model: its one edge failed, the survey with it
+        assert main(["survey", "--source", "hf", "--lineage", "bad/mid", "--out", str(tmp_path / "ds2"),
+                     "--endpoint", hub.endpoint, "--max-retries", "0"]) == 1
+        err = capsys.readouterr().err
+        assert "hubscan: error: bad/mid: no edge's delta could be analyzed (1 tried; the reasons above)" in err, err
+    finally:
+        for m in ("bad/base", "bad/mid", "bad/leaf", "bad/ft"):
+            hub.remove_model(m)
 
 
 def test_larger_finetune_lr_changes_alpha_more(tmp_path):

@@ -96,3 +96,48 @@ def test_four_actors_keep_the_fake_hubs_windows_within_the_budget(tmp_path):
     assert _max_in_window([r.time for r in log], W) <= B
     assert len(log) > 2 * B  # the budget bound: the requests took three windows at least
     assert max(r.time for r in log) - min(r.time for r in log) >= (len(log) // B - 1) * W
+
+
+def test_a_gone_budget_actor_fails_a_request_in_one_readable_line(tmp_path):
+    """A request through the gate of a budget whose Ray actor is gone fails with hubscan's one line naming the
+    budget — not Ray's text (actor id, pid, namespace …) — and the driver's budget taken back from a live actor
+    holds its grants (:meth:`hubscan.survey.Survey._stop_pool`)."""
+    import ray
+
+    import hubscan
+    from hubscan.errors import HubscanError
+    from hubscan.hub import HubClient, install_http_client
+    from hubscan.survey import budget_gate
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    path = tmp_path / "m.safetensors"
+    from safetensors.numpy import save_file
+    save_file({"l.weight": np.ones((8, 4), dtype="float32")}, str(path))
+    with isolated_hf_client(tmp_path / "hf"), FakeHub() as hub:
+        hub.add_model("org/m", {"model.safetensors": path})
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+        try:
+            actor = ray.remote(HubBudget).options(num_cpus=0).remote({"resolvers": (2, 60.0)})
+            gate = budget_gate(hub.endpoint, actor)
+            assert gate._take("resolvers", 100.0) == 0.0 and gate._take("resolvers", 100.0) == 0.0
+            back = HubBudget(state=ray.get(actor.snapshot.remote()))
+            assert back.take("resolvers", 100.0) == pytest.approx(60.0 + back.slack)  # the actor's 2 grants kept
+            ray.kill(actor)
+            install_http_client(10.0, budget=gate)
+            with pytest.raises(HubscanError) as err:
+                hubscan.analyze("hf:org/m", client=HubClient(endpoint=hub.endpoint, max_retries=0, cache_dir=None))
+        finally:
+            install_http_client(10.0)
+            ray.shutdown()
+    text = str(err.value)
+    assert "the survey's Hub request budget: its Ray actor is gone" in text, text
+    assert "\n" not in text and "actor_id" not in text and "pid" not in text, text
+
+
+def test_one_line_cuts_after_a_whole_word():
+    from hubscan.errors import one_line
+
+    assert one_line("a  b\n c") == "a b c"
+    assert one_line("The actor died unexpectedly before finishing", 20) == "The actor died…"
+    assert one_line("abcdefghij klm", 10) == "abcdefghi…"  # one word longer than the limit: cut inside it
+    assert one_line("short", 10) == "short" and len(one_line("x " * 300, 200)) <= 200
