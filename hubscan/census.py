@@ -200,7 +200,9 @@ class TreeSurvey(Survey):
     resumable): its nodes, each with its first edge's delta in the same pass over the child's files and
     the children of one parent batched (:func:`family_tasks`); the ``lineage`` rows and the other edges'
     deltas (:func:`other_edges`) are written in the driver before the ``surveys`` row, so the row's table
-    versions include them.
+    versions include them (the actors stopped by then: the driver's requests take the survey's Hub budget,
+    handed back to it by :meth:`~hubscan.survey.Survey._stop_pool`). Edges not analyzed are counted in the
+    row's ``num_failed_edges``.
 
     Parameters
     ----------

@@ -1273,7 +1273,7 @@ class Survey:
         if self.budget_actor is not None:
             try:
                 self.budget = HubBudget(slack=self.budget.slack,
-                                        state=ray.get(self.budget_actor.snapshot.remote(), timeout=30))
+                                        state=ray.get(self.budget_actor.snapshot.remote(), timeout=10))
             except (ray.exceptions.RayError, TimeoutError) as exc:  # gone: the driver's own, as planning left it
                 log.warning("the Hub request budget's actor is gone (%s): the driver goes on with its own budget",
                             type(exc).__name__)
