@@ -1274,9 +1274,9 @@ class Survey:
             try:
                 self.budget = HubBudget(slack=self.budget.slack,
                                         state=ray.get(self.budget_actor.snapshot.remote(), timeout=10))
-            except (ray.exceptions.RayError, TimeoutError) as exc:  # gone: the driver's own, as planning left it
-                log.warning("the Hub request budget's actor is gone (%s): the driver goes on with its own budget",
-                            type(exc).__name__)
+            except (ray.exceptions.RayError, TimeoutError):  # gone: the driver's own, as planning left it
+                log.warning("the Hub request budget's actor did not answer: the driver goes on with the budget "
+                            "as it was when the actors started")
             install_http_client(self.client.timeout, budget=BudgetGate.local(self.client.endpoint, self.budget))
         for actor in [*self.actors, *self.starting.values(),
                       *[a for a in (self.budget_actor, getattr(self, "content_actor", None)) if a is not None]]:
