@@ -22,7 +22,7 @@ import torch
 
 from hubscan.errors import HubscanError, NoWeightsError, SkippedTensor, one_line
 from hubscan.esd.eigen import compute_esd, resolve_device, top_eigenvalues
-from hubscan.esd.matrices import DEFAULT_MIN_EVALS, TOO_FEW_EVALS, LayerPlan, plan_matrices
+from hubscan.esd.matrices import DEFAULT_MIN_EVALS, LayerPlan, plan_matrices
 from hubscan.esd.metrics import layer_metrics, summarize
 from hubscan.esd.mp import fit_mp
 from hubscan.esd.precision import PrecisionCheck, check_precision
@@ -272,9 +272,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     ------
     (LayerRecord, evals)
         One per matrix (1-D tensors yield nothing), in tensor order: the layer's record, and the
-        eigenvalues (float64, ascending) or None when skipped / failed. A skipped matrix is not read, but
-        one with too few eigenvalues to fit (:data:`~hubscan.esd.matrices.TOO_FEW_EVALS`) is: NaN or inf in
-        it fail its row as in a fitted one.
+        eigenvalues (float64, ascending) or None when skipped / failed.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -375,7 +373,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         return math.prod(entry.shape) >= PREFETCH_MIN_ELEMS or not os.path.isfile(where)
 
     def loader(pool, entry, plans) -> Future | None:
-        if not any(p.skip_reason is None or p.skip_reason.startswith(TOO_FEW_EVALS) for p in plans):
+        if not any(p.skip_reason is None for p in plans):
             return None
         load = (lambda: eigen.stage(entry.load(), device)) if device.type == "cuda" else entry.load
         if pool is None or not read_ahead(entry):
@@ -388,8 +386,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         return pool.submit(load)
 
     def once(fut):
-        """The tensor a future reads, read on first use (never for an entry whose plans are all skipped, but
-        for too few eigenvalues: NaN or inf still fail it)."""
+        """The tensor a future reads, read on first use (never for an entry whose plans are all skipped)."""
         held: list = []
 
         def get():
@@ -405,15 +402,6 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
         if plan.skip_reason is not None:
             if not plan.understood and unread is not None:
                 unread.append((entry.name, plan.skip_reason))
-            if plan.skip_reason.startswith(TOO_FEW_EVALS):  # too small to fit, yet NaN or inf fail it
-                try:
-                    eigen.check_finite(plan.extract(tensor()))
-                except SkippedTensor:  # a tied twin, a ΔW unchanged from its base: skipped as planned
-                    pass
-                except Exception as exc:  # noqa: BLE001 - non-finite values, or an unreadable tensor
-                    log.warning("%s: %s", entry.name, _one_line(exc))
-                    row = _base_row(layer_id, entry, dataclasses.replace(plan, skip_reason=None), device, module_type)
-                    row.status, row.reason = RowStatus.FAILED, _one_line(exc)
             return row, None
         t0 = time.perf_counter()
         try:

@@ -418,7 +418,7 @@ def test_a_base_of_other_shapes_fails_the_model_naming_why(tmp_path):
 def test_non_finite_weights_in_a_pair_fail_it_before_any_decomposition(tmp_path):
     """NaN in the base, NaN in the model, inf in both: the pair's row fails naming who holds them, as a plain
     model's non-finite row does — never an ARPACK or LAPACK message (row or stderr) from the distances' SVDs;
-    the other pairs are analyzed. A 2×2 pair (too few eigenvalues) is read for the check too."""
+    the other pairs are analyzed. A 2×2 pair (too few eigenvalues) is skipped by its shape, unread."""
     import subprocess
     import sys
 
@@ -434,7 +434,6 @@ def test_non_finite_weights_in_a_pair_fail_it_before_any_decomposition(tmp_path)
     both_c, both_b = dict(child), dict(fine)
     both_c["b.weight"] = child["b.weight"].clone().fill_(float("inf"))
     both_b["b.weight"] = fine["b.weight"].clone().fill_(float("-inf"))
-    tiny_b = dict(fine, **{"t.weight": torch.tensor([[1.0, float("inf")], [0.5, 2.0]])})
     expected = {"base": (child, bad_base, "non-finite values (NaN or inf) in the base model's weights"),
                 "child": (bad_child, fine, "non-finite values (NaN or inf) in the weights"),
                 "both": (both_c, both_b,
@@ -447,11 +446,6 @@ def test_non_finite_weights_in_a_pair_fail_it_before_any_decomposition(tmp_path)
         assert (rows["b.weight"]["status"], rows["b.weight"]["reason"]) == ("failed", reason), case
         assert rows["a.weight"]["status"] == "success" and res.summary["status"] == "incomplete"
         assert rows["t.weight"]["status"] == "skipped" and rows["t.weight"]["reason"].startswith("too few eigenvalues")
-    save_file(child, str(tmp_path / "tiny_c.safetensors"))
-    save_file(tiny_b, str(tmp_path / "tiny_b.safetensors"))
-    tiny = {r["name"]: r for r in hubscan.analyze(tmp_path / "tiny_c.safetensors",
-                                                  base=tmp_path / "tiny_b.safetensors").rows}
-    assert (tiny["t.weight"]["status"], tiny["t.weight"]["reason"]) == ("failed", expected["base"][2])
     proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(tmp_path / "base_c.safetensors"),
                            "--base", str(tmp_path / "base_b.safetensors")], capture_output=True, text=True,
                           env={**__import__("os").environ, "COLUMNS": "200"}, timeout=300)

@@ -376,8 +376,7 @@ def _unravel(index: int, dims: Sequence[int]) -> list[int]:
     return out[::-1]
 
 
-#: How the skip reason of a matrix too small to fit starts. Its values are still read: NaN or inf fail its row
-#: (:func:`hubscan.analysis.analyze_entries`), as they fail a matrix that is fitted.
+#: How the skip reason of a matrix too small to fit starts (decided from its shape: the tensor is not read).
 TOO_FEW_EVALS = "too few eigenvalues"
 
 
