@@ -156,7 +156,8 @@ def test_precision_float32_alpha(matrices):
     assert worst["extreme"] < 1e-2
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+                                   torch.float8_e4m3fnuz, torch.float8_e5m2fnuz])
 @pytest.mark.parametrize("method", ["gram", "svd"])
 def test_low_precision_inputs_are_upcast(dtype, method):
     torch.manual_seed(0)
@@ -175,12 +176,12 @@ def test_low_precision_file(tmp_path):
 
     torch.manual_seed(0)
     W = torch.randn(200, 64)
-    save_file({f"{t}.weight": W.to(getattr(torch, t)) for t in ("bfloat16", "float16", "float8_e4m3fn")},
-              str(tmp_path / "lp.safetensors"))
+    kinds = ("bfloat16", "float16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2fnuz")
+    save_file({f"{t}.weight": W.to(getattr(torch, t)) for t in kinds}, str(tmp_path / "lp.safetensors"))
     rows = {r["name"]: r for r in hubscan.analyze(tmp_path / "lp.safetensors", mp_fit=False).rows}
     from hubscan.esd.powerlaw import fit_powerlaw
 
-    for t in ("bfloat16", "float16", "float8_e4m3fn"):
+    for t in kinds:
         r = rows[f"{t}.weight"]
         assert r["status"] == "success" and r["dtype"] == t
         ref = numpy_evals(W.to(getattr(torch, t)).to(torch.float64))
