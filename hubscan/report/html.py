@@ -183,7 +183,8 @@ def _columns(con, view: str) -> set[str]:
 
 
 def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
-    """(joined, corr, note): the accuracy data, computed with hubscan.correlate when not given."""
+    """(joined, corr, note, held): the accuracy data, computed with hubscan.correlate when not given; ``held``:
+    the accuracy metrics the dataset holds when none matches ``metric`` (else empty)."""
     note = None
     if joined is None:
         try:
@@ -191,13 +192,13 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
             joined = _correlate.joined(dataset, metric=metric, benchmark=benchmark)
         except Exception as exc:  # noqa: BLE001 - the report degrades to its survey-only parts
             log.warning("no accuracy data joined: %s", exc)
-            return None, None, ' '.join(str(exc).split())[:300] or "unexpected error"
+            return None, None, ' '.join(str(exc).split())[:300] or "unexpected error", []
     if joined is None or not hasattr(joined, "columns"):
-        return None, None, "no joined table"
+        return None, None, "no joined table", []
     try:
         ycol = plots.accuracy_column(joined, metric)
     except KeyError:
-        return None, None, f"no {metric!r} or 'accuracy' column in the joined data"
+        return None, None, f"no {metric!r} or 'accuracy' column in the joined data", []
     import pandas as pd
     acc = pd.to_numeric(joined[ycol], errors="coerce")
     joined = joined[np.isfinite(acc.to_numpy(dtype=float))]
@@ -209,7 +210,7 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
             held = []
         hint = (f"; the accuracy table holds: {', '.join(held[:6])}{' …' if len(held) > 6 else ''} (choose with "
                 "--metric/--benchmark)" if held else "")
-        return None, None, f"no model of the dataset has a reported {metric!r}{hint}"
+        return None, None, f"no model of the dataset has a reported {metric!r}{hint}", held
     if corr is None:
         try:
             from hubscan import correlate as _correlate
@@ -218,7 +219,7 @@ def _accuracy_frames(dataset, metric, benchmark, group_by, joined, corr):
             log.warning("correlation failed: %s", exc)
             note = f"correlations could not be computed ({' '.join(str(exc).split())})"
             corr = None
-    return joined, corr, note
+    return joined, corr, note, []
 
 
 def _survey_section(con, have) -> list[str]:
@@ -332,11 +333,11 @@ def _phases_section(con, have) -> list[str]:
     return out
 
 
-def _accuracy_section(joined, corr, note, metric, benchmark, group_by) -> list[str]:
+def _accuracy_section(joined, corr, note, held, metric, benchmark, group_by) -> list[str]:
     bench = f" on {benchmark}" if benchmark else ""
     out = [f"<h2 id='accuracy'>Accuracy ({escape_html(metric)}{escape_html(bench)}) vs HTSR metrics</h2>"]
     if joined is None:
-        first = "" if "the accuracy table holds" in (note or "") else " Ingest reported accuracy first;"
+        first = "" if held else " Ingest reported accuracy first;"  # some is held: the note names it
         out.append(note_html(f"No accuracy data for metric {metric!r}{bench}: the accuracy-vs-HTSR sections are "
                          f"omitted ({note}).{first} The survey-only parts follow."))
         return out
@@ -566,7 +567,7 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     con = connect(dataset, require=False, **(storage_options or {}))
     have = _views(con)
     data = Dataset(dataset, **storage_options) if storage_options else dataset
-    joined, corr, note = _accuracy_frames(data, metric, benchmark, group_by, joined, corr)
+    joined, corr, note, held = _accuracy_frames(data, metric, benchmark, group_by, joined, corr)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [f"<h1>{escape_html(title)}</h1>",
             f"<p class='meta'>Dataset {escape_html(dataset)} · generated {escape_html(now)} · "
@@ -578,7 +579,7 @@ def build_report(dataset: str, out_path: str | os.PathLike, *, metric: str = "to
     sections += _failures_section(con, have)
     sections += _phases_section(con, have)
     step("accuracy correlations and scatter plots")
-    sections += _accuracy_section(joined, corr, note, metric, benchmark, group_by)
+    sections += _accuracy_section(joined, corr, note, held, metric, benchmark, group_by)
     step("layer plots")
     sections += _layers_section(con, have, models_for_depth, esd_layers, worst_layers)
     sections += _training_section(con, have, training_runs)
