@@ -11,7 +11,9 @@ every transformers architecture built at hidden size 64, 2 layers (about 480 bas
 most of them 64 × 64 … 64 × 256). ``--suffix __base`` takes the folders whose name ends so (build_zoo's base
 models; ``__lm`` its language-model heads), ``--every K`` every K-th of them (sorted by name).
 
-For each model, in one process and one thread (torch, MKL, OpenMP, OpenBLAS):
+For each model, in one process and one thread (torch, MKL, OpenMP, OpenBLAS), with a full garbage collection
+before each timed call (outside the timer: otherwise one contender's call can pay for collecting the cycles
+another left — the loaded model, WW's frames — which put single models 10× off their own time):
 
 * **WW**: ``weightwatcher.WeightWatcher(model=m).analyze()`` (its defaults: no MP fit) on the model loaded
   with ``from_pretrained`` (loading is outside the timer);
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import os
@@ -79,14 +82,17 @@ def main(argv=None) -> int:
                     ww.analyze()
                     hubscan.analyze(path)
                     warm = True
+                gc.collect()
                 t = clock()
                 ww.analyze()
                 t_ww = clock() - t
             modules._cached_map.cache_clear()
+            gc.collect()
             t = clock()
             hubscan.analyze(path)
             t_hub = clock() - t
             modules._cached_map.cache_clear()
+            gc.collect()
             t = clock()
             hubscan.analyze(path, mp_fit=False)
             t_nomp = clock() - t
