@@ -55,6 +55,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -636,6 +637,52 @@ def _cluster_resources(config: SurveyConfig):
     return max(1, actors), gpa, cpa
 
 
+#: Actors that may fail to start in a row, none running, before the survey stops (:meth:`Survey._on_started`).
+START_FAILURES_LIMIT = 3
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXC_PREFIX = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Exit|Interrupt)(?:\([^)]*\))?: ")
+
+
+def actor_start_error(exc: BaseException) -> str:
+    """Why an actor failed to start, on one line: the last line of Ray's report (it ends with the error raised
+    in the worker: ``ImportError: cannot import …``), without its exception class name or colour codes.
+
+    Parameters
+    ----------
+    exc : ray.exceptions.RayError
+        What ``ray.get`` of the actor's first call raised.
+
+    Returns
+    -------
+    str
+        At most 300 characters.
+    """
+    lines = [ln.strip() for ln in _ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    last = lines[-1] if lines else "unknown reason"
+    return one_line(_EXC_PREFIX.sub("", last), 300)
+
+
+def shadowing_hint(cwd: str | None = None) -> str:
+    """A hint when the current folder holds a ``hubscan`` other than the package running (``""`` otherwise).
+
+    Ray puts the driver's current folder first on its workers' import path, so a ``hubscan`` folder or module
+    there is what the survey's actors import — a folder without ``__init__.py`` even hides an editable
+    install (``pip install -e``), which Python finds after the path. Their start then fails with an
+    ImportError (Ray's ``_py_driver_sys_path``; not an issue where Ray uploads a ``working_dir``)."""
+    import hubscan
+
+    cwd = os.path.abspath(cwd or os.curdir)
+    ours = os.path.realpath(os.path.dirname(hubscan.__file__))
+    for name in ("hubscan", "hubscan.py"):
+        there = os.path.join(cwd, name)
+        if os.path.exists(there) and os.path.realpath(there) != ours:
+            return (f" (the current folder holds a {name!r} that Ray's workers import instead of the hubscan "
+                    "this survey runs, as Ray puts the driver's folder first on their path: run hubscan from "
+                    "another folder)")
+    return ""
+
+
 def budget_gate(endpoint: str, budget) -> BudgetGate | None:
     """This process's gate to the survey's :class:`~hubscan.hub.HubBudget` held by a Ray actor (``budget``:
     its handle; None → no budget): each request waits for the actor's answer.
@@ -734,6 +781,8 @@ class Survey:
         self.driver_rows = None  # RowBuffer of rows the driver writes itself (unresolvable models …)
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
+        #: actors that failed to start since one last started (:meth:`_on_started`)
+        self.start_failures = 0
         #: models analyzed so far by status, and their bytes (progress: committed counts lag a flush)
         self.seen = {**dict.fromkeys(ModelStatus, 0), "bytes_read": 0}
         self.progress = None
@@ -1006,15 +1055,31 @@ class Survey:
                 self.inflight[actor.flush.remote()] = (actor, None)
 
     def _on_started(self, fut) -> None:
+        """An actor's readiness: it joins the pool, or (it failed to start) another is started — unless none
+        runs and :data:`START_FAILURES_LIMIT` (or one per actor, if more) failed in a row: a worker that cannot
+        start (hubscan or a dependency not importable there) would otherwise be replaced for ever, the survey
+        silent.
+
+        Raises
+        ------
+        hubscan.errors.HubscanError
+            No actor runs and that many failed to start, with the last one's reason.
+        """
         import ray
         actor = self.starting.pop(fut)
         try:
             ray.get(fut)
             self.actors[actor] = 0
             self.pending[actor] = []
+            self.start_failures = 0
             self.stats.setdefault("startup_seconds", time.perf_counter() - self.t0)
         except ray.exceptions.RayError as exc:
-            log.warning("analysis actor failed to start: %s", one_line(exc, 200))
+            self.start_failures += 1
+            reason = actor_start_error(exc)
+            log.warning("analysis actor failed to start: %s", reason)
+            if not self.actors and self.start_failures >= max(START_FAILURES_LIMIT, self.n_actors):
+                raise HubscanError("analysis actors", f"{self.start_failures} failed to start and none runs: "
+                                                      f"{reason}{shadowing_hint()}") from None
             self._start_actor()
 
     def _on_result(self, fut) -> None:

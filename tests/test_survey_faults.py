@@ -321,6 +321,42 @@ def test_an_address_where_no_ray_cluster_listens_fails_at_once_in_one_line(tmp_p
     assert not out.exists()  # nothing listed, held or written: no surveys row for a survey that never started
 
 
+def test_actors_that_cannot_start_stop_the_survey_in_one_line(tmp_path):
+    """A ``hubscan`` package in the folder a survey runs from: Ray puts that folder first on its workers' path, so
+    every actor fails to start (``cannot import name '__version__'``). Before, each was replaced for ever and the
+    survey printed progress lines until killed; now it stops after three in a row with one line naming the
+    worker's error and the folder, exit 1, the survey row ``interrupted``, no model row."""
+    from hubscan.store import Dataset
+    models, out, work = _tiny_models(tmp_path / "many"), tmp_path / "ds", tmp_path / "work"
+    (work / "hubscan").mkdir(parents=True)
+    (work / "hubscan" / "__init__.py").write_text("")  # another 'hubscan': the workers import this one
+    proc = subprocess.run([sys.executable, "-P", "-m", "hubscan.cli", "survey", "--source", f"local:{models}",
+                           "--out", str(out), "--no-progress"], cwd=work,  # -P: the driver itself imports ours
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, check=False,
+                          timeout=600)  # a bound, not a timing: before, this never ended
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hubscan:")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1 and errors[0].startswith(
+        "hubscan: error: analysis actors: 3 failed to start and none runs: cannot import name '__version__' from "
+        "'hubscan'"), proc.stderr[-2000:]
+    assert "the current folder holds a 'hubscan' that Ray's workers import" in errors[0]
+    assert "ImportError" not in errors[0] and "\x1b" not in errors[0]
+    ds = Dataset(str(out), create=False)
+    assert [r["interrupted"] for r in ds.read("surveys").to_pylist()] == [True]
+    assert ds.read("models").num_rows == 0
+
+
+def test_actor_start_error_is_the_workers_reason_without_class_names():
+    from hubscan.survey import actor_start_error, shadowing_hint
+    report = ("The actor died because of an error raised in its creation task, \x1b[36mray::_Worker.__init__()\x1b[39m "
+              "(pid=1, ip=10.0.0.1)\n  File \"/x/hubscan/survey.py\", line 67, in <module>\n    from hubscan import "
+              "__version__\nImportError: cannot import name '__version__' from 'hubscan' (unknown location)\n")
+    assert actor_start_error(RuntimeError(report)) == "cannot import name '__version__' from 'hubscan' (unknown location)"
+    assert actor_start_error(RuntimeError("torch.cuda.OutOfMemoryError: CUDA out of memory")) == "CUDA out of memory"
+    assert actor_start_error(RuntimeError("")) == "unknown reason"
+    assert shadowing_hint(str(Path(__file__).parent)) == ""  # tests/ holds no 'hubscan'
+
+
 def test_check_cluster_probes_the_port_an_address_names():
     """A Ray Client address (``ray://``) is probed at its port like a GCS address; one without a port (``auto``)
     is left to Ray; a listening port passes."""
