@@ -14,6 +14,7 @@ import os
 import pathlib
 import pickle
 import re
+import struct
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -309,6 +310,47 @@ def test_protocol4_checkpoints_load_through_the_restricted_unpickler(tmp_path, z
     got = read(path)
     assert list(got) == list(sd)
     assert all(same(got[k][2], sd[k]) for k in sd)
+
+
+def test_damaged_zip_checkpoint_is_corrupt_by_its_crc(tmp_path):
+    """Bytes flipped inside a storage of a zip checkpoint: torch.load reads them as they are (the archive's
+    CRC-32s go unchecked) and the corruption would be analyzed as spikes; hubscan checks each entry against the
+    CRC-32 zipfile reads from the archive (its own ``testzip`` names the entry too)."""
+    path = tmp_path / "flipped.pt"
+    torch.save({"w": torch.randn(256, 128)}, path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("flipped/data/0")
+    raw = bytearray(path.read_bytes())
+    with open(path, "rb") as f:  # the entry's data starts after its local header (30 bytes, name, extra)
+        f.seek(info.header_offset + 26)
+        n, m = struct.unpack("<HH", f.read(4))
+    start = info.header_offset + 30 + n + m + info.file_size // 2
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True)["w"].shape == (256, 128)  # the premise: torch does not notice
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() == "flipped/data/0"
+    with pytest.raises(CorruptFileError) as excinfo:
+        open_weights(path)
+    assert_error(excinfo, path, "storage 0: its bytes do not match the CRC-32 the archive records (the file is damaged)")
+
+
+def test_zip_checkpoint_saved_without_crcs_is_read(tmp_path):
+    """torch.save with ``compute_crc32 = False`` writes CRC 0 for every entry (torch.load reads it): read, the
+    values those of the tensors saved (zipfile alone refuses the archive: 'Bad CRC-32')."""
+    from torch.utils.serialization import config
+    sd = {"w": torch.randn(64, 32), "h": torch.randn(8, 8).half()}
+    path = tmp_path / "nocrc.pt"
+    old = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        torch.save(sd, path)
+    finally:
+        config.save.compute_crc32 = old
+    with zipfile.ZipFile(path) as z:
+        assert {i.CRC for i in z.infolist()} == {0}
+    got = read(path)
+    assert list(got) == list(sd) and all(same(got[k][2], sd[k]) for k in sd)
 
 
 def test_truncated_legacy_file_is_corrupt(tmp_path):
