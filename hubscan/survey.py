@@ -114,7 +114,8 @@ class SurveyConfig:
     force : bool
         Re-analyze (replace) models the dataset already holds.
     keep_esd : bool
-        Write the ``esd`` table (eigenvalues per layer).
+        Write the ``esd`` table (eigenvalues per layer); the models the dataset holds analyzed by a survey that
+        did not (``--no-esd``) are then analyzed again.
     storage_options : dict
         Filesystem options of ``out`` (e.g. S3 ``endpoint_override``).
     hub : dict
@@ -825,6 +826,7 @@ class Survey:
         self.driver_rows = RowBuffer(self.dataset, 10 ** 9, float("inf"))
         done = self.dataset.done()
         self.status_of = dict(done)
+        without_esd = self.without_esd() if config.keep_esd and not config.force else set()
         seen, listed = set(), {}
         for ref, meta in items:
             err = None
@@ -845,10 +847,13 @@ class Survey:
             self.stats["num_models"] += 1
             if err is not None:
                 self._driver_row(Task(ref, meta, key, 0), error_status(err), str(err))
-            elif not config.force and done.get(key) not in (None, ModelStatus.FAILED):
+            elif not config.force and done.get(key) not in (None, ModelStatus.FAILED) and key not in without_esd:
                 self.stats["num_already_done"] += 1
             else:
                 self.work.append(Task(ref, meta, key))
+        if redo_esd := without_esd & {t.key for t in self.work}:
+            log.info("%d model(s) analyzed before without their eigenvalues (--no-esd) are analyzed again to write "
+                     "them", len(redo_esd))
         self.mark_listing(listed, {t.key for t in self.work})
         # models whose rows will be replaced (force, failed before, or a driver killed between commits)
         keys = {t.key for t in self.work} | {r["model_key"] for r in self.driver_rows.rows}
@@ -856,6 +861,22 @@ class Survey:
             self.replace["models"] = keys & set(done)
             for table in ("layers", "esd", "deltas"):
                 self.replace[table] = keys & self.dataset.keys(table)
+
+    def without_esd(self) -> set:
+        """The model_keys the dataset holds as analyzed (success, incomplete) by a survey that did not keep their
+        eigenvalues (``--no-esd``: its ``options`` say ``keep_evals`` false). A survey that keeps them analyzes
+        these again (the analysis settings are the same, so the model_key is), else its ``esd`` table would lack
+        them for good."""
+        t = self.dataset.read("models", columns=["model_key", "status", "options"])
+        out = set()
+        for key, status, options in zip(*(t.column(c).to_pylist() for c in ("model_key", "status", "options"))):
+            if status in (ModelStatus.SUCCESS, ModelStatus.INCOMPLETE) and options:
+                try:
+                    if json.loads(options).get("keep_evals") is False:
+                        out.add(key)
+                except (ValueError, AttributeError):  # not JSON: nothing known
+                    pass
+        return out
 
     def mark_listing(self, listed: dict, redo: set) -> None:
         """Periodic surveys: what this survey's listing says about the models the dataset holds, in one commit

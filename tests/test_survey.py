@@ -377,6 +377,38 @@ def test_survey_many_small_models_then_force(tmp_path, local_ray):
     assert q(out, "SELECT max(survey_id) FROM models")[0][0] == s2["survey_id"]
 
 
+def test_survey_that_keeps_eigenvalues_redoes_models_surveyed_without_them(tmp_path, local_ray):
+    """``--no-esd`` then a survey that keeps the eigenvalues: the models the first left without them are analyzed
+    again (their rows replaced, not doubled) and their ``esd`` rows are the eigenvalues of WᵀW (numpy); before,
+    the second survey found them done and the ``esd`` table stayed empty for good. A third survey finds them
+    done."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+    hub = tmp_path / "tiny"
+    hub.mkdir()
+    rng = np.random.default_rng(1)
+    ws = {f"m{i}": rng.standard_normal((40, 24)).astype(np.float32) for i in range(3)}
+    for name, w in ws.items():
+        save_file({"w.weight": torch.from_numpy(w)}, str(hub / f"{name}.safetensors"))
+    out = tmp_path / "ds"
+    cfg = dict(source=f"local:{hub}", out=str(out), actors=1, progress=False)
+    s1 = survey(SurveyConfig(**cfg, keep_esd=False))
+    from hubscan.store import Dataset
+    assert s1["num_success"] == 3 and Dataset(str(out)).read("esd").num_rows == 0
+    s2 = survey(SurveyConfig(**cfg))
+    assert (s2["num_success"], s2["num_already_done"]) == (3, 0)
+    assert q(out, "SELECT count(*), count(DISTINCT model_key) FROM models") == [(3, 3)]
+    assert q(out, "SELECT count(*) FROM layers") == [(3,)]
+    for name, w in ws.items():
+        evals = q(out, f"SELECT evals FROM esd WHERE model_id LIKE '%{name}.safetensors'")
+        assert len(evals) == 1
+        ref = np.linalg.eigvalsh(w.astype(np.float64).T @ w.astype(np.float64))
+        np.testing.assert_allclose(evals[0][0], ref, rtol=1e-6)  # stored as float32
+    s3 = survey(SurveyConfig(**cfg))
+    assert (s3["num_already_done"], s3["num_success"]) == (3, 0)
+
+
 def test_survey_where_every_model_failed_exits_nonzero(tmp_path, cases_dir, local_ray, capsys):
     from hubscan.cli import main
     listing = tmp_path / "models.txt"
