@@ -37,6 +37,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
+from hubscan.errors import InvalidInputError
 from hubscan.schema import ACCURACY_SCHEMA
 from hubscan.sources.hf import HubSource
 from hubscan.sources.local import LocalSource
@@ -691,16 +692,26 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
     pyarrow.Table
         The rows written. Provenance key ``csv`` + the file's name: re-ingesting a file of the
         same name replaces its rows.
+
+    Raises
+    ------
+    hubscan.errors.InvalidInputError
+        (a ValueError) Naming the file: not UTF-8 text, a required column missing, a value not a finite
+        number (``nan``, ``inf`` too: stored, they would enter every correlation). Nothing is written then.
     """
     data = _as_dataset(dataset)
-    text = _read_bytes(path).decode("utf-8-sig")
+    try:
+        text = _read_bytes(path).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(path, f"not a UTF-8 text (CSV) file: byte {e.start} is "
+                                      f"{e.object[e.start:e.start + 1]!r}") from None
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None:
         return write_provenance(data, provenance_key("csv", posixpath.basename(str(path))), [])
     fields = {f.strip().lower(): f for f in reader.fieldnames}
     for need in ("model_id", "metric", "value"):
         if need not in fields:
-            raise ValueError(f"{path}: CSV needs columns model_id, metric, value (has {reader.fieldnames})")
+            raise InvalidInputError(path, f"CSV needs columns model_id, metric, value (has {reader.fieldnames})")
     records = list(reader)
 
     def cell(rec, name):
@@ -716,9 +727,12 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         if not mid or not metric or value is None:
             continue
         try:
-            value = float(value.replace(",", "")) if isinstance(value, str) else float(value)
+            number = float(value.replace(",", "")) if isinstance(value, str) else float(value)
         except ValueError:
-            raise ValueError(f"{path}: value {value!r} of {mid} is not a number") from None
+            raise InvalidInputError(path, f"value {value!r} of {mid} is not a number") from None
+        if not math.isfinite(number):  # nan / inf parse as floats: stored, they would skew every correlation
+            raise InvalidInputError(path, f"value {value!r} of {mid} is not a finite number")
+        value = number
         src = cell(rec, "source") or source
         if src in (None, LOCAL):
             mid, src = _match_model(mid, src, known)

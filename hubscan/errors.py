@@ -123,6 +123,11 @@ class SeveralModelsError(HubscanError, ValueError):
     analyzing them as one would mix their layers into one summary."""
 
 
+class InvalidInputError(HubscanError, ValueError):
+    """An input file hubscan refuses for its content (an accuracy CSV whose value is not a finite number …):
+    the file named, with the reason."""
+
+
 class SkippedTensor(HubscanError):
     """Raised by a tensor's loader when, once read, the tensor is not to be analyzed (e.g. it is a tied copy
     of another): its row is ``skipped`` with this reason, not ``failed``."""

@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import itertools
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -468,6 +469,29 @@ def test_write_correlations(tmp_path, synth):
 
 
 # -- CSV, leaderboards, model cards ---------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, message", [("nan", "value 'nan' of m1 is not a finite number"),
+                                          ("-inf", "value '-inf' of m1 is not a finite number"),
+                                          ("7x", "value '7x' of m1 is not a number")])
+def test_ingest_csv_refuses_values_that_are_not_finite_numbers(tmp_path, bad, message):
+    """nan and inf parse as floats: stored, the model left a group's correlation (n 5 → 4) with nothing said;
+    refused like any non-number, the file named, nothing written."""
+    ds = Dataset(str(tmp_path / "ds"))
+    p = tmp_path / "a.csv"
+    p.write_text(f"model_id,metric,value\nm0,top1,70.5\nm1,top1,{bad}\n")
+    with pytest.raises(ValueError) as e:
+        ingest_csv(ds, p)
+    assert str(e.value) == f"{p}: {message}"
+    assert len(read_accuracy(ds)) == 0
+
+
+def test_ingest_csv_that_is_not_text_names_the_file(tmp_path):
+    ds = Dataset(str(tmp_path / "ds"))
+    p = tmp_path / "weights.npy"
+    p.write_bytes(b"\x93NUMPY\x01\x00v\x00")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(p))}: not a UTF-8 text \(CSV\) file: byte 0 is b'\\x93'$"):
+        ingest_csv(ds, p)
+
 
 def test_ingest_csv_replaces_across_partitions(tmp_path):
     ds = Dataset(str(tmp_path / "ds"))
