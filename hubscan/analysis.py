@@ -507,13 +507,13 @@ def _analyze_plan(plan: LayerPlan, tensor: torch.Tensor, options: AnalyzeOptions
         esd = compute_esd(slices, plan.eig_scale, device=device, method=options.method, precision=precision)
     if rank:  # a LoRA update B·A: its rank-r ESD (hubscan.weights.peft)
         esd = top_eigenvalues(esd, rank, plan.N)
+    fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
+                       tpl=options.tpl, units_exp=esd.scale_exp)
     if esd.scale_exp:  # eigenvalues in units of 4^k (hubscan.esd.eigen, "Range"): the absolute threshold too
         with np.errstate(over="ignore", under="ignore"):
             scaled = float(np.ldexp(options.evals_thresh, -2 * esd.scale_exp))  # inf: every eigenvalue below it
         options = copy.copy(options)  # not through __init__: a user's value is checked, this one is derived
         object.__setattr__(options, "evals_thresh", scaled)
-    fit = fit_powerlaw(esd.evals, evals_thresh=options.evals_thresh, fix_fingers=options.fix_fingers,
-                       tpl=options.tpl)
     mp = None
     if options.mp_fit and esd.evals[-1] > 0:
         mp = fit_mp(esd.evals, plan.N, plan.M)

@@ -183,6 +183,12 @@ def test_out_of_range_scaling_keeps_units(factor, method, tmp_path):
     else:
         assert math.isnan(s["alpha"]) and "all eigenvalues below the threshold" in s["reason"]
         assert s["lambda_max"] == pytest.approx(w["lambda_max"] * factor ** 2, rel=1e-12, abs=1e-320)
+        # the reason quotes W's units: the threshold as given, lambda_max = W's · factor² (before: both in
+        # the scaled units, "threshold inf (lambda_max = 6.34)")
+        exp10 = math.log10(w["lambda_max"]) + 2 * math.log2(factor) * math.log10(2)
+        shown = f"{10 ** (exp10 - math.floor(exp10)):.3g}e{math.floor(exp10):+03d}"
+        assert ("beyond float64" not in s["reason"]  # in range: numpy's own formatting of the same number
+                or f"all eigenvalues below the threshold 1e-05 (lambda_max = {shown})" in s["reason"]), s["reason"]
 
 
 @pytest.mark.parametrize("case,name", [("f32_max_entry", "x.maxf.weight"), ("bf16_plain", "x.bf16.weight"),

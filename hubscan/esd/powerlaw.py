@@ -217,7 +217,8 @@ def _result(x: np.ndarray, evals: np.ndarray, found: tuple[int, float, float] | 
 
 
 def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_fingers: str = "",
-                 max_fingers: int = 10, finger_thresh: float = 1.0, tpl: bool = False) -> PowerLawFit:
+                 max_fingers: int = 10, finger_thresh: float = 1.0, tpl: bool = False,
+                 units_exp: int = 0) -> PowerLawFit:
     """Fit a power law to the tail of an ESD.
 
     Parameters
@@ -233,6 +234,10 @@ def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_f
     tpl : bool
         Also fit a truncated power law at the chosen xmin (fills ``Lambda``; ``alpha`` becomes the
         TPL exponent, as WW's ``fit='TPL'``).
+    units_exp : int
+        ``evals`` are in units of 4^units_exp (W decomposed as W·2^−k beyond float64's range,
+        :mod:`hubscan.esd.eigen` "Range"); ``evals_thresh`` is in W's units, compared in theirs, and
+        a reason quotes values in W's units.
 
     Returns
     -------
@@ -248,8 +253,12 @@ def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_f
         Unknown ``fix_fingers``.
     """
     evals = np.asarray(evals, dtype=np.float64)
-    x = np.sort(evals[evals > evals_thresh])
-    why = degenerate_reason(evals, x, evals_thresh)
+    thresh = evals_thresh
+    if units_exp:
+        with np.errstate(over="ignore", under="ignore"):
+            thresh = float(np.ldexp(evals_thresh, -2 * units_exp))  # inf: every eigenvalue below it
+    x = np.sort(evals[evals > thresh])
+    why = degenerate_reason(evals, x, evals_thresh, units_exp)
     if why:
         return PowerLawFit(num_fit_evals=len(x), reason=why, degenerate=True)
     if fix_fingers == "clip_xmax":
@@ -273,7 +282,7 @@ def fit_powerlaw(evals: np.ndarray, *, evals_thresh: float = EVALS_THRESH, fix_f
     return fit
 
 
-def degenerate_reason(evals: np.ndarray, x: np.ndarray, evals_thresh: float) -> str:
+def degenerate_reason(evals: np.ndarray, x: np.ndarray, evals_thresh: float, units_exp: int = 0) -> str:
     """Why a spectrum has no tail to fit ("" when it has one).
 
     * no eigenvalue above the threshold although some are positive: "all eigenvalues below the threshold";
@@ -291,12 +300,14 @@ def degenerate_reason(evals: np.ndarray, x: np.ndarray, evals_thresh: float) -> 
     x : ndarray of float64, shape (m,)
         Its eigenvalues above the threshold, ascending.
     evals_thresh : float
-        The threshold.
+        The threshold, in W's units.
+    units_exp : int
+        ``evals`` and ``x`` are in units of 4^units_exp (:func:`fit_powerlaw`): quoted in W's units.
     """
     if not len(x):
         top = float(evals.max()) if len(evals) else 0.0
         if top > 0:
-            return f"all eigenvalues below the threshold {evals_thresh:g} (lambda_max = {top:.3g})"
+            return f"all eigenvalues below the threshold {evals_thresh:g} (lambda_max = {_quoted(top, units_exp)})"
     if len(x) < 2:
         return f"rank collapse: {len(x)} nonzero eigenvalue{'' if len(x) == 1 else 's'} (above {evals_thresh:g})"
     if not np.isfinite(x[-1]):
@@ -307,6 +318,18 @@ def degenerate_reason(evals: np.ndarray, x: np.ndarray, evals_thresh: float) -> 
         return (f"all nonzero eigenvalues equal to within {x[-1] / x[0] - 1:.1e} (< {EQUAL_RTOL:g} relative): "
                 "no tail to fit (any alpha > 1000)")
     return ""
+
+
+def _quoted(value: float, units_exp: int) -> str:
+    """``value · 4^units_exp`` to 3 significant digits, also beyond float64's range (``6.34e-400``)."""
+    if not units_exp:
+        return f"{value:.3g}"
+    e = math.log10(value) + 2 * units_exp * math.log10(2)
+    whole = math.floor(e)
+    mantissa = float(f"{10 ** (e - whole):.3g}")
+    if mantissa >= 10:  # rounded up to the next power of ten
+        mantissa, whole = mantissa / 10, whole + 1
+    return f"{mantissa:.3g}e{whole:+03d}"
 
 
 def _fit_clipped(x, evals, max_fingers, finger_thresh, tpl) -> PowerLawFit:
