@@ -1153,7 +1153,8 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
     Raises
     ------
     hubscan.errors.HubscanError
-        Unknown suffix, or the folder does not exist.
+        Unknown suffix, the folder does not exist, or the file cannot be written (disk full, permission): naming
+        ``path``.
     """
     import os
 
@@ -1161,10 +1162,11 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
     suffix = posixpath.splitext(str(path).lower())[1]
     if suffix not in FILE_SUFFIXES:
         raise HubscanError(path, f"unknown file type {suffix or '(no suffix)'} (use {' / '.join(FILE_SUFFIXES)})")
-    folder = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # a symbolic link: its target is written, the link kept
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise HubscanError(path, f"folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         if suffix == ".parquet":
             meta = dict(table.schema.metadata or {})
@@ -1185,7 +1187,10 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
                     for r in rows:  # JSON has no NaN / inf: null
                         r = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in r.items()}
                         fh.write(json.dumps(r, default=str) + "\n")
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as e:  # disk full, no permission …: the output named, not the model analyzed
+        why = os.strerror(e.errno) if e.errno else " ".join(str(e).split())
+        raise HubscanError(path, f"cannot be written ({why.lower()})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -202,6 +202,38 @@ def test_analyze_out_refused(tmp_path, args):
     assert not (tmp_path / "no").exists() and not (tmp_path / "x.txt").exists()
 
 
+def test_analyze_out_that_cannot_be_written_names_the_output(tmp_path):
+    """The output cannot be written (here: a file-size limit, as a full disk): one line naming --out's file and
+    the system's reason, exit 1 — before, the line named the model analyzed and quoted pyarrow's text."""
+    import resource
+    import signal
+
+    def limit():  # writes past 4 kB fail with EFBIG instead of killing the process (SIGXFSZ ignored)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "layers.parquet"
+    p = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(CASES / "degenerate_and_good.safetensors"),
+                        "--out", str(out), "-q"], capture_output=True, text=True, preexec_fn=limit, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"})
+    assert p.returncode == 1 and p.stderr.splitlines() == [f"hubscan: error: {out}: cannot be written (file too large)"]
+    assert os.listdir(tmp_path) == []  # no partial file, no temporary left
+
+
+def test_analyze_out_through_a_symbolic_link_writes_its_target(tmp_path):
+    target, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    target.write_text("old")
+    link.symlink_to(target)
+    rc, out, err = run_cli("analyze", CASES / "degenerate_and_good.safetensors", "--out", link, "-q")
+    assert rc == 0 and err == ""
+    import hubscan
+    assert link.is_symlink() and os.readlink(link) == str(target)  # the link kept (before: replaced by a file)
+    with open(target, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["name"] for r in rows] == [r["name"] for r in hubscan.analyze(CASES / "degenerate_and_good.safetensors").rows]
+    assert sorted(os.listdir(tmp_path)) == ["link.csv", "real.csv"]
+
+
 # -- option validation: one line, exit 2 ---------------------------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
