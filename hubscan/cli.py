@@ -499,11 +499,13 @@ def _fit_columns(rows, columns, explicit: bool):
 
 def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left, flexible: str | None,
                   width: int, caption: str | None = None, min_flexible: int = _MIN_NAME, optional=(),
-                  want_flexible: int | None = None):
+                  want_flexible: int | None = None, dropped: list | None = None, aliases: dict | None = None):
     """A rich Table in which no cell wraps: every column as wide as its widest cell, except
-    ``flexible``, which takes the width the others leave (at least ``min_flexible``) and is shortened
-    from the left; ``optional`` columns are left out, last first, while the table would not fit with
-    ``flexible`` at ``want_flexible`` characters (default ``min_flexible``)."""
+    ``flexible``, which takes the width the others leave (at least ``min_flexible``, or down to 6 where the
+    others leave less) and is shortened from the left, after its values are replaced by their ``aliases``
+    when they would be cut; ``optional`` columns are left out, last first, while the table would not fit
+    with ``flexible`` at ``want_flexible`` characters (default ``min_flexible``); their titles are appended
+    to ``dropped``."""
     from rich import box
     from rich.table import Table
 
@@ -521,9 +523,14 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
             del titles[i], widths[i]
             for row in cells:
                 del row[i]
+            if dropped is not None:
+                dropped.insert(0, t)
     if flexible in titles:
         i = titles.index(flexible)
-        w = max(min_flexible, min(widths[i], width - others()))
+        w = max(min(min_flexible, max(6, width - others())), min(widths[i], width - others()))
+        if aliases and widths[i] > w:
+            for row in cells:
+                row[i] = aliases.get(row[i], row[i])
         names = [row[i] for row in cells]
         for row, short in zip(cells, _short_names(names, w)):
             row[i] = short
@@ -968,7 +975,8 @@ def _sql_cut(text: str, width: int, how: str) -> str:
 def _sql_table(cols: list[str], rows: list, width: int):
     """The result as a table of ``width`` columns. Numbers and timestamps are never cut; ids and names
     are kept whole when they fit and give way only after the other text columns (at least 24 characters,
-    their head and tail kept around a "…", so that different values stay different); other text at least
+    their head and tail kept around a "…", so that different values stay different; a ``name`` column of
+    layer names shortened as ``analyze`` shortens them, every index kept); other text at least
     8 characters, sharing what is left; lists cut between elements. A column is left out only when even
     those least widths do not fit (the columns after it are still tried).
 
@@ -1011,12 +1019,16 @@ def _sql_table(cols: list[str], rows: list, width: int):
         fixed[i] += grow
         room -= grow
     how = {i: "list" if lists[i] else "middle" if whole[i] else "end" for i in keep}
+    shown = {i: [_sql_cut(r[i], fixed[i], how[i]) for r in cells] for i in keep}
+    for i in keep:  # layer names: shortened as analyze shortens them (every index kept, distinct names distinct)
+        if cols[i] == "name" and any(len(r[i]) > fixed[i] for r in cells):
+            shown[i] = _short_names([r[i] for r in cells], fixed[i])
     t = Table()
     for i in keep:
         t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
                      justify="right" if numeric[i] else "left")
-    for r in cells:
-        t.add_row(*[_sql_cut(r[i], fixed[i], how[i]) for i in keep])
+    for k in range(len(cells)):
+        t.add_row(*[shown[i][k] for i in keep])
     return t, [cols[i] for i in range(len(cols)) if i not in keep]
 
 
@@ -1387,14 +1399,18 @@ def cmd_correlate(args) -> int:
             continue
         cells += [[str(_corr_cell(r, CORRELATE_COLUMNS[t])) for t in titles] for _, r in rows.iterrows()]
     console = _console(args)
+    dropped: list = []
     table = _fitted_table(f"{args.metric} vs HTSR metrics ({len(df)} models, grouped by {args.group_by})", titles,
                           cells, left=("group", "metric"), flexible="metric", min_flexible=10,
                           want_flexible=max([0] + [len(r[titles.index("metric")]) for r in cells]),
-                          optional=("p(rho)", "r", "rmse", "r2"), width=console.width,
+                          optional=("p(rho)", "r", "rmse", "r2"), width=console.width, dropped=dropped,
+                          aliases={v: k for k, v in ANALYZE_COLUMNS.items() if k != v},
                           caption="rho: Spearman, tau: Kendall (two-sided p); r: Pearson, rmse, r2: least-squares "
                                   "line" + (f"; CI: percentile bootstrap, {args.bootstrap} resamples"
                                             if args.bootstrap else "") + "; every column in --out")
     console.print(table)
+    if dropped:
+        _say(console, f"{', '.join(dropped)}: do not fit {console.width} columns (every column is in --out)")
     if small:
         console.print(f"not enough models to correlate (n < 3): {', '.join(small)}", highlight=False)
     if args.out:

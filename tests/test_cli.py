@@ -370,8 +370,15 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT '{long_id}' AS model_id, '{long_name}' AS name, "
                            "3.14159 AS alpha, 'why ' || repeat('and ', 20) AS reason ORDER BY alpha", cwd=root, columns=80)
     assert rc == 0 and all(len(line) <= 80 for line in out.splitlines()) and "do not fit" not in out, out
-    # cut in the middle: the head and the distinguishing tail of an id or a layer name stay
-    assert "3.14159" in out and re.search(r"│ org-with-…x{12,} │ encoder…[a-z.]*attention\.weight │", out), out
+    # an id cut in the middle (its head and distinguishing tail stay); a layer name shortened as analyze does
+    assert "3.14159" in out and re.search(r"│ org-with-…x{12,} │ (e\.|…)l\.11\.a\.[a-z.]*weight", out), out
+    # layer names that differ by an index keep it (a middle cut made MiniLM's layers 4 and 5 look alike)
+    rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT * FROM (VALUES ('{long_id}', 'encoder.layer.4.attention."
+                           f"self.value.weight', 8.44), ('{long_id}', 'encoder.layer.5.attention.self.value.weight', 7.84))"
+                           " t(model_id, name, alpha)", cwd=root, columns=60)
+    names = [line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│ org")]
+    assert rc == 0 and len(names) == 2 and names[0] != names[1], out
+    assert all(re.fullmatch(rf"(…|e\.l\.){i}\..*value\.weight", n) for i, n in zip((4, 5), names)), names
     # a list is cut between its elements, a timestamp never
     elems = [f"{k}.{k}5" for k in range(1, 13)]
     rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT [{', '.join(elems)}]::DOUBLE[] AS q, TIMESTAMPTZ '2026-12-07 "

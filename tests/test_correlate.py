@@ -430,6 +430,10 @@ def test_correlate_cli_terminal_table(synth):
     assert header.rstrip().endswith("p(tau)") and len(header) <= 80
     shown = [line.split() for line in lines if line.split()[:2] == ["all", "alpha"]][0]
     assert shown[3:5] == [f"{row['spearman_rho']:.3f}", ci("spearman_rho")]
+    p_tau = f"{row['kendall_p']:.0e}" if row["kendall_p"] < 1e-3 else f"{row['kendall_p']:.3f}"
+    assert shown[-1] == p_tau and all(len(line) <= 80 for line in lines)  # whole, not cut to fit
+    gone = [h for h in ("p(rho)", "r", "rmse", "r2") if h not in header.split()]
+    assert gone and f"{', '.join(gone)}: do not fit 80 columns (every column is in --out)" in p.stdout  # said
     # without CIs the metric names fit whole at 80 columns: the optional columns go, no name is cut
     p = subprocess.run([sys.executable, "-m", "hubscan.cli", "correlate", "--dataset", ds.url],
                        capture_output=True, text=True, env={**env, "COLUMNS": "80"}, timeout=300)
