@@ -199,9 +199,10 @@ class _Budget:
     def charge(self, nbytes: int, what: str) -> None:
         """Take ``nbytes`` from the budget, or raise CorruptFileError naming ``what`` when it has not got them."""
         if nbytes > self.left:
-            raise CorruptFileError(self.where, f"{what} would allocate {_size(self.limit - self.left + nbytes)}; a "
-                                               f"{_size(self.size)} checkpoint may use {_size(self.limit)} (twice its "
-                                               "size plus 128 MiB): refused")
+            total, limit = _size(self.limit - self.left + nbytes), _size(self.limit)
+            amount = total if total != limit else f"more than {limit}"  # just over: the same when rounded
+            raise CorruptFileError(self.where, f"{what} would allocate {amount}; a {_size(self.size)} checkpoint may "
+                                               f"use {limit} (twice its size plus 128 MiB): refused")
         self.left -= nbytes
 
 
