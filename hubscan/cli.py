@@ -577,8 +577,10 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
     for r in result.rows:
         (left_out if excluded(r) else shown).append(r)
     _heading(console, f"{result.source} ({result.format})")
+    ids_shown = False
     if shown:
         columns = _fit_columns(shown, columns, explicit)
+        ids_shown = "id" in columns
         table, dropped = _layer_table(shown, columns, console.width)
         console.print(table, crop=True)
         if dropped:
@@ -592,10 +594,13 @@ def _print_result(result, console, columns, explicit: bool = False) -> None:
         if (r.get("status") != RowStatus.SUCCESS or r.get("reason")) and not excluded(r):
             _say(console, f"layer {r.get('layer_id', '')} {_layer_cell(r, 'name')}: {r['status']}: {r.get('reason')}")
     delta = result.kind != WeightKind.WEIGHTS  # ESDs of ΔW: HTSR's 2 / 6 guides are for trained W
-    warned = [f"{r.get('layer_id', '')} ({r['warning']})" for r in result.rows
+    # named as the table names them: by id (and part: the q/k/v of a fused matrix share one id) when the id
+    # column is shown, else by name
+    warned = [f"{r.get('layer_id', '')}{' ' + r['part'] if r.get('part') else ''} ({r['warning']})" if ids_shown
+              else f"{_layer_cell(r, 'name')} ({r['warning']})" for r in result.rows
               if r.get("status") == RowStatus.SUCCESS and r.get("warning") and not delta]
     if warned:
-        _say(console, f"warnings (layer ids): {', '.join(warned)}")
+        _say(console, f"warnings (layer {'ids' if ids_shown else 'names'}): {', '.join(warned)}")
     s = result.summary
     if result.ref is not None and not result.ref.is_path:
         console.print(f"model {result.ref} ({s.get('bytes_read', 0) / 1e6:.1f} MB fetched)")

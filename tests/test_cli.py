@@ -234,6 +234,25 @@ def test_analyze_out_through_a_symbolic_link_writes_its_target(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["link.csv", "real.csv"]
 
 
+def test_warnings_name_layers_as_the_table_shows_them(tmp_path):
+    """The warnings line lists layers by id when the table shows ids, by name when --columns leaves the id out
+    (ids the table does not show named nothing)."""
+    import torch
+    from safetensors.torch import save_file
+
+    import hubscan
+    g = torch.Generator().manual_seed(0)
+    save_file({"ok.weight": torch.randn(8, 8, generator=g), "gauss.weight": torch.randn(1000, 500, generator=g)},
+              str(tmp_path / "m.safetensors"))
+    rows = {r["name"]: r for r in hubscan.analyze(tmp_path / "m.safetensors").rows}
+    assert rows["gauss.weight"]["warning"] == "under-trained" and rows["gauss.weight"]["alpha"] > 6
+    lid = rows["gauss.weight"]["layer_id"]
+    rc, out, _ = run_cli("analyze", tmp_path / "m.safetensors", columns=80)
+    assert rc == 0 and f"warnings (layer ids): {lid} (under-trained)" in out, out
+    rc, out, _ = run_cli("analyze", tmp_path / "m.safetensors", "--columns", "name,alpha", columns=80)
+    assert rc == 0 and "warnings (layer names): gauss.weight (under-trained)" in out, out
+
+
 # -- option validation: one line, exit 2 ---------------------------------------------------------
 
 @pytest.mark.parametrize("args, needle", [
