@@ -398,14 +398,20 @@ _OUT_FILES = {"analyze": ((".parquet", ".csv", ".json", ".jsonl"), "analyze"),
 
 
 def _check_out(path: str, suffixes: tuple[str, ...], what: str) -> None:
-    """Refuse an output path whose folder does not exist or whose suffix is not one of ``suffixes``."""
+    """Refuse, before anything runs, an output path whose folder does not exist, whose suffix is not one of
+    ``suffixes`` (a name that is only a suffix, ``.csv``, has none), or that is (or links to) something other
+    than a regular file: a folder, a device, a FIFO."""
     if "://" in path:
         return
-    folder = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # a symbolic link is written through (its target)
+    folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise HubscanError(path, f"folder {folder} does not exist (create it first; {what} does not create folders)")
-    if suffixes and not path.lower().endswith(suffixes):
+    if suffixes and os.path.splitext(os.path.basename(path))[1].lower() not in suffixes:
         raise HubscanError(path, f"unknown file type (use {' / '.join(suffixes)})")
+    from hubscan.store import not_a_regular_file
+    if why := not_a_regular_file(target):
+        raise HubscanError(path, why)
 
 
 def _check_plot(path: str) -> None:

@@ -53,6 +53,7 @@ import os
 import posixpath
 import re
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -1129,6 +1130,23 @@ def delta_table(child: Mapping, parent_id: str, parent_revision: str | None, rel
 FILE_SUFFIXES = (".parquet", ".csv", ".json", ".jsonl")
 
 
+def not_a_regular_file(path: str) -> str:
+    """Why an output ``path`` (symbolic links followed) cannot be written as a file — it is a folder, a device, a
+    FIFO or a socket — or ``""`` (a regular file, or nothing there yet). Written by renaming a temporary file
+    into place, such a path would be replaced (``/dev/null`` by a plain file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        return f"cannot be inspected ({(e.strerror or str(e)).lower()})"
+    if stat.S_ISREG(st.st_mode):
+        return ""
+    kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+        stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+    return f"is {kind}, not a file hubscan can write (give a file name)"
+
+
 def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> str:
     """Write one table to one local file, its format chosen by the suffix (``hubscan analyze --out``).
 
@@ -1153,8 +1171,9 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
     Raises
     ------
     hubscan.errors.HubscanError
-        Unknown suffix, the folder does not exist, or the file cannot be written (disk full, permission): naming
-        ``path``.
+        Unknown suffix, the folder does not exist, ``path`` is (or links to) a folder, device or FIFO
+        (:func:`not_a_regular_file`), or the file cannot be written (disk full, permission): naming ``path``. An
+        existing file keeps its permissions (a hard link to it keeps the old contents: the file is replaced).
     """
     import os
 
@@ -1166,6 +1185,9 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
     folder = os.path.dirname(target)
     if not os.path.isdir(folder):
         raise HubscanError(path, f"folder {folder} does not exist")
+    if why := not_a_regular_file(target):
+        raise HubscanError(path, why)
+    mode = stat.S_IMODE(os.stat(target).st_mode) if os.path.exists(target) else None
     tmp = os.path.join(folder, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         if suffix == ".parquet":
@@ -1187,6 +1209,8 @@ def write_file(table: pa.Table, path: str, *, metadata: dict | None = None) -> s
                     for r in rows:  # JSON has no NaN / inf: null
                         r = {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in r.items()}
                         fh.write(json.dumps(r, default=str) + "\n")
+        if mode is not None:  # a file written again keeps its permissions
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except OSError as e:  # disk full, no permission …: the output named, not the model analyzed
         why = os.strerror(e.errno) if e.errno else " ".join(str(e).split())

@@ -220,14 +220,32 @@ def test_analyze_out_that_cannot_be_written_names_the_output(tmp_path):
     assert os.listdir(tmp_path) == []  # no partial file, no temporary left
 
 
+def test_analyze_out_that_is_not_a_file_is_refused_before_anything_runs(tmp_path):
+    """--out naming (or linking to) a FIFO, a folder, or only a suffix: exit 2 before the analysis, nothing
+    replaced (a symbolic link's target was renamed over: /dev/null became a plain file)."""
+    import stat
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "link.csv").symlink_to(fifo)
+    (tmp_path / "d.csv").mkdir()
+    for out, why in (("link.csv", "is a FIFO, not a file hubscan can write"),
+                     ("d.csv", "is a folder, not a file hubscan can write"), (".csv", "unknown file type")):
+        rc, stdout, err = run_cli("analyze", CASES / "ok_small.safetensors", "--out", out, cwd=tmp_path)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and why in err and stdout == "", (out, err)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and (tmp_path / "link.csv").is_symlink()
+    assert sorted(os.listdir(tmp_path)) == ["d.csv", "link.csv", "pipe"] and os.listdir(tmp_path / "d.csv") == []
+
+
 def test_analyze_out_through_a_symbolic_link_writes_its_target(tmp_path):
     target, link = tmp_path / "real.csv", tmp_path / "link.csv"
     target.write_text("old")
+    target.chmod(0o600)
     link.symlink_to(target)
     rc, out, err = run_cli("analyze", CASES / "degenerate_and_good.safetensors", "--out", link, "-q")
     assert rc == 0 and err == ""
     import hubscan
     assert link.is_symlink() and os.readlink(link) == str(target)  # the link kept (before: replaced by a file)
+    assert oct(target.stat().st_mode & 0o777) == oct(0o600)  # the file's permissions kept
     with open(target, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["name"] for r in rows] == [r["name"] for r in hubscan.analyze(CASES / "degenerate_and_good.safetensors").rows]
