@@ -445,18 +445,18 @@ _MIN_NAME = 16
 _GAP = 2  # characters between two columns (the table's padding + divider)
 
 
-def _short_left(text: str, width: int, letters: int = 1) -> str:
+def _short_left(text: str, width: int, letters: int = 1, keep: frozenset = frozenset()) -> str:
     """``text`` shortened to ``width`` characters keeping what tells layers apart: dotted parameter
-    names first lose letters of their leading words (down to ``letters``) but never a number
-    (``encoder.layer.3.attention.self.value.weight`` → ``e.l.3.a.s.value.weight``, then
-    ``…3.a.s.v.weight``), and only then lose their left end."""
+    names first lose letters of their leading words (down to ``letters``; the words at the indices in ``keep``
+    stay whole) but never a number (``encoder.layer.3.attention.self.value.weight`` →
+    ``e.l.3.a.s.value.weight``, then ``…3.a.s.v.weight``), and only then lose their left end."""
     if len(text) <= width:
         return text
     parts = text.split(".")
     for i in range(max(0, len(parts) - 1)):  # leading words first; the last word stays whole
         if len(".".join(parts)) <= width:
             break
-        if not parts[i].isdigit():
+        if not parts[i].isdigit() and i not in keep:
             parts[i] = parts[i][:letters]
     text = ".".join(parts)
     if len(text) > width:  # then the left end goes, at a dot: as many trailing words as fit (the last index first)
@@ -468,16 +468,34 @@ def _short_left(text: str, width: int, letters: int = 1) -> str:
 
 def _short_names(names: list[str], width: int) -> list[str]:
     """:func:`_short_left` of every name, distinct names kept distinct where the width allows: names
-    whose shortenings collide keep more letters of their words (``s.q.weight`` / ``s.qk.weight``)."""
-    from collections import Counter
+    whose shortenings collide keep whole the words in which they differ (``…lora_A…`` / ``…lora_B…``), then
+    more letters of their words (``s.q.weight`` / ``s.qk.weight``) — never at the cost of a number they
+    showed (a layer index)."""
+    from collections import defaultdict
+
+    def numbers(text: str) -> int:
+        return sum(p.isdigit() for p in text.lstrip("…").split("."))
+
+    def clashes(short: list[str]) -> dict:
+        groups = defaultdict(set)
+        for n, t in zip(names, short):
+            groups[t].add(n)
+        return {t: g for t, g in groups.items() if len(g) > 1}
 
     short = [_short_left(n, width) for n in names]
+    redo = {}
+    for group in clashes(short).values():  # the words where the colliding names differ stay whole
+        split = [n.split(".") for n in group]
+        if len({len(p) for p in split}) == 1:
+            differ = frozenset(i for i in range(len(split[0])) if len({p[i] for p in split}) > 1)
+            redo.update({n: _short_left(n, width, 1, differ) for n in group})
+    short = [redo[n] if n in redo and numbers(redo[n]) >= numbers(t) else t for n, t in zip(names, short)]
     for letters in range(2, 16):
-        seen = Counter(short)
-        clash = {s for s, c in seen.items() if c > 1 and len({n for n, t in zip(names, short) if t == s}) > 1}
+        clash = clashes(short)
         if not clash:
             break
-        short = [_short_left(n, width, letters) if s in clash else s for n, s in zip(names, short)]
+        longer = [_short_left(n, width, letters) if t in clash else t for n, t in zip(names, short)]
+        short = [b if numbers(b) >= numbers(a) else a for a, b in zip(short, longer)]
     return short
 
 

@@ -542,6 +542,15 @@ def test_shortened_names_stay_distinct():
     # cut at a dot, keeping as many trailing indices as the width holds (not only the last one)
     deep = ".".join("abcdefghij") + "." + ".".join(str(i) for i in range(16)) + ".weight"
     assert _short_names([deep], 35) == ["…5.6.7.8.9.10.11.12.13.14.15.weight"]
+    # LoRA matrices whose abbreviations collide only in lora_A / lora_B: that word stays whole and no layer
+    # index is given up for it (the names of layers 3 and 17 had become the same '…k_proj.lora_A.default.weight')
+    lora = [f"base_model.model.model.language_model.decoder.layers.{i}.self_attention_module.{p}_proj.lora_{ab}."
+            "default.weight" for i in (3, 17) for p in "qk" for ab in "AB"]
+    for width in (24, 30, 38, 44):
+        short = _short_names(lora, width)
+        assert len(set(short)) == len(lora) and all(len(t) <= width for t in short), short
+        assert all(re.search(rf"(^|[.…]){n.split('.')[6]}\.", t) and f"lora_{n.split('lora_')[1][0]}" in t
+                   for n, t in zip(lora, short)), short
 
 
 def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(tmp_path):
