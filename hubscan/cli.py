@@ -523,13 +523,16 @@ def _fit_columns(rows, columns, explicit: bool):
 
 def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left, flexible: str | None,
                   width: int, caption: str | None = None, min_flexible: int = _MIN_NAME, optional=(),
-                  want_flexible: int | None = None, dropped: list | None = None, aliases: dict | None = None):
+                  want_flexible: int | None = None, dropped: list | None = None, aliases: dict | None = None,
+                  shrinkable=()):
     """A rich Table in which no cell wraps: every column as wide as its widest cell, except
     ``flexible``, which takes the width the others leave (at least ``min_flexible``, or down to 6 where the
     others leave less) and is shortened from the left, after its values are replaced by their ``aliases``
     when they would be cut; ``optional`` columns are left out, last first, while the table would not fit
     with ``flexible`` at ``want_flexible`` characters (default ``min_flexible``); their titles are appended
-    to ``dropped``."""
+    to ``dropped``. The ``shrinkable`` text columns give up what the table lacks first down to 20 characters,
+    before any optional column goes, then down to 8 (their values cut in the middle); on a terminal still too
+    narrow the last other columns go too (appended to ``dropped``)."""
     from rich import box
     from rich.table import Table
 
@@ -540,7 +543,18 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
         i = titles.index(flexible) if flexible in titles else -1
         return sum(w for j, w in enumerate(widths) if j != i) + _GAP * (len(titles) - 1)
 
+    def shrink(floor: int, room: int) -> None:  # the shrinkable columns cut (in the middle) to leave ``room``
+        for t in shrinkable:
+            over = others() + room - width
+            if t in titles and over > 0:
+                j = titles.index(t)
+                w = max(len(t), floor, widths[j] - over)
+                for row in cells:
+                    row[j] = _sql_cut(row[j], w, "middle")
+                widths[j] = max([len(t)] + [len(row[j]) for row in cells])
+
     want = max(min_flexible, want_flexible or 0)
+    shrink(20, want)  # long group names give way to 20 characters before an optional column goes
     for t in reversed(optional):
         if t in titles and others() + want > width:
             i = titles.index(t)
@@ -549,6 +563,17 @@ def _fitted_table(title: str, titles: list[str], cells: list[list[str]], *, left
                 del row[i]
             if dropped is not None:
                 dropped.insert(0, t)
+    shrink(8, 8)  # still too wide for the flexible column's 8: long group names give way further
+    while flexible in titles and others() + 6 > width and len(titles) > 2:  # a narrow terminal: the last go too
+        t = next((t for t in reversed(titles) if t != flexible and t not in left), None)
+        if t is None:
+            break
+        i = titles.index(t)
+        del titles[i], widths[i]
+        for row in cells:
+            del row[i]
+        if dropped is not None:
+            dropped.append(t)
     if flexible in titles:
         i = titles.index(flexible)
         w = max(min(min_flexible, max(6, width - others())), min(widths[i], width - others()))
@@ -1433,6 +1458,7 @@ def cmd_correlate(args) -> int:
                           cells, left=("group", "metric"), flexible="metric", min_flexible=10,
                           want_flexible=max([0] + [len(r[titles.index("metric")]) for r in cells]),
                           optional=("p(rho)", "r", "rmse", "r2"), width=console.width, dropped=dropped,
+                          shrinkable=("group",),
                           aliases={v: k for k, v in ANALYZE_COLUMNS.items() if k != v},
                           caption="rho: Spearman, tau: Kendall (two-sided p); r: Pearson, rmse, r2: least-squares "
                                   "line" + (f"; CI: percentile bootstrap, {args.bootstrap} resamples"

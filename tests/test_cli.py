@@ -553,6 +553,38 @@ def test_shortened_names_stay_distinct():
                    for n, t in zip(lora, short)), short
 
 
+def test_fitted_table_with_long_group_names_cuts_no_number():
+    """correlate's table with 65-character group names at 80 columns: the group names give way (cut in the
+    middle), optional columns go and are named, every number stays whole (before: rho cut to 3 characters
+    under a header cut to 'r', n / tau / p(tau) gone unnamed)."""
+    import io
+
+    from rich.console import Console
+
+    from hubscan.cli import _fitted_table
+    titles = ["group", "metric", "n", "rho", "p(rho)", "tau", "p(tau)", "r", "rmse", "r2"]
+    group = "a_really_quite_long_organisation_name_used_as_a_family_for_testing_width"
+    cells = [[group + str(k), m, "7", "0.107", "0.840", "0.048", "1.000", "0.321", "1.234", "0.103"]
+             for k in range(2) for m in ("alpha", "log_spectral_norm", "log_alpha_norm")]
+    for width in (80, 60):
+        dropped: list = []
+        table = _fitted_table("t", titles, [list(r) for r in cells], left=("group", "metric"), flexible="metric",
+                              min_flexible=10, want_flexible=17, optional=("p(rho)", "r", "rmse", "r2"),
+                              width=width, dropped=dropped, shrinkable=("group",))
+        out = io.StringIO()
+        Console(file=out, width=width).print(table)
+        lines = out.getvalue().splitlines()
+        assert all(len(line) <= width for line in lines)
+        header = lines[1].split()
+        assert set(header) | set(dropped) == set(titles) and not set(header) & set(dropped), (header, dropped)
+        body = [line.split() for line in lines[3:] if line.strip()]
+        for row in body:  # every shown number whole
+            for t, v in zip(header[2:], row[2:]):
+                assert v == cells[0][titles.index(t)], (t, v)
+        assert len({row[0] for row in body}) == 2 and len({tuple(row[:2]) for row in body}) == len(cells)
+    assert dropped[:4] == ["p(rho)", "r", "rmse", "r2"]  # the optional ones first, then from the right
+
+
 def test_sql_and_changes_on_a_dataset_with_one_interrupted_survey_and_no_model(tmp_path):
     """A first survey stopped before its first model commit leaves only a ``surveys`` row: ``hubscan sql``
     reads the survey's tables as empty views with their columns (no DuckDB "does not exist"), and
