@@ -228,7 +228,8 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
     dataset : str
         The dataset.
     older, newer : str, optional
-        Survey ids; default the last two surveys (by ``started_at``).
+        Survey ids; default the last survey (by ``started_at``) and the last one before it that was not
+        interrupted (the one just before when every earlier one was).
 
     Returns
     -------
@@ -264,7 +265,9 @@ def survey_changes(dataset: str, older: str | None = None, newer: str | None = N
         if newer is None or ids.index(newer) == 0:  # a first survey: nothing to compare it with, not an error
             return {"older": None, "newer": next((r for r in surveys if r["survey_id"] == newer), None),
                     **{k: [] for k in ("new", "new_revision", "unlisted", "access", "status")}}
-        older = ids[ids.index(newer) - 1]
+        before = surveys[:ids.index(newer)]  # the last one before that ran to its end (an interrupted one holds
+        # part of a listing: against it, models it never reached would read as changed, unlisted ones as not)
+        older = next((r["survey_id"] for r in reversed(before) if not r.get("interrupted")), before[-1]["survey_id"])
     rows = {}
     for name, sid in (("older", older), ("newer", newer)):
         if sid not in ids:

@@ -409,6 +409,40 @@ def test_survey_that_keeps_eigenvalues_redoes_models_surveyed_without_them(tmp_p
     assert (s3["num_already_done"], s3["num_success"]) == (3, 0)
 
 
+def test_changes_compare_with_the_last_survey_that_ran_to_its_end(tmp_path, local_ray):
+    """``hubscan changes`` by default: the last survey against the last one before it that was not interrupted.
+    Against an interrupted one (here: a run stopped before it listed anything, between the two) a model no longer
+    listed went unreported ("no longer listed: 0")."""
+    import datetime as dt
+
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from hubscan.query import survey_changes
+    from hubscan.schema import rows_to_table
+    from hubscan.store import Dataset
+    hub = tmp_path / "tiny"
+    hub.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        save_file({"w.weight": torch.from_numpy(rng.standard_normal((24, 16)).astype(np.float32))},
+                  str(hub / f"m{i}.safetensors"))
+    out = tmp_path / "ds"
+    cfg = dict(source=f"local:{hub}", out=str(out), actors=1, progress=False)
+    s1 = survey(SurveyConfig(**cfg))
+    stopped = s1["started_at"] + dt.timedelta(seconds=1)  # a run stopped at once: its row only
+    Dataset(str(out)).write("surveys", rows_to_table([{"survey_id": "stopped", "started_at": stopped,
+                                                       "finished_at": stopped, "source": f"local:{hub}",
+                                                       "interrupted": True}], "surveys"))
+    (hub / "m2.safetensors").unlink()
+    s2 = survey(SurveyConfig(**cfg))
+    c = survey_changes(str(out))
+    assert (c["older"]["survey_id"], c["newer"]["survey_id"]) == (s1["survey_id"], s2["survey_id"])
+    assert [r["model_id"] for r in c["unlisted"]] == ["m2.safetensors"] and c["new"] == []
+    assert survey_changes(str(out), older="stopped")["older"]["survey_id"] == "stopped"  # asked for: as asked
+
+
 def test_survey_where_every_model_failed_exits_nonzero(tmp_path, cases_dir, local_ray, capsys):
     from hubscan.cli import main
     listing = tmp_path / "models.txt"
