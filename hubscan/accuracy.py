@@ -666,6 +666,10 @@ def match_report(dataset, table: pa.Table) -> dict:
             "example_ids": sorted(known)[:3]}
 
 
+#: A number with thousands separators (``1,000``, ``-12,345.5``): the only commas a CSV value may hold.
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
+
+
 def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom") -> pa.Table:
     """Ingest a plain CSV of reported results: columns ``model_id, metric, value`` and optionally
     ``source``, ``benchmark``, ``split``, ``revision``, ``higher_is_better``.
@@ -726,8 +730,16 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         mid, metric, value = cell(rec, "model_id"), cell(rec, "metric"), cell(rec, "value")
         if not mid or not metric or value is None:
             continue
+        text = value.strip() if isinstance(value, str) else value
+        if isinstance(text, str) and "," in text:  # thousands separators only: "0,8" is not 8
+            if not _THOUSANDS.fullmatch(text):
+                raise InvalidInputError(path, f"value {value!r} of {mid} is not a number (a decimal comma? write "
+                                              "0.8; commas only as thousands separators, 1,000)")
+            text = text.replace(",", "")
         try:
-            number = float(value.replace(",", "")) if isinstance(value, str) else float(value)
+            if isinstance(text, str) and "_" in text:  # Python's float reads 1_000; a CSV number has no "_"
+                raise ValueError(text)
+            number = float(text)
         except ValueError:
             raise InvalidInputError(path, f"value {value!r} of {mid} is not a number") from None
         if not math.isfinite(number):  # nan / inf parse as floats: stored, they would skew every correlation

@@ -476,7 +476,10 @@ def test_write_correlations(tmp_path, synth):
 
 @pytest.mark.parametrize("bad, message", [("nan", "value 'nan' of m1 is not a finite number"),
                                           ("-inf", "value '-inf' of m1 is not a finite number"),
-                                          ("7x", "value '7x' of m1 is not a number")])
+                                          ("7x", "value '7x' of m1 is not a number"),
+                                          ("1_000", "value '1_000' of m1 is not a number"),
+                                          ('"0,8"', "value '0,8' of m1 is not a number (a decimal comma? write 0.8; "
+                                                    "commas only as thousands separators, 1,000)")])
 def test_ingest_csv_refuses_values_that_are_not_finite_numbers(tmp_path, bad, message):
     """nan and inf parse as floats: stored, the model left a group's correlation (n 5 → 4) with nothing said;
     refused like any non-number, the file named, nothing written."""
@@ -487,6 +490,13 @@ def test_ingest_csv_refuses_values_that_are_not_finite_numbers(tmp_path, bad, me
         ingest_csv(ds, p)
     assert str(e.value) == f"{p}: {message}"
     assert len(read_accuracy(ds)) == 0
+
+
+def test_ingest_csv_reads_thousands_separators(tmp_path):
+    ds = Dataset(str(tmp_path / "ds"))
+    p = tmp_path / "a.csv"
+    p.write_text('model_id,metric,value\nm0,params,"1,234,567.5"\nm1,params,-12\n')
+    assert ingest_csv(ds, p).column("value").to_pylist() == [1234567.5, -12.0]
 
 
 def test_ingest_csv_that_is_not_text_names_the_file(tmp_path):
