@@ -333,6 +333,17 @@ def test_damaged_zip_checkpoint_is_corrupt_by_its_crc(tmp_path):
     with pytest.raises(CorruptFileError) as excinfo:
         open_weights(path)
     assert_error(excinfo, path, "storage 0: its bytes do not match the CRC-32 the archive records (the file is damaged)")
+    # a byte of data.pkl (read through zipfile, which checks the CRC itself): the same words, not zipfile's
+    torch.save({"w": torch.randn(256, 128)}, path)
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("flipped/data.pkl")
+    raw = bytearray(path.read_bytes())
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
+    raw[info.header_offset + 30 + n + m + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError) as excinfo:
+        open_weights(path)
+    assert_error(excinfo, path, "data.pkl: its bytes do not match the CRC-32 the archive records (the file is damaged)")
 
 
 def test_zip_checkpoint_saved_without_crcs_is_read(tmp_path):

@@ -525,7 +525,13 @@ def _read_entry(where: str, z: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _
     budget.charge(info.file_size, f"{what} ({info.file_size} bytes once expanded)")
     if mapped is not None and info.compress_type == zipfile.ZIP_STORED:
         return bytes(_view(where, what, mapped, _zip_data_offset(where, info), info.file_size))
-    return z.read(info)
+    try:
+        return z.read(info)
+    except zipfile.BadZipFile as e:
+        if "CRC" not in str(e):
+            raise
+        raise CorruptFileError(where, f"{what}: its bytes do not match the CRC-32 the archive records (the file is "
+                                      "damaged)") from None
 
 
 def _view(where: str, what: str, mapped: torch.UntypedStorage, start: int, nbytes: int) -> np.ndarray:
