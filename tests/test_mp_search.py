@@ -1,8 +1,8 @@
 """The MP fit's search (:mod:`hubscan.esd.mp`) against the search WeightWatcher 0.7.7 runs: the residual
 evaluated on every KDE point for every grid σ (WW's ``resid_mp``), the grid's argmin polished with
 ``scipy.optimize.fmin``. hubscan evaluates a σ only on the KDE points inside its bulk, searches the grid
-coarse to fine and polishes with a float re-implementation of ``fmin``; both must give the same σ bit for
-bit."""
+coarse to fine and polishes with a compiled re-implementation of ``fmin`` (:mod:`hubscan.esd.mp_kernels`);
+both must give the same σ bit for bit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from scipy import optimize
 
 from hubscan.esd import mp as MP
+from hubscan.esd import mp_kernels as K
 
 
 def ww_resid(sigmas, kx, ky, Q, peak_x):
@@ -53,24 +54,20 @@ def test_search_equals_wws(name, evals, N, M):
     s = math.sqrt(lam.max() / (1 + 1 / math.sqrt(Q)) ** 2)
     data = np.sqrt(lam) if Q == 1 else lam
     kx = np.linspace(0, data.max() + 0.5, 1000)
-    ky = MP._kde_linear(data, kx, 0.1)
-    peak = float(kx[np.argmax(ky)])
-    kx, ky = kx[ky > 0.01], ky[ky > 0.01]
+    ky = K.kde_linear(np.sort(data), kx, 0.1)
+    dense = np.clip(1 - np.abs(kx[:, None] - data[None, :]) / 0.1, 0, None).sum(axis=1) / (len(data) * 0.1)
+    assert ky == pytest.approx(dense, rel=1e-9, abs=1e-12)  # the triangular KDE, point by point
+    args = K.prepare(data, kx, Q, 0.1, 0.01)
+    kxg, kyg, peak = args[0], args[1], args[5]
+    assert peak == float(kx[np.argmax(ky)]) and np.array_equal(kxg, kx[ky > 0.01])
     grid = np.arange(0.05 * s, 2.0 * s, 0.01 * s)
-    ours, ref = MP._Residual(kx, ky, Q, peak)(grid), ww_resid(grid, kx, ky, Q, peak)
+    ours, ref = np.array([K.residual(g, *args) for g in grid]), ww_resid(grid, kxg, kyg, Q, peak)
     assert ours == pytest.approx(ref, rel=1e-12, abs=1e-12)
     start = grid[int(np.argmin(ref))]
-    assert MP._Residual(kx, ky, Q, peak).grid_argmin(grid) == int(np.argmin(ref))  # coarse to fine: the same point
-    sigma = float(optimize.fmin(lambda v: float(ww_resid(v, kx, ky, Q, peak)[0]), [start], disp=False)[0])
-    assert MP.fit_mp(evals, N, M).sigma_mp == sigma
-
-
-def test_fmin_1d_is_scipys():
-    rng = np.random.default_rng(0)
-    fs = [lambda x, c=c: (x - c) ** 2 for c in rng.normal(0, 5, 20)]
-    fs += [lambda x, w=w: math.sin(w * x) + 0.01 * x * x for w in rng.uniform(0.1, 9, 20)]
-    fs += [lambda x, c=c: 1e6 if x < c else abs(x - c - 1) ** 0.5 for c in rng.normal(0, 2, 20)]
-    fs += [lambda x: 1.0, lambda x: math.nan if x > 3 else (x - 4) ** 2]
-    for f in fs:
-        for x0 in (0.0, 1.0, float(rng.normal(0, 10)), -7.5):
-            assert MP._fmin_1d(f, x0) == float(optimize.fmin(lambda v, f=f: f(float(v[0])), [x0], disp=False)[0])
+    sigma = float(optimize.fmin(lambda v: float(ww_resid(v, kxg, kyg, Q, peak)[0]), [start], disp=False)[0])
+    index, found = K.mp_search(data, kx, grid, Q, 0.1, 0.01, 8)
+    assert index == int(np.argmin(ref))  # coarse to fine: the same point
+    assert found == sigma and MP.fit_mp(evals, N, M).sigma_mp == sigma
+    for maxfun in (3, 4, 5, 8, 13):  # stopped mid-iteration by scipy's evaluation budget: the same point
+        assert K.fmin_1d(start, *args, maxfun=maxfun) == float(optimize.fmin(
+            lambda v: float(ww_resid(v, kxg, kyg, Q, peak)[0]), [start], maxfun=maxfun, disp=False)[0])
