@@ -24,9 +24,10 @@ def test_parse_and_keep():
     only_excl = LayerFilter.parse("!dense")
     assert only_excl.keeps(0, "a", "embedding") and not only_excl.keeps(0, "a", "dense")
     assert LayerFilter.parse("").keeps(7, "a", "conv2d")
-    for bad in ("5-2", "1,,2", "!"):
+    for bad in ("5-2", "1,,2", "!", "-1", "!-2", "-3-5"):
         with pytest.raises(ValueError):
             LayerFilter.parse(bad)
+    assert LayerFilter.parse("*-1*").include == (("glob", "*-1*"),)  # a glob with a dash stays a glob
 
 
 def test_filter_on_minilm(minilm_dir):
@@ -74,3 +75,6 @@ def test_cli_rejects_bad_spec(minilm_dir):
     proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(minilm_dir), "--layers", "9-3"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "ends before it starts" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(minilm_dir), "--layers=-1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "ids are ≥ 0" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

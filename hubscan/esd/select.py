@@ -26,6 +26,7 @@ LAYER_TYPES = ("dense", "embedding", "conv1d", "conv2d", "conv3d")
 #: The reason of a matrix the filter leaves out, before its spec.
 EXCLUDED = "excluded by --layers "
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_NEGATIVE = re.compile(r"^-\d+(?:-\d*)?$")
 
 
 def as_spec(layers) -> str:
@@ -79,7 +80,8 @@ class LayerFilter:
         Raises
         ------
         ValueError
-            An empty term, or a range whose end is below its start.
+            An empty term, a negative layer id (``-1``: there is no counting from the end), or a range whose
+            end is below its start.
         """
         include, exclude = [], []
         for raw in (spec or "").split(","):
@@ -92,6 +94,8 @@ class LayerFilter:
             term = term.lstrip("!").strip()
             if not term:
                 raise ValueError(f"empty term in --layers {spec!r}")
+            if _NEGATIVE.match(term):
+                raise ValueError(f"layer id {term!r} in --layers: ids are ≥ 0 (the layer_id column; a range is LO-HI)")
             m = _RANGE.match(term)
             if m:
                 lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
