@@ -867,6 +867,7 @@ def _check_not_all_failed(config, summary) -> None:
 def _check_survey(parser, args) -> None:
     _check_fit_options(parser, args)
     _check_lineage(parser, args)
+    _check_source_filters(parser, args)
     if args.address is None:  # the local machine runs the actors: its GPUs are what counts
         _check_cuda(parser, args.device)
 
@@ -944,6 +945,25 @@ def _relations(text: str) -> tuple:
     if not rels or bad:
         raise argparse.ArgumentTypeError(f"{bad[0] if bad else text!r} is not a relation ({','.join(RELATIONS)})")
     return rels
+
+
+def _check_source_filters(parser, args) -> None:
+    """A source filter the chosen source does not take (``--filter`` with ``--source local:DIR``) is refused
+    before the survey starts, naming the ones it takes: never a survey of more models than asked for."""
+    from hubscan.sources import parse_spec
+
+    if args.lineage is not None:
+        return  # _check_lineage says what --lineage takes
+    try:
+        source = parse_spec(args.source)[0]
+    except HubscanError:
+        return  # the survey names a source it cannot parse
+    given = [k for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude") if getattr(args, k) is not None]
+    extra = [k for k in given if k not in source.filters]
+    if extra:
+        takes = ", ".join("--" + k.replace("_", "-") for k in source.filters) or "none"
+        parser.error(f"--source {args.source} takes no {', '.join('--' + k.replace('_', '-') for k in extra)} "
+                     f"(its filters: {takes})")
 
 
 def _check_lineage(parser, args) -> None:

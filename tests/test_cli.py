@@ -730,3 +730,16 @@ def test_reader_gone_ends_quietly_like_sigpipe(local_dataset):
         p.stdout.close()
         err = p.stderr.read().decode()
         assert p.wait(timeout=120) == 141 and err == "", (args, err)
+
+
+def test_survey_refuses_a_filter_its_source_does_not_take(tmp_path):
+    """``--filter`` with ``--source local:DIR`` (which enumerates a folder and takes no filter) is refused before
+    anything starts — a survey of every model in the folder is not what the user asked for; a filter the
+    source takes passes the check (timm's ``--exclude``)."""
+    rc, out, err = run_cli("survey", "--source", f"local:{tmp_path}", "--out", tmp_path / "ds", "--filter", "bert*",
+                           "--author", "me", columns=80)
+    assert rc == 2 and "Traceback" not in err, err
+    assert f"--source local:{tmp_path} takes no --filter, --author (its filters: none)" in " ".join(err.split()), err
+    assert not (tmp_path / "ds").exists()
+    rc, out, err = run_cli("survey", "--source", "timm", "--out", tmp_path / "ds", "--author", "me", columns=80)
+    assert rc == 2 and "takes no --author (its filters: --filter, --exclude)" in " ".join(err.split()), err
