@@ -670,7 +670,8 @@ def match_report(dataset, table: pa.Table) -> dict:
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d*)?")
 
 
-def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom") -> pa.Table:
+def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "custom",
+               left_out: list | None = None) -> pa.Table:
     """Ingest a plain CSV of reported results: columns ``model_id, metric, value`` and optionally
     ``source``, ``benchmark``, ``split``, ``revision``, ``higher_is_better``.
 
@@ -690,6 +691,9 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         Default source (``hf``, ``timm``, ``local``).
     benchmark : str
         Default benchmark.
+    left_out : list, optional
+        Receives (line number, reason) of each row not written: an empty ``model_id``, ``metric`` or
+        ``value`` (a model without a result), or a repeat of an earlier line with the same value.
 
     Returns
     -------
@@ -701,7 +705,8 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
     ------
     hubscan.errors.InvalidInputError
         (a ValueError) Naming the file: not UTF-8 text, a required column missing, a value not a finite
-        number (``nan``, ``inf`` too: stored, they would enter every correlation). Nothing is written then.
+        number (``nan``, ``inf`` too: stored, they would enter every correlation), two lines giving one
+        model's metric (same source, revision, benchmark and split) different values. Nothing is written then.
     """
     data = _as_dataset(dataset)
     try:
@@ -716,7 +721,9 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
     for need in ("model_id", "metric", "value"):
         if need not in fields:
             raise InvalidInputError(path, f"CSV needs columns model_id, metric, value (has {reader.fieldnames})")
-    records = list(reader)
+    records = []
+    for rec in reader:
+        records.append((reader.line_num, rec))  # the line the row ends on (a quoted cell may span lines)
 
     def cell(rec, name):
         f = fields.get(name)
@@ -725,10 +732,13 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         return v if v not in ("", None) else None
 
     known = _known_models(data)
-    rows = []
-    for rec in records:
+    rows, seen = [], {}
+    for line, rec in records:
         mid, metric, value = cell(rec, "model_id"), cell(rec, "metric"), cell(rec, "value")
         if not mid or not metric or value is None:
+            if left_out is not None and any(v not in ("", None) for v in rec.values()):  # (not a blank line)
+                left_out.append((line, "no " + " or ".join(n for n, v in (("model_id", mid), ("metric", metric),
+                                                                         ("value", value)) if v is None)))
             continue
         text = value.strip() if isinstance(value, str) else value
         if isinstance(text, str) and "," in text:  # thousands separators only: "0,8" is not 8
@@ -749,6 +759,17 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
         if src in (None, LOCAL):
             mid, src = _match_model(mid, src, known)
         hib = _parse_bool(cell(rec, "higher_is_better"))
+        key = (src, mid, cell(rec, "revision"), cell(rec, "benchmark") or benchmark, cell(rec, "split"), metric)
+        if key in seen:
+            first, earlier = seen[key]
+            if earlier != value:
+                raise InvalidInputError(path, f"{metric} of {mid} is given twice: {earlier:g} on line {first}, "
+                                              f"{value:g} on line {line} (one value per model, metric, "
+                                              "benchmark and split)")
+            if left_out is not None:
+                left_out.append((line, f"the same as line {first}"))
+            continue
+        seen[key] = (line, value)
         rows.append({"source": src, "model_id": mid, "revision": cell(rec, "revision"),
                      "benchmark": cell(rec, "benchmark") or benchmark, "split": cell(rec, "split"),
                      "metric": metric, "value": value,

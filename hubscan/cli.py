@@ -1382,8 +1382,9 @@ def cmd_accuracy(args) -> int:
         done.append(("timm results", path, accuracy.ingest_timm_results(data, path, image_size=args.image_size)))
     for path in args.leaderboard or []:
         done.append(("leaderboard", path, accuracy.ingest_leaderboard(data, path)))
+    left_out = {}  # csv path -> [(line, reason)]
     for path in args.csv or []:
-        done.append(("csv", path, accuracy.ingest_csv(data, path)))
+        done.append(("csv", path, accuracy.ingest_csv(data, path, left_out=left_out.setdefault(path, []))))
     if args.cards:
         done.append(("model cards", "models.eval_results", accuracy.ingest_card_results(data)))
     console = _console(args)
@@ -1392,6 +1393,10 @@ def cmd_accuracy(args) -> int:
         m = accuracy.match_report(data, table)
         console.print(f"{what} {path}: {table.num_rows} accuracy rows for {m['models']} models written to "
                       f"{args.dataset}; {m['matched']} of them match a surveyed model", highlight=False)
+        if left_out.get(path) and what == "csv":  # rows of the user's file not written: each with its line
+            rows = left_out[path]
+            _say(console, f"{len(rows)} row(s) left out: " + ", ".join(f"line {n} ({why})" for n, why in rows[:5])
+                 + (f" … ({len(rows)} in all)" if len(rows) > 5 else ""))
         if what == "csv" and m["matched"] and m["unmatched"]:  # the user's own rows: say which found no model
             _say(console, f"not in the dataset: {', '.join(m['unmatched'][:5])}"
                           + (f" … ({len(m['unmatched'])} in all)" if len(m["unmatched"]) > 5 else ""))

@@ -7,7 +7,10 @@ import csv
 import datetime as dt
 import itertools
 import math
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -497,6 +500,30 @@ def test_ingest_csv_reads_thousands_separators(tmp_path):
     p = tmp_path / "a.csv"
     p.write_text('model_id,metric,value\nm0,params,"1,234,567.5"\nm1,params,-12\n')
     assert ingest_csv(ds, p).column("value").to_pylist() == [1234567.5, -12.0]
+
+
+def test_ingest_csv_names_the_rows_it_leaves_out(tmp_path):
+    """A row without a value (a model not evaluated) or repeating an earlier line is not written — and said,
+    with its line; a metric given two different values for one model is refused, both lines named."""
+    ds = Dataset(str(tmp_path / "ds"))
+    p = tmp_path / "a.csv"
+    p.write_text('model_id,metric,value\nm0,top1,70.5\nm1,top1,\n\n,top1,3\nm0,top1,70.5\n"m2",top1,"71"\n')
+    left: list = []
+    assert ingest_csv(ds, p, left_out=left).column("model_id").to_pylist() == ["m0", "m2"]
+    assert left == [(3, "no value"), (5, "no model_id"), (6, "the same as line 2")]
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "accuracy", "--dataset", str(tmp_path / "ds2"),
+                           "--create", "--csv", str(p)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "80"})
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr
+    assert ("3 row(s) left out: line 3 (no value), line 5 (no model_id), line 6 (the same as line 2)"
+            in " ".join(out.split())), out
+    p.write_text("model_id,metric,value,split\nm0,top1,70.5,val\nm0,top1,70.5,test\nm0,top1,71,val\n")
+    with pytest.raises(ValueError) as e:
+        ingest_csv(ds, p)
+    assert str(e.value) == (f"{p}: top1 of m0 is given twice: 70.5 on line 2, 71 on line 4 (one value per model, "
+                            "metric, benchmark and split)")
+    assert read_accuracy(ds)["model_id"].tolist() == ["m0", "m2"]  # nothing written by the refused file
 
 
 def test_ingest_csv_that_is_not_text_names_the_file(tmp_path):
