@@ -125,8 +125,11 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
 
 def not_found_reason(path: str | os.PathLike) -> str:
     """Why a path given as a model reference cannot be opened: "no such file or folder", naming the
-    registered schemes when it reads as ``SCHEME:…`` with a scheme no source has (``hff:org/x``)."""
+    registered schemes when it reads as ``SCHEME:…`` with a scheme no source has (``hff:org/x``), or the
+    target of a dangling symbolic link."""
     text = os.fspath(path)
+    if os.path.islink(text):
+        return f"a link to {os.readlink(text)}, which does not exist"
     here = os.path.relpath(text) if os.path.isabs(text) else text
     scheme, colon, _ = here.partition(":")
     if colon and len(scheme) > 1 and scheme.replace("-", "").replace("_", "").replace(".", "").isalnum() \

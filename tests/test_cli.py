@@ -115,6 +115,15 @@ def test_analyze_folder_of_several_models_is_refused(tmp_path):
     assert rc == 0, err
     rc, out, err = run_cli("analyze", "nope", cwd=tmp_path)
     assert rc == 1 and err.strip() == "hubscan: error: nope: no such file or folder"  # not /abs/path/nope
+    # a dangling link (an HF cache snapshot whose blob is gone): where it points, not "no weight files found"
+    (tmp_path / "snap").mkdir()
+    (tmp_path / "snap" / "model.safetensors").symlink_to(tmp_path / "blobs" / "9f2c")
+    (tmp_path / "gone").symlink_to(tmp_path / "elsewhere")
+    for ref, link in (("snap", "snap/model.safetensors"), ("snap/model.safetensors", "snap/model.safetensors"),
+                      ("gone", "gone")):
+        rc, out, err = run_cli("analyze", ref, cwd=tmp_path)
+        target = "elsewhere" if ref == "gone" else "blobs/9f2c"  # (paths under the working folder: relative)
+        assert rc == 1 and err.strip() == f"hubscan: error: {link}: a link to {target}, which does not exist", err
     rc, out, err = run_cli("analyze", "hff:org/model", cwd=tmp_path)  # a typo of a scheme: the schemes named
     assert rc == 1 and err.strip() == ("hubscan: error: hff:org/model: no such file or folder, and hff: is not a "
                                        "model reference scheme (hf:, list:, local:, timm:)")

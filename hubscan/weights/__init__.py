@@ -246,12 +246,16 @@ def folder_listing(folder: str | os.PathLike) -> list[str]:
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
             continue
-        if child.is_file():
+        if child.is_file() or _dangling(child):  # a dangling link is listed: opening it says where it points
             out.append(child.name)
         elif child.is_dir():
             out += [f"{child.name}/{g.name}" for g in sorted(child.iterdir())
-                    if g.is_file() and not g.name.startswith(".")]
+                    if (g.is_file() or _dangling(g)) and not g.name.startswith(".")]
     return out
+
+
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def open_chosen(root: str | os.PathLike, chosen: Iterable[str], open_file: Callable[[str], WeightSet] | None = None,
@@ -289,7 +293,8 @@ def open_chosen(root: str | os.PathLike, chosen: Iterable[str], open_file: Calla
 def _open_local(root: str, rel: str) -> WeightSet:
     path = os.path.join(root, rel)
     if not os.path.isfile(path):
-        raise NoWeightsError(storable(path), "no such file")
+        from hubscan.refs import not_found_reason
+        raise NoWeightsError(storable(path), not_found_reason(path) if os.path.islink(path) else "no such file")
     if (undecodable := undecodable_path(path)) is not None:
         raise undecodable
     return reader_for(path).open(path)
