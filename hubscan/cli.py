@@ -1624,6 +1624,14 @@ def _error_line(exc: BaseException, where: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hubscan`` command. Returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command runs (the option checks import torch: seconds)
+        print("hubscan: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "check", None):

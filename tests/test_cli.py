@@ -752,3 +752,26 @@ def test_survey_refuses_a_filter_its_source_does_not_take(tmp_path):
     assert not (tmp_path / "ds").exists()
     rc, out, err = run_cli("survey", "--source", "timm", "--out", tmp_path / "ds", "--author", "me", columns=80)
     assert rc == 2 and "takes no --author (its filters: --filter, --exclude)" in " ".join(err.split()), err
+
+
+def test_ctrl_c_before_the_command_runs_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the options are checked (they import torch: seconds on a cold start) ends as Ctrl-C
+    during the command does — "hubscan: interrupted", exit 130 — not a traceback through torch's imports."""
+    from hubscan import cli
+
+    def checked(parser, args):
+        raise KeyboardInterrupt  # where the signal lands when it comes during `import torch`
+    real = cli.build_parser
+
+    def parser_with_interrupted_check():
+        p = real()
+        for action in p._subparsers._group_actions[0].choices.values():
+            action.set_defaults(check=checked)
+        return p
+    monkeypatch.setattr(cli, "build_parser", parser_with_interrupted_check)
+    try:
+        rc = cli.main(["analyze", "nope"])
+    except KeyboardInterrupt:  # (escaping, it would stop the whole test session)
+        pytest.fail("the interrupt escaped hubscan.cli.main")
+    assert rc == 130
+    assert capsys.readouterr().err == "hubscan: interrupted\n"
