@@ -427,6 +427,12 @@ def _check_plot(path: str) -> None:
     writable = folder if os.path.isdir(folder) else parent
     if not os.access(writable, os.W_OK | os.X_OK):
         raise HubscanError(path, f"folder {writable} is not writable")
+    if not os.path.isdir(folder):  # made and removed again: what access() cannot tell (/proc, a read-only mount)
+        try:
+            os.mkdir(folder)
+            os.rmdir(folder)
+        except OSError as exc:
+            raise HubscanError(path, f"cannot be created ({(exc.strerror or str(exc)).lower()})") from None
 
 
 # -- analyze ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ choices and ranges the CLI refused before the API checked them.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -122,3 +123,10 @@ def test_plot_destination_checked_before_the_analysis(tmp_path):
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "notes.txt: exists as a file, not a folder" in err and out == ""  # nothing analyzed
     assert not (tmp_path / "x.csv").exists() and (tmp_path / "notes.txt").read_text() == "mine"
+    # a folder access() calls writable but that cannot be made (/proc refuses every mkdir, root or not)
+    if os.path.isdir("/proc/self"):
+        rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", "/proc/hubscan-plots")
+        assert rc == 2 and "/proc/hubscan-plots: cannot be created (" in err and out == "", err
+    ok = tmp_path / "plots"  # a folder that can be made is not left behind by the check
+    rc, out, err = run_cli("analyze", CASES / "nope.safetensors", "--plot", ok)
+    assert rc == 1 and not ok.exists(), err
