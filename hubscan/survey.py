@@ -571,12 +571,50 @@ class RowBuffer:
         return batch
 
 
+def code_identity() -> str:
+    """The hubscan this process imports: its version and a digest of its Python sources, e.g.
+    ``0.1.0+3f9a0c1d2b4e`` (SHA-256 of every ``.py`` file under the package, with its relative path).
+
+    A survey's actors must run the driver's code: rows of one config hash from two versions of the analysis
+    would sit side by side in the dataset, indistinguishable. An editable install keeps its version number
+    while its code changes, hence the digest."""
+    import hashlib
+    from pathlib import Path
+
+    import hubscan
+
+    root = Path(hubscan.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{hubscan.__version__}+{digest.hexdigest()[:12]}"
+
+
+def check_code(driver: str | None) -> None:
+    """Refuse to run an actor whose hubscan is not the driver's (:func:`code_identity`).
+
+    Raises
+    ------
+    hubscan.errors.HubscanError
+        One line naming both and where this worker's hubscan is.
+    """
+    if driver is None:
+        return
+    mine = code_identity()
+    if mine != driver:
+        import hubscan
+        raise HubscanError(f"hubscan on {socket.gethostname()}",
+                           f"is {mine} ({os.path.dirname(hubscan.__file__)}), the survey's driver runs {driver}: "
+                           "install the same hubscan on every node (rows of two versions would mix in one dataset)")
+
+
 class _Worker:
     """The analysis actor's body (wrapped by ``ray.remote`` in :meth:`Survey.start_pool`)."""
 
     def __init__(self, out: str, storage_options: dict, options: AnalyzeOptions, cfg_hash: str, survey_id: str,
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
-                 plugins: tuple = (), budget=None, content=None):
+                 plugins: tuple = (), budget=None, content=None, code: str | None = None):
+        check_code(code)  # before anything else: a worker with another hubscan analyzes nothing
         import torch
         from hubscan.esd.eigen import choose_eigh_backend, resolve_device
         from hubscan.registry import load_plugins
@@ -1006,10 +1044,11 @@ class Survey:
         # content dedupe: the dataset's analyzed contents, then what this survey's actors claim
         self.content_actor = ray.remote(ContentIndex).options(num_cpus=0).remote(self.known_contents())
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
+        code = code_identity()  # each actor checks that it runs this code (check_code)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,
                                                 self.survey_id, config.hub, config.keep_esd, int(cpa),
                                                 config.flush_models, config.flush_seconds, tuple(plugin_modules()),
-                                                self.budget_actor, self.content_actor)
+                                                self.budget_actor, self.content_actor, code)
         self.actors: dict = {}     # ready actor -> tasks queued on it
         self.starting: dict = {}   # readiness future -> actor
         self.inflight: dict = {}   # future -> (actor, Task or None for a flush)

@@ -5,6 +5,7 @@ of ``jobs/survey.py`` to a head node started by the test. Every model must end i
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -344,6 +345,34 @@ def test_actors_that_cannot_start_stop_the_survey_in_one_line(tmp_path):
     ds = Dataset(str(out), create=False)
     assert [r["interrupted"] for r in ds.read("surveys").to_pylist()] == [True]
     assert ds.read("models").num_rows == 0
+
+
+def test_actors_running_another_hubscan_refuse_to_start(tmp_path):
+    """A worker whose ``hubscan`` imports fine but is not the driver's (a stale install on a node; here a copy
+    with one line changed, in the folder Ray puts first on the workers' path) would add rows of other code under
+    the same config hash: its actors refuse to start, naming both versions, and the survey stops in one line."""
+    import shutil
+
+    import hubscan
+    from hubscan.store import Dataset
+    from hubscan.survey import code_identity
+    models, out, work = _tiny_models(tmp_path / "many"), tmp_path / "ds", tmp_path / "work"
+    shutil.copytree(Path(hubscan.__file__).parent, work / "hubscan", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(work / "hubscan" / "analysis.py", "a") as f:
+        f.write("\n# an older analysis\n")
+    proc = subprocess.run([sys.executable, "-P", "-m", "hubscan.cli", "survey", "--source", f"local:{models}",
+                           "--out", str(out), "--no-progress"], cwd=work,  # -P: the driver itself imports ours
+                          env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True, check=False,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hubscan:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    ours = code_identity()
+    assert errors[0].startswith("hubscan: error: analysis actors: 3 failed to start and none runs: hubscan on "), errors
+    assert f"the survey's driver runs {ours}: install the same hubscan on every node" in errors[0], errors
+    theirs = re.search(r": is (\S+) \(", errors[0]).group(1)
+    assert theirs.split("+")[0] == ours.split("+")[0] and theirs != ours  # same version number, other code
+    assert Dataset(str(out), create=False).read("models").num_rows == 0
 
 
 def test_actor_start_error_is_the_workers_reason_without_class_names():
