@@ -218,6 +218,19 @@ def test_list_with_bad_lines_names_every_one_before_anything_starts(tmp_path, ca
     assert not out.exists()
 
 
+def test_list_surveys_a_model_once_whatever_the_spelling_of_its_path(tmp_path, monkeypatch):
+    """models/a, ./models//a and its absolute path are one model: one reference (normalised, the first line's
+    spelling), not three ids for the same files; other references are kept in order."""
+    from hubscan.sources import enumerate_models
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"./models//a.safetensors\nhf:org/x\nmodels/a.safetensors\n{tmp_path}/models/a.safetensors\n"
+                       "hf:org/x\nhf:org/x@v2\nmodels/b.safetensors\n")
+    refs = [str(ref) for ref, _ in enumerate_models(f"list:{listing}")]
+    assert refs == ["models/a.safetensors", "hf:org/x", "hf:org/x@v2", "models/b.safetensors"], refs
+
+
 def test_query_commands_on_missing_and_partial_datasets(tmp_path, capsys, cases_dir):
     from hubscan.cli import main
     for cmd in (["sql", "SELECT count(*) FROM models"], ["correlate"], ["report", "--out", str(tmp_path / "r.html")]):

@@ -1,12 +1,16 @@
 """``list:FILE`` — a text file of model references, one per line (``#`` starts a comment).
 
 Each line is any reference :func:`hubscan.refs.parse_ref` accepts (``hf:ORG/NAME@REV``, ``timm:NAME``, a
-path …) and is owned by the source its scheme names; this source only enumerates.
+path …) and is owned by the source its scheme names; this source only enumerates. A path is normalised
+(``./models//a`` → ``models/a``; relative paths stay relative, to the folder the survey runs in), and a model
+listed twice — the same reference, or two spellings of one path — is surveyed once, under its first line's id.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import os
 
 from hubscan.errors import SourceError
 from hubscan.refs import ModelRef, parse_ref
@@ -30,14 +34,21 @@ class ListSource:
                 lines = [ln.split("#", 1)[0].strip() for ln in f]
         except OSError as exc:
             raise SourceError(arg, f"cannot read the list of models ({exc.strerror or exc})") from exc
-        refs, bad = [], []
+        refs, bad, seen = [], [], set()
         for number, line in enumerate(lines, 1):  # every line checked before the survey starts: all typos at once
             if not line:
                 continue
             try:
-                refs.append(parse_ref(line))
+                ref = parse_ref(line)
             except (ValueError, LookupError) as exc:
                 bad.append(f"line {number}: {' '.join(str(exc).split())}")
+                continue
+            if ref.source == "local":  # one path, one id: models/a, ./models/a and models//a are one model
+                ref = dataclasses.replace(ref, id=os.path.normpath(ref.id))
+            same = (ref.source, os.path.realpath(ref.id) if ref.source == "local" else ref.id, ref.revision)
+            if same not in seen:  # a model listed twice (or by two spellings of its path) is surveyed once
+                seen.add(same)
+                refs.append(ref)
         if bad:
             raise SourceError(arg, f"{len(bad)} line(s) are not model references: " + "; ".join(bad[:3])
                               + (" …" if len(bad) > 3 else ""))
