@@ -757,3 +757,38 @@ def test_read_buffers_rules(monkeypatch):
     monkeypatch.setattr(buffers, "REUSE", False)               # e.g. a free-threaded build: no pooling at all
     fresh = ReadBuffers()
     assert fresh.tensor(1 << 20).numel() == 1 << 20 and not fresh._bufs
+
+
+def test_eager_mode_quantized_tensors_are_dequantized_quietly(tmp_path):
+    """torch's qint8 / quint8 tensors (eager-mode quantization, per tensor or per channel) are read as
+    (q − zero_point) · scale — computed here from their integers and parameters with numpy — in float32, the
+    row saying so; loading them prints none of torch's deprecation notices (TypedStorage, quantized tensors)."""
+    import subprocess
+    import sys
+
+    import hubscan
+    g = torch.Generator().manual_seed(0)
+    w = [torch.randn(64, 32, generator=g) for _ in range(3)]
+    with pytest.warns(UserWarning):  # (torch's own notice, creating them)
+        q = {"a.weight": torch.quantize_per_tensor(w[0], 0.02, 3, torch.qint8),
+             "b.weight": torch.quantize_per_channel(w[1], torch.rand(64, generator=g) / 20 + 0.01,
+                                                    torch.randint(-5, 5, (64,), generator=g), 0, torch.qint8),
+             "c.weight": torch.quantize_per_tensor(w[2], 0.03, 128, torch.quint8)}
+    path = tmp_path / "quantized.pt"
+    torch.save(q, path)
+    ref = {}
+    for name, t in q.items():
+        ints = t.int_repr().numpy().astype(np.float32)  # in float32, as torch's kernel computes it
+        if t.qscheme() == torch.per_tensor_affine:
+            ref[name] = (ints - np.float32(t.q_zero_point())) * np.float32(t.q_scale())
+        else:
+            ref[name] = ((ints - t.q_per_channel_zero_points().numpy()[:, None].astype(np.float32))
+                         * t.q_per_channel_scales().numpy()[:, None].astype(np.float32))
+    got = {r["name"]: r for r in hubscan.analyze(str(path), mp_fit=False).rows}
+    want = {r["name"]: r for r in hubscan.analyze({k: torch.from_numpy(v) for k, v in ref.items()}, mp_fit=False).rows}
+    for name, t in q.items():
+        scheme = "per_tensor_affine" if t.qscheme() == torch.per_tensor_affine else "per_channel_affine"
+        assert got[name]["status"] == "success" and got[name]["reason"] == f"dequantized ({str(t.dtype)[6:]} {scheme})"
+        assert got[name]["alpha"] == pytest.approx(want[name]["alpha"], rel=1e-12), name
+    proc = subprocess.run([sys.executable, "-m", "hubscan.cli", "analyze", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

@@ -67,6 +67,7 @@ import pathlib
 import pickle
 import re
 import struct
+import warnings
 import zipfile
 import zlib
 
@@ -490,7 +491,9 @@ def _guarded(loader, where: str, *args, **kw) -> object:
     tensors it built are validated as ``torch.load`` does (indices inside their size: ``to_dense`` would
     otherwise read out of bounds)."""
     try:
-        obj = loader(where, *args, **kw)
+        with warnings.catch_warnings():  # torch's notices about its own API (TypedStorage, quantized tensors
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")  # deprecated) say
+            obj = loader(where, *args, **kw)                                          # nothing of the file
         with torch.sparse.check_sparse_tensor_invariants():  # turns the check on
             torch._utils._validate_loaded_sparse_tensors()
         return obj
@@ -770,6 +773,10 @@ def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> 
         why = f"{t.kind}: not a weight matrix" if t.understood else t.kind
         return TensorEntry(name, (), "", where, lambda: torch.empty(0), skip_reason=why, understood=t.understood)
     dtype = str(t.dtype).removeprefix("torch.")
+    if t.is_quantized:  # qint8 / quint8 / qint32 (eager-mode quantization): torch's own dequantize, float32
+        scheme = str(t.qscheme()).removeprefix("torch.")
+        return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_dequantized, t),
+                           layout=f"{dtype} {scheme}")
     if t.layout != torch.strided:
         layout = str(t.layout).removeprefix("torch.")
         dense = t.numel() * t.element_size()
@@ -781,6 +788,11 @@ def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> 
     storage = (where, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
     return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(torch.Tensor.detach, t),
                        storage=storage if t.numel() else None)
+
+
+def _dequantized(t: torch.Tensor) -> torch.Tensor:
+    """(q − zero_point) · scale, per tensor or per channel, as float32 (``torch.Tensor.dequantize``)."""
+    return t.detach().dequantize().float()
 
 
 def _densify(t: torch.Tensor) -> torch.Tensor:
