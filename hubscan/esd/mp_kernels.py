@@ -105,40 +105,23 @@ def fmin_1d(s0, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq, xatol=1e-4, fato
         fxr = residual(xr, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq)
         calls += 1
         shrink = False
-        done = True  # False: scipy's maxfun error mid-iteration (the iteration is not counted)
-        if fxr < f0:
-            if calls >= maxfun:
-                done = False
+        done = calls < maxfun  # False: scipy's maxfun error mid-iteration (the iteration is not counted)
+        if done:  # expansion past the reflection, or a contraction outside / inside
+            step = 0 if fxr < f0 else (1 if fxr < f1 else 2)
+            if step == 0:
+                xt = 3 * xbar - 2 * x1
+            elif step == 1:
+                xt = 1.5 * xbar - 0.5 * x1
             else:
-                xe = 3 * xbar - 2 * x1
-                fxe = residual(xe, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq)
-                calls += 1
-                if fxe < fxr:
-                    x1, f1 = xe, fxe
-                else:
-                    x1, f1 = xr, fxr
-        elif fxr < f1:
-            if calls >= maxfun:
-                done = False
+                xt = 0.5 * xbar + 0.5 * x1
+            ft = residual(xt, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq)
+            calls += 1
+            if step == 0:
+                x1, f1 = (xt, ft) if ft < fxr else (xr, fxr)
+            elif (ft <= fxr) if step == 1 else (ft < f1):
+                x1, f1 = xt, ft
             else:
-                xc = 1.5 * xbar - 0.5 * x1
-                fxc = residual(xc, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq)
-                calls += 1
-                if fxc <= fxr:
-                    x1, f1 = xc, fxc
-                else:
-                    shrink = True
-        else:
-            if calls >= maxfun:
-                done = False
-            else:
-                xcc = 0.5 * xbar + 0.5 * x1
-                fxcc = residual(xcc, kx, ky, c2, Q, r, peak_x, penalty, quarter, sq)
-                calls += 1
-                if fxcc < f1:
-                    x1, f1 = xcc, fxcc
-                else:
-                    shrink = True
+                shrink = True
         if done and shrink:
             x1 = x0 + 0.5 * (x1 - x0)
             if calls >= maxfun:
@@ -203,9 +186,10 @@ def prepare(data: np.ndarray, kx: np.ndarray, Q: float, bw: float, thresh: float
 def mp_search(data: np.ndarray, kx: np.ndarray, grid: np.ndarray, Q: float, bw: float, thresh: float,
               coarse: int) -> tuple:
     """(index of the best grid σ, fitted MP scale σ), as WW 0.7.7's ``fit_density_with_range``
-    (:func:`hubscan.esd.mp.fit_mp` states the method): the KDE of ``data`` (the rescaled eigenvalues, or for Q = 1 their square roots; any order) on the
-    points ``kx``, the points whose density exceeds ``thresh`` kept, the best σ of ``grid`` (every
-    ``coarse``-th first, then every σ within ``coarse`` steps of the best of those) polished by Nelder–Mead.
+    (:func:`hubscan.esd.mp.fit_mp` states the method): the KDE of ``data`` (the rescaled eigenvalues, or for
+    Q = 1 their square roots; any order) on the points ``kx``, the points whose density exceeds ``thresh`` kept,
+    the best σ of ``grid`` (every ``coarse``-th first, then every σ within ``coarse`` steps of the best of
+    those) polished by Nelder–Mead.
 
     The coarse-to-fine search finds the grid's argmin when the residual over σ is one basin at the grid's
     resolution (the KDE is smooth at bandwidth 0.1; the penalised σ plateau on either side): the same index as
