@@ -251,8 +251,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fix-fingers", default="none", choices=["none", *FIX_FINGERS[1:]],
                    help="WeightWatcher's fix_fingers options (default: none)")
     g.add_argument("--tpl", action="store_true", help="also fit a truncated power law (column Lambda)")
-    g.add_argument("--no-mp-fit", dest="mp_fit", action="store_false",
-                   help="skip the Marchenko-Pastur bulk fit (and so the phase)")
+    g.add_argument("--mp-fit", dest="mp_fit", action=argparse.BooleanOptionalAction, default=True,
+                   help="the Marchenko-Pastur bulk fit and so the phase (default: on; --no-mp-fit is "
+                        "WeightWatcher's default, mp_fit=False)")
     g.add_argument("--randomize", action="store_true", help="compute rand_distance (one more eigensolve per layer)")
     g.add_argument("--split-fused", action="store_true", help="analyze fused q/k/v and RNN gates block by block")
     g.add_argument("--conv-slices", action="store_true", help="one row per conv slice instead of a pooled ESD")
@@ -1100,16 +1101,18 @@ def _sql_table(cols: list[str], rows: list, width: int):
         room -= grow
     how = {i: "list" if lists[i] else "middle" if whole[i] else "end" for i in keep}
     shown = {i: [_sql_cut(r[i], fixed[i], how[i]) for r in cells] for i in keep}
+    shortened = []
     for i in keep:  # layer names: shortened as analyze shortens them (every index kept, distinct names distinct)
         if cols[i] == "name" and any(len(r[i]) > fixed[i] for r in cells):
             shown[i] = _short_names([r[i] for r in cells], fixed[i])
+            shortened.append(cols[i])
     t = Table()
     for i in keep:
         t.add_column(cols[i], width=fixed[i], no_wrap=True, overflow="ellipsis",
                      justify="right" if numeric[i] else "left")
     for k in range(len(cells)):
         t.add_row(*[shown[i][k] for i in keep])
-    return t, [cols[i] for i in range(len(cols)) if i not in keep]
+    return t, [cols[i] for i in range(len(cols)) if i not in keep], shortened
 
 
 #: DuckDB statement types whose result ``sql`` shows (SET, CREATE, INSERT, COPY … run, their status unshown).
@@ -1158,10 +1161,13 @@ def cmd_sql(args) -> int:
         for k, (cols, rows) in enumerate(results):
             if k:
                 console.print()
-            table, dropped = _sql_table(cols, rows, console.width)
+            table, dropped, shortened = _sql_table(cols, rows, console.width)
             console.print(table)
             if not rows:
                 _say(console, "(no rows)", indent=0)
+            if shortened:  # a shortened name pasted into a WHERE clause would match nothing: say so
+                _say(console, f"{', '.join(shortened)} shortened to fit {console.width} columns (encoder.layer.0. "
+                              "→ e.l.0.; --format csv or json shows whole names)", indent=0)
             if dropped:
                 _say(console, f"{len(dropped)} column(s) do not fit {console.width} columns: "
                               f"{', '.join(dropped[:8])}{' …' if len(dropped) > 8 else ''} (--format csv or json "

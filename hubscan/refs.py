@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import posixpath
+import stat
 
 from hubscan.registry import Registry
 
@@ -125,11 +126,20 @@ def parse_ref(text: str | os.PathLike) -> ModelRef:
 
 def not_found_reason(path: str | os.PathLike) -> str:
     """Why a path given as a model reference cannot be opened: "no such file or folder", naming the
-    registered schemes when it reads as ``SCHEME:…`` with a scheme no source has (``hff:org/x``), or the
-    target of a dangling symbolic link."""
+    registered schemes when it reads as ``SCHEME:…`` with a scheme no source has (``hff:org/x``), the target
+    of a dangling symbolic link, or what the path is when it is there but neither a file nor a folder (a
+    named pipe, a socket, a device)."""
     text = os.fspath(path)
-    if os.path.islink(text):
+    if os.path.islink(text) and not os.path.exists(text):
         return f"a link to {os.readlink(text)}, which does not exist"
+    try:
+        mode = os.stat(text).st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # there, but nothing to read
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        return f"is {kind}, not a file or folder hubscan reads"
     here = os.path.relpath(text) if os.path.isabs(text) else text
     scheme, colon, _ = here.partition(":")
     if colon and len(scheme) > 1 and scheme.replace("-", "").replace("_", "").replace(".", "").isalnum() \

@@ -1143,7 +1143,8 @@ def not_a_regular_file(path: str) -> str:
     if stat.S_ISREG(st.st_mode):
         return ""
     kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
-        stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        stat.S_ISBLK(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if \
+        stat.S_ISSOCK(st.st_mode) else "not a regular file"
     return f"is {kind}, not a file hubscan can write (give a file name)"
 
 

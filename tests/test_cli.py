@@ -124,6 +124,10 @@ def test_analyze_folder_of_several_models_is_refused(tmp_path):
         rc, out, err = run_cli("analyze", ref, cwd=tmp_path)
         target = "elsewhere" if ref == "gone" else "blobs/9f2c"  # (paths under the working folder: relative)
         assert rc == 1 and err.strip() == f"hubscan: error: {link}: a link to {target}, which does not exist", err
+    os.mkfifo(tmp_path / "pipe.safetensors")  # there, but nothing to read: not "no such file"
+    rc, out, err = run_cli("analyze", "pipe.safetensors", cwd=tmp_path)
+    assert rc == 1 and err.strip() == ("hubscan: error: pipe.safetensors: is a named pipe (FIFO), not a file or "
+                                       "folder hubscan reads"), err
     rc, out, err = run_cli("analyze", "hff:org/model", cwd=tmp_path)  # a typo of a scheme: the schemes named
     assert rc == 1 and err.strip() == ("hubscan: error: hff:org/model: no such file or folder, and hff: is not a "
                                        "model reference scheme (hf:, list:, local:, timm:)")
@@ -418,6 +422,8 @@ def test_sql_table_and_errors_at_80_columns(local_dataset):
     assert rc == 0 and all(len(line) <= 80 for line in out.splitlines()) and "do not fit" not in out, out
     # an id cut in the middle (its head and distinguishing tail stay); a layer name shortened as analyze does
     assert "3.14159" in out and re.search(r"│ org-with-…x{12,} │ (e\.|…)l\.11\.a\.[a-z.]*weight", out), out
+    assert ("name shortened to fit 80 columns (encoder.layer.0. → e.l.0.; --format csv or json shows whole names)"
+            in " ".join(out.split())), out  # pasted into a WHERE clause, a shortened name matches nothing
     # layer names that differ by an index keep it (a middle cut made MiniLM's layers 4 and 5 look alike)
     rc, out, err = run_cli("sql", "--dataset", "ds", f"SELECT * FROM (VALUES ('{long_id}', 'encoder.layer.4.attention."
                            f"self.value.weight', 8.44), ('{long_id}', 'encoder.layer.5.attention.self.value.weight', 7.84))"
@@ -775,3 +781,8 @@ def test_ctrl_c_before_the_command_runs_is_one_line(monkeypatch, capsys):
         pytest.fail("the interrupt escaped hubscan.cli.main")
     assert rc == 130
     assert capsys.readouterr().err == "hubscan: interrupted\n"
+
+
+def test_python_dash_m_hubscan_is_the_command():
+    p = subprocess.run([sys.executable, "-m", "hubscan", "--version"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.startswith("hubscan "), (p.stdout, p.stderr)

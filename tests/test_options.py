@@ -130,3 +130,14 @@ def test_plot_destination_checked_before_the_analysis(tmp_path):
     ok = tmp_path / "plots"  # a folder that can be made is not left behind by the check
     rc, out, err = run_cli("analyze", CASES / "nope.safetensors", "--plot", ok)
     assert rc == 1 and not ok.exists(), err
+
+
+def test_mp_fit_flag_both_ways():
+    """``--mp-fit`` (what a WeightWatcher user types for mp_fit=True) is accepted: it is the default;
+    ``--no-mp-fit`` turns the fit off; the survey takes the same pair."""
+    from hubscan.cli import build_parser
+    parser = build_parser()
+    for cmd in (["analyze", "m"], ["survey", "--source", "local:x", "--out", "d"]):
+        assert parser.parse_args(cmd).mp_fit is True
+        assert parser.parse_args([*cmd, "--mp-fit"]).mp_fit is True
+        assert parser.parse_args([*cmd, "--no-mp-fit"]).mp_fit is False

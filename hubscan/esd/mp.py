@@ -86,8 +86,12 @@ def fit_mp(evals: np.ndarray, N: int, M: int) -> MPFit:
     ------
     ValueError
         All eigenvalues are zero.
+    RuntimeError
+        The compiled search cannot be loaded (:func:`hubscan.esd.mp_kernels.ready`).
     """
     from hubscan.esd import mp_kernels  # numba: imported on the first fit
+
+    mp_kernels.ready()
 
     evals = np.asarray(evals, dtype=np.float64)
     total = float(evals.sum())

@@ -14,10 +14,15 @@ from WW's only in the order of its summation, and the Nelder–Mead steps are sc
 
 from __future__ import annotations
 
+import glob
+import logging
 import math
+import os
 
 import numpy as np
 from numba import njit
+
+log = logging.getLogger(__name__)
 
 
 
@@ -209,3 +214,49 @@ def mp_search(data: np.ndarray, kx: np.ndarray, grid: np.ndarray, Q: float, bw: 
         fine[j - lo] = residual(grid[j], kxg, kyg, c2, Q, r, peak_x, penalty, quarter, sq)
     start = grid[lo + _argmin(fine)]
     return lo + _argmin(fine), fmin_1d(start, kxg, kyg, c2, Q, r, peak_x, penalty, quarter, sq)
+
+
+_ready = False
+
+
+def ready() -> None:
+    """Load the compiled search once a process (or compile it), on a small spectrum of each law (Q > 1, Q = 1).
+
+    A cache numba cannot read — a damaged or truncated file in it, which would fail every fit — is removed
+    (this module's files only; numba writes them again) and the search compiled anew, with a warning naming
+    the folder.
+
+    Raises
+    ------
+    RuntimeError
+        The search still cannot be loaded or compiled (e.g. a damaged cache in a folder this process may not
+        change), naming the folder and what to do.
+    """
+    global _ready
+    if _ready:
+        return
+    try:
+        _probe()
+    except Exception as exc:  # noqa: BLE001 - numba's unpickling of a damaged file raises anything
+        folder = mp_search.stats.cache_path
+        log.warning("the MP fit's compiled code cached in %s could not be read (%s): compiling it again", folder,
+                    " ".join(str(exc).split())[:200] or type(exc).__name__)
+        for path in glob.glob(os.path.join(folder, __name__.rpartition(".")[2] + ".*")):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        try:
+            _probe()
+        except Exception as again:  # noqa: BLE001
+            raise RuntimeError(f"the MP fit's compiled code cannot be loaded from {folder} "
+                               f"({' '.join(str(again).split())[:200] or type(again).__name__}): remove that "
+                               "folder, or set NUMBA_CACHE_DIR to a writable one") from None
+    _ready = True
+
+
+def _probe() -> None:
+    kx = np.linspace(0.0, 3.0, 1000)
+    grid = np.arange(0.05, 2.0, 0.01)
+    for Q in (4.0, 1.0):
+        mp_search(np.linspace(0.2, 2.5, 32), kx, grid, Q, 0.1, 0.01, 8)
