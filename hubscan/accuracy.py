@@ -627,7 +627,7 @@ def _match_model(model_id: str, source: str | None, known: dict[str, set]) -> tu
 
     The id the dataset has, under its only source; else, for a path (``out/hub/net/v3.pt``,
     ``/abs/out/hub/net/v3.pt``, ``./net/v3.pt``), the local model whose id (relative to the
-    surveyed root) the path ends with, when exactly one does; else the id as given, ``local`` when it
+    surveyed root) the path ends with — of several, the longest — else the id as given, ``local`` when it
     looks like a path (:func:`_looks_local`) and ``hf`` otherwise.
     """
     cands = known.get(model_id, set())
@@ -637,8 +637,8 @@ def _match_model(model_id: str, source: str | None, known: dict[str, set]) -> tu
         path = posixpath.normpath(model_id.replace("\\", "/"))
         hits = [m for m, srcs in known.items() if LOCAL in srcs
                 and (path == m or path.endswith("/" + m.lstrip("/")))]
-        if len(hits) == 1:
-            return hits[0], LOCAL
+        if hits:  # the most specific (suffixes of one path differ in length): work/out/hub/x.pt over out/hub/x.pt
+            return max(hits, key=len), LOCAL
         return model_id, LOCAL
     return model_id, source or HUB
 

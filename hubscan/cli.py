@@ -422,6 +422,8 @@ def _check_plot(path: str) -> None:
     parent = os.path.dirname(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise HubscanError(path, "exists as a file, not a folder (--plot writes one PNG per layer into a folder)")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise HubscanError(path, f"{os.path.dirname(os.path.normpath(path))} is a file, not a folder")
     if not os.path.isdir(parent):
         raise HubscanError(path, f"folder {parent} does not exist (create it first; analyze creates only "
                                  "the plot folder itself)")
@@ -1661,6 +1663,8 @@ def _main(argv: list[str] | None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.ERROR, handlers=[handler])
+    if args.debug:  # hubscan's own debug lines, not numba's compiler dumps (tens of thousands of lines)
+        logging.getLogger("numba").setLevel(logging.WARNING)
     if args.quiet:
         warnings.simplefilter("ignore")
     received = []  # SIGTERM (kill, timeout, Slurm, Kubernetes) stops as Ctrl-C does: a KeyboardInterrupt

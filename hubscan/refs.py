@@ -17,6 +17,7 @@ Each source parses its own part after the colon (``Source.parse``, registered he
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -131,6 +132,11 @@ def not_found_reason(path: str | os.PathLike) -> str:
     named pipe, a socket, a device)."""
     text = os.fspath(path)
     if os.path.islink(text) and not os.path.exists(text):
+        try:
+            os.stat(text)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"a link to {os.readlink(text)}: a loop of symbolic links"
         return f"a link to {os.readlink(text)}, which does not exist"
     try:
         mode = os.stat(text).st_mode

@@ -124,6 +124,15 @@ def test_analyze_folder_of_several_models_is_refused(tmp_path):
         rc, out, err = run_cli("analyze", ref, cwd=tmp_path)
         target = "elsewhere" if ref == "gone" else "blobs/9f2c"  # (paths under the working folder: relative)
         assert rc == 1 and err.strip() == f"hubscan: error: {link}: a link to {target}, which does not exist", err
+    (tmp_path / "loopa").symlink_to("loopb")
+    (tmp_path / "loopb").symlink_to("loopa")
+    rc, out, err = run_cli("analyze", "loopa", cwd=tmp_path)
+    assert rc == 1 and err.strip() == "hubscan: error: loopa: a link to loopb: a loop of symbolic links", err
+    (tmp_path / "piped").mkdir()
+    os.mkfifo(tmp_path / "piped" / "model.safetensors")  # in a folder: named, not "no weight files found"
+    rc, out, err = run_cli("analyze", "piped", cwd=tmp_path)
+    assert rc == 1 and err.strip() == ("hubscan: error: piped/model.safetensors: is a named pipe (FIFO), not a "
+                                       "file or folder hubscan reads"), err
     os.mkfifo(tmp_path / "pipe.safetensors")  # there, but nothing to read: not "no such file"
     rc, out, err = run_cli("analyze", "pipe.safetensors", cwd=tmp_path)
     assert rc == 1 and err.strip() == ("hubscan: error: pipe.safetensors: is a named pipe (FIFO), not a file or "
@@ -786,3 +795,14 @@ def test_ctrl_c_before_the_command_runs_is_one_line(monkeypatch, capsys):
 def test_python_dash_m_hubscan_is_the_command():
     p = subprocess.run([sys.executable, "-m", "hubscan", "--version"], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.startswith("hubscan "), (p.stdout, p.stderr)
+
+
+def test_debug_shows_hubscans_lines_not_numbas(tmp_path):
+    """``--debug`` while the MP search compiles (a fresh numba cache): numba's own debug loggers printed tens of
+    thousands of compiler lines, burying hubscan's."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "nb")}
+    p = subprocess.run([sys.executable, "-m", "hubscan", "--debug", "analyze", str(CASES / "ok_small.safetensors")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not [ln for ln in p.stderr.splitlines() if " numba" in ln], p.stderr[:2000]
+    assert "DEBUG hubscan" in p.stderr

@@ -686,3 +686,16 @@ def test_fit_stats_slope_se_and_p_match_linregress():
     assert f["slope_se"] == pytest.approx(lr.stderr, rel=1e-12)
     assert f["pearson_p"] == pytest.approx(lr.pvalue, rel=1e-9) and f["r2"] == pytest.approx(lr.rvalue ** 2, rel=1e-12)
     assert math.isnan(fit_stats([1, 2], [3, 4])["slope_se"])
+
+
+def test_a_csv_path_names_the_most_specific_local_model():
+    """A path in an accuracy CSV is the local model whose id it ends with; where several ids match (a model
+    surveyed from two folders: out/hub/x.pt and work/out/hub/x.pt), the longest, the most specific — not the
+    path as given, which matched nothing."""
+    from hubscan.accuracy import _match_model
+    known = {"out/hub/net/x.pt": {"local"}, "work/out/hub/net/x.pt": {"local"}, "a/y.pt": {"local"},
+             "b/y.pt": {"local"}, "org/model": {"hf"}}
+    assert _match_model("/abs/work/out/hub/net/x.pt", None, known) == ("work/out/hub/net/x.pt", "local")
+    assert _match_model("./out/hub//net/x.pt", None, known) == ("out/hub/net/x.pt", "local")
+    assert _match_model("/abs/c/y.pt", None, known) == ("/abs/c/y.pt", "local")  # no id it ends with: as given
+    assert _match_model("org/model", None, known) == ("org/model", "hf")

@@ -127,6 +127,8 @@ def test_plot_destination_checked_before_the_analysis(tmp_path):
     if os.path.isdir("/proc/self"):
         rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", "/proc/hubscan-plots")
         assert rc == 2 and "/proc/hubscan-plots: cannot be created (" in err and out == "", err
+    rc, out, err = run_cli("analyze", CASES / "ok_small.safetensors", "--plot", "notes.txt/sub", cwd=tmp_path)
+    assert rc == 2 and "notes.txt/sub: notes.txt is a file, not a folder" in err and out == "", err
     ok = tmp_path / "plots"  # a folder that can be made is not left behind by the check
     rc, out, err = run_cli("analyze", CASES / "nope.safetensors", "--plot", ok)
     assert rc == 1 and not ok.exists(), err

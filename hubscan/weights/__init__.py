@@ -246,16 +246,17 @@ def folder_listing(folder: str | os.PathLike) -> list[str]:
     for child in sorted(folder.iterdir()):
         if child.name.startswith("."):
             continue
-        if child.is_file() or _dangling(child):  # a dangling link is listed: opening it says where it points
+        if child.is_file() or _unreadable(child):  # listed: opening it says what it is (a dangling link …)
             out.append(child.name)
         elif child.is_dir():
             out += [f"{child.name}/{g.name}" for g in sorted(child.iterdir())
-                    if (g.is_file() or _dangling(g)) and not g.name.startswith(".")]
+                    if (g.is_file() or _unreadable(g)) and not g.name.startswith(".")]
     return out
 
 
-def _dangling(path: Path) -> bool:
-    return path.is_symlink() and not path.exists()
+def _unreadable(path: Path) -> bool:
+    """A dangling link, or something there that is neither a file nor a folder (a named pipe, a socket)."""
+    return (path.is_symlink() and not path.exists()) or (path.exists() and not path.is_file() and not path.is_dir())
 
 
 def open_chosen(root: str | os.PathLike, chosen: Iterable[str], open_file: Callable[[str], WeightSet] | None = None,
@@ -294,7 +295,7 @@ def _open_local(root: str, rel: str) -> WeightSet:
     path = os.path.join(root, rel)
     if not os.path.isfile(path):
         from hubscan.refs import not_found_reason
-        raise NoWeightsError(storable(path), not_found_reason(path) if os.path.islink(path) else "no such file")
+        raise NoWeightsError(storable(path), not_found_reason(path) if os.path.lexists(path) else "no such file")
     if (undecodable := undecodable_path(path)) is not None:
         raise undecodable
     return reader_for(path).open(path)
