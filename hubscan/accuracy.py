@@ -721,10 +721,6 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
     for need in ("model_id", "metric", "value"):
         if need not in fields:
             raise InvalidInputError(path, f"CSV needs columns model_id, metric, value (has {reader.fieldnames})")
-    records = []
-    for rec in reader:
-        records.append((reader.line_num, rec))  # the line the row ends on (a quoted cell may span lines)
-
     def cell(rec, name):
         f = fields.get(name)
         v = rec.get(f) if f else None
@@ -733,7 +729,8 @@ def ingest_csv(dataset, path, *, source: str | None = None, benchmark: str = "cu
 
     known = _known_models(data)
     rows, seen = [], {}
-    for line, rec in records:
+    for rec in reader:
+        line = reader.line_num  # the line the row ends on (a quoted cell may span lines)
         mid, metric, value = cell(rec, "model_id"), cell(rec, "metric"), cell(rec, "value")
         if not mid or not metric or value is None:
             if left_out is not None and any(v not in ("", None) for v in rec.values()):  # (not a blank line)

@@ -785,12 +785,14 @@ def _hub_budget(value: str) -> dict:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: The survey's source-filter options (their ``args`` names); each source takes those in its ``filters``.
+SOURCE_FILTERS = ("filter", "author", "search", "pipeline_tag", "sort", "exclude")
+
+
 def _survey_config(args):
     from hubscan.survey import SurveyConfig
 
-    filters = {k: v for k, v in {"filter": args.filter, "author": args.author, "search": args.search,
-                                 "pipeline_tag": args.pipeline_tag, "sort": args.sort,
-                                 "exclude": args.exclude}.items() if v is not None}
+    filters = {k: getattr(args, k) for k in SOURCE_FILTERS if getattr(args, k) is not None}
     from hubscan.sources import parse_spec
     accepted = parse_spec(args.source)[0].filters
     filters = {k: v for k, v in filters.items() if k in accepted}
@@ -967,7 +969,7 @@ def _check_source_filters(parser, args) -> None:
         source = parse_spec(args.source)[0]
     except HubscanError:
         return  # the survey names a source it cannot parse
-    given = [k for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude") if getattr(args, k) is not None]
+    given = [k for k in SOURCE_FILTERS if getattr(args, k) is not None]
     extra = [k for k in given if k not in source.filters]
     if extra:
         takes = ", ".join("--" + k.replace("_", "-") for k in source.filters) or "none"
@@ -983,7 +985,7 @@ def _check_lineage(parser, args) -> None:
     from hubscan.sources.hf import HubSource
     if args.source != HubSource.name:
         parser.error(f"--lineage needs --source {HubSource.name}")
-    if any(getattr(args, k) for k in ("filter", "author", "search", "pipeline_tag", "sort", "exclude")):
+    if any(getattr(args, k) for k in SOURCE_FILTERS):
         parser.error("--lineage enumerates by base_model tags: no --filter/--author/--search/--pipeline-tag/--sort")
 
 
