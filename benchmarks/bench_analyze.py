@@ -21,8 +21,9 @@ Sections (see ``benchmarks/README.md`` for how to read the output):
 The floor
 ---------
 For every matrix WW analyzes (the same list, taken from WW's details), with W already in memory
-as a contiguous float64 torch tensor: ``torch.linalg.eigvalsh(W.T @ W)`` when rows ≥ cols, else
-``torch.linalg.eigvalsh(W @ W.T)`` (the M×M Gram matrix, M = min side). Timed: the Gram matmul and
+as a contiguous float64 tensor: ``eigvalsh(W.T @ W)`` when rows ≥ cols, else ``eigvalsh(W @ W.T)`` (the
+M×M Gram matrix, M = min side), in the CPU library hubscan chose on this machine (torch's or numpy's:
+``hubscan.esd.eigen.cpu_linalg``, printed; CUDA: torch's). Timed: the Gram matmul and
 eigvalsh, nothing else — no file reading, no dtype conversion, no finite check, no sorting or copy
 to numpy, no fit, no metrics. It is the arithmetic any exact float64 ESD must do.
 
@@ -197,6 +198,13 @@ def gram_floor_matrices(state: dict, names: list) -> list:
 
 
 def floor_run(mats: list) -> None:
+    """The floor, in the CPU library hubscan chose on this machine (``hubscan.esd.eigen.cpu_linalg``)."""
+    from hubscan.esd.eigen import cpu_linalg
+    if cpu_linalg() == "numpy":
+        for W in mats:
+            A = W.numpy()
+            np.linalg.eigvalsh(A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T)
+        return
     for W in mats:
         X = W.T @ W if W.shape[0] >= W.shape[1] else W @ W.T
         torch.linalg.eigvalsh(X)
@@ -249,9 +257,9 @@ def phase_breakdown(path: str, **opts) -> dict:
     """One hubscan run of ``path`` with timing wrappers around its phases; seconds per phase.
 
     Wrapped (restored afterwards): the reader's ``TensorEntry.load`` (read), ``hubscan.esd.eigen._gram``
-    (dtype conversion + finite check + Gram; rf = 1 layers decomposed alone), ``torch.Tensor.__matmul__``
+    (dtype conversion + finite check + Gram; rf = 1 layers decomposed alone), ``_gram_into``
     outside ``_gram`` (the Gram of batched layers and conv stacks), ``_check_finite``, ``torch.Tensor.to``
-    and ``hubscan.esd.eigen._converted`` / ``_stacked`` (the dtype conversion), ``torch.linalg.eigvalsh``,
+    and ``hubscan.esd.eigen._converted`` / ``_stacked`` (the dtype conversion), ``_eigvalsh``,
     ``compute_esd`` / ``compute_esds`` (the whole
     eigen step, alone / batched), ``fit_powerlaw``, ``fit_mp``, ``layer_metrics`` / ``classify_phase`` /
     ``summarize`` (metrics). "other" = total − the phases.
@@ -287,12 +295,12 @@ def phase_breakdown(path: str, **opts) -> dict:
     wrap(A, "compute_esd", "esd")
     wrap(E, "compute_esds", "esd")
     wrap(E, "_gram", "gram")
-    wrap(torch.Tensor, "__matmul__", "matmul")
+    wrap(E, "_gram_into", "matmul")
     wrap(E, "_check_finite", "finite")
     wrap(torch.Tensor, "to", "to")  # the float32 → float64 conversion (other .to calls are no-ops)
     wrap(E, "_converted", "to")      # … which goes into a reused buffer (its .to only for transposed views)
     wrap(E, "_stacked", "to")        # … also for a batch
-    wrap(torch.linalg, "eigvalsh", "eigvalsh")
+    wrap(E, "_eigvalsh", "eigvalsh")
     wrap(A, "fit_powerlaw", "fit")
     wrap(A, "fit_mp", "mp")
     for name in ("layer_metrics", "classify_phase", "summarize", "rand_distance"):
@@ -404,7 +412,8 @@ def _report_three(label, t_h, t_hmp, t_ww, t_floor, speed_target, floor_target) 
         f"{t_ww / t_h:>8.2f}× fast {t_h / t_floor:>9.2f}×")
     out(f"  {'hubscan analyze(file), mp_fit=True   [hubscan default]':<58} {fmt_s(t_hmp):>10} "
         f"{t_ww / t_hmp:>8.2f}× fast {t_hmp / t_floor:>9.2f}×")
-    out(f"  {'floor: eigvalsh(Gram) float64, in memory':<58} {fmt_s(t_floor):>10} "
+    from hubscan.esd.eigen import cpu_linalg
+    out(f"  {'floor: eigvalsh(Gram) float64, in memory, ' + cpu_linalg():<58} {fmt_s(t_floor):>10} "
         f"{t_ww / t_floor:>8.2f}× fast {'1.00×':>10}")
     for tag, t in (("mp_fit=False", t_h), ("mp_fit=True", t_hmp)):
         v1 = verdict(f"{label} {tag}: ≥ {speed_target}× faster than WW", t_ww / t >= speed_target)

@@ -279,6 +279,8 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
     from hubscan.esd import eigen
 
     device = resolve_device(options.device)
+    if device.type == "cpu":
+        eigen.cpu_linalg()  # chosen (measured) once a process, before the first layer; a bad setting raises here
     selected = LayerFilter.parse(options.layers)
 
     def planned():

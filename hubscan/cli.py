@@ -167,7 +167,13 @@ def _json_object(text: str) -> dict:
 
 
 def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
-    """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device."""
+    """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device, and a bad
+    ``HUBSCAN_CPU_LINALG`` (:func:`hubscan.esd.eigen.cpu_linalg_setting`)."""
+    from hubscan.esd.eigen import cpu_linalg_setting
+    try:
+        cpu_linalg_setting()
+    except ValueError as exc:
+        parser.error(str(exc))
     if not device.startswith("cuda"):
         return
     import torch

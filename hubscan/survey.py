@@ -615,12 +615,11 @@ class _Worker:
                  hub: dict, keep_esd: bool, threads: int, flush_models: int, flush_seconds: float,
                  plugins: tuple = (), budget=None, content=None, code: str | None = None):
         check_code(code)  # before anything else: a worker with another hubscan analyzes nothing
-        import torch
-        from hubscan.esd.eigen import choose_eigh_backend, resolve_device
+        from hubscan.esd.eigen import choose_eigh_backend, cpu_linalg, resolve_device, set_cpu_threads
         from hubscan.registry import load_plugins
         load_plugins(plugins)  # sources, readers, metrics … registered outside hubscan, here too
         if threads:
-            torch.set_num_threads(max(1, int(threads)))
+            set_cpu_threads(threads)
         self.buffer = RowBuffer(Dataset(out, **storage_options), flush_models, flush_seconds)
         self.options, self.cfg_hash, self.survey_id, self.keep_esd = options, cfg_hash, survey_id, keep_esd
         self.client = HubClient(**hub)
@@ -633,7 +632,8 @@ class _Worker:
             log.warning("analysis actor %d: eigh backend %s (eigvalsh of 8 × 256² float64: %s)", os.getpid(),
                         self.eigh_backend["backend"], ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in
                                                                  self.eigh_backend["seconds"].items()))
-        _warm_up(options)
+        _warm_up(options)  # (on CPU it also measures which library's Gram and eigvalsh are faster here)
+        log.info("analysis actor %d: CPU linear algebra %s", os.getpid(), cpu_linalg())
 
     def pid(self) -> int:
         return os.getpid()

@@ -45,6 +45,13 @@ MINILM = (
 )
 
 
+@pytest.fixture(params=eigen.CPU_LINALG)
+def cpu_lib(request, monkeypatch):
+    """Each CPU library :func:`hubscan.esd.eigen.cpu_linalg` may choose, in turn (fixed for the test)."""
+    monkeypatch.setitem(eigen._cpu_choice, "library", request.param)
+    return request.param
+
+
 def numpy_evals(W) -> np.ndarray:
     W = W.numpy() if isinstance(W, torch.Tensor) else W
     return np.sort(np.linalg.svd(W.astype(np.float64), compute_uv=False) ** 2)
@@ -72,8 +79,9 @@ def _errors(e, ref):
             np.max(np.abs(e - ref)) / lmax)                    # all, absolute / λmax
 
 
-@pytest.mark.parametrize("method", ["gram", "svd"])
-def test_against_numpy_svd(matrices, method):
+@pytest.mark.parametrize("method,lib", [("gram", "torch"), ("gram", "numpy"), ("svd", "torch")])
+def test_against_numpy_svd(matrices, method, lib, monkeypatch):
+    monkeypatch.setitem(eigen._cpu_choice, "library", lib)  # (svd is torch's on every device)
     worst = np.zeros(3)
     for name, (W, ref) in matrices.items():
         if method == "svd" and name == "embeddings.word_embeddings.weight":
@@ -111,7 +119,7 @@ def test_gram_and_svd_agree_where_it_matters(matrices):
 
 
 @pytest.mark.parametrize("name", ["encoder.layer.2.intermediate.dense.weight", "encoder.layer.2.output.dense.weight"])
-def test_chunked_gram(matrices, name, monkeypatch):
+def test_chunked_gram(matrices, name, monkeypatch, cpu_lib):
     """Gram accumulated over row (tall) or column (wide) chunks equals the one-shot product."""
     W, ref = matrices[name]
     whole = compute_esd(W).evals
@@ -248,7 +256,7 @@ def test_conv_slice_orientation():
 
 
 @pytest.mark.parametrize("method", ["gram", "svd"])
-def test_rank_deficient(method):
+def test_rank_deficient(method, cpu_lib):
     rng = np.random.default_rng(0)
     W = rng.standard_normal((400, 20)) @ rng.standard_normal((20, 150))
     esd = compute_esd(torch.from_numpy(W), method=method)
@@ -262,7 +270,7 @@ def test_rank_deficient(method):
 # -- batches of same-shape layers -------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape,rf", [((96, 40), 1), ((40, 96), 1), ((24, 16), 9)])
-def test_batched_equals_one_at_a_time(shape, rf):
+def test_batched_equals_one_at_a_time(shape, rf, cpu_lib):
     """``compute_esds``: one batched Gram product and eigvalsh for many layers, each ESD equal to
     ``compute_esd``'s to 1e-12 (of λmax); a layer with NaN / inf or beyond float64 is left to the
     one-at-a-time path (None)."""
@@ -318,3 +326,86 @@ def test_analyze_batches_same_shape_layers(tmp_path, monkeypatch):
                 assert w == v or (isinstance(v, float) and np.isnan(w)), (a.key, col)
     assert {r.name: r.status for r in batched.rows}["blocks.2.k.weight"] == "failed"
     assert batched.summary["alpha"] == pytest.approx(alone.summary["alpha"], rel=1e-12)
+
+
+# -- the CPU library: torch's or numpy's linear algebra --------------------------------------------------
+
+def test_cpu_libraries_give_the_same_spectrum(matrices):
+    """torch's and numpy's Gram product + eigvalsh agree to rounding on every matrix of the suite (both are
+    checked against float64 SVD above); numpy's batch is its one-at-a-time path bit for bit."""
+    worst = 0.0
+    for name, (W, ref) in matrices.items():
+        esds = {}
+        for lib in eigen.CPU_LINALG:
+            eigen._cpu_choice["library"] = lib
+            try:
+                esds[lib] = compute_esd(W)
+            finally:
+                eigen._cpu_choice.clear()
+        a, b = esds["torch"].evals, esds["numpy"].evals
+        worst = max(worst, np.abs(a - b).max() / a[-1])
+        assert np.abs(a - b).max() <= max(W.shape) * EPS * a[-1], name
+        assert esds["torch"].matrix_rank == esds["numpy"].matrix_rank, name
+    print(f"\nmax |λ_torch − λ_numpy| / λmax: {worst:.1e}")
+
+
+def test_numpy_batch_is_bitwise_one_at_a_time(monkeypatch):
+    monkeypatch.setitem(eigen._cpu_choice, "library", "numpy")
+    g = torch.Generator().manual_seed(3)
+    stacks = [torch.randn(2, 48, 200, generator=g) * (i + 1) for i in range(4)]
+    for one, many in zip([compute_esd(s) for s in stacks], eigen.compute_esds(stacks)):
+        assert np.array_equal(one.evals, many.evals)
+
+
+def test_cpu_linalg_setting(monkeypatch):
+    """``HUBSCAN_CPU_LINALG`` fixes the library (no measurement); ``auto`` / unset measures once a process;
+    anything else is refused in one line naming the variable."""
+    monkeypatch.setattr(eigen, "_cpu_choice", {})
+    monkeypatch.setattr(eigen, "choose_cpu_linalg", lambda **k: {"library": "numpy", "seconds": {}})
+    for value, want in (("torch", "torch"), (" NumPy ", "numpy"), ("auto", "auto"), ("", "auto")):
+        monkeypatch.setenv(eigen.CPU_LINALG_ENV, value)
+        assert eigen.cpu_linalg_setting() == want
+    monkeypatch.setenv(eigen.CPU_LINALG_ENV, "torch")
+    assert eigen.cpu_linalg() == "torch"
+    monkeypatch.setenv(eigen.CPU_LINALG_ENV, "numpy")
+    assert eigen.cpu_linalg() == "torch"  # chosen once a process
+    eigen._cpu_choice.clear()
+    monkeypatch.delenv(eigen.CPU_LINALG_ENV)
+    assert eigen.cpu_linalg() == "numpy"  # measured (the stub above)
+    monkeypatch.setenv(eigen.CPU_LINALG_ENV, "mkl")
+    with pytest.raises(ValueError, match=r"^HUBSCAN_CPU_LINALG='mkl': use torch, numpy or auto$"):
+        eigen.cpu_linalg_setting()
+
+
+def test_choose_cpu_linalg_rule():
+    """Both libraries timed (finite, positive); numpy only when its time is within ``margin`` of torch's."""
+    got = eigen.choose_cpu_linalg(rows=256, size=64, reps=2)
+    sec = got["seconds"]
+    assert set(sec) == {"torch", "numpy"} and all(0 < v < 1 for v in sec.values())
+    assert got["library"] == ("numpy" if sec["numpy"] <= 0.9 * sec["torch"] else "torch")
+    assert eigen.choose_cpu_linalg(rows=256, size=64, reps=1, margin=0.0)["library"] == "torch"
+    assert eigen.choose_cpu_linalg(rows=256, size=64, reps=1, margin=float("inf"))["library"] == "numpy"
+
+
+def test_set_cpu_threads_limits_both_libraries():
+    """A survey actor's thread count reaches torch's pool and the BLAS numpy loaded (a fresh process)."""
+    import subprocess
+    import sys
+
+    code = ("import threadpoolctl, torch\nfrom hubscan.esd.eigen import set_cpu_threads\nset_cpu_threads(1)\n"
+            "blas = [p['num_threads'] for p in threadpoolctl.threadpool_info() if p['user_api'] == 'blas']\n"
+            "print(torch.get_num_threads(), blas)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    threads, blas = out.stdout.split(maxsplit=1)
+    assert threads == "1" and blas.strip() != "[]" and set(eval(blas)) == {1}
+
+
+def test_cli_refuses_a_bad_cpu_linalg(monkeypatch, capsys, tmp_path):
+    from hubscan import cli
+
+    monkeypatch.setenv("HUBSCAN_CPU_LINALG", "mkl")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["analyze", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "HUBSCAN_CPU_LINALG='mkl': use torch, numpy or auto" in err and len(err.splitlines()) == 1

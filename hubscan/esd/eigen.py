@@ -3,9 +3,11 @@
 Method (chosen by measurement, ``benchmarks/bench_analyze.py``)
 ----------------------------------------------------------------
 ``gram`` (default): X = WᵀW (M × M, M = min(rows, cols)) accumulated in float64 over row chunks
-of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once; on CPU its lower triangle
-only, :data:`GRAM_BLOCKS`), then ``torch.linalg.eigvalsh`` (LAPACK ``syevd`` / cuSOLVER) in float64. It does the floor's arithmetic
-(``eigvalsh(W.T @ W)``) and is 2.5–4× faster than WW's ``scipy.linalg.svd`` of W.
+of W (so a 128k × 4096 vocabulary matrix never exists in float64 at once), then eigvalsh (LAPACK ``syevd``
+/ cuSOLVER) in float64. On CPU both steps run in torch's or numpy's linear algebra, whichever a measured
+check at first use found faster on this machine (:func:`cpu_linalg`; ``HUBSCAN_CPU_LINALG`` fixes it); on
+CUDA in torch's. It does the floor's arithmetic (``eigvalsh(W.T @ W)``) and is 2.5–4× faster than WW's
+``scipy.linalg.svd`` of W.
 
 ``svd``: ``torch.linalg.svdvals`` of W in float64, eigenvalues = σ². WW's arithmetic; slower.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import threading
 from typing import Sequence
 
@@ -45,7 +48,11 @@ from hubscan.errors import NonFiniteError  # noqa: F401 - raised here, defined w
 #: and the product itself slows down). Chunks change only the order of summation (≤ 1e-15 relative).
 #: Matrices that :func:`compute_esds` may batch (≤ BATCH_MAX_LAYER_ELEMS) stay one product, so that a
 #: layer's eigenvalues do not depend on whether its neighbours had its shape.
+#: numpy's ``syrk`` (:func:`cpu_linalg`) wants long chunks instead: measured, one thread, conversion + Gram,
+#: 30522×384: 124 ms in chunks of 256 rows, 93 in chunks of 4096 (the whole float64 product: 90);
+#: 4096×1024: 133 → 80 (78); 8192×2048: 1221 → 625 (579).
 CHUNK_ROWS = 256
+CHUNK_ROWS_NUMPY = 4096
 CHUNK_ELEMS = 8 * 1024 * 1024
 
 
@@ -182,8 +189,16 @@ GRAM_BLOCK_MIN = 192
 
 def _gram_into(C: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
     """X = CᵀC for C of shape (length, m) or (batch, length, m) (a transposed view for wide matrices: no
-    copy), added to ``G`` when given (2-D only, shape (m, m)); on CPU for m ≥ GRAM_BLOCK_MIN only the lower
-    triangle (above)."""
+    copy), added to ``G`` when given (2-D only, shape (m, m)); on CPU by the library :func:`cpu_linalg`
+    chose: numpy's (:func:`_gram_numpy`, the full X) or torch's (for m ≥ GRAM_BLOCK_MIN the lower triangle only,
+    above)."""
+    if C.device.type == "cpu" and cpu_linalg() == "numpy":
+        return _gram_numpy(C, G)
+    return _gram_torch(C, G)
+
+
+def _gram_torch(C: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_gram_into` with torch (any device)."""
     m = C.shape[-1]
     if C.device.type != "cpu" or m < GRAM_BLOCK_MIN:
         return C.mT @ C if G is None else G.addmm_(C.T, C)
@@ -198,6 +213,123 @@ def _gram_into(C: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
     return G
 
 
+def _gram_numpy(C: torch.Tensor, G: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_gram_into` with numpy (CPU tensors, shared memory both ways): ``a.T @ a`` of one matrix is
+    BLAS ``syrk`` in numpy (half the flops of a general product, X made symmetric); a batch is the same
+    product matrix by matrix, so a layer's eigenvalues do not depend on whether it was batched."""
+    a = C.numpy()
+    with np.errstate(over="ignore", invalid="ignore"):  # out of range: found on the diagonal by the caller
+        if a.ndim == 2:
+            X = a.T @ a
+            if G is None:
+                return torch.from_numpy(X)
+            g = G.numpy()
+            g += X
+            return G
+        X = np.empty((a.shape[0], a.shape[2], a.shape[2]), dtype=a.dtype)
+        for i in range(a.shape[0]):
+            np.matmul(a[i].T, a[i], out=X[i])
+    return torch.from_numpy(X)
+
+
+def _eigvalsh(G: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues of the symmetric matrices ``G`` (…, m, m), ascending, from their lower triangle: on CPU
+    by the library :func:`cpu_linalg` chose (LAPACK ``syevd`` in either: torch's, or numpy's, a stack matrix
+    by matrix), on CUDA ``torch.linalg.eigvalsh`` (cuSOLVER / MAGMA, :func:`choose_eigh_backend`)."""
+    if G.device.type == "cpu" and cpu_linalg() == "numpy":
+        return torch.from_numpy(np.linalg.eigvalsh(G.numpy(), UPLO="L"))
+    return torch.linalg.eigvalsh(G)
+
+
+#: The CPU linear-algebra libraries :func:`cpu_linalg` chooses between for the Gram product and eigvalsh:
+#: torch's (MKL in the x86 wheels) and numpy's (OpenBLAS with its LAPACK in the wheels). Neither is faster
+#: everywhere: measured one thread, float64, AMD EPYC: 384² eigvalsh torch 5.1 ms, numpy 4.1; 30522×384
+#: Gram 128 → 96 ms (numpy's ``syrk`` against torch's lower-triangle blocks); on Intel MKL's ``syevd`` is the
+#: faster. Both compute the same eigenvalues to rounding (``tests/test_eigen.py``: 1e-13·λ_max).
+CPU_LINALG = ("torch", "numpy")
+#: Environment variable fixing the choice (``torch``, ``numpy``; ``auto`` or unset: measured).
+CPU_LINALG_ENV = "HUBSCAN_CPU_LINALG"
+_cpu_choice: dict = {}
+
+
+def cpu_linalg_setting() -> str:
+    """The :data:`CPU_LINALG_ENV` setting: ``torch``, ``numpy`` or ``auto`` (unset or empty).
+
+    Raises
+    ------
+    ValueError
+        Any other value (one line naming the variable and the values it takes).
+    """
+    value = os.environ.get(CPU_LINALG_ENV, "").strip().lower() or "auto"
+    if value not in (*CPU_LINALG, "auto"):
+        raise ValueError(f"{CPU_LINALG_ENV}={os.environ[CPU_LINALG_ENV]!r}: use torch, numpy or auto")
+    return value
+
+
+def cpu_linalg() -> str:
+    """The library (``torch`` or ``numpy``) this process uses for CPU Gram products and eigvalsh: the
+    :data:`CPU_LINALG_ENV` setting, else measured once, at first use, by :func:`choose_cpu_linalg`.
+
+    Raises
+    ------
+    ValueError
+        A bad :data:`CPU_LINALG_ENV` value.
+    """
+    lib = _cpu_choice.get("library")
+    if lib is None:
+        lib = cpu_linalg_setting()
+        if lib == "auto":
+            lib = choose_cpu_linalg()["library"]
+        _cpu_choice["library"] = lib
+    return lib
+
+
+def set_cpu_threads(n: int) -> None:
+    """Use ``n`` threads (≥ 1) in both CPU libraries :func:`cpu_linalg` chooses between: torch's intra-op
+    pool and the BLAS numpy loaded (OpenBLAS's pool, through ``threadpoolctl``), so that neither
+    oversubscribes the CPUs a survey actor was given."""
+    import threadpoolctl
+
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    threadpoolctl.threadpool_limits(n, user_api="blas")
+
+
+def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 3, margin: float = 0.9) -> dict:
+    """Time one float64 Gram product and eigvalsh (``rows`` × ``size``) in torch and in numpy, each the
+    best of ``reps`` after a warm-up, interleaved, with this process's threads (~20 ms in all); numpy is
+    chosen only when faster by the ``margin`` (its time ≤ margin × torch's), so that a near tie keeps one
+    answer run after run.
+
+    Returns
+    -------
+    dict
+        ``library`` (``torch`` / ``numpy``) and ``seconds`` ({library: best seconds}).
+    """
+    import time
+
+    W = np.random.default_rng(0).standard_normal((rows, size))
+    Wt = torch.from_numpy(W)
+
+    def with_torch():
+        torch.linalg.eigvalsh(_gram_torch(Wt))
+
+    def with_numpy():
+        np.linalg.eigvalsh(_gram_numpy(Wt).numpy(), UPLO="L")
+
+    runs = {"torch": with_torch, "numpy": with_numpy}
+    seconds = dict.fromkeys(runs, math.inf)
+    for fn in runs.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            seconds[name] = min(seconds[name], time.perf_counter() - t0)
+    lib = "numpy" if seconds["numpy"] <= margin * seconds["torch"] else "torch"
+    return {"library": lib, "seconds": seconds}
+
+
 def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """X = SᵀS (or SSᵀ when S is wide), shape (m, m), m = min(S.shape), accumulated by chunks (on CPU its
     lower triangle only: :func:`_gram_into`)."""
@@ -206,7 +338,8 @@ def _gram(S: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Te
     m, length = (cols, rows) if tall else (rows, cols)
     step = max(1, CHUNK_ELEMS // m)
     if rows * cols > BATCH_MAX_LAYER_ELEMS:  # (smaller ones in one product, bit for bit as when batched)
-        step = max(1, min(CHUNK_ROWS, step))
+        numpy = device.type == "cpu" and cpu_linalg() == "numpy"
+        step = max(1, min(CHUNK_ROWS_NUMPY if numpy else CHUNK_ROWS, step))
     if step >= length:  # one chunk
         C = _converted(S, device, dtype)
         return _gram_into(C if tall else C.T)
@@ -306,7 +439,7 @@ def compute_esd(slices: torch.Tensor, eig_scale: float = 1.0, *, device: str | t
             if k:
                 del G
                 G = gram(_scaled(slices, k))
-        ev = torch.linalg.eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
+        ev = _eigvalsh(G).clamp_min_(0.0)  # (rf, M), ascending
         del G
         rank_per_slice = (ev > ev[:, -1:] * (N * eps)).sum(dim=1)
     else:
@@ -418,7 +551,7 @@ def compute_esds(stacks: Sequence[torch.Tensor], eig_scale: float = 1.0, *,
     out: list[ESD | None] = [None] * B
     if any(ok):
         keep = torch.tensor(ok, device=dev).repeat_interleave(rf)
-        ev = torch.linalg.eigvalsh(G[keep] if not all(ok) else G).clamp_min_(0.0).reshape(-1, rf, M)
+        ev = _eigvalsh(G[keep] if not all(ok) else G).clamp_min_(0.0).reshape(-1, rf, M)
         del G
         eps = torch.finfo(dtype).eps
         for i, e in zip((i for i, good in enumerate(ok) if good), ev):
