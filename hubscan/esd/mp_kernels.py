@@ -14,25 +14,11 @@ from WW's only in the order of its summation, and the Nelder–Mead steps are sc
 
 from __future__ import annotations
 
-import glob
-import logging
 import math
-import os
 
 import numpy as np
-from numba import njit
 
-log = logging.getLogger(__name__)
-
-
-
-def _compiled(fn):
-    """``numba.njit`` with its machine code cached on disk (next to this file, else in the user's cache folder
-    or ``NUMBA_CACHE_DIR``); where no folder is writable, compiled once per process instead."""
-    try:
-        return njit(cache=True, nogil=True, error_model="numpy")(fn)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        return njit(cache=False, nogil=True, error_model="numpy")(fn)
+from hubscan.esd.compiled import compiled as _compiled, load
 
 
 @_compiled
@@ -235,23 +221,7 @@ def ready() -> None:
     global _ready
     if _ready:
         return
-    try:
-        _probe()
-    except Exception as exc:  # noqa: BLE001 - numba's unpickling of a damaged file raises anything
-        folder = mp_search.stats.cache_path
-        log.warning("the MP fit's compiled code cached in %s could not be read (%s): compiling it again", folder,
-                    " ".join(str(exc).split())[:200] or type(exc).__name__)
-        for path in glob.glob(os.path.join(folder, __name__.rpartition(".")[2] + ".*")):
-            try:
-                os.remove(path)
-            except OSError:
-                pass
-        try:
-            _probe()
-        except Exception as again:  # noqa: BLE001
-            raise RuntimeError(f"the MP fit's compiled code cannot be loaded from {folder} "
-                               f"({' '.join(str(again).split())[:200] or type(again).__name__}): remove that "
-                               "folder, or set NUMBA_CACHE_DIR to a writable one") from None
+    load(__name__, mp_search, _probe, "the MP fit")
     _ready = True
 
 

@@ -11,11 +11,14 @@ distance D — exactly WeightWatcher 0.7.7's default ``WWFit`` (identical to pow
   D_i = max_{k=0..n−1} | 1 − (x_{i+k}/x_i)^(1−alpha_i) − k/n |, D_i = 1 when alpha_i ≤ 1
 * xmin = x_i at the first argmin of D; sigma = (alpha − 1)/√n                       (CSN eq. 3.2)
 
-No Python loop over candidates: the suffix log-sums give every alpha at once, and D is computed
-for blocks of candidates as 2-D arrays. Exact pruning: a lower bound of every D_i from 129 points
-of its tail (a maximum over a subset never exceeds the maximum over all) discards the candidates
-whose bound exceeds the best D found; the remaining ones are computed exactly, so the result is the
-full search's (ties → first index, as ``np.argmin``).
+The suffix log-sums give every alpha at once (numpy); the xmin search runs compiled
+(:mod:`hubscan.esd.powerlaw_kernels`, numba). Exact pruning: a lower bound of every D_i from 129 points
+of its tail (a maximum over a subset never exceeds the maximum over all) orders the candidates and
+discards those whose bound exceeds the best D found, and a D is abandoned once its running maximum
+exceeds it; the rest are computed exactly, so the result is the full search's (ties → first index, as
+``np.argmin``). D is evaluated with the C library's ``pow``: numpy's own search (kept as
+:func:`_fit_sorted_numpy`, the tests' reference) may use a SIMD ``pow`` differing by an ulp, so D agrees
+with it to ~1e-15 relative and xmin, alpha exactly (1,212 fits in ``tests/test_powerlaw_fit.py``).
 
 Degenerate spectra (:func:`degenerate_reason`): fewer than 2 eigenvalues above the threshold (rank
 collapse), none above it, or all of them equal to within 1e-3 relative give a failed fit with the
@@ -58,6 +61,11 @@ EQUAL_RTOL = 1e-3
 _GRID = 128                      # lower-bound sample points per candidate (+1)
 _BLOCK_ELEMS = 1 << 21           # elements of one 2-D block of the exact D computation
 _EXACT_ALL = 128                 # spectra of at most this many eigenvalues: exact D for every candidate (165 → 101 µs a fit on the zoo)
+#: Spectra longer than this get the compiled search's lower bounds from numpy (scalar exp in the compiled
+#: loop costs more than numpy's vectorised one there; measured, Student-t spectra: 768 eigenvalues 314 µs
+#: compiled bounds vs numpy's search 366 µs; 384: 98 vs 187 µs).
+_COMPILED_BOUNDS = 512
+_NO_BOUNDS = np.empty(0)
 
 
 @dataclasses.dataclass
@@ -175,7 +183,24 @@ def _ks_lower_bound(x: np.ndarray, logx: np.ndarray, alphas: np.ndarray) -> np.n
 
 def _fit_sorted(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int, float, float] | None:
     """Fit sorted positive data; xmin candidates restricted to indices [lo, hi). Returns (i, alpha, D),
-    or None when no candidate is left (every allowed tail is one repeated value)."""
+    or None when no candidate is left (every allowed tail is one repeated value).
+
+    The candidate of smallest exact D (first on ties), found by the compiled search
+    (:func:`hubscan.esd.powerlaw_kernels.ks_search`); spectra longer than :data:`_COMPILED_BOUNDS` get its
+    lower bounds from numpy (:func:`_ks_lower_bound`, vectorised)."""
+    from hubscan.esd import powerlaw_kernels  # numba: imported on the first fit
+
+    powerlaw_kernels.ready()
+    logx = np.log(x, dtype=np.float64)
+    alphas = _alphas(x, logx)
+    hi = len(x) - 1 if hi is None else min(hi, len(x) - 1)
+    bounds = _ks_lower_bound(x, logx, alphas) if len(x) > _COMPILED_BOUNDS else _NO_BOUNDS
+    i, D = powerlaw_kernels.ks_search(x, logx, alphas, lo, hi, _GRID, bounds)
+    return None if i < 0 else (int(i), float(alphas[i]), float(D))
+
+
+def _fit_sorted_numpy(x: np.ndarray, lo: int = 0, hi: int | None = None) -> tuple[int, float, float] | None:
+    """:func:`_fit_sorted` in numpy alone (the reference ``tests/test_powerlaw_fit.py`` compares it with)."""
     logx = np.log(x, dtype=np.float64)
     alphas = _alphas(x, logx)
     hi = len(x) - 1 if hi is None else min(hi, len(x) - 1)
