@@ -242,10 +242,11 @@ def _eigvalsh(G: torch.Tensor) -> torch.Tensor:
 
 
 #: The CPU linear-algebra libraries :func:`cpu_linalg` chooses between for the Gram product and eigvalsh:
-#: torch's (MKL in the x86 wheels) and numpy's (OpenBLAS with its LAPACK in the wheels). Neither is faster
-#: everywhere: measured one thread, float64, AMD EPYC: 384² eigvalsh torch 5.1 ms, numpy 4.1; 30522×384
-#: Gram 128 → 96 ms (numpy's ``syrk`` against torch's lower-triangle blocks); on Intel MKL's ``syevd`` is the
-#: faster. Both compute the same eigenvalues to rounding (``tests/test_eigen.py``: 1e-13·λ_max).
+#: torch's (MKL in the x86 wheels) and numpy's (OpenBLAS with its LAPACK in the wheels). Which is faster
+#: depends on the processor and the builds, hence the measurement: one thread, float64, AMD EPYC: 384²
+#: eigvalsh torch 5.1 ms, numpy 4.1; 30522×384 Gram 128 → 96 ms (numpy's ``syrk`` against torch's
+#: lower-triangle blocks); below 128² torch's eigvalsh was ~10 % the faster. Both compute the same eigenvalues
+#: to rounding (``tests/test_eigen.py``: within N·eps·λ_max of each other and of float64 SVD).
 CPU_LINALG = ("torch", "numpy")
 #: Environment variable fixing the choice (``torch``, ``numpy``; ``auto`` or unset: measured).
 CPU_LINALG_ENV = "HUBSCAN_CPU_LINALG"
