@@ -166,6 +166,14 @@ def _json_object(text: str) -> dict:
     return v
 
 
+#: The environment variables the analysis reads beside huggingface_hub's (analyze and survey help).
+ENVIRONMENT_HELP = ("environment:\n"
+                    "  HUBSCAN_CPU_LINALG  torch | numpy | auto (default: the faster here,\n"
+                    "                      measured): the library of CPU eigenvalues\n"
+                    "  NUMBA_CACHE_DIR     where the compiled fits' machine code is cached\n"
+                    "  HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_CACHE: huggingface_hub's")
+
+
 def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
     """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device, and a bad
     ``HUBSCAN_CPU_LINALG`` (:func:`hubscan.esd.eigen.cpu_linalg_setting`)."""
@@ -719,13 +727,15 @@ def _columns(text: str) -> tuple[str, ...]:
 
 
 def _provenance(args, result) -> dict:
-    """What --out files record about how they were made (Parquet key-value metadata)."""
+    """What --out files record about how they were made (Parquet key-value metadata); ``cpu_linalg``: the
+    library of the CPU eigenvalues (torch / numpy; None when none were computed on CPU)."""
+    from hubscan.esd.eigen import cpu_linalg_chosen
     ref = result.ref
     return {"hubscan_version": __version__, "model": str(args.path),
             "model_id": getattr(ref, "id", None) or str(args.path),
             "source": getattr(ref, "source", None), "revision": getattr(ref, "revision", None),
             "format": result.format, "options": _options(args).to_dict(),
-            "status": result.summary.get("status")}
+            "cpu_linalg": cpu_linalg_chosen(), "status": result.summary.get("status")}
 
 
 def cmd_analyze(args) -> int:
@@ -765,7 +775,7 @@ def _add_analyze(sub) -> None:
                         "  hubscan analyze hf:sentence-transformers/all-MiniLM-L6-v2\n"
                         "  hubscan analyze timm:resnet18.a1_in1k --columns name,alpha,log_norm,phase\n"
                         "  hubscan analyze model.safetensors --out layers.parquet   # or .csv / .json\n"
-                        "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax")
+                        "  hubscan analyze ./my-model/ --plot plots/ --fix-fingers clip_xmax\n" + ENVIRONMENT_HELP)
     p.add_argument("path", help="hf:ORG/NAME[@REV], timm:ARCH.TAG, or a local weight file (.safetensors, .bin / .pt / "
                                 ".pth, .onnx, .gguf, .h5 / .keras, .msgpack …) or model folder")
     p.add_argument("--out", help="write every column of every layer row to this file: .parquet (with the model, "
@@ -898,7 +908,7 @@ def _add_survey(sub) -> None:
                         "  hubscan survey --source timm --filter 'resnet*' --limit 20 --out out/timm\n"
                         "  hubscan survey --source hf --author google --filter safetensors --limit 100 "
                         "--out s3://bucket/htsr --storage-options '{\"region\": \"eu-west-1\"}'\n"
-                        "  hubscan survey --source list:models.txt --out out/dataset --actors 4")
+                        "  hubscan survey --source list:models.txt --out out/dataset --actors 4\n" + ENVIRONMENT_HELP)
     p.add_argument("--source", required=True,
                    help=" | ".join(_source_specs()) + " (list: one reference per line)")
     p.add_argument("--out", required=True, help="dataset directory or URL (s3://bucket/prefix …)")

@@ -188,6 +188,28 @@ def test_analyze_columns_option():
 
 # -- --out by suffix, provenance, no folders created ---------------------------------------------
 
+@pytest.mark.parametrize("lib", ["torch", "numpy"])
+def test_out_records_the_cpu_library(tmp_path, monkeypatch, lib):
+    """``HUBSCAN_CPU_LINALG`` fixes the library; the --out file's provenance names it, and the alphas of the
+    two agree to rounding (the reference: the other library's run, float64 SVD-checked in test_eigen)."""
+    case = CASES / "degenerate_and_good.safetensors"
+    monkeypatch.setenv("HUBSCAN_CPU_LINALG", lib)
+    rc, _, err = run_cli("analyze", case, "--out", tmp_path / "l.parquet", "-q")
+    assert rc == 0, err
+    t = pq.read_table(tmp_path / "l.parquet")
+    assert json.loads(t.schema.metadata[b"hubscan.provenance"])["cpu_linalg"] == lib
+    import hubscan
+    from hubscan.esd import eigen
+    monkeypatch.setitem(eigen._cpu_choice, "library", "numpy" if lib == "torch" else "torch")
+    import math
+    other = {r.name: r.metrics.get("alpha") for r in hubscan.analyze(str(case)).rows}
+    other = {k: None if v is None or math.isnan(v) else v for k, v in other.items()}  # null in the file
+    got = {r["name"]: r["alpha"] for r in t.to_pylist()}
+    assert got.keys() == other.keys() and sum(v is not None for v in got.values()) >= 1
+    for name, a in got.items():
+        assert (a is None and other[name] is None) or a == pytest.approx(other[name], rel=1e-10), name
+
+
 def test_analyze_out_by_suffix(tmp_path):
     import hubscan
     case = CASES / "degenerate_and_good.safetensors"
@@ -202,6 +224,7 @@ def test_analyze_out_by_suffix(tmp_path):
             prov = json.loads(t.schema.metadata[b"hubscan.provenance"])
             assert prov["model"] == str(case) and prov["source"] == "local" and prov["revision"]
             assert prov["options"]["min_evals"] == 8 and prov["hubscan_version"] == hubscan.__version__
+            assert prov["cpu_linalg"] in ("torch", "numpy")  # the library of its eigenvalues (measured)
         elif suffix == ".csv":
             with open(out, newline="") as fh:
                 rows = list(csv.DictReader(fh))

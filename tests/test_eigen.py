@@ -378,8 +378,11 @@ def test_cpu_linalg_setting(monkeypatch):
 
 
 def test_choose_cpu_linalg_rule():
-    """Both libraries timed (finite, positive); numpy only when its time is within ``margin`` of torch's."""
+    """Both libraries timed (finite, positive CPU seconds); numpy only when its time is within ``margin`` of
+    torch's."""
+    threads = torch.get_num_threads()
     got = eigen.choose_cpu_linalg(rows=256, size=64, reps=2)
+    assert torch.get_num_threads() == threads  # timed on one thread, the process's count restored
     sec = got["seconds"]
     assert set(sec) == {"torch", "numpy"} and all(0 < v < 1 for v in sec.values())
     assert got["library"] == ("numpy" if sec["numpy"] <= 0.9 * sec["torch"] else "torch")

@@ -31,6 +31,7 @@ before: the check reads only the diagonal X already has.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import threading
@@ -40,6 +41,8 @@ import numpy as np
 import torch
 
 from hubscan.errors import NonFiniteError  # noqa: F401 - raised here, defined with the others
+
+log = logging.getLogger(__name__)
 
 #: Rows (columns, for a wide W) of one float64 chunk of W while the Gram matrix is accumulated, and its
 #: elements at most (64 MB). A chunk of a few hundred rows stays in the core's cache between its conversion
@@ -280,9 +283,20 @@ def cpu_linalg() -> str:
     if lib is None:
         lib = cpu_linalg_setting()
         if lib == "auto":
-            lib = choose_cpu_linalg()["library"]
+            chosen = choose_cpu_linalg()
+            lib = chosen["library"]
+            log.info("CPU linear algebra: %s (one-thread CPU time of a float64 1024×256 Gram product and eigvalsh: "
+                     "%s)", lib, ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in chosen["seconds"].items()))
+        else:
+            log.info("CPU linear algebra: %s (%s)", lib, CPU_LINALG_ENV)
         _cpu_choice["library"] = lib
     return lib
+
+
+def cpu_linalg_chosen() -> str | None:
+    """The library :func:`cpu_linalg` chose in this process, or None when no CPU decomposition has run yet
+    (for provenance: ``--out`` files record it)."""
+    return _cpu_choice.get("library")
 
 
 def set_cpu_threads(n: int) -> None:
@@ -296,18 +310,22 @@ def set_cpu_threads(n: int) -> None:
     threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
-def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 3, margin: float = 0.9) -> dict:
+def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 5, margin: float = 0.9) -> dict:
     """Time one float64 Gram product and eigvalsh (``rows`` × ``size``) in torch and in numpy, each the
-    best of ``reps`` after a warm-up, interleaved, with this process's threads (~20 ms in all); numpy is
-    chosen only when faster by the ``margin`` (its time ≤ margin × torch's), so that a near tie keeps one
-    answer run after run.
+    best of ``reps`` after a warm-up, interleaved (~40 ms in all). Both run on one thread and are timed
+    by that thread's CPU clock (``time.thread_time``), so other processes on a busy machine barely move the
+    figures (the libraries' relative speed on one core stands for their speed on several: the Gram
+    product and the tridiagonal reduction scale alike in both). numpy is chosen only when its time is
+    ≤ ``margin`` × torch's, so that a near tie keeps torch, the default before the measurement existed.
 
     Returns
     -------
     dict
-        ``library`` (``torch`` / ``numpy``) and ``seconds`` ({library: best seconds}).
+        ``library`` (``torch`` / ``numpy``) and ``seconds`` ({library: best CPU seconds}).
     """
     import time
+
+    import threadpoolctl
 
     W = np.random.default_rng(0).standard_normal((rows, size))
     Wt = torch.from_numpy(W)
@@ -320,13 +338,19 @@ def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 3, margi
 
     runs = {"torch": with_torch, "numpy": with_numpy}
     seconds = dict.fromkeys(runs, math.inf)
-    for fn in runs.values():
-        fn()
-    for _ in range(reps):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn()
-            seconds[name] = min(seconds[name], time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            for fn in runs.values():
+                fn()
+            for _ in range(reps):
+                for name, fn in runs.items():
+                    t0 = time.thread_time()
+                    fn()
+                    seconds[name] = min(seconds[name], time.thread_time() - t0)
+    finally:
+        torch.set_num_threads(threads)
     lib = "numpy" if seconds["numpy"] <= margin * seconds["torch"] else "torch"
     return {"library": lib, "seconds": seconds}
 
