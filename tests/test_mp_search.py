@@ -71,33 +71,3 @@ def test_search_equals_wws(name, evals, N, M):
     for maxfun in (3, 4, 5, 8, 13):  # stopped mid-iteration by scipy's evaluation budget: the same point
         assert K.fmin_1d(start, *args, maxfun=maxfun) == float(optimize.fmin(
             lambda v: float(ww_resid(v, kxg, kyg, Q, peak)[0]), [start], maxfun=maxfun, disp=False)[0])
-
-
-def test_a_damaged_cache_of_the_compiled_search_is_compiled_again(tmp_path):
-    """numba caches the compiled search on disk; a damaged cache file (a full disk, a killed process) made
-    every layer's fit fail with "Ran out of input" on every run. Now the process removes this module's cache
-    files, compiles again (the same σ) and says so once, naming the folder; the next run reads the new cache."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import logging, numpy as np; logging.basicConfig(format='%(levelname)s %(message)s');"
-            "from hubscan.esd.mp import fit_mp; print(fit_mp(np.arange(1.0, 65.0) ** 2, 128, 64).sigma_mp)")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-
-    def run():
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert p.returncode == 0, p.stderr
-        return float(p.stdout), p.stderr
-    sigma, err = run()
-    assert sigma == MP.fit_mp(np.arange(1.0, 65.0) ** 2, 128, 64).sigma_mp and "WARNING" not in err, err
-    damaged = list(tmp_path.rglob("mp_kernels.mp_search-*.nbc"))
-    assert damaged
-    for f in damaged:
-        f.write_bytes(b"")
-    again, err = run()
-    assert again == sigma
-    assert "WARNING the MP fit's compiled code cached in " in err and "(Ran out of input): compiling it again" in err
-    assert str(damaged[0].parent) in err, err
-    third, err = run()
-    assert third == sigma and "WARNING" not in err, err

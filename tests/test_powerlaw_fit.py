@@ -453,34 +453,3 @@ def test_compiled_search_is_the_numpy_search():
             assert got[:2] == ref[:2], (len(x), lo, hi)
             worst = max(worst, abs(got[2] - ref[2]) / ref[2])
     assert nones == 6 and worst <= 1e-13, (nones, worst)  # the two constant spectra: no candidate in any range
-
-
-def test_a_damaged_cache_of_the_compiled_search_is_compiled_again(tmp_path):
-    """The xmin search's machine code cached on disk, damaged (emptied files): removed, compiled again with one
-    warning naming the folder, the same fit; the next run reads the new cache silently."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import logging, numpy as np; logging.basicConfig(format='%(levelname)s %(message)s');"
-            "from hubscan.esd.powerlaw import fit_powerlaw; f = fit_powerlaw(np.arange(1.0, 200.0) ** 2);"
-            "print(repr((f.alpha, f.xmin, f.D)))")
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-
-    def run():
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-        assert p.returncode == 0, p.stderr
-        return p.stdout.strip(), p.stderr
-    first, err = run()
-    ref = fit_powerlaw(np.arange(1.0, 200.0) ** 2)
-    assert first == repr((ref.alpha, ref.xmin, ref.D)) and "WARNING" not in err, err
-    damaged = list(tmp_path.rglob("powerlaw_kernels.ks_search-*.nbc"))
-    assert damaged
-    for f in damaged:
-        f.write_bytes(b"")
-    again, err = run()
-    assert again == first
-    assert "WARNING the power-law fit's compiled code cached in " in err and "compiling it again" in err, err
-    assert str(damaged[0].parent) in err, err
-    third, err = run()
-    assert third == first and "WARNING" not in err, err
