@@ -174,14 +174,17 @@ ENVIRONMENT_HELP = ("environment:\n"
                     "  HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_CACHE: huggingface_hub's")
 
 
-def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
-    """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device, and a bad
-    ``HUBSCAN_CPU_LINALG`` (:func:`hubscan.esd.eigen.cpu_linalg_setting`)."""
+def _check_cpu_linalg(parser: argparse.ArgumentParser) -> None:
+    """Refuse a bad ``HUBSCAN_CPU_LINALG`` (:func:`hubscan.esd.eigen.cpu_linalg_setting`)."""
     from hubscan.esd.eigen import cpu_linalg_setting
     try:
         cpu_linalg_setting()
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _check_cuda(parser: argparse.ArgumentParser, device: str) -> None:
+    """Refuse ``cuda``/``cuda:N`` when this machine has no (such) CUDA device."""
     if not device.startswith("cuda"):
         return
     import torch
@@ -764,6 +767,7 @@ def cmd_analyze(args) -> int:
 
 def _check_analyze(parser, args) -> None:
     _check_fit_options(parser, args)
+    _check_cpu_linalg(parser)
     _check_cuda(parser, args.device)
 
 
@@ -895,6 +899,7 @@ def _check_survey(parser, args) -> None:
     _check_fit_options(parser, args)
     _check_lineage(parser, args)
     _check_source_filters(parser, args)
+    _check_cpu_linalg(parser)  # (the driver's setting; its actors' nodes read theirs)
     if args.address is None:  # the local machine runs the actors: its GPUs are what counts
         _check_cuda(parser, args.device)
 
