@@ -817,6 +817,7 @@ class Survey:
         self.stats = {"num_models": 0, "num_already_done": 0, "bytes_read": 0, "requests": 0}
         self.replace: dict[str, set] = {t: set() for t in WRITE_ORDER}
         self.fresh: dict[str, set] = {t: set() for t in WRITE_ORDER}  # files this survey committed
+        self.committed: set[str] = set()  # model_keys this survey committed (a second commit replaces the first)
         self.driver_rows = None  # RowBuffer of rows the driver writes itself (unresolvable models …)
         self.n_actors, self.interrupted, self.we_started_ray = 0, False, False
         self.analyzed = 0
@@ -1292,14 +1293,21 @@ class Survey:
     def _commit(self, batches: list) -> None:
         rows = [r for b in batches for r in b["rows"]]
         keys = {r["model_key"] for r in rows}
+        # a model whose rows this survey committed already (a task redone after its batch was committed): its
+        # new rows replace those in every table — a model's rows come from one commit, never two
+        again = keys & self.committed
+        if again:
+            log.warning("%d model(s) committed a second time in this survey: their first rows are replaced (%s)",
+                        len(again), ", ".join(sorted(r["model_id"] for r in rows if r["model_key"] in again)[:5]))
         for table in WRITE_ORDER:
             adds = [a for b in batches for a in b["adds"].get(table, [])]
-            replace = keys & self.replace[table]
+            replace = keys & (self.replace[table] | again)
             self.dataset.commit(table, adds, replace=("model_key", replace) if replace else None,
-                                survey_id=self.survey_id, fresh=self.fresh[table])
+                                survey_id=self.survey_id, fresh=set() if again else self.fresh[table])
             self.replace[table] -= replace
             if self.replace[table]:  # still models to replace: their old rows are not in our own files
                 self.fresh[table].update(a.path for a in adds)
+        self.committed |= keys
         for r in rows:
             self.status_of[r["model_key"]] = r["status"]
             self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1

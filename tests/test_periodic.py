@@ -78,7 +78,12 @@ def test_week_two_reads_only_what_changed_and_reuploads_take_their_originals_row
         assert reads1[copy] <= 2 and reads1[orig] >= 4
         assert hub.bytes_sent(repo_id=copy) <= 8  # the 8-byte header length, no tensor byte
         assert _layers(ds, copy) == _layers(ds, orig) and len(_layers(ds, copy)) == 3
-        assert models[copy]["alpha"] == models[orig]["alpha"] and models[copy]["requests"] <= 2
+        assert models[copy]["alpha"] == models[orig]["alpha"]
+        # the product's own count: that GET and its redirect, plus a retry's requests (a connection dropped
+        # before the hub saw the request) — the hub's log of the copy's requests shown when it is more
+        assert models[copy]["requests"] <= 2 + models[copy]["retries"], (
+            {k: models[copy][k] for k in ("requests", "retries", "bytes_read")},
+            [(r.kind, r.path, r.status, r.error) for r in hub.requests() if r.repo_id == copy])
         assert models[copy]["bytes_read"] == 8 and models[copy]["status"] == models[orig]["status"] == "success"
 
         # the hub changes: a new revision, a deletion, a repository gated, a new model, a new re-upload

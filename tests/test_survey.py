@@ -519,3 +519,32 @@ def test_interrupt_during_a_commit_is_counted_with_it(tmp_path, monkeypatch):
     assert s.counts[ModelStatus.SUCCESS] == 1 and s.status_of == {"km": "success"}
     assert Dataset(str(tmp_path / "ds")).read("models", columns=["model_key"]).column(0).to_pylist() == ["km"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_a_model_committed_twice_in_one_survey_keeps_one_set_of_rows(tmp_path, caplog):
+    """A model committed a second time in one survey (a task queued again after its batch was committed):
+    its second rows replace its first in every table — never two sets of layers for one model_key (one way
+    to CI's 86 layer rows for 84 models' 84 once an actor and the driver were killed, not reproduced alone) —
+    with a warning, and the model committed beside it keeps its rows."""
+    from hubscan.records import ModelStatus
+    from hubscan.refs import ModelRef
+    from hubscan.store import Dataset, model_tables
+    from hubscan.survey import RowBuffer, Survey, SurveyConfig, model_row
+
+    s = Survey(SurveyConfig(source="local:x", out=str(tmp_path / "ds"), progress=False))
+    s.dataset = Dataset(str(tmp_path / "ds"))
+
+    def batch(models, alpha):
+        buf = RowBuffer(s.dataset, 10, float("inf"))
+        for m in models:
+            row = model_row(ModelRef("local", m, "r"), {}, f"k{m}", "cfg", "sid", ModelStatus.SUCCESS, "")
+            buf.add(model_tables(row, [{"layer_id": i, "name": f"l{i}.weight", "alpha": alpha} for i in range(2)]),
+                    row)
+        return buf.flush()
+    s.commit(batch("ab", 2.0))
+    with caplog.at_level("WARNING", logger="hubscan.survey"):
+        s.commit(batch("a", 3.0))  # model a again, with other values
+    layers = sorted((r["model_key"], r["layer_id"], r["alpha"]) for r in s.dataset.read("layers").to_pylist())
+    assert layers == [("ka", 0, 3.0), ("ka", 1, 3.0), ("kb", 0, 2.0), ("kb", 1, 2.0)]
+    assert sorted(s.dataset.read("models", columns=["model_key"]).column(0).to_pylist()) == ["ka", "kb"]
+    assert "1 model(s) committed a second time in this survey" in caplog.text and "(a)" in caplog.text
