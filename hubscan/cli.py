@@ -169,7 +169,8 @@ def _json_object(text: str) -> dict:
 #: The environment variables the analysis reads beside huggingface_hub's (analyze and survey help).
 ENVIRONMENT_HELP = ("environment:\n"
                     "  HUBSCAN_CPU_LINALG  torch | numpy | auto (default: the faster here,\n"
-                    "                      measured): the library of CPU eigenvalues\n"
+                    "                      measured; numpy on one torch thread only): the\n"
+                    "                      library of CPU eigenvalues\n"
                     "  NUMBA_CACHE_DIR     where the compiled fits' machine code is cached\n"
                     "  HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE, HF_HUB_CACHE: huggingface_hub's")
 

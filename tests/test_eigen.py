@@ -371,10 +371,36 @@ def test_cpu_linalg_setting(monkeypatch):
     assert eigen.cpu_linalg() == "torch"  # chosen once a process
     eigen._cpu_choice.clear()
     monkeypatch.delenv(eigen.CPU_LINALG_ENV)
-    assert eigen.cpu_linalg() == "numpy"  # measured (the stub above)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert eigen.cpu_linalg() == "numpy"  # measured (the stub above; on one thread: the next test)
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setenv(eigen.CPU_LINALG_ENV, "mkl")
     with pytest.raises(ValueError, match=r"^HUBSCAN_CPU_LINALG='mkl': use torch, numpy or auto$"):
         eigen.cpu_linalg_setting()
+
+
+def test_measured_numpy_holds_on_one_torch_thread_only(monkeypatch):
+    """A measured preference for numpy's linear algebra holds while torch runs one thread; with more, torch's
+    (its OpenMP pool and OpenBLAS's contend: CPU_LINALG_THREADS), and back when the count drops again. A
+    library fixed by HUBSCAN_CPU_LINALG is used whatever the count; provenance records the library in use."""
+    monkeypatch.setattr(eigen, "_cpu_choice", {})
+    monkeypatch.setattr(eigen, "choose_cpu_linalg", lambda **k: {"library": "numpy", "seconds": {}})
+    monkeypatch.delenv(eigen.CPU_LINALG_ENV, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert eigen.cpu_linalg_chosen() is None
+        for n, want in ((1, "numpy"), (2, "torch"), (1, "numpy")):
+            torch.set_num_threads(n)
+            assert eigen.cpu_linalg() == want and eigen.cpu_linalg_chosen() == want, n
+        eigen._cpu_choice.clear()
+        monkeypatch.setenv(eigen.CPU_LINALG_ENV, "numpy")
+        torch.set_num_threads(2)
+        assert eigen.cpu_linalg() == "numpy"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_choose_cpu_linalg_rule():

@@ -271,8 +271,9 @@ def cpu_linalg_setting() -> str:
 
 
 def cpu_linalg() -> str:
-    """The library (``torch`` or ``numpy``) this process uses for CPU Gram products and eigvalsh: the
-    :data:`CPU_LINALG_ENV` setting, else measured once, at first use, by :func:`choose_cpu_linalg`.
+    """The library (``torch`` or ``numpy``) this process uses for CPU Gram products and eigvalsh now: the
+    :data:`CPU_LINALG_ENV` setting, else measured once, at first use, by :func:`choose_cpu_linalg` — and a
+    measured preference for numpy holds only while torch runs one thread (:data:`CPU_LINALG_THREADS`).
 
     Raises
     ------
@@ -285,18 +286,33 @@ def cpu_linalg() -> str:
         if lib == "auto":
             chosen = choose_cpu_linalg()
             lib = chosen["library"]
-            log.info("CPU linear algebra: %s (one-thread CPU time of a float64 1024×256 Gram product and eigvalsh: "
-                     "%s)", lib, ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in chosen["seconds"].items()))
+            _cpu_choice["measured"] = True
+            log.info("CPU linear algebra: %s on one thread (one-thread CPU time of a float64 1024×256 Gram product "
+                     "and eigvalsh: %s)", lib, ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in chosen["seconds"].items()))
         else:
             log.info("CPU linear algebra: %s (%s)", lib, CPU_LINALG_ENV)
         _cpu_choice["library"] = lib
+    if lib == "numpy" and _cpu_choice.get("measured") and torch.get_num_threads() > CPU_LINALG_THREADS:
+        if not _cpu_choice.get("said_threads"):
+            _cpu_choice["said_threads"] = True
+            log.info("CPU linear algebra: torch with %d threads (numpy's was measured faster on one thread, "
+                     "and the two thread pools contend: hubscan.esd.eigen.CPU_LINALG_THREADS)", torch.get_num_threads())
+        return "torch"
     return lib
 
 
+#: The most torch threads with which a measured preference for numpy's linear algebra holds: torch's intra-op pool (OpenMP, whose idle
+#: threads spin before they sleep) and OpenBLAS's pool, both awake in one process, take the cores from each
+#: other. Measured (AMD EPYC, 2 cores, both pools at 2 threads): a float32 → float64 copy of a 1000×64 layer
+#: 3.8 ms instead of 12 µs, its ESD 8.6 ms instead of 0.26 ms, all-MiniLM-L6-v2 672 ms with numpy's against
+#: 389 ms with torch's (424 ms with numpy's on one thread). ``HUBSCAN_CPU_LINALG=numpy`` still forces it.
+CPU_LINALG_THREADS = 1
+
+
 def cpu_linalg_chosen() -> str | None:
-    """The library :func:`cpu_linalg` chose in this process, or None when no CPU decomposition has run yet
-    (for provenance: ``--out`` files record it)."""
-    return _cpu_choice.get("library")
+    """The library :func:`cpu_linalg` uses in this process now, or None when no CPU decomposition has run
+    yet (for provenance: ``--out`` files record it)."""
+    return cpu_linalg() if "library" in _cpu_choice else None
 
 
 def set_cpu_threads(n: int) -> None:
@@ -314,9 +330,9 @@ def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 5, margi
     """Time one float64 Gram product and eigvalsh (``rows`` × ``size``) in torch and in numpy, each the
     best of ``reps`` after a warm-up, interleaved (~40 ms in all). Both run on one thread and are timed
     by that thread's CPU clock (``time.thread_time``), so other processes on a busy machine barely move the
-    figures (the libraries' relative speed on one core stands for their speed on several: the Gram
-    product and the tridiagonal reduction scale alike in both). numpy is chosen only when its time is
-    ≤ ``margin`` × torch's, so that a near tie keeps torch, the default before the measurement existed.
+    figures. numpy is chosen only when its time is ≤ ``margin`` × torch's, so that a near tie keeps torch,
+    the default before the measurement existed; :func:`cpu_linalg` uses that choice only while torch runs one
+    thread (:data:`CPU_LINALG_THREADS`: with more, the two libraries' thread pools contend).
 
     Returns
     -------
