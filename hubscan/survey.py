@@ -1309,6 +1309,8 @@ class Survey:
                 self.fresh[table].update(a.path for a in adds)
         self.committed |= keys
         for r in rows:
+            if r["model_key"] in again:  # counted at its first commit: counted once, with its status now
+                self.counts[self.status_of[r["model_key"]]] -= 1
             self.status_of[r["model_key"]] = r["status"]
             self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
             self.stats["bytes_read"] += int(r.get("bytes_read") or 0)

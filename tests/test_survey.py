@@ -548,3 +548,4 @@ def test_a_model_committed_twice_in_one_survey_keeps_one_set_of_rows(tmp_path, c
     assert layers == [("ka", 0, 3.0), ("ka", 1, 3.0), ("kb", 0, 2.0), ("kb", 1, 2.0)]
     assert sorted(s.dataset.read("models", columns=["model_key"]).column(0).to_pylist()) == ["ka", "kb"]
     assert "1 model(s) committed a second time in this survey" in caplog.text and "(a)" in caplog.text
+    assert s.counts[ModelStatus.SUCCESS] == 2  # the surveys row counts each model once

@@ -301,9 +301,9 @@ def cpu_linalg() -> str:
     return lib
 
 
-#: The most torch threads with which a measured preference for numpy's linear algebra holds: torch's intra-op pool (OpenMP, whose idle
-#: threads spin before they sleep) and OpenBLAS's pool, both awake in one process, take the cores from each
-#: other. Measured (AMD EPYC, 2 cores, both pools at 2 threads): a float32 → float64 copy of a 1000×64 layer
+#: The most torch threads with which a measured preference for numpy's linear algebra holds: torch's
+#: intra-op pool (OpenMP, whose idle threads spin before they sleep) and OpenBLAS's pool, both awake in one
+#: process, take the cores from each other. Measured (AMD EPYC, 2 cores, both pools at 2 threads): a float32 → float64 copy of a 1000×64 layer
 #: 3.8 ms instead of 12 µs, its ESD 8.6 ms instead of 0.26 ms, all-MiniLM-L6-v2 672 ms with numpy's against
 #: 389 ms with torch's (424 ms with numpy's on one thread). ``HUBSCAN_CPU_LINALG=numpy`` still forces it.
 CPU_LINALG_THREADS = 1
