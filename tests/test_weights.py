@@ -27,6 +27,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors.torch import load_file, save_file
 
+import hubscan
 from hubscan.errors import CorruptFileError, NoWeightsError, UnreadFormatError, UnsafeFileError, UnsupportedFormatError
 from hubscan.weights import open_weights, reader_for, readers, register_reader
 from hubscan.weights import safetensors as st_reader
@@ -315,9 +316,12 @@ def test_protocol4_checkpoints_load_through_the_restricted_unpickler(tmp_path, z
 def test_damaged_zip_checkpoint_is_corrupt_by_its_crc(tmp_path):
     """Bytes flipped inside a storage of a zip checkpoint: torch.load reads them as they are (the archive's
     CRC-32s go unchecked) and the corruption would be analyzed as spikes; hubscan checks each entry against the
-    CRC-32 zipfile reads from the archive (its own ``testzip`` names the entry too)."""
+    CRC-32 zipfile reads from the archive (its own ``testzip`` names the entry too). The tensors on that storage
+    fail with the reason (a view of it too); the file's other tensors are read, their values those saved."""
+    from hubscan.weights.torch_pickle import load_checkpoint
     path = tmp_path / "flipped.pt"
-    torch.save({"w": torch.randn(256, 128)}, path)
+    w, v = torch.randn(256, 128), torch.randn(64, 32)
+    torch.save({"w": w, "w_rows": w[:16], "v": v}, path)
     with zipfile.ZipFile(path) as z:
         info = z.getinfo("flipped/data/0")
     raw = bytearray(path.read_bytes())
@@ -330,9 +334,19 @@ def test_damaged_zip_checkpoint_is_corrupt_by_its_crc(tmp_path):
     assert torch.load(path, weights_only=True)["w"].shape == (256, 128)  # the premise: torch does not notice
     with zipfile.ZipFile(path) as z:
         assert z.testzip() == "flipped/data/0"
+    why = "storage 0: its bytes do not match the CRC-32 the archive records (the file is damaged)"
     with pytest.raises(CorruptFileError) as excinfo:
-        open_weights(path)
-    assert_error(excinfo, path, "storage 0: its bytes do not match the CRC-32 the archive records (the file is damaged)")
+        load_checkpoint(path)  # the whole checkpoint, asked for as one object: refused
+    assert_error(excinfo, path, why)
+    entries = {e.name: e for e in open_weights(path).entries()}
+    assert list(entries) == ["w", "w_rows", "v"] and torch.equal(entries["v"].load(), v)
+    for name in ("w", "w_rows"):
+        with pytest.raises(CorruptFileError) as excinfo:
+            entries[name].load()
+        assert_error(excinfo, path, why)
+    rows = {r.name: r for r in hubscan.analyze(path).rows}
+    assert rows["w"].status == "failed" and rows["w"].reason == f"{path}: {why}", rows["w"].reason
+    assert rows["v"].status == "success" and rows["v"].N == 64
     # a byte of data.pkl (read through zipfile, which checks the CRC itself): the same words, not zipfile's
     torch.save({"w": torch.randn(256, 128)}, path)
     with zipfile.ZipFile(path) as z:

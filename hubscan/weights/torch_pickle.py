@@ -415,12 +415,17 @@ def _charge_opcodes(dispatch: dict) -> None:
 _charge_opcodes(RestrictedUnpickler.dispatch)
 
 
-def load_checkpoint(path: str | os.PathLike) -> object:
+def load_checkpoint(path: str | os.PathLike, damaged: dict | None = None) -> object:
     """Unpickle a torch checkpoint safely, within its memory budget (see module docstring).
 
     Parameters
     ----------
     path : str or os.PathLike
+    damaged : dict, optional
+        Given, a zip archive's storage whose bytes do not match their CRC-32 does not fail the file: it is
+        recorded here (its first byte's address, ``untyped_storage().data_ptr()`` of the tensors on it → the
+        reason) and its tensors still come out, their bytes as stored — for :func:`open_torch` to fail those
+        tensors alone. Without it, such a storage raises ``CorruptFileError``.
 
     Returns
     -------
@@ -449,7 +454,7 @@ def load_checkpoint(path: str | os.PathLike) -> object:
                 return _guarded(_load_zip, where, z, budget, script=True)
             except HubscanError as e:
                 raise UnsupportedFormatError(where, f"TorchScript archives hold code; not loaded ({e.reason})") from e
-        return _guarded(_load_zip, where, z, budget)
+        return _guarded(_load_zip, where, z, budget, damaged=damaged)
 
 
 @functools.cache
@@ -550,12 +555,14 @@ def _view(where: str, what: str, mapped: torch.UntypedStorage, start: int, nbyte
     return torch.empty(0, dtype=torch.uint8).set_(mapped, start, (nbytes,)).numpy()
 
 
-def _load_zip(where: str, z: zipfile.ZipFile, budget: _Budget, script: bool = False) -> object:
+def _load_zip(where: str, z: zipfile.ZipFile, budget: _Budget, script: bool = False,
+              damaged: dict | None = None) -> object:
     """A torch zip archive (``<root>/data.pkl`` + ``<root>/data/<key>``) by the restricted unpickler.
 
     Every entry read is checked against the CRC-32 its zip header records (``torch.load`` checks none: damaged
     weights would be analyzed as they are; zlib reads ~2–3 GB/s), unless the archive records none (torch's
-    ``torch.utils.serialization.config.save.compute_crc32 = False`` writes 0 for every entry)."""
+    ``torch.utils.serialization.config.save.compute_crc32 = False`` writes 0 for every entry). A damaged
+    storage raises, or with ``damaged`` (:func:`load_checkpoint`) is recorded there."""
     pkl = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")), None)
     if pkl is None:
         raise CorruptFileError(where, "zip archive without <root>/data.pkl: not a torch checkpoint")
@@ -585,10 +592,12 @@ def _load_zip(where: str, z: zipfile.ZipFile, budget: _Budget, script: bool = Fa
             if info.compress_type == zipfile.ZIP_STORED:  # torch writes stored entries: map them
                 start = _zip_data_offset(where, info)
                 data = _view(where, f"storage {key}", mapped, start, info.file_size)
-                if checked and zlib.crc32(data) != info.CRC:
-                    raise CorruptFileError(where, f"storage {key}: its bytes do not match the CRC-32 the archive "
-                                                  "records (the file is damaged)")
                 untyped = mapped[start:start + nbytes]
+                if checked and zlib.crc32(data) != info.CRC:
+                    why = f"storage {key}: its bytes do not match the CRC-32 the archive records (the file is damaged)"
+                    if damaged is None:
+                        raise CorruptFileError(where, why)
+                    damaged[untyped.data_ptr()] = why
             else:
                 raw = bytearray(_read_entry(where, z, info, budget, f"storage {key}", unchecked)[:nbytes])
                 untyped = torch.frombuffer(raw, dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
@@ -761,18 +770,23 @@ def open_torch(path: str | os.PathLike) -> WeightSet:
         See :func:`load_checkpoint`.
     """
     where = os.fspath(path)
-    tensors = find_tensors(load_checkpoint(where), where)
+    damaged: dict[int, str] = {}  # a damaged storage fails its tensors, not the file
+    tensors = find_tensors(load_checkpoint(where, damaged), where)
     budget = memory_budget(os.path.getsize(where))
-    entries = [_entry(name, t, where, budget) for name, t in tensors]
+    entries = [_entry(name, t, where, budget, damaged) for name, t in tensors]
     log.debug("%s: %d tensors", where, len(entries))
     return WeightSet(files=[where], format="torch", entries=lambda: iter(entries), close=entries.clear)
 
 
-def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> TensorEntry:
+def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int, damaged: dict | None = None
+           ) -> TensorEntry:
     if isinstance(t, Unreadable):
         why = f"{t.kind}: not a weight matrix" if t.understood else t.kind
         return TensorEntry(name, (), "", where, lambda: torch.empty(0), skip_reason=why, understood=t.understood)
     dtype = str(t.dtype).removeprefix("torch.")
+    why = next((damaged[p] for p in _storage_ptrs(t) if p in damaged), None) if damaged else None
+    if why is not None:  # its bytes are not those saved: this tensor fails, the file's others are analyzed
+        return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_damaged, where, why))
     if t.is_quantized:  # qint8 / quint8 / qint32 (eager-mode quantization): torch's own dequantize, float32
         scheme = str(t.qscheme()).removeprefix("torch.")
         return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(_dequantized, t),
@@ -788,6 +802,24 @@ def _entry(name: str, t: torch.Tensor | Unreadable, where: str, budget: int) -> 
     storage = (where, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()))
     return TensorEntry(name, tuple(t.shape), dtype, where, functools.partial(torch.Tensor.detach, t),
                        storage=storage if t.numel() else None)
+
+
+def _damaged(where: str, why: str) -> torch.Tensor:
+    raise CorruptFileError(where, why)
+
+
+def _storage_ptrs(t: torch.Tensor) -> list[int]:
+    """The first-byte addresses of the storages a tensor's values come from (a sparse tensor's values and
+    indices; a dense or quantized tensor's one storage)."""
+    if t.layout == torch.strided:
+        return [t.untyped_storage().data_ptr()]
+    out = []
+    for part in ("_values", "_indices", "values", "crow_indices", "col_indices", "ccol_indices", "row_indices"):
+        try:
+            out.append(getattr(t, part)().untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # not a part of this layout
+            pass
+    return out
 
 
 def _dequantized(t: torch.Tensor) -> torch.Tensor:
