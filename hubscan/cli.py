@@ -732,14 +732,18 @@ def _columns(text: str) -> tuple[str, ...]:
 
 def _provenance(args, result) -> dict:
     """What --out files record about how they were made (Parquet key-value metadata); ``cpu_linalg``: the
-    library of the CPU eigenvalues (torch / numpy; None when none were computed on CPU)."""
+    library of the CPU eigenvalues (torch / numpy; None when none were computed on CPU) and ``cpu_threads``
+    torch's thread count (both change the eigenvalues' last bits)."""
+    import torch
+
     from hubscan.esd.eigen import cpu_linalg_chosen
     ref = result.ref
     return {"hubscan_version": __version__, "model": str(args.path),
             "model_id": getattr(ref, "id", None) or str(args.path),
             "source": getattr(ref, "source", None), "revision": getattr(ref, "revision", None),
             "format": result.format, "options": _options(args).to_dict(),
-            "cpu_linalg": cpu_linalg_chosen(), "status": result.summary.get("status")}
+            "cpu_linalg": cpu_linalg_chosen(), "cpu_threads": torch.get_num_threads(),
+            "status": result.summary.get("status")}
 
 
 def cmd_analyze(args) -> int:

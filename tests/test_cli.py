@@ -197,10 +197,11 @@ def test_out_records_the_cpu_library(tmp_path, monkeypatch, lib):
     rc, _, err = run_cli("analyze", case, "--out", tmp_path / "l.parquet", "-q")
     assert rc == 0, err
     t = pq.read_table(tmp_path / "l.parquet")
-    assert json.loads(t.schema.metadata[b"hubscan.provenance"])["cpu_linalg"] == lib
+    provenance = json.loads(t.schema.metadata[b"hubscan.provenance"])
+    assert provenance["cpu_linalg"] == lib and provenance["cpu_threads"] == 1  # run_cli: OMP_NUM_THREADS=1
     import hubscan
     from hubscan.esd import eigen
-    monkeypatch.setitem(eigen._cpu_choice, "library", "numpy" if lib == "torch" else "torch")
+    monkeypatch.setitem(eigen._cpu_choice, "setting", "numpy" if lib == "torch" else "torch")
     import math
     other = {r.name: r.metrics.get("alpha") for r in hubscan.analyze(str(case)).rows}
     other = {k: None if v is None or math.isnan(v) else v for k, v in other.items()}  # null in the file

@@ -48,7 +48,7 @@ MINILM = (
 @pytest.fixture(params=eigen.CPU_LINALG)
 def cpu_lib(request, monkeypatch):
     """Each CPU library :func:`hubscan.esd.eigen.cpu_linalg` may choose, in turn (fixed for the test)."""
-    monkeypatch.setitem(eigen._cpu_choice, "library", request.param)
+    monkeypatch.setitem(eigen._cpu_choice, "setting", request.param)
     return request.param
 
 
@@ -81,7 +81,7 @@ def _errors(e, ref):
 
 @pytest.mark.parametrize("method,lib", [("gram", "torch"), ("gram", "numpy"), ("svd", "torch")])
 def test_against_numpy_svd(matrices, method, lib, monkeypatch):
-    monkeypatch.setitem(eigen._cpu_choice, "library", lib)  # (svd is torch's on every device)
+    monkeypatch.setitem(eigen._cpu_choice, "setting", lib)  # (svd is torch's on every device)
     worst = np.zeros(3)
     for name, (W, ref) in matrices.items():
         if method == "svd" and name == "embeddings.word_embeddings.weight":
@@ -337,7 +337,7 @@ def test_cpu_libraries_give_the_same_spectrum(matrices):
     for name, (W, ref) in matrices.items():
         esds = {}
         for lib in eigen.CPU_LINALG:
-            eigen._cpu_choice["library"] = lib
+            eigen._cpu_choice["setting"] = lib
             try:
                 esds[lib] = compute_esd(W)
             finally:
@@ -350,7 +350,7 @@ def test_cpu_libraries_give_the_same_spectrum(matrices):
 
 
 def test_numpy_batch_is_bitwise_one_at_a_time(monkeypatch):
-    monkeypatch.setitem(eigen._cpu_choice, "library", "numpy")
+    monkeypatch.setitem(eigen._cpu_choice, "setting", "numpy")
     g = torch.Generator().manual_seed(3)
     stacks = [torch.randn(2, 48, 200, generator=g) * (i + 1) for i in range(4)]
     for one, many in zip([compute_esd(s) for s in stacks], eigen.compute_esds(stacks)):
@@ -368,7 +368,7 @@ def test_cpu_linalg_setting(monkeypatch):
     monkeypatch.setenv(eigen.CPU_LINALG_ENV, "torch")
     assert eigen.cpu_linalg() == "torch"
     monkeypatch.setenv(eigen.CPU_LINALG_ENV, "numpy")
-    assert eigen.cpu_linalg() == "torch"  # chosen once a process
+    assert eigen.cpu_linalg() == "torch"  # read once a process
     eigen._cpu_choice.clear()
     monkeypatch.delenv(eigen.CPU_LINALG_ENV)
     threads = torch.get_num_threads()
@@ -382,23 +382,38 @@ def test_cpu_linalg_setting(monkeypatch):
         eigen.cpu_linalg_setting()
 
 
-def test_measured_numpy_holds_on_one_torch_thread_only(monkeypatch):
-    """A measured preference for numpy's linear algebra holds while torch runs one thread; with more, torch's
-    (its OpenMP pool and OpenBLAS's contend: CPU_LINALG_THREADS), and back when the count drops again. A
-    library fixed by HUBSCAN_CPU_LINALG is used whatever the count; provenance records the library in use."""
+def test_measured_numpy_holds_on_one_torch_thread_only(monkeypatch, caplog):
+    """``auto``: torch's linear algebra while torch runs several threads (its OpenMP pool and OpenBLAS's
+    contend: CPU_LINALG_THREADS), nothing measured then; on one thread the measured choice (measured once),
+    and torch's again when the count rises. A library fixed by HUBSCAN_CPU_LINALG is used whatever the count
+    (numpy with several threads warned once). Each decision logged once; provenance gets the last library."""
+    measured = []
     monkeypatch.setattr(eigen, "_cpu_choice", {})
-    monkeypatch.setattr(eigen, "choose_cpu_linalg", lambda **k: {"library": "numpy", "seconds": {}})
+    monkeypatch.setattr(eigen, "choose_cpu_linalg",
+                        lambda **k: measured.append(1) or {"library": "numpy", "seconds": {"torch": 2e-3, "numpy": 1e-3}})
     monkeypatch.delenv(eigen.CPU_LINALG_ENV, raising=False)
     threads = torch.get_num_threads()
     try:
         assert eigen.cpu_linalg_chosen() is None
-        for n, want in ((1, "numpy"), (2, "torch"), (1, "numpy")):
-            torch.set_num_threads(n)
-            assert eigen.cpu_linalg() == want and eigen.cpu_linalg_chosen() == want, n
+        with caplog.at_level("INFO", logger="hubscan.esd.eigen"):
+            for n, want, times in ((2, "torch", 0), (1, "numpy", 1), (2, "torch", 1), (1, "numpy", 1)):
+                torch.set_num_threads(n)
+                assert eigen.cpu_linalg() == want and eigen.cpu_linalg_chosen() == want, n
+                assert len(measured) == times, n
+        assert [r.getMessage() for r in caplog.records] == [
+            "CPU linear algebra: torch (2 threads; numpy's is measured and used on one thread only)",
+            "CPU linear algebra: numpy (one thread; one-thread CPU time of a float64 1024×256 Gram product and "
+            "eigvalsh: torch 2.00 ms, numpy 1.00 ms)"]
+        caplog.clear()
         eigen._cpu_choice.clear()
         monkeypatch.setenv(eigen.CPU_LINALG_ENV, "numpy")
         torch.set_num_threads(2)
-        assert eigen.cpu_linalg() == "numpy"
+        with caplog.at_level("INFO", logger="hubscan.esd.eigen"):
+            for _ in range(2):
+                assert eigen.cpu_linalg() == "numpy"
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+            "WARNING", "CPU linear algebra: numpy (HUBSCAN_CPU_LINALG) with 2 torch threads: torch's and OpenBLAS's "
+            "thread pools contend and slow each other (set OMP_NUM_THREADS=1, or unset HUBSCAN_CPU_LINALG)")]
     finally:
         torch.set_num_threads(threads)
 

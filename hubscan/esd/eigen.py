@@ -253,6 +253,8 @@ def _eigvalsh(G: torch.Tensor) -> torch.Tensor:
 CPU_LINALG = ("torch", "numpy")
 #: Environment variable fixing the choice (``torch``, ``numpy``; ``auto`` or unset: measured).
 CPU_LINALG_ENV = "HUBSCAN_CPU_LINALG"
+#: This process's: ``setting`` (``torch`` / ``numpy`` / ``auto``, read once; tests set it to force a library),
+#: ``measured`` (:func:`choose_cpu_linalg`'s result), ``library`` (the last one :func:`cpu_linalg` gave).
 _cpu_choice: dict = {}
 
 
@@ -271,48 +273,65 @@ def cpu_linalg_setting() -> str:
 
 
 def cpu_linalg() -> str:
-    """The library (``torch`` or ``numpy``) this process uses for CPU Gram products and eigvalsh now: the
-    :data:`CPU_LINALG_ENV` setting, else measured once, at first use, by :func:`choose_cpu_linalg` — and a
-    measured preference for numpy holds only while torch runs one thread (:data:`CPU_LINALG_THREADS`).
+    """The library (``torch`` or ``numpy``) this process uses now for CPU Gram products and eigvalsh: the
+    :data:`CPU_LINALG_ENV` setting; else (``auto``) torch's while torch runs more than
+    :data:`CPU_LINALG_THREADS` thread, and on one thread the faster of the two, measured once a process by
+    :func:`choose_cpu_linalg` when first needed. Each decision is logged once (INFO; a forced numpy with
+    several torch threads: WARNING).
 
     Raises
     ------
     ValueError
         A bad :data:`CPU_LINALG_ENV` value.
     """
-    lib = _cpu_choice.get("library")
-    if lib is None:
-        lib = cpu_linalg_setting()
-        if lib == "auto":
-            chosen = choose_cpu_linalg()
-            lib = chosen["library"]
-            _cpu_choice["measured"] = True
-            log.info("CPU linear algebra: %s on one thread (one-thread CPU time of a float64 1024×256 Gram product "
-                     "and eigvalsh: %s)", lib, ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in chosen["seconds"].items()))
+    setting = _cpu_choice.get("setting")
+    if setting is None:
+        setting = _cpu_choice["setting"] = cpu_linalg_setting()
+    threads = torch.get_num_threads()
+    if setting != "auto":
+        lib = setting
+        if lib == "numpy" and threads > CPU_LINALG_THREADS:
+            _say(logging.WARNING, f"CPU linear algebra: numpy ({CPU_LINALG_ENV}) with {threads} torch threads: "
+                 "torch's and OpenBLAS's thread pools contend and slow each other (set OMP_NUM_THREADS=1, or "
+                 f"unset {CPU_LINALG_ENV})")
         else:
-            log.info("CPU linear algebra: %s (%s)", lib, CPU_LINALG_ENV)
-        _cpu_choice["library"] = lib
-    if lib == "numpy" and _cpu_choice.get("measured") and torch.get_num_threads() > CPU_LINALG_THREADS:
-        if not _cpu_choice.get("said_threads"):
-            _cpu_choice["said_threads"] = True
-            log.info("CPU linear algebra: torch with %d threads (numpy's was measured faster on one thread, "
-                     "and the two thread pools contend: hubscan.esd.eigen.CPU_LINALG_THREADS)", torch.get_num_threads())
-        return "torch"
+            _say(logging.INFO, f"CPU linear algebra: {lib} ({CPU_LINALG_ENV})")
+    elif threads > CPU_LINALG_THREADS:
+        lib = "torch"
+        _say(logging.INFO, f"CPU linear algebra: torch ({threads} threads; numpy's is measured and used on one "
+                           "thread only)")
+    else:
+        chosen = _cpu_choice.get("measured")
+        if chosen is None:
+            chosen = _cpu_choice["measured"] = choose_cpu_linalg()
+        lib = chosen["library"]
+        _say(logging.INFO, f"CPU linear algebra: {lib} (one thread; one-thread CPU time of a float64 1024×256 Gram "
+                           "product and eigvalsh: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
+                                                                 for k, v in chosen["seconds"].items()) + ")")
+    _cpu_choice["library"] = lib
     return lib
 
 
-#: The most torch threads with which a measured preference for numpy's linear algebra holds: torch's
+def _say(level: int, message: str) -> None:
+    """Log a :func:`cpu_linalg` decision once a process."""
+    said = _cpu_choice.setdefault("said", set())
+    if message not in said:
+        said.add(message)
+        log.log(level, message)
+
+
+#: The most torch threads with which numpy's linear algebra may be chosen (:func:`cpu_linalg`): torch's
 #: intra-op pool (OpenMP, whose idle threads spin before they sleep) and OpenBLAS's pool, both awake in one
-#: process, take the cores from each other. Measured (AMD EPYC, 2 cores, both pools at 2 threads): a float32 → float64 copy of a 1000×64 layer
-#: 3.8 ms instead of 12 µs, its ESD 8.6 ms instead of 0.26 ms, all-MiniLM-L6-v2 672 ms with numpy's against
-#: 389 ms with torch's (424 ms with numpy's on one thread). ``HUBSCAN_CPU_LINALG=numpy`` still forces it.
+#: process, take the cores from each other. Measured (AMD EPYC, 2 cores, both pools at 2 threads): a float32 →
+#: float64 copy of a 1000×64 layer 3.8 ms instead of 12 µs, its ESD 8.6 ms instead of 0.26 ms, all-MiniLM-L6-v2
+#: 672 ms with numpy's against 389 ms with torch's (numpy's on one thread: 424 ms).
 CPU_LINALG_THREADS = 1
 
 
 def cpu_linalg_chosen() -> str | None:
-    """The library :func:`cpu_linalg` uses in this process now, or None when no CPU decomposition has run
-    yet (for provenance: ``--out`` files record it)."""
-    return cpu_linalg() if "library" in _cpu_choice else None
+    """The library :func:`cpu_linalg` last gave in this process, or None when no CPU decomposition has run
+    yet (for provenance: ``--out`` files record it, with the thread count)."""
+    return _cpu_choice.get("library")
 
 
 def set_cpu_threads(n: int) -> None:
@@ -331,8 +350,8 @@ def choose_cpu_linalg(*, rows: int = 1024, size: int = 256, reps: int = 5, margi
     best of ``reps`` after a warm-up, interleaved (~40 ms in all). Both run on one thread and are timed
     by that thread's CPU clock (``time.thread_time``), so other processes on a busy machine barely move the
     figures. numpy is chosen only when its time is ≤ ``margin`` × torch's, so that a near tie keeps torch,
-    the default before the measurement existed; :func:`cpu_linalg` uses that choice only while torch runs one
-    thread (:data:`CPU_LINALG_THREADS`: with more, the two libraries' thread pools contend).
+    the default before the measurement existed; :func:`cpu_linalg` measures and uses it only while torch runs
+    one thread (:data:`CPU_LINALG_THREADS`: with more, the two libraries' thread pools contend).
 
     Returns
     -------
