@@ -280,7 +280,7 @@ def analyze_entries(entries: Iterable[TensorEntry], options: AnalyzeOptions = An
 
     device = resolve_device(options.device)
     if device.type == "cpu":
-        eigen.cpu_linalg()  # chosen (measured) once a process, before the first layer; a bad setting raises here
+        eigen.cpu_linalg()  # chosen before the first layer (measured once, on one thread); a bad setting raises here
     selected = LayerFilter.parse(options.layers)
 
     def planned():

@@ -632,7 +632,7 @@ class _Worker:
             log.warning("analysis actor %d: eigh backend %s (eigvalsh of 8 × 256² float64: %s)", os.getpid(),
                         self.eigh_backend["backend"], ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in
                                                                  self.eigh_backend["seconds"].items()))
-        _warm_up(options)  # (on CPU it also measures which library's Gram and eigvalsh are faster here)
+        _warm_up(options)  # (on CPU with one thread it also measures which library's linear algebra is faster)
         log.info("analysis actor %d: CPU linear algebra %s", os.getpid(), cpu_linalg())
 
     def pid(self) -> int:
