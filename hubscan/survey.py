@@ -722,6 +722,17 @@ def shadowing_hint(cwd: str | None = None) -> str:
     return ""
 
 
+def service_actor(cls):
+    """``ray.remote(cls)`` with the options of a survey's shared services (the Hub request budget, the
+    content index): no CPU, one call at a time, and restarted by Ray when it dies (its process killed, its
+    node lost — a spot node), the calls in flight retried, instead of failing every model's requests after
+    it. A restarted service starts from its first arguments: the budget from the driver's planning state
+    (it learns the Hub's windows again from the rate-limit headers it observes), the content index from the
+    dataset's contents (a content claimed since may be analyzed twice, never wrongly)."""
+    import ray
+    return ray.remote(cls).options(num_cpus=0, max_concurrency=1, max_restarts=-1, max_task_retries=-1)
+
+
 def budget_gate(endpoint: str, budget) -> BudgetGate | None:
     """This process's gate to the survey's :class:`~hubscan.hub.HubBudget` held by a Ray actor (``budget``:
     its handle; None → no budget): each request waits for the actor's answer.
@@ -1039,11 +1050,11 @@ class Survey:
         self.options = dataclasses.replace(config.options, device="cuda" if gpa else "cpu")
         # one budget for the cluster: the driver's (what planning spent) moves into an actor all processes share
         # (and back into the driver when the pool stops, :meth:`_stop_pool`)
-        self.budget_actor = ray.remote(HubBudget).options(num_cpus=0, max_concurrency=1).remote(
-            self.budget.limits, self.budget.slack, self.budget.snapshot())
+        self.budget_actor = service_actor(HubBudget).remote(self.budget.limits, self.budget.slack,
+                                                            self.budget.snapshot())
         install_http_client(self.client.timeout, budget=budget_gate(self.client.endpoint, self.budget_actor))
         # content dedupe: the dataset's analyzed contents, then what this survey's actors claim
-        self.content_actor = ray.remote(ContentIndex).options(num_cpus=0).remote(self.known_contents())
+        self.content_actor = service_actor(ContentIndex).remote(self.known_contents())
         worker = ray.remote(_Worker).options(num_cpus=cpa, num_gpus=gpa, max_restarts=0, max_task_retries=0)
         code = code_identity()  # each actor checks that it runs this code (check_code)
         self._new_actor = lambda: worker.remote(config.out, config.storage_options, self.options, self.cfg_hash,

@@ -134,6 +134,29 @@ def test_a_gone_budget_actor_fails_a_request_in_one_readable_line(tmp_path):
     assert "\n" not in text and "actor_id" not in text and "pid" not in text, text
 
 
+def test_a_killed_budget_actor_is_restarted_and_requests_go_on():
+    """The survey's budget actor (:func:`hubscan.survey.service_actor`) killed — a process killed, a spot node
+    lost — is restarted by Ray from its first arguments and the gate's next request is answered (a fresh
+    window: the two grants before the kill are gone), instead of every later request failing."""
+    import ray
+
+    from hubscan.survey import budget_gate, service_actor
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = service_actor(HubBudget).remote({"resolvers": (2, 60.0)})
+        gate = budget_gate("https://hub.invalid", actor)
+        assert gate._take("resolvers", 100.0) == 0.0 and gate._take("resolvers", 100.0) == 0.0
+        assert gate._take("resolvers", 100.0) > 59.0  # the window is spent: wait for it
+        pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+        ray.kill(actor, no_restart=False)
+        assert gate._take("resolvers", 100.0) == 0.0  # restarted: a fresh window
+        assert ray.get(actor.__ray_call__.remote(lambda self: os.getpid())) != pid
+    finally:
+        ray.shutdown()
+
+
 def test_one_line_cuts_after_a_whole_word():
     from hubscan.errors import one_line
 
