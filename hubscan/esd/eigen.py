@@ -254,7 +254,8 @@ CPU_LINALG = ("torch", "numpy")
 #: Environment variable fixing the choice (``torch``, ``numpy``; ``auto`` or unset: measured).
 CPU_LINALG_ENV = "HUBSCAN_CPU_LINALG"
 #: This process's: ``setting`` (``torch`` / ``numpy`` / ``auto``, read once; tests set it to force a library),
-#: ``measured`` (:func:`choose_cpu_linalg`'s result), ``library`` (the last one :func:`cpu_linalg` gave).
+#: ``measured`` (:func:`choose_cpu_linalg`'s result), ``library`` (the last one :func:`cpu_linalg` gave),
+#: ``last`` (the decision of the last call, reused while the setting and the thread count's side stay).
 _cpu_choice: dict = {}
 
 
@@ -288,6 +289,9 @@ def cpu_linalg() -> str:
     if setting is None:
         setting = _cpu_choice["setting"] = cpu_linalg_setting()
     threads = torch.get_num_threads()
+    last = _cpu_choice.get("last")  # (setting, several threads, library) of the last call: the same answer
+    if last is not None and last[0] == setting and last[1] == (threads > CPU_LINALG_THREADS):
+        return last[2]
     if setting != "auto":
         lib = setting
         if lib == "numpy" and threads > CPU_LINALG_THREADS:
@@ -309,6 +313,7 @@ def cpu_linalg() -> str:
                            "product and eigvalsh: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
                                                                  for k, v in chosen["seconds"].items()) + ")")
     _cpu_choice["library"] = lib
+    _cpu_choice["last"] = (setting, threads > CPU_LINALG_THREADS, lib)
     return lib
 
 
