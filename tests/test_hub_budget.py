@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -150,9 +151,12 @@ def test_a_killed_budget_actor_is_restarted_and_requests_go_on():
         assert gate._take("resolvers", 100.0) == 0.0 and gate._take("resolvers", 100.0) == 0.0
         assert gate._take("resolvers", 100.0) > 59.0  # the window is spent: wait for it
         pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-        ray.kill(actor, no_restart=False)
+        ray.kill(actor, no_restart=False)  # (asynchronous: calls sent at once may still reach the old process)
+        t0 = time.monotonic()
+        while ray.get(actor.__ray_call__.remote(lambda self: os.getpid())) == pid:  # wait for the new process
+            assert time.monotonic() - t0 < 120, "the budget actor was not restarted"
+            time.sleep(0.1)
         assert gate._take("resolvers", 100.0) == 0.0  # restarted: a fresh window
-        assert ray.get(actor.__ray_call__.remote(lambda self: os.getpid())) != pid
     finally:
         ray.shutdown()
 
