@@ -254,8 +254,8 @@ CPU_LINALG = ("torch", "numpy")
 #: Environment variable fixing the choice (``torch``, ``numpy``; ``auto`` or unset: measured).
 CPU_LINALG_ENV = "HUBSCAN_CPU_LINALG"
 #: This process's: ``setting`` (``torch`` / ``numpy`` / ``auto``, read once; tests set it to force a library),
-#: ``measured`` (:func:`choose_cpu_linalg`'s result), ``library`` (the last one :func:`cpu_linalg` gave),
-#: ``last`` (the decision of the last call, reused while the setting and the thread count's side stay).
+#: ``measured`` (:func:`choose_cpu_linalg`'s result), ``last`` ((setting, several threads, library) of the last
+#: call: reused while the setting and the thread count's side stay; its library is the one in use).
 _cpu_choice: dict = {}
 
 
@@ -312,7 +312,6 @@ def cpu_linalg() -> str:
         _say(logging.INFO, f"CPU linear algebra: {lib} (one thread; one-thread CPU time of a float64 1024×256 Gram "
                            "product and eigvalsh: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
                                                                  for k, v in chosen["seconds"].items()) + ")")
-    _cpu_choice["library"] = lib
     _cpu_choice["last"] = (setting, threads > CPU_LINALG_THREADS, lib)
     return lib
 
@@ -336,7 +335,8 @@ CPU_LINALG_THREADS = 1
 def cpu_linalg_chosen() -> str | None:
     """The library :func:`cpu_linalg` last gave in this process, or None when no CPU decomposition has run
     yet (for provenance: ``--out`` files record it, with the thread count)."""
-    return _cpu_choice.get("library")
+    last = _cpu_choice.get("last")
+    return last[2] if last is not None else None
 
 
 def set_cpu_threads(n: int) -> None:
